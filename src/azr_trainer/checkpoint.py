@@ -1,0 +1,125 @@
+"""Checkpoints and the downloadable .pt file.
+
+Both are a plain dict of tensors, numbers, strings, lists and dicts, so
+``torch.load(path, weights_only=True)`` reads them and nothing is ever unpickled
+beyond that. A checkpoint holds everything for an exact resume (weights, optimizer,
+step, RNG states, data order); the .pt export keeps only config, weights, tokenizer and
+training metadata. Writes are atomic: temp file, fsync, rename.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .home import UserError, fsync_dir
+from .model import ModelConfig, Transformer
+from .tokenizer import Tokenizer
+
+FORMAT = "azr-trainer"
+FORMAT_VERSION = 1
+_STEP_RE = re.compile(r"^step_(\d+)\.pt$")
+
+
+def atomic_torch_save(obj, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def safe_load(path: Path | io.BytesIO) -> dict:
+    """Load a checkpoint or .pt without unpickling arbitrary objects, with a readable error."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"No such file: {path}.") from None
+    except Exception as e:  # truncated zip, tampered pickle, foreign objects: all refused the same way
+        raise UserError(f"{path} is not a readable AZR Trainer model file (damaged, truncated or not ours): "
+                        f"{str(e).splitlines()[0][:200]}") from None
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        raise UserError(f"{path} is not an AZR Trainer model file (no '{FORMAT}' marker).")
+    if int(obj.get("format_version", 0)) > FORMAT_VERSION:
+        raise UserError(f"{path} was written by a newer AZR Trainer (format {obj.get('format_version')}); upgrade to load it.")
+    return obj
+
+
+def build_model(obj: dict) -> tuple[Transformer, ModelConfig, Tokenizer]:
+    """Rebuild model and tokenizer from a loaded checkpoint or .pt, checking every tensor's shape."""
+    try:
+        cfg = ModelConfig.from_dict(obj["config"]).validate()
+        tokenizer = Tokenizer.from_json(obj["tokenizer"])
+        state = obj["state_dict"]
+    except (KeyError, TypeError) as e:
+        raise UserError(f"The model file is incomplete (missing {e}).") from None
+    model = Transformer(cfg)
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    bad = [k for k in expected if k in state and (not torch.is_tensor(state[k]) or state[k].shape != expected[k].shape)]
+    if missing or unexpected or bad:
+        raise UserError("The model file does not match its own config "
+                        f"(missing {missing[:3]}, unexpected {unexpected[:3]}, wrong shape {bad[:3]}).")
+    model.load_state_dict(state)
+    return model, cfg, tokenizer
+
+
+def checkpoint_dir(model_dir: Path) -> Path:
+    return model_dir / "checkpoints"
+
+
+def list_step_checkpoints(model_dir: Path) -> list[tuple[int, Path]]:
+    d = checkpoint_dir(model_dir)
+    if not d.exists():
+        return []
+    found = [(int(m.group(1)), p) for p in d.iterdir() if (m := _STEP_RE.match(p.name))]
+    return sorted(found)
+
+
+def resolve_checkpoint(model_dir: Path, which: str = "best") -> Path:
+    """'best', 'latest' or a step number → a checkpoint path, with a hint when there is none."""
+    steps = list_step_checkpoints(model_dir)
+    if which == "best":
+        best = checkpoint_dir(model_dir) / "best.pt"
+        if best.exists():
+            return best
+        which = "latest"
+    if which == "latest":
+        if steps:
+            return steps[-1][1]
+        raise UserError(f"Model '{model_dir.name}' has no checkpoint yet: train it first "
+                        f"(azr train {model_dir.name} --books …).")
+    try:
+        step = int(which)
+    except ValueError:
+        raise UserError(f"--checkpoint must be best, latest or a step number, got {which!r}.") from None
+    for s, p in steps:
+        if s == step:
+            return p
+    raise UserError(f"No checkpoint at step {step}; available: {', '.join(str(s) for s, _ in steps) or 'none'}.")
+
+
+def prune_checkpoints(model_dir: Path, keep: int) -> None:
+    for _, p in list_step_checkpoints(model_dir)[:-keep] if keep > 0 else []:
+        p.unlink(missing_ok=True)
+
+
+def export_pt(obj: dict, path: Path) -> None:
+    """The self-contained file users download: no optimizer, no RNG, same loader."""
+    slim = {k: obj[k] for k in ("format", "format_version", "config", "state_dict", "tokenizer") if k in obj}
+    slim["meta"] = dict(obj.get("meta", {}))
+    slim["meta"].update({"step": obj.get("step"), "best_val_bpb": obj.get("best_val_bpb")})
+    atomic_torch_save(slim, path)

@@ -1,0 +1,355 @@
+"""The `azr` command: a thin layer over the library (books, store, train, sample, checkpoint)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from pathlib import Path
+
+from . import books as books_mod
+from . import store
+from .checkpoint import build_model, export_pt, resolve_checkpoint, safe_load
+from .home import UserError, home_dir
+from .model import ModelConfig, count_parameters, estimate_training_memory
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _print_json(obj) -> None:
+    print(json.dumps(obj, ensure_ascii=False, indent=2))
+
+
+# ---- books ---------------------------------------------------------------------------------
+
+def cmd_books_add(args, home):
+    info = books_mod.add_book(home, args.path, name=args.name, encoding=args.encoding, overwrite=args.overwrite)
+    if args.json:
+        return _print_json(info.to_dict())
+    how = "detected" if info.detected else "given"
+    print(f"Added book '{info.name}': encoding {info.encoding} ({how}), {_fmt_bytes(info.source_bytes)} on disk, "
+          f"{info.chars:,} characters, {info.lines:,} lines.")
+    print("Preview: " + info.preview[:200].replace("\n", " ⏎ "))
+
+
+def cmd_books_list(args, home):
+    items = books_mod.list_books(home)
+    if args.json:
+        return _print_json([b.to_dict() for b in items])
+    if not items:
+        print("No books yet. Add one with: azr books add PATH")
+    for b in items:
+        print(f"{b.name:30s} {b.encoding:12s} {b.chars:>12,} chars  {b.created_at}")
+
+
+def cmd_books_cat(args, home):
+    path = books_mod.book_text_path(home, args.name)
+    books_mod.get_book(home, args.name)
+    out = sys.stdout.buffer
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            out.write(chunk)
+    out.flush()
+
+
+def cmd_books_delete(args, home):
+    books_mod.delete_book(home, args.name)
+    print(f"Deleted book '{args.name}'.")
+
+
+# ---- models --------------------------------------------------------------------------------
+
+def _model_summary(info: store.ModelInfo) -> dict:
+    d = info.to_dict()
+    d["training_memory_estimate_bytes"] = estimate_training_memory(info.config, batch_size=16)
+    return d
+
+
+def cmd_models_create(args, home):
+    from .device import available_memory_bytes, pick_device
+    cfg = ModelConfig(vocab_size=args.vocab_size, d_model=args.d_model, num_layers=args.num_layers,
+                      num_heads=args.num_heads, d_ff=args.d_ff, max_seq_len=args.max_seq_len,
+                      tie_embeddings=not args.untied, tokenizer=args.tokenizer)
+    info = store.create_model(home, args.name, cfg, max_memory=available_memory_bytes(pick_device("auto")))
+    if args.json:
+        return _print_json(_model_summary(info))
+    mem = estimate_training_memory(cfg, batch_size=16)
+    print(f"Created model '{info.name}': {count_parameters(cfg):,} parameters "
+          f"({cfg.num_layers} layers × d_model {cfg.d_model}, {cfg.num_heads} heads, d_ff {cfg.d_ff}, "
+          f"max_seq_len {cfg.max_seq_len}, vocab {cfg.vocab_size}, {cfg.tokenizer} tokenizer).")
+    print(f"Training memory estimate at batch_size 16: about {_fmt_bytes(mem)} (fp32).")
+
+
+def cmd_models_list(args, home):
+    items = store.list_models(home)
+    if args.json:
+        return _print_json([m.to_dict() for m in items])
+    if not items:
+        print("No models yet. Create one with: azr models create NAME")
+    for m in items:
+        bpb = f"{m.best_val_bpb:.3f}" if m.best_val_bpb is not None else "-"
+        print(f"{m.name:30s} {m.parameters:>12,} params  steps {m.trained_steps:<8} best val bpb {bpb}")
+
+
+def cmd_models_show(args, home):
+    info = store.get_model(home, args.name)
+    d = _model_summary(info)
+    d["checkpoints"] = store.checkpoint_steps(home, args.name)
+    if args.json:
+        return _print_json(d)
+    for k, v in d.items():
+        print(f"{k}: {v}")
+
+
+def cmd_models_delete(args, home):
+    store.delete_model(home, args.name)
+    print(f"Deleted model '{args.name}'.")
+
+
+def cmd_models_export(args, home):
+    if args.format != "pt":
+        raise UserError(f"Export format {args.format!r} is not available yet; use --format pt.")
+    info = store.get_model(home, args.name)
+    src = resolve_checkpoint(store.model_dir(home, args.name), args.checkpoint)
+    out = Path(args.output) if args.output else Path(f"{info.name}.pt")
+    export_pt(safe_load(src), out)
+    result = {"model": info.name, "format": "pt", "path": str(out.resolve()), "checkpoint": str(src),
+              "bytes": out.stat().st_size}
+    if args.json:
+        return _print_json(result)
+    print(f"Exported '{info.name}' ({src.name}) to {out} ({_fmt_bytes(result['bytes'])}).")
+
+
+# ---- train ---------------------------------------------------------------------------------
+
+class _ProgressBar:
+    """Renders training events as a tqdm bar: step/total, loss, tokens/s, elapsed<remaining."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.bar = None
+
+    def __call__(self, e: dict) -> None:
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+        if e["type"] == "status" and e["state"] in ("started", "resumed"):
+            self.bar = tqdm(total=e["max_iterations"], initial=e["step"], unit="step", dynamic_ncols=True,
+                            file=sys.stderr)
+        elif e["type"] == "step" and self.bar is not None:
+            self.bar.update(e["step"] - self.bar.n)
+            self.bar.set_postfix(loss=f"{e['loss']:.3f}", tok_s=f"{e['tokens_per_s']:.0f}", refresh=False)
+        elif e["type"] == "eval" and self.bar is not None:
+            self.bar.write(f"step {e['step']}: val loss {e['val_loss']:.4f}, ppl {e['val_ppl']:.1f}, "
+                           f"val bpb {e['val_bpb']:.4f}")
+        elif e["type"] == "sample" and self.bar is not None:
+            self.bar.write(f"sample @ {e['step']}: {(e['prompt'] + e['text'])[:120]!r}")
+        elif e["type"] == "status" and self.bar is not None:
+            self.bar.close()
+
+
+def cmd_train(args, home):
+    from .train import StopRequested, TrainConfig, train
+    cfg = TrainConfig(
+        books=[b.strip() for b in args.books.split(",") if b.strip()], max_iterations=args.max_iterations,
+        batch_size=args.batch_size, learning_rate=args.learning_rate, save_every=args.save_every,
+        eval_every=args.eval_every, max_time=args.max_time, grad_accum=args.grad_accum, device=args.device,
+        threads=args.threads, compile=args.compile, seed=args.seed, resume=args.resume,
+        val_fraction=args.val_fraction, warmup_iters=args.warmup_iters, log_every=args.log_every,
+    )
+    stop = StopRequested(Path(args.control_file) if args.control_file else None)
+    # First Ctrl-C / SIGTERM: checkpoint and exit cleanly. A second Ctrl-C aborts at once.
+    def on_signal(signum, _frame):
+        if stop.reason:
+            raise KeyboardInterrupt
+        stop.request(signal.Signals(signum).name)
+    signal.signal(signal.SIGINT, on_signal)
+    if hasattr(signal, "SIGTERM"):
+        signal.signal(signal.SIGTERM, on_signal)
+    quiet = args.json or args.quiet
+    log = (lambda m: print(m, file=sys.stderr)) if quiet else print
+    summary = train(home, args.name, cfg, listeners=[_ProgressBar(not quiet)], stop=stop, log=log)
+    if args.json:
+        return _print_json(summary)
+    bpb = f"{summary['val_bpb']:.4f}" if summary["val_bpb"] is not None else "-"
+    print(f"{summary['status']}: step {summary['step']}/{summary['max_iterations']}, train loss "
+          f"{summary['train_loss'] if summary['train_loss'] is None else round(summary['train_loss'], 4)}, "
+          f"val bpb {bpb}, {summary['tokens_per_s']:.0f} tokens/s, {summary['wall_seconds']:.1f} s.")
+    print(f"Checkpoint: {summary['checkpoints'][-1]}")
+
+
+# ---- generate ------------------------------------------------------------------------------
+
+def cmd_generate(args, home):
+    import torch
+    from .device import pick_device, set_threads
+    from .sample import SamplingParams, stream_generate
+    if args.model_file:
+        obj = safe_load(Path(args.model_file))
+        prompt = args.name if args.prompt is None else args.prompt
+        if args.prompt is not None and args.name is not None:
+            raise UserError("Give either a model NAME or --model FILE.pt, not both.")
+    else:
+        if args.name is None:
+            raise UserError("Name a model (azr generate NAME \"prompt\") or pass --model FILE.pt.")
+        store.get_model(home, args.name)
+        obj = safe_load(resolve_checkpoint(store.model_dir(home, args.name), args.checkpoint))
+        prompt = args.prompt
+    if prompt is None:
+        raise UserError("Give a prompt: the start of the text to continue.")
+    model, cfg, tok = build_model(obj)
+    device = pick_device(args.device)
+    if device.type == "cpu":
+        set_threads(args.threads)
+    model.to(device)
+    params = SamplingParams(max_length=args.max_length, temperature=args.temperature,
+                            top_k=args.top_k or None, top_p=args.top_p,
+                            repetition_penalty=args.repetition_penalty, seed=args.seed).validate()
+    ids = tok.encode(prompt)
+    if len(ids) >= cfg.max_seq_len:
+        print(f"Note: the prompt is {len(ids)} tokens; only its last {cfg.max_seq_len - 1} fit the model's "
+              f"max_seq_len ({cfg.max_seq_len}) and are used.", file=sys.stderr)
+    if args.seed is not None:
+        torch.manual_seed(args.seed)
+    out_ids: list[int] = []
+    printed = ""
+    sys.stdout.write(prompt)
+    sys.stdout.flush()
+    for step in stream_generate(model, [ids], params, eot_id=tok.eot_id):
+        if step[0] is None:
+            continue
+        out_ids.append(step[0])
+        text = tok.decode(out_ids)
+        if text.endswith("\ufffd"):
+            continue  # half of a multi-byte character: wait for the rest
+        sys.stdout.write(text[len(printed):])
+        sys.stdout.flush()
+        printed = text
+    text = tok.decode(out_ids)
+    sys.stdout.write(text[len(printed):] + "\n")
+    sys.stdout.flush()
+
+
+# ---- parser --------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="azr", description="AZR Trainer: grow a language model from your own books.")
+    p.add_argument("--home", help="data folder (default: $AZR_HOME, else ~/azr-home)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    books = sub.add_parser("books", help="add, list, show and delete books").add_subparsers(dest="sub", required=True)
+    a = books.add_parser("add", help="detect the encoding, decode, normalise and store a .txt book")
+    a.add_argument("path")
+    a.add_argument("--name")
+    a.add_argument("--encoding", help="override detection, e.g. cp1251, utf-8, koi8-r")
+    a.add_argument("--overwrite", action="store_true", help="replace a book of the same name")
+    a.add_argument("--json", action="store_true")
+    a.set_defaults(func=cmd_books_add)
+    a = books.add_parser("list")
+    a.add_argument("--json", action="store_true")
+    a.set_defaults(func=cmd_books_list)
+    a = books.add_parser("cat", help="print the stored text (UTF-8)")
+    a.add_argument("name")
+    a.set_defaults(func=cmd_books_cat)
+    a = books.add_parser("delete")
+    a.add_argument("name")
+    a.set_defaults(func=cmd_books_delete)
+
+    models = sub.add_parser("models", help="create, list, show, delete and export models").add_subparsers(
+        dest="sub", required=True)
+    a = models.add_parser("create", help="create a transformer of the shape you choose")
+    a.add_argument("name")
+    a.add_argument("--vocab-size", type=int, default=8000, help="tokens in the vocabulary (recommended 5,000–15,000)")
+    a.add_argument("--d-model", type=int, default=256, help="model width (recommended 128–512)")
+    a.add_argument("--num-layers", type=int, default=6, help="layers (recommended 4–12)")
+    a.add_argument("--num-heads", type=int, default=8, help="attention heads (recommended 4–16)")
+    a.add_argument("--d-ff", type=int, default=1024, help="feed-forward width (recommended d_model × 4)")
+    a.add_argument("--max-seq-len", type=int, default=256, help="longest sequence (recommended 128–512)")
+    a.add_argument("--tokenizer", choices=["bpe", "char"], default="bpe")
+    a.add_argument("--untied", action="store_true", help="separate input and output embeddings")
+    a.add_argument("--json", action="store_true")
+    a.set_defaults(func=cmd_models_create)
+    a = models.add_parser("list")
+    a.add_argument("--json", action="store_true")
+    a.set_defaults(func=cmd_models_list)
+    a = models.add_parser("show")
+    a.add_argument("name")
+    a.add_argument("--json", action="store_true")
+    a.set_defaults(func=cmd_models_show)
+    a = models.add_parser("delete")
+    a.add_argument("name")
+    a.set_defaults(func=cmd_models_delete)
+    a = models.add_parser("export", help="write the model as one .pt file")
+    a.add_argument("name")
+    a.add_argument("--format", default="pt", choices=["pt", "hf", "gguf"])
+    a.add_argument("-o", "--output")
+    a.add_argument("--checkpoint", default="best", help="best, latest or a step number")
+    a.add_argument("--json", action="store_true")
+    a.set_defaults(func=cmd_models_export)
+
+    t = sub.add_parser("train", help="train a model on books")
+    t.add_argument("name")
+    t.add_argument("--books", required=True, help="book names, comma-separated")
+    t.add_argument("--max-iterations", type=int, default=1000)
+    t.add_argument("--batch-size", type=int, default=16)
+    t.add_argument("--learning-rate", type=float, default=3e-4)
+    t.add_argument("--save-every", type=int, default=1000, help="save a checkpoint every N iterations")
+    t.add_argument("--eval-every", type=int, default=200)
+    t.add_argument("--max-time", type=float, help="stop cleanly after this many seconds")
+    t.add_argument("--grad-accum", type=int, default=1)
+    t.add_argument("--warmup-iters", type=int)
+    t.add_argument("--val-fraction", type=float, default=0.1)
+    t.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
+    t.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
+    t.add_argument("--compile", default="auto", choices=["auto", "on", "off"])
+    t.add_argument("--seed", type=int, default=1337)
+    t.add_argument("--log-every", type=int, default=10)
+    t.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    t.add_argument("--control-file", help=argparse.SUPPRESS)  # the studio's pause/cancel channel
+    t.add_argument("--quiet", action="store_true")
+    t.add_argument("--json", action="store_true")
+    t.set_defaults(func=cmd_train)
+
+    g = sub.add_parser("generate", help="continue a prompt")
+    g.add_argument("name", nargs="?")
+    g.add_argument("prompt", nargs="?")
+    g.add_argument("--model", dest="model_file", help="a .pt file instead of a model name")
+    g.add_argument("--max-length", type=int, default=100, help="new tokens to generate")
+    g.add_argument("--temperature", type=float, default=0.8, help="0 = greedy; 0.1–2.0")
+    g.add_argument("--top-k", type=int, default=40, help="0 = off")
+    g.add_argument("--top-p", type=float)
+    g.add_argument("--repetition-penalty", type=float, default=1.0)
+    g.add_argument("--seed", type=int)
+    g.add_argument("--checkpoint", default="best", help="best, latest or a step number")
+    g.add_argument("--device", default="auto")
+    g.add_argument("--threads", type=int)
+    g.set_defaults(func=cmd_generate)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        home = home_dir(args.home)
+        args.func(args, home)
+        return 0
+    except UserError as e:
+        print(f"Error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("Interrupted.", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""From stored books to token arrays on disk, and batches from them.
+
+The tokenizer is trained on the training split of the model's books the first time the
+model trains, then frozen with the model. Each book's last ``val_fraction`` is validation:
+neither the tokenizer nor training ever sees it. Token ids live in memory-mapped
+``.bin`` files so a 100 MB book does not sit in RAM several times over.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import books as books_mod
+from .home import UserError, atomic_write_bytes, atomic_write_json, read_json
+from .tokenizer import Tokenizer, text_chunks, train_tokenizer, vocab_size_warning
+
+
+@dataclass
+class PreparedData:
+    train: np.ndarray      # token ids, books joined by <|endoftext|>
+    val: np.ndarray        # starts with <|endoftext|> so the first real token is predicted too
+    val_bytes: int         # UTF-8 bytes of the validation text (the bpb denominator)
+    train_bytes: int
+    tokenizer: Tokenizer
+    warnings: list[str]
+
+
+def _book_splits(home: Path, names: list[str], val_fraction: float):
+    for name in names:
+        text = books_mod.read_book_text(home, name)
+        train, val = books_mod.split_train_val(text, val_fraction)
+        del text
+        yield name, train, val
+
+
+def _data_key(home: Path, names: list[str], val_fraction: float, tokenizer_json: str) -> str:
+    h = hashlib.sha256()
+    for name in names:
+        info = books_mod.get_book(home, name)
+        h.update(f"{name}|{info.text_bytes}|{info.created_at}|".encode())
+    h.update(f"{val_fraction}|".encode())
+    h.update(hashlib.sha256(tokenizer_json.encode()).digest())
+    return h.hexdigest()[:16]
+
+
+def prepare_data(home: Path, model_dir: Path, book_names: list[str], kind: str, vocab_size: int,
+                 val_fraction: float = 0.1, log=print) -> PreparedData:
+    if not book_names:
+        raise UserError("Choose at least one book to train on (--books NAME). See `azr books list`.")
+    for name in book_names:
+        books_mod.get_book(home, name)  # raises NotFound with the right hint
+    warnings: list[str] = []
+    tok_path = model_dir / "tokenizer.json"
+    if tok_path.exists():
+        tokenizer = Tokenizer.load(tok_path)
+    else:
+        log(f"Training a {kind} tokenizer (vocab_size {vocab_size}) on the training split of {', '.join(book_names)}…")
+
+        def train_texts():
+            for _, train, _ in _book_splits(home, book_names, val_fraction):
+                yield from text_chunks(train)
+
+        tokenizer = train_tokenizer(kind, train_texts(), vocab_size)
+        tokenizer.save(tok_path)
+        if tokenizer.vocab_size < vocab_size:
+            warnings.append(f"The books only supported {tokenizer.vocab_size} tokens; the model keeps vocab_size "
+                            f"{vocab_size} (the extra rows are never used).")
+    if tokenizer.vocab_size > vocab_size:
+        raise UserError(f"The model's tokenizer has {tokenizer.vocab_size} tokens but vocab_size is {vocab_size}.")
+
+    data_dir = model_dir / "data"
+    key = _data_key(home, book_names, val_fraction, tokenizer.to_json())
+    meta_path = data_dir / "data.json"
+    if meta_path.exists() and read_json(meta_path).get("key") == key:
+        meta = read_json(meta_path)
+    else:
+        log("Tokenizing the books…")
+        train_parts, val_parts = [], []
+        train_bytes = val_bytes = 0
+        eot = np.asarray([tokenizer.eot_id], dtype=np.uint32)
+        for _, train, val in _book_splits(home, book_names, val_fraction):
+            train_parts += [eot, tokenizer.encode_to_array(text_chunks(train)).astype(np.uint32)]
+            val_parts += [eot, tokenizer.encode_to_array(text_chunks(val)).astype(np.uint32)]
+            train_bytes += len(train.encode("utf-8"))
+            val_bytes += len(val.encode("utf-8"))
+        dtype = np.uint16 if tokenizer.vocab_size <= 65535 else np.uint32
+        train_ids = np.concatenate(train_parts).astype(dtype)
+        val_ids = np.concatenate(val_parts).astype(dtype)
+        atomic_write_bytes(data_dir / "train.bin", train_ids.tobytes())
+        atomic_write_bytes(data_dir / "val.bin", val_ids.tobytes())
+        meta = {"key": key, "books": book_names, "val_fraction": val_fraction, "dtype": np.dtype(dtype).name,
+                "train_tokens": int(train_ids.size), "val_tokens": int(val_ids.size),
+                "train_bytes": train_bytes, "val_bytes": val_bytes}
+        atomic_write_json(meta_path, meta)
+    dtype = np.dtype(meta["dtype"])
+    train_ids = np.memmap(data_dir / "train.bin", dtype=dtype, mode="r")
+    val_ids = np.memmap(data_dir / "val.bin", dtype=dtype, mode="r")
+    w = vocab_size_warning(kind, vocab_size, meta["train_bytes"])
+    if w:
+        warnings.append(w)
+    if meta["val_bytes"] == 0:
+        warnings.append("The validation split is empty (val_fraction 0): val loss and bpb cannot be measured.")
+    return PreparedData(train_ids, val_ids, meta["val_bytes"], meta["train_bytes"], tokenizer, warnings)
+
+
+class BatchSampler:
+    """Random windows of the training tokens, drawn from its own generator so that saving
+    and restoring that generator's state resumes the exact data order."""
+
+    def __init__(self, tokens: np.ndarray, seq_len: int, batch_size: int, seed: int):
+        if len(tokens) < seq_len + 2:
+            raise UserError(f"The training text is only {len(tokens)} tokens, shorter than one sequence "
+                            f"({seq_len + 1}). Add more text or lower max_seq_len.")
+        self.tokens, self.seq_len, self.batch_size = tokens, seq_len, batch_size
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def next(self, device) -> tuple[torch.Tensor, torch.Tensor]:
+        starts = torch.randint(len(self.tokens) - self.seq_len - 1, (self.batch_size,), generator=self.gen)
+        rows = np.stack([self.tokens[s:s + self.seq_len + 1] for s in starts.tolist()]).astype(np.int64)
+        xy = torch.from_numpy(rows)
+        x, y = xy[:, :-1], xy[:, 1:]
+        if device.type == "cuda":
+            return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+        return x.to(device), y.to(device)
+
+    def state(self) -> torch.Tensor:
+        return self.gen.get_state()
+
+    def load_state(self, state: torch.Tensor) -> None:
+        self.gen.set_state(state)
+
+
+def validation_windows(val: np.ndarray, seq_len: int, limit: int | None = None):
+    """Non-overlapping windows that together predict every validation token after the leading
+    <|endoftext|>. With ``limit``, an evenly spaced, fixed subset (cheap periodic evals)."""
+    n_windows = max(0, (len(val) - 1 + seq_len - 1) // seq_len)
+    idx = range(n_windows)
+    if limit is not None and n_windows > limit:
+        idx = [round(i * (n_windows - 1) / (limit - 1)) for i in range(limit)] if limit > 1 else [0]
+    for w in idx:
+        s = w * seq_len
+        chunk = np.asarray(val[s:s + seq_len + 1], dtype=np.int64)
+        yield torch.from_numpy(chunk[:-1]), torch.from_numpy(chunk[1:])

@@ -1,0 +1,67 @@
+"""Where to compute: picks cuda, mps or cpu, sets CPU threads, and knows how much memory there is."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .home import UserError
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name in (None, "", "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError as e:
+        raise UserError(f"Unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps.") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but this PyTorch has no CUDA GPU; use --device cpu or auto.")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UserError("--device mps was asked for but Apple's MPS is not available here; use --device cpu or auto.")
+    return dev
+
+
+def default_threads() -> int:
+    # Physical cores are what matmuls scale with; leave nothing for hyperthreads.
+    return max(1, (os.cpu_count() or 2))
+
+
+def set_threads(threads: int | None) -> int:
+    n = threads or default_threads()
+    if n < 1:
+        raise UserError(f"threads must be at least 1, got {n}.")
+    torch.set_num_threads(n)
+    return n
+
+
+def available_memory_bytes(device: torch.device) -> int | None:
+    """Memory a run could use: free GPU memory, or RAM available to this process. None if unknown."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    if hasattr(os, "sysconf"):
+        try:
+            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+        except (ValueError, OSError):
+            return None
+    return None
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, (MemoryError, getattr(torch, "OutOfMemoryError", MemoryError))):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)

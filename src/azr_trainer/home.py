@@ -1,0 +1,107 @@
+"""The data folder ($AZR_HOME): where books, models, checkpoints and runs live.
+
+Layout (kept close to the original description's books/, models/, checkpoints/):
+
+    $AZR_HOME/
+      books/<book>/text.txt      the book, decoded to UTF-8 (NFC, \\n newlines)
+      books/<book>/book.json     what we know about it (encoding, sizes, preview)
+      models/<model>/model.json  the shape the user chose
+      models/<model>/tokenizer.json            frozen when the model first trains
+      models/<model>/data/{train,val}.bin      the tokenized books (memory-mapped)
+      models/<model>/checkpoints/step_*.pt, best.pt
+      models/<model>/runs/<run>/events.jsonl   everything a run reported
+      azr.sqlite                  the registry the studio reads (see store.py)
+
+Default: ``~/azr-home``. Override with the AZR_HOME environment variable or ``--home``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+
+DEFAULT_HOME_NAME = "azr-home"
+
+# Letters (any script), digits, and a few separators; no slashes, no leading dot.
+_NAME_RE = re.compile(r"^[^\W][\w.\- ]{0,63}$", re.UNICODE)
+
+
+class UserError(Exception):
+    """An error a person can act on. The CLI prints it without a traceback; the API
+    returns it as a 4xx."""
+
+    status = 400
+
+
+class NotFound(UserError):
+    status = 404
+
+
+class Conflict(UserError):
+    status = 409
+
+
+def home_dir(explicit: str | os.PathLike | None = None) -> Path:
+    if explicit:
+        path = Path(explicit)
+    elif os.environ.get("AZR_HOME"):
+        path = Path(os.environ["AZR_HOME"])
+    else:
+        path = Path.home() / DEFAULT_HOME_NAME
+    path = path.expanduser().resolve()
+    for sub in ("books", "models"):
+        (path / sub).mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def validate_name(name: str, what: str = "name") -> str:
+    """Names become folder names, so they must be safe on every OS."""
+    if not isinstance(name, str) or not name.strip():
+        raise UserError(f"The {what} must not be empty.")
+    name = name.strip()
+    if ".." in name or "/" in name or "\\" in name or not _NAME_RE.match(name) or name.endswith((".", " ")):
+        raise UserError(
+            f"The {what} {name!r} is not allowed: use up to 64 letters, digits, '_', '-', '.' or spaces, "
+            "starting with a letter or digit (no slashes, no '..')."
+        )
+    if name.upper().split(".")[0] in {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(10)), *(f"LPT{i}" for i in range(10))}:
+        raise UserError(f"The {what} {name!r} is reserved on Windows; choose another.")
+    return name
+
+
+def fsync_dir(path: Path) -> None:
+    # Makes a rename durable on POSIX; directories cannot be opened on Windows.
+    if os.name != "posix":
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temp file beside the target, fsync, rename: readers see the old file or the new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, ensure_ascii=False, indent=2) + "\n").encode("utf-8"))
+
+
+def read_json(path: Path):
+    return json.loads(path.read_text(encoding="utf-8"))

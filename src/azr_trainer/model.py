@@ -1,0 +1,262 @@
+"""The transformer: a decoder-only, Llama-style language model.
+
+RMSNorm before each block, rotary positions, SwiGLU feed-forward, no biases, attention
+through PyTorch's scaled_dot_product_attention, and a KV cache for generation.
+Parameter names mirror Hugging Face ``LlamaForCausalLM`` one-to-one
+(``model.layers.0.self_attn.q_proj.weight`` …) and rotary uses the same "rotate half"
+layout, so export is a rename-free copy.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .home import UserError
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 8000
+    d_model: int = 256
+    num_layers: int = 6
+    num_heads: int = 8
+    d_ff: int = 1024
+    max_seq_len: int = 256
+    tie_embeddings: bool = True
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    tokenizer: str = "bpe"  # "bpe" (byte-level BPE) or "char"
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.num_heads
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def validate(self) -> "ModelConfig":
+        """Raise UserError with a message that says what to change."""
+        ints = ("vocab_size", "d_model", "num_layers", "num_heads", "d_ff", "max_seq_len")
+        for name in ints:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise UserError(f"{name} must be a whole number, got {value!r}.")
+            if value <= 0:
+                raise UserError(f"{name} must be greater than 0, got {value}.")
+        limits = {"vocab_size": 1_000_000, "d_model": 16384, "num_layers": 256, "num_heads": 256,
+                  "d_ff": 65536, "max_seq_len": 131072}
+        for name, limit in limits.items():
+            if getattr(self, name) > limit:
+                raise UserError(f"{name} ({getattr(self, name)}) is larger than this studio supports ({limit}).")
+        if self.tokenizer not in ("bpe", "char"):
+            raise UserError(f"tokenizer must be 'bpe' or 'char', got {self.tokenizer!r}.")
+        if self.tokenizer == "bpe" and self.vocab_size < 260:
+            raise UserError(f"vocab_size ({self.vocab_size}) must be at least 260 for a byte-level BPE tokenizer "
+                            "(256 bytes + special tokens); use --tokenizer char for a smaller vocabulary.")
+        if self.tokenizer == "char" and self.vocab_size < 2:
+            raise UserError("vocab_size must be at least 2.")
+        if self.d_model % self.num_heads:
+            raise UserError(f"d_model ({self.d_model}) must be divisible by num_heads ({self.num_heads}); "
+                            f"try num_heads {_divisor_near(self.d_model, self.num_heads)}.")
+        if self.head_dim % 2:
+            raise UserError(f"d_model / num_heads = {self.head_dim} must be even for rotary positions; "
+                            "change d_model or num_heads.")
+        return self
+
+
+def _divisor_near(n: int, target: int) -> int:
+    return min((d for d in range(1, n + 1) if n % d == 0 and (n // d) % 2 == 0), key=lambda d: abs(d - target), default=1)
+
+
+def count_parameters(cfg: ModelConfig) -> int:
+    d, f, v, L = cfg.d_model, cfg.d_ff, cfg.vocab_size, cfg.num_layers
+    per_layer = 4 * d * d + 3 * d * f + 2 * d
+    return v * d + L * per_layer + d + (0 if cfg.tie_embeddings else v * d)
+
+
+def training_flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> float:
+    """Forward+backward matmul FLOPs per token (6N for weights + attention scores), as in PaLM's MFU."""
+    T = seq_len or cfg.max_seq_len
+    n_matmul = cfg.num_layers * (4 * cfg.d_model ** 2 + 3 * cfg.d_model * cfg.d_ff) + cfg.vocab_size * cfg.d_model
+    attn = cfg.num_layers * 2 * cfg.d_model * T  # QK^T and AV, causal half counted as full like nanoGPT
+    return 6 * n_matmul + 6 * attn
+
+
+def estimate_training_memory(cfg: ModelConfig, batch_size: int = 16, seq_len: int | None = None,
+                             bytes_per_float: int = 4) -> int:
+    """Rough bytes for training: weights, grads, 2 AdamW moments, and activations kept for backward."""
+    T = seq_len or cfg.max_seq_len
+    n = count_parameters(cfg)
+    states = n * bytes_per_float * 4
+    B, d, f, L, V = batch_size, cfg.d_model, cfg.d_ff, cfg.num_layers, cfg.vocab_size
+    # per layer: norms, q/k/v/out, attention output, 3 feed-forward tensors of width d_ff, residuals
+    act_per_layer = B * T * (10 * d + 4 * f)
+    logits = 3 * B * T * V  # logits, their softmax and gradient
+    return int(states + (L * act_per_layer + logits) * bytes_per_float)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+
+
+def rotary_tables(head_dim: int, max_positions: int, theta: float, device=None):
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim))
+    t = torch.arange(max_positions, dtype=torch.float32, device=device)
+    freqs = torch.outer(t, inv_freq)
+    emb = torch.cat((freqs, freqs), dim=-1)  # HF "rotate_half" layout
+    return emb.cos(), emb.sin()
+
+
+def apply_rotary(x, cos, sin):
+    # x: (B, H, T, hd); cos/sin: (T, hd) or (B, 1, T, hd)
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    rotated = torch.cat((-x2, x1), dim=-1)
+    return x * cos + rotated * sin
+
+
+class KVCache:
+    """Preallocated keys and values for every layer; ``length`` tokens are filled."""
+
+    def __init__(self, cfg: ModelConfig, batch_size: int, device, dtype):
+        shape = (batch_size, cfg.num_heads, cfg.max_seq_len, cfg.head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.num_layers)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.num_layers)]
+        self.length = 0
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        d = cfg.d_model
+        self.num_heads, self.head_dim = cfg.num_heads, cfg.head_dim
+        self.q_proj = nn.Linear(d, d, bias=False)
+        self.k_proj = nn.Linear(d, d, bias=False)
+        self.v_proj = nn.Linear(d, d, bias=False)
+        self.o_proj = nn.Linear(d, d, bias=False)
+
+    def forward(self, x, cos, sin, cache: KVCache | None = None, layer: int = 0, attn_mask=None):
+        B, T, C = x.shape
+        q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if cache is None:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=attn_mask is None)
+        else:
+            start = cache.length
+            cache.k[layer][:, :, start:start + T] = k
+            cache.v[layer][:, :, start:start + T] = v
+            k_all = cache.k[layer][:, :, :start + T]
+            v_all = cache.v[layer][:, :, :start + T]
+            if attn_mask is None:
+                # causal within the new tokens, everything before them visible
+                attn_mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(diagonal=start)
+            y = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=attn_mask)
+        y = y.transpose(1, 2).reshape(B, T, C)
+        return self.o_proj(y)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
+        self.up_proj = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
+        self.down_proj = nn.Linear(cfg.d_ff, cfg.d_model, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.self_attn = Attention(cfg)
+        self.post_attention_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, cos, sin, cache=None, layer=0, attn_mask=None):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache, layer, attn_mask)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Backbone(nn.Module):
+    """Holds what HF calls ``model.*``: embeddings, layers, final norm."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_layers))
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.model = Backbone(cfg)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        cos, sin = rotary_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.apply(self._init_weights)
+        # Scale the residual-writing projections by depth (GPT-2 / nanoGPT) so deep stacks start stable.
+        for name, p in self.named_parameters():
+            if name.endswith(("o_proj.weight", "down_proj.weight")):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.num_layers))
+
+    @staticmethod
+    def _init_weights(module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(self, idx, targets=None, cache: KVCache | None = None, positions=None, attn_mask=None,
+                reduction: str = "mean"):
+        """idx (B, T) token ids. Returns (logits, loss). With targets, loss is cross-entropy
+        (mean, or per-token with reduction='none'); targets of -1 are ignored.
+
+        positions (B, T) gives each token's rotary position (for left-padded batches);
+        by default positions follow the cache length.
+        """
+        B, T = idx.shape
+        start = cache.length if cache is not None else 0
+        if positions is None:
+            if start + T > self.cfg.max_seq_len:
+                raise ValueError(f"sequence of {start + T} tokens is longer than max_seq_len {self.cfg.max_seq_len}")
+            cos, sin = self.rope_cos[start:start + T], self.rope_sin[start:start + T]
+        else:
+            cos, sin = self.rope_cos[positions].unsqueeze(1), self.rope_sin[positions].unsqueeze(1)
+        x = self.model.embed_tokens(idx)
+        for i, layer in enumerate(self.model.layers):
+            x = layer(x, cos, sin, cache, i, attn_mask)
+        x = self.model.norm(x)
+        if cache is not None:
+            cache.length += T
+        if targets is None:
+            return self.lm_head(x), None
+        logits = self.lm_head(x)
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1),
+                               ignore_index=-1, reduction=reduction)
+        return logits, loss

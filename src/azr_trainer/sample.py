@@ -1,0 +1,180 @@
+"""Generation: temperature, top-k, top-p, repetition penalty, batched, streamed, with a KV cache.
+
+Prompts of different lengths are left-padded; each row gets its own rotary positions and
+an attention mask, so a batch gives the same tokens as each prompt alone. Past
+max_seq_len the window slides: the cache is rebuilt from the last 3/4 of the window
+(rotary positions are relative, so the model sees an ordinary context).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from .home import UserError
+from .model import KVCache, Transformer
+
+
+@dataclass
+class SamplingParams:
+    max_length: int = 100          # new tokens
+    temperature: float = 0.8       # 0 means greedy
+    top_k: int | None = 40
+    top_p: float | None = None
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+
+    def validate(self) -> "SamplingParams":
+        if not isinstance(self.max_length, int) or self.max_length < 1 or self.max_length > 100_000:
+            raise UserError(f"max_length must be between 1 and 100000 tokens, got {self.max_length!r}.")
+        if not (0 <= self.temperature <= 10):
+            raise UserError(f"temperature must be between 0 (greedy) and 10 (typical 0.1–2.0), got {self.temperature}.")
+        if self.top_k is not None and self.top_k < 0:
+            raise UserError(f"top_k must be 0 (off) or more, got {self.top_k}.")
+        if self.top_p is not None and not (0 < self.top_p <= 1):
+            raise UserError(f"top_p must be in (0, 1], got {self.top_p}.")
+        if not (0 < self.repetition_penalty <= 10):
+            raise UserError(f"repetition_penalty must be in (0, 10] (1.0 is off), got {self.repetition_penalty}.")
+        return self
+
+
+def _filter_logits(logits, temperature, top_k, top_p):
+    logits = logits / temperature
+    if top_k:
+        k = min(top_k, logits.size(-1))
+        kth = torch.topk(logits, k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        # drop a token when the mass before it already reaches top_p (the top token always stays)
+        drop = probs.cumsum(-1) - probs >= top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    return logits
+
+
+def _apply_repetition_penalty(logits, history, penalty):
+    if penalty == 1.0:
+        return logits
+    seen = torch.zeros_like(logits, dtype=torch.bool).scatter_(-1, history, True)
+    penalised = torch.where(logits > 0, logits / penalty, logits * penalty)
+    return torch.where(seen, penalised, logits)
+
+
+class _Window:
+    """Left-padded batch state: token history per row and the cache built from it."""
+
+    def __init__(self, model: Transformer, use_cache: bool):
+        self.model, self.use_cache = model, use_cache
+        self.cfg = model.cfg
+        self.device = next(model.parameters()).device
+        self.dtype = next(model.parameters()).dtype
+
+    def prefill(self, rows: list[list[int]]):
+        B, T = len(rows), max(len(r) for r in rows)
+        ids = torch.zeros(B, T, dtype=torch.long)
+        key_mask = torch.zeros(B, T, dtype=torch.bool)
+        for i, r in enumerate(rows):
+            ids[i, T - len(r):] = torch.tensor(r, dtype=torch.long)
+            key_mask[i, T - len(r):] = True
+        ids, key_mask = ids.to(self.device), key_mask.to(self.device)
+        self.key_mask = key_mask
+        self.positions = (key_mask.long().cumsum(-1) - 1).clamp(min=0)
+        padded = not bool(key_mask.all())
+        mask = None
+        if padded:
+            causal = torch.ones(T, T, dtype=torch.bool, device=self.device).tril()
+            mask = (causal[None] & key_mask[:, None, :]).unsqueeze(1)
+            mask |= torch.eye(T, dtype=torch.bool, device=self.device)  # pad rows attend to themselves: no NaNs
+        self.cache = KVCache(self.cfg, B, self.device, self.dtype) if self.use_cache else None
+        logits, _ = self.model(ids, cache=self.cache, positions=self.positions if padded else None,
+                               attn_mask=mask if (padded or self.cache is not None) else None)
+        self.ids = ids
+        return logits[:, -1, :]
+
+    def step(self, next_ids: torch.Tensor):
+        """Feed one new token per row; returns next-token logits."""
+        B = next_ids.size(0)
+        self.ids = torch.cat([self.ids, next_ids[:, None]], dim=1)
+        self.key_mask = torch.cat([self.key_mask, torch.ones(B, 1, dtype=torch.bool, device=self.device)], dim=1)
+        new_pos = self.positions[:, -1:] + 1
+        self.positions = torch.cat([self.positions, new_pos], dim=1)
+        if self.cache is None:
+            T = self.ids.size(1)
+            causal = torch.ones(T, T, dtype=torch.bool, device=self.device).tril()
+            mask = (causal[None] & self.key_mask[:, None, :]).unsqueeze(1) | torch.eye(T, dtype=torch.bool, device=self.device)
+            logits, _ = self.model(self.ids, positions=self.positions, attn_mask=mask)
+            return logits[:, -1, :]
+        mask = self.key_mask[:, None, None, :]
+        logits, _ = self.model(next_ids[:, None], cache=self.cache, positions=new_pos, attn_mask=mask)
+        return logits[:, -1, :]
+
+    @property
+    def full(self) -> bool:
+        return self.ids.size(1) >= self.cfg.max_seq_len
+
+
+@torch.no_grad()
+def stream_generate(model: Transformer, prompts: list[list[int]], params: SamplingParams, *,
+                    eot_id: int | None = None, generator: torch.Generator | None = None,
+                    use_cache: bool = True) -> Iterator[list[int | None]]:
+    """Yield, per step, the new token of each row (None once a row has ended)."""
+    params.validate()
+    if not prompts:
+        return
+    model.eval()
+    max_len = model.cfg.max_seq_len
+    rows = [list(p[-(max_len - 1):]) if p else ([eot_id] if eot_id is not None else [0]) for p in prompts]
+    history = [list(r) for r in rows]
+    if generator is None and params.seed is not None:
+        generator = torch.Generator(device="cpu").manual_seed(params.seed)
+    window = _Window(model, use_cache)
+    logits = window.prefill(rows)
+    done = [False] * len(rows)
+    for _ in range(params.max_length):
+        logits = logits.float()
+        if params.repetition_penalty != 1.0:
+            hist = torch.nn.utils.rnn.pad_sequence([torch.tensor(h[-max_len:]) for h in history], batch_first=True,
+                                                   padding_value=history[0][-1]).to(logits.device)
+            logits = _apply_repetition_penalty(logits, hist, params.repetition_penalty)
+        if params.temperature == 0:
+            nxt = logits.argmax(-1)
+        else:
+            probs = torch.softmax(_filter_logits(logits, params.temperature, params.top_k, params.top_p), dim=-1)
+            nxt = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(1).to(logits.device)
+        out: list[int | None] = []
+        for i, t in enumerate(nxt.tolist()):
+            if done[i]:
+                out.append(None)
+                continue
+            if eot_id is not None and t == eot_id:
+                done[i] = True
+                out.append(None)
+                continue
+            history[i].append(t)
+            out.append(t)
+        if all(d for d in done):
+            return
+        yield out
+        if window.full:
+            keep = max(1, (max_len * 3) // 4)
+            logits = window.prefill([h[-keep:] for h in history])
+        else:
+            logits = window.step(nxt)
+
+
+def generate(model: Transformer, prompts: list[list[int]], *, max_new_tokens: int = 100, temperature: float = 0.8,
+             top_k: int | None = 40, top_p: float | None = None, repetition_penalty: float = 1.0,
+             seed: int | None = None, generator: torch.Generator | None = None, eot_id: int | None = None,
+             use_cache: bool = True) -> list[list[int]]:
+    """The new tokens for each prompt (the prompt itself is not repeated)."""
+    params = SamplingParams(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed)
+    outs: list[list[int]] = [[] for _ in prompts]
+    for step in stream_generate(model, prompts, params, eot_id=eot_id, generator=generator, use_cache=use_cache):
+        for i, t in enumerate(step):
+            if t is not None:
+                outs[i].append(t)
+    return outs

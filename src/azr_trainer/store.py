@@ -1,0 +1,116 @@
+"""Models in the data folder: create, list, show, delete.
+
+A model is a folder ``models/<name>/`` with ``model.json`` (the shape the user chose and
+what training has learned about it since). Files are the source of truth; the studio's
+SQLite registry indexes them.
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .checkpoint import list_step_checkpoints
+from .home import Conflict, NotFound, UserError, atomic_write_json, read_json, validate_name
+from .model import ModelConfig, count_parameters, estimate_training_memory
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass
+class ModelInfo:
+    name: str
+    config: ModelConfig
+    created_at: str
+    parameters: int
+    trained_steps: int = 0
+    best_val_bpb: float | None = None
+    last_trained: str | None = None
+    books: list[str] | None = None
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "config": self.config.to_dict(), "created_at": self.created_at,
+                "parameters": self.parameters, "trained_steps": self.trained_steps,
+                "best_val_bpb": self.best_val_bpb, "last_trained": self.last_trained, "books": self.books}
+
+
+def model_dir(home: Path, name: str) -> Path:
+    return home / "models" / validate_name(name, "model name")
+
+
+def _info_from_json(d: dict) -> ModelInfo:
+    cfg = ModelConfig.from_dict(d["config"])
+    return ModelInfo(name=d["name"], config=cfg, created_at=d["created_at"], parameters=count_parameters(cfg),
+                     trained_steps=d.get("trained_steps", 0), best_val_bpb=d.get("best_val_bpb"),
+                     last_trained=d.get("last_trained"), books=d.get("books"))
+
+
+def create_model(home: Path, name: str, cfg: ModelConfig, *, max_memory: int | None = None) -> ModelInfo:
+    d = model_dir(home, name)
+    cfg.validate()
+    if d.exists():
+        raise Conflict(f"A model named '{name}' already exists. Choose another name or delete it "
+                       f"(azr models delete {name}).")
+    if max_memory is not None:
+        need = estimate_training_memory(cfg, batch_size=1)
+        if need > max_memory:
+            raise UserError(f"This shape needs about {need / 2**30:.1f} GiB to train even at batch_size 1, "
+                            f"more than the {max_memory / 2**30:.1f} GiB available. Lower max_seq_len, d_model, "
+                            "num_layers or vocab_size.")
+    info = ModelInfo(name=name, config=cfg, created_at=now_iso(), parameters=count_parameters(cfg))
+    # Build in a temp folder and rename, so a crash never leaves a half-made model.
+    tmp = home / "models" / f".tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(parents=True)
+    try:
+        atomic_write_json(tmp / "model.json", info.to_dict())
+        tmp.rename(d)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return info
+
+
+def get_model(home: Path, name: str) -> ModelInfo:
+    d = model_dir(home, name)
+    if not (d / "model.json").exists():
+        raise NotFound(f"No model named '{name}'. See `azr models list`, or create it with `azr models create {name} …`.")
+    return _info_from_json(read_json(d / "model.json"))
+
+
+def list_models(home: Path) -> list[ModelInfo]:
+    out = []
+    for d in sorted((home / "models").iterdir()):
+        if d.name.startswith(".") or not (d / "model.json").exists():
+            continue
+        try:
+            out.append(_info_from_json(read_json(d / "model.json")))
+        except (ValueError, KeyError, TypeError):
+            continue  # a damaged folder is skipped, never fatal for the listing
+    return out
+
+
+def update_model(home: Path, name: str, **changes) -> ModelInfo:
+    d = model_dir(home, name)
+    data = read_json(d / "model.json")
+    data.update(changes)
+    atomic_write_json(d / "model.json", data)
+    return _info_from_json(data)
+
+
+def delete_model(home: Path, name: str) -> None:
+    d = model_dir(home, name)
+    if not d.exists():
+        raise NotFound(f"No model named '{name}'. See `azr models list`.")
+    # Rename first so the name disappears at once and a crash mid-delete leaves only a hidden folder.
+    trash = home / "models" / f".deleted-{uuid.uuid4().hex[:8]}"
+    d.rename(trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def checkpoint_steps(home: Path, name: str) -> list[int]:
+    return [s for s, _ in list_step_checkpoints(model_dir(home, name))]

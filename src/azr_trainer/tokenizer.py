@@ -1,0 +1,145 @@
+"""Tokenizers, both built with Hugging Face ``tokenizers`` and saved as one tokenizer.json.
+
+- ``bpe``: byte-level BPE (GPT-2 style) trained on the training split of the model's books.
+  Every byte is in the base alphabet, so any Unicode text round-trips exactly.
+- ``char``: one token per character seen in the training text, plus 256 byte tokens
+  (``<0x41>``) that unseen characters fall back to, so it round-trips too. For tiny texts.
+
+Token 0 is always ``<|endoftext|>``: it separates books and ends generation.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer as HFTokenizer
+from tokenizers import decoders, models, pre_tokenizers, trainers
+
+from .home import UserError
+
+EOT = "<|endoftext|>"
+
+
+class Tokenizer:
+    def __init__(self, hf: HFTokenizer, kind: str):
+        self.hf = hf
+        self.kind = kind
+        self.eot_id = hf.token_to_id(EOT)
+        if self.eot_id is None:
+            raise UserError("The tokenizer has no <|endoftext|> token; the file is not one of ours.")
+
+    @property
+    def vocab_size(self) -> int:
+        return self.hf.get_vocab_size()
+
+    def encode(self, text: str) -> list[int]:
+        return self.hf.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self.hf.encode_batch(texts, add_special_tokens=False)]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.hf.decode(list(ids), skip_special_tokens=True)
+
+    def to_json(self) -> str:
+        return json.dumps({"kind": self.kind, "tokenizer": json.loads(self.hf.to_str())}, ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, s: str) -> "Tokenizer":
+        try:
+            d = json.loads(s)
+            return cls(HFTokenizer.from_str(json.dumps(d["tokenizer"])), d["kind"])
+        except (KeyError, TypeError, ValueError, Exception) as e:  # tokenizers raises its own Exception type
+            if isinstance(e, UserError):
+                raise
+            raise UserError(f"The tokenizer data is damaged ({e}).") from e
+
+    def save(self, path: Path) -> None:
+        from .home import atomic_write_bytes
+        atomic_write_bytes(path, self.to_json().encode("utf-8"))
+
+    @classmethod
+    def load(cls, path: Path) -> "Tokenizer":
+        return cls.from_json(path.read_text(encoding="utf-8"))
+
+    def encode_to_array(self, chunks: Iterable[str], batch: int = 64) -> np.ndarray:
+        """Encode a long text given as chunks (cut at newlines) without building a Python list of all ids."""
+        dtype = np.uint16 if self.vocab_size <= 65535 else np.uint32
+        parts, pending = [], []
+        for chunk in chunks:
+            pending.append(chunk)
+            if len(pending) >= batch:
+                parts.extend(np.asarray(ids, dtype=dtype) for ids in self.encode_batch(pending))
+                pending = []
+        if pending:
+            parts.extend(np.asarray(ids, dtype=dtype) for ids in self.encode_batch(pending))
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
+
+
+def text_chunks(text: str, size: int = 1 << 16) -> Iterator[str]:
+    """Cut text into pieces that end at a newline, so BPE never merges across a cut."""
+    i = 0
+    while i < len(text):
+        j = min(len(text), i + size)
+        if j < len(text):
+            nl = text.rfind("\n", i, j)
+            if nl > i:
+                j = nl + 1
+        yield text[i:j]
+        i = j
+
+
+def train_bpe(texts: Iterable[str], vocab_size: int) -> Tokenizer:
+    hf = HFTokenizer(models.BPE())
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    hf.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, min_frequency=2, special_tokens=[EOT],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    )
+    hf.train_from_iterator(texts, trainer=trainer)
+    return Tokenizer(hf, "bpe")
+
+
+def train_char(texts: Iterable[str], vocab_size: int) -> Tokenizer:
+    counts: Counter[str] = Counter()
+    for t in texts:
+        counts.update(t)
+    room = vocab_size - 1 - 256
+    if room < 0:
+        # Too small for byte fallback: keep only the most common characters (still lossless for them).
+        room = vocab_size - 1
+        byte_tokens = []
+    else:
+        byte_tokens = [f"<0x{b:02X}>" for b in range(256)]
+    chars = [c for c, _ in counts.most_common(room)]
+    vocab = {EOT: 0}
+    for tok in chars + byte_tokens:
+        vocab.setdefault(tok, len(vocab))
+    hf = HFTokenizer(models.BPE(vocab=vocab, merges=[], byte_fallback=bool(byte_tokens),
+                                unk_token=None if byte_tokens else EOT))
+    hf.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Fuse()])
+    hf.add_special_tokens([EOT])
+    return Tokenizer(hf, "char")
+
+
+def train_tokenizer(kind: str, texts: Iterable[str], vocab_size: int) -> Tokenizer:
+    if kind == "bpe":
+        return train_bpe(texts, vocab_size)
+    if kind == "char":
+        return train_char(texts, vocab_size)
+    raise UserError(f"Unknown tokenizer {kind!r}: use 'bpe' or 'char'.")
+
+
+def vocab_size_warning(kind: str, vocab_size: int, train_bytes: int) -> str | None:
+    """BPE with too many merges for too little text learns whole rare words and overfits."""
+    if kind == "bpe" and vocab_size > 256 and train_bytes < vocab_size * 200:
+        suggested = max(260, min(vocab_size, train_bytes // 400))
+        return (f"vocab_size {vocab_size} is large for {train_bytes:,} bytes of training text; "
+                f"the model will see most tokens only a few times. Consider vocab_size ≈ {suggested} "
+                "or --tokenizer char for texts this small.")
+    return None

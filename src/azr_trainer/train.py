@@ -1,0 +1,366 @@
+"""Pretraining: next-token loss on the model's books, with evals, samples and checkpoints.
+
+AdamW with linear warmup and cosine decay to a floor, gradient clipping and
+accumulation, bf16 autocast and torch.compile on CUDA. Every ``eval_every`` steps it
+reports val loss, perplexity and bits per byte; the final eval covers the whole
+validation split. Checkpoints are atomic and hold everything for an exact resume.
+Stops cleanly on max_iterations, max_time, Ctrl-C/SIGTERM or a control file (the
+studio's pause/cancel).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from . import store
+from .checkpoint import (FORMAT, FORMAT_VERSION, atomic_torch_save, checkpoint_dir, list_step_checkpoints,
+                         prune_checkpoints, safe_load)
+from .data import BatchSampler, prepare_data, validation_windows
+from .device import available_memory_bytes, is_out_of_memory, pick_device, set_threads
+from .events import EventLog, Listener
+from .home import UserError
+from .model import Transformer, estimate_training_memory, training_flops_per_token
+from .sample import generate
+
+DEFAULT_SAMPLE_PROMPTS = ["\n", "The ", "Он "]
+
+
+@dataclass
+class TrainConfig:
+    books: list[str]
+    max_iterations: int = 1000
+    batch_size: int = 16
+    learning_rate: float = 3e-4
+    save_every: int = 1000
+    eval_every: int = 200
+    eval_windows: int = 32          # windows per periodic eval; the final eval uses all
+    max_time: float | None = None   # seconds of wall clock for this invocation
+    warmup_iters: int | None = None  # default: 5% of max_iterations, at most 200
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.1
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    grad_accum: int = 1
+    seq_len: int | None = None      # default: the model's max_seq_len
+    val_fraction: float = 0.1
+    device: str = "auto"
+    threads: int | None = None
+    compile: str = "auto"           # auto (CUDA only), on, off
+    sample_every: int | None = None  # default: eval_every
+    sample_prompts: list[str] = field(default_factory=lambda: list(DEFAULT_SAMPLE_PROMPTS))
+    sample_length: int = 48
+    log_every: int = 10
+    keep_last: int = 3
+    seed: int = 1337
+    resume: bool = False
+
+    def validate(self) -> "TrainConfig":
+        for name in ("max_iterations", "batch_size", "save_every", "eval_every", "grad_accum", "log_every"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise UserError(f"{name} must be a whole number of at least 1, got {v!r}.")
+        if not (0 < self.learning_rate < 1):
+            raise UserError(f"learning_rate must be between 0 and 1 (typical: 3e-4 to 3e-3), got {self.learning_rate}.")
+        if not (0 <= self.val_fraction <= 0.5):
+            raise UserError(f"val_fraction must be between 0 and 0.5, got {self.val_fraction}.")
+        if self.max_time is not None and self.max_time <= 0:
+            raise UserError(f"max_time must be a positive number of seconds, got {self.max_time}.")
+        if self.compile not in ("auto", "on", "off"):
+            raise UserError("compile must be auto, on or off.")
+        return self
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup, then cosine decay from learning_rate to min_lr_ratio × learning_rate."""
+    warmup = cfg.warmup_iters if cfg.warmup_iters is not None else min(200, max(1, cfg.max_iterations // 20))
+    if step < warmup:
+        return cfg.learning_rate * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, cfg.max_iterations - warmup))
+    floor = cfg.learning_rate * cfg.min_lr_ratio
+    return floor + 0.5 * (1 + math.cos(math.pi * progress)) * (cfg.learning_rate - floor)
+
+
+def make_optimizer(model: Transformer, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    extra = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(0.9, cfg.beta2), eps=1e-8, **extra)
+
+
+@torch.no_grad()
+def evaluate(model: Transformer, val, val_bytes: int, seq_len: int, device, autocast, limit: int | None,
+             batch_size: int = 16) -> dict:
+    """Total NLL over validation windows → loss per token, perplexity, and bits per UTF-8 byte.
+    With ``limit`` the bpb is extrapolated from the subset (tokens-per-byte of the whole split)."""
+    model.eval()
+    total_nll, total_tokens = 0.0, 0
+    xs, ys = [], []
+
+    def flush():
+        nonlocal total_nll, total_tokens
+        # windows can differ in length only for the last one; pad targets with -1 (ignored)
+        T = max(x.numel() for x in xs)
+        X = torch.zeros(len(xs), T, dtype=torch.long)
+        Y = torch.full((len(xs), T), -1, dtype=torch.long)
+        for i, (x, y) in enumerate(zip(xs, ys)):
+            X[i, :x.numel()], Y[i, :y.numel()] = x, y
+        with autocast():
+            _, loss = model(X.to(device), Y.to(device), reduction="sum")
+        total_nll += float(loss)
+        total_tokens += int((Y >= 0).sum())
+        xs.clear(), ys.clear()
+
+    for x, y in validation_windows(val, seq_len, limit):
+        xs.append(x), ys.append(y)
+        if len(xs) == batch_size:
+            flush()
+    if xs:
+        flush()
+    model.train()
+    if total_tokens == 0:
+        return {}
+    loss = total_nll / total_tokens
+    all_tokens = len(val) - 1
+    bits = loss / math.log(2) * all_tokens  # whole-split estimate (exact when the eval covered it all)
+    return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50)), "val_bpb": bits / max(1, val_bytes),
+            "val_tokens": total_tokens, "full": total_tokens == all_tokens}
+
+
+def _utcnow() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class StopRequested:
+    """Why training should stop early: a signal handler or the studio's control file sets it."""
+
+    def __init__(self, control_file: Path | None = None):
+        self.reason: str | None = None
+        self.control_file = control_file
+
+    def request(self, reason: str) -> None:
+        self.reason = self.reason or reason
+
+    def check(self) -> str | None:
+        if self.reason is None and self.control_file is not None and self.control_file.exists():
+            self.reason = self.control_file.read_text(encoding="utf-8").strip() or "stop"
+        return self.reason
+
+
+def train(home: Path, name: str, cfg: TrainConfig, listeners: list[Listener] | None = None,
+          stop: StopRequested | None = None, log: Callable[[str], None] = print) -> dict:
+    """Train model ``name`` on its books; returns the summary the CLI prints with --json."""
+    cfg.validate()
+    stop = stop or StopRequested()
+    info = store.get_model(home, name)
+    mcfg = info.config
+    mdir = store.model_dir(home, name)
+    seq_len = cfg.seq_len or mcfg.max_seq_len
+    if seq_len > mcfg.max_seq_len:
+        raise UserError(f"seq_len ({seq_len}) cannot exceed the model's max_seq_len ({mcfg.max_seq_len}).")
+    device = pick_device(cfg.device)
+    threads = set_threads(cfg.threads) if device.type == "cpu" else None
+    torch.manual_seed(cfg.seed)
+
+    mem_need = estimate_training_memory(mcfg, cfg.batch_size, seq_len)
+    mem_have = available_memory_bytes(device)
+    if mem_have is not None and mem_need > 0.9 * mem_have:
+        raise UserError(f"Training this model at batch_size {cfg.batch_size} and max_seq_len {seq_len} needs about "
+                        f"{mem_need / 2**30:.1f} GiB but only {mem_have / 2**30:.1f} GiB is free. "
+                        "Lower batch_size (e.g. 16 → 8 or 4), then max_seq_len, d_model or num_layers.")
+
+    resume_obj = None
+    if cfg.resume:
+        steps = list_step_checkpoints(mdir)
+        if not steps:
+            raise UserError(f"Nothing to resume: model '{name}' has no checkpoint. Start without --resume.")
+        resume_obj = safe_load(steps[-1][1])
+        saved_books = resume_obj["train_config"]["books"]
+        if saved_books != cfg.books:
+            raise UserError(f"--resume continues the run on {','.join(saved_books)}; "
+                            f"you asked for {','.join(cfg.books)}. Resume with the same books or start a new run.")
+
+    data = prepare_data(home, mdir, cfg.books, mcfg.tokenizer, mcfg.vocab_size, cfg.val_fraction, log=log)
+    for w in data.warnings:
+        log(f"Warning: {w}")
+    tokenizer = data.tokenizer
+
+    model = Transformer(mcfg).to(device)
+    optimizer = make_optimizer(model, cfg, device)
+    sampler = BatchSampler(data.train, seq_len, cfg.batch_size, cfg.seed)
+    step, tokens_seen, best_bpb, elapsed_before = 0, 0, None, 0.0
+    run_id = datetime.now(timezone.utc).strftime("run-%Y%m%d-%H%M%S")
+    if resume_obj is not None:
+        model.load_state_dict(resume_obj["state_dict"])
+        optimizer.load_state_dict(resume_obj["optimizer"])
+        sampler.load_state(resume_obj["rng"]["data"])
+        torch.set_rng_state(resume_obj["rng"]["torch"])
+        step, tokens_seen = resume_obj["step"], resume_obj["tokens_seen"]
+        best_bpb, elapsed_before = resume_obj.get("best_val_bpb"), resume_obj.get("elapsed", 0.0)
+        run_id = resume_obj["run_id"]
+        # The schedule is defined by max_iterations; a resumed run may extend it.
+    events = EventLog(mdir / "runs" / run_id / "events.jsonl", run_id, listeners)
+
+    use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+
+    def autocast():
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16)
+
+    compiled = model
+    if cfg.compile == "on" or (cfg.compile == "auto" and device.type == "cuda"):
+        compiled = torch.compile(model)
+
+    flops_per_token = training_flops_per_token(mcfg, seq_len)
+    tokens_per_step = cfg.batch_size * seq_len * cfg.grad_accum
+    events.emit("status", state="resumed" if resume_obj else "started", step=step,
+                max_iterations=cfg.max_iterations, device=str(device), threads=threads,
+                parameters=model.num_parameters(), train_tokens=int(len(data.train)),
+                val_tokens=int(len(data.val)), val_bytes=data.val_bytes, tokenizer_vocab=tokenizer.vocab_size,
+                config=mcfg.to_dict(), train_config=asdict(cfg), warnings=data.warnings)
+
+    def save(kind: str, last_eval: dict | None) -> Path:
+        nonlocal best_bpb
+        obj = {
+            "format": FORMAT, "format_version": FORMAT_VERSION, "config": mcfg.to_dict(),
+            "state_dict": model.state_dict(), "tokenizer": tokenizer.to_json(),
+            "optimizer": optimizer.state_dict(), "step": step, "tokens_seen": tokens_seen,
+            "elapsed": elapsed_before + (time.time() - t_start), "run_id": run_id,
+            "train_config": asdict(cfg), "best_val_bpb": best_bpb,
+            "rng": {"torch": torch.get_rng_state(), "data": sampler.state()},
+            "meta": {"model": name, "books": cfg.books, "saved_at": _utcnow(), "kind": kind,
+                     "val_bpb": (last_eval or {}).get("val_bpb")},
+        }
+        path = checkpoint_dir(mdir) / f"step_{step:07d}.pt"
+        atomic_torch_save(obj, path)
+        is_best = False
+        bpb = (last_eval or {}).get("val_bpb")
+        if bpb is not None and (best_bpb is None or bpb <= best_bpb):
+            best_bpb, is_best = bpb, True
+            obj["best_val_bpb"] = best_bpb
+            atomic_torch_save(obj, checkpoint_dir(mdir) / "best.pt")
+        prune_checkpoints(mdir, cfg.keep_last)
+        store.update_model(home, name, trained_steps=step, best_val_bpb=best_bpb, last_trained=_utcnow(),
+                           books=cfg.books)
+        events.emit("checkpoint", step=step, path=str(path), best=is_best, kind=kind)
+        return path
+
+    def run_eval(full: bool) -> dict:
+        res = evaluate(compiled if not full else model, data.val, data.val_bytes, seq_len, device, autocast,
+                       None if full else cfg.eval_windows)
+        if res:
+            events.emit("eval", step=step, **res)
+        return res
+
+    def run_samples() -> None:
+        gen = torch.Generator(device="cpu").manual_seed(cfg.seed + step)
+        model.eval()
+        for prompt in cfg.sample_prompts:
+            ids = tokenizer.encode(prompt) or [tokenizer.eot_id]
+            out = generate(model, [ids], max_new_tokens=cfg.sample_length, temperature=0.8, top_k=40,
+                           generator=gen, eot_id=tokenizer.eot_id)[0]
+            events.emit("sample", step=step, prompt=prompt, text=tokenizer.decode(out))
+        model.train()
+
+    t_start = time.time()
+    last_eval: dict | None = None
+    sample_every = cfg.sample_every or cfg.eval_every
+    status, message, checkpoints = "completed", None, []
+    loss_acc, loss_n, t_log, tok_log = 0.0, 0, time.time(), 0
+    train_loss = None
+    model.train()
+    try:
+        while step < cfg.max_iterations:
+            if step % cfg.eval_every == 0 and step > 0 and (resume_obj is None or step != resume_obj["step"]):
+                last_eval = run_eval(full=False)
+            if step % sample_every == 0 and step > 0 and cfg.sample_prompts:
+                run_samples()
+            lr = lr_at(step, cfg)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            step_loss = 0.0
+            for _ in range(cfg.grad_accum):
+                x, y = sampler.next(device)
+                with autocast():
+                    _, loss = compiled(x, y)
+                (loss / cfg.grad_accum).backward()
+                step_loss += float(loss) / cfg.grad_accum
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            tokens_seen += tokens_per_step
+            loss_acc, loss_n, tok_log = loss_acc + step_loss, loss_n + 1, tok_log + tokens_per_step
+            if not math.isfinite(step_loss):
+                raise UserError(f"The loss became {step_loss} at step {step}: lower learning_rate "
+                                f"(now {cfg.learning_rate}) and resume from the last checkpoint.")
+            if step % cfg.log_every == 0 or step == cfg.max_iterations:
+                now = time.time()
+                tps = tok_log / max(1e-9, now - t_log)
+                elapsed = now - t_start
+                train_loss = loss_acc / loss_n
+                events.emit("step", step=step, max_iterations=cfg.max_iterations, loss=train_loss, lr=lr,
+                            grad_norm=float(grad_norm), tokens_per_s=tps, tokens_seen=tokens_seen,
+                            flops_per_s=tps * flops_per_token, elapsed=elapsed_before + elapsed,
+                            eta=(cfg.max_iterations - step) * (elapsed / max(1, step - (resume_obj or {}).get("step", 0))))
+                loss_acc, loss_n, t_log, tok_log = 0.0, 0, now, 0
+            if step % cfg.save_every == 0 and step < cfg.max_iterations:
+                checkpoints.append(str(save("periodic", last_eval)))
+            if cfg.max_time is not None and time.time() - t_start >= cfg.max_time:
+                status, message = "stopped", f"max_time {cfg.max_time:g} s reached"
+                break
+            reason = stop.check()
+            if reason:
+                status, message = ("cancelled" if reason == "cancel" else "paused" if reason == "pause"
+                                   else "interrupted"), f"stopped by {reason}"
+                break
+    except BaseException as e:
+        if is_out_of_memory(e):
+            advice = (f"Ran out of memory at step {step} (batch_size {cfg.batch_size}, max_seq_len {seq_len}, "
+                      f"d_model {mcfg.d_model}). Lower batch_size (e.g. {cfg.batch_size} → "
+                      f"{max(1, cfg.batch_size // 2)}), then max_seq_len, then d_model or num_layers, and resume: "
+                      "the last checkpoint is kept.")
+            events.emit("status", state="failed", step=step, message=advice)
+            events.close()
+            raise UserError(advice) from None
+        if isinstance(e, KeyboardInterrupt):
+            status, message = "interrupted", "Ctrl-C"
+        else:
+            events.emit("status", state="failed", step=step, message=str(e)[:500])
+            events.close()
+            raise
+    # The final eval covers the whole validation split (skipped on pause/cancel, which must be quick),
+    # then the last checkpoint records it.
+    final = run_eval(full=True) if len(data.val) > 1 and status in ("completed", "stopped") else {}
+    if final:
+        last_eval = final
+    final = last_eval or {}
+    if cfg.sample_prompts and status == "completed":
+        run_samples()
+    final_path = save("final", last_eval)
+    checkpoints.append(str(final_path))
+    wall = time.time() - t_start
+    summary = {
+        "model": name, "run": run_id, "status": status, "message": message, "step": step,
+        "max_iterations": cfg.max_iterations, "train_loss": train_loss,
+        "val_loss": final.get("val_loss"), "val_ppl": final.get("val_ppl"), "val_bpb": final.get("val_bpb"),
+        "best_val_bpb": best_bpb, "tokens_seen": tokens_seen,
+        "tokens_per_s": (tokens_seen - (resume_obj or {}).get("tokens_seen", 0)) / max(1e-9, wall),
+        "wall_seconds": wall, "device": str(device), "threads": threads,
+        "checkpoints": sorted(set(checkpoints)), "best_checkpoint": str(checkpoint_dir(mdir) / "best.pt")
+        if (checkpoint_dir(mdir) / "best.pt").exists() else None,
+        "events": str(events.path),
+    }
+    events.emit("status", state=status, step=step, message=message, summary=summary)
+    events.close()
+    return summary
+
+
+def run_dir(home: Path, name: str, run_id: str) -> Path:
+    return store.model_dir(home, name) / "runs" / run_id
