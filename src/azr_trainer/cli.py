@@ -164,7 +164,7 @@ def cmd_train(args, home):
         threads=args.threads, compile=args.compile, seed=args.seed, resume=args.resume,
         val_fraction=args.val_fraction, warmup_iters=args.warmup_iters, log_every=args.log_every,
     )
-    stop = StopRequested(Path(args.control_file) if args.control_file else None)
+    stop = StopRequested(Path(args.control_file) if args.control_file else None, watch_parent=args.watch_parent)
     # First Ctrl-C / SIGTERM: checkpoint and exit cleanly. A second Ctrl-C aborts at once.
     def on_signal(signum, _frame):
         if stop.reason:
@@ -175,7 +175,7 @@ def cmd_train(args, home):
         signal.signal(signal.SIGTERM, on_signal)
     quiet = args.json or args.quiet
     log = (lambda m: print(m, file=sys.stderr)) if quiet else print
-    summary = train(home, args.name, cfg, listeners=[_ProgressBar(not quiet)], stop=stop, log=log)
+    summary = train(home, args.name, cfg, listeners=[_ProgressBar(not quiet)], stop=stop, log=log, run_id=args.run_id)
     if args.json:
         return _print_json(summary)
     bpb = f"{summary['val_bpb']:.4f}" if summary["val_bpb"] is not None else "-"
@@ -312,7 +312,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=1337)
     t.add_argument("--log-every", type=int, default=10)
     t.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
-    t.add_argument("--control-file", help=argparse.SUPPRESS)  # the studio's pause/cancel channel
+    # The studio's channels to a worker: run folder name, pause/cancel file, stop if the studio dies.
+    t.add_argument("--run-id", help=argparse.SUPPRESS)
+    t.add_argument("--control-file", help=argparse.SUPPRESS)
+    t.add_argument("--watch-parent", action="store_true", help=argparse.SUPPRESS)
     t.add_argument("--quiet", action="store_true")
     t.add_argument("--json", action="store_true")
     t.set_defaults(func=cmd_train)

@@ -11,6 +11,7 @@ studio's pause/cancel).
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -25,7 +26,7 @@ from .checkpoint import (FORMAT, FORMAT_VERSION, atomic_torch_save, checkpoint_d
 from .data import BatchSampler, prepare_data, validation_windows
 from .device import available_memory_bytes, is_out_of_memory, pick_device, set_threads
 from .events import EventLog, Listener
-from .home import UserError
+from .home import Conflict, UserError
 from .model import Transformer, estimate_training_memory, training_flops_per_token
 from .sample import generate
 
@@ -139,11 +140,14 @@ def _utcnow() -> str:
 
 
 class StopRequested:
-    """Why training should stop early: a signal handler or the studio's control file sets it."""
+    """Why training should stop early: a signal handler sets it, or the studio writes
+    "pause"/"cancel" into a control file (works the same on Windows, where signals don't),
+    or the studio that started this worker died (the worker then saves and stops)."""
 
-    def __init__(self, control_file: Path | None = None):
+    def __init__(self, control_file: Path | None = None, watch_parent: bool = False):
         self.reason: str | None = None
         self.control_file = control_file
+        self.parent = os.getppid() if watch_parent else None
 
     def request(self, reason: str) -> None:
         self.reason = self.reason or reason
@@ -151,13 +155,58 @@ class StopRequested:
     def check(self) -> str | None:
         if self.reason is None and self.control_file is not None and self.control_file.exists():
             self.reason = self.control_file.read_text(encoding="utf-8").strip() or "stop"
+        if self.reason is None and self.parent is not None and os.getppid() != self.parent:
+            self.reason = "parent-exited"
         return self.reason
 
 
+class TrainingLock:
+    """One training process per model: a lock file holding the owner's pid."""
+
+    def __init__(self, model_dir: Path):
+        self.path = model_dir / ".train.lock"
+
+    def __enter__(self):
+        if self.path.exists():
+            try:
+                pid = int(self.path.read_text(encoding="utf-8").strip() or 0)
+            except ValueError:
+                pid = 0
+            if pid and _pid_alive(pid) and pid != os.getpid():
+                raise Conflict(f"Model '{self.path.parent.name}' is already being trained (process {pid}). "
+                               "Wait for it, or stop it first.")
+        self.path.write_text(str(os.getpid()), encoding="utf-8")
+        return self
+
+    def __exit__(self, *exc):
+        self.path.unlink(missing_ok=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    if os.name != "posix":
+        return True  # no cheap check without extra packages; treat the lock as held
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def train(home: Path, name: str, cfg: TrainConfig, listeners: list[Listener] | None = None,
-          stop: StopRequested | None = None, log: Callable[[str], None] = print) -> dict:
-    """Train model ``name`` on its books; returns the summary the CLI prints with --json."""
+          stop: StopRequested | None = None, log: Callable[[str], None] = print, run_id: str | None = None) -> dict:
+    """Train model ``name`` on its books; returns the summary the CLI prints with --json.
+
+    ``run_id`` names the run's folder (the studio picks it); by default a new run gets a
+    timestamp and a resumed run keeps the id stored in its checkpoint."""
     cfg.validate()
+    store.get_model(home, name)
+    with TrainingLock(store.model_dir(home, name)):
+        return _train(home, name, cfg, listeners, stop, log, run_id)
+
+
+def _train(home, name, cfg, listeners, stop, log, run_id) -> dict:
     stop = stop or StopRequested()
     info = store.get_model(home, name)
     mcfg = info.config
@@ -196,7 +245,8 @@ def train(home: Path, name: str, cfg: TrainConfig, listeners: list[Listener] | N
     optimizer = make_optimizer(model, cfg, device)
     sampler = BatchSampler(data.train, seq_len, cfg.batch_size, cfg.seed)
     step, tokens_seen, best_bpb, elapsed_before = 0, 0, None, 0.0
-    run_id = datetime.now(timezone.utc).strftime("run-%Y%m%d-%H%M%S")
+    given_run_id = run_id
+    run_id = given_run_id or datetime.now(timezone.utc).strftime("run-%Y%m%d-%H%M%S")
     if resume_obj is not None:
         model.load_state_dict(resume_obj["state_dict"])
         optimizer.load_state_dict(resume_obj["optimizer"])
@@ -204,7 +254,7 @@ def train(home: Path, name: str, cfg: TrainConfig, listeners: list[Listener] | N
         torch.set_rng_state(resume_obj["rng"]["torch"])
         step, tokens_seen = resume_obj["step"], resume_obj["tokens_seen"]
         best_bpb, elapsed_before = resume_obj.get("best_val_bpb"), resume_obj.get("elapsed", 0.0)
-        run_id = resume_obj["run_id"]
+        run_id = given_run_id or resume_obj["run_id"]
         # The schedule is defined by max_iterations; a resumed run may extend it.
     events = EventLog(mdir / "runs" / run_id / "events.jsonl", run_id, listeners)
 
@@ -290,7 +340,7 @@ def train(home: Path, name: str, cfg: TrainConfig, listeners: list[Listener] | N
                 with autocast():
                     _, loss = compiled(x, y)
                 (loss / cfg.grad_accum).backward()
-                step_loss += float(loss) / cfg.grad_accum
+                step_loss += float(loss.detach()) / cfg.grad_accum
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
