@@ -246,10 +246,11 @@ def test_bad_byte_after_the_detection_sample(home, tmp_path, monkeypatch):
         (b"", "is empty"),
         (b"   \n\t\r\n  \n", "only whitespace"),
         (random.Random(1).randbytes(5000), "binary"),
+        (bytes(b for b in random.Random(2).randbytes(6000) if b)[:5000], "binary|not be a text file"),
         (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x01\x00" + bytes(200), "binary"),
         (b"text\x01\x02\x03\x04\x05\x06\x07\x08\x0b\x0e\x0f\x10 more", "binary"),
     ],
-    ids=["empty", "whitespace", "random-bytes", "png", "control-chars"],
+    ids=["empty", "whitespace", "random-bytes", "random-bytes-without-nul", "png", "control-chars"],
 )
 def test_rejected_files_leave_no_trace(home, tmp_path, data, message):
     with pytest.raises(UserError, match=message) as err:

@@ -15,8 +15,8 @@ import codecs
 import math
 import os
 import re
+import secrets
 import shutil
-import tempfile
 import unicodedata
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
@@ -46,7 +46,9 @@ _WIDE_CODECS = ("utf_16", "utf_32")  # the only codecs where NUL bytes are norma
 
 # Single-byte codecs that detectors mix up with each other. When the detector's guess is
 # one of them, every member of the family is tried and the most plausible text wins.
-_CYRILLIC = frozenset({"cp1251", "koi8_r", "koi8_u", "cp866", "cp1125", "mac_cyrillic", "iso8859_5", "kz1048", "ptcp154", "cp855"})
+_CYRILLIC = frozenset({
+    "cp1251", "koi8_r", "koi8_u", "cp866", "cp1125", "mac_cyrillic", "iso8859_5", "kz1048", "ptcp154", "cp855",
+})
 _LATIN = frozenset({
     "cp1252", "iso8859_1", "iso8859_15", "cp1250", "iso8859_2", "mac_roman", "mac_latin2", "mac_iceland",
     "mac_turkish", "cp1254", "iso8859_9", "cp1257", "iso8859_4", "iso8859_10", "iso8859_13", "cp850", "cp437",
@@ -134,8 +136,10 @@ def _plausibility(text: str) -> float:
         return 0.0
     penalty = 0
     for ch in text:
-        if ch in _SUSPICIOUS or "\u2500" <= ch <= "\u259f" or (unicodedata.category(ch)[0] == "C" and ch not in "\t\n\r\f"):
-            penalty += 3  # includes box drawing and C1 controls (latin_1 where cp1252 was meant)
+        if ch in _SUSPICIOUS or "\u2500" <= ch <= "\u259f":  # symbols, box drawing
+            penalty += 3
+        elif unicodedata.category(ch)[0] == "C" and ch not in "\t\n\r\f":  # e.g. latin_1's C1 controls
+            penalty += 3
         elif not (ch.isalnum() or ch.isspace() or ch in _COMMON_PUNCT):
             penalty += 1
     for word in _WORD_RE.findall(text):
@@ -175,6 +179,8 @@ def detect_encoding(sample: bytes) -> tuple[str, float]:
 
     Order: a BOM; valid UTF-8 (which includes plain ASCII); charset-normalizer, whose
     guess is re-judged by plausibility when it is a Cyrillic or Western single-byte codec.
+    The confidence is 1.0 for a BOM or valid UTF-8, else the plausibility of the winner
+    (or the detector's 1 - chaos when nothing was re-judged).
     Raises UserError when nothing decodes it.
     """
     bom = _bom_codec(sample)
@@ -187,7 +193,7 @@ def detect_encoding(sample: bytes) -> tuple[str, float]:
     if not matches:
         raise UserError(
             "Could not work out the text encoding of this file; it may not be a text file. "
-            "If it is, pass --encoding (e.g. cp1251, utf-8, koi8-r)."
+            "Choose a plain .txt file, or if it is one, pass --encoding (e.g. cp1251, utf-8, koi8-r)."
         )
     best = matches[0]
     guesses: list[str] = []
@@ -233,6 +239,9 @@ def _lookup_user_codec(encoding: str) -> str:
     return _canonical(encoding)
 
 
+_NUL_BYTES = "it contains NUL bytes; if it is UTF-16 text without a BOM, pass --encoding utf-16-le"
+
+
 def _binary(source: Path, why: str) -> UserError:
     return UserError(
         f"{source.name!r} looks like a binary file, not text ({why}). "
@@ -242,7 +251,7 @@ def _binary(source: Path, why: str) -> UserError:
 
 def _check_not_binary(source: Path, sample: bytes, codec: str) -> None:
     if b"\0" in sample and not codec.startswith(_WIDE_CODECS):
-        raise _binary(source, "it contains NUL bytes")
+        raise _binary(source, _NUL_BYTES)
     text = codecs.getincrementaldecoder(codec)(errors="replace").decode(sample, final=False)
     controls = sum(1 for ch in text if unicodedata.category(ch) == "Cc" and ch not in "\t\n\r\f")
     if controls > 0.05 * len(text):
@@ -348,7 +357,10 @@ def _book_dir(home: Path, name: str) -> Path:
 
 
 def _new_tmp_dir(books: Path) -> Path:
-    return Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=books))
+    # Not tempfile.mkdtemp: its 0700 mode would stay on the book folder after the rename.
+    path = books / f"{_TMP_PREFIX}{secrets.token_hex(8)}"
+    path.mkdir()
+    return path
 
 
 def _conflict(name: str) -> Conflict:
@@ -397,7 +409,7 @@ def add_book(
         codec, detected = _lookup_user_codec(encoding), False
     else:
         if b"\0" in sample and not _bom_codec(sample):  # checked first: it would confuse the detector
-            raise _binary(source, "it contains NUL bytes")
+            raise _binary(source, _NUL_BYTES)
         codec, detected = detect_encoding(sample)[0], True
     _check_not_binary(source, sample, codec)
 

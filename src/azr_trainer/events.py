@@ -44,6 +44,7 @@ class EventLog:
 def read_events(path: Path, offset: int = 0) -> tuple[list[dict], int]:
     """Events appended since byte ``offset``; returns them and the new offset. A half-written
     last line (the writer is mid-flush) is left for the next call."""
+    path = Path(path)
     if not path.exists():
         return [], offset
     with open(path, "rb") as f:

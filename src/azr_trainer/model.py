@@ -60,11 +60,9 @@ class ModelConfig:
                 raise UserError(f"{name} ({getattr(self, name)}) is larger than this studio supports ({limit}).")
         if self.tokenizer not in ("bpe", "char"):
             raise UserError(f"tokenizer must be 'bpe' or 'char', got {self.tokenizer!r}.")
-        if self.tokenizer == "bpe" and self.vocab_size < 260:
-            raise UserError(f"vocab_size ({self.vocab_size}) must be at least 260 for a byte-level BPE tokenizer "
-                            "(256 bytes + special tokens); use --tokenizer char for a smaller vocabulary.")
-        if self.tokenizer == "char" and self.vocab_size < 2:
-            raise UserError("vocab_size must be at least 2.")
+        if self.vocab_size < 260:
+            raise UserError(f"vocab_size ({self.vocab_size}) must be at least 260: both tokenizers keep all 256 "
+                            "byte values so that any text round-trips exactly.")
         if self.d_model % self.num_heads:
             raise UserError(f"d_model ({self.d_model}) must be divisible by num_heads ({self.num_heads}); "
                             f"try num_heads {_divisor_near(self.d_model, self.num_heads)}.")

@@ -109,19 +109,13 @@ def train_char(texts: Iterable[str], vocab_size: int) -> Tokenizer:
     counts: Counter[str] = Counter()
     for t in texts:
         counts.update(t)
-    room = vocab_size - 1 - 256
-    if room < 0:
-        # Too small for byte fallback: keep only the most common characters (still lossless for them).
-        room = vocab_size - 1
-        byte_tokens = []
-    else:
-        byte_tokens = [f"<0x{b:02X}>" for b in range(256)]
-    chars = [c for c, _ in counts.most_common(room)]
+    if vocab_size < 257:
+        raise UserError("A char tokenizer needs vocab_size of at least 257 (256 byte fallbacks + <|endoftext|>).")
+    chars = [c for c, _ in counts.most_common(vocab_size - 1 - 256)]
     vocab = {EOT: 0}
-    for tok in chars + byte_tokens:
+    for tok in chars + [f"<0x{b:02X}>" for b in range(256)]:
         vocab.setdefault(tok, len(vocab))
-    hf = HFTokenizer(models.BPE(vocab=vocab, merges=[], byte_fallback=bool(byte_tokens),
-                                unk_token=None if byte_tokens else EOT))
+    hf = HFTokenizer(models.BPE(vocab=vocab, merges=[], byte_fallback=True))
     hf.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Fuse()])
     hf.add_special_tokens([EOT])
     return Tokenizer(hf, "char")

@@ -41,7 +41,8 @@ class TrainConfig:
     learning_rate: float = 3e-4
     save_every: int = 1000
     eval_every: int = 200
-    eval_windows: int = 32          # windows per periodic eval; the final eval uses all
+    eval_windows: int | None = 32   # windows per periodic eval (None: all); the final eval uses all
+    schedule: str = "steps"         # cosine over max_iterations, or "time": over max_time (budget runs)
     max_time: float | None = None   # seconds of wall clock for this invocation
     warmup_iters: int | None = None  # default: 5% of max_iterations, at most 200
     min_lr_ratio: float = 0.1
@@ -73,17 +74,23 @@ class TrainConfig:
             raise UserError(f"val_fraction must be between 0 and 0.5, got {self.val_fraction}.")
         if self.max_time is not None and self.max_time <= 0:
             raise UserError(f"max_time must be a positive number of seconds, got {self.max_time}.")
+        if self.schedule not in ("steps", "time") or (self.schedule == "time" and not self.max_time):
+            raise UserError("schedule must be 'steps', or 'time' together with max_time.")
         if self.compile not in ("auto", "on", "off"):
             raise UserError("compile must be auto, on or off.")
         return self
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warmup, then cosine decay from learning_rate to min_lr_ratio × learning_rate."""
+def lr_at(step: int, cfg: TrainConfig, time_fraction: float = 0.0) -> float:
+    """Linear warmup, then cosine decay from learning_rate to min_lr_ratio × learning_rate.
+    With schedule "time", progress is the share of max_time used (so a budget run ends its
+    decay exactly when the budget does; such runs are not bit-exact on resume)."""
     warmup = cfg.warmup_iters if cfg.warmup_iters is not None else min(200, max(1, cfg.max_iterations // 20))
     if step < warmup:
         return cfg.learning_rate * (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, cfg.max_iterations - warmup))
+    if cfg.schedule == "time":
+        progress = max(progress, min(1.0, time_fraction))
     floor = cfg.learning_rate * cfg.min_lr_ratio
     return floor + 0.5 * (1 + math.cos(math.pi * progress)) * (cfg.learning_rate - floor)
 
@@ -331,7 +338,7 @@ def _train(home, name, cfg, listeners, stop, log, run_id) -> dict:
                 last_eval = run_eval(full=False)
             if step % sample_every == 0 and step > 0 and cfg.sample_prompts:
                 run_samples()
-            lr = lr_at(step, cfg)
+            lr = lr_at(step, cfg, (time.time() - t_start) / cfg.max_time if cfg.max_time else 0.0)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             step_loss = 0.0

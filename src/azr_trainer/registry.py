@@ -1,0 +1,247 @@
+"""The studio's registry: an SQLite index of books, models, runs, checkpoints, metrics and samples.
+
+Files are the source of truth for books (``books/<name>/book.json``), models
+(``models/<name>/model.json``) and checkpoints; their rows are an index that
+``sync_*`` brings up to date, so books and models made with the CLI show up in the studio
+and the other way round, and a crash between writing a file and writing its row is
+repaired the next time anyone looks. Runs, their metrics and samples exist only here
+(plus each run's events.jsonl, which the job runner ingests).
+
+The database is ``$AZR_HOME/azr.sqlite`` in WAL mode, so the page's reads never wait for
+the job runner's writes. ``schema_version`` holds one row; ``MIGRATIONS`` upgrades an
+older data folder step by step, and a folder written by a newer release is refused with a
+message instead of being damaged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from sqlalchemy import JSON, URL, Connection, ForeignKey, create_engine, delete, event, select
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from . import books as books_mod
+from . import store
+from .checkpoint import checkpoint_dir
+from .home import UserError
+
+DB_FILE = "azr.sqlite"
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class SchemaVersion(Base):
+    __tablename__ = "schema_version"
+    id: Mapped[int] = mapped_column(primary_key=True)  # always 1: a single row
+    version: Mapped[int]
+
+
+class Book(Base):
+    __tablename__ = "books"
+    name: Mapped[str] = mapped_column(primary_key=True)
+    encoding: Mapped[str]
+    chars: Mapped[int]
+    text_bytes: Mapped[int]
+    source_bytes: Mapped[int]
+    created_at: Mapped[str]
+
+
+class Model(Base):
+    __tablename__ = "models"
+    name: Mapped[str] = mapped_column(primary_key=True)
+    config: Mapped[dict] = mapped_column(JSON)
+    parameters: Mapped[int]
+    created_at: Mapped[str]
+    trained_steps: Mapped[int]
+    best_val_bpb: Mapped[float | None]
+    last_trained: Mapped[str | None]
+
+
+class Run(Base):
+    __tablename__ = "runs"
+    id: Mapped[str] = mapped_column(primary_key=True)
+    model: Mapped[str] = mapped_column(index=True)
+    books: Mapped[list] = mapped_column(JSON)
+    params: Mapped[dict] = mapped_column(JSON)
+    # queued, running, paused, completed, failed, cancelled, interrupted
+    state: Mapped[str] = mapped_column(index=True)
+    message: Mapped[str | None]
+    pid: Mapped[int | None]
+    step: Mapped[int] = mapped_column(default=0)
+    max_iterations: Mapped[int]
+    created_at: Mapped[str]
+    started_at: Mapped[str | None]
+    finished_at: Mapped[str | None]
+    best_val_bpb: Mapped[float | None]
+    last_metrics: Mapped[dict | None] = mapped_column(JSON)  # the latest step event
+    last_eval: Mapped[dict | None] = mapped_column(JSON)
+    last_checkpoint_step: Mapped[int | None]  # None: nothing to resume from, a resume starts over
+    stop_requested: Mapped[str | None]  # "pause"/"cancel" written to the control file, not yet honoured
+    events_offset: Mapped[int] = mapped_column(default=0)  # bytes of events.jsonl already ingested
+    events_count: Mapped[int] = mapped_column(default=0)  # events stored in metrics (the next seq)
+
+
+class Checkpoint(Base):
+    """What is inside each checkpoint file, so listing them never loads one twice."""
+
+    __tablename__ = "checkpoints"
+    model: Mapped[str] = mapped_column(primary_key=True)
+    file: Mapped[str] = mapped_column(primary_key=True)  # step_0000100.pt or best.pt
+    step: Mapped[int | None]
+    val_bpb: Mapped[float | None]
+    bytes: Mapped[int]
+    mtime_ns: Mapped[int]
+
+
+class Metric(Base):
+    """Every event of a run, numbered from 0 (``seq``): the charts and the SSE replay read these."""
+
+    __tablename__ = "metrics"
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    seq: Mapped[int] = mapped_column(primary_key=True)
+    step: Mapped[int | None]
+    kind: Mapped[str]
+    data: Mapped[dict] = mapped_column(JSON)
+
+
+class Sample(Base):
+    __tablename__ = "samples"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    step: Mapped[int]
+    prompt: Mapped[str]
+    text: Mapped[str]
+
+
+# MIGRATIONS[i] upgrades a database at version i + 1 to version i + 2 (ALTER TABLE and the like).
+# A new database is created from the current tables directly and stamped with the latest version.
+MIGRATIONS: list[Callable[[Connection], None]] = []
+
+
+def latest_version() -> int:
+    return 1 + len(MIGRATIONS)
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    cur = dbapi_connection.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")  # readers never block the writer, nor the other way round
+    cur.execute("PRAGMA synchronous=NORMAL")  # safe with WAL; a power cut may lose the last commit only
+    cur.execute("PRAGMA foreign_keys=ON")  # deleting a run deletes its metrics and samples
+    cur.close()
+
+
+class Registry:
+    def __init__(self, home: Path):
+        self.home = Path(home)
+        # URL.create rather than an f-string: the path may hold spaces or non-ASCII letters.
+        url = URL.create("sqlite", database=str(self.home / DB_FILE))
+        self.engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        event.listen(self.engine, "connect", _sqlite_pragmas)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._migrate()
+
+    def session(self) -> Session:
+        return self._sessions()
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def _migrate(self) -> None:
+        with self.engine.begin() as conn:
+            if not self.engine.dialect.has_table(conn, SchemaVersion.__tablename__):
+                Base.metadata.create_all(conn)
+                conn.execute(SchemaVersion.__table__.insert().values(id=1, version=latest_version()))
+                return
+            version = conn.execute(select(SchemaVersion.version)).scalar_one()
+            if version > latest_version():
+                raise UserError(f"This data folder ({self.home}) was written by a newer AZR Trainer (registry "
+                                f"schema {version}, this release knows up to {latest_version()}). Upgrade AZR "
+                                "Trainer, or use another folder with --home.")
+            for migrate in MIGRATIONS[version - 1:]:
+                migrate(conn)
+            conn.execute(SchemaVersion.__table__.update().values(version=latest_version()))
+
+    # ------------------------------------------------------------------ files → rows
+
+    def reconcile(self) -> None:
+        """Start-up check: rows for folders without rows, no rows for folders that are gone."""
+        self.sync_books()
+        self.sync_models()
+
+    def sync_books(self) -> list[books_mod.BookInfo]:
+        """The books on disk (cheap: one small book.json each), with their rows brought up to date."""
+        infos = books_mod.list_books(self.home)
+        with self.session() as s, s.begin():
+            rows = {b.name: b for b in s.scalars(select(Book))}
+            for info in infos:
+                row = rows.pop(info.name, None)
+                if row is None or row.created_at != info.created_at:  # new, or replaced with --overwrite
+                    s.merge(Book(name=info.name, encoding=info.encoding, chars=info.chars,
+                                 text_bytes=info.text_bytes, source_bytes=info.source_bytes,
+                                 created_at=info.created_at))
+            for gone in rows.values():
+                s.delete(gone)
+        return infos
+
+    def sync_models(self) -> list[store.ModelInfo]:
+        """The models on disk, with their rows brought up to date. Rows (and runs) of a model go
+        only when its folder is gone: a damaged model.json alone must not erase its history."""
+        infos = store.list_models(self.home)
+        with self.session() as s, s.begin():
+            rows = {m.name: m for m in s.scalars(select(Model))}
+            for info in infos:
+                row = rows.pop(info.name, None)
+                values = dict(config=info.config.to_dict(), parameters=info.parameters, created_at=info.created_at,
+                              trained_steps=info.trained_steps, best_val_bpb=info.best_val_bpb,
+                              last_trained=info.last_trained)
+                if row is None or any(getattr(row, k) != v for k, v in values.items()):
+                    s.merge(Model(name=info.name, **values))
+            gone = [name for name in rows if not (self.home / "models" / name).is_dir()]
+            if gone:
+                s.execute(delete(Model).where(Model.name.in_(gone)))
+                s.execute(delete(Checkpoint).where(Checkpoint.model.in_(gone)))
+            # Runs of models whose folder has vanished (deleted by hand or with the CLI).
+            orphan_runs = set(s.scalars(select(Run.model).distinct())) - {i.name for i in infos}
+            orphan_runs = [name for name in orphan_runs if not (self.home / "models" / name).is_dir()]
+            if orphan_runs:
+                s.execute(delete(Run).where(Run.model.in_(orphan_runs)))
+        return infos
+
+    def forget_model(self, name: str) -> None:
+        """Drop every row of a model whose folder was just deleted."""
+        with self.session() as s, s.begin():
+            s.execute(delete(Run).where(Run.model == name))
+            s.execute(delete(Checkpoint).where(Checkpoint.model == name))
+            s.execute(delete(Model).where(Model.name == name))
+
+    def sync_checkpoints(self, model: str) -> list[Checkpoint]:
+        """Rows for the checkpoint files of a model. A file not seen before (or rewritten) is
+        opened once, memory-mapped so that only its small metadata is read."""
+        folder = checkpoint_dir(store.model_dir(self.home, model))
+        files = {p.name: p.stat() for p in folder.glob("*.pt")} if folder.is_dir() else {}
+        with self.session() as s, s.begin():
+            rows = {c.file: c for c in s.scalars(select(Checkpoint).where(Checkpoint.model == model))}
+            out = []
+            for name, st in sorted(files.items()):
+                row = rows.pop(name, None)
+                if row is None or row.mtime_ns != st.st_mtime_ns or row.bytes != st.st_size:
+                    step, bpb = _checkpoint_meta(folder / name)
+                    row = s.merge(Checkpoint(model=model, file=name, step=step, val_bpb=bpb, bytes=st.st_size,
+                                             mtime_ns=st.st_mtime_ns))
+                out.append(row)
+            for gone in rows.values():
+                s.delete(gone)
+        return out
+
+
+def _checkpoint_meta(path: Path) -> tuple[int | None, float | None]:
+    """(step, val_bpb) stored in a checkpoint; (None, None) when it is damaged or not ours."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return int(obj["step"]), (obj.get("meta") or {}).get("val_bpb")
+    except Exception:
+        return None, None

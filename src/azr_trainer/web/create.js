@@ -1,0 +1,288 @@
+// "Create model": the original fields with presets, help, validation as you type, and live
+// parameter / memory / time estimates from POST /api/models/estimate.
+
+import { api } from "./api.js";
+import { t, fmtInt, fmtCompact, fmtBytes, fmtApproxDuration, fmtPercent, onLanguageChange, setText } from "./i18n.js";
+import { $, h, toast, showError, setBusy, intValue, store, subscribe, refreshModels } from "./ui.js";
+
+export const PARAMS = ["vocab_size", "d_model", "num_layers", "num_heads", "d_ff", "max_seq_len"];
+
+export const PRESETS = {
+  tiny: { vocab_size: 2000, d_model: 128, num_layers: 2, num_heads: 4, d_ff: 512, max_seq_len: 128 },
+  small: { vocab_size: 8000, d_model: 256, num_layers: 6, num_heads: 8, d_ff: 1024, max_seq_len: 256 },
+  medium: { vocab_size: 10000, d_model: 384, num_layers: 8, num_heads: 6, d_ff: 1536, max_seq_len: 256 },
+  large: { vocab_size: 15000, d_model: 512, num_layers: 12, num_heads: 8, d_ff: 2048, max_seq_len: 512 },
+};
+
+const RECOMMENDED = {
+  vocab_size: [5000, 15000],
+  d_model: [128, 512],
+  num_layers: [4, 12],
+  num_heads: [4, 16],
+  max_seq_len: [128, 512],
+};
+const LIMITS = { vocab_size: 1_000_000, d_model: 16384, num_layers: 256, num_heads: 256, d_ff: 65536, max_seq_len: 131072 };
+// A laptop CPU sustains very roughly this many FLOP/s in PyTorch training.
+export const CPU_FLOPS = 50e9;
+const NAME_RE = /^[\p{L}\p{N}_][\p{L}\p{N}_.\- ]{0,63}$/u;
+const RESERVED = new Set(["CON", "PRN", "AUX", "NUL", ...Array.from({ length: 10 }, (_, i) => `COM${i}`), ...Array.from({ length: 10 }, (_, i) => `LPT${i}`)]);
+
+/** Client-side check of a name; mirrors the server's rules so messages come in the page's language. */
+export function nameProblem(name) {
+  const n = String(name || "").trim();
+  if (!n) return t("validate.name_empty");
+  if (n.includes("..") || n.includes("/") || n.includes("\\") || !NAME_RE.test(n) || n.endsWith(".")) return t("validate.name_chars");
+  if (RESERVED.has(n.toUpperCase().split(".")[0])) return t("validate.name_reserved");
+  return null;
+}
+
+function divisorNear(n, target) {
+  let best = 1;
+  for (let d = 1; d <= n; d++) {
+    if (n % d === 0 && (n / d) % 2 === 0 && Math.abs(d - target) < Math.abs(best - target)) best = d;
+  }
+  return best;
+}
+
+/** {errors: {field: msg}, warnings: {field: msg}} for the shape. */
+export function validateShape(v) {
+  const errors = {};
+  const warnings = {};
+  for (const p of PARAMS) {
+    const x = v[p];
+    if (x == null) errors[p] = t("validate.required");
+    else if (!Number.isInteger(x)) errors[p] = t("validate.integer");
+    else if (x < 1) errors[p] = t("validate.positive");
+    else if (x > LIMITS[p]) errors[p] = t("validate.too_large", { max: LIMITS[p] });
+  }
+  if (!errors.vocab_size) {
+    if (v.tokenizer === "bpe" && v.vocab_size < 260) errors.vocab_size = t("validate.vocab_bpe");
+    else if (v.tokenizer === "char" && v.vocab_size < 2) errors.vocab_size = t("validate.vocab_char");
+  }
+  if (!errors.d_model && !errors.num_heads) {
+    if (v.d_model % v.num_heads) {
+      errors.num_heads = t("validate.heads_divide", { d_model: v.d_model, num_heads: v.num_heads, suggest: divisorNear(v.d_model, v.num_heads) });
+    } else if ((v.d_model / v.num_heads) % 2) {
+      errors.num_heads = t("validate.head_dim_even", { head_dim: v.d_model / v.num_heads });
+    }
+  }
+  for (const [p, [lo, hi]] of Object.entries(RECOMMENDED)) {
+    if (errors[p] || v[p] == null) continue;
+    if (v[p] < lo || v[p] > hi) warnings[p] = t("validate.outside", { min: lo, max: hi });
+  }
+  if (!errors.d_ff && !errors.d_model && v.d_ff !== v.d_model * 4) {
+    warnings.d_ff = t("validate.d_ff_usual", { value: v.d_model * 4 });
+  }
+  if (v.tokenizer === "char" && !errors.vocab_size && v.vocab_size > 2000) {
+    warnings.vocab_size = t("validate.char_vocab_big");
+  }
+  return { errors, warnings };
+}
+
+function readForm() {
+  const v = { name: $("m-name").value.trim(), tokenizer: $("m-tokenizer").value };
+  for (const p of PARAMS) v[p] = intValue($(`m-${p}`));
+  return v;
+}
+
+function setForm(values) {
+  for (const p of PARAMS) if (values[p] != null) $(`m-${p}`).value = values[p];
+}
+
+function setMsg(id, text, kind) {
+  const el = $(id);
+  el.textContent = text || "";
+  el.className = `msg ${kind || ""}`;
+  const input = el.parentElement.querySelector("input,select");
+  if (input) input.setAttribute("aria-invalid", kind === "error" ? "true" : "false");
+}
+
+let touched = new Set();
+let estimateTimer = 0;
+let estimateAbort = null;
+let lastEstimate = null;
+
+function validateAll({ showAll = false } = {}) {
+  const v = readForm();
+  const { errors, warnings } = validateShape(v);
+  let nameErr = nameProblem(v.name);
+  if (!nameErr && store.models.some((m) => m.name === v.name)) nameErr = t("validate.name_taken", { name: v.name });
+  for (const p of PARAMS) {
+    const show = showAll || touched.has(p) || v[p] != null;
+    if (errors[p] && show) setMsg(`m-${p}-msg`, errors[p], "error");
+    else if (warnings[p]) setMsg(`m-${p}-msg`, warnings[p], "warning");
+    else setMsg(`m-${p}-msg`, "", "");
+  }
+  if (nameErr && (showAll || touched.has("name"))) setMsg("m-name-msg", nameErr, "error");
+  else setMsg("m-name-msg", "", "");
+  highlightPreset(v);
+  return { v, ok: !nameErr && !Object.keys(errors).length, shapeOk: !Object.keys(errors).length };
+}
+
+function highlightPreset(v) {
+  for (const btn of document.querySelectorAll("#create-form .preset")) {
+    const p = PRESETS[btn.dataset.preset];
+    const on = PARAMS.every((k) => p[k] === v[k]);
+    btn.classList.toggle("active", on);
+    btn.setAttribute("aria-pressed", on ? "true" : "false");
+  }
+}
+
+function scheduleEstimate() {
+  clearTimeout(estimateTimer);
+  estimateTimer = setTimeout(runEstimate, 180);
+}
+
+async function runEstimate() {
+  const { v, shapeOk } = validateAll();
+  if (estimateAbort) estimateAbort.abort();
+  if (!shapeOk) {
+    lastEstimate = null;
+    renderEstimate(null);
+    setText($("est-status"), "create.estimate.fix_errors");
+    return;
+  }
+  estimateAbort = new AbortController();
+  const body = { vocab_size: v.vocab_size, d_model: v.d_model, num_layers: v.num_layers, num_heads: v.num_heads, d_ff: v.d_ff, max_seq_len: v.max_seq_len, tokenizer: v.tokenizer };
+  if (v.name && !nameProblem(v.name)) body.name = v.name;
+  try {
+    const est = await api("/api/models/estimate", { method: "POST", json: body, signal: estimateAbort.signal });
+    lastEstimate = { ...est, shape: v };
+    renderEstimate(lastEstimate);
+  } catch (e) {
+    if (e.name === "AbortError") return;
+    lastEstimate = null;
+    renderEstimate(null);
+    $("est-status").textContent = e.message;
+  }
+}
+
+function renderEstimate(est) {
+  const status = $("est-status");
+  if (!est) {
+    for (const id of ["est-params", "est-memory", "est-weights", "est-flops", "est-time-1k", "est-time-10k"]) $(id).textContent = t("common.none");
+    $("est-breakdown").replaceChildren();
+    return;
+  }
+  const v = est.shape;
+  $("est-params").textContent = fmtInt(est.parameters);
+  $("est-params").title = fmtCompact(est.parameters);
+  $("est-memory").textContent = fmtBytes(est.memory_bytes);
+  $("est-weights").textContent = fmtBytes(est.parameters * 4);
+  $("est-flops").textContent = t("create.estimate.flops_value", { value: fmtCompact(est.flops_per_token) });
+  const tokensPerIter = 16 * v.max_seq_len;
+  const secs = (iters) => (est.flops_per_token * tokensPerIter * iters) / CPU_FLOPS;
+  $("est-time-1k").textContent = fmtApproxDuration(secs(1000));
+  $("est-time-10k").textContent = fmtApproxDuration(secs(10000));
+  const errs = est.errors || [];
+  status.textContent = errs.join(" ");
+  status.className = errs.length ? "note error" : "note";
+  // where the parameters sit (approximate: embeddings, attention, feed-forward)
+  const emb = v.vocab_size * v.d_model;
+  const attn = v.num_layers * 4 * v.d_model * v.d_model;
+  const ff = v.num_layers * 3 * v.d_model * v.d_ff;
+  const total = emb + attn + ff;
+  const parts = [["emb", emb], ["attn", attn], ["ff", ff]];
+  const bar = h("div", { class: "stack-bar" }, parts.map(([k, n]) => h("span", { class: `seg seg-${k}`, style: `width:${(100 * n) / total}%` })));
+  const legend = h("div", { class: "stack-legend" }, parts.map(([k, n]) =>
+    h("span", { class: "legend-item" }, h("span", { class: `legend-swatch seg-${k}` }), `${t(`create.estimate.part_${k}`)} ${fmtPercent(n / total)}`)));
+  $("est-breakdown").replaceChildren(h("div", { class: "note", text: t("create.estimate.breakdown") }), bar, legend);
+}
+
+async function presetParams() {
+  // Show each preset's size on its button.
+  await Promise.all(Object.entries(PRESETS).map(async ([key, shape]) => {
+    const btn = document.querySelector(`#create-form .preset[data-preset=${key}]`);
+    try {
+      const est = await api("/api/models/estimate", { method: "POST", json: { ...shape, tokenizer: "bpe" } });
+      btn.dataset.params = est.parameters;
+      renderPresetSize(btn);
+    } catch { /* the estimate endpoint may be busy; the preset still works */ }
+  }));
+}
+
+function renderPresetSize(btn) {
+  let tag = btn.querySelector(".preset-size");
+  if (!btn.dataset.params) return;
+  if (!tag) { tag = h("em", { class: "preset-size" }); btn.append(tag); }
+  tag.textContent = t("create.preset.params", { n: fmtCompact(Number(btn.dataset.params)) });
+}
+
+async function submit(e) {
+  e.preventDefault();
+  for (const p of [...PARAMS, "name"]) touched.add(p);
+  const { v, ok } = validateAll({ showAll: true });
+  showError($("create-error"), "");
+  if (!ok) {
+    const first = $("create-form").querySelector("[aria-invalid=true]");
+    if (first) first.focus();
+    showError($("create-error"), t("create.fix_first"));
+    return;
+  }
+  const btn = $("create-submit");
+  setBusy(btn, true);
+  try {
+    const body = { name: v.name, tokenizer: v.tokenizer };
+    for (const p of PARAMS) body[p] = v[p];
+    const model = await api("/api/models", { method: "POST", json: body });
+    toast(t("create.created", { name: model.name || v.name }), "success");
+    await refreshModels().catch(() => {});
+    renderDone(model.name || v.name);
+    $("m-name").value = "";
+    touched = new Set();
+    validateAll();
+  } catch (err) {
+    showError($("create-error"), err.message);
+  } finally {
+    setBusy(btn, false);
+  }
+}
+
+function renderDone(name) {
+  let box = $("create-done");
+  if (!box) {
+    box = h("div", { id: "create-done", class: "next-step", role: "status", dataset: { testid: "create-done" } });
+    $("create-form").append(box);
+  }
+  box.replaceChildren(
+    h("span", { i18n: ["create.done", { name }] }),
+    h("a", { href: "#books", class: "btn small", i18n: "create.next_books" }),
+    h("a", { href: "#training", class: "btn small ghost", i18n: "create.next_train" }),
+  );
+  box.hidden = false;
+}
+
+export function initCreate() {
+  setForm(PRESETS.small);
+  for (const btn of document.querySelectorAll("#create-form .preset")) {
+    btn.addEventListener("click", () => {
+      setForm(PRESETS[btn.dataset.preset]);
+      $("m-tokenizer").value = "bpe";
+      scheduleEstimate();
+    });
+  }
+  const form = $("create-form");
+  form.addEventListener("input", (e) => {
+    if (e.target.name) touched.add(e.target.name);
+    const done = $("create-done");
+    if (done) done.hidden = true;
+    showError($("create-error"), "");
+    validateAll();
+    if (e.target.name !== "name") scheduleEstimate();
+  });
+  form.addEventListener("change", () => scheduleEstimate());
+  form.addEventListener("submit", submit);
+  subscribe("models", () => validateAll());
+  onLanguageChange(() => {
+    validateAll();
+    renderEstimate(lastEstimate);
+    if (!lastEstimate) scheduleEstimate();
+    document.querySelectorAll("#create-form .preset").forEach(renderPresetSize);
+  });
+  scheduleEstimate();
+  presetParams();
+}
+
+export function showCreate() {
+  validateAll();
+}

@@ -1,0 +1,164 @@
+// Shared page helpers: element building, toasts, the confirm dialog, and the store of
+// models / books / runs that every tab reads and refreshes.
+
+import { api } from "./api.js";
+import { t, setText } from "./i18n.js";
+
+export const $ = (id) => document.getElementById(id);
+
+/** h("div", {class: "x", dataset: {testid: "y"}, onclick}, child, "text", ...) */
+export function h(tag, attrs = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v == null || v === false) continue;
+    if (k === "class") el.className = v;
+    else if (k === "dataset") Object.assign(el.dataset, v);
+    else if (k === "text") el.textContent = v;
+    else if (k === "i18n") { const [key, params] = Array.isArray(v) ? v : [v]; setText(el, key, params); }
+    else if (k.startsWith("on") && typeof v === "function") el.addEventListener(k.slice(2), v);
+    else if (v === true) el.setAttribute(k, "");
+    else el.setAttribute(k, v);
+  }
+  for (const c of children.flat()) {
+    if (c == null || c === false) continue;
+    el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return el;
+}
+
+// ---- toasts -----------------------------------------------------------------------------------
+
+export function toast(message, kind = "info", { timeout } = {}) {
+  const box = $("toasts");
+  const el = h("div", { class: `toast ${kind}`, role: kind === "error" ? "alert" : "status", dataset: { testid: `toast-${kind}` } },
+    h("span", { class: "toast-text", text: message }),
+    h("button", { type: "button", class: "toast-close", "aria-label": t("common.close"), text: "×", onclick: () => el.remove() }));
+  box.append(el);
+  const ms = timeout ?? (kind === "error" ? 9000 : 4500);
+  setTimeout(() => { el.classList.add("leaving"); setTimeout(() => el.remove(), 300); }, ms);
+  return el;
+}
+
+export function showError(el, message) {
+  if (!el) return;
+  el.textContent = message || "";
+  el.hidden = !message;
+}
+
+// ---- confirm dialog ---------------------------------------------------------------------------
+
+export function confirmDialog({ title, text, ok }) {
+  const dlg = $("confirm-dialog");
+  $("confirm-title").textContent = title;
+  $("confirm-text").textContent = text;
+  $("confirm-ok").textContent = ok || t("common.delete");
+  return new Promise((resolve) => {
+    const done = () => { dlg.removeEventListener("close", done); resolve(dlg.returnValue === "ok"); };
+    dlg.returnValue = "";
+    dlg.addEventListener("close", done);
+    dlg.showModal();
+    dlg.querySelector("[value=cancel]").focus();
+  });
+}
+
+// ---- form helpers -----------------------------------------------------------------------------
+
+export function fillSelect(select, options, { keep = true, placeholder } = {}) {
+  const prev = keep ? select.value : null;
+  select.replaceChildren();
+  if (placeholder) select.append(h("option", { value: "", text: placeholder }));
+  for (const o of options) {
+    const opt = h("option", { value: o.value, text: o.label });
+    if (o.disabled) opt.disabled = true;
+    select.append(opt);
+  }
+  if (prev != null && options.some((o) => String(o.value) === prev)) select.value = prev;
+  return select.value;
+}
+
+export function setBusy(btn, busy) {
+  btn.disabled = !!busy;
+  btn.classList.toggle("busy", !!busy);
+  btn.setAttribute("aria-busy", busy ? "true" : "false");
+}
+
+export function intValue(input) {
+  const raw = String(input.value).trim();
+  if (raw === "") return null;
+  const n = Number(raw);
+  return Number.isFinite(n) ? n : NaN;
+}
+
+export const STATES = ["queued", "running", "paused", "completed", "failed", "cancelled", "interrupted"];
+export const LIVE_STATES = new Set(["queued", "running"]);
+
+export function stateBadge(el, state) {
+  el.className = `badge state-${state || "none"}`;
+  el.dataset.state = state || "";
+  setText(el, state ? `state.${STATES.includes(state) ? state : "other"}` : "common.none");
+  if (state && !STATES.includes(state)) el.textContent = state;
+}
+
+export function downloadUrl(name, checkpoint) {
+  const q = new URLSearchParams({ format: "pt" });
+  if (checkpoint != null && checkpoint !== "") q.set("checkpoint", checkpoint);
+  return `/api/models/${encodeURIComponent(name)}/download?${q}`;
+}
+
+// ---- the store ----------------------------------------------------------------------------------
+
+const listeners = { models: new Set(), books: new Set(), runs: new Set() };
+export const store = { models: [], books: [], runs: [], loaded: { models: false, books: false, runs: false } };
+
+export function subscribe(kind, fn) { listeners[kind].add(fn); }
+
+function emit(kind) {
+  for (const fn of listeners[kind]) {
+    try { fn(store[kind]); } catch (e) { console.error(e); }
+  }
+}
+
+const inflight = {};
+async function refresh(kind, path) {
+  if (inflight[kind]) return inflight[kind];
+  inflight[kind] = (async () => {
+    try {
+      const data = await api(path);
+      store[kind] = Array.isArray(data) ? data : [];
+      store.loaded[kind] = true;
+      emit(kind);
+    } finally {
+      inflight[kind] = null;
+    }
+    return store[kind];
+  })();
+  return inflight[kind];
+}
+
+export const refreshModels = () => refresh("models", "/api/models");
+export const refreshBooks = () => refresh("books", "/api/books");
+export const refreshRuns = () => refresh("runs", "/api/runs");
+
+export function upsertRun(run) {
+  if (!run || !run.id) return;
+  const i = store.runs.findIndex((r) => r.id === run.id);
+  if (i >= 0) store.runs[i] = { ...store.runs[i], ...run };
+  else store.runs.unshift(run);
+  emit("runs");
+}
+
+/** Runs newest first, whatever order the server used. */
+export function sortedRuns(runs = store.runs) {
+  const when = (r) => Date.parse(r.created_at || r.started_at || 0) || 0;
+  return [...runs].sort((a, b) => when(b) - when(a) || String(b.id).localeCompare(String(a.id)));
+}
+
+export function runLabel(run) {
+  const shortId = String(run.id).length > 10 ? String(run.id).slice(-8) : String(run.id);
+  return `${run.model} · #${shortId}`;
+}
+
+/** Visible text with newlines shown as ⏎ (for prompts). */
+export function showWhitespace(s) {
+  return String(s ?? "").replace(/\n/g, "⏎").replace(/\t/g, "⇥");
+}

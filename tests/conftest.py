@@ -1,0 +1,45 @@
+"""Shared fixtures: every test gets its own data folder and makes its own small texts."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from azr_trainer import books
+
+WORDS_EN = ("the king said that his horse was lost in the night and the queen wept for the old town "
+            "where a young fool sang of bread wine love and death under a cold moon").split()
+WORDS_RU = ("король сказал что его конь пропал ночью и королева плакала о старом городе где молодой "
+            "шут пел о хлебе вине любви и смерти под холодной луной").split()
+
+
+def make_text(words=WORDS_EN, n_lines: int = 400, seed: int = 0) -> str:
+    """A small deterministic 'book': short lines of words, with speaker names like a play."""
+    rng = random.Random(seed)
+    lines = []
+    for i in range(n_lines):
+        if i % 6 == 0:
+            lines.append(rng.choice(["KING:", "QUEEN:", "FOOL:"]) if words is WORDS_EN else
+                         rng.choice(["КОРОЛЬ:", "КОРОЛЕВА:", "ШУТ:"]))
+        n = rng.randint(4, 10)
+        line = " ".join(rng.choice(words) for _ in range(n))
+        lines.append(line[0].upper() + line[1:] + rng.choice([".", ",", "!", "?", ";"]))
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch) -> Path:
+    h = tmp_path / "home"
+    (h / "books").mkdir(parents=True)
+    (h / "models").mkdir()
+    monkeypatch.setenv("AZR_HOME", str(h))
+    return h
+
+
+@pytest.fixture
+def book(home, tmp_path) -> str:
+    src = tmp_path / "play.txt"
+    src.write_text(make_text(), encoding="utf-8")
+    return books.add_book(home, src, name="play").name

@@ -1,0 +1,160 @@
+"""Training through the library: events, checkpoints, evals, exact resume, clean stops."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from azr_trainer import store
+from azr_trainer.checkpoint import list_step_checkpoints, safe_load
+from azr_trainer.events import iter_events
+from azr_trainer.home import UserError
+from azr_trainer.model import ModelConfig
+from azr_trainer.train import StopRequested, TrainConfig, evaluate, train
+
+SHAPE = dict(vocab_size=300, d_model=32, num_layers=2, num_heads=4, d_ff=64, max_seq_len=32)
+
+
+def make_model(home, name="m", **kw):
+    return store.create_model(home, name, ModelConfig(**{**SHAPE, **kw}))
+
+
+def cfg(book, **kw):
+    base = dict(books=[book], max_iterations=20, batch_size=4, learning_rate=3e-3, save_every=10, eval_every=10,
+                threads=1, log_every=1, sample_length=8)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+class StopAt(StopRequested):
+    """Stops after a given number of steps, as Ctrl-C would, but at an exact step."""
+
+    def __init__(self, steps):
+        super().__init__()
+        self.left = steps
+
+    def check(self):
+        self.left -= 1
+        if self.left <= 0:
+            self.request("SIGINT")
+        return self.reason
+
+
+def step_losses(events_path):
+    return {e["step"]: e["loss"] for e in iter_events(events_path) if e["type"] == "step"}
+
+
+def test_training_lowers_loss_and_reports_everything(home, book):
+    make_model(home)
+    summary = train(home, "m", cfg(book, max_iterations=40), log=lambda m: None)
+    assert summary["status"] == "completed" and summary["step"] == 40
+    events = list(iter_events(summary["events"]))
+    kinds = {e["type"] for e in events}
+    assert {"status", "step", "eval", "sample", "checkpoint"} <= kinds
+    losses = [e["loss"] for e in events if e["type"] == "step"]
+    assert losses[-1] < losses[0] - 0.5
+    final_eval = [e for e in events if e["type"] == "eval"][-1]
+    assert final_eval["full"] and math.isclose(final_eval["val_ppl"], math.exp(final_eval["val_loss"]), rel_tol=1e-6)
+    assert summary["val_bpb"] == final_eval["val_bpb"] > 0
+    assert all(e["run"] == summary["run"] for e in events)
+    info = store.get_model(home, "m")
+    assert info.trained_steps == 40 and info.best_val_bpb == summary["best_val_bpb"]
+    assert (home / "models" / "m" / "checkpoints" / "best.pt").exists()
+
+
+def test_val_bpb_is_total_bits_over_validation_bytes(home, book):
+    make_model(home)
+    train(home, "m", cfg(book, max_iterations=5, sample_prompts=[]), log=lambda m: None)
+    from azr_trainer.checkpoint import build_model
+    from azr_trainer.data import prepare_data
+    model, mcfg, tok = build_model(safe_load(home / "models" / "m" / "checkpoints" / "step_0000005.pt"))
+    data = prepare_data(home, home / "models" / "m", [book], "bpe", 300)
+    res = evaluate(model, data.val, data.val_bytes, 32, torch.device("cpu"),
+                   lambda: torch.autocast("cpu", enabled=False), limit=None)
+    # recompute independently: every val token after the leading <|endoftext|>, one long pass in windows
+    ids = torch.tensor(data.val.astype("int64"))
+    nll = 0.0
+    with torch.no_grad():
+        for s in range(0, len(ids) - 1, 32):
+            x, y = ids[s:s + 32], ids[s + 1:s + 33]
+            x = x[:len(y)]
+            logits, _ = model(x[None])
+            nll += torch.nn.functional.cross_entropy(logits[0], y, reduction="sum").item()
+    val_text_bytes = data.val_bytes
+    assert res["full"] and res["val_tokens"] == len(ids) - 1
+    assert math.isclose(res["val_bpb"], nll / math.log(2) / val_text_bytes, rel_tol=1e-4)
+
+
+def test_stopped_and_resumed_run_matches_a_straight_run(home, book):
+    make_model(home, "straight")
+    make_model(home, "resumed")
+    c = dict(max_iterations=24, save_every=100, eval_every=8)
+    a = train(home, "straight", cfg(book, **c), log=lambda m: None)
+    first = train(home, "resumed", cfg(book, **c), stop=StopAt(12), log=lambda m: None)
+    assert first["status"] == "interrupted" and first["step"] == 12
+    b = train(home, "resumed", cfg(book, resume=True, **c), log=lambda m: None)
+    assert b["step"] == 24 and b["run"] == first["run"]
+    la, lb = step_losses(a["events"]), step_losses(b["events"])
+    assert sorted(la) == sorted(lb) == list(range(1, 25))
+    for s in la:
+        assert la[s] == pytest.approx(lb[s], abs=1e-5), s
+    assert a["val_bpb"] == pytest.approx(b["val_bpb"], abs=1e-5)
+
+
+def test_checkpoints_are_pruned_and_loadable_without_pickle(home, book):
+    make_model(home)
+    train(home, "m", cfg(book, max_iterations=50, save_every=5, keep_last=3, sample_prompts=[]), log=lambda m: None)
+    steps = [s for s, _ in list_step_checkpoints(home / "models" / "m")]
+    assert steps == [40, 45, 50]
+    obj = torch.load(home / "models" / "m" / "checkpoints" / "step_0000050.pt", weights_only=True)
+    assert obj["step"] == 50 and "optimizer" in obj and isinstance(obj["tokenizer"], str)
+    assert not list((home / "models" / "m" / "checkpoints").glob("*.tmp"))
+
+
+def test_max_time_stops_cleanly_with_a_checkpoint(home, book):
+    make_model(home)
+    s = train(home, "m", cfg(book, max_iterations=10**6, max_time=1.5, sample_prompts=[]), log=lambda m: None)
+    assert s["status"] == "stopped" and 0 < s["step"] < 10**6
+    assert list_step_checkpoints(home / "models" / "m")[-1][0] == s["step"]
+
+
+def test_control_file_pauses_the_run(home, book, tmp_path):
+    make_model(home)
+    control = tmp_path / "control"
+    control.write_text("pause", encoding="utf-8")
+    s = train(home, "m", cfg(book, max_iterations=100), stop=StopRequested(control), log=lambda m: None)
+    assert s["status"] == "paused" and s["step"] == 1
+
+
+def test_resume_without_checkpoint_or_with_other_books_is_refused(home, book, tmp_path):
+    make_model(home)
+    with pytest.raises(UserError, match="Nothing to resume"):
+        train(home, "m", cfg(book, resume=True), log=lambda m: None)
+    train(home, "m", cfg(book, max_iterations=3), log=lambda m: None)
+    from azr_trainer import books
+    src = tmp_path / "other.txt"
+    src.write_text("another book\n" * 200, encoding="utf-8")
+    books.add_book(home, src, name="other")
+    with pytest.raises(UserError, match="same books"):
+        train(home, "m", cfg("other", resume=True), log=lambda m: None)
+
+
+def test_unknown_book_and_absurd_settings_are_refused(home, book):
+    make_model(home)
+    with pytest.raises(UserError, match="No book named"):
+        train(home, "m", cfg("nope"), log=lambda m: None)
+    with pytest.raises(UserError, match="learning_rate"):
+        train(home, "m", cfg(book, learning_rate=5.0), log=lambda m: None)
+    with pytest.raises(UserError, match="batch_size"):
+        train(home, "m", cfg(book, batch_size=0), log=lambda m: None)
+    with pytest.raises(UserError, match="GiB"):
+        train(home, "m", cfg(book, batch_size=10**7), log=lambda m: None)
+    assert list_step_checkpoints(home / "models" / "m") == []
+
+
+def test_events_file_is_json_lines(home, book):
+    make_model(home)
+    s = train(home, "m", cfg(book, max_iterations=3), log=lambda m: None)
+    for line in open(s["events"], encoding="utf-8"):
+        assert isinstance(json.loads(line)["type"], str)
