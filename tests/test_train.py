@@ -158,3 +158,20 @@ def test_events_file_is_json_lines(home, book):
     s = train(home, "m", cfg(book, max_iterations=3), log=lambda m: None)
     for line in open(s["events"], encoding="utf-8"):
         assert isinstance(json.loads(line)["type"], str)
+
+
+def test_out_of_memory_keeps_the_last_checkpoint_and_says_what_to_lower(home, book):
+    make_model(home)
+
+    def explode(e):
+        if e["type"] == "step" and e["step"] == 7:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    with pytest.raises(UserError, match=r"Lower batch_size \(e.g. 4 → 2\).*max_seq_len.*last checkpoint is kept"):
+        train(home, "m", cfg(book, max_iterations=20, save_every=5), listeners=[explode], log=lambda m: None)
+    ckpts = list_step_checkpoints(home / "models" / "m")
+    assert [s for s, _ in ckpts] == [5]
+    assert safe_load(ckpts[-1][1])["step"] == 5
+    failed = [e for e in iter_events(next((home / "models" / "m" / "runs").glob("*/events.jsonl")))
+              if e["type"] == "status" and e["state"] == "failed"]
+    assert failed and "batch_size" in failed[0]["message"]

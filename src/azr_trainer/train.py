@@ -14,7 +14,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -30,7 +30,6 @@ from .home import Conflict, UserError
 from .model import Transformer, estimate_training_memory, training_flops_per_token
 from .sample import generate
 
-DEFAULT_SAMPLE_PROMPTS = ["\n", "The ", "Он "]
 
 
 @dataclass
@@ -56,7 +55,7 @@ class TrainConfig:
     threads: int | None = None
     compile: str = "auto"           # auto (CUDA only), on, off
     sample_every: int | None = None  # default: eval_every
-    sample_prompts: list[str] = field(default_factory=lambda: list(DEFAULT_SAMPLE_PROMPTS))
+    sample_prompts: list[str] | None = None  # default: a newline and the opening words of the first book
     sample_length: int = 48
     log_every: int = 10
     keep_last: int = 3
@@ -93,6 +92,13 @@ def lr_at(step: int, cfg: TrainConfig, time_fraction: float = 0.0) -> float:
         progress = max(progress, min(1.0, time_fraction))
     floor = cfg.learning_rate * cfg.min_lr_ratio
     return floor + 0.5 * (1 + math.cos(math.pi * progress)) * (cfg.learning_rate - floor)
+
+
+def default_sample_prompts(opening: str) -> list[str]:
+    """Fixed prompts for progress samples: a bare newline, and the first words of the book."""
+    first_line = next((line for line in opening.splitlines() if line.strip()), "")
+    words = " ".join(first_line.split()[:3])
+    return ["\n"] + ([words + " "] if words else [])
 
 
 def make_optimizer(model: Transformer, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
@@ -247,6 +253,8 @@ def _train(home, name, cfg, listeners, stop, log, run_id) -> dict:
     for w in data.warnings:
         log(f"Warning: {w}")
     tokenizer = data.tokenizer
+    if cfg.sample_prompts is None:
+        cfg.sample_prompts = default_sample_prompts(tokenizer.decode(data.train[1:200].tolist()))
 
     model = Transformer(mcfg).to(device)
     optimizer = make_optimizer(model, cfg, device)
