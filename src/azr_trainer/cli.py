@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -155,8 +156,43 @@ class _ProgressBar:
             self.bar.close()
 
 
+def _run_torchrun(args, home) -> None:
+    """Re-run this same `azr train` command under torchrun (PyTorch's own launcher), N processes."""
+    import subprocess
+    argv = [a for a in sys.argv[1:]]
+    skip = {"--nproc", "--nnodes", "--rdzv-endpoint"}
+    cleaned, i = [], 0
+    while i < len(argv):
+        a = argv[i]
+        if a.split("=", 1)[0] in skip:
+            i += 1 if "=" in a else 2
+            continue
+        if a == "--home":
+            i += 2
+            continue
+        cleaned.append(a)
+        i += 1
+    launcher = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={args.nproc}"]
+    if args.nnodes > 1:
+        if not args.rdzv_endpoint:
+            raise UserError("--nnodes above 1 needs --rdzv-endpoint HOST:PORT (the same on every machine).")
+        launcher += [f"--nnodes={args.nnodes}", "--rdzv-backend=c10d", f"--rdzv-endpoint={args.rdzv_endpoint}"]
+    else:
+        launcher += ["--standalone"]
+    cmd = launcher + ["-m", "azr_trainer.cli", "--home", str(home)] + cleaned
+    env = dict(os.environ)
+    if args.threads is None:
+        # share the cores between the processes instead of oversubscribing them
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.nproc)))
+    rc = subprocess.call(cmd, env=env)
+    if rc != 0:
+        raise SystemExit(rc)
+
+
 def cmd_train(args, home):
     from .train import StopRequested, TrainConfig, train
+    if args.nproc > 1 or args.nnodes > 1:
+        return _run_torchrun(args, home)
     cfg = TrainConfig(
         books=[b.strip() for b in args.books.split(",") if b.strip()], max_iterations=args.max_iterations,
         batch_size=args.batch_size, learning_rate=args.learning_rate, save_every=args.save_every,
@@ -175,7 +211,11 @@ def cmd_train(args, home):
         signal.signal(signal.SIGTERM, on_signal)
     quiet = args.json or args.quiet
     log = (lambda m: print(m, file=sys.stderr)) if quiet else print
-    summary = train(home, args.name, cfg, listeners=[_ProgressBar(not quiet)], stop=stop, log=log, run_id=args.run_id)
+    rank = int(os.environ.get("RANK", "0"))  # under torchrun only rank 0 reports
+    summary = train(home, args.name, cfg, listeners=[_ProgressBar(not quiet and rank == 0)], stop=stop,
+                    log=log if rank == 0 else (lambda m: None), run_id=args.run_id)
+    if rank != 0:
+        return
     if args.json:
         return _print_json(summary)
     bpb = f"{summary['val_bpb']:.4f}" if summary["val_bpb"] is not None else "-"
@@ -235,6 +275,14 @@ def cmd_generate(args, home):
     text = tok.decode(out_ids)
     sys.stdout.write(text[len(printed):] + "\n")
     sys.stdout.flush()
+
+
+# ---- serve ---------------------------------------------------------------------------------
+
+def cmd_serve(args, home):
+    from .server import serve
+    serve(host=args.host, port=args.port, home=home, max_runs=args.max_runs, max_upload_mb=args.max_upload_mb,
+          token=args.token)
 
 
 # ---- parser --------------------------------------------------------------------------------
@@ -312,6 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=1337)
     t.add_argument("--log-every", type=int, default=10)
     t.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    t.add_argument("--nproc", type=int, default=1, help="processes on this machine (torchrun + DDP; GPUs or CPU)")
+    t.add_argument("--nnodes", type=int, default=1, help="machines taking part (run the same command on each)")
+    t.add_argument("--rdzv-endpoint", help="HOST:PORT that all machines can reach, for --nnodes > 1")
     # The studio's channels to a worker: run folder name, pause/cancel file, stop if the studio dies.
     t.add_argument("--run-id", help=argparse.SUPPRESS)
     t.add_argument("--control-file", help=argparse.SUPPRESS)
@@ -334,6 +385,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", default="auto")
     g.add_argument("--threads", type=int)
     g.set_defaults(func=cmd_generate)
+
+    s = sub.add_parser("serve", help="start the web studio (http://127.0.0.1:8000)")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on; any but loopback requires a token")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--max-runs", type=int, default=1, help="training runs at once; the others wait in a queue")
+    s.add_argument("--max-upload-mb", type=float, default=200, help="largest upload accepted, in MiB")
+    s.add_argument("--token", help="access token to require (default: made up when --host is not loopback)")
+    s.set_defaults(func=cmd_serve)
     return p
 
 

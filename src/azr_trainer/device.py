@@ -28,7 +28,10 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 def default_threads() -> int:
-    # Physical cores are what matmuls scale with; leave nothing for hyperthreads.
+    # OMP_NUM_THREADS wins (torchrun sets it per process); otherwise every core.
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
     return max(1, (os.cpu_count() or 2))
 
 

@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 
 from . import store
-from .checkpoint import (FORMAT, FORMAT_VERSION, atomic_torch_save, checkpoint_dir, list_step_checkpoints,
-                         prune_checkpoints, safe_load)
+from .checkpoint import (FORMAT, FORMAT_VERSION, atomic_torch_save, checkpoint_dir, init_checkpoint,
+                         list_step_checkpoints, prune_checkpoints, safe_load)
 from .data import BatchSampler, prepare_data, validation_windows
 from .device import available_memory_bytes, is_out_of_memory, pick_device, set_threads
 from .events import EventLog, Listener
@@ -215,11 +215,75 @@ def train(home: Path, name: str, cfg: TrainConfig, listeners: list[Listener] | N
     timestamp and a resumed run keeps the id stored in its checkpoint."""
     cfg.validate()
     store.get_model(home, name)
-    with TrainingLock(store.model_dir(home, name)):
-        return _train(home, name, cfg, listeners, stop, log, run_id)
+    dist = Distributed.from_env(cfg.device)
+    try:
+        if not dist.is_main:
+            return _train(home, name, cfg, [], stop, log, run_id, dist)
+        with TrainingLock(store.model_dir(home, name)):
+            return _train(home, name, cfg, listeners, stop, log, run_id, dist)
+    finally:
+        dist.close()
 
 
-def _train(home, name, cfg, listeners, stop, log, run_id) -> dict:
+class Distributed:
+    """torchrun's environment (WORLD_SIZE, RANK, LOCAL_RANK) → a process group, or a single process.
+
+    Every rank draws the same global batch from the same seeded sampler and trains on its
+    own slice; DistributedDataParallel averages the gradients, so N processes follow the
+    same loss curve as one process with the same global batch_size. Rank 0 alone writes
+    checkpoints, events and the registry."""
+
+    def __init__(self, rank: int = 0, world: int = 1, local_rank: int = 0, backend: str | None = None):
+        self.rank, self.world, self.local_rank, self.backend = rank, world, local_rank, backend
+
+    @classmethod
+    def from_env(cls, device_choice: str) -> "Distributed":
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world <= 1:
+            return cls()
+        import torch.distributed as td
+        use_cuda = torch.cuda.is_available() and device_choice in ("auto", "cuda")
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if use_cuda:
+            torch.cuda.set_device(local_rank)
+        backend = "nccl" if use_cuda else "gloo"
+        td.init_process_group(backend)
+        return cls(td.get_rank(), td.get_world_size(), local_rank, backend)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def device(self, choice: str) -> torch.device:
+        if self.backend == "nccl":
+            return torch.device("cuda", self.local_rank)
+        return pick_device("cpu" if self.backend == "gloo" else choice)
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            import torch.distributed as td
+            td.barrier()
+
+    def mean_and_any(self, value: float, flag: bool, device) -> tuple[float, bool]:
+        """Average a number and OR a flag across ranks in one collective (loss, and "stop now")."""
+        if self.world == 1:
+            return value, flag
+        import torch.distributed as td
+        t = torch.tensor([value, float(flag)], dtype=torch.float64, device=device)
+        td.all_reduce(t)
+        return float(t[0]) / self.world, bool(t[1] > 0)
+
+    def close(self) -> None:
+        if self.world > 1:
+            import torch.distributed as td
+            if td.is_initialized():
+                try:
+                    td.barrier()  # let rank 0 finish its final eval and save before the group goes away
+                finally:
+                    td.destroy_process_group()
+
+
+def _train(home, name, cfg, listeners, stop, log, run_id, dist: Distributed) -> dict:
     stop = stop or StopRequested()
     info = store.get_model(home, name)
     mcfg = info.config
@@ -227,11 +291,15 @@ def _train(home, name, cfg, listeners, stop, log, run_id) -> dict:
     seq_len = cfg.seq_len or mcfg.max_seq_len
     if seq_len > mcfg.max_seq_len:
         raise UserError(f"seq_len ({seq_len}) cannot exceed the model's max_seq_len ({mcfg.max_seq_len}).")
-    device = pick_device(cfg.device)
+    if dist.world > 1 and cfg.schedule == "time":
+        raise UserError("schedule 'time' follows one process's clock; use the step schedule with several processes.")
+    if cfg.batch_size % dist.world:
+        raise UserError(f"batch_size ({cfg.batch_size}) must be divisible by the number of processes ({dist.world}).")
+    device = dist.device(cfg.device)
     threads = set_threads(cfg.threads) if device.type == "cpu" else None
     torch.manual_seed(cfg.seed)
 
-    mem_need = estimate_training_memory(mcfg, cfg.batch_size, seq_len)
+    mem_need = estimate_training_memory(mcfg, cfg.batch_size // dist.world, seq_len)
     mem_have = available_memory_bytes(device)
     if mem_have is not None and mem_need > 0.9 * mem_have:
         raise UserError(f"Training this model at batch_size {cfg.batch_size} and max_seq_len {seq_len} needs about "
@@ -249,14 +317,22 @@ def _train(home, name, cfg, listeners, stop, log, run_id) -> dict:
             raise UserError(f"--resume continues the run on {','.join(saved_books)}; "
                             f"you asked for {','.join(cfg.books)}. Resume with the same books or start a new run.")
 
-    data = prepare_data(home, mdir, cfg.books, mcfg.tokenizer, mcfg.vocab_size, cfg.val_fraction, log=log)
-    for w in data.warnings:
-        log(f"Warning: {w}")
+    if not dist.is_main:
+        dist.barrier()  # rank 0 trains the tokenizer and tokenizes the books first
+    data = prepare_data(home, mdir, cfg.books, mcfg.tokenizer, mcfg.vocab_size, cfg.val_fraction,
+                        log=log if dist.is_main else (lambda m: None))
+    if dist.is_main:
+        dist.barrier()
+        for w in data.warnings:
+            log(f"Warning: {w}")
     tokenizer = data.tokenizer
     if cfg.sample_prompts is None:
         cfg.sample_prompts = default_sample_prompts(tokenizer.decode(data.train[1:200].tolist()))
 
-    model = Transformer(mcfg).to(device)
+    model = Transformer(mcfg)
+    if resume_obj is None and init_checkpoint(mdir).exists():
+        model.load_state_dict(safe_load(init_checkpoint(mdir))["state_dict"])  # imported: start from its weights
+    model = model.to(device)
     optimizer = make_optimizer(model, cfg, device)
     sampler = BatchSampler(data.train, seq_len, cfg.batch_size, cfg.seed)
     step, tokens_seen, best_bpb, elapsed_before = 0, 0, None, 0.0
@@ -271,7 +347,7 @@ def _train(home, name, cfg, listeners, stop, log, run_id) -> dict:
         best_bpb, elapsed_before = resume_obj.get("best_val_bpb"), resume_obj.get("elapsed", 0.0)
         run_id = given_run_id or resume_obj["run_id"]
         # The schedule is defined by max_iterations; a resumed run may extend it.
-    events = EventLog(mdir / "runs" / run_id / "events.jsonl", run_id, listeners)
+    events = EventLog(mdir / "runs" / run_id / "events.jsonl" if dist.is_main else None, run_id, listeners)
 
     use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
 
@@ -279,8 +355,12 @@ def _train(home, name, cfg, listeners, stop, log, run_id) -> dict:
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16)
 
     compiled = model
+    if dist.world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+        compiled = DistributedDataParallel(model, device_ids=[dist.local_rank] if device.type == "cuda" else None)
     if cfg.compile == "on" or (cfg.compile == "auto" and device.type == "cuda"):
-        compiled = torch.compile(model)
+        compiled = torch.compile(compiled)
+    rows = slice(dist.rank * cfg.batch_size // dist.world, (dist.rank + 1) * cfg.batch_size // dist.world)
 
     flops_per_token = training_flops_per_token(mcfg, seq_len)
     tokens_per_step = cfg.batch_size * seq_len * cfg.grad_accum
@@ -290,8 +370,10 @@ def _train(home, name, cfg, listeners, stop, log, run_id) -> dict:
                 val_tokens=int(len(data.val)), val_bytes=data.val_bytes, tokenizer_vocab=tokenizer.vocab_size,
                 config=mcfg.to_dict(), train_config=asdict(cfg), warnings=data.warnings)
 
-    def save(kind: str, last_eval: dict | None) -> Path:
+    def save(kind: str, last_eval: dict | None) -> Path | None:
         nonlocal best_bpb
+        if not dist.is_main:
+            return None
         obj = {
             "format": FORMAT, "format_version": FORMAT_VERSION, "config": mcfg.to_dict(),
             "state_dict": model.state_dict(), "tokenizer": tokenizer.to_json(),
@@ -317,13 +399,17 @@ def _train(home, name, cfg, listeners, stop, log, run_id) -> dict:
         return path
 
     def run_eval(full: bool) -> dict:
-        res = evaluate(compiled if not full else model, data.val, data.val_bytes, seq_len, device, autocast,
+        if not dist.is_main:
+            return {}
+        res = evaluate(model, data.val, data.val_bytes, seq_len, device, autocast,
                        None if full else cfg.eval_windows)
         if res:
             events.emit("eval", step=step, **res)
         return res
 
     def run_samples() -> None:
+        if not dist.is_main:
+            return
         gen = torch.Generator(device="cpu").manual_seed(cfg.seed + step)
         model.eval()
         for prompt in cfg.sample_prompts:
@@ -352,6 +438,7 @@ def _train(home, name, cfg, listeners, stop, log, run_id) -> dict:
             step_loss = 0.0
             for _ in range(cfg.grad_accum):
                 x, y = sampler.next(device)
+                x, y = x[rows], y[rows]
                 with autocast():
                     _, loss = compiled(x, y)
                 (loss / cfg.grad_accum).backward()
@@ -360,6 +447,10 @@ def _train(home, name, cfg, listeners, stop, log, run_id) -> dict:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
+            out_of_time = cfg.max_time is not None and time.time() - t_start >= cfg.max_time
+            reason = stop.check()
+            # every rank must stop at the same step, or the others would wait forever in all-reduce
+            step_loss, stop_now = dist.mean_and_any(step_loss, out_of_time or bool(reason), device)
             tokens_seen += tokens_per_step
             loss_acc, loss_n, tok_log = loss_acc + step_loss, loss_n + 1, tok_log + tokens_per_step
             if not math.isfinite(step_loss):
@@ -375,15 +466,16 @@ def _train(home, name, cfg, listeners, stop, log, run_id) -> dict:
                             flops_per_s=tps * flops_per_token, elapsed=elapsed_before + elapsed,
                             eta=(cfg.max_iterations - step) * (elapsed / max(1, step - (resume_obj or {}).get("step", 0))))
                 loss_acc, loss_n, t_log, tok_log = 0.0, 0, now, 0
-            if step % cfg.save_every == 0 and step < cfg.max_iterations:
+            if step % cfg.save_every == 0 and step < cfg.max_iterations and dist.is_main:
                 checkpoints.append(str(save("periodic", last_eval)))
-            if cfg.max_time is not None and time.time() - t_start >= cfg.max_time:
-                status, message = "stopped", f"max_time {cfg.max_time:g} s reached"
-                break
-            reason = stop.check()
-            if reason:
-                status, message = ("cancelled" if reason == "cancel" else "paused" if reason == "pause"
-                                   else "interrupted"), f"stopped by {reason}"
+            if stop_now:
+                if reason:
+                    status, message = ("cancelled" if reason == "cancel" else "paused" if reason == "pause"
+                                       else "interrupted"), f"stopped by {reason}"
+                elif out_of_time:
+                    status, message = "stopped", f"max_time {cfg.max_time:g} s reached"
+                else:
+                    status, message = "interrupted", "another training process stopped"
                 break
     except BaseException as e:
         if is_out_of_memory(e):
@@ -409,7 +501,8 @@ def _train(home, name, cfg, listeners, stop, log, run_id) -> dict:
     if cfg.sample_prompts and status == "completed":
         run_samples()
     final_path = save("final", last_eval)
-    checkpoints.append(str(final_path))
+    if final_path is not None:
+        checkpoints.append(str(final_path))
     wall = time.time() - t_start
     summary = {
         "model": name, "run": run_id, "status": status, "message": message, "step": step,
