@@ -31,11 +31,14 @@ class PreparedData:
 
 
 def _book_splits(home: Path, names: list[str], val_fraction: float):
+    """(name, train text, val text, train UTF-8 bytes) per book; one book in memory at a time."""
     for name in names:
         text = books_mod.read_book_text(home, name)
         train, val = books_mod.split_train_val(text, val_fraction)
         del text
-        yield name, train, val
+        # the stored size minus the small validation part: no second copy of a big book as bytes
+        train_bytes = books_mod.get_book(home, name).text_bytes - len(val.encode("utf-8"))
+        yield name, train, val, train_bytes
 
 
 def _data_key(home: Path, names: list[str], val_fraction: float, tokenizer_json: str) -> str:
@@ -62,7 +65,7 @@ def prepare_data(home: Path, model_dir: Path, book_names: list[str], kind: str, 
         log(f"Training a {kind} tokenizer (vocab_size {vocab_size}) on the training split of {', '.join(book_names)}…")
 
         def train_texts():
-            for _, train, _ in _book_splits(home, book_names, val_fraction):
+            for _, train, _, _ in _book_splits(home, book_names, val_fraction):
                 yield from text_chunks(train)
 
         tokenizer = train_tokenizer(kind, train_texts(), vocab_size)
@@ -83,10 +86,10 @@ def prepare_data(home: Path, model_dir: Path, book_names: list[str], kind: str, 
         train_parts, val_parts = [], []
         train_bytes = val_bytes = 0
         eot = np.asarray([tokenizer.eot_id], dtype=np.uint32)
-        for _, train, val in _book_splits(home, book_names, val_fraction):
+        for _, train, val, n_train_bytes in _book_splits(home, book_names, val_fraction):
             train_parts += [eot, tokenizer.encode_to_array(text_chunks(train)).astype(np.uint32)]
             val_parts += [eot, tokenizer.encode_to_array(text_chunks(val)).astype(np.uint32)]
-            train_bytes += len(train.encode("utf-8"))
+            train_bytes += n_train_bytes
             val_bytes += len(val.encode("utf-8"))
         dtype = np.uint16 if tokenizer.vocab_size <= 65535 else np.uint32
         train_ids = np.concatenate(train_parts).astype(dtype)
