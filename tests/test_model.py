@@ -73,3 +73,13 @@ def test_memory_estimate_grows_with_batch_and_sequence():
     cfg = tiny()
     assert estimate_training_memory(cfg, 16) > estimate_training_memory(cfg, 1)
     assert estimate_training_memory(tiny(max_seq_len=64), 16, 64) > estimate_training_memory(cfg, 16, 32)
+
+
+def test_memory_saving_rotary_and_swiglu_have_exact_gradients():
+    from azr_trainer.model import _Rotary, _SwiGLU, rotary_tables
+    torch.manual_seed(0)
+    cos, sin = rotary_tables(8, 5, 10000.0)
+    x = torch.randn(2, 3, 5, 8, dtype=torch.double, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: _Rotary.apply(t, cos.double(), sin.double()), (x,))
+    g, u = (torch.randn(4, 6, dtype=torch.double, requires_grad=True) for _ in range(2))
+    assert torch.autograd.gradcheck(_SwiGLU.apply, (g, u))

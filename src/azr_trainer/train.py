@@ -24,7 +24,7 @@ from . import store
 from .checkpoint import (FORMAT, FORMAT_VERSION, atomic_torch_save, checkpoint_dir, init_checkpoint,
                          list_step_checkpoints, prune_checkpoints, safe_load)
 from .data import BatchSampler, prepare_data, validation_windows
-from .device import available_memory_bytes, is_out_of_memory, pick_device, set_threads
+from .device import available_memory_bytes, is_out_of_memory, pick_device, release_free_memory, set_threads
 from .events import EventLog, Listener
 from .home import Conflict, UserError
 from .model import Transformer, estimate_training_memory, training_flops_per_token
@@ -440,12 +440,14 @@ def _train(home, name, cfg, listeners, stop, log, run_id, dist: Distributed) -> 
                 x, y = sampler.next(device)
                 x, y = x[rows], y[rows]
                 with autocast():
-                    _, loss = compiled(x, y)
+                    loss = compiled(x, y)[1]  # drop the logits at once: B×T×vocab floats not kept through backward
                 (loss / cfg.grad_accum).backward()
                 step_loss += float(loss.detach()) / cfg.grad_accum
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            if device.type == "cpu":
+                release_free_memory()
             step += 1
             out_of_time = cfg.max_time is not None and time.time() - t_start >= cfg.max_time
             reason = stop.check()
