@@ -11,7 +11,7 @@ from pathlib import Path
 
 from . import books as books_mod
 from . import store
-from .checkpoint import build_model, export_pt, resolve_checkpoint, safe_load
+from .checkpoint import build_model, resolve_checkpoint, safe_load
 from .home import UserError, home_dir
 from .model import ModelConfig, count_parameters, estimate_training_memory
 
@@ -115,17 +115,47 @@ def cmd_models_delete(args, home):
 
 
 def cmd_models_export(args, home):
-    if args.format != "pt":
-        raise UserError(f"Export format {args.format!r} is not available yet; use --format pt.")
+    from .export import DEFAULT_DTYPE, export_model
     info = store.get_model(home, args.name)
-    src = resolve_checkpoint(store.model_dir(home, args.name), args.checkpoint)
-    out = Path(args.output) if args.output else Path(f"{info.name}.pt")
-    export_pt(safe_load(src), out)
-    result = {"model": info.name, "format": "pt", "path": str(out.resolve()), "checkpoint": str(src),
-              "bytes": out.stat().st_size}
+    dtype = args.dtype or DEFAULT_DTYPE[args.format]
+    if args.output:
+        out = Path(args.output)
+    else:  # beside the user, like the .pt always was
+        out = Path({"pt": f"{info.name}.pt", "hf": f"{info.name}-hf.zip" if args.zip else f"{info.name}-hf",
+                    "gguf": f"{info.name}-{dtype}.gguf"}[args.format])
+    result = export_model(home, info.name, args.format, out, dtype=dtype, checkpoint=args.checkpoint,
+                          as_zip=args.zip)
     if args.json:
         return _print_json(result)
-    print(f"Exported '{info.name}' ({src.name}) to {out} ({_fmt_bytes(result['bytes'])}).")
+    if result["note"]:
+        print(f"Note: {result['note']}", file=sys.stderr)
+    src = Path(result["checkpoint"]).name
+    print(f"Exported '{info.name}' ({src}) to {out} ({_fmt_bytes(result['bytes'])}).")
+    if args.format == "gguf":
+        modelfile = Path(result["files"][-1]).name
+        print(f"Ollama: cd {Path(result['path']).parent} && ollama create {info.name.lower().replace(' ', '-')} "
+              f"-f {modelfile}")
+
+
+def cmd_models_import(args, home):
+    import shlex
+    from .importer import import_model
+    quiet = args.json
+    result = import_model(home, args.path, args.name, max_seq_len=args.max_seq_len,
+                          log=(lambda m: print(m, file=sys.stderr)) if not quiet else (lambda m: None))
+    if args.json:
+        return _print_json(result)
+    cfg = ModelConfig.from_dict(result["config"])
+    src = result["imported_from"]
+    print(f"Imported '{result['name']}' from {src['format']} ({src['path']}): {result['parameters']:,} parameters "
+          f"({cfg.num_layers} layers × d_model {cfg.d_model}, {cfg.num_heads} heads"
+          f"{f' / {cfg.kv_heads} kv heads' if cfg.kv_heads != cfg.num_heads else ''}, d_ff {cfg.d_ff}, "
+          f"max_seq_len {cfg.max_seq_len}, vocab {cfg.vocab_size}, {cfg.tokenizer} tokenizer, "
+          f"end of text {result['eos_token']!r}).")
+    if result["note"]:
+        print(f"Note: {result['note']}")
+    q = shlex.quote(result["name"])
+    print(f"Try it: azr generate {q} \"Once upon a time\"   ·   fine-tune: azr train {q} --books BOOK")
 
 
 # ---- train ---------------------------------------------------------------------------------
@@ -223,6 +253,67 @@ def cmd_train(args, home):
           f"{summary['train_loss'] if summary['train_loss'] is None else round(summary['train_loss'], 4)}, "
           f"val bpb {bpb}, {summary['tokens_per_s']:.0f} tokens/s, {summary['wall_seconds']:.1f} s.")
     print(f"Checkpoint: {summary['checkpoints'][-1]}")
+
+
+# ---- selfplay ------------------------------------------------------------------------------
+
+class _SelfPlayProgress(_ProgressBar):
+    """The training bar, with the reward, KL and rollouts/s instead of the loss."""
+
+    def __call__(self, e: dict) -> None:
+        if not self.enabled or self.bar is None or e["type"] not in ("step", "eval", "sample"):
+            return super().__call__(e)
+        if e["type"] == "step":
+            self.bar.update(e["step"] - self.bar.n)
+            self.bar.set_postfix(reward=f"{e['reward_mean']:.3f}", kl=f"{e['kl']:.4f}",
+                                 rollouts_s=f"{e['rollouts_per_s']:.0f}", refresh=False)
+        elif e["type"] == "eval":
+            bpb = f"val bpb {e['val_bpb']:.4f}, " if "val_bpb" in e else ""
+            self.bar.write(f"step {e['step']}: {bpb}samples: reward {e['sample_reward']:.3f}, repeated 4-grams "
+                           f"{e['sample_rep4']:.2%}, distinct-2 {e['sample_distinct2']:.3f}")
+        elif e.get("rank") == "best" and e["step"] % 25 == 0:
+            self.bar.write(f"best sample @ {e['step']} (reward {e['reward']:.3f}): {(e['prompt'] + e['text'])[:160]!r}")
+
+
+def cmd_selfplay(args, home):
+    from .selfplay import SelfPlayConfig, selfplay
+    from .train import StopRequested
+    given = {k: getattr(args, k) for k in (
+        "checkpoint", "max_iterations", "max_time", "group_size", "prompts_per_step", "rollout_tokens",
+        "prompt_tokens", "temperature", "learning_rate", "kl_weight", "lm_weight", "reward_file", "reward_weights",
+        "length_target", "prompt_source", "eval_every", "save_every", "seed", "device", "threads", "resume")}
+    if args.reward and args.reward.endswith(".py"):
+        if args.reward_file:
+            raise UserError("Give the reward file once: --reward FILE.py or --reward-file FILE.py.")
+        given["reward_file"], args.reward = args.reward, None
+    given["reward"] = args.reward or ("file" if given["reward_file"] else "default")
+    cfg = SelfPlayConfig(**{k: v for k, v in given.items() if v is not None})
+    stop = StopRequested(Path(args.control_file) if args.control_file else None, watch_parent=args.watch_parent)
+
+    def on_signal(signum, _frame):  # first Ctrl-C / SIGTERM: checkpoint and stop; a second aborts
+        if stop.reason:
+            raise KeyboardInterrupt
+        stop.request(signal.Signals(signum).name)
+    signal.signal(signal.SIGINT, on_signal)
+    if hasattr(signal, "SIGTERM"):
+        signal.signal(signal.SIGTERM, on_signal)
+    quiet = args.json or args.quiet
+    log = (lambda m: print(m, file=sys.stderr)) if quiet else print
+    summary = selfplay(home, args.name, cfg, listeners=[_SelfPlayProgress(not quiet)], stop=stop, log=log,
+                       run_id=args.run_id)
+    if args.json:
+        return _print_json(summary)
+    start = summary["start_eval"] or {}
+
+    def fmt(v, f):
+        return "-" if v is None else format(v, f)
+    print(f"{summary['status']}: self-play step {summary['step']}, run {summary['run']}, "
+          f"{summary['wall_seconds']:.1f} s.")
+    print(f"samples: reward {fmt(start.get('sample_reward'), '.3f')} → {fmt(summary['sample_reward'], '.3f')}, "
+          f"repeated 4-grams {fmt(start.get('sample_rep4'), '.2%')} → {fmt(summary['sample_rep4'], '.2%')}, "
+          f"distinct-2 {fmt(start.get('sample_distinct2'), '.3f')} → {fmt(summary['sample_distinct2'], '.3f')}; "
+          f"val bpb {fmt(start.get('val_bpb'), '.4f')} → {fmt(summary['val_bpb'], '.4f')}.")
+    print(f"Checkpoint: {summary['checkpoint']}  (azr generate {args.name} \"…\" --checkpoint selfplay)")
 
 
 # ---- generate ------------------------------------------------------------------------------
@@ -334,13 +425,23 @@ def build_parser() -> argparse.ArgumentParser:
     a = models.add_parser("delete")
     a.add_argument("name")
     a.set_defaults(func=cmd_models_delete)
-    a = models.add_parser("export", help="write the model as one .pt file")
+    a = models.add_parser("export", help="write the model as a .pt file, a Hugging Face folder (or zip) or GGUF")
     a.add_argument("name")
     a.add_argument("--format", default="pt", choices=["pt", "hf", "gguf"])
-    a.add_argument("-o", "--output")
-    a.add_argument("--checkpoint", default="best", help="best, latest or a step number")
+    a.add_argument("--dtype", choices=["f32", "f16", "bf16", "q8_0"],
+                   help="weights: hf f32 (default), f16 or bf16; gguf f16 (default), f32 or q8_0")
+    a.add_argument("--zip", action="store_true", help="with --format hf: one .zip instead of a folder")
+    a.add_argument("-o", "--output", help="file (pt, gguf, zip) or folder (hf); default: in the current folder")
+    a.add_argument("--checkpoint", default="best",
+                   help="best, latest, selfplay (the newest self-play checkpoint) or a step number")
     a.add_argument("--json", action="store_true")
     a.set_defaults(func=cmd_models_export)
+    a = models.add_parser("import", help="make a model from a Hugging Face Llama folder/zip, a GGUF file or a .pt")
+    a.add_argument("path", help="a local folder or file; nothing is downloaded")
+    a.add_argument("--name", help="model name (default: from the file name)")
+    a.add_argument("--max-seq-len", type=int, help="longest sequence to use (default: the model's, at most 2048)")
+    a.add_argument("--json", action="store_true")
+    a.set_defaults(func=cmd_models_import)
 
     t = sub.add_parser("train", help="train a model on books")
     t.add_argument("name")
@@ -381,14 +482,70 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top-p", type=float)
     g.add_argument("--repetition-penalty", type=float, default=1.0)
     g.add_argument("--seed", type=int)
-    g.add_argument("--checkpoint", default="best", help="best, latest or a step number")
+    g.add_argument("--checkpoint", default="best",
+                   help="best, latest, selfplay (the newest self-play checkpoint) or a step number")
     g.add_argument("--device", default="auto")
     g.add_argument("--threads", type=int)
     g.set_defaults(func=cmd_generate)
 
+    from .selfplay import SelfPlayConfig
+    d = SelfPlayConfig()
+    sp = sub.add_parser(
+        "selfplay", help="let a trained model improve its own writing against a reward",
+        description="Self-play: from a trained checkpoint, each step samples GROUP_SIZE continuations of "
+                    "PROMPTS_PER_STEP prompts, scores them, and updates the model with a group-relative policy "
+                    "gradient, a KL penalty to the starting model and (optionally) the book's next-token loss. "
+                    "Runs until stopped (Ctrl-C saves a checkpoint), --max-iterations or --max-time. Checkpoints "
+                    "go to models/NAME/checkpoints/selfplay/RUN/; generate from them with --checkpoint selfplay.")
+    sp.add_argument("name")
+    sp.add_argument("--checkpoint",
+                    help=f"start from: best, latest, a step number, or selfplay (default {d.checkpoint})")
+    sp.add_argument("--max-iterations", type=int,
+                    help="stop after this many self-play steps (default: run until stopped)")
+    sp.add_argument("--max-time", type=float, help="stop cleanly after this many seconds")
+    sp.add_argument("--group-size", type=int,
+                    help=f"continuations per prompt, the group of the baseline (default {d.group_size})")
+    sp.add_argument("--prompts-per-step", type=int, help=f"prompts per step (default {d.prompts_per_step})")
+    sp.add_argument("--rollout-tokens", type=int, help=f"new tokens per continuation (default {d.rollout_tokens})")
+    sp.add_argument("--prompt-tokens", type=int, help=f"prompt length in tokens (default {d.prompt_tokens})")
+    sp.add_argument("--temperature", type=float,
+                    help=f"sampling temperature of the continuations (default {d.temperature})")
+    sp.add_argument("--learning-rate", type=float, help=f"AdamW learning rate (default {d.learning_rate})")
+    sp.add_argument("--kl", dest="kl_weight", type=float,
+                    help=f"weight of the KL penalty to the starting model; 0 lets it drift (default {d.kl_weight})")
+    sp.add_argument("--lm-weight", type=float,
+                    help=f"weight of the book's next-token loss, 'continuous learning'; 0 = off "
+                         f"(default {d.lm_weight})")
+    sp.add_argument("--reward", help="default (repetition + diversity + coherence + length), original (diversity + "
+                                     "length only, as first described; easy to game), or FILE.py")
+    sp.add_argument("--reward-file", help="a Python file defining compute_reward(texts, prompts) -> list[float]; "
+                                          "alone it is the whole reward, with --reward it is added with weight 1")
+    sp.add_argument("--reward-weights", help="override component weights, e.g. repetition=1,coherence=0.5,custom=2 "
+                                             "(components: diversity, repetition, length, coherence, custom)")
+    sp.add_argument("--length-target", type=float, help="words the length reward aims for (default: what "
+                                                        "--rollout-tokens tokens of the book usually hold)")
+    sp.add_argument("--prompt-source",
+                    help="book (openings from the training split), self (the model's own best earlier "
+                         f"continuations) or file:PATH (one prompt per line) (default {d.prompt_source})")
+    sp.add_argument("--eval-every", type=int, help=f"steps between evals (default {d.eval_every})")
+    sp.add_argument("--save-every", type=int, help=f"steps between checkpoints (default {d.save_every})")
+    sp.add_argument("--seed", type=int)
+    sp.add_argument("--device", help="auto, cpu, cuda, mps")
+    sp.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
+    sp.add_argument("--resume", action="store_true", help="continue the latest self-play run (or --run-id) "
+                                                          "with its own settings")
+    sp.add_argument("--run-id", help=argparse.SUPPRESS)
+    sp.add_argument("--control-file", help=argparse.SUPPRESS)
+    sp.add_argument("--watch-parent", action="store_true", help=argparse.SUPPRESS)
+    sp.add_argument("--quiet", action="store_true")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_selfplay)
+
     s = sub.add_parser("serve", help="start the web studio (http://127.0.0.1:8000)")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on; any but loopback requires a token")
     s.add_argument("--port", type=int, default=8000)
+    # Also accepted after "serve"; SUPPRESS keeps an absent one from hiding `azr --home X serve`.
+    s.add_argument("--home", default=argparse.SUPPRESS, help="data folder (default: $AZR_HOME, else ~/azr-home)")
     s.add_argument("--max-runs", type=int, default=1, help="training runs at once; the others wait in a queue")
     s.add_argument("--max-upload-mb", type=float, default=200, help="largest upload accepted, in MiB")
     s.add_argument("--token", help="access token to require (default: made up when --host is not loopback)")

@@ -15,6 +15,7 @@ message instead of being damaged.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -74,6 +75,7 @@ class Run(Base):
     step: Mapped[int] = mapped_column(default=0)
     max_iterations: Mapped[int]
     created_at: Mapped[str]
+    queued_at: Mapped[str | None]  # the queue starts runs in this order
     started_at: Mapped[str | None]
     finished_at: Mapped[str | None]
     best_val_bpb: Mapped[float | None]
@@ -142,6 +144,8 @@ class Registry:
         self.engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         event.listen(self.engine, "connect", _sqlite_pragmas)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # Two list requests at once would both insert the same new row: syncs take turns.
+        self._sync_lock = threading.Lock()
         self._migrate()
 
     def session(self) -> Session:
@@ -175,7 +179,7 @@ class Registry:
     def sync_books(self) -> list[books_mod.BookInfo]:
         """The books on disk (cheap: one small book.json each), with their rows brought up to date."""
         infos = books_mod.list_books(self.home)
-        with self.session() as s, s.begin():
+        with self._sync_lock, self.session() as s, s.begin():
             rows = {b.name: b for b in s.scalars(select(Book))}
             for info in infos:
                 row = rows.pop(info.name, None)
@@ -191,7 +195,7 @@ class Registry:
         """The models on disk, with their rows brought up to date. Rows (and runs) of a model go
         only when its folder is gone: a damaged model.json alone must not erase its history."""
         infos = store.list_models(self.home)
-        with self.session() as s, s.begin():
+        with self._sync_lock, self.session() as s, s.begin():
             rows = {m.name: m for m in s.scalars(select(Model))}
             for info in infos:
                 row = rows.pop(info.name, None)
@@ -213,7 +217,7 @@ class Registry:
 
     def forget_model(self, name: str) -> None:
         """Drop every row of a model whose folder was just deleted."""
-        with self.session() as s, s.begin():
+        with self._sync_lock, self.session() as s, s.begin():
             s.execute(delete(Run).where(Run.model == name))
             s.execute(delete(Checkpoint).where(Checkpoint.model == name))
             s.execute(delete(Model).where(Model.name == name))
@@ -222,8 +226,13 @@ class Registry:
         """Rows for the checkpoint files of a model. A file not seen before (or rewritten) is
         opened once, memory-mapped so that only its small metadata is read."""
         folder = checkpoint_dir(store.model_dir(self.home, model))
-        files = {p.name: p.stat() for p in folder.glob("*.pt")} if folder.is_dir() else {}
-        with self.session() as s, s.begin():
+        files = {}
+        for path in folder.glob("*.pt") if folder.is_dir() else []:
+            try:
+                files[path.name] = path.stat()
+            except FileNotFoundError:  # pruned by a training run just now
+                continue
+        with self._sync_lock, self.session() as s, s.begin():
             rows = {c.file: c for c in s.scalars(select(Checkpoint).where(Checkpoint.model == model))}
             out = []
             for name, st in sorted(files.items()):

@@ -1,0 +1,518 @@
+"""The job runner: each training run in its own worker process, a queue, and live events.
+
+A worker is ``python -m azr_trainer.cli train …`` — the same command a person can type —
+started with subprocess.Popen, its output going to ``worker.log`` in the run's folder.
+Nothing here knows how training works: the worker writes events to ``events.jsonl`` and
+this module reads them.
+
+- Queue: at most ``max_concurrent`` workers at once (default 1) and one per model; other
+  runs wait as ``queued``, oldest first.
+- Control: pause and cancel write "pause"/"cancel" into the run's control file; the
+  trainer saves a checkpoint and exits, reporting ``paused``/``cancelled``. Resume starts
+  a new worker with ``--resume`` and the same run id, which continues exactly from that
+  checkpoint (or starts over if the run never saved one).
+- Monitor: a thread polls every ``poll_interval`` seconds. It ingests new events into the
+  registry (metrics, samples, the run's summary) and hands them to SSE subscribers, notices
+  workers that exited, and starts queued runs. The final state comes from the worker's last
+  ``status`` event; a worker that exits without one crashed (killed for memory, say), and
+  the run becomes ``failed`` with a readable message made from the end of its log. Every
+  poll is guarded, so a broken run can never stop the monitor or the server.
+- Restart: when the studio starts, runs left ``running`` or ``queued`` by the previous
+  studio become ``interrupted``. Resuming them is one call (POST /api/runs/{id}/resume) and
+  deliberately not automatic: a studio usually restarts because the machine rebooted, ran
+  out of memory or the person stopped it, and training again unasked could repeat the
+  crash or take over a laptop that is now wanted for something else. Workers watch their
+  parent and save a checkpoint when the studio dies; one still saving when the new studio
+  starts is asked to pause, and its last events are still read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import IO
+
+from sqlalchemy import select
+
+from . import books as books_mod
+from . import store
+from .events import read_events
+from .home import Conflict, NotFound, UserError
+from .registry import Metric, Registry, Run, Sample
+from .train import TrainConfig, TrainingLock, _pid_alive, run_dir
+
+log = logging.getLogger("azr_trainer.jobs")
+
+ACTIVE = ("queued", "running")
+# States that hold a model: a new run would overwrite the checkpoints a resume needs.
+HOLDS_MODEL = ("queued", "running", "paused", "interrupted")
+RESUMABLE = ("paused", "interrupted", "failed")
+LOG_TAIL_BYTES = 4000
+
+
+def _now() -> str:
+    # Milliseconds: runs are ordered by these times, and two can start within a second.
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _new_run_id() -> str:
+    # ASCII, sortable by time, and unique even for two runs in the same second.
+    return datetime.now(timezone.utc).strftime("run-%Y%m%d-%H%M%S-") + secrets.token_hex(2)
+
+
+def lock_holder(home: Path, model: str) -> int | None:
+    """The pid of a live process training ``model`` (a studio worker or the CLI), else None."""
+    path = TrainingLock(store.model_dir(home, model)).path
+    try:
+        pid = int(path.read_text(encoding="utf-8").strip() or 0)
+    except (OSError, ValueError):
+        return None
+    return pid if pid and _pid_alive(pid) else None
+
+
+def log_tail(path: Path, nbytes: int = LOG_TAIL_BYTES) -> str:
+    """The end of a log file, decoded leniently (a cut may fall inside a character)."""
+    try:
+        with path.open("rb") as f:
+            f.seek(max(0, path.stat().st_size - nbytes))
+            return f.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def crash_message(log_path: Path, returncode: int) -> str:
+    """Why a worker exited without reporting: a signal (out of memory, usually) or an error in its log."""
+    if returncode < 0:  # POSIX: killed by a signal
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        hint = (" This usually means the computer ran out of memory: lower batch_size (or the model's size) "
+                "and resume." if name == "SIGKILL" else "")
+        return f"The training process was killed by {name}.{hint}"
+    lines = [line.strip() for line in log_tail(log_path).splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("Error: ")]
+    if errors:  # the CLI's one-line message for a UserError
+        return errors[-1][len("Error: "):]
+    last = lines[-1] if lines else "no output"
+    return f"The training process stopped unexpectedly (exit code {returncode}): {last[:500]}"
+
+
+@dataclass
+class _Worker:
+    model: str
+    proc: subprocess.Popen
+    log: IO[bytes]
+
+
+class JobRunner:
+    def __init__(self, home: Path, registry: Registry, max_concurrent: int = 1, poll_interval: float = 0.25):
+        if max_concurrent < 1:
+            raise UserError(f"The number of runs at once must be at least 1, got {max_concurrent}.")
+        self.home = Path(home)
+        self.registry = registry
+        self.max_concurrent = max_concurrent
+        self.poll_interval = poll_interval
+        self._workers: dict[str, _Worker] = {}
+        self._orphans: set[str] = set()  # runs whose worker outlived the previous studio
+        self._subscribers: dict[str, list[tuple[asyncio.AbstractEventLoop, asyncio.Queue]]] = {}
+        self._pending: list[tuple[str, dict]] = []  # events to publish once their transaction commits
+        self._lock = threading.RLock()
+        # Subscribers have their own lock: the event loop must never wait for a long poll.
+        self._subscribers_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ life cycle
+
+    def start(self) -> None:
+        self.recover()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="azr-job-monitor", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop watching. Workers keep going; they notice that the studio is gone and save."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        with self._lock:
+            for worker in self._workers.values():
+                worker.log.close()
+
+    def recover(self) -> None:
+        """Runs the previous studio left running or queued become interrupted (see the module doc)."""
+        with self._transaction() as s:
+            for run in s.scalars(select(Run).where(Run.state.in_(ACTIVE))):
+                self._ingest(s, run)  # what the worker wrote while nobody was reading
+                if run.state not in ACTIVE:
+                    continue  # it finished on its own; its last status event says how
+                was = run.state
+                if was == "running" and lock_holder(self.home, run.model) is not None:
+                    # Still alive (still saving, or on Windows, where workers cannot see their
+                    # parent die): ask it to stop, and keep reading what it writes.
+                    self._control_file(run).write_text("pause", encoding="utf-8")
+                    self._orphans.add(run.id)
+                self._set_state(s, run, "interrupted",
+                                f"The studio stopped while this run was {was} (at step {run.step}). "
+                                "Resume it to continue from its last checkpoint.")
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.poll_interval):
+            try:
+                self.poll()
+            except Exception:  # never let one bad run stop the monitor
+                log.exception("The job monitor failed to poll; retrying.")
+
+    def poll(self) -> None:
+        """One round of the monitor: ingest events, notice exits, start queued runs."""
+        with self._transaction() as s:
+            for run_id, worker in list(self._workers.items()):
+                returncode = worker.proc.poll()  # before reading: then every event it wrote is read
+                run = s.get(Run, run_id)
+                if run is not None:
+                    self._ingest(s, run)
+                if returncode is not None:
+                    worker.log.close()
+                    del self._workers[run_id]
+                    if run is not None:
+                        self._finish(s, run, returncode)
+            for run_id in list(self._orphans):
+                run = s.get(Run, run_id)
+                alive = run is not None and lock_holder(self.home, run.model) is not None
+                if run is not None:
+                    self._ingest(s, run)
+                if not alive:
+                    self._orphans.discard(run_id)
+            self._schedule(s)
+
+    # ------------------------------------------------------------------ what the API calls
+
+    def create_run(self, model: str, books: list[str], params: dict) -> dict:
+        """Queue a new training run; it starts at once when a slot is free."""
+        store.get_model(self.home, model)
+        if not books:
+            raise UserError("Choose at least one book to train on.")
+        for name in books:
+            books_mod.get_book(self.home, name)
+        if len(set(books)) != len(books):
+            raise UserError("Each book can be chosen only once.")
+        threads = params.get("threads")
+        if threads is not None and threads < 1:
+            raise UserError(f"threads must be at least 1, got {threads}.")
+        params = {k: v for k, v in params.items() if v is not None}
+        TrainConfig(books=list(books), **{k: v for k, v in params.items() if k != "threads"}).validate()
+        with self._transaction() as s:
+            held = s.scalars(select(Run).where(Run.model == model, Run.state.in_(HOLDS_MODEL))).first()
+            if held is not None:
+                raise Conflict(f"Model '{model}' already has a {held.state} run ({held.id}). "
+                               f"{'Resume or cancel' if held.state in RESUMABLE else 'Pause or cancel'} it "
+                               "before starting a new one.")
+            pid = lock_holder(self.home, model)
+            if pid is not None:
+                raise Conflict(f"Model '{model}' is already being trained (process {pid}), perhaps with the "
+                               "command line. Wait for it, or stop it first.")
+            now = _now()
+            run = Run(id=_new_run_id(), model=model, books=list(books), params=dict(params), state="queued",
+                      max_iterations=params.get("max_iterations", TrainConfig.max_iterations), created_at=now,
+                      queued_at=now, step=0, events_offset=0, events_count=0)
+            s.add(run)
+            s.flush()  # the run's row before its first event's (a foreign key)
+            self._set_state(s, run, "queued", None)
+            self._schedule(s)
+            return self.run_dict(run)
+
+    def pause(self, run_id: str) -> dict:
+        with self._transaction() as s:
+            run = self._get(s, run_id)
+            if run.state == "running":
+                self._request_stop(run, "pause")
+            elif run.state == "queued":
+                self._set_state(s, run, "paused", "Paused before it started.")
+            else:
+                raise Conflict(f"Run {run_id} is {run.state}; only a running or queued run can be paused.")
+            return self.run_dict(run)
+
+    def cancel(self, run_id: str) -> dict:
+        with self._transaction() as s:
+            run = self._get(s, run_id)
+            if run.state == "running":
+                self._request_stop(run, "cancel")
+            elif run.state in ("queued", "paused", "interrupted"):
+                self._set_state(s, run, "cancelled", "Cancelled.")
+            else:
+                raise Conflict(f"Run {run_id} is already {run.state}; there is nothing to cancel.")
+            return self.run_dict(run)
+
+    def resume(self, run_id: str) -> dict:
+        with self._transaction() as s:
+            run = self._get(s, run_id)
+            if run.state not in RESUMABLE:
+                raise Conflict(f"Run {run_id} is {run.state}; only a paused, interrupted or failed run can be resumed.")
+            store.get_model(self.home, run.model)
+            newer = s.scalars(select(Run).where(Run.model == run.model, Run.created_at > run.created_at)).first()
+            if newer is not None:
+                raise Conflict(f"Model '{run.model}' was trained by a newer run ({newer.id}) since; resuming this "
+                               "one would continue from that run's checkpoint. Start a new run instead.")
+            busy = s.scalars(select(Run).where(Run.model == run.model, Run.id != run.id,
+                                               Run.state.in_(ACTIVE))).first()
+            if busy is not None:
+                raise Conflict(f"Model '{run.model}' is busy with run {busy.id} ({busy.state}).")
+            pid = lock_holder(self.home, run.model)
+            if pid is not None and run.id not in self._workers:
+                raise Conflict(f"Model '{run.model}' is still held by process {pid} (the previous worker may "
+                               "still be saving its checkpoint). Try again in a few seconds.")
+            run.queued_at = _now()
+            self._set_state(s, run, "queued", None)
+            self._schedule(s)
+            return self.run_dict(run)
+
+    def check_model_idle(self, model: str) -> None:
+        """Raise Conflict if the model is being trained or has a run waiting to."""
+        with self.registry.session() as s:
+            busy = s.scalars(select(Run).where(Run.model == model, Run.state.in_(ACTIVE))).first()
+        if busy is not None:
+            raise Conflict(f"Model '{model}' has a {busy.state} run ({busy.id}); cancel it first.")
+        pid = lock_holder(self.home, model)
+        if pid is not None:
+            raise Conflict(f"Model '{model}' is being trained (process {pid}); stop it first.")
+
+    def training_models(self) -> set[str]:
+        with self.registry.session() as s:
+            return set(s.scalars(select(Run.model).where(Run.state == "running")))
+
+    def get_run(self, run_id: str, detail: bool = False) -> dict:
+        with self.registry.session() as s:
+            run = self._get(s, run_id)
+            d = self.run_dict(run)
+            if detail:
+                samples = s.scalars(select(Sample).where(Sample.run_id == run_id).order_by(Sample.id.desc()).limit(12))
+                d["samples"] = [{"step": x.step, "prompt": x.prompt, "text": x.text} for x in reversed(list(samples))]
+                d["log_tail"] = log_tail(self._run_dir(run) / "worker.log")
+            return d
+
+    def list_runs(self, model: str | None = None) -> list[dict]:
+        with self.registry.session() as s:
+            query = select(Run).order_by(Run.created_at.desc(), Run.id.desc())
+            if model is not None:
+                query = query.where(Run.model == model)
+            return [self.run_dict(r) for r in s.scalars(query)]
+
+    def events(self, run_id: str, after: int = 0, limit: int | None = None) -> list[dict]:
+        """Events number ``after`` onwards, oldest first."""
+        with self.registry.session() as s:
+            self._get(s, run_id)
+            query = select(Metric.data).where(Metric.run_id == run_id, Metric.seq >= after).order_by(Metric.seq)
+            if limit is not None:
+                query = query.limit(limit)
+            return list(s.scalars(query))
+
+    def subscribe(self, run_id: str, loop: asyncio.AbstractEventLoop) -> asyncio.Queue:
+        """A queue that receives the run's events from now on (for an SSE stream on ``loop``)."""
+        queue: asyncio.Queue = asyncio.Queue()
+        with self._subscribers_lock:
+            self._subscribers.setdefault(run_id, []).append((loop, queue))
+        return queue
+
+    def unsubscribe(self, run_id: str, queue: asyncio.Queue) -> None:
+        with self._subscribers_lock:
+            subs = self._subscribers.get(run_id, [])
+            subs[:] = [(lp, q) for lp, q in subs if q is not queue]
+            if not subs:
+                self._subscribers.pop(run_id, None)
+
+    @staticmethod
+    def run_dict(run: Run) -> dict:
+        last = run.last_metrics or {}
+        return {
+            "id": run.id, "model": run.model, "books": run.books, "params": run.params, "state": run.state,
+            "message": run.message, "pid": run.pid, "step": run.step, "max_iterations": run.max_iterations,
+            "progress": min(1.0, run.step / run.max_iterations) if run.max_iterations else 0.0,
+            "elapsed": last.get("elapsed"), "eta": last.get("eta") if run.state == "running" else None,
+            "created_at": run.created_at, "started_at": run.started_at, "finished_at": run.finished_at,
+            "best_val_bpb": run.best_val_bpb, "last_step": run.last_metrics, "last_eval": run.last_eval,
+            "last_checkpoint_step": run.last_checkpoint_step, "stop_requested": run.stop_requested,
+            "events": run.events_count,
+        }
+
+    # ------------------------------------------------------------------ internals
+
+    @contextmanager
+    def _transaction(self):
+        """One lock, one session, one commit; the events it recorded are published after the
+        commit and before the lock is released, so subscribers see them in order."""
+        with self._lock:
+            self._pending = []
+            with self.registry.session() as s:
+                yield s
+                s.commit()
+            self._publish(self._pending)
+            self._pending = []
+
+    def _publish(self, items: list[tuple[str, dict]]) -> None:
+        for run_id, event in items:
+            with self._subscribers_lock:
+                targets = list(self._subscribers.get(run_id, []))
+            for loop, queue in targets:
+                try:
+                    loop.call_soon_threadsafe(queue.put_nowait, event)
+                except RuntimeError:  # that event loop has closed; its stream is gone
+                    pass
+
+    @staticmethod
+    def _get(s, run_id: str) -> Run:
+        run = s.get(Run, run_id)
+        if run is None:
+            raise NotFound(f"No run with id {run_id!r}.")
+        return run
+
+    def _run_dir(self, run: Run) -> Path:
+        return run_dir(self.home, run.model, run.id)
+
+    def _control_file(self, run: Run) -> Path:
+        path = self._run_dir(run) / "control"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def _request_stop(self, run: Run, what: str) -> None:
+        self._control_file(run).write_text(what, encoding="utf-8")
+        run.stop_requested = what
+
+    def _ingest(self, s, run: Run) -> None:
+        try:
+            events, offset = read_events(self._run_dir(run) / "events.jsonl", run.events_offset)
+        except OSError:  # unreadable for now (e.g. a virus scanner holds it on Windows): next poll
+            log.warning("Could not read the events of run %s", run.id, exc_info=True)
+            return
+        for event in events:
+            self._record(s, run, event)
+        run.events_offset = offset
+
+    def _record(self, s, run: Run, event: dict) -> None:
+        """Store one event (from the worker or the studio) and fold it into the run's summary."""
+        event = {**event, "seq": run.events_count}
+        run.events_count += 1
+        kind = event.get("type", "unknown")
+        s.add(Metric(run_id=run.id, seq=event["seq"], step=event.get("step"), kind=kind, data=event))
+        if kind == "step":
+            run.step = event.get("step", run.step)
+            run.max_iterations = event.get("max_iterations", run.max_iterations)
+            run.last_metrics = event
+        elif kind == "eval":
+            run.last_eval = event
+            bpb = event.get("val_bpb")
+            if bpb is not None and (run.best_val_bpb is None or bpb < run.best_val_bpb):
+                run.best_val_bpb = bpb
+        elif kind == "sample":
+            s.add(Sample(run_id=run.id, step=event.get("step", 0), prompt=event.get("prompt", ""),
+                         text=event.get("text", "")))
+        elif kind == "checkpoint":
+            run.last_checkpoint_step = event.get("step")
+        elif kind == "status" and event.get("source") != "studio":
+            self._apply_status(run, event)
+        self._pending.append((run.id, event))
+
+    def _apply_status(self, run: Run, event: dict) -> None:
+        state, step = event.get("state"), event.get("step")
+        if step is not None:
+            run.step = step
+        if state in ("started", "resumed"):
+            run.started_at = run.started_at or _now()
+            return
+        # Only the worker that owns the run decides how it ended: once the run was resumed or
+        # cancelled, a late report from an earlier worker changes nothing.
+        if run.state not in ("running", "interrupted"):
+            return
+        reason = event.get("message")
+        if reason == "stopped by parent-exited":
+            reason = "the studio stopped"
+        messages = {
+            "completed": None,
+            "stopped": reason,  # max_time reached: a finished run, with the reason
+            "paused": f"Paused at step {run.step}. Resume to continue.",
+            "cancelled": f"Cancelled at step {run.step}.",
+            "interrupted": f"Interrupted at step {run.step} ({reason or 'stopped'}). Resume to continue from the "
+                           "checkpoint it saved.",
+            "failed": reason or "Training failed.",
+        }
+        if state not in messages:
+            return
+        run.state = "completed" if state == "stopped" else state
+        run.message = messages[state]
+        run.finished_at = _now()
+        run.stop_requested = None
+
+    def _set_state(self, s, run: Run, state: str, message: str | None) -> None:
+        """A change the studio makes (queued, started, crashed, interrupted…), recorded as an
+        event too, so that the charts' timeline and SSE streams show it."""
+        run.state, run.message = state, message
+        if state not in ("queued", "running"):
+            run.finished_at = _now()
+            run.stop_requested = None
+        self._record(s, run, {"type": "status", "run": run.id, "time": round(time.time(), 3), "state": state,
+                              "step": run.step, "message": message, "source": "studio"})
+
+    def _finish(self, s, run: Run, returncode: int) -> None:
+        run.pid = None
+        if run.state != "running":
+            return  # the worker reported how it ended
+        self._set_state(s, run, "failed", crash_message(self._run_dir(run) / "worker.log", returncode))
+
+    def _schedule(self, s) -> None:
+        if len(self._workers) >= self.max_concurrent:
+            return
+        queued = s.scalars(select(Run).where(Run.state == "queued").order_by(Run.queued_at, Run.created_at))
+        for run in list(queued):
+            if len(self._workers) >= self.max_concurrent:
+                break
+            if run.id in self._workers or any(w.model == run.model for w in self._workers.values()):
+                continue  # its previous worker, or another run of its model, has not exited yet
+            self._spawn(s, run)
+
+    def _spawn(self, s, run: Run) -> None:
+        folder = self._run_dir(run)
+        folder.mkdir(parents=True, exist_ok=True)
+        control = folder / "control"
+        control.unlink(missing_ok=True)  # a stale "pause" would stop the new worker at once
+        p = run.params
+        cmd = [sys.executable, "-m", "azr_trainer.cli", "--home", str(self.home), "train", run.model,
+               "--books", ",".join(run.books), "--run-id", run.id, "--control-file", str(control),
+               "--watch-parent", "--json", "--quiet"]
+        for key in ("max_iterations", "batch_size", "learning_rate", "save_every", "eval_every", "max_time",
+                    "threads"):
+            if p.get(key) is not None:
+                cmd += [f"--{key.replace('_', '-')}", str(p[key])]
+        if run.last_checkpoint_step is not None:
+            cmd.append("--resume")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONIOENCODING="utf-8")
+        # The worker imports this very package, even from a source tree that is not installed.
+        package_root = str(Path(__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+        log_file = (folder / "worker.log").open("ab")
+        log_file.write(f"--- {_now()} {'resuming' if '--resume' in cmd else 'starting'} run {run.id}\n".encode())
+        log_file.flush()
+        try:
+            # CREATE_NO_WINDOW: on Windows a studio started without a console must not pop one up per run.
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+                                    env=env, cwd=str(self.home),
+                                    creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0))
+        except OSError as e:
+            log_file.close()
+            self._set_state(s, run, "failed", f"Could not start the training process: {e}")
+            return
+        self._workers[run.id] = _Worker(run.model, proc, log_file)
+        self._orphans.discard(run.id)  # from now on its events are read as this worker's
+        run.pid = proc.pid
+        run.finished_at = None
+        self._set_state(s, run, "running", None)

@@ -1,0 +1,722 @@
+"""The studio's web server: a REST API and the web page, over the same library as the CLI.
+
+``azr serve`` starts it on http://127.0.0.1:8000. Everything long runs elsewhere: training
+in worker processes (jobs.py), generation in a thread with one CPU thread so that it
+does not fight training for the cores. OpenAPI docs are at /docs.
+
+Safe defaults: it binds to loopback; bound to any other address it requires a token
+(printed at start) as ``Authorization: Bearer T``, ``?token=T`` (which also sets a cookie,
+so the page opened from the printed link keeps working) or that cookie. Without a token it
+answers only requests addressed to a loopback host name, and refuses cross-site writes,
+so a web page elsewhere cannot drive it through the browser. Request bodies are limited
+(200 MiB by default). Names go through home.validate_name; files are served only from the
+web folder and from models' checkpoints. Errors are JSON ``{"detail": "..."}``: a
+UserError keeps its status (400/404/409), a malformed request is a 422 that says which
+field is wrong, and only a bug is a 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import logging
+import re
+import secrets
+import shutil
+import tempfile
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path, PureWindowsPath
+from urllib.parse import parse_qs, urlsplit
+
+from fastapi import FastAPI, File, Form, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel
+from starlette.background import BackgroundTask
+from starlette.exceptions import HTTPException
+
+from . import __version__
+from . import books as books_mod
+from . import store
+from .checkpoint import build_model, checkpoint_dir, export_pt, list_step_checkpoints, resolve_checkpoint, safe_load
+from .device import available_memory_bytes, pick_device
+from .home import Conflict, NotFound, UserError, home_dir, validate_name
+from .jobs import JobRunner, lock_holder
+from .memorisation import IndexCache, find_copies
+from .model import ModelConfig, count_parameters, estimate_training_memory, training_flops_per_token
+from .registry import Registry
+from .sample import SamplingParams, stream_generate
+from .tokenizer import Tokenizer
+
+log = logging.getLogger("azr_trainer.server")
+
+WEB_DIR = Path(__file__).resolve().parent / "web"
+MiB = 1024 * 1024
+TOKEN_COOKIE = "azr_token"
+KEEPALIVE_SECONDS = 15.0
+BOOK_PREVIEW_CHARS = 2000
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+# ---------------------------------------------------------------------------- request bodies
+
+_DEFAULT_SHAPE = ModelConfig()
+
+
+class ModelShape(BaseModel):
+    """A model's shape, in the words of the original description. Numbers are checked by
+    ModelConfig.validate (messages that say what to change), not here."""
+
+    name: str | None = None
+    vocab_size: int = _DEFAULT_SHAPE.vocab_size
+    d_model: int = _DEFAULT_SHAPE.d_model
+    num_layers: int = _DEFAULT_SHAPE.num_layers
+    num_heads: int = _DEFAULT_SHAPE.num_heads
+    d_ff: int = _DEFAULT_SHAPE.d_ff
+    max_seq_len: int = _DEFAULT_SHAPE.max_seq_len
+    tokenizer: str = _DEFAULT_SHAPE.tokenizer
+    tie_embeddings: bool = _DEFAULT_SHAPE.tie_embeddings
+
+    def config(self) -> ModelConfig:
+        return ModelConfig(vocab_size=self.vocab_size, d_model=self.d_model, num_layers=self.num_layers,
+                           num_heads=self.num_heads, d_ff=self.d_ff, max_seq_len=self.max_seq_len,
+                           tokenizer=self.tokenizer, tie_embeddings=self.tie_embeddings)
+
+
+class RunRequest(BaseModel):
+    model: str
+    books: list[str]
+    max_iterations: int = 1000
+    batch_size: int = 16
+    learning_rate: float = 3e-4
+    save_every: int = 1000
+    eval_every: int | None = None  # default: the trainer's (200)
+    max_time: float | None = None  # seconds
+    threads: int | None = None  # CPU threads for the worker (default: all cores)
+
+
+class GenerateRequest(BaseModel):
+    model: str
+    prompt: str = ""
+    checkpoint: str | int = "best"  # best, latest or a step number
+    max_length: int = 100
+    temperature: float = 0.8
+    top_k: int | None = 40
+    top_p: float | None = None
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+
+    def sampling(self) -> SamplingParams:
+        return SamplingParams(max_length=self.max_length, temperature=self.temperature, top_k=self.top_k or None,
+                              top_p=self.top_p, repetition_penalty=self.repetition_penalty,
+                              seed=self.seed).validate()
+
+
+# ---------------------------------------------------------------------------- ASGI guards
+
+
+def _is_loopback(host: str | None) -> bool:
+    if not host:
+        return False
+    host = host.strip("[]").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+async def _send_json(send, status: int, detail: str, headers: list | None = None) -> None:
+    body = json.dumps({"detail": detail}, ensure_ascii=False).encode("utf-8")
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            *(headers or [])]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class _Guard:
+    """Token check (when bound beyond loopback), else loopback Host and same-site writes only.
+
+    Plain ASGI rather than @app.middleware: it must not buffer the SSE streams it passes."""
+
+    def __init__(self, app, token: str | None):
+        self.app, self.token = app, token
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        if self.token is None:
+            host = urlsplit("//" + headers.get("host", "localhost")).hostname
+            if not _is_loopback(host):
+                return await _send_json(send, 400, f"This studio only answers on localhost, not {host!r}.")
+            origin = headers.get("origin")
+            if origin and scope["method"] not in ("GET", "HEAD", "OPTIONS") and not _is_loopback(
+                    urlsplit(origin).hostname):
+                return await _send_json(send, 403, "Requests from other web sites are not allowed.")
+            return await self.app(scope, receive, send)
+
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        from_query = (query.get("token") or [""])[0]
+        auth = headers.get("authorization", "")
+        cookies = dict(part.strip().split("=", 1) for part in headers.get("cookie", "").split(";") if "=" in part)
+        candidates = [auth[7:].strip() if auth.lower().startswith("bearer ") else "", from_query,
+                      cookies.get(TOKEN_COOKIE, "")]
+        if not any(c and secrets.compare_digest(c.encode(), self.token.encode()) for c in candidates):
+            return await _send_json(send, 401, "This studio needs its access token: open the link printed when "
+                                               "it started (…/?token=…), or send 'Authorization: Bearer <token>'.",
+                                    [(b"www-authenticate", b"Bearer")])
+        if from_query and secrets.compare_digest(from_query.encode(), self.token.encode()):
+            cookie = f"{TOKEN_COOKIE}={self.token}; Path=/; HttpOnly; SameSite=Strict".encode("latin-1")
+
+            async def send_with_cookie(message):
+                if message["type"] == "http.response.start":
+                    message = {**message, "headers": [*message.get("headers", []), (b"set-cookie", cookie)]}
+                await send(message)
+
+            return await self.app(scope, receive, send_with_cookie)
+        return await self.app(scope, receive, send)
+
+
+class _BodyLimit:
+    """413 for request bodies over ``limit`` bytes: at once when Content-Length says so, else
+    as soon as the streamed body passes it (the upload is never kept whole in memory either way)."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    def _too_large(self) -> str:
+        return (f"The upload is larger than this studio's limit of {self.limit / MiB:g} MiB. Choose a smaller "
+                "file, or start the studio with a higher --max-upload-mb.")
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        for key, value in scope["headers"]:
+            if key.lower() == b"content-length" and value.isdigit() and int(value) > self.limit:
+                return await _send_json(send, 413, self._too_large(), [(b"connection", b"close")])
+        received = 0
+
+        async def limited_receive():
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:
+                # FastAPI passes an HTTPException raised while reading the body on to its handler.
+                raise HTTPException(413, self._too_large())
+            return message
+
+        return await self.app(scope, limited_receive, send)
+
+
+# ---------------------------------------------------------------------------- generation
+
+
+class _ModelCache:
+    """Loaded models by checkpoint file and modification time: a new best.pt is picked up at once."""
+
+    def __init__(self, size: int = 2):
+        self.size = size
+        self._items: OrderedDict[tuple, tuple] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, path: Path):
+        key = (str(path), path.stat().st_mtime_ns)
+        with self._lock:  # held while loading, so that two requests never load the same file twice
+            if key not in self._items:
+                model, cfg, tokenizer = build_model(safe_load(path))
+                model.eval()
+                self._items[key] = (model, cfg, tokenizer)
+                while len(self._items) > self.size:
+                    self._items.popitem(last=False)
+            self._items.move_to_end(key)
+            return self._items[key]
+
+
+@dataclass
+class _Generation:
+    """One generation request, ready to run: the model is loaded and the parameters are valid."""
+
+    model: object
+    tokenizer: Tokenizer
+    prompt: str
+    prompt_ids: list[int]
+    params: SamplingParams
+    books: tuple[str, ...]  # the model's books, for the memorisation meter
+    text: str = ""
+    tokens: int = 0
+
+    def pieces(self, stop: threading.Event | None = None) -> Iterator[str]:
+        """The new text, piece by piece; a piece that ends inside a multi-byte character waits
+        for the rest of it."""
+        ids: list[int] = []
+        shown = ""
+        for step in stream_generate(self.model, [self.prompt_ids], self.params, eot_id=self.tokenizer.eot_id):
+            if stop is not None and stop.is_set():
+                break
+            if step[0] is None:
+                continue
+            ids.append(step[0])
+            text = self.tokenizer.decode(ids)
+            if text.endswith("\ufffd"):
+                continue
+            yield text[len(shown):]
+            shown = text
+        self.text, self.tokens = self.tokenizer.decode(ids), len(ids)
+        if len(self.text) > len(shown):
+            yield self.text[len(shown):]
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def _error(status: int, detail: str, **extra) -> JSONResponse:
+    return JSONResponse({"detail": detail, **extra}, status_code=status)
+
+
+def _readable_validation(errors) -> tuple[str, dict]:
+    """Pydantic's error list → one sentence, plus {field: message} for the page's form."""
+    parts, fields = [], {}
+    for e in errors:
+        if e.get("type") == "json_invalid":
+            parts.append(f"The request body is not valid JSON ({(e.get('ctx') or {}).get('error', 'decode error')}).")
+            continue
+        loc = ".".join(str(x) for x in e.get("loc", ()) if x not in ("body", "query", "path", "header"))
+        msg = e.get("msg", "invalid")
+        fields[loc or "body"] = msg
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(parts) or "The request is not valid.", fields
+
+
+def _safe_filename(filename: str | None) -> str:
+    # The browser's name for the upload: keep only its last part, and no characters Windows forbids.
+    name = PureWindowsPath(filename or "").name
+    name = re.sub(r'[\x00-\x1f<>:"/\\|?*]', "_", name).strip(" .")
+    return name[:120] or "book.txt"
+
+
+@lru_cache(maxsize=8)
+def _load_tokenizer(path: str, _mtime_ns: int) -> Tokenizer:
+    return Tokenizer.load(Path(path))
+
+
+def _token_pieces(text: str, ids: list[int], offsets: list[tuple[int, int]]) -> list[dict]:
+    """Each token with the text it covers. Byte-level tokens that split one character share
+    its offsets: the first gets the character, the rest an empty string."""
+    out, covered = [], 0
+    for token_id, (start, end) in zip(ids, offsets):
+        start = max(start, covered)
+        out.append({"id": token_id, "text": text[start:end] if end > start else ""})
+        covered = max(covered, end)
+    return out
+
+
+def _read_start(path: Path, chars: int) -> str:
+    with path.open("r", encoding="utf-8", newline="") as f:
+        return f.read(chars)
+
+
+# ---------------------------------------------------------------------------- the app
+
+
+def create_app(home: Path, *, token: str | None = None, max_upload_bytes: int = 200 * MiB,
+               max_concurrent_runs: int = 1) -> FastAPI:
+    home = home_dir(home)
+    registry = Registry(home)
+    registry.reconcile()
+    runner = JobRunner(home, registry, max_concurrent=max_concurrent_runs)
+    models_cache = _ModelCache()
+    copies_index = IndexCache()
+    tmp_root = home / ".tmp"  # uploads and downloads in progress, on the same disk as the data
+
+    @asynccontextmanager
+    async def lifespan(_app):
+        runner.start()
+        try:
+            yield
+        finally:
+            runner.close()
+
+    app = FastAPI(title="AZR Trainer", version=__version__, lifespan=lifespan,
+                  description="Grow a language model from your own books: books, models, training runs, "
+                              "generation and downloads. The same library as the `azr` command.")
+    app.state.home, app.state.registry, app.state.runner = home, registry, runner
+
+    # ---- errors
+
+    @app.exception_handler(UserError)
+    async def on_user_error(_request, exc: UserError):
+        return _error(exc.status, str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def on_invalid_request(_request, exc: RequestValidationError):
+        detail, fields = _readable_validation(exc.errors())
+        return _error(422, detail, fields=fields)
+
+    @app.exception_handler(HTTPException)
+    async def on_http_error(_request, exc: HTTPException):
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def on_bug(request: Request, exc: Exception):
+        log.exception("Unexpected error in %s %s", request.method, request.url.path)
+        first_line = (str(exc).splitlines() or [""])[0][:300]
+        return _error(500, f"Internal error ({type(exc).__name__}: {first_line}). This is a bug in AZR Trainer; "
+                           "the server's log has the details.")
+
+    # ---- helpers that need the app's state
+
+    def get_model_info(name: str) -> store.ModelInfo:
+        try:
+            return store.get_model(home, name)
+        except (ValueError, KeyError, TypeError):  # ValueError includes a damaged JSON file
+            raise UserError(f"The details of model '{name}' (model.json) are damaged; delete the model and "
+                            "create it again.") from None
+
+    def model_dict(info: store.ModelInfo, training: set[str]) -> dict:
+        folder = store.model_dir(home, info.name)
+        steps = list_step_checkpoints(folder)
+        best = checkpoint_dir(folder) / "best.pt"
+        newest = best if best.exists() else (steps[-1][1] if steps else None)
+        try:
+            file_bytes = newest.stat().st_size if newest is not None else None
+        except OSError:  # pruned between the listing and now
+            file_bytes = None
+        return {**info.to_dict(), "file_bytes": file_bytes, "checkpoints": [s for s, _ in steps],
+                "training": info.name in training or lock_holder(home, info.name) is not None}
+
+    def memorisation(books_names: list[str] | None, text: str) -> dict:
+        infos = [b for b in registry.sync_books() if b.name in set(books_names or [])]
+        if not infos:
+            return {"spans": [], "copied_fraction": 0.0, "books": []}
+        key = tuple((b.name, b.text_bytes, b.created_at) for b in infos)
+        index = copies_index.get(key, lambda: {b.name: books_mod.read_book_text(home, b.name) for b in infos})
+        return {**find_copies(text, index), "books": [b.name for b in infos]}
+
+    def prepare_generation(body: GenerateRequest) -> _Generation:
+        info = get_model_info(body.model)
+        params = body.sampling()
+        path = resolve_checkpoint(store.model_dir(home, info.name), str(body.checkpoint))
+        model, _cfg, tokenizer = models_cache.get(path)
+        return _Generation(model, tokenizer, body.prompt, tokenizer.encode(body.prompt), params,
+                           tuple(info.books or []))
+
+    def finish_generation(gen: _Generation) -> dict:
+        return {"text": gen.text, "prompt": gen.prompt, "tokens": gen.tokens,
+                "memorisation": memorisation(list(gen.books), gen.text)}
+
+    # ---- the page
+
+    @app.get("/", include_in_schema=False)
+    def index():
+        page = WEB_DIR / "index.html"
+        if not page.is_file():
+            return HTMLResponse("<!doctype html><title>AZR Trainer</title><p>The web page is not installed; "
+                                "the API is at <a href=\"/docs\">/docs</a>.</p>")
+        return FileResponse(page, media_type="text/html; charset=utf-8", headers={"Cache-Control": "no-cache"})
+
+    app.mount("/static", StaticFiles(directory=WEB_DIR, check_dir=False), name="static")
+
+    # ---- health
+
+    @app.get("/api/health", tags=["studio"])
+    def health():
+        return {"ok": True, "version": __version__}
+
+    # ---- books
+
+    @app.get("/api/books", tags=["books"])
+    def list_books():
+        return [b.to_dict() for b in registry.sync_books()]
+
+    @app.post("/api/books", status_code=201, tags=["books"])
+    def upload_book(file: UploadFile = File(...), name: str | None = Form(None), encoding: str | None = Form(None)):
+        """Upload a .txt book in any encoding; it is detected unless ``encoding`` is given."""
+        filename = _safe_filename(file.filename)
+        name = (name or "").strip() or None
+        if name is None:
+            try:
+                name = validate_name(Path(filename).stem, "book name")
+            except UserError as e:
+                raise UserError(f"{e} Give the book a name.") from None
+        tmp_root.mkdir(exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=tmp_root))
+        try:
+            source = tmp / filename
+            with source.open("wb") as out:
+                shutil.copyfileobj(file.file, out, 1024 * 1024)
+            info = books_mod.add_book(home, source, name=name, encoding=(encoding or "").strip() or None)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        registry.sync_books()
+        return info.to_dict()
+
+    @app.get("/api/books/{name}", tags=["books"])
+    def get_book(name: str):
+        info = books_mod.get_book(home, name)
+        return {**info.to_dict(), "preview": _read_start(books_mod.book_text_path(home, name), BOOK_PREVIEW_CHARS)}
+
+    @app.get("/api/books/{name}/tokens", tags=["books"])
+    def book_tokens(name: str, model: str | None = None, limit: int = Query(200, ge=1, le=5000)):
+        """How the start of a book splits into tokens: with a model's tokenizer, or into characters
+        (each with its Unicode code point as id) when no model is given."""
+        books_mod.get_book(home, name)
+        # A token is rarely longer than 32 characters, so this much text gives ``limit`` tokens.
+        text = _read_start(books_mod.book_text_path(home, name), limit * 32)
+        if model is None:
+            return {"model": None, "tokenizer": "characters",
+                    "tokens": [{"id": ord(ch), "text": ch} for ch in text[:limit]]}
+        get_model_info(model)
+        path = store.model_dir(home, model) / "tokenizer.json"
+        if not path.is_file():
+            raise Conflict(f"Model '{model}' has no tokenizer yet: it is built from the books the first time the "
+                           "model trains. Start a run, then look again.")
+        tokenizer = _load_tokenizer(str(path), path.stat().st_mtime_ns)
+        enc = tokenizer.hf.encode(text, add_special_tokens=False)
+        return {"model": model, "tokenizer": tokenizer.kind,
+                "tokens": _token_pieces(text, enc.ids, enc.offsets)[:limit]}
+
+    @app.delete("/api/books/{name}", status_code=204, tags=["books"])
+    def delete_book(name: str):
+        books_mod.delete_book(home, name)
+        registry.sync_books()
+        return Response(status_code=204)
+
+    # ---- models
+
+    @app.get("/api/models", tags=["models"])
+    def list_models():
+        training = runner.training_models()
+        return [model_dict(m, training) for m in registry.sync_models()]
+
+    @app.post("/api/models", status_code=201, tags=["models"])
+    def create_model(body: ModelShape):
+        name = validate_name(body.name, "model name")
+        # Checked against RAM on a CPU machine only: asking CUDA would keep a GPU context (hundreds of MB)
+        # in this long-lived process; the trainer checks GPU memory itself when a run starts.
+        device = pick_device("auto")
+        max_memory = available_memory_bytes(device) if device.type == "cpu" else None
+        info = store.create_model(home, name, body.config(), max_memory=max_memory)
+        registry.sync_models()
+        return model_dict(info, set())
+
+    @app.post("/api/models/estimate", tags=["models"])
+    def estimate_model(body: ModelShape):
+        """Size, memory and compute of a shape, with what is wrong with it: for validating as the
+        user types, so an invalid shape is a 200 with ``errors``, never a 4xx."""
+        errors = []
+        if body.name is not None and body.name.strip():
+            try:
+                name = validate_name(body.name, "model name")
+                if store.model_dir(home, name).exists():
+                    errors.append(f"A model named '{name}' already exists.")
+            except UserError as e:
+                errors.append(str(e))
+        cfg = body.config()
+        try:
+            cfg.validate()
+        except UserError as e:
+            errors.append(str(e))
+        positive = all(getattr(cfg, f) > 0 for f in ("vocab_size", "d_model", "num_layers", "num_heads", "d_ff",
+                                                      "max_seq_len"))
+        return {"parameters": count_parameters(cfg) if positive else None,
+                "memory_bytes": estimate_training_memory(cfg, batch_size=16) if positive else None,
+                "flops_per_token": training_flops_per_token(cfg) if positive else None,
+                "errors": errors}
+
+    @app.get("/api/models/{name}", tags=["models"])
+    def get_model(name: str):
+        return model_dict(get_model_info(name), runner.training_models())
+
+    @app.delete("/api/models/{name}", status_code=204, tags=["models"])
+    def delete_model(name: str):
+        if not store.model_dir(home, name).is_dir():
+            raise NotFound(f"No model named '{name}'.")
+        runner.check_model_idle(name)
+        store.delete_model(home, name)
+        registry.forget_model(name)
+        return Response(status_code=204)
+
+    @app.get("/api/models/{name}/checkpoints", tags=["models"])
+    def model_checkpoints(name: str):
+        """Each checkpoint: ``checkpoint`` is what to pass to download or generate."""
+        get_model_info(name)
+        rows = registry.sync_checkpoints(name)
+        best = next((r for r in rows if r.file == "best.pt"), None)
+        out = []
+        for r in rows:
+            if r.file == "best.pt":
+                continue
+            is_best = best is not None and best.step is not None and best.step == r.step
+            out.append({"step": r.step, "best": is_best, "bytes": r.bytes, "val_bpb": r.val_bpb,
+                        "checkpoint": "best" if is_best else str(r.step)})
+        if best is not None and not any(c["best"] for c in out):  # its step file was pruned
+            out.append({"step": best.step, "best": True, "bytes": best.bytes, "val_bpb": best.val_bpb,
+                        "checkpoint": "best"})
+        return sorted(out, key=lambda c: (c["step"] is None, c["step"] or 0))
+
+    @app.get("/api/models/{name}/download", tags=["models"])
+    def download_model(name: str, format: str = "pt", checkpoint: str = "best"):
+        """The model as one file that ``torch.load(f, weights_only=True)`` reads."""
+        if format != "pt":
+            raise UserError(f"The {format!r} format is not available yet; download as pt.")
+        info = get_model_info(name)
+        source = resolve_checkpoint(store.model_dir(home, info.name), checkpoint)
+        tmp_root.mkdir(exist_ok=True)
+        out = tmp_root / f"download-{secrets.token_hex(8)}.pt"
+        export_pt(safe_load(source), out)
+        return FileResponse(out, filename=f"{info.name}.pt", media_type="application/octet-stream",
+                            background=BackgroundTask(out.unlink, missing_ok=True))
+
+    # ---- runs
+
+    @app.get("/api/runs", tags=["runs"])
+    def list_runs(model: str | None = None):
+        return runner.list_runs(model)
+
+    @app.post("/api/runs", status_code=201, tags=["runs"])
+    def create_run(body: RunRequest):
+        get_model_info(body.model)  # a damaged model.json is a message, not a crash
+        return runner.create_run(body.model, body.books, body.model_dump(exclude={"model", "books"}))
+
+    @app.get("/api/runs/{run_id}", tags=["runs"])
+    def get_run(run_id: str):
+        return runner.get_run(run_id, detail=True)
+
+    @app.post("/api/runs/{run_id}/pause", tags=["runs"])
+    def pause_run(run_id: str):
+        return runner.pause(run_id)
+
+    @app.post("/api/runs/{run_id}/resume", tags=["runs"])
+    def resume_run(run_id: str):
+        return runner.resume(run_id)
+
+    @app.post("/api/runs/{run_id}/cancel", tags=["runs"])
+    def cancel_run(run_id: str):
+        return runner.cancel(run_id)
+
+    @app.get("/api/runs/{run_id}/events", tags=["runs"])
+    def run_events(run_id: str, after: int = Query(0, ge=0), limit: int | None = Query(None, ge=1)):
+        """Events number ``after`` onwards (each has its number as ``seq``); pass ``next`` back to
+        get only newer ones."""
+        events = runner.events(run_id, after, limit)
+        return {"events": events, "next": after + len(events)}
+
+    @app.get("/api/runs/{run_id}/stream", tags=["runs"])
+    async def run_stream(run_id: str, request: Request, after: int = Query(0, ge=0)):
+        """Server-sent events: every event so far, then live ones; ``id:`` is the event's number,
+        so a reconnecting browser (Last-Event-ID) gets only what it missed."""
+        last_id = request.headers.get("last-event-id", "")
+        start = int(last_id) + 1 if last_id.isdigit() else after
+        loop = asyncio.get_running_loop()
+        queue = runner.subscribe(run_id, loop)  # before the replay: nothing falls in between
+        try:
+            backlog = await asyncio.to_thread(runner.events, run_id, start)
+        except BaseException:
+            runner.unsubscribe(run_id, queue)
+            raise
+
+        async def stream():
+            try:
+                nxt = start
+                for event in backlog:
+                    yield f"id: {event['seq']}\ndata: {json.dumps(event, ensure_ascii=False)}\n\n"
+                    nxt = event["seq"] + 1
+                while not await request.is_disconnected():
+                    try:
+                        event = await asyncio.wait_for(queue.get(), KEEPALIVE_SECONDS)
+                    except asyncio.TimeoutError:
+                        yield ": keepalive\n\n"
+                        continue
+                    if event["seq"] < nxt:  # already sent in the replay
+                        continue
+                    yield f"id: {event['seq']}\ndata: {json.dumps(event, ensure_ascii=False)}\n\n"
+                    nxt = event["seq"] + 1
+            finally:
+                runner.unsubscribe(run_id, queue)
+
+        return StreamingResponse(stream(), media_type="text/event-stream", headers=SSE_HEADERS)
+
+    # ---- generation
+
+    @app.post("/api/generate", tags=["generate"])
+    def generate(body: GenerateRequest):
+        """Continue ``prompt``; ``tokens`` is the number of new tokens, ``memorisation`` the
+        stretches of ``text`` found verbatim in the model's books."""
+        gen = prepare_generation(body)
+        for _ in gen.pieces():
+            pass
+        return finish_generation(gen)
+
+    @app.post("/api/generate/stream", tags=["generate"])
+    async def generate_stream(body: GenerateRequest, request: Request):
+        """Server-sent events: ``{"delta": "…"}`` per piece of text, then ``{"done": true, "text",
+        "tokens", "memorisation"}``. Close the connection to stop."""
+        gen = await asyncio.to_thread(prepare_generation, body)  # errors here are ordinary 4xx answers
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        stop = threading.Event()
+
+        def work():
+            def put(item):
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            try:
+                for piece in gen.pieces(stop):
+                    put({"delta": piece})
+                put({"done": True, **finish_generation(gen)})
+            except Exception as e:  # reported to the page; the stream then ends
+                log.exception("Generation failed")
+                try:
+                    put({"error": str(e)})
+                except RuntimeError:  # the event loop is gone: so is the client
+                    pass
+
+        async def stream():
+            loop.run_in_executor(None, work)
+            try:
+                while True:
+                    item = await queue.get()
+                    if await request.is_disconnected():
+                        break
+                    yield f"data: {json.dumps(item, ensure_ascii=False)}\n\n"
+                    if "done" in item or "error" in item:
+                        break
+            finally:
+                stop.set()  # the client left, or we are done: the thread stops at the next token
+
+        return StreamingResponse(stream(), media_type="text/event-stream", headers=SSE_HEADERS)
+
+    # Outermost first: the body limit sees the request before anything reads it.
+    app.add_middleware(_Guard, token=token)
+    app.add_middleware(_BodyLimit, limit=max_upload_bytes)
+    return app
+
+
+def serve(host: str = "127.0.0.1", port: int = 8000, home: str | Path | None = None, *, max_runs: int = 1,
+          max_upload_mb: float = 200, token: str | None = None) -> None:
+    """Run the studio until Ctrl-C. Bound beyond loopback it requires a token (made up and
+    printed here unless given)."""
+    import torch
+    import uvicorn
+
+    home = home_dir(home)
+    if token is None and not _is_loopback(host):
+        token = secrets.token_urlsafe(24)
+    # Generation runs in this process: one thread, so it does not slow down the training workers.
+    torch.set_num_threads(1)
+    app = create_app(home, token=token, max_upload_bytes=int(max_upload_mb * MiB), max_concurrent_runs=max_runs)
+    shown_host = f"[{host}]" if ":" in host else host
+    url = f"http://{shown_host}:{port}/" + (f"?token={token}" if token else "")
+    print(f"AZR Trainer studio: {url}\nData folder: {home}", flush=True)
+    if token:
+        print("Anyone who can reach this address needs the token in that link (or the header "
+              f"'Authorization: Bearer {token}').", flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=3)

@@ -1,0 +1,520 @@
+"""The REST API through real HTTP: `azr serve` in a subprocess on a free loopback port.
+
+Every endpoint, the bad inputs a person (or a hostile page) can send, and training runs
+end to end: complete, pause/resume, cancel, a killed worker, a restarted studio.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from azr_trainer.server import create_app
+
+from conftest import WORDS_RU, make_text
+
+TINY = dict(vocab_size=300, d_model=32, num_layers=1, num_heads=2, d_ff=64, max_seq_len=32, tokenizer="char")
+FAST = dict(batch_size=4, learning_rate=3e-3, save_every=1000, eval_every=200, threads=1)
+TERMINAL = ("completed", "failed", "cancelled", "paused", "interrupted")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Studio:
+    """An `azr serve` process and an HTTP client for it."""
+
+    def __init__(self, home: Path, *extra: str):
+        self.home, self.extra = home, extra
+        self.start()
+
+    def start(self) -> None:
+        self.port = free_port()
+        self.log = (self.home.parent / f"serve-{self.port}.log").open("wb")
+        self.proc = subprocess.Popen([sys.executable, "-m", "azr_trainer.cli", "serve", "--home", str(self.home),
+                                      "--port", str(self.port), *self.extra], stdout=self.log,
+                                     stderr=subprocess.STDOUT)
+        self.http = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=60)
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            assert self.proc.poll() is None, "the server exited at start"
+            try:
+                if self.http.get("/api/health").status_code == 200:
+                    return
+            except httpx.TransportError:
+                time.sleep(0.1)
+        raise AssertionError("the server did not start")
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL if hasattr(signal, "SIGKILL") else signal.SIGTERM)
+        self.proc.wait(10)
+        self.http.close()
+        self.log.close()
+
+    def stop(self) -> None:
+        for run in self.http.get("/api/runs").json():
+            if run["state"] in ("running", "queued"):
+                self.http.post(f"/api/runs/{run['id']}/cancel")
+        self.proc.terminate()
+        self.proc.wait(10)
+        self.http.close()
+        self.log.close()
+
+    # ---- helpers
+
+    def upload(self, name: str, data: bytes, filename: str = "book.txt", **form) -> httpx.Response:
+        return self.http.post("/api/books", files={"file": (filename, data, "text/plain")},
+                              data={"name": name, **form})
+
+    def wait(self, run_id: str, states=TERMINAL, timeout: float = 120) -> dict:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            run = self.http.get(f"/api/runs/{run_id}").json()
+            if run["state"] in states:
+                return run
+            time.sleep(0.1)
+        raise AssertionError(f"run still {run['state']}: {run}")
+
+    def wait_for_step(self, run_id: str, timeout: float = 60) -> dict:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            run = self.http.get(f"/api/runs/{run_id}").json()
+            if run["last_step"] is not None or run["state"] in TERMINAL:
+                return run
+            time.sleep(0.05)
+        raise AssertionError("no step event")
+
+
+@pytest.fixture(scope="module")
+def studio(tmp_path_factory):
+    home = tmp_path_factory.mktemp("studio") / "home"
+    server = Studio(home, "--max-upload-mb", "1")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def play(studio):
+    """A small English book in the studio."""
+    r = studio.upload("play", make_text(n_lines=600).encode("utf-8"), filename="play.txt")
+    assert r.status_code == 201, r.text
+    return "play"
+
+
+def new_model(studio, name, **shape):
+    r = studio.http.post("/api/models", json={"name": name, **TINY, **shape})
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def sse_events(response: httpx.Response, until) -> list[dict]:
+    """Read `data:` events (with their `id:`) until ``until(event)`` is true."""
+    events, current_id = [], None
+    for line in response.iter_lines():
+        if line.startswith("id: "):
+            current_id = int(line[4:])
+        elif line.startswith("data: "):
+            event = json.loads(line[6:])
+            event["_id"] = current_id
+            events.append(event)
+            if until(event):
+                break
+    return events
+
+
+# ---------------------------------------------------------------------------- basics
+
+
+def test_health_docs_and_page(studio):
+    assert studio.http.get("/api/health").json()["ok"] is True
+    assert studio.http.get("/docs").status_code == 200
+    paths = studio.http.get("/openapi.json").json()["paths"]
+    assert "/api/runs/{run_id}/stream" in paths and "/api/generate/stream" in paths
+    page = studio.http.get("/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert studio.http.get("/static/%2e%2e/server.py").status_code == 404
+
+
+def test_requests_for_other_hosts_or_from_other_sites_are_refused(studio):
+    # DNS rebinding: a page on evil.example resolving to 127.0.0.1
+    assert studio.http.get("/api/books", headers={"Host": "evil.example"}).status_code == 400
+    r = studio.http.post("/api/models", json={"name": "x", **TINY}, headers={"Origin": "https://evil.example"})
+    assert r.status_code == 403
+    assert studio.http.get("/api/models/x").status_code == 404  # nothing was created
+
+
+def test_unknown_things_are_404_with_a_message(studio):
+    for path in ("/api/books/nope", "/api/books/nope/tokens", "/api/models/nope", "/api/models/nope/checkpoints",
+                 "/api/models/nope/download", "/api/runs/nope", "/api/runs/nope/events"):
+        r = studio.http.get(path)
+        assert r.status_code == 404, path
+        assert "nope" in r.json()["detail"]
+    for action in ("pause", "resume", "cancel"):
+        assert studio.http.post(f"/api/runs/nope/{action}").status_code == 404
+    assert studio.http.delete("/api/books/nope").status_code == 404
+    assert studio.http.delete("/api/models/nope").status_code == 404
+
+
+# ---------------------------------------------------------------------------- books
+
+
+def test_books_upload_list_show_tokens_delete(studio):
+    r = studio.upload("", make_text(seed=5).encode("utf-8"), filename="Гамлет.txt")  # name from the file
+    assert r.status_code == 201, r.text
+    info = r.json()
+    assert info["name"] == "Гамлет" and info["encoding"] == "utf_8" and info["chars"] > 1000
+    assert "Гамлет" in [b["name"] for b in studio.http.get("/api/books").json()]
+    shown = studio.http.get("/api/books/Гамлет").json()
+    assert len(shown["preview"]) == 2000 and shown["preview"] == make_text(seed=5)[:2000]
+    tokens = studio.http.get("/api/books/Гамлет/tokens", params={"limit": 5}).json()["tokens"]
+    assert [t["text"] for t in tokens] == list(make_text(seed=5)[:5])
+    assert studio.http.delete("/api/books/Гамлет").status_code == 204
+    assert studio.http.get("/api/books/Гамлет").status_code == 404
+
+
+def test_a_cp1251_book_is_detected_and_an_override_is_honoured(studio):
+    russian = make_text(WORDS_RU, n_lines=200, seed=7)
+    r = studio.upload("ru", russian.encode("cp1251"))
+    assert r.status_code == 201, r.text
+    assert r.json()["encoding"] == "cp1251" and r.json()["detected"] is True
+    assert studio.http.get("/api/books/ru").json()["preview"] == russian[:2000]
+    # Declared wrong: the bytes are not UTF-8, and the message says where.
+    r = studio.upload("ru2", russian.encode("cp1251"), encoding="utf-8")
+    assert r.status_code == 400 and "not valid utf_8" in r.json()["detail"]
+    r = studio.upload("ru2", russian.encode("koi8_r"), encoding="koi8-r")
+    assert r.status_code == 201 and r.json()["detected"] is False
+    assert studio.http.get("/api/books/ru2").json()["preview"] == russian[:2000]
+    assert studio.upload("ru3", b"text", encoding="no-such-codec").status_code == 400
+
+
+@pytest.mark.parametrize("data, filename, name, message", [
+    (b"", "e.txt", "empty", "is empty"),
+    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(300), "p.png", "png", "binary"),
+    (b"some text", "a.txt", "../evil", "not allowed"),
+    (b"some text", "a.txt", "a/b", "not allowed"),
+    (b"some text", "-x.txt", "", "Give the book a name"),
+], ids=["empty", "binary", "dotdot", "slash", "bad-filename"])
+def test_bad_uploads_are_400_and_leave_nothing(studio, data, filename, name, message):
+    before = studio.http.get("/api/books").json()
+    r = studio.upload(name, data, filename=filename)
+    assert r.status_code == 400 and message in r.json()["detail"]
+    assert studio.http.get("/api/books").json() == before
+
+
+def test_a_second_book_of_the_same_name_is_409(studio, play):
+    r = studio.upload("play", b"other text entirely")
+    assert r.status_code == 409 and "already exists" in r.json()["detail"]
+
+
+def test_uploads_over_the_limit_are_413(studio):
+    big = b"word " * 300_000  # 1.5 MB against a 1 MiB limit
+    r = studio.upload("big", big)
+    assert r.status_code == 413 and "1 MiB" in r.json()["detail"]
+    # Without Content-Length (chunked), the limit is enforced while streaming.
+    boundary = "azrboundary"
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.txt\"\r\n"
+            "Content-Type: text/plain\r\n\r\n").encode()
+
+    def body():
+        yield head
+        for _ in range(30):
+            yield b"word " * 10_000
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    r = studio.http.post("/api/books", content=body(),
+                         headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    assert r.status_code == 413
+    assert "big" not in [b["name"] for b in studio.http.get("/api/books").json()]
+
+
+def test_malformed_requests_are_422_with_readable_messages(studio):
+    r = studio.http.post("/api/models", content=b'{"name": "x",', headers={"Content-Type": "application/json"})
+    assert r.status_code == 422 and "not valid JSON" in r.json()["detail"]
+    r = studio.http.post("/api/models", json={"name": "x", "d_model": "wide"})
+    assert r.status_code == 422 and r.json()["detail"].startswith("d_model: ") and "d_model" in r.json()["fields"]
+    r = studio.http.post("/api/runs", json={"model": "x"})
+    assert r.status_code == 422 and "books" in r.json()["detail"]
+    assert studio.http.post("/api/books").status_code == 422  # no file
+    assert studio.http.get("/api/runs/x/events", params={"after": -1}).status_code == 422
+    assert studio.http.post("/api/generate", json=["not", "an", "object"]).status_code == 422
+
+
+# ---------------------------------------------------------------------------- models
+
+
+def test_models_create_estimate_show_delete(studio):
+    est = studio.http.post("/api/models/estimate", json={"d_model": 250, "num_heads": 8}).json()
+    assert len(est["errors"]) == 1 and est["errors"][0].startswith("d_model (250) must be divisible by num_heads (8)")
+    assert est["parameters"] > 0 and est["memory_bytes"] > 0 and est["flops_per_token"] > 0
+    ok = studio.http.post("/api/models/estimate", json={"name": "fresh", **TINY}).json()
+    assert ok["errors"] == [] and ok["parameters"] == 19936
+    assert studio.http.post("/api/models/estimate", json={"num_layers": 0}).json()["parameters"] is None
+    assert studio.http.post("/api/models/estimate", json={"name": "../x"}).json()["errors"][0].startswith(
+        "The model name '../x' is not allowed")
+
+    r = studio.http.post("/api/models", json={"name": "odd", **TINY, "d_model": 250, "num_heads": 8})
+    assert r.status_code == 400 and "d_model (250) must be divisible by num_heads (8)" in r.json()["detail"]
+    assert studio.http.post("/api/models", json={"name": "../up", **TINY}).status_code == 400
+    assert studio.http.post("/api/models", json={**TINY}).status_code == 400  # no name
+
+    model = new_model(studio, "shape")
+    assert model["parameters"] == 19936 and model["file_bytes"] is None and model["checkpoints"] == []
+    assert model["training"] is False and model["config"]["d_model"] == 32
+    assert studio.http.post("/api/models", json={"name": "shape", **TINY}).status_code == 409
+    assert studio.http.post("/api/models/estimate", json={"name": "shape", **TINY}).json()["errors"] == [
+        "A model named 'shape' already exists."]
+    assert "shape" in [m["name"] for m in studio.http.get("/api/models").json()]
+    assert studio.http.get("/api/models/shape").json()["name"] == "shape"
+    assert studio.http.get("/api/models/shape/checkpoints").json() == []
+    r = studio.http.get("/api/models/shape/download")
+    assert r.status_code == 400 and "no checkpoint yet" in r.json()["detail"]
+    r = studio.http.get("/api/models/shape/download", params={"format": "gguf"})
+    assert r.status_code == 400 and "not available yet" in r.json()["detail"]
+    r = studio.http.get("/api/books/play/tokens", params={"model": "shape"})
+    assert r.status_code == 409 and "no tokenizer yet" in r.json()["detail"]
+    assert studio.http.delete("/api/models/shape").status_code == 204
+    assert studio.http.get("/api/models/shape").status_code == 404
+
+
+def test_books_and_models_made_with_the_cli_show_up(studio, tmp_path):
+    src = tmp_path / "cli.txt"
+    src.write_text(make_text(seed=9), encoding="utf-8")
+    env = {**os.environ, "AZR_HOME": str(studio.home)}
+    azr = [sys.executable, "-m", "azr_trainer.cli"]
+    subprocess.run([*azr, "books", "add", str(src), "--name", "from-cli"], check=True, env=env, capture_output=True)
+    subprocess.run([*azr, "models", "create", "cli-model", "--vocab-size", "300", "--d-model", "32", "--num-layers",
+                    "1", "--num-heads", "2", "--d-ff", "64", "--max-seq-len", "32"], check=True, env=env,
+                   capture_output=True)
+    assert "from-cli" in [b["name"] for b in studio.http.get("/api/books").json()]
+    assert studio.http.get("/api/models/cli-model").status_code == 200
+    # …and the other way round.
+    assert studio.http.delete("/api/books/from-cli").status_code == 204
+    listed = subprocess.run([*azr, "books", "list", "--json"], check=True, env=env, capture_output=True, text=True,
+                            encoding="utf-8")
+    assert "from-cli" not in [b["name"] for b in json.loads(listed.stdout)]
+
+
+# ---------------------------------------------------------------------------- training
+
+
+def test_train_watch_generate_download(studio, play, tmp_path):
+    new_model(studio, "tiny")
+    r = studio.http.post("/api/runs", json={"model": "tiny", "books": [play], "max_iterations": 60, **FAST,
+                                            "eval_every": 20})
+    assert r.status_code == 201, r.text
+    run = r.json()
+    assert run["state"] in ("queued", "running") and run["max_iterations"] == 60
+    # Watch it live over SSE until it completes.
+    with studio.http.stream("GET", f"/api/runs/{run['id']}/stream") as stream:
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        live = sse_events(stream, lambda e: e["type"] == "status" and e["state"] in TERMINAL)
+    assert live[-1]["state"] == "completed"
+    assert [e["_id"] for e in live] == list(range(len(live)))
+    steps = [e for e in live if e["type"] == "step"]
+    assert steps[-1]["step"] == 60 and {"loss", "lr", "tokens_per_s", "elapsed", "eta"} <= set(steps[-1])
+    assert any(e["type"] == "eval" and "val_bpb" in e for e in live)
+    assert any(e["type"] == "sample" for e in live)
+
+    done = studio.wait(run["id"])
+    assert done["state"] == "completed" and done["step"] == 60 and done["progress"] == 1.0
+    assert done["best_val_bpb"] > 0 and done["last_eval"]["val_bpb"] > 0 and done["samples"]
+    # The same events for charts, from any point.
+    events = studio.http.get(f"/api/runs/{run['id']}/events").json()
+    assert [e["seq"] for e in events["events"]] == list(range(events["next"]))
+    assert events["next"] >= len(live)
+    later = studio.http.get(f"/api/runs/{run['id']}/events", params={"after": 5}).json()
+    assert later["events"] == events["events"][5:] and later["next"] == events["next"]
+    # A reconnecting browser gets only what it missed.
+    with studio.http.stream("GET", f"/api/runs/{run['id']}/stream", headers={"Last-Event-ID": "3"}) as stream:
+        again = sse_events(stream, lambda e: e["_id"] == events["next"] - 1)
+    assert again[0]["_id"] == 4 and len(again) == events["next"] - 4
+
+    runs = studio.http.get("/api/runs", params={"model": "tiny"}).json()
+    assert [r["id"] for r in runs] == [run["id"]]
+    model = studio.http.get("/api/models/tiny").json()
+    assert model["trained_steps"] == 60 and model["file_bytes"] > 0 and 60 in model["checkpoints"]
+    checkpoints = studio.http.get("/api/models/tiny/checkpoints").json()
+    assert checkpoints[-1]["step"] == 60 and checkpoints[-1]["best"] and checkpoints[-1]["val_bpb"] > 0
+    tokens = studio.http.get("/api/books/play/tokens", params={"model": "tiny", "limit": 10}).json()
+    assert tokens["tokenizer"] == "char" and len(tokens["tokens"]) == 10
+    assert "".join(t["text"] for t in tokens["tokens"]) == make_text(n_lines=600)[:10]
+
+    body = {"model": "tiny", "prompt": "The king", "max_length": 30, "seed": 3, "temperature": 0.8}
+    out = studio.http.post("/api/generate", json=body).json()
+    assert out["prompt"] == "The king" and out["tokens"] == 30 and len(out["text"]) > 0
+    assert set(out["memorisation"]) == {"spans", "copied_fraction", "books"}
+    assert out["memorisation"]["books"] == ["play"]
+    assert studio.http.post("/api/generate", json=body).json()["text"] == out["text"]  # seeded
+    with studio.http.stream("POST", "/api/generate/stream", json=body) as stream:
+        pieces = sse_events(stream, lambda e: e.get("done"))
+    assert "".join(p["delta"] for p in pieces[:-1]) == pieces[-1]["text"] == out["text"]
+    r = studio.http.post("/api/generate", json={**body, "temperature": -1})
+    assert r.status_code == 400 and "temperature" in r.json()["detail"]
+    r = studio.http.post("/api/generate", json={**body, "checkpoint": 12345})
+    assert r.status_code == 400 and "No checkpoint at step 12345" in r.json()["detail"]
+
+    r = studio.http.get("/api/models/tiny/download", params={"format": "pt", "checkpoint": "best"})
+    assert r.status_code == 200 and 'filename="tiny.pt"' in r.headers["content-disposition"]
+    path = tmp_path / "tiny.pt"
+    path.write_bytes(r.content)
+    obj = torch.load(path, weights_only=True)
+    assert obj["config"]["d_model"] == 32 and "model.embed_tokens.weight" in obj["state_dict"]
+    assert "optimizer" not in obj
+    deadline = time.time() + 5
+    while list((studio.home / ".tmp").iterdir()) and time.time() < deadline:
+        time.sleep(0.05)
+    assert not list((studio.home / ".tmp").iterdir())  # the export is removed once sent
+    # A finished run can be neither paused nor resumed.
+    assert studio.http.post(f"/api/runs/{run['id']}/pause").status_code == 409
+    assert studio.http.post(f"/api/runs/{run['id']}/resume").status_code == 409
+
+
+def test_pause_resume_cancel(studio, play):
+    new_model(studio, "long")
+    run = studio.http.post("/api/runs", json={"model": "long", "books": [play], "max_iterations": 20000,
+                                              **FAST}).json()
+    studio.wait_for_step(run["id"])
+    r = studio.http.post(f"/api/runs/{run['id']}/pause")
+    assert r.status_code == 200 and r.json()["stop_requested"] == "pause"
+    paused = studio.wait(run["id"])
+    assert paused["state"] == "paused", paused
+    assert 0 < paused["step"] < 20000 and paused["last_checkpoint_step"] == paused["step"]
+    assert "Paused at step" in paused["message"]
+    # While it is paused the model is held: a new run would overwrite what resume needs.
+    r = studio.http.post("/api/runs", json={"model": "long", "books": [play], **FAST})
+    assert r.status_code == 409 and "paused run" in r.json()["detail"]
+
+    resumed = studio.http.post(f"/api/runs/{run['id']}/resume").json()
+    assert resumed["state"] in ("queued", "running")
+    assert studio.http.post(f"/api/runs/{run['id']}/resume").status_code == 409
+    studio.wait(run["id"], states=("running",))
+    deadline = time.time() + 60
+    while time.time() < deadline:  # wait until the new worker reports that it resumed
+        events = studio.http.get(f"/api/runs/{run['id']}/events").json()["events"]
+        starts = [e for e in events if e["type"] == "status" and e["state"] in ("started", "resumed")]
+        if len(starts) == 2:
+            break
+        time.sleep(0.1)
+    assert [e["state"] for e in starts] == ["started", "resumed"]
+    assert starts[1]["step"] == paused["step"]  # continues where it stopped
+    assert studio.http.get("/api/models/long").json()["training"] is True
+    assert studio.http.delete("/api/models/long").status_code == 409
+
+    r = studio.http.post(f"/api/runs/{run['id']}/cancel")
+    assert r.status_code == 200
+    cancelled = studio.wait(run["id"])
+    assert cancelled["state"] == "cancelled" and paused["step"] <= cancelled["step"] < 20000
+    assert studio.http.post(f"/api/runs/{run['id']}/cancel").status_code == 409
+    # Cancelled releases the model.
+    again = studio.http.post("/api/runs", json={"model": "long", "books": [play], "max_iterations": 20000, **FAST})
+    assert again.status_code == 201
+    assert studio.http.post(f"/api/runs/{again.json()['id']}/cancel").status_code == 200
+    assert studio.wait(again.json()["id"])["state"] == "cancelled"
+
+
+@pytest.mark.skipif(os.name != "posix", reason="kills the worker with SIGKILL")
+def test_a_killed_worker_becomes_failed_and_the_server_keeps_answering(studio, play):
+    new_model(studio, "doomed")
+    run = studio.http.post("/api/runs", json={"model": "doomed", "books": [play], "max_iterations": 20000,
+                                              **FAST}).json()
+    running = studio.wait_for_step(run["id"])
+    os.kill(running["pid"], signal.SIGKILL)  # what the kernel does when memory runs out
+    failed = studio.wait(run["id"])
+    assert failed["state"] == "failed"
+    assert "killed by SIGKILL" in failed["message"] and "memory" in failed["message"]
+    assert studio.http.get("/api/health").status_code == 200
+    # It can be resumed from its last checkpoint, or the model trained anew.
+    assert studio.http.post("/api/runs", json={"model": "doomed", "books": [play], "max_iterations": 10,
+                                               **FAST}).status_code == 201
+
+
+@pytest.mark.skipif(os.name != "posix", reason="kills the server with SIGKILL")
+def test_a_restarted_studio_marks_the_run_interrupted_and_resume_finishes_it(tmp_path):
+    studio = Studio(tmp_path / "home")
+    try:
+        assert studio.upload("play", make_text(n_lines=600).encode("utf-8")).status_code == 201
+        new_model(studio, "m")
+        run = studio.http.post("/api/runs", json={"model": "m", "books": ["play"], "max_iterations": 1000,
+                                                  **FAST}).json()
+        studio.wait_for_step(run["id"])
+        studio.kill()  # the worker notices its parent is gone, saves and stops
+        studio.start()
+        interrupted = studio.http.get(f"/api/runs/{run['id']}").json()
+        assert interrupted["state"] in ("interrupted", "completed"), interrupted
+        if interrupted["state"] == "completed":
+            pytest.skip("the run finished before the server was killed")
+        assert "Resume it" in interrupted["message"] or "Interrupted at step" in interrupted["message"]
+        deadline = time.time() + 60
+        while True:  # the old worker may still be saving: 409 until it lets go of the model
+            r = studio.http.post(f"/api/runs/{run['id']}/resume")
+            if r.status_code == 200 or time.time() > deadline:
+                break
+            assert r.status_code == 409 and "still held" in r.json()["detail"]
+            time.sleep(0.2)
+        assert r.status_code == 200, r.text
+        done = studio.wait(run["id"], states=("completed", "failed", "cancelled"))
+        assert done["state"] == "completed" and done["step"] == 1000
+        events = studio.http.get(f"/api/runs/{run['id']}/events").json()["events"]
+        starts = [e for e in events if e["type"] == "status" and e["state"] in ("started", "resumed")]
+        assert [e["state"] for e in starts] == ["started", "resumed"] and starts[1]["step"] > 0
+        # Interrupted either by the new studio or, if it had already saved, by the worker itself.
+        assert "interrupted" in [e["state"] for e in events if e["type"] == "status"]
+    finally:
+        studio.stop()
+
+
+# ---------------------------------------------------------------------------- token
+
+
+def test_bound_beyond_loopback_it_makes_up_a_token_and_requires_it(tmp_path):
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "azr_trainer.cli", "serve", "--home", str(tmp_path / "home"),
+                             "--host", "0.0.0.0", "--port", str(port)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, encoding="utf-8")
+    try:
+        first = proc.stdout.readline()
+        assert "?token=" in first, first
+        token = first.strip().rsplit("?token=", 1)[1]
+        url = f"http://127.0.0.1:{port}/api/health"
+        deadline = time.time() + 60
+        while True:
+            try:
+                r = httpx.get(url)
+                break
+            except httpx.TransportError:
+                assert time.time() < deadline
+                time.sleep(0.1)
+        assert r.status_code == 401
+        assert httpx.get(url, headers={"Authorization": f"Bearer {token}"}).status_code == 200
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_a_token_is_required_when_set(tmp_path):
+    app = create_app(tmp_path / "home", token="s3cret")
+    with TestClient(app) as client:
+        r = client.get("/api/health")
+        assert r.status_code == 401 and "token" in r.json()["detail"]
+        assert client.get("/api/health", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert client.get("/api/health", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        page = client.get("/?token=s3cret")
+        assert page.status_code == 200 and "azr_token=s3cret" in page.headers["set-cookie"]
+        assert "HttpOnly" in page.headers["set-cookie"]
+        # The page's later requests (and its EventSource) carry the cookie.
+        assert client.get("/api/books").status_code == 200
+        client.cookies.clear()
+        assert client.get("/api/books").status_code == 401
+        assert client.get("/api/books", params={"token": "s3cret"}).status_code == 200

@@ -1,0 +1,183 @@
+"""The studio's pieces without HTTP: memorisation meter, registry, job runner."""
+
+import time
+
+import pytest
+from sqlalchemy import select, text
+
+from azr_trainer import books, registry, store
+from azr_trainer.home import Conflict, UserError
+from azr_trainer.jobs import JobRunner, crash_message
+from azr_trainer.memorisation import BookIndex, IndexCache, find_copies
+from azr_trainer.model import ModelConfig
+from azr_trainer.registry import Registry, Run
+
+from conftest import WORDS_RU, make_text
+
+TINY = ModelConfig(vocab_size=300, d_model=32, num_layers=1, num_heads=2, d_ff=64, max_seq_len=32, tokenizer="char")
+RUN_PARAMS = dict(max_iterations=30, batch_size=4, learning_rate=3e-3, save_every=1000, eval_every=1000, threads=1)
+
+
+# ---------------------------------------------------------------------------- memorisation
+
+
+def test_copies_are_found_with_their_book_and_share():
+    play, poem = make_text(seed=1), make_text(WORDS_RU, seed=2)
+    index = BookIndex.build({"play": play, "poem": poem})
+    own = "Nothing like this sentence appears anywhere in either book, I am sure. "
+    copied_en, copied_ru = play[500:620], poem[300:345]
+    output = own + copied_en + " zzz qqq " + copied_ru + " end."
+    result = find_copies(output, index)
+    spans = result["spans"]
+    assert [s["book"] for s in spans] == ["play", "poem"]
+    # Each span covers at least the copied stretch (neighbouring characters may agree by chance).
+    first, second = spans
+    assert first["start"] <= len(own) and first["end"] >= len(own) + len(copied_en)
+    assert output[first["start"]:first["end"]] in play
+    assert output[second["start"]:second["end"]] in poem
+    assert first["end"] <= second["start"]  # never overlapping
+    assert all(s["length"] == s["end"] - s["start"] >= 20 for s in spans)
+    assert result["copied_fraction"] == pytest.approx(sum(s["length"] for s in spans) / len(output))
+
+
+def test_short_matches_and_no_books_count_as_original():
+    index = BookIndex.build({"play": make_text(seed=1)})
+    assert find_copies("the king said", index) == {"spans": [], "copied_fraction": 0.0}
+    assert find_copies("", index)["copied_fraction"] == 0.0
+    assert find_copies("x" * 100, BookIndex.build({}))["spans"] == []
+
+
+def test_a_whole_copy_is_one_span():
+    play = make_text(seed=3)
+    index = BookIndex.build({"play": play})
+    result = find_copies(play[1000:3000], index)
+    assert len(result["spans"]) == 1 and result["copied_fraction"] == 1.0
+
+
+def test_index_cache_builds_once_per_key():
+    cache, calls = IndexCache(size=1), []
+
+    def load():
+        calls.append(1)
+        return {"b": "some text " * 10}
+
+    assert cache.get(("b", 1), load) is cache.get(("b", 1), load)
+    cache.get(("b", 2), load)  # the book changed: a new index, the old one evicted
+    cache.get(("b", 1), load)
+    assert len(calls) == 3
+
+
+# ---------------------------------------------------------------------------- registry
+
+
+def test_reconcile_follows_the_files(home, book, tmp_path):
+    reg = Registry(home)
+    store.create_model(home, "m", TINY)  # made "with the CLI": files only
+    reg.reconcile()
+    with reg.session() as s:
+        assert s.scalars(select(registry.Book.name)).all() == ["play"]
+        assert s.scalars(select(registry.Model.name)).all() == ["m"]
+        s.add(Run(id="r1", model="m", books=["play"], params={}, state="completed", max_iterations=1,
+                  created_at="2024-01-01T00:00:00", step=0, events_offset=0, events_count=0))
+        s.commit()
+    books.delete_book(home, "play")
+    store.delete_model(home, "m")
+    reg.reconcile()
+    with reg.session() as s:
+        assert s.scalars(select(registry.Book)).all() == []
+        assert s.scalars(select(registry.Model)).all() == []
+        assert s.scalars(select(Run)).all() == []  # its model folder is gone, so is its history
+
+
+def test_a_damaged_model_json_keeps_its_rows(home):
+    reg = Registry(home)
+    store.create_model(home, "m", TINY)
+    reg.reconcile()
+    (home / "models" / "m" / "model.json").write_text("{broken", encoding="utf-8")
+    reg.reconcile()
+    with reg.session() as s:
+        assert s.scalars(select(registry.Model.name)).all() == ["m"]
+
+
+def test_schema_versions(home, monkeypatch):
+    Registry(home).close()
+    # An older folder is upgraded by the migrations it has not seen yet.
+    ran = []
+
+    def add_column(conn):
+        ran.append(1)
+        conn.execute(text("ALTER TABLE books ADD COLUMN note TEXT"))
+
+    monkeypatch.setattr(registry, "MIGRATIONS", [add_column])
+    reg = Registry(home)
+    with reg.engine.connect() as conn:
+        assert conn.execute(select(registry.SchemaVersion.version)).scalar_one() == 2
+        assert "note" in [row[1] for row in conn.execute(text("PRAGMA table_info(books)"))]
+    reg.close()
+    assert ran == [1]
+    Registry(home).close()  # already current: nothing runs again
+    assert ran == [1]
+    # A folder from a newer release is refused, not damaged.
+    monkeypatch.setattr(registry, "MIGRATIONS", [])
+    with pytest.raises(UserError, match="newer AZR Trainer"):
+        Registry(home)
+
+
+# ---------------------------------------------------------------------------- job runner
+
+
+def test_crash_messages(tmp_path):
+    log = tmp_path / "worker.log"
+    log.write_text("Tokenizing…\nError: No book named 'x'. See `azr books list`.\n", encoding="utf-8")
+    assert crash_message(log, 2) == "No book named 'x'. See `azr books list`."
+    log.write_text("Traceback (most recent call last):\n  File …\nValueError: bad thing\n", encoding="utf-8")
+    assert "ValueError: bad thing" in crash_message(log, 1) and "exit code 1" in crash_message(log, 1)
+    assert "SIGKILL" in crash_message(log, -9) and "memory" in crash_message(log, -9)
+
+
+def wait_state(runner, run_id, states, timeout=90):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        runner.poll()
+        run = runner.get_run(run_id)
+        if run["state"] in states:
+            return run
+        time.sleep(0.1)
+    raise AssertionError(f"run {run_id} still {run['state']} after {timeout} s")
+
+
+def test_a_book_deleted_before_the_worker_reads_it_fails_readably(home, book):
+    store.create_model(home, "m", TINY)
+    reg = Registry(home)
+    runner = JobRunner(home, reg)  # polled by hand: no monitor thread
+    run = runner.create_run("m", [book], RUN_PARAMS)
+    assert run["state"] == "running"
+    books.delete_book(home, book)  # the worker is still importing torch
+    run = wait_state(runner, run["id"], ("failed", "completed"))
+    assert run["state"] == "failed"
+    assert run["message"] == "No book named 'play'. See `azr books list`."
+    assert [e["state"] for e in runner.events(run["id"]) if e["type"] == "status"] == ["queued", "running", "failed"]
+
+
+def test_queue_runs_one_at_a_time_and_recover_interrupts(home, book):
+    for name in ("a", "b"):
+        store.create_model(home, name, TINY)
+    reg = Registry(home)
+    runner = JobRunner(home, reg, max_concurrent=1)
+    first = runner.create_run("a", [book], RUN_PARAMS)
+    second = runner.create_run("b", [book], RUN_PARAMS)
+    assert (first["state"], second["state"]) == ("running", "queued")
+    with pytest.raises(Conflict, match="already has a running run"):
+        runner.create_run("a", [book], RUN_PARAMS)
+    with pytest.raises(UserError, match="batch_size"):
+        runner.create_run("b", [book], {**RUN_PARAMS, "batch_size": 0})
+    wait_state(runner, first["id"], ("completed",))
+    wait_state(runner, second["id"], ("running", "completed"))
+    # A new studio finds the second run "running" with nobody watching it.
+    fresh = JobRunner(home, Registry(home))
+    fresh.recover()
+    run = fresh.get_run(second["id"])
+    assert run["state"] in ("interrupted", "completed")  # completed if it finished before the "restart"
+    if run["state"] == "interrupted":
+        assert "Resume it" in run["message"]
+    wait_state(fresh, second["id"], ("interrupted", "paused", "completed"))  # the orphan stops and reports
