@@ -458,8 +458,9 @@ def _train(home, name, cfg, listeners, stop, log, run_id, dist: Distributed) -> 
             if not math.isfinite(step_loss):
                 raise UserError(f"The loss became {step_loss} at step {step}: lower learning_rate "
                                 f"(now {cfg.learning_rate}) and resume from the last checkpoint.")
-            if step % cfg.log_every == 0 or step == cfg.max_iterations:
-                now = time.time()
+            now = time.time()
+            # every log_every steps, and at least once a second so slow CPU runs still look alive
+            if step % cfg.log_every == 0 or step == cfg.max_iterations or now - t_log >= 1.0:
                 tps = tok_log / max(1e-9, now - t_log)
                 elapsed = now - t_start
                 train_loss = loss_acc / loss_n
