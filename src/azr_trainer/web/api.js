@@ -55,6 +55,7 @@ export async function api(path, { method = "GET", json, body, signal } = {}) {
     res = await fetch(path, { method, headers, body, signal, cache: "no-store" });
   } catch (e) {
     if (e && e.name === "AbortError") throw e;
+    window.dispatchEvent(new Event("azr:connection-lost"));
     throw new ApiError(t("errors.network"), 0);
   }
   if (res.status === 204) return null;
@@ -147,14 +148,14 @@ export async function postStream(path, json, { signal, onEvent }) {
   feed(decoder.decode(), true);
 }
 
-export function runStreamUrl(runId) {
-  return withToken(`/api/runs/${encodeURIComponent(runId)}/stream`);
+export function runStreamUrl(runId, after = 0) {
+  const q = after > 0 ? `?after=${after}` : "";
+  return withToken(`/api/runs/${encodeURIComponent(runId)}/stream${q}`);
 }
 
 /** Every event a run has recorded so far, page by page. */
-export async function allRunEvents(runId, { signal } = {}) {
+export async function allRunEvents(runId, { signal, after = 0 } = {}) {
   const out = [];
-  let after = 0;
   for (let i = 0; i < 1000; i++) {
     const res = await api(`/api/runs/${encodeURIComponent(runId)}/events?after=${after}`, { signal });
     const evs = (res && res.events) || [];

@@ -24,6 +24,13 @@ const RECOMMENDED = {
 const LIMITS = { vocab_size: 1_000_000, d_model: 16384, num_layers: 256, num_heads: 256, d_ff: 65536, max_seq_len: 131072 };
 // A laptop CPU sustains very roughly this many FLOP/s in PyTorch training.
 export const CPU_FLOPS = 50e9;
+// ...and spends at least this long on each step whatever the size (optimizer, Python, small kernels).
+export const STEP_OVERHEAD_S = 0.02;
+
+/** Rough seconds for `iters` training steps of `tokensPerIter` tokens on a laptop CPU. */
+export function roughSeconds(flopsPerToken, tokensPerIter, iters) {
+  return iters * ((flopsPerToken * tokensPerIter) / CPU_FLOPS + STEP_OVERHEAD_S);
+}
 const NAME_RE = /^[\p{L}\p{N}_][\p{L}\p{N}_.\- ]{0,63}$/u;
 const RESERVED = new Set(["CON", "PRN", "AUX", "NUL", ...Array.from({ length: 10 }, (_, i) => `COM${i}`), ...Array.from({ length: 10 }, (_, i) => `LPT${i}`)]);
 
@@ -171,7 +178,7 @@ function renderEstimate(est) {
   $("est-weights").textContent = fmtBytes(est.parameters * 4);
   $("est-flops").textContent = t("create.estimate.flops_value", { value: fmtCompact(est.flops_per_token) });
   const tokensPerIter = 16 * v.max_seq_len;
-  const secs = (iters) => (est.flops_per_token * tokensPerIter * iters) / CPU_FLOPS;
+  const secs = (iters) => roughSeconds(est.flops_per_token, tokensPerIter, iters);
   $("est-time-1k").textContent = fmtApproxDuration(secs(1000));
   $("est-time-10k").textContent = fmtApproxDuration(secs(10000));
   const errs = est.errors || [];

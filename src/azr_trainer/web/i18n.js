@@ -12,7 +12,9 @@ const cache = new Map();
 
 async function loadDict(code) {
   if (!cache.has(code)) {
-    const res = await fetch(`/static/i18n/${code}.json`, { cache: "no-cache" });
+    const token = new URLSearchParams(location.search).get("token");
+    const headers = token ? { Authorization: `Bearer ${token}` } : {};
+    const res = await fetch(`/static/i18n/${code}.json`, { cache: "no-cache", headers });
     if (!res.ok) throw new Error(`Cannot load translations for ${code}: ${res.status}`);
     cache.set(code, await res.json());
   }
@@ -68,7 +70,7 @@ function formatArg(value) {
   return value == null ? "" : String(value);
 }
 
-/** t("create.title"), t("runs.count", {count: 3}) — a value that is an object of plural
+/** t("create.title"), t("gen.stats_tokens", {count: 3, n: "3"}) — a value that is an object of plural
  * forms ({one, few, many, other}) is chosen with Intl.PluralRules by params.count. */
 export function t(key, params = {}) {
   let value = lookup(dict, key);
@@ -156,7 +158,9 @@ export function fmtSci(n) {
   const v = Number(n);
   if (v === 0) return fmtInt(0);
   if (Math.abs(v) >= 0.01 && Math.abs(v) < 1e5) return fmtNum(v, 4);
-  return nf({ notation: "scientific", maximumFractionDigits: 2 }).format(v);
+  // 3e-4, 4.21e-4 (4,21e-4 in Russian): how people write learning rates
+  const [mantissa, exponent] = v.toExponential(2).split("e");
+  return `${fmtNum(Number(mantissa), 2)}e${Number(exponent)}`;
 }
 
 const BYTE_UNITS = ["byte", "kilobyte", "megabyte", "gigabyte", "terabyte"];
@@ -200,7 +204,6 @@ export function fmtApproxDuration(seconds) {
   const table = [["minute", 60], ["hour", 3600], ["day", 86400], ["year", 365 * 86400]];
   let unit = table[0];
   for (const row of table) if (seconds >= row[1]) unit = row;
-  if (unit[0] === "day" && seconds >= 365 * 86400) unit = table[3];
   const v = seconds / unit[1];
   const text = nf({ style: "unit", unit: unit[0], unitDisplay: "long", maximumFractionDigits: v < 10 ? 1 : 0 }).format(v);
   return t("units.about", { value: text });

@@ -1,0 +1,132 @@
+// Everything the page shows about a run is derived from its events, so a reload, a second tab
+// and a finished run all show the same thing. Events may arrive twice (a stream that replays
+// its history after a reconnect); each is keyed and counted once.
+
+const LOG_LIMIT = 400;
+
+function eventKey(e) {
+  if (Number.isInteger(e.seq)) return `#${e.seq}`;
+  return [e.type, e.step ?? "", e.time ?? "", e.state ?? "", e.prompt ?? "", e.path ?? ""].join("|");
+}
+
+/** Keep only points with x <= step: a resumed run rewrites history after its checkpoint. */
+function cut(points, step) {
+  let n = points.length;
+  while (n && points[n - 1][0] > step) n--;
+  if (n !== points.length) points.length = n;
+}
+
+function pushPoint(points, x, y) {
+  if (!Number.isFinite(x) || !Number.isFinite(y)) return;
+  const last = points[points.length - 1];
+  if (last && last[0] === x) { last[1] = y; return; }
+  if (last && last[0] > x) {
+    // out of order (should not happen after cut); insert in place
+    let i = points.length - 1;
+    while (i > 0 && points[i - 1][0] > x) i--;
+    points.splice(i, 0, [x, y]);
+    return;
+  }
+  points.push([x, y]);
+}
+
+export class RunState {
+  constructor(runId) {
+    this.runId = runId;
+    this.seen = new Set();
+    this.count = 0;
+    this.version = 0;
+    this.loss = [];
+    this.valLoss = [];
+    this.valBpb = [];
+    this.lr = [];
+    this.tps = [];
+    this.samples = [];
+    this.log = [];
+    this.logTotal = 0;
+    this.lastStep = null;
+    this.lastEval = null;
+    this.lastStatus = null;
+    this.startInfo = null;
+    this.step = 0;
+    this.maxIterations = null;
+    this.bestBpb = null;
+    this.tokensSeen = null;
+    this.lastTime = null;
+    this.maxSeq = -1;
+  }
+
+  /** Returns true when the event was new. */
+  ingest(e) {
+    if (!e || typeof e !== "object" || !e.type) return false;
+    const key = eventKey(e);
+    if (this.seen.has(key)) return false;
+    this.seen.add(key);
+    this.count++;
+    this.version++;
+    if (Number.isInteger(e.seq) && e.seq > this.maxSeq) this.maxSeq = e.seq;
+    if (e.time) this.lastTime = Math.max(this.lastTime || 0, e.time);
+    if (Number.isFinite(e.max_iterations)) this.maxIterations = e.max_iterations;
+    switch (e.type) {
+      case "step":
+        this.lastStep = e;
+        this.step = Math.max(this.step, e.step || 0);
+        pushPoint(this.loss, e.step, e.loss);
+        pushPoint(this.lr, e.step, e.lr);
+        pushPoint(this.tps, e.step, e.tokens_per_s);
+        if (Number.isFinite(e.tokens_seen)) this.tokensSeen = e.tokens_seen;
+        this.addLog(e, "log.step", { step: e.step, loss: e.loss, lr: e.lr, tps: e.tokens_per_s });
+        break;
+      case "eval":
+        this.lastEval = e;
+        pushPoint(this.valLoss, e.step, e.val_loss);
+        pushPoint(this.valBpb, e.step, e.val_bpb);
+        if (Number.isFinite(e.val_bpb) && (this.bestBpb == null || e.val_bpb < this.bestBpb)) this.bestBpb = e.val_bpb;
+        this.addLog(e, "log.eval", { step: e.step, loss: e.val_loss, ppl: e.val_ppl, bpb: e.val_bpb });
+        break;
+      case "sample":
+        this.samples.push({ step: e.step, prompt: e.prompt ?? "", text: e.text ?? "", time: e.time });
+        if (this.samples.length > 500) this.samples.shift();
+        this.addLog(e, "log.sample", { step: e.step });
+        break;
+      case "checkpoint":
+        this.addLog(e, e.best ? "log.checkpoint_best" : "log.checkpoint", { step: e.step });
+        break;
+      case "status": {
+        this.lastStatus = e;
+        if (Number.isFinite(e.step)) {
+          if (e.state === "resumed" || e.state === "started") {
+            for (const arr of [this.loss, this.lr, this.tps, this.valLoss, this.valBpb]) cut(arr, e.step);
+            this.samples = this.samples.filter((s) => s.step <= e.step);
+            if (this.lastStep && this.lastStep.step > e.step) this.lastStep = null;
+            this.step = e.step;
+          } else {
+            this.step = Math.max(this.step, e.step);
+          }
+        }
+        if (e.state === "started" || e.state === "resumed") this.startInfo = e;
+        if (e.summary && Number.isFinite(e.summary.best_val_bpb)) {
+          this.bestBpb = this.bestBpb == null ? e.summary.best_val_bpb : Math.min(this.bestBpb, e.summary.best_val_bpb);
+        }
+        if (e.state === "started") {
+          this.addLog(e, "log.started", { device: e.device ?? "?", threads: e.threads ?? "?", params: e.parameters ?? 0, tokens: e.train_tokens ?? 0 });
+        } else if (e.state === "resumed") {
+          this.addLog(e, "log.resumed", { step: e.step ?? 0, device: e.device ?? "?" });
+        } else {
+          this.addLog(e, e.message ? "log.status_msg" : "log.status", { state: e.state, step: e.step ?? this.step, message: e.message ?? "" }, { state: e.state });
+        }
+        for (const w of e.warnings || []) this.addLog(e, "log.warning", { message: w });
+        break;
+      }
+      default:
+        this.addLog(e, "log.other", { type: e.type, data: JSON.stringify(e) });
+    }
+    return true;
+  }
+
+  addLog(e, key, params, extra = {}) {
+    this.log.push({ time: e.time, key, params, ...extra });
+    this.logTotal++;
+    if (this.log.length > LOG_LIMIT) this.log.splice(0, this.log.length - LOG_LIMIT);
+  }
+}

@@ -1,0 +1,562 @@
+// "Training": choose a model and books, start a run, and watch it live. The monitor is built
+// only from the run's events (SSE while it is live, the stored events otherwise), so a reload
+// or a second tab shows the same state.
+
+import { api, enc, runStreamUrl, allRunEvents } from "./api.js";
+import { t, fmtInt, fmtNum, fmtFixed, fmtSci, fmtCompact, fmtClock, fmtApproxDuration, fmtTime, fmtPercent, onLanguageChange, setText } from "./i18n.js";
+import { LineChart, smooth, PALETTE } from "./charts.js";
+import { RunState } from "./runstate.js";
+import { roughSeconds } from "./create.js";
+import {
+  $, h, toast, showError, fillSelect, setBusy, intValue, store, subscribe, refreshModels,
+  upsertRun, sortedRuns, runLabel, stateBadge, LIVE_STATES, showWhitespace,
+} from "./ui.js";
+
+const SESSION_RUN = "azr.monitorRun";
+const TRAIN_PREFS = "azr.trainForm";
+
+// ---- monitor state ------------------------------------------------------------------------------
+
+let runId = null;
+let run = null;          // the run record (GET /api/runs/{id})
+let rs = null;           // RunState built from events
+let source = null;       // EventSource while live
+let reconnectTimer = 0;
+let loadToken = 0;
+let renderQueued = false;
+let rendered = { samples: -1, log: -1, version: -1 };
+let pendingAction = null;
+let charts = null;
+
+function makeCharts() {
+  const fmtStep = (v) => fmtCompact(v);
+  const empty = () => t("charts.no_data");
+  const stepTitle = () => t("charts.step");
+  return {
+    loss: new LineChart($("chart-loss"), { formatX: fmtStep, formatY: (v) => fmtNum(v, 3), emptyText: empty, xTitle: stepTitle, legendEl: $("chart-loss-legend") }),
+    bpb: new LineChart($("chart-bpb"), { formatX: fmtStep, formatY: (v) => fmtNum(v, 3), emptyText: () => t("charts.no_eval") }),
+    lr: new LineChart($("chart-lr"), { formatX: fmtStep, formatY: (v) => fmtSci(v), emptyText: empty }),
+    tps: new LineChart($("chart-tps"), { formatX: fmtStep, formatY: (v) => fmtCompact(v), emptyText: empty }),
+  };
+}
+
+function closeStream() {
+  if (source) { source.close(); source = null; }
+  clearTimeout(reconnectTimer);
+}
+
+function openStream() {
+  if (!runId || source) return;
+  const id = runId;
+  // After a reconnect, ask only for what we have not seen (events carry their number as seq).
+  const es = new EventSource(runStreamUrl(id, rs.maxSeq + 1));
+  source = es;
+  es.onmessage = (msg) => {
+    if (id !== runId) return;
+    let e;
+    try { e = JSON.parse(msg.data); } catch { return; }
+    if (rs.ingest(e)) {
+      if (e.type === "status") refreshRun();
+      queueRender();
+    }
+  };
+  es.onerror = () => {
+    window.dispatchEvent(new Event("azr:connection-lost"));
+    // Either the run finished and the server closed the stream, or the server went away.
+    // Never let EventSource replay in a loop: close, ask for the run, and reconnect only if it is live.
+    if (source === es) { es.close(); source = null; }
+    clearTimeout(reconnectTimer);
+    reconnectTimer = setTimeout(async () => {
+      if (id !== runId) return;
+      await refreshRun();
+      if (id === runId && run && LIVE_STATES.has(run.state)) openStream();
+    }, 1500);
+  };
+}
+
+async function refreshRun() {
+  if (!runId) return;
+  const id = runId;
+  try {
+    const r = await api(`/api/runs/${enc(id)}`);
+    if (id !== runId) return;
+    const before = run && run.state;
+    run = r;
+    upsertRun(r);
+    if (pendingAction && r.state !== before) pendingAction = null;
+    if (LIVE_STATES.has(r.state)) openStream();
+    else closeStream(); // the server keeps the stream open; a finished run needs no connection
+    if (!LIVE_STATES.has(r.state) && before && LIVE_STATES.has(before)) {
+      // finished, paused or interrupted: pick up any events the stream did not deliver,
+      // and show the model's new checkpoints and best bpb everywhere
+      catchUp(id);
+      refreshModels().catch(() => {});
+    }
+    queueRender();
+  } catch (e) {
+    if (e.status === 404 && id === runId) {
+      toast(e.message, "error");
+      selectRun(null);
+    }
+  }
+}
+
+async function catchUp(id) {
+  try {
+    const evs = await allRunEvents(id, { after: Math.max(0, rs.maxSeq + 1) });
+    if (id !== runId) return;
+    let any = false;
+    for (const e of evs) any = rs.ingest(e) || any;
+    if (any) queueRender();
+  } catch { /* the stream already gave us most of it */ }
+}
+
+export async function selectRun(id, { remember = true } = {}) {
+  closeStream();
+  runId = id || null;
+  run = runId ? store.runs.find((r) => r.id === runId) || null : null;
+  rs = new RunState(runId);
+  rendered = { samples: -1, log: -1, version: -1 };
+  pendingAction = null;
+  if (remember) {
+    try { runId ? sessionStorage.setItem(SESSION_RUN, runId) : sessionStorage.removeItem(SESSION_RUN); } catch { /* ignore */ }
+  }
+  renderRunPicker();
+  queueRender();
+  if (!runId) return;
+  const token = ++loadToken;
+  try {
+    run = await api(`/api/runs/${enc(runId)}`);
+  } catch (e) {
+    if (token === loadToken) toast(e.message, "error");
+    return;
+  }
+  if (token !== loadToken) return;
+  upsertRun(run);
+  if (LIVE_STATES.has(run.state)) {
+    openStream(); // replays history, then goes live
+  } else {
+    const id = runId;
+    const evs = await allRunEvents(id).catch((e) => { toast(e.message, "error"); return []; });
+    if (token !== loadToken) return;
+    for (const e of evs) rs.ingest(e);
+    if (LIVE_STATES.has((store.runs.find((r) => r.id === id) || {}).state)) openStream();
+  }
+  queueRender();
+}
+
+// ---- rendering ---------------------------------------------------------------------------------
+
+function queueRender() {
+  if (renderQueued) return;
+  renderQueued = true;
+  setTimeout(() => { renderQueued = false; render(); }, 50);
+}
+
+function renderRunPicker() {
+  const runs = sortedRuns();
+  const opts = runs.map((r) => ({ value: r.id, label: `${runLabel(r)} — ${t(`state.${r.state}`)}` }));
+  const sel = $("mon-run");
+  fillSelect(sel, opts, { keep: false, placeholder: runs.length ? null : t("monitor.no_runs") });
+  if (runId) sel.value = runId;
+  sel.disabled = !runs.length;
+}
+
+function totalSteps() {
+  return (run && run.max_iterations) || rs.maxIterations || (run && run.params && run.params.max_iterations) || null;
+}
+
+function currentStep() {
+  const fromRun = run && Number.isFinite(run.step) ? run.step : 0;
+  return Math.max(rs.step || 0, LIVE_STATES.has(run && run.state) ? 0 : fromRun);
+}
+
+function renderProgress() {
+  const total = totalSteps();
+  const step = currentStep();
+  const frac = total ? Math.min(1, step / total) : 0;
+  $("mon-progress-fill").style.width = `${(frac * 100).toFixed(2)}%`;
+  const bar = $("mon-progress");
+  bar.setAttribute("aria-valuenow", String(Math.round(frac * 100)));
+  bar.classList.toggle("live", !!run && run.state === "running");
+  const text = $("mon-progress-text");
+  text.dataset.step = String(step);
+  text.dataset.total = String(total || "");
+  setText(text, total ? "monitor.progress_text" : "monitor.progress_text_nototal", { step: fmtInt(step), total: fmtInt(total), pct: fmtPercent(frac, frac < 0.1 ? 1 : 0) });
+  renderTime();
+}
+
+function renderTime() {
+  const el = $("mon-time");
+  const ev = rs && rs.lastStep;
+  if (!ev) { el.textContent = ""; return; }
+  let elapsed = ev.elapsed;
+  let remaining = ev.eta;
+  if (run && run.state === "running" && ev.time) {
+    const drift = Math.min(60, Math.max(0, Date.now() / 1000 - ev.time));
+    elapsed += drift;
+    remaining = Math.max(0, remaining - drift);
+  }
+  const done = run && !LIVE_STATES.has(run.state);
+  if (done && run.state === "completed") remaining = 0;
+  el.textContent = t(done && run.state !== "paused" && run.state !== "interrupted" ? "monitor.time_done" : "monitor.time", { elapsed: fmtClock(elapsed), remaining: fmtClock(remaining) });
+  el.title = t("monitor.time_title");
+}
+
+function renderStats() {
+  const ls = rs.lastStep;
+  const le = rs.lastEval;
+  $("st-loss").textContent = ls ? fmtFixed(ls.loss, 3) : t("common.none");
+  $("st-val-loss").textContent = le ? fmtFixed(le.val_loss, 3) : t("common.none");
+  $("st-bpb").textContent = le && Number.isFinite(le.val_bpb) ? fmtFixed(le.val_bpb, 3) : t("common.none");
+  const best = rs.bestBpb ?? (run && run.best_val_bpb);
+  $("st-bpb-best").textContent = Number.isFinite(best) ? t("monitor.stat.best", { value: fmtFixed(best, 3) }) : "";
+  $("st-lr").textContent = ls ? fmtSci(ls.lr) : t("common.none");
+  $("st-tps").textContent = ls ? fmtInt(ls.tokens_per_s) : t("common.none");
+  $("st-tokens").textContent = rs.tokensSeen != null ? fmtCompact(rs.tokensSeen) : t("common.none");
+}
+
+function renderCharts() {
+  if (!charts) return;
+  const w = Number($("mon-smoothing").value);
+  $("mon-smoothing-out").textContent = fmtNum(w, 2);
+  charts.loss.setLogY($("mon-logscale").checked);
+  const c = PALETTE;
+  const series = [];
+  if (w > 0 && rs.loss.length > 1) {
+    series.push({ label: t("charts.train_raw"), color: "rgba(37,99,235,.22)", points: rs.loss, width: 1, legend: false });
+  }
+  series.push({ label: t("charts.train_loss"), color: c[0], points: smooth(rs.loss, w), width: 2 });
+  series.push({ label: t("charts.val_loss"), color: c[1], points: rs.valLoss, dash: [5, 4], markers: true, width: 2 });
+  charts.loss.setSeries(series);
+  charts.bpb.setSeries([{ label: t("charts.val_bpb"), color: c[2], points: rs.valBpb, markers: true }]);
+  charts.lr.setSeries([{ label: t("charts.lr"), color: c[3], points: rs.lr }]);
+  charts.tps.setSeries([{ label: t("charts.tps"), color: c[5], points: smooth(rs.tps, 0.6) }]);
+}
+
+function renderSamples() {
+  if (rendered.samples === rs.samples.length && rendered.lang === document.documentElement.lang) return;
+  rendered.samples = rs.samples.length;
+  rendered.lang = document.documentElement.lang;
+  const list = $("mon-samples");
+  const byStep = new Map();
+  for (const s of rs.samples) {
+    if (!byStep.has(s.step)) byStep.set(s.step, []);
+    byStep.get(s.step).push(s);
+  }
+  const steps = [...byStep.keys()].sort((a, b) => b - a);
+  list.replaceChildren(...steps.map((step) => h("li", { class: "timeline-item", dataset: { testid: "sample", step } },
+    h("div", { class: "timeline-step", text: t("monitor.sample_step", { step: fmtInt(step) }) }),
+    ...byStep.get(step).map((s) => h("div", { class: "sample" },
+      h("span", { class: "sample-prompt", title: t("monitor.prompt"), text: showWhitespace(s.prompt) }),
+      h("span", { class: "sample-text", text: String(s.text).replace(/\n{3,}/g, "\n\n") }))))));
+  $("mon-sample-count").textContent = steps.length ? `(${fmtInt(steps.length)})` : "";
+  $("mon-samples-empty").hidden = steps.length > 0;
+}
+
+function logLine(entry) {
+  const p = { ...entry.params };
+  if (entry.key === "log.step") {
+    p.loss = fmtFixed(p.loss, 4); p.lr = fmtSci(p.lr); p.tps = fmtInt(p.tps); p.step = fmtInt(p.step);
+  } else if (entry.key === "log.eval") {
+    p.loss = fmtFixed(p.loss, 4); p.ppl = fmtNum(p.ppl, 2); p.bpb = fmtFixed(p.bpb, 4); p.step = fmtInt(p.step);
+  } else if (entry.key === "log.started") {
+    p.params = fmtInt(p.params); p.tokens = fmtInt(p.tokens);
+  } else if (p.state) {
+    p.state = t(`state.${p.state}`);
+  }
+  const time = entry.time ? fmtTime(entry.time) : "";
+  return `${time ? `[${time}] ` : ""}${t(entry.key, p)}`;
+}
+
+function renderLog() {
+  if (rendered.log === rs.logTotal && rendered.logLang === document.documentElement.lang) return;
+  rendered.log = rs.logTotal;
+  rendered.logLang = document.documentElement.lang;
+  const pre = $("mon-log");
+  const atBottom = pre.scrollHeight - pre.scrollTop - pre.clientHeight < 30;
+  pre.textContent = rs.log.map(logLine).join("\n");
+  if (atBottom) pre.scrollTop = pre.scrollHeight;
+}
+
+function renderControls() {
+  const state = run && run.state;
+  stateBadge($("mon-state"), state);
+  $("mon-state").hidden = !state;
+  const pause = $("mon-pause"), resume = $("mon-resume"), cancel = $("mon-cancel");
+  pause.hidden = state !== "running";
+  resume.hidden = !["paused", "interrupted", "failed"].includes(state);
+  cancel.hidden = !["running", "queued", "paused", "interrupted"].includes(state);
+  for (const b of [pause, resume, cancel]) setBusy(b, pendingAction != null);
+  const msg = $("mon-message");
+  const text = run && run.message && !["running", "completed"].includes(state) ? run.message : "";
+  const hint = state === "interrupted" ? t("monitor.interrupted_hint") : state === "paused" ? t("monitor.paused_hint") : "";
+  msg.textContent = [hint, text].filter(Boolean).join(" ");
+  msg.hidden = !msg.textContent;
+  msg.className = `run-message ${state === "failed" ? "error" : ""}`;
+}
+
+function render() {
+  const has = !!runId;
+  $("mon-empty").hidden = has;
+  $("panel-training").classList.toggle("has-run", has);
+  $("mon-body").hidden = !has;
+  renderControls();
+  if (!has || !rs) return;
+  renderProgress();
+  renderStats();
+  if (rendered.version !== rs.version || rendered.chartsDirty) {
+    rendered.version = rs.version;
+    rendered.chartsDirty = false;
+    renderCharts();
+  }
+  renderSamples();
+  renderLog();
+}
+
+async function control(action) {
+  if (!runId) return;
+  pendingAction = action;
+  renderControls();
+  try {
+    const r = await api(`/api/runs/${enc(runId)}/${action}`, { method: "POST" });
+    if (r && r.id === runId) {
+      const changed = !run || r.state !== run.state;
+      run = r;
+      upsertRun(r);
+      if (changed) pendingAction = null;
+    }
+    toast(t(`monitor.action_done.${action}`), "info");
+    if (LIVE_STATES.has(run.state)) openStream();
+  } catch (e) {
+    pendingAction = null;
+    toast(e.message, "error");
+  }
+  renderControls();
+  setTimeout(() => { pendingAction = null; refreshRun(); }, 8000);
+}
+
+// ---- the form ----------------------------------------------------------------------------------
+
+const selectedBooks = new Set();
+let booksTouched = false; // until the user ticks a box, the choice follows the model (or the only book)
+const flopsCache = new Map();
+
+function prefs() {
+  try { return JSON.parse(localStorage.getItem(TRAIN_PREFS) || "{}"); } catch { return {}; }
+}
+function savePrefs() {
+  const p = { model: $("t-model").value };
+  for (const k of ["max_iterations", "batch_size", "learning_rate", "save_every", "eval_every"]) p[k] = $(`t-${k}`).value;
+  try { localStorage.setItem(TRAIN_PREFS, JSON.stringify(p)); } catch { /* ignore */ }
+}
+
+function renderModelSelect() {
+  const sel = $("t-model");
+  const models = [...store.models].sort((a, b) => a.name.localeCompare(b.name));
+  const want = sel.value || prefs().model;
+  fillSelect(sel, models.map((m) => ({ value: m.name, label: m.training ? `${m.name} — ${t("train.model_training")}` : m.name })),
+    { keep: false, placeholder: models.length ? null : t("train.no_models") });
+  if (want && models.some((m) => m.name === want)) sel.value = want;
+  renderModelInfo();
+}
+
+function currentModel() {
+  return store.models.find((m) => m.name === $("t-model").value) || null;
+}
+
+function renderModelInfo() {
+  const m = currentModel();
+  const info = $("t-model-info");
+  if (!m) {
+    info.replaceChildren();
+    if (!store.models.length && store.loaded.models) info.append(h("a", { href: "#create", i18n: "train.create_first" }));
+    return;
+  }
+  const c = m.config || {};
+  info.textContent = t("train.model_info", {
+    params: fmtCompact(m.parameters), layers: t("models.layers", { count: c.num_layers, n: c.num_layers }),
+    d_model: c.d_model, seq: c.max_seq_len, steps: t("models.steps", { count: m.trained_steps || 0, n: fmtInt(m.trained_steps || 0) }),
+  });
+}
+
+function renderBooks() {
+  const box = $("t-books");
+  const books = [...store.books].sort((a, b) => a.name.localeCompare(b.name));
+  for (const name of [...selectedBooks]) if (!books.some((b) => b.name === name)) selectedBooks.delete(name);
+  if (!booksTouched) {
+    selectedBooks.clear();
+    const m = currentModel();
+    const previous = (m && Array.isArray(m.books) ? m.books : []).filter((n) => books.some((b) => b.name === n));
+    if (previous.length) previous.forEach((n) => selectedBooks.add(n));
+    else if (books.length === 1) selectedBooks.add(books[0].name);
+  }
+  if (!books.length) {
+    box.replaceChildren(h("p", { class: "empty small" }, h("span", { i18n: "train.no_books" }), " ", h("a", { href: "#books", i18n: "train.upload_book" })));
+    return;
+  }
+  box.replaceChildren(...books.map((b) => h("label", { class: "check-row", dataset: { testid: "train-book", name: b.name } },
+    h("input", {
+      type: "checkbox", value: b.name, checked: selectedBooks.has(b.name),
+      onchange: (e) => {
+        booksTouched = true;
+        e.target.checked ? selectedBooks.add(b.name) : selectedBooks.delete(b.name);
+        $("t-books-msg").textContent = "";
+        renderEstimate();
+      },
+    }),
+    h("span", { class: "check-label", text: b.name }),
+    h("span", { class: "muted", text: t("books.chars_n", { n: fmtCompact(b.chars) }) }))));
+}
+
+async function modelFlops(m) {
+  if (flopsCache.has(m.name)) return flopsCache.get(m.name);
+  const c = m.config || {};
+  const body = { vocab_size: c.vocab_size, d_model: c.d_model, num_layers: c.num_layers, num_heads: c.num_heads, d_ff: c.d_ff, max_seq_len: c.max_seq_len, tokenizer: c.tokenizer || "bpe" };
+  const est = await api("/api/models/estimate", { method: "POST", json: body });
+  flopsCache.set(m.name, est.flops_per_token);
+  return est.flops_per_token;
+}
+
+let estimateSeq = 0;
+async function renderEstimate() {
+  const el = $("t-estimate");
+  const m = currentModel();
+  const iters = intValue($("t-max_iterations"));
+  const batch = intValue($("t-batch_size"));
+  if (!m || !(iters > 0) || !(batch > 0)) { el.textContent = ""; return; }
+  const seq = (m.config && m.config.max_seq_len) || 256;
+  const tokens = iters * batch * seq;
+  const seqNo = ++estimateSeq;
+  let flops = null;
+  try { flops = await modelFlops(m); } catch { flops = null; }
+  if (seqNo !== estimateSeq) return;
+  const chars = store.books.filter((b) => selectedBooks.has(b.name)).reduce((n, b) => n + (b.chars || 0), 0);
+  const parts = [t("train.estimate_tokens", { tokens: fmtCompact(tokens) })];
+  // The speed this model really reached in its latest run beats any formula.
+  const measured = sortedRuns().find((r) => r.model === m.name && r.last_step && r.last_step.tokens_per_s > 0);
+  if (measured) parts.push(t("train.estimate_measured", { time: fmtApproxDuration(tokens / measured.last_step.tokens_per_s), tps: fmtInt(measured.last_step.tokens_per_s) }));
+  else if (flops) parts.push(t("train.estimate_time", { time: fmtApproxDuration(roughSeconds(flops, batch * seq, iters)) }));
+  if (chars) parts.push(t("train.estimate_books", { chars: fmtCompact(chars) }));
+  el.textContent = parts.join(" · ");
+}
+
+function validateTrain() {
+  const errors = [];
+  const v = {
+    model: $("t-model").value,
+    books: [...selectedBooks],
+    max_iterations: intValue($("t-max_iterations")),
+    batch_size: intValue($("t-batch_size")),
+    learning_rate: Number(String($("t-learning_rate").value).replace(",", ".")),
+    save_every: intValue($("t-save_every")),
+    eval_every: intValue($("t-eval_every")),
+  };
+  if (!v.model) errors.push(t("train.err.model"));
+  if (!v.books.length) { errors.push(t("train.err.books")); $("t-books-msg").textContent = t("train.err.books"); $("t-books-msg").className = "msg error"; }
+  for (const k of ["max_iterations", "batch_size", "save_every"]) {
+    if (!Number.isInteger(v[k]) || v[k] < 1) errors.push(t("train.err.int", { field: k }));
+  }
+  if (v.eval_every != null && (!Number.isInteger(v.eval_every) || v.eval_every < 1)) errors.push(t("train.err.int", { field: "eval_every" }));
+  if (!(v.learning_rate > 0 && v.learning_rate < 1)) errors.push(t("train.err.lr"));
+  return { v, errors };
+}
+
+async function startTraining(e) {
+  e.preventDefault();
+  const { v, errors } = validateTrain();
+  showError($("train-error"), errors.join(" "));
+  if (errors.length) return;
+  const body = { model: v.model, books: v.books, max_iterations: v.max_iterations, batch_size: v.batch_size, learning_rate: v.learning_rate, save_every: v.save_every };
+  if (v.eval_every != null) body.eval_every = v.eval_every;
+  const btn = $("train-start");
+  setBusy(btn, true);
+  try {
+    const r = await api("/api/runs", { method: "POST", json: body });
+    savePrefs();
+    upsertRun(r);
+    toast(t(r.state === "queued" ? "train.queued" : "train.started", { model: v.model }), "success");
+    await selectRun(r.id);
+    refreshModels().catch(() => {});
+    $("monitor").scrollIntoView({ behavior: "smooth", block: "start" });
+  } catch (err) {
+    showError($("train-error"), err.message);
+  } finally {
+    setBusy(btn, false);
+  }
+}
+
+function pickInitialRun() {
+  let saved = null;
+  try { saved = sessionStorage.getItem(SESSION_RUN); } catch { /* ignore */ }
+  const runs = sortedRuns();
+  if (saved && runs.some((r) => r.id === saved)) return saved;
+  const live = runs.find((r) => r.state === "running") || runs.find((r) => r.state === "queued");
+  if (live) return live.id;
+  return runs.length ? runs[0].id : null;
+}
+
+export function initTraining() {
+  charts = makeCharts();
+  const p = prefs();
+  for (const k of ["max_iterations", "batch_size", "learning_rate", "save_every", "eval_every"]) {
+    if (p[k] != null && p[k] !== "") $(`t-${k}`).value = p[k];
+  }
+  for (const pill of document.querySelectorAll(".quick-picks .pill")) {
+    pill.addEventListener("click", () => { $("t-max_iterations").value = pill.dataset.iters; renderEstimate(); });
+  }
+  $("train-form").addEventListener("submit", startTraining);
+  $("train-form").addEventListener("input", () => { showError($("train-error"), ""); renderEstimate(); });
+  $("t-model").addEventListener("change", () => {
+    const m = currentModel();
+    if (m && Array.isArray(m.books) && m.books.length) booksTouched = false; // follow the model's books
+    renderBooks();
+    renderModelInfo();
+    renderEstimate();
+  });
+  $("mon-run").addEventListener("change", (e) => selectRun(e.target.value || null));
+  $("mon-pause").addEventListener("click", () => control("pause"));
+  $("mon-resume").addEventListener("click", () => control("resume"));
+  $("mon-cancel").addEventListener("click", () => control("cancel"));
+  $("mon-smoothing").addEventListener("input", () => { rendered.chartsDirty = true; queueRender(); });
+  $("mon-logscale").addEventListener("change", () => { rendered.chartsDirty = true; queueRender(); });
+
+  subscribe("models", () => { renderModelSelect(); renderEstimate(); });
+  subscribe("books", () => { renderBooks(); renderEstimate(); });
+  subscribe("runs", () => {
+    renderRunPicker();
+    renderEstimate();
+    if (runId) {
+      const r = store.runs.find((x) => x.id === runId);
+      if (r && run && r.state !== run.state) { refreshRun(); }
+    } else if (store.loaded.runs) {
+      const pick = pickInitialRun();
+      if (pick) selectRun(pick, { remember: false });
+    }
+  });
+  onLanguageChange(() => {
+    for (const pill of document.querySelectorAll(".quick-picks .pill")) pill.textContent = fmtCompact(Number(pill.dataset.iters));
+    renderModelSelect();
+    renderBooks();
+    renderEstimate();
+    renderRunPicker();
+    rendered.chartsDirty = true;
+    rendered.samples = -1;
+    rendered.log = -1;
+    queueRender();
+  });
+  for (const pill of document.querySelectorAll(".quick-picks .pill")) pill.textContent = fmtCompact(Number(pill.dataset.iters));
+  // Tick the elapsed < remaining clock between events.
+  setInterval(() => { if (run && run.state === "running") renderTime(); }, 1000);
+  // The run record (state, message) is polled while the run is live or changing.
+  setInterval(() => { if (runId && run && (LIVE_STATES.has(run.state) || pendingAction)) refreshRun(); }, 2500);
+}
+
+export function showTraining() {
+  renderModelSelect();
+  renderBooks();
+  renderEstimate();
+  if (charts) { rendered.chartsDirty = true; queueRender(); }
+}
+
+export function currentRunId() { return runId; }

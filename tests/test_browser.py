@@ -1,0 +1,684 @@
+"""End-to-end tests of the studio's web page in headless Chromium (Playwright's sync API).
+
+Each test drives a real ``azr serve`` on a free loopback port with its own data folder:
+the five steps of PRODUCT.md once with the page in Russian (a cp1251 book) and once in
+English (a UTF-8 book), pause/resume of a longer run, and a server killed during a run.
+Screenshots of every step land in ``test-artifacts/`` at the repository root.
+
+Chromium is Debian's (``apt-get install chromium``), launched by path; the tests are
+skipped when it or Playwright is missing. Run: ``pytest tests/test_browser.py -q``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = os.environ.get("AZR_CHROMIUM", "/usr/bin/chromium")
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "test-artifacts"
+WEB = ROOT / "src" / "azr_trainer" / "web"
+
+sync_api = pytest.importorskip("playwright.sync_api")
+if not Path(CHROMIUM).exists():  # pragma: no cover - depends on the machine
+    pytest.skip(f"Chromium not found at {CHROMIUM} (apt-get install chromium)", allow_module_level=True)
+
+from playwright.sync_api import expect, sync_playwright  # noqa: E402
+
+expect.set_options(timeout=20_000)
+
+# A tiny shape that trains in seconds on a CPU.
+TINY = {"vocab_size": 300, "d_model": 32, "num_layers": 2, "num_heads": 2, "d_ff": 64, "max_seq_len": 32}
+
+RU_SENTENCES = [
+    "Старый мельник жил на краю деревни, у самой реки.",
+    "Каждое утро он выходил на крыльцо и смотрел, как туман поднимается над водой.",
+    "Дети из соседних домов прибегали к нему слушать сказки о далёких странах.",
+    "Он рассказывал о море, которого никогда не видел, и о горах, покрытых снегом.",
+    "Зимой мельница молчала, а вечера становились длинными и тихими.",
+    "Тогда мельник зажигал лампу, садился у печи и читал старые книги.",
+    "Весной лёд на реке трескался, и колесо снова начинало свой медленный бег.",
+    "Ёжик под забором знал, что скоро придёт тепло, и ждал первых жуков.",
+]
+EN_SENTENCES = [
+    "The old lighthouse keeper lived at the edge of the bay, where the road ended.",
+    "Every morning he climbed the stairs and watched the fog lift from the water.",
+    "Children from the village came to hear his stories about distant harbours.",
+    "He spoke of ships he had never sailed and of islands that were not on any map.",
+    "In winter the lamp burned longer, and the evenings grew quiet and slow.",
+    "Then he would light the stove, sit by the window and read his old books.",
+    "In spring the ice broke on the river, and the boats went out again.",
+    "A small cat slept on the warm stones and waited for the fishermen to return.",
+]
+
+
+def book_text(sentences: list[str], paragraphs: int = 60) -> str:
+    """A few kilobytes of varied prose: enough for a train/val split at max_seq_len 32."""
+    out = []
+    n = len(sentences)
+    for i in range(paragraphs):
+        order = [sentences[(i * 3 + k * (1 + i % 3)) % n] for k in range(4)]
+        out.append(f"{i + 1}. " + " ".join(order))
+    return "\n\n".join(out) + "\n"
+
+
+# ---------------------------------------------------------------------------- the server
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Studio:
+    """``azr serve`` in a subprocess on its own data folder."""
+
+    def __init__(self, home: Path, port: int | None = None):
+        self.home = home
+        self.port = port or free_port()
+        self.proc: subprocess.Popen | None = None
+        self.log_path = home.parent / f"serve-{home.name}.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 60) -> "Studio":
+        env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONIOENCODING="utf-8")
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "azr_trainer.cli", "--home", str(self.home), "serve", "--port", str(self.port)],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=str(ROOT))
+        log.close()
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"azr serve exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                if self.get("/api/health").get("ok"):
+                    return self
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"azr serve did not answer within {timeout} s:\n{self.log()}")
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(encoding="utf-8", errors="replace")[-4000:]
+        except OSError:
+            return ""
+
+    def stop(self, kill: bool = False) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        if kill:
+            self.proc.kill()
+        else:
+            self.proc.send_signal(signal.SIGINT if os.name == "posix" else signal.SIGTERM)
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+    # A few direct API calls, to set up what a test is not about.
+    def request(self, method: str, path: str, body: dict | None = None, files: dict | None = None) -> dict:
+        import httpx
+        r = httpx.request(method, self.url + path, json=body, files=files, timeout=30)
+        if r.status_code >= 400:
+            raise AssertionError(f"{method} {path} -> {r.status_code}: {r.text}")
+        return r.json() if r.content else {}
+
+    def get(self, path: str) -> dict:
+        import httpx
+        try:
+            return httpx.get(self.url + path, timeout=5).json()
+        except httpx.HTTPError as e:
+            raise OSError(str(e)) from e
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"])
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def studio(tmp_path_factory):
+    s = Studio(tmp_path_factory.mktemp("studio") / "home").start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def artifacts():
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS
+
+
+def open_page(browser, url: str, locale: str, *, viewport=(1360, 900)):
+    ctx = browser.new_context(locale=locale, accept_downloads=True,
+                              viewport={"width": viewport[0], "height": viewport[1]})
+    page = ctx.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    # Shown by pytest when a test fails.
+    page.on("console", lambda m: print(f"console.{m.type}: {m.text}")
+            if m.type in ("error", "warning") and "ERR_CONNECTION_REFUSED" not in m.text else None)
+    page.goto(url)
+    page.wait_for_selector("body[data-ready='1']")
+    return ctx, page, errors
+
+
+def shot(page, artifacts: Path, name: str) -> None:
+    page.evaluate("window.scrollTo(0, 0)")  # the sticky tab bar then stays at the top of the picture
+    page.screenshot(path=str(artifacts / f"{name}.png"), full_page=True)
+
+
+def tab(page, name: str) -> None:
+    page.get_by_test_id(f"tab-{name}").click()
+    expect(page.locator(f"#panel-{name}")).to_be_visible()
+
+
+def watch_text(page, selector: str) -> None:
+    """Record every value an element's text takes (a MutationObserver), to prove it updates live."""
+    page.evaluate("""sel => {
+        const el = document.querySelector(sel);
+        window.__seen = window.__seen || {};
+        const seen = window.__seen[sel] = [el.textContent];
+        new MutationObserver(() => { if (seen[seen.length - 1] !== el.textContent) seen.push(el.textContent); })
+            .observe(el, {childList: true, characterData: true, subtree: true});
+    }""", selector)
+
+
+def seen_texts(page, selector: str) -> list[str]:
+    return page.evaluate("sel => window.__seen[sel]", selector)
+
+
+def chart_points(page, testid: str) -> int:
+    return int(page.get_by_test_id(testid).get_attribute("data-points") or 0)
+
+
+def run_state(page) -> str:
+    return page.get_by_test_id("run-state").get_attribute("data-state") or ""
+
+
+def wait_state(page, state: str, timeout: float = 90_000) -> None:
+    expect(page.get_by_test_id("run-state")).to_have_attribute("data-state", state, timeout=timeout)
+
+
+def progress_step(page) -> int:
+    return int(page.get_by_test_id("progress-text").get_attribute("data-step") or 0)
+
+
+def wait_step_above(page, step: int, timeout: float = 60_000) -> None:
+    page.wait_for_function(
+        f"document.querySelector('[data-testid=progress-text]').dataset.step > {step}", timeout=timeout)
+
+
+def number_re(n: int) -> re.Pattern:
+    """n as the page may format it in any locale: 1,234 / 1 234 / 1.234."""
+    return re.compile(r"[\s\u00a0\u202f,.]?".join(str(n)))
+
+
+def setup_model_and_book(studio: Studio, tmp: Path, model: str, book: str) -> None:
+    studio.request("POST", "/api/models", {"name": model, **TINY})
+    path = tmp / f"{book}.txt"
+    path.write_text(book_text(EN_SENTENCES, 80), encoding="utf-8")
+    with open(path, "rb") as f:
+        studio.request("POST", "/api/books", files={"file": (path.name, f, "text/plain")})
+
+
+# ---------------------------------------------------------------------------- translations
+
+
+def _keys(d: dict, prefix: str = "") -> set[str]:
+    out = set()
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and not set(v) <= {"zero", "one", "two", "few", "many", "other"}:
+            out |= _keys(v, key + ".")
+        else:
+            out.add(key)
+    return out
+
+
+def test_translations_cover_every_key():
+    """Both languages have the same keys, and every key the page uses exists."""
+    en = json.loads((WEB / "i18n" / "en.json").read_text(encoding="utf-8"))
+    ru = json.loads((WEB / "i18n" / "ru.json").read_text(encoding="utf-8"))
+    assert _keys(en) == _keys(ru), sorted(_keys(en) ^ _keys(ru))
+    used = set(re.findall(r'data-i18n="([\w.]+)"', (WEB / "index.html").read_text(encoding="utf-8")))
+    for attr in re.findall(r'data-i18n-attr="([^"]+)"', (WEB / "index.html").read_text(encoding="utf-8")):
+        used |= {pair.split(":")[1] for pair in attr.split(";")}
+    for js in WEB.glob("*.js"):
+        used |= set(re.findall(r'\bt\("([\w.]+)"', js.read_text(encoding="utf-8")))
+        used |= set(re.findall(r'i18n: \[?"([\w.]+)"', js.read_text(encoding="utf-8")))
+        used |= set(re.findall(r'setText\([^,]+, "([\w.]+)"', js.read_text(encoding="utf-8")))
+    flat = _keys(en)
+    missing = sorted(k for k in used if k not in flat)
+    assert not missing, missing
+
+
+# ---------------------------------------------------------------------------- the five steps
+
+LANGS = {
+    "ru": {
+        "locale": "ru-RU",
+        "book": ("kniga", "cp1251", RU_SENTENCES),
+        "tabs": {"create": "Создать модель", "books": "Книги", "training": "Обучение", "generation": "Генерация",
+                 "models": "Мои модели"},
+        "create_button": "Создать модель",
+        "start_button": "Начать обучение",
+        "heads_error": "делиться",
+        "detected": "определена автоматически",
+        "progress": "Шаг",
+        "completed": "Завершён",
+        "download": "Скачать .pt",
+        "prompt": "Старый ",
+    },
+    "en": {
+        "locale": "en-US",
+        "book": ("lighthouse", "utf-8", EN_SENTENCES),
+        "tabs": {"create": "Create model", "books": "Books", "training": "Training", "generation": "Generation",
+                 "models": "My models"},
+        "create_button": "Create model",
+        "start_button": "Start training",
+        "heads_error": "divisible",
+        "detected": "detected automatically",
+        "progress": "Step",
+        "completed": "Completed",
+        "download": "Download .pt",
+        "prompt": "The old ",
+    },
+}
+
+
+@pytest.mark.parametrize("lang", ["ru", "en"])
+def test_five_steps(browser, studio, artifacts, tmp_path, lang):
+    torch = pytest.importorskip("torch")
+    L = LANGS[lang]
+    model = f"model_{lang}"
+    book_name, encoding, sentences = L["book"]
+    ctx, page, errors = open_page(browser, studio.url, L["locale"])
+    try:
+        # The language comes from the browser, and every visible string follows it.
+        assert page.evaluate("document.documentElement.lang") == lang
+        for name, text in L["tabs"].items():
+            expect(page.get_by_test_id(f"tab-{name}")).to_contain_text(text)
+
+        # 1. Create a model, through the form, watching the live estimate and validation.
+        tab(page, "create")
+        expect(page.get_by_test_id("create-submit")).to_have_text(L["create_button"])
+        page.get_by_test_id("preset-tiny").click()
+        expect(page.get_by_test_id("model-d_model")).to_have_value("128")
+        expect(page.get_by_test_id("preset-tiny")).to_have_attribute("aria-pressed", "true")
+        page.get_by_test_id("model-name").fill(model)
+        for field, value in TINY.items():
+            page.get_by_test_id(f"model-{field}").fill(str(value))
+        page.get_by_test_id("model-num_heads").fill("3")  # 32 is not divisible by 3
+        expect(page.locator("#m-num_heads-msg")).to_contain_text(L["heads_error"])
+        page.get_by_test_id("model-num_heads").fill(str(TINY["num_heads"]))
+        expect(page.locator("#m-num_heads-msg")).not_to_contain_text(L["heads_error"])
+        expected = studio.request("POST", "/api/models/estimate", TINY)["parameters"]
+        expect(page.get_by_test_id("est-params")).to_have_text(number_re(expected))
+        shot(page, artifacts, f"{lang}-1-create")
+        page.get_by_test_id("create-submit").click()
+        expect(page.get_by_test_id("create-done")).to_be_visible()
+        expect(page.get_by_test_id("create-done")).to_contain_text(model)
+        created = studio.get(f"/api/models/{model}")
+        assert created["parameters"] == expected
+        assert created["config"]["d_model"] == TINY["d_model"]
+
+        # 2. Upload a book (the page detects its encoding).
+        tab(page, "books")
+        if encoding == "utf-8":
+            # Dropped onto the drop zone, as a person would.
+            page.get_by_test_id("dropzone").evaluate("""(zone, [name, text]) => {
+                const dt = new DataTransfer();
+                dt.items.add(new File([text], name, {type: "text/plain"}));
+                zone.dispatchEvent(new DragEvent("drop", {dataTransfer: dt, bubbles: true, cancelable: true}));
+            }""", [f"{book_name}.txt", book_text(sentences)])
+        else:
+            path = tmp_path / f"{book_name}.txt"
+            path.write_bytes(book_text(sentences).encode(encoding))
+            page.get_by_test_id("book-file").set_input_files(str(path))
+        expect(page.get_by_test_id("book-detail-name")).to_have_text(book_name)
+        expect(page.get_by_test_id("book-encoding")).to_have_text(encoding)
+        expect(page.get_by_test_id("book-preview")).to_contain_text(sentences[0][:20])
+        expect(page.get_by_test_id("upload-status").first).to_contain_text(encoding)
+        expect(page.get_by_test_id("book-detected")).to_have_text(L["detected"])
+        shot(page, artifacts, f"{lang}-2-book")
+        if lang == "en":
+            # Manual encoding override: re-read the same file as cp1252 (the page still has it).
+            page.get_by_test_id("book-override").locator("summary").click()
+            page.get_by_test_id("override-encoding").select_option("cp1252")
+            page.get_by_test_id("override-go").click()
+            expect(page.get_by_test_id("confirm-dialog")).to_be_visible()
+            page.get_by_test_id("confirm-ok").click()
+            expect(page.get_by_test_id("book-encoding")).to_have_text("cp1252")
+            expect(page.get_by_test_id("book-detected")).to_have_text("chosen by you")
+            expect(page.get_by_test_id("book-preview")).to_contain_text(sentences[0][:20])
+            assert [b["name"] for b in studio.get("/api/books") if b["name"].startswith(book_name)] == [book_name]
+            shot(page, artifacts, f"{lang}-2-book-reread")
+
+        # 3. Train a few dozen iterations and watch it live.
+        tab(page, "training")
+        expect(page.get_by_test_id("train-start")).to_have_text(L["start_button"])
+        page.get_by_test_id("train-model").select_option(model)
+        box = page.locator(f"[data-testid=train-book][data-name='{book_name}'] input")
+        box.check()
+        page.get_by_test_id("train-max_iterations").fill("120")
+        page.get_by_test_id("train-batch_size").fill("8")
+        page.get_by_test_id("train-learning_rate").fill("0.003")
+        page.get_by_test_id("train-save_every").fill("60")
+        page.get_by_test_id("train-eval_every").fill("40")
+        page.get_by_test_id("train-start").click()
+        # The monitor switches to the new run (until then it shows the newest earlier one).
+        expect(page.locator("#mon-run option:checked")).to_contain_text(model)
+        expect(page.get_by_test_id("progress-text")).to_contain_text(L["progress"])
+        watch_text(page, "[data-testid=progress-text]")
+        run_id = page.get_by_test_id("monitor-run").input_value()
+        # A second tab shows the same live run.
+        second = ctx.new_page()
+        second.goto(studio.url + "/#training")
+        second.wait_for_selector("body[data-ready='1']")
+        expect(second.get_by_test_id("monitor-run")).to_have_value(run_id)
+        page.wait_for_function("document.querySelector('[data-testid=loss-chart]').dataset.points > 0")
+        shot(page, artifacts, f"{lang}-3-training-live")
+        wait_state(page, "completed")
+        wait_state(second, "completed")
+        expect(second.get_by_test_id("progress-text")).to_have_attribute("data-step", "120")
+        assert chart_points(second, "loss-chart") == chart_points(page, "loss-chart")
+        second.close()
+        expect(page.get_by_test_id("run-state")).to_have_text(L["completed"])
+        seen = seen_texts(page, "[data-testid=progress-text]")
+        assert len(set(seen)) >= 3, f"the progress text did not update live: {seen}"
+        assert progress_step(page) == 120
+        assert chart_points(page, "loss-chart") >= 10
+        assert chart_points(page, "bpb-chart") >= 1
+        expect(page.get_by_test_id("stat-bpb")).to_have_text(re.compile(r"\d"))
+        expect(page.get_by_test_id("samples").locator("[data-testid=sample]").first).to_be_visible()
+        expect(page.get_by_test_id("log")).to_contain_text("120")
+        shot(page, artifacts, f"{lang}-3-training-done")
+
+        # The book's tokenization with the model's new tokenizer.
+        tab(page, "books")
+        page.locator(f"[data-testid=book-item][data-name='{book_name}']").click()
+        page.get_by_test_id("token-model").select_option(model)
+        expect(page.get_by_test_id("book-tokens").locator(".tok").first).to_be_visible()
+        assert page.get_by_test_id("book-tokens").locator(".tok").count() > 20
+
+        # Runs: tick every run to overlay their loss curves.
+        tab(page, "runs")
+        boxes = page.get_by_test_id("run-compare")
+        expect(boxes.first).to_be_visible()
+        for i in range(boxes.count()):
+            boxes.nth(i).check()
+        page.wait_for_function("document.querySelector('[data-testid=compare-chart]').dataset.points > 0")
+        assert page.locator("#chart-compare-legend .legend-item").count() >= boxes.count()
+        shot(page, artifacts, f"{lang}-3-runs")
+
+        # 4. Generate text; it streams in, with the memorisation meter.
+        tab(page, "generation")
+        page.get_by_test_id("gen-model").select_option(model)
+        expect(page.get_by_test_id("gen-checkpoint").locator("option[value=best]")).to_have_count(1)
+        page.get_by_test_id("gen-prompt").fill(L["prompt"])
+        page.get_by_test_id("gen-max_length").fill("60")
+        page.get_by_test_id("gen-seed").fill("7")
+        page.get_by_test_id("gen-go").click()
+        expect(page.get_by_test_id("gen-output")).to_have_attribute("data-done", "1")
+        expect(page.get_by_test_id("gen-error")).to_be_hidden()
+        generated = page.get_by_test_id("gen-text").inner_text()
+        assert generated.strip(), "no text was generated"
+        expect(page.get_by_test_id("memorisation")).to_be_visible()
+        expect(page.get_by_test_id("memo-share")).to_contain_text("%")
+        shot(page, artifacts, f"{lang}-4-generate")
+        if lang == "en":
+            # A long generation, stopped with the Stop button while it streams.
+            page.get_by_test_id("gen-max_length").fill("20000")
+            page.get_by_test_id("gen-seed").fill("")
+            page.get_by_test_id("gen-go").click()
+            expect(page.get_by_test_id("gen-stop")).to_be_enabled()
+            expect(page.get_by_test_id("gen-text")).not_to_be_empty()
+            page.get_by_test_id("gen-stop").click()
+            expect(page.get_by_test_id("gen-output")).to_have_attribute("data-done", "1")
+            expect(page.get_by_test_id("gen-stats")).to_contain_text("stopped")
+            expect(page.get_by_test_id("gen-stop")).to_be_disabled()
+            expect(page.get_by_test_id("gen-go")).to_be_enabled()
+
+        # 5. Download the model as .pt and load it.
+        tab(page, "models")
+        row = page.locator(f"[data-testid=model-row][data-name='{model}']")
+        expect(row).to_contain_text("120")
+        link = row.get_by_test_id("model-download")
+        expect(link).to_have_text(L["download"])
+        shot(page, artifacts, f"{lang}-5-models")
+        with page.expect_download() as info:
+            link.click()
+        target = tmp_path / info.value.suggested_filename
+        info.value.save_as(target)
+        assert target.name == f"{model}.pt"
+        obj = torch.load(target, weights_only=True)
+        assert obj["config"]["d_model"] == TINY["d_model"]
+        assert any(k.endswith("weight") for k in obj["state_dict"])
+
+        # The language switch in the header flips every string and is remembered.
+        other = "en" if lang == "ru" else "ru"
+        page.get_by_test_id(f"lang-{other}").click()
+        expect(page.get_by_test_id("tab-models")).to_contain_text(LANGS[other]["tabs"]["models"])
+        expect(link).to_have_text(LANGS[other]["download"])
+        page.reload()
+        page.wait_for_selector("body[data-ready='1']")
+        expect(page.get_by_test_id("tab-create")).to_contain_text(LANGS[other]["tabs"]["create"])
+        assert not errors, errors
+    finally:
+        ctx.close()
+
+
+# ---------------------------------------------------------------------------- pause and resume
+
+
+def test_pause_resume(browser, studio, artifacts, tmp_path):
+    setup_model_and_book(studio, tmp_path, "pausable", "pause_book")
+    ctx, page, errors = open_page(browser, studio.url + "/#training", "en-US")
+    try:
+        expect(page.locator("#panel-training")).to_be_visible()
+        page.get_by_test_id("train-model").select_option("pausable")
+        page.locator("[data-testid=train-book][data-name='pause_book'] input").check()
+        page.get_by_test_id("train-max_iterations").fill("100000")
+        page.get_by_test_id("train-batch_size").fill("4")
+        page.get_by_test_id("train-save_every").fill("1000")
+        page.get_by_test_id("train-eval_every").fill("100")
+        page.get_by_test_id("train-start").click()
+        wait_state(page, "running")
+        page.wait_for_function("document.querySelector('[data-testid=loss-chart]').dataset.points > 1")
+        page.get_by_test_id("run-pause").click()
+        wait_state(page, "paused", timeout=30_000)
+        expect(page.get_by_test_id("run-message")).to_be_visible()
+        expect(page.get_by_test_id("run-resume")).to_be_visible()
+        expect(page.get_by_test_id("run-pause")).to_be_hidden()
+        paused_at = progress_step(page)
+        assert paused_at > 0
+        run_id = page.get_by_test_id("monitor-run").input_value()
+        assert studio.get(f"/api/runs/{run_id}")["state"] == "paused"
+        shot(page, artifacts, "pause-1-paused")
+        time.sleep(1.0)
+        assert progress_step(page) == paused_at  # nothing moves while paused
+
+        page.get_by_test_id("run-resume").click()
+        wait_state(page, "running", timeout=30_000)
+        wait_step_above(page, paused_at)
+        shot(page, artifacts, "pause-2-resumed")
+        # The chart goes on from where it stopped rather than starting again.
+        assert chart_points(page, "loss-chart") > 1
+
+        page.get_by_test_id("run-cancel").click()
+        wait_state(page, "cancelled", timeout=30_000)
+        shot(page, artifacts, "pause-3-cancelled")
+
+        # Deleting asks first; "Cancel" keeps the model, confirming removes it.
+        tab(page, "models")
+        row = page.locator("[data-testid=model-row][data-name='pausable']")
+        expect(row.get_by_test_id("model-delete")).to_be_enabled()
+        row.get_by_test_id("model-delete").click()
+        expect(page.get_by_test_id("confirm-dialog")).to_contain_text("pausable")
+        page.get_by_test_id("confirm-cancel").click()
+        expect(row).to_be_visible()
+        row.get_by_test_id("model-delete").click()
+        page.get_by_test_id("confirm-ok").click()
+        expect(row).to_have_count(0)
+        assert "pausable" not in [m["name"] for m in studio.get("/api/models")]
+        tab(page, "books")
+        page.locator("[data-testid=book-item][data-name='pause_book']").click()
+        page.get_by_test_id("book-delete").click()
+        page.get_by_test_id("confirm-ok").click()
+        expect(page.locator("[data-testid=book-item][data-name='pause_book']")).to_have_count(0)
+        assert not errors, errors
+    finally:
+        ctx.close()
+
+
+# ---------------------------------------------------------------------------- a server restart
+
+
+def _pid_gone(pid: int | None, timeout: float) -> bool:
+    if not pid:
+        return True
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_server_restart_interrupts_and_resumes(browser, artifacts, tmp_path):
+    home = tmp_path / "home"
+    studio = Studio(home).start()
+    ctx = None
+    try:
+        setup_model_and_book(studio, tmp_path, "sturdy", "restart_book")
+        ctx, page, errors = open_page(browser, studio.url + "/#training", "ru-RU")
+        page.get_by_test_id("train-model").select_option("sturdy")
+        page.locator("[data-testid=train-book][data-name='restart_book'] input").check()
+        page.get_by_test_id("train-max_iterations").fill("100000")
+        page.get_by_test_id("train-batch_size").fill("4")
+        page.get_by_test_id("train-save_every").fill("30")
+        page.get_by_test_id("train-eval_every").fill("100")
+        page.get_by_test_id("train-start").click()
+        wait_state(page, "running")
+        run_id = page.get_by_test_id("monitor-run").input_value()
+        # Wait for a checkpoint to resume from.
+        deadline = time.time() + 60
+        run = studio.get(f"/api/runs/{run_id}")
+        while run.get("last_checkpoint_step") is None and time.time() < deadline:
+            time.sleep(0.3)
+            run = studio.get(f"/api/runs/{run_id}")
+        assert run.get("last_checkpoint_step"), run
+        worker = run.get("pid")
+        shot(page, artifacts, "restart-1-running")
+
+        studio.stop(kill=True)
+        expect(page.get_by_test_id("server-status")).to_contain_text("Сервер недоступен", timeout=15_000)
+        shot(page, artifacts, "restart-2-server-down")
+        assert _pid_gone(worker, 30), "the training worker outlived the server"
+
+        studio = Studio(home, port=studio.port).start()
+        page.reload()
+        page.wait_for_selector("body[data-ready='1']")
+        wait_state(page, "interrupted", timeout=20_000)
+        expect(page.get_by_test_id("run-state")).to_have_text("Прерван")
+        expect(page.get_by_test_id("run-message")).to_be_visible()
+        stopped_at = progress_step(page)
+        assert stopped_at > 0
+        assert page.get_by_test_id("monitor-run").input_value() == run_id
+        # The charts survive the restart: they are rebuilt from the stored events.
+        page.wait_for_function("document.querySelector('[data-testid=loss-chart]').dataset.points > 0")
+        shot(page, artifacts, "restart-3-interrupted")
+
+        page.get_by_test_id("run-resume").click()
+        wait_state(page, "running", timeout=30_000)
+        wait_step_above(page, stopped_at)
+        shot(page, artifacts, "restart-4-resumed")
+        page.get_by_test_id("run-cancel").click()
+        wait_state(page, "cancelled", timeout=30_000)
+        assert not errors, errors
+    finally:
+        if ctx is not None:
+            ctx.close()
+        studio.stop()
+
+
+# ---------------------------------------------------------------------------- generation details
+
+
+def test_generation_request_and_memorisation_meter(browser, studio, artifacts):
+    """What the form sends, and how copied stretches are shown: the server's answers are
+    stubbed, so the meter can be checked on a known text."""
+    model = {"name": "storyteller", "config": {**TINY, "tokenizer": "bpe"}, "parameters": 30240, "trained_steps": 100,
+             "best_val_bpb": 1.5, "last_trained": "2026-01-02T03:04:05+00:00", "books": ["tales"],
+             "file_bytes": 400000, "checkpoints": [50, 100], "training": False, "created_at": "2026-01-01T00:00:00+00:00"}
+    checkpoints = [{"step": 50, "best": False, "bytes": 400000, "val_bpb": 1.9, "checkpoint": "50"},
+                   {"step": 100, "best": True, "bytes": 400000, "val_bpb": 1.5, "checkpoint": "best"}]
+    text = "Once upon a time there was a lighthouse."
+    done = {"done": True, "text": text, "prompt": "Tell me: ", "tokens": 9,
+            "memorisation": {"spans": [{"start": 0, "end": 16, "length": 16, "book": "tales"}],
+                             "copied_fraction": 0.4, "books": ["tales"]}}
+    pieces = ["Once upon ", "a time there ", "was a lighthouse."]
+    sse = "".join(f"data: {json.dumps({'delta': p})}\n\n" for p in pieces) + f"data: {json.dumps(done)}\n\n"
+    sent = []
+
+    ctx = browser.new_context(locale="en-US", viewport={"width": 1360, "height": 900})
+    try:
+        ctx.route("**/api/models", lambda r: r.fulfill(json=[model]) if r.request.method == "GET" else r.continue_())
+        ctx.route("**/api/models/storyteller/checkpoints", lambda r: r.fulfill(json=checkpoints))
+
+        def stream(route):
+            sent.append(json.loads(route.request.post_data))
+            route.fulfill(status=200, headers={"Content-Type": "text/event-stream"}, body=sse)
+        ctx.route("**/api/generate/stream", stream)
+        page = ctx.new_page()
+        page.goto(studio.url + "/#generation")
+        page.wait_for_selector("body[data-ready='1']")
+        page.get_by_test_id("gen-model").select_option("storyteller")
+        expect(page.get_by_test_id("gen-checkpoint")).to_have_value("best")
+        page.get_by_test_id("gen-checkpoint").select_option("50")
+        page.get_by_test_id("gen-prompt").fill("Tell me: ")
+        page.get_by_test_id("gen-max_length").fill("100")
+        page.get_by_test_id("gen-top_k").fill("40")
+        page.get_by_test_id("gen-seed").fill("123")
+        page.get_by_test_id("gen-temperature").fill("1.2")
+        page.get_by_test_id("gen-top_p").fill("0.9")
+        page.get_by_test_id("gen-repetition_penalty").fill("1.1")
+        page.get_by_test_id("gen-go").click()
+        expect(page.get_by_test_id("gen-output")).to_have_attribute("data-done", "1")
+        assert sent == [{"model": "storyteller", "prompt": "Tell me: ", "checkpoint": 50, "max_length": 100,
+                         "temperature": 1.2, "top_k": 40, "top_p": 0.9, "repetition_penalty": 1.1, "seed": 123}]
+        expect(page.get_by_test_id("gen-text")).to_have_text(text)
+        marks = page.locator("[data-testid=gen-text] mark.copied")
+        expect(marks).to_have_count(1)
+        expect(marks.first).to_have_text("Once upon a time")
+        expect(page.get_by_test_id("memo-share")).to_contain_text("40%")
+        expect(page.locator("#gen-memo-spans li")).to_contain_text("tales")
+        shot(page, artifacts, "generation-memorisation")
+    finally:
+        ctx.close()
