@@ -10,14 +10,12 @@ training metadata. Writes are atomic: temp file, fsync, rename.
 from __future__ import annotations
 
 import io
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import torch
 
-from .home import UserError, fsync_dir
+from .home import UserError, atomic_write
 from .model import ModelConfig, Transformer
 from .tokenizer import Tokenizer
 
@@ -27,18 +25,7 @@ _STEP_RE = re.compile(r"^step_(\d+)\.pt$")
 
 
 def atomic_torch_save(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def safe_load(path: Path | io.BytesIO) -> dict:
@@ -81,6 +68,12 @@ def checkpoint_dir(model_dir: Path) -> Path:
     return model_dir / "checkpoints"
 
 
+def init_checkpoint(model_dir: Path) -> Path:
+    """The weights an imported model came with (importer.py): generation and export use them
+    until the model has checkpoints of its own, and every new training run starts from them."""
+    return checkpoint_dir(model_dir) / "init.pt"
+
+
 def list_step_checkpoints(model_dir: Path) -> list[tuple[int, Path]]:
     d = checkpoint_dir(model_dir)
     if not d.exists():
@@ -89,8 +82,29 @@ def list_step_checkpoints(model_dir: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def latest_selfplay_checkpoint(model_dir: Path, run_id: str | None = None) -> Path | None:
+    """The newest self-play checkpoint (selfplay.py keeps them in checkpoints/selfplay/<run>/):
+    the last step of ``run_id``, or of the run that saved most recently."""
+    root = checkpoint_dir(model_dir) / "selfplay"
+    folders = [root / run_id] if run_id else ([p for p in root.iterdir() if p.is_dir()] if root.is_dir() else [])
+    last = []
+    for folder in folders:
+        found = sorted((int(m.group(1)), p) for p in (folder.iterdir() if folder.is_dir() else [])
+                       if (m := _STEP_RE.match(p.name)))
+        if found:
+            last.append(found[-1][1])
+    return max(last, key=lambda p: p.stat().st_mtime_ns) if last else None
+
+
 def resolve_checkpoint(model_dir: Path, which: str = "best") -> Path:
-    """'best', 'latest' or a step number → a checkpoint path, with a hint when there is none."""
+    """'best', 'latest', 'selfplay' (the newest self-play checkpoint) or a step number → a
+    checkpoint path, with a hint when there is none."""
+    if which == "selfplay":
+        found = latest_selfplay_checkpoint(model_dir)
+        if found is None:
+            raise UserError(f"Model '{model_dir.name}' has no self-play checkpoint yet: run "
+                            f"azr selfplay {model_dir.name}.")
+        return found
     steps = list_step_checkpoints(model_dir)
     if which == "best":
         best = checkpoint_dir(model_dir) / "best.pt"
@@ -100,12 +114,14 @@ def resolve_checkpoint(model_dir: Path, which: str = "best") -> Path:
     if which == "latest":
         if steps:
             return steps[-1][1]
+        if init_checkpoint(model_dir).exists():
+            return init_checkpoint(model_dir)
         raise UserError(f"Model '{model_dir.name}' has no checkpoint yet: train it first "
                         f"(azr train {model_dir.name} --books …).")
     try:
         step = int(which)
     except ValueError:
-        raise UserError(f"--checkpoint must be best, latest or a step number, got {which!r}.") from None
+        raise UserError(f"--checkpoint must be best, latest, selfplay or a step number, got {which!r}.") from None
     for s, p in steps:
         if s == step:
             return p
