@@ -6,6 +6,10 @@
   (``<0x41>``) that unseen characters fall back to, so it round-trips too. For tiny texts.
 
 Token 0 is always ``<|endoftext|>``: it separates books and ends generation.
+
+A third kind, ``hf``, is a pretrained tokenizer that came with an imported model
+(importer.py); it is kept as it is, and its own end-of-sequence token (``eos_token``)
+plays the part of ``<|endoftext|>``.
 """
 
 from __future__ import annotations
@@ -25,12 +29,13 @@ EOT = "<|endoftext|>"
 
 
 class Tokenizer:
-    def __init__(self, hf: HFTokenizer, kind: str):
+    def __init__(self, hf: HFTokenizer, kind: str, eos_token: str = EOT):
         self.hf = hf
         self.kind = kind
-        self.eot_id = hf.token_to_id(EOT)
+        self.eos_token = eos_token
+        self.eot_id = hf.token_to_id(eos_token)
         if self.eot_id is None:
-            raise UserError("The tokenizer has no <|endoftext|> token; the file is not one of ours.")
+            raise UserError(f"The tokenizer has no {eos_token} token; the file is not one of ours.")
 
     @property
     def vocab_size(self) -> int:
@@ -46,13 +51,16 @@ class Tokenizer:
         return self.hf.decode(list(ids), skip_special_tokens=True)
 
     def to_json(self) -> str:
-        return json.dumps({"kind": self.kind, "tokenizer": json.loads(self.hf.to_str())}, ensure_ascii=False)
+        d = {"kind": self.kind, "tokenizer": json.loads(self.hf.to_str())}
+        if self.eos_token != EOT:
+            d["eos_token"] = self.eos_token
+        return json.dumps(d, ensure_ascii=False)
 
     @classmethod
     def from_json(cls, s: str) -> "Tokenizer":
         try:
             d = json.loads(s)
-            return cls(HFTokenizer.from_str(json.dumps(d["tokenizer"])), d["kind"])
+            return cls(HFTokenizer.from_str(json.dumps(d["tokenizer"])), d["kind"], d.get("eos_token", EOT))
         except (KeyError, TypeError, ValueError, Exception) as e:  # tokenizers raises its own Exception type
             if isinstance(e, UserError):
                 raise

@@ -1,0 +1,441 @@
+"""Import: start from a model that already speaks.
+
+A local path becomes a model in the data folder (``models/<name>/``) that generates,
+fine-tunes on books with its own tokenizer, self-plays and exports like any other:
+
+- a Hugging Face Llama-family folder (``config.json``, ``*.safetensors``, ``tokenizer.json``),
+  or the .zip of one (what the studio's HF export downloads);
+- a llama-architecture GGUF file (what llama.cpp and Ollama keep on disk), in any quantization
+  the ``gguf`` package dequantizes (``pip install 'azr-trainer[export]'``); its q/k rows go back
+  from llama.cpp's interleaved rotary layout to ours. Its tokenizer is the exact
+  ``tokenizer.huggingface.json`` our exports embed, or else ``transformers`` rebuilds it from
+  the vocabulary and merges in the file (as ``AutoTokenizer.from_pretrained(gguf_file=…)``);
+- a .pt made by this project on another machine, loaded with ``weights_only`` (never
+  unpickled beyond tensors and plain data) and checked tensor by tensor.
+
+Nothing is downloaded. The model folder gets ``model.json`` (the shape, read from the
+source; ``imported_from`` says where it came from), ``tokenizer.json`` (the source's own
+tokenizer, kind ``hf``, whose end-of-sequence token plays the part of ``<|endoftext|>``;
+for our own exports the original bpe/char tokenizer) and ``checkpoints/init.pt``, the
+imported weights in fp32. Generation and export use ``init.pt`` until training writes
+checkpoints of its own; every new training run starts from it (train.py), and data
+preparation keeps the tokenizer because ``tokenizer.json`` already exists.
+
+Supported: decoder-only Llama shapes — RMSNorm, SwiGLU, rotary ("default" rope, no
+scaling), no biases, grouped-query attention, head_dim = hidden_size / heads. Anything else
+is refused with a message that says what did not fit.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import tempfile
+import uuid
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import store
+from .checkpoint import FORMAT, FORMAT_VERSION, atomic_torch_save, build_model, init_checkpoint, safe_load
+from .home import Conflict, UserError, atomic_write_json, fsync_dir, validate_name
+from .model import ModelConfig, Transformer, count_parameters
+from .tokenizer import EOT, Tokenizer
+
+DEFAULT_MAX_SEQ_LEN = 2048  # imported contexts are capped here unless asked otherwise (memory of the KV cache)
+_IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)  # buffers some old HF checkpoints carry
+
+
+@dataclass
+class Loaded:
+    config: ModelConfig
+    state_dict: dict[str, torch.Tensor]
+    tokenizer: Tokenizer
+    source: dict = field(default_factory=dict)  # imported_from: format, path, and what we kept of the source
+
+
+# ---- what the path is ----------------------------------------------------------------------
+
+def detect_format(path: Path) -> str:
+    """'hf' (folder), 'hf-zip', 'gguf' or 'pt', from what the path holds rather than its name."""
+    if path.is_dir():
+        if (path / "config.json").exists():
+            return "hf"
+        raise UserError(f"{path} is a folder without config.json, not a Hugging Face model folder.")
+    if not path.exists():
+        raise UserError(f"No such file or folder: {path}.")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head == b"GGUF":
+        return "gguf"
+    if head[:2] == b"PK":
+        try:
+            with zipfile.ZipFile(path) as zf:
+                names = zf.namelist()
+        except zipfile.BadZipFile:
+            raise UserError(f"{path} looks like a zip file but is damaged or truncated.") from None
+        if any(n.endswith("config.json") for n in names) and any(n.endswith(".safetensors") for n in names):
+            return "hf-zip"
+        return "pt"  # torch.save writes a zip too; safe_load checks it is ours
+    if head[:1] == b"\x80":
+        return "pt"  # an old-style pickle: safe_load refuses anything but tensors and plain data
+    raise UserError(f"{path} is not a GGUF file, a .pt model file or a Hugging Face folder/zip.")
+
+
+# ---- Hugging Face config → ModelConfig -----------------------------------------------------
+
+def config_from_hf(c: dict, tokenizer_kind: str = "hf", max_seq_len: int | None = None) -> tuple[ModelConfig, dict]:
+    """Map a LlamaForCausalLM-style config.json onto our ModelConfig, refusing what the model cannot run."""
+    try:
+        return _config_from_hf(c, tokenizer_kind, max_seq_len)
+    except (KeyError, TypeError, ValueError) as e:
+        raise UserError(f"The model's config is incomplete or malformed ({type(e).__name__}: {e}).") from None
+
+
+def _config_from_hf(c: dict, tokenizer_kind: str, max_seq_len: int | None) -> tuple[ModelConfig, dict]:
+    arch = (c.get("architectures") or [""])[0]
+    mtype = c.get("model_type")
+    if mtype not in ("llama", "mistral") and arch not in ("LlamaForCausalLM", "MistralForCausalLM"):
+        raise UserError(f"Only Llama-architecture models can be imported; this one is {mtype or arch or 'unknown'}.")
+    if c.get("attention_bias") or c.get("mlp_bias"):
+        raise UserError("This model uses biases in attention or MLP layers, which this studio's Llama does not have.")
+    if c.get("hidden_act", "silu") != "silu":
+        raise UserError(f"This model's activation is {c.get('hidden_act')}; only SiLU (SwiGLU) is supported.")
+    rope = c.get("rope_parameters") or {}
+    scaling = c.get("rope_scaling")
+    rope_type = rope.get("rope_type") or rope.get("type") or (scaling or {}).get("rope_type") or "default"
+    if rope_type != "default" or (scaling and scaling.get("rope_type", scaling.get("type")) not in (None, "default")):
+        raise UserError(f"This model uses '{rope_type}' rotary scaling, which is not supported (only the default).")
+    d, heads = int(c["hidden_size"]), int(c["num_attention_heads"])
+    if c.get("head_dim") not in (None, d // heads):
+        raise UserError(f"head_dim {c['head_dim']} differs from hidden_size / num_attention_heads ({d // heads}); "
+                        "not supported.")
+    kv = int(c.get("num_key_value_heads") or heads)
+    context = int(c.get("max_position_embeddings") or DEFAULT_MAX_SEQ_LEN)
+    seq = max_seq_len or min(context, DEFAULT_MAX_SEQ_LEN)
+    sliding = c.get("sliding_window")
+    if mtype == "mistral" and sliding and seq > int(sliding):
+        seq = int(sliding)  # within the window, sliding-window attention is full attention
+    cfg = ModelConfig(
+        vocab_size=int(c["vocab_size"]), d_model=d, num_layers=int(c["num_hidden_layers"]), num_heads=heads,
+        d_ff=int(c["intermediate_size"]), max_seq_len=seq,
+        tie_embeddings=bool(c.get("tie_word_embeddings", False)),
+        rope_theta=float(rope.get("rope_theta") or c.get("rope_theta") or 10000.0),
+        norm_eps=float(c.get("rms_norm_eps") or 1e-6), tokenizer=tokenizer_kind,
+        num_kv_heads=kv if kv != heads else None,
+    )
+    facts = {"context_length": context}
+    if seq < context:
+        facts["note"] = (f"max_seq_len set to {seq} (the model was trained for {context}); "
+                         "import again with --max-seq-len to change it.")
+    return cfg, facts
+
+
+def _state_for(cfg: ModelConfig, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Our state dict from HF-named tensors, in fp32, with a clear error for anything that does not fit."""
+    tensors = {k: v for k, v in tensors.items() if not k.endswith(_IGNORED_SUFFIXES)}
+    if cfg.tie_embeddings:
+        tensors.pop("lm_head.weight", None)
+        tensors["lm_head.weight"] = tensors.get("model.embed_tokens.weight")
+    with torch.device("meta"):
+        expected = Transformer(cfg).state_dict()
+    missing = [k for k in expected if tensors.get(k) is None]
+    unexpected = [k for k in tensors if k not in expected]
+    bad = [k for k in expected if tensors.get(k) is not None and tuple(tensors[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or bad:
+        raise UserError("The weights do not fit a Llama model of the shape its config describes "
+                        f"(missing {missing[:3]}, unexpected {unexpected[:3]}, wrong shape {bad[:3]}).")
+    return {k: tensors[k].to(torch.float32).contiguous() for k in expected}
+
+
+def _eos_from_ids(hf, *candidates) -> str | None:
+    for c in candidates:
+        if isinstance(c, list):
+            c = c[0] if c else None
+        if isinstance(c, int) and hf.id_to_token(c) is not None:
+            return hf.id_to_token(c)
+        if isinstance(c, str) and hf.token_to_id(c) is not None:
+            return c
+        if isinstance(c, dict) and hf.token_to_id(c.get("content", "")) is not None:  # AddedToken as saved by HF
+            return c["content"]
+    return None
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    except ValueError as e:
+        raise UserError(f"{path} is not valid JSON ({e}).") from None
+
+
+# ---- readers -------------------------------------------------------------------------------
+
+def read_hf_folder(folder: Path, max_seq_len: int | None = None) -> Loaded:
+    """A Hugging Face folder: config.json, model.safetensors (or shards with an index), tokenizer.json."""
+    from safetensors.torch import load_file
+    from tokenizers import Tokenizer as HFTokenizer
+    c = _read_json(folder / "config.json")
+    ours = _read_json(folder / "azr_trainer.json")  # written by our own HF export
+    kind = ours.get("tokenizer_kind") if ours.get("tokenizer_kind") in ("bpe", "char") else "hf"
+    cfg, facts = config_from_hf(c, kind, max_seq_len)
+    index = _read_json(folder / "model.safetensors.index.json")
+    if index.get("weight_map"):  # sharded: exactly the files the index names
+        files = [folder / f for f in sorted(set(index["weight_map"].values()))]
+    elif (folder / "model.safetensors").exists():
+        files = [folder / "model.safetensors"]  # not adapters or other extras that may sit beside it
+    else:
+        files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        extra = " (only PyTorch .bin weights: convert them to safetensors first)" if list(folder.glob("*.bin")) else ""
+        raise UserError(f"No .safetensors weights in {folder}{extra}.")
+    tensors: dict[str, torch.Tensor] = {}
+    for f in files:
+        try:
+            tensors.update(load_file(str(f)))
+        except Exception as e:  # missing shard, truncated download, not safetensors at all
+            raise UserError(f"Cannot read the weights in {f.name} ({str(e).splitlines()[0][:200]}).") from None
+    state = _state_for(cfg, tensors)
+    if (folder / "tokenizer.json").exists():
+        try:
+            hf = HFTokenizer.from_file(str(folder / "tokenizer.json"))
+        except Exception as e:
+            raise UserError(f"{folder / 'tokenizer.json'} cannot be read ({str(e).splitlines()[0][:200]}).") from None
+    else:
+        hf = _tokenizer_via_transformers(folder)
+    tc = _read_json(folder / "tokenizer_config.json")
+    gc = _read_json(folder / "generation_config.json")
+    eos = _eos_from_ids(hf, gc.get("eos_token_id"), c.get("eos_token_id"), tc.get("eos_token"))
+    if eos is None:
+        raise UserError("Cannot tell which token ends a text: no eos_token_id in config.json or "
+                        "generation_config.json, and no eos_token in tokenizer_config.json.")
+    tok = _make_tokenizer(hf, kind, eos, cfg)
+    source = {"format": "hf", "path": str(folder), **facts}
+    if tc.get("chat_template"):
+        source["chat_template"] = tc["chat_template"]
+    if ours:
+        source["azr_trainer"] = {k: ours.get(k) for k in ("model", "step", "best_val_bpb", "books")}
+    return Loaded(cfg, state, tok, source)
+
+
+def _tokenizer_via_transformers(folder: Path):
+    try:
+        from transformers import AutoTokenizer
+    except ImportError:
+        raise UserError(f"{folder} has no tokenizer.json; converting its tokenizer needs transformers "
+                        "(pip install 'azr-trainer[export]').") from None
+    try:
+        t = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        return t.backend_tokenizer
+    except Exception as e:
+        raise UserError(f"Could not read the tokenizer in {folder} ({str(e).splitlines()[0][:200]}).") from None
+
+
+def _make_tokenizer(hf, kind: str, eos: str, cfg: ModelConfig) -> Tokenizer:
+    tok = Tokenizer(hf, kind, EOT if kind in ("bpe", "char") else eos)
+    if tok.vocab_size > cfg.vocab_size:
+        raise UserError(f"The tokenizer has {tok.vocab_size} tokens but the model only {cfg.vocab_size} embeddings.")
+    return tok
+
+
+def _f32(x) -> float:
+    """GGUF keeps these as float32: 1e-5 comes back as 9.99999974e-06. Take the shortest decimal
+    that is the same float32, which is what the exporter (or the original config) wrote."""
+    return float(str(np.float32(x)))
+
+
+def read_gguf(path: Path, max_seq_len: int | None = None) -> Loaded:
+    """A llama-architecture GGUF in any quantization the ``gguf`` package can dequantize.
+
+    Weights: each tensor dequantized to fp32, renamed to Hugging Face names, and the q/k rows
+    turned back from llama.cpp's interleaved rotary layout into ours. Tokenizer: the exact
+    ``tokenizer.huggingface.json`` when the file carries one (our exports do); otherwise
+    transformers rebuilds it from the vocabulary and merges in the file."""
+    try:
+        import gguf
+    except ImportError:
+        raise UserError("Importing GGUF needs the gguf package: pip install 'azr-trainer[export]'.") from None
+    from tokenizers import Tokenizer as HFTokenizer
+
+    from .export import from_interleaved, gguf_tensor_names
+    try:
+        reader = gguf.GGUFReader(str(path))
+    except Exception as e:
+        raise UserError(f"{path} is not a readable GGUF file ({str(e).splitlines()[0][:200]}).") from None
+
+    def value(key, default=None):
+        f = reader.fields.get(key)
+        return default if f is None else f.contents()
+
+    arch = value("general.architecture")
+    if arch != "llama":
+        raise UserError(f"Only llama-architecture GGUF files can be imported; this one is '{arch}'.")
+    tensors = {t.name: t for t in reader.tensors}
+    if "token_embd.weight" not in tensors:
+        raise UserError(f"{path.name} has no token_embd.weight; it is not a complete llama model.")
+    d, heads = int(value("llama.embedding_length")), int(value("llama.attention.head_count"))
+    kv = int(value("llama.attention.head_count_kv", heads))
+    if value("llama.rope.scaling.type") not in (None, "none") or value("llama.rope.dimension_count", d // heads) != d // heads:
+        raise UserError(f"{path.name} uses rotary scaling or partial rotary dimensions, which are not supported.")
+    if any(n.startswith("blk.0.") and n.endswith(".bias") for n in tensors) or "rope_freqs.weight" in tensors:
+        raise UserError(f"{path.name} has attention biases or rope frequency factors, which are not supported.")
+    config = {  # the same keys as a Hugging Face config.json, so one mapping serves both
+        "model_type": "llama", "hidden_size": d, "num_attention_heads": heads, "num_key_value_heads": kv,
+        "num_hidden_layers": int(value("llama.block_count")), "intermediate_size": int(value("llama.feed_forward_length")),
+        "vocab_size": int(value("llama.vocab_size", tensors["token_embd.weight"].shape[-1])),
+        "max_position_embeddings": int(value("llama.context_length", DEFAULT_MAX_SEQ_LEN)),
+        "rope_theta": _f32(value("llama.rope.freq_base", 10000.0)),
+        "rms_norm_eps": _f32(value("llama.attention.layer_norm_rms_epsilon", 1e-5)),
+        "tie_word_embeddings": "output.weight" not in tensors,
+    }
+    hf_json, azr_kind = value("tokenizer.huggingface.json"), value("azr.tokenizer_kind")
+    kind = azr_kind if hf_json and azr_kind in ("bpe", "char") else "hf"
+    cfg, facts = config_from_hf(config, kind, max_seq_len)
+    names = {theirs: ours for ours, theirs in gguf_tensor_names(cfg).items()}
+    state: dict[str, torch.Tensor] = {}
+    for name, t in tensors.items():
+        if name not in names:
+            raise UserError(f"{path.name} has a tensor this Llama has no place for: {name}.")
+        shape = tuple(int(n) for n in reversed(t.shape.tolist()))  # GGUF lists dimensions innermost first
+        w = torch.from_numpy(np.array(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32).reshape(shape))
+        ours = names[name]
+        if ours.endswith("q_proj.weight"):
+            w = from_interleaved(w, cfg.num_heads)
+        elif ours.endswith("k_proj.weight"):
+            w = from_interleaved(w, cfg.kv_heads)
+        state[ours] = w
+    state = _state_for(cfg, state)
+    eos_id = value("tokenizer.ggml.eos_token_id")
+    pre, chat_template = value("tokenizer.ggml.pre"), value("tokenizer.chat_template")
+    file_type = value("general.file_type")
+    try:
+        file_type = gguf.LlamaFileType(int(file_type)).name if file_type is not None else None
+    except ValueError:
+        pass
+    del reader, tensors
+    if hf_json:  # ours: the exact tokenizer it was exported with
+        hf = HFTokenizer.from_str(hf_json)
+    else:
+        try:
+            from transformers import AutoTokenizer
+        except ImportError:
+            raise UserError("Rebuilding the tokenizer of a GGUF file needs transformers: "
+                            "pip install 'azr-trainer[export]'.") from None
+        try:
+            hf = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name,
+                                               local_files_only=True).backend_tokenizer
+        except Exception as e:
+            raise UserError(f"transformers could not rebuild the tokenizer of {path.name} "
+                            f"({str(e).splitlines()[0][:300]}).") from None
+    eos = _eos_from_ids(hf, int(eos_id) if eos_id is not None else None)
+    if eos is None:
+        raise UserError(f"{path.name} names no end-of-sequence token (tokenizer.ggml.eos_token_id).")
+    tok = _make_tokenizer(hf, kind, eos, cfg)
+    source = {"format": "gguf", "path": str(path), "file_type": file_type, **facts}
+    if pre:
+        source["tokenizer_pre"] = pre
+    if chat_template:
+        source["chat_template"] = chat_template
+    return Loaded(cfg, state, tok, source)
+
+
+def read_pt(path: Path | io.BytesIO, max_seq_len: int | None = None) -> Loaded:
+    """A .pt (or checkpoint) made by this project: loaded without unpickling code, shapes checked."""
+    obj = safe_load(path)
+    model, cfg, tok = build_model(obj)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    if max_seq_len:
+        cfg.max_seq_len = max_seq_len
+    meta = obj.get("meta") or {}
+    source = {"format": "pt", "path": str(path),
+              "azr_trainer": {"model": meta.get("model"), "step": obj.get("step"),
+                              "best_val_bpb": obj.get("best_val_bpb"), "books": meta.get("books")}}
+    if meta.get("imported_from"):
+        source["originally"] = meta["imported_from"]
+    return Loaded(cfg, state, tok, source)
+
+
+def read_hf_zip(path: Path, max_seq_len: int | None = None) -> Loaded:
+    """The studio's HF download: a zip of the folder (files at the top level or in one folder)."""
+    with tempfile.TemporaryDirectory(prefix="azr-import-") as tmp:
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                name = Path(info.filename)
+                if info.is_dir() or name.is_absolute() or ".." in name.parts or len(name.parts) > 2:
+                    continue  # only plain files, never outside the temp folder
+                target = Path(tmp, *name.parts)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with zf.open(info) as src, open(target, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+        configs = list(Path(tmp).glob("config.json")) + list(Path(tmp).glob("*/config.json"))
+        if not configs:
+            raise UserError(f"{path} has no config.json; it is not a Hugging Face model zip.")
+        loaded = read_hf_folder(configs[0].parent, max_seq_len)
+    loaded.source.update(format="hf-zip", path=str(path))
+    return loaded
+
+
+READERS = {"hf": read_hf_folder, "hf-zip": read_hf_zip, "gguf": read_gguf, "pt": read_pt}
+
+
+def read_any(path: Path | str, max_seq_len: int | None = None, fmt: str | None = None) -> Loaded:
+    path = Path(path).expanduser()
+    fmt = fmt or detect_format(path)
+    if max_seq_len is not None and (not isinstance(max_seq_len, int) or max_seq_len < 2):
+        raise UserError(f"max_seq_len must be a whole number of at least 2, got {max_seq_len!r}.")
+    return READERS[fmt](path.resolve(), max_seq_len)
+
+
+# ---- into the data folder ------------------------------------------------------------------
+
+def _default_name(path: Path) -> str:
+    stem = path.name if path.is_dir() else path.stem
+    cleaned = "".join(ch if ch.isalnum() or ch in "._- " else "-" for ch in stem).strip(" .-")[:64]
+    return cleaned or "imported"
+
+
+def import_model(home: Path, path: Path | str, name: str | None = None, *, max_seq_len: int | None = None,
+                 log=lambda m: None) -> dict:
+    """Make ``path`` a model called ``name`` in the data folder; returns its summary.
+
+    The folder is built under a temporary name and renamed into place, so a failed import
+    leaves nothing behind, and an existing model is never touched."""
+    path = Path(path).expanduser()
+    fmt = detect_format(path)
+    name = validate_name(name or _default_name(path), "model name")
+    if store.model_dir(home, name).exists():
+        raise Conflict(f"A model named '{name}' already exists. Choose another name (--name) or delete it "
+                       f"(azr models delete {name}).")
+    log(f"Reading {path}…")
+    loaded = read_any(path, max_seq_len, fmt)
+    cfg = loaded.config.validate()
+    source = {**loaded.source, "imported_at": store.now_iso()}
+    obj = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": cfg.to_dict(),
+           "state_dict": loaded.state_dict, "tokenizer": loaded.tokenizer.to_json(), "step": 0,
+           "best_val_bpb": None, "meta": {"model": name, "kind": "imported", "saved_at": source["imported_at"],
+                                          "imported_from": source}}
+    # _state_for checked every tensor's name and shape against this config; the tokenizer must load back too
+    Tokenizer.from_json(obj["tokenizer"])
+    info = store.ModelInfo(name=name, config=cfg, created_at=source["imported_at"], parameters=count_parameters(cfg))
+    models = home / "models"
+    tmp = models / f".tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(parents=True)
+    try:
+        loaded.tokenizer.save(tmp / "tokenizer.json")
+        atomic_torch_save(obj, init_checkpoint(tmp))
+        atomic_write_json(tmp / "model.json", {**info.to_dict(), "imported_from": source})
+        target = store.model_dir(home, name)
+        if target.exists():
+            raise Conflict(f"A model named '{name}' appeared while importing; choose another name.")
+        os.rename(tmp, target)
+        fsync_dir(models)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return {**info.to_dict(), "imported_from": source, "checkpoint": str(init_checkpoint(target)),
+            "tokenizer_vocab": loaded.tokenizer.vocab_size, "eos_token": loaded.tokenizer.eos_token,
+            "note": source.get("note")}
