@@ -229,6 +229,7 @@ def cmd_train(args, home):
         eval_every=args.eval_every, max_time=args.max_time, grad_accum=args.grad_accum, device=args.device,
         threads=args.threads, compile=args.compile, seed=args.seed, resume=args.resume,
         val_fraction=args.val_fraction, warmup_iters=args.warmup_iters, log_every=args.log_every,
+        seq_len=args.seq_len,
     )
     stop = StopRequested(Path(args.control_file) if args.control_file else None, watch_parent=args.watch_parent)
     # First Ctrl-C / SIGTERM: checkpoint and exit cleanly. A second Ctrl-C aborts at once.
@@ -281,7 +282,8 @@ def cmd_selfplay(args, home):
     given = {k: getattr(args, k) for k in (
         "checkpoint", "max_iterations", "max_time", "group_size", "prompts_per_step", "rollout_tokens",
         "prompt_tokens", "temperature", "learning_rate", "kl_weight", "lm_weight", "reward_file", "reward_weights",
-        "length_target", "prompt_source", "eval_every", "save_every", "seed", "device", "threads", "resume")}
+        "length_target", "prompt_source", "eval_every", "eval_prompts", "eval_length", "save_every", "seed",
+        "device", "threads", "resume")}
     if args.reward and args.reward.endswith(".py"):
         if args.reward_file:
             raise UserError("Give the reward file once: --reward FILE.py or --reward-file FILE.py.")
@@ -453,6 +455,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--eval-every", type=int, default=200)
     t.add_argument("--max-time", type=float, help="stop cleanly after this many seconds")
     t.add_argument("--grad-accum", type=int, default=1)
+    t.add_argument("--seq-len", type=int, help="train on sequences shorter than max_seq_len (e.g. to fine-tune "
+                   "an imported model with a long context on a small machine)")
     t.add_argument("--warmup-iters", type=int)
     t.add_argument("--val-fraction", type=float, default=0.1)
     t.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
@@ -528,6 +532,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="book (openings from the training split), self (the model's own best earlier "
                          f"continuations) or file:PATH (one prompt per line) (default {d.prompt_source})")
     sp.add_argument("--eval-every", type=int, help=f"steps between evals (default {d.eval_every})")
+    sp.add_argument("--eval-prompts", type=int, help=f"fixed validation prompts per eval (default {d.eval_prompts})")
+    sp.add_argument("--eval-length", type=int, help=f"tokens per eval sample (default {d.eval_length})")
     sp.add_argument("--save-every", type=int, help=f"steps between checkpoints (default {d.save_every})")
     sp.add_argument("--seed", type=int)
     sp.add_argument("--device", help="auto, cpu, cuda, mps")

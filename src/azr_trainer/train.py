@@ -67,6 +67,8 @@ class TrainConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise UserError(f"{name} must be a whole number of at least 1, got {v!r}.")
+        if self.seq_len is not None and (not isinstance(self.seq_len, int) or self.seq_len < 2):
+            raise UserError(f"seq_len must be a whole number of at least 2, got {self.seq_len!r}.")
         if not (0 < self.learning_rate < 1):
             raise UserError(f"learning_rate must be between 0 and 1 (typical: 3e-4 to 3e-3), got {self.learning_rate}.")
         if not (0 <= self.val_fraction <= 0.5):
