@@ -66,3 +66,19 @@ def test_streaming_yields_token_by_token(model):
 def test_bad_sampling_settings_are_refused(kw):
     with pytest.raises(UserError):
         SamplingParams(**kw).validate()
+
+
+def test_fused_decode_step_gives_the_same_logits_as_the_model():
+    from azr_trainer.model import KVCache
+    from azr_trainer.sample import _FusedDecoder
+    torch.manual_seed(1)
+    for kv_heads in (None, 2):
+        m = Transformer(ModelConfig(vocab_size=300, d_model=32, num_layers=2, num_heads=4, d_ff=64, max_seq_len=24,
+                                    num_kv_heads=kv_heads).validate()).eval()
+        ids = torch.randint(0, 300, (3, 9))
+        with torch.no_grad():
+            ref_cache, fused_cache = KVCache(m.cfg, 3, "cpu", torch.float32), KVCache(m.cfg, 3, "cpu", torch.float32)
+            m(ids[:, :8], cache=ref_cache), m(ids[:, :8], cache=fused_cache)
+            ref = m(ids[:, 8:], cache=ref_cache)[0][:, -1]
+            fused = _FusedDecoder(m)(ids[:, 8], torch.full((3,), 8), fused_cache)
+        assert torch.allclose(ref, fused, atol=1e-5)

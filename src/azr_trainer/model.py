@@ -137,7 +137,7 @@ def rotary_tables(head_dim: int, max_positions: int, theta: float, device=None):
     return emb.cos(), emb.sin()
 
 
-def _rotate_half(x):
+def rotate_half(x):
     half = x.shape[-1] // 2
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
@@ -150,7 +150,7 @@ class _Rotary(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, cos, sin):
         ctx.save_for_backward(cos, sin)
-        return x * cos + _rotate_half(x) * sin
+        return x * cos + rotate_half(x) * sin
 
     @staticmethod
     def backward(ctx, grad):
@@ -164,7 +164,7 @@ def apply_rotary(x, cos, sin):
     # x: (B, H, T, hd); cos/sin: (T, hd) or (B, 1, T, hd)
     if torch.is_grad_enabled() and x.requires_grad:
         return _Rotary.apply(x, cos, sin)
-    return x * cos + _rotate_half(x) * sin
+    return x * cos + rotate_half(x) * sin
 
 
 class _SwiGLU(torch.autograd.Function):
