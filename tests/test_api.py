@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import httpx
@@ -281,7 +282,7 @@ def test_models_create_estimate_show_delete(studio):
     r = studio.http.get("/api/models/shape/download")
     assert r.status_code == 400 and "no checkpoint yet" in r.json()["detail"]
     r = studio.http.get("/api/models/shape/download", params={"format": "gguf"})
-    assert r.status_code == 400 and "not available yet" in r.json()["detail"]
+    assert r.status_code == 400 and "no checkpoint yet" in r.json()["detail"]
     r = studio.http.get("/api/books/play/tokens", params={"model": "shape"})
     assert r.status_code == 409 and "no tokenizer yet" in r.json()["detail"]
     assert studio.http.delete("/api/models/shape").status_code == 204
@@ -379,6 +380,56 @@ def test_train_watch_generate_download(studio, play, tmp_path):
     # A finished run can be neither paused nor resumed.
     assert studio.http.post(f"/api/runs/{run['id']}/pause").status_code == 409
     assert studio.http.post(f"/api/runs/{run['id']}/resume").status_code == 409
+
+
+def test_download_as_hugging_face_zip_and_gguf(studio, play, tmp_path):
+    gguf = pytest.importorskip("gguf")
+    new_model(studio, "portable")
+    r = studio.http.post("/api/runs", json={"model": "portable", "books": [play], "max_iterations": 10, **FAST,
+                                            "eval_every": 10})
+    assert r.status_code == 201, r.text
+    assert studio.wait(r.json()["id"])["state"] == "completed"
+
+    r = studio.http.get("/api/models/portable/download", params={"format": "hf"})
+    assert r.status_code == 200, r.text
+    assert 'filename="portable-hf.zip"' in r.headers["content-disposition"]
+    assert "x-azr-note" not in r.headers  # finished, with a best checkpoint: nothing to say
+    path = tmp_path / "portable-hf.zip"
+    path.write_bytes(r.content)
+    with zipfile.ZipFile(path) as zf:
+        names = set(zf.namelist())
+        assert {"config.json", "model.safetensors", "tokenizer.json"} <= names
+        config = json.loads(zf.read("config.json"))
+    assert config["model_type"] == "llama" and config["hidden_size"] == 32
+
+    r = studio.http.get("/api/models/portable/download", params={"format": "gguf", "checkpoint": "best"})
+    assert r.status_code == 200, r.text
+    assert 'filename="portable-f16.gguf"' in r.headers["content-disposition"]
+    path = tmp_path / "portable-f16.gguf"
+    path.write_bytes(r.content)
+    reader = gguf.GGUFReader(path)
+    arch = reader.fields["general.architecture"]
+    assert bytes(arch.parts[arch.data[0]]).decode() == "llama"
+    r = studio.http.get("/api/models/portable/download", params={"format": "gguf", "dtype": "q8_0"})
+    assert r.status_code == 200 and 'filename="portable-q8_0.gguf"' in r.headers["content-disposition"]
+
+    r = studio.http.get("/api/models/portable/download", params={"format": "onnx"})
+    assert r.status_code == 400 and "must be one of pt, hf, gguf" in r.json()["detail"]
+    r = studio.http.get("/api/models/portable/download", params={"format": "gguf", "dtype": "q4_k"})
+    assert r.status_code == 400 and "f32, f16, q8_0" in r.json()["detail"]
+    r = studio.http.get("/api/models/portable/download", params={"format": "hf", "checkpoint": "12345"})
+    assert r.status_code == 400 and "No checkpoint at step 12345" in r.json()["detail"]
+    deadline = time.time() + 5
+    while list((studio.home / ".tmp").iterdir()) and time.time() < deadline:
+        time.sleep(0.05)
+    assert not list((studio.home / ".tmp").iterdir())  # exports are removed once sent, or when they fail
+    assert studio.http.delete("/api/models/portable").status_code == 204
+
+
+def test_a_download_note_is_an_ascii_header():
+    from azr_trainer.server import _header_safe
+    assert _header_safe("'tiny' is still training: 100%") == "'tiny' is still training: 100%25"
+    assert _header_safe("'модель' ok") == "'%D0%BC%D0%BE%D0%B4%D0%B5%D0%BB%D1%8C' ok"
 
 
 def test_pause_resume_cancel(studio, play):

@@ -32,7 +32,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path, PureWindowsPath
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 from fastapi import FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
@@ -45,8 +45,10 @@ from starlette.exceptions import HTTPException
 from . import __version__
 from . import books as books_mod
 from . import store
-from .checkpoint import build_model, checkpoint_dir, export_pt, list_step_checkpoints, resolve_checkpoint, safe_load
+from .checkpoint import build_model, checkpoint_dir, list_step_checkpoints, resolve_checkpoint, safe_load
 from .device import available_memory_bytes, pick_device
+from .export import DEFAULT_DTYPE, GGUF_DTYPES, HF_DTYPES, export_model
+from .export import FORMATS as EXPORT_FORMATS
 from .home import Conflict, NotFound, UserError, home_dir, validate_name
 from .jobs import JobRunner, lock_holder
 from .memorisation import IndexCache, find_copies
@@ -280,6 +282,22 @@ class _Generation:
 
 def _error(status: int, detail: str, **extra) -> JSONResponse:
     return JSONResponse({"detail": detail, **extra}, status_code=status)
+
+
+def _check_download_format(fmt: str, dtype: str | None) -> str:
+    """The dtype to export a download with, or a 400 that says what is allowed."""
+    if fmt not in EXPORT_FORMATS:
+        raise UserError(f"Download format must be one of {', '.join(EXPORT_FORMATS)}, got {fmt!r}.")
+    allowed = {"pt": ("f32",), "hf": tuple(HF_DTYPES), "gguf": GGUF_DTYPES}[fmt]
+    dtype = dtype or DEFAULT_DTYPE[fmt]
+    if dtype not in allowed:
+        raise UserError(f"dtype for the {fmt} format must be one of {', '.join(allowed)}, got {dtype!r}.")
+    return dtype
+
+
+def _header_safe(text: str) -> str:
+    """Text for an HTTP header: printable ASCII as it is, anything else (and '%') percent-encoded UTF-8."""
+    return "".join(c if " " <= c <= "~" and c != "%" else quote(c, safe="") for c in text)
 
 
 def _readable_validation(errors) -> tuple[str, dict]:
@@ -564,17 +582,31 @@ def create_app(home: Path, *, token: str | None = None, max_upload_bytes: int = 
         return sorted(out, key=lambda c: (c["step"] is None, c["step"] or 0))
 
     @app.get("/api/models/{name}/download", tags=["models"])
-    def download_model(name: str, format: str = "pt", checkpoint: str = "best"):
-        """The model as one file that ``torch.load(f, weights_only=True)`` reads."""
-        if format != "pt":
-            raise UserError(f"The {format!r} format is not available yet; download as pt.")
+    def download_model(name: str, format: str = "pt", checkpoint: str = "best", dtype: str | None = None):
+        """The model as one file: ``pt`` (what ``torch.load(f, weights_only=True)`` reads), ``hf``
+        (a zip of the Hugging Face folder that ``LlamaForCausalLM`` loads) or ``gguf`` (llama.cpp,
+        Ollama; ``dtype`` f16 by default, or f32, q8_0). ``checkpoint``: best (default), latest or a
+        step. When the model is still training, or has no best checkpoint yet, the header
+        ``X-AZR-Note`` says which checkpoint was exported (ASCII; anything else percent-encoded UTF-8).
+
+        A plain ``def``: FastAPI runs it in its thread pool, so a long export never blocks the server."""
+        dtype = _check_download_format(format, dtype)
         info = get_model_info(name)
-        source = resolve_checkpoint(store.model_dir(home, info.name), checkpoint)
         tmp_root.mkdir(exist_ok=True)
-        out = tmp_root / f"download-{secrets.token_hex(8)}.pt"
-        export_pt(safe_load(source), out)
-        return FileResponse(out, filename=f"{info.name}.pt", media_type="application/octet-stream",
-                            background=BackgroundTask(out.unlink, missing_ok=True))
+        folder = tmp_root / f"download-{secrets.token_hex(8)}"
+        folder.mkdir()
+        filename = {"pt": f"{info.name}.pt", "hf": f"{info.name}-hf.zip",
+                    "gguf": f"{info.name}-{dtype}.gguf"}[format]
+        try:
+            result = export_model(home, info.name, format, folder / filename, dtype=dtype, checkpoint=checkpoint,
+                                  as_zip=format == "hf")
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        headers = {"X-AZR-Note": _header_safe(result["note"])} if result.get("note") else None
+        media = "application/zip" if format == "hf" else "application/octet-stream"
+        return FileResponse(result["path"], filename=filename, media_type=media, headers=headers,
+                            background=BackgroundTask(shutil.rmtree, folder, ignore_errors=True))
 
     # ---- runs
 

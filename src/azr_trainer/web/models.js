@@ -1,5 +1,5 @@
-// "My models": name, shape, parameters, file size, best val bpb, last trained; download as .pt;
-// delete with confirmation.
+// "My models": name, shape, parameters, file size, best val bpb, last trained; download as .pt,
+// as a Hugging Face folder (.zip) or as GGUF (f16, q8_0 or f32); delete with confirmation.
 
 import { api, enc, withToken } from "./api.js";
 import { t, fmtInt, fmtCompact, fmtBytes, fmtFixed, fmtDate, onLanguageChange } from "./i18n.js";
@@ -19,19 +19,67 @@ function downloadTarget(m) {
   return null;
 }
 
+const GGUF_DTYPES = ["f16", "q8_0", "f32"];
+const ggufDtype = new Map(); // model name → the GGUF precision picked, kept across re-renders
+
+function exportUrl(name, checkpoint, format, dtype) {
+  const q = new URLSearchParams({ format });
+  if (checkpoint != null && checkpoint !== "") q.set("checkpoint", checkpoint);
+  if (dtype) q.set("dtype", dtype);
+  return withToken(`/api/models/${enc(name)}/download?${q}`);
+}
+
+// The Hugging Face and GGUF buttons: links while there is a checkpoint, disabled buttons before.
+function exportButtons(m, target, targetTitle) {
+  const dtype = ggufDtype.get(m.name) || GGUF_DTYPES[0];
+  const preparing = (what) => () => toast(t("models.download_preparing", { what }), "info");
+  const hfTitle = `${t("models.download_hf_title")} ${targetTitle}`;
+  const ggufTitle = `${t("models.download_gguf_title")} ${targetTitle}`;
+  const hf = target
+    ? h("a", {
+      class: "btn small", href: exportUrl(m.name, target, "hf"), download: `${m.name}-hf.zip`, title: hfTitle, style: "margin-left: 0;",
+      dataset: { testid: "model-download-hf", name: m.name }, i18n: "models.download_hf",
+      onclick: preparing(t("models.download_hf")),
+    })
+    : h("button", { type: "button", class: "btn small", disabled: true, title: targetTitle, style: "margin-left: 0;", i18n: "models.download_hf", dataset: { testid: "model-download-hf", name: m.name } });
+  const gguf = target
+    ? h("a", {
+      class: "btn small", href: exportUrl(m.name, target, "gguf", dtype), download: `${m.name}-${dtype}.gguf`, title: ggufTitle,
+      dataset: { testid: "model-download-gguf", name: m.name }, i18n: "models.download_gguf",
+      onclick: preparing(t("models.download_gguf")),
+    })
+    : h("button", { type: "button", class: "btn small", disabled: true, title: targetTitle, i18n: "models.download_gguf", dataset: { testid: "model-download-gguf", name: m.name } });
+  const select = h("select", {
+    "aria-label": t("models.gguf_dtype"), title: t("models.gguf_dtype"), disabled: !target,
+    style: "width: auto; padding: 3px 6px; font-size: .82rem;",
+    dataset: { testid: "model-gguf-dtype", name: m.name },
+    onchange: (e) => {
+      const v = e.target.value;
+      ggufDtype.set(m.name, v);
+      if (target) {
+        gguf.href = exportUrl(m.name, target, "gguf", v);
+        gguf.download = `${m.name}-${v}.gguf`;
+      }
+    },
+  }, GGUF_DTYPES.map((d) => h("option", { value: d, selected: d === dtype, text: d }))); // codes, the same in every language
+  return [hf, h("span", { style: "display: inline-flex; align-items: center; gap: 4px;" }, gguf, select)];
+}
+
 function render() {
   const models = [...store.models].sort((a, b) => a.name.localeCompare(b.name));
   $("models-empty").hidden = models.length > 0 || !store.loaded.models;
   $("models-body").replaceChildren(...models.map((m) => {
     const c = m.config || {};
     const target = downloadTarget(m);
+    let targetTitle = !target ? t("models.download_untrained")
+      : target === "best" ? t("models.download_best") : t("models.download_step", { step: fmtInt(Number(target)) });
+    if (target && m.training) targetTitle += ` ${t("models.download_training")}`;
     const dl = target
       ? h("a", {
         class: "btn small", href: withToken(downloadUrl(m.name, target)), download: `${m.name}.pt`,
-        dataset: { testid: "model-download", name: m.name }, i18n: "models.download",
-        title: target === "best" ? t("models.download_best") : t("models.download_step", { step: fmtInt(Number(target)) }),
+        dataset: { testid: "model-download", name: m.name }, i18n: "models.download", title: targetTitle,
       })
-      : h("button", { type: "button", class: "btn small", disabled: true, title: t("models.download_untrained"), i18n: "models.download", dataset: { testid: "model-download", name: m.name } });
+      : h("button", { type: "button", class: "btn small", disabled: true, title: targetTitle, i18n: "models.download", dataset: { testid: "model-download", name: m.name } });
     const del = h("button", {
       type: "button", class: "btn small danger ghost", i18n: "common.delete", disabled: !!m.training,
       title: m.training ? t("models.delete_training") : null, dataset: { testid: "model-delete", name: m.name },
@@ -49,7 +97,10 @@ function render() {
       h("td", { class: "num", text: Number.isFinite(m.best_val_bpb) ? fmtFixed(m.best_val_bpb, 3) : t("common.none") }),
       h("td", {}, m.last_trained ? fmtDate(m.last_trained) : h("span", { class: "muted", i18n: "models.never" }),
         m.trained_steps ? h("div", { class: "muted small", text: t("models.steps", { count: m.trained_steps, n: fmtInt(m.trained_steps) }) }) : null),
-      h("td", { class: "cell-actions" }, dl, del));
+      h("td", { class: "cell-actions" },
+        // the buttons wrap onto a second line where the table is narrow
+        h("div", { style: "display: flex; flex-wrap: wrap; justify-content: flex-end; align-items: center; gap: 6px; min-width: 18.5rem;" },
+          dl, ...exportButtons(m, target, targetTitle), del)));
   }));
 }
 
