@@ -515,7 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--temperature", type=float,
                     help=f"sampling temperature of the continuations (default {d.temperature})")
     sp.add_argument("--learning-rate", type=float, help=f"AdamW learning rate (default {d.learning_rate})")
-    sp.add_argument("--kl", dest="kl_weight", type=float,
+    sp.add_argument("--kl", "--kl-weight", dest="kl_weight", type=float,
                     help=f"weight of the KL penalty to the starting model; 0 lets it drift (default {d.kl_weight})")
     sp.add_argument("--lm-weight", type=float,
                     help=f"weight of the book's next-token loss, 'continuous learning'; 0 = off "

@@ -1,0 +1,616 @@
+"""Text self-play: a pretrained book model improves its own writing against a reward.
+
+Each step:
+
+1. **Prompts.** ``prompts_per_step`` openings, from one of three sources (``prompt_source``):
+   ``book`` — a random stretch of the training split of the model's books, starting at a line;
+   ``self`` — the last ``prompt_tokens`` tokens of one of the model's own earlier
+   continuations (the best of each group is kept in a pool; with an empty pool the model starts
+   from ``<|endoftext|>``, so no book text is needed at all); ``file:PATH`` — a UTF-8 file with
+   one prompt per line (``\\n`` in a line stands for a newline).
+2. **Rollouts.** ``group_size`` continuations of ``rollout_tokens`` tokens per prompt at
+   ``temperature`` (no top-k/top-p, so the policy being trained is exactly the one that
+   sampled), all in one left-padded batch through the KV-cache generator in ``sample.py``.
+3. **Reward.** A weighted sum of the components in ``rewards.py`` (or a user's
+   ``compute_reward``), scored on the decoded text.
+4. **Update.** Group-relative policy gradient: advantage = (r − group mean) / (group std + 1e-6)
+   (population std; a group whose rewards are all equal gets advantage 0); the loss is
+   −advantage × log π(token) averaged over every continuation token of the batch (token
+   mean), where π is the sampling distribution (logits / temperature). One optimizer step per
+   batch of rollouts, so the importance ratio is exactly 1 and PPO clipping would do nothing;
+   there is none. Plus ``kl_weight`` × KL(π ‖ π_ref) to the frozen starting model, computed
+   **exactly** over the whole next-token distribution (temperature 1) at every continuation
+   position and averaged over tokens — cheap at these vocabulary sizes and without the
+   variance of the k1/k3 sample estimators. Plus ``lm_weight`` × the book's next-token loss on
+   a random training batch ("continuous learning"). AdamW, gradient clipping, linear warmup
+   then a constant learning rate (self-play runs until stopped).
+
+Defaults, and why (numbers in BENCHMARKS.md, "S1"): the reward is ``rewards.PRESETS["default"]``
+— repetition ×3, diversity ×0.5, coherence ×0.25 (capped at −1.4 nats per token), length ×0.1;
+rollouts at temperature 0.3, 4 prompts × 8 continuations of 96 tokens, KL 0.1, book loss 0.5,
+learning rate 1e-4. At the usual sampling temperature (0.8) a small book model almost never
+repeats a 4-gram within a continuation, so rollouts there carry no repetition signal and the
+coherence term alone sharpens the model into repeating itself (measured: repeated 4-grams
+×10–20, greedy loops up). At 0.3 its loops show up in the rollouts and the repetition term
+can push against them; the KL leash and the book loss keep val bpb where it was.
+
+Evals (``eval_every``) sample ``eval_prompts`` fixed validation prompts at ``eval_temperature``
+(0.8) and greedily, and report both.
+
+Checkpoints use the training format (``checkpoint.FORMAT``: weights, tokenizer, config, so
+``azr generate NAME --checkpoint selfplay`` and export work unchanged) plus optimizer, step,
+data-sampler RNG and the self-prompt pool, so a resumed run repeats a straight run's numbers
+exactly. They live apart from pretraining, one folder per run::
+
+    models/<m>/checkpoints/selfplay/<run>/reference.pt      the frozen starting model
+    models/<m>/checkpoints/selfplay/<run>/step_0000050.pt   self-play checkpoints (meta kind "selfplay")
+
+so pretraining's ``step_*.pt``/``best.pt`` and its resume are never touched. Events go to
+``models/<m>/runs/<run>/events.jsonl`` like training: ``status``, ``step`` (reward mean/std and
+each component, KL, entropy, policy/LM loss, rollouts/s, tokens/s), ``eval`` (val bpb on the
+held-out split, and repeated-4-gram rate, distinct-2 and reward of samples from fixed
+validation prompts), ``sample`` (the best and worst continuation of the first group), and
+``checkpoint``. Stops like training: max_iterations, max_time, Ctrl-C/SIGTERM, or the studio's
+control file.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields, replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import store
+from .checkpoint import FORMAT, FORMAT_VERSION, atomic_torch_save, build_model, checkpoint_dir, export_pt, \
+    latest_selfplay_checkpoint, resolve_checkpoint, safe_load
+from .data import BatchSampler, PreparedData, prepare_data
+from .device import is_out_of_memory, pick_device, set_threads
+from .events import EventLog, Listener
+from .home import NotFound, UserError, read_json
+from .rewards import Coherence, Composite, build_reward, load_reward_file, pack_rows, parse_weights, \
+    preset_weights, sample_metrics, words
+from .sample import generate
+from .train import StopRequested, TrainingLock, evaluate
+
+_STEP_RE = re.compile(r"^step_(\d+)\.pt$")
+
+
+@dataclass
+class SelfPlayConfig:
+    checkpoint: str = "best"          # start from: best, latest, a step number, or "selfplay" (latest self-play)
+    max_iterations: int | None = None  # self-play steps in all (None: until stopped)
+    max_time: float | None = None     # seconds of wall clock for this invocation
+    prompts_per_step: int = 4
+    group_size: int = 8               # continuations per prompt (the group of the baseline)
+    rollout_tokens: int | None = None  # new tokens per continuation; default min(96, what the window leaves)
+    prompt_tokens: int | None = None  # book/self prompt length; default min(32, max_seq_len / 4)
+    temperature: float = 0.3          # low: where a small model's loops show (see BENCHMARKS.md)
+    learning_rate: float = 1e-4
+    warmup_iters: int = 10
+    weight_decay: float = 0.0
+    beta2: float = 0.99
+    grad_clip: float = 1.0
+    kl_weight: float = 0.1            # weight of the exact per-token KL(policy ‖ starting model)
+    lm_weight: float = 0.5            # weight of the book's next-token loss (0: off)
+    lm_batch_size: int = 8
+    reward: str = "default"           # a preset from rewards.PRESETS, or "file" (only the reward file)
+    reward_file: str | None = None    # a .py with compute_reward(texts, prompts); its weight is "custom"
+    reward_weights: dict | None = None  # override preset weights, e.g. {"coherence": 0.5}
+    length_target: float | None = None  # words; default: what rollout_tokens of the book usually hold
+    coherence_cap: float | None = -1.4  # nats; a token likelier than e^cap earns no more coherence (None: off)
+    prompt_source: str = "book"       # book, self, or file:PATH
+    self_pool: int = 256
+    eval_every: int = 50
+    eval_windows: int | None = 32     # validation windows per periodic eval; the final eval uses all
+    eval_prompts: int = 16
+    eval_length: int = 96
+    eval_temperature: float = 0.8     # eval samples: this temperature (no top-k), and greedy
+    sample_every: int = 1
+    save_every: int = 50
+    keep_last: int = 3
+    log_every: int = 1
+    seed: int = 1337
+    device: str = "auto"
+    threads: int | None = None
+    resume: bool = False
+
+    # What a resumed run takes from the new call; everything else comes from the checkpoint.
+    RUN_CONTROL = ("max_iterations", "max_time", "device", "threads", "save_every", "eval_every", "eval_windows",
+                   "eval_prompts", "eval_length", "eval_temperature", "sample_every", "log_every", "keep_last",
+                   "resume")
+
+    def validate(self) -> "SelfPlayConfig":
+        for name in ("prompts_per_step", "group_size", "rollout_tokens", "prompt_tokens", "lm_batch_size",
+                     "self_pool", "eval_every", "eval_prompts", "eval_length", "sample_every", "save_every",
+                     "log_every"):
+            v = getattr(self, name)
+            if v is None and name in ("rollout_tokens", "prompt_tokens"):
+                continue
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise UserError(f"{name} must be a whole number of at least 1, got {v!r}.")
+        if self.group_size < 2:
+            raise UserError(f"group_size must be at least 2 (the baseline is the group's mean), got {self.group_size}.")
+        if self.max_iterations is not None and (not isinstance(self.max_iterations, int) or self.max_iterations < 1):
+            raise UserError(f"max_iterations must be a whole number of at least 1, got {self.max_iterations!r}.")
+        if self.max_time is not None and self.max_time <= 0:
+            raise UserError(f"max_time must be a positive number of seconds, got {self.max_time}.")
+        if not (0 < self.temperature <= 10):
+            raise UserError(f"temperature must be above 0 and at most 10 (typical 0.3–1.0), got {self.temperature}.")
+        if not (0 <= self.eval_temperature <= 10):
+            raise UserError(f"eval_temperature must be between 0 (greedy) and 10, got {self.eval_temperature}.")
+        if not (0 < self.learning_rate < 1):
+            raise UserError(f"learning_rate must be between 0 and 1 (typical 3e-5 to 3e-4), got {self.learning_rate}.")
+        for name in ("kl_weight", "lm_weight", "weight_decay", "grad_clip"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise UserError(f"{name} must be 0 or a positive number, got {v!r}.")
+        if not (self.prompt_source in ("book", "self") or self.prompt_source.startswith("file:")):
+            raise UserError(f"prompt_source must be book, self or file:PATH, got {self.prompt_source!r}.")
+        if self.length_target is not None and self.length_target <= 0:
+            raise UserError(f"length_target must be a positive number of words, got {self.length_target}.")
+        return self
+
+
+# ---- the pieces, usable on their own --------------------------------------------------------
+
+def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-6) -> torch.Tensor:
+    """(r − group mean) / (group std + eps) for rewards laid out group after group; population
+    std. A group with (numerically) equal rewards teaches nothing: its advantages are 0."""
+    r = rewards.double().view(-1, group_size)
+    mean = r.mean(-1, keepdim=True)
+    std = r.std(-1, unbiased=False, keepdim=True)
+    adv = (r - mean) / (std + eps)
+    adv = torch.where(std > 1e-8, adv, torch.zeros_like(adv))
+    return adv.view(-1).to(rewards.dtype if rewards.is_floating_point() else torch.float32)
+
+
+def exact_kl(logits: torch.Tensor, ref_logits: torch.Tensor) -> torch.Tensor:
+    """KL(p ‖ q) = Σ_v p(v) (log p(v) − log q(v)) per position, p = softmax(logits) (the policy),
+    q = softmax(ref_logits) (the frozen model); differentiable in ``logits``."""
+    logp = torch.log_softmax(logits.float(), -1)
+    logq = torch.log_softmax(ref_logits.float(), -1)
+    return (logp.exp() * (logp - logq)).sum(-1)
+
+
+def validation_prompts(data: PreparedData, tokenizer, n: int, prompt_tokens: int) -> list[list[int]]:
+    """``n`` fixed prompts from the validation split: evenly spaced, each starting at a line."""
+    val = data.val
+    span = 3 * prompt_tokens
+    if len(val) <= span + 1:
+        return [[tokenizer.eot_id]] * n
+    starts = np.linspace(1, len(val) - span - 1, n).astype(int).tolist()
+    return [_line_prompt(tokenizer, val[s:s + span], prompt_tokens) for s in starts]
+
+
+def _line_prompt(tokenizer, chunk, prompt_tokens: int) -> list[int]:
+    """Decode a stretch of tokens, start after its first newline, re-encode, keep ``prompt_tokens``."""
+    text = tokenizer.decode(np.asarray(chunk, dtype=np.int64).tolist())
+    cut = text.find("\n")
+    if 0 <= cut < len(text) - 1:
+        text = text[cut + 1:]
+    text = text.lstrip("\ufffd")
+    ids = tokenizer.encode(text)[:prompt_tokens]
+    return ids or [tokenizer.eot_id]
+
+
+def read_prompt_file(path: str | Path) -> list[str]:
+    """One prompt per line (UTF-8); blank lines are skipped; ``\\n`` inside a line is a newline."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"Prompt file {path} does not exist.")
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except UnicodeDecodeError:
+        raise UserError(f"Prompt file {path} is not UTF-8 text; save it as UTF-8.") from None
+    prompts = [line.replace("\\n", "\n") for line in lines if line.strip()]
+    if not prompts:
+        raise UserError(f"Prompt file {path} has no prompts: write one per line.")
+    return prompts
+
+
+@torch.no_grad()
+def evaluate_samples(model, tokenizer, prompts: list[list[int]], *, length: int, temperature: float, seed: int,
+                     reward: Composite | None = None, batch_size: int = 64) -> dict:
+    """Continue each prompt once (fixed seed, no top-k; temperature 0 is greedy) and measure the
+    samples: repeated-4-gram rate, distinct-2 (words; see rewards.py), and the reward with each
+    component."""
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    texts: list[str] = []
+    for i in range(0, len(prompts), batch_size):
+        outs = generate(model, prompts[i:i + batch_size], max_new_tokens=length, temperature=temperature, top_k=None,
+                        generator=gen, eot_id=tokenizer.eot_id)
+        texts += [tokenizer.decode(o) for o in outs]
+    prompt_texts = [tokenizer.decode(p) for p in prompts]
+    res = {f"sample_{k}": v for k, v in sample_metrics(texts).items()}
+    if reward is not None:
+        comps = reward.components(texts, prompt_texts)
+        res["sample_reward"] = float(np.mean(reward.combine(comps)))
+        for k, v in comps.items():
+            res[f"sample_reward_{k}"] = float(np.mean(v))
+    res["texts"], res["prompts"] = texts, prompt_texts
+    return res
+
+
+def prime_coherence(coherence: Coherence, rows, outs, texts, prompt_texts, ref_logits, y, mask) -> int:
+    """Give ``coherence`` its scores of the rollouts from the frozen model's logits, which the KL
+    term computes anyway, so that scoring costs no second forward pass. Only rows whose text
+    re-tokenizes to exactly the ids that were sampled are given (for them the result is the same
+    as scoring the text); the rest are scored from the text as usual. Returns how many were given.
+    ``rows``/``outs``: prompt and continuation ids; ``y``/``mask`` from ``pack_rows`` of the rows
+    with <|endoftext|> appended to continuations that ended."""
+    ref_logp = torch.log_softmax(ref_logits.float(), -1).gather(-1, y.clamp(min=0)[..., None])[..., 0]
+    text_mask = mask.clone()
+    for i, o in enumerate(outs):
+        last = int(mask[i].nonzero().max()) if mask[i].any() else -1
+        if last >= 0 and int(y[i, last]) == coherence.tokenizer.eot_id and (not o or o[-1] != y[i, last]):
+            text_mask[i, last] = 0  # the appended <|endoftext|>: the text does not contain it
+    values = coherence.score_logprobs(ref_logp, text_mask)
+    coh_rows = coherence.rows(texts, prompt_texts)
+    same = [(list(p), list(o)) == (cp, cc) for p, o, (cp, cc) in zip(rows, outs, coh_rows)]
+    coherence.remember([r for r, ok in zip(coh_rows, same) if ok], [v for v, ok in zip(values, same) if ok])
+    return sum(same)
+
+
+def selfplay_root(model_dir: Path) -> Path:
+    return checkpoint_dir(model_dir) / "selfplay"
+
+
+def _run_checkpoints(folder: Path) -> list[tuple[int, Path]]:
+    if not folder.is_dir():
+        return []
+    return sorted((int(m.group(1)), p) for p in folder.iterdir() if (m := _STEP_RE.match(p.name)))
+
+
+def _load_data(home: Path, mdir: Path, book_names: list[str], mcfg, tokenizer, log) -> PreparedData:
+    """The model's tokenized books; when a book was deleted since, its cached token files."""
+    try:
+        return prepare_data(home, mdir, book_names, mcfg.tokenizer, mcfg.vocab_size, log=log)
+    except NotFound:
+        meta_path = mdir / "data" / "data.json"
+        if not meta_path.exists():
+            raise
+        meta = read_json(meta_path)
+        dtype = np.dtype(meta["dtype"])
+        log("Warning: a book of this model was deleted; using its tokenized copy in the model folder.")
+        return PreparedData(np.memmap(mdir / "data" / "train.bin", dtype=dtype, mode="r"),
+                            np.memmap(mdir / "data" / "val.bin", dtype=dtype, mode="r"),
+                            meta["val_bytes"], meta["train_bytes"], tokenizer, [])
+
+
+def default_length_target(data: PreparedData, tokenizer, rollout_tokens: int) -> float:
+    """90% of the words that ``rollout_tokens`` tokens of the book usually hold."""
+    sample = np.asarray(data.train[:min(len(data.train), 20000)], dtype=np.int64).tolist()
+    per_token = len(words(tokenizer.decode(sample))) / max(1, len(sample))
+    return max(1.0, round(0.9 * per_token * rollout_tokens, 1))
+
+
+def _utcnow() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+# ---- the run --------------------------------------------------------------------------------
+
+def selfplay(home: Path, name: str, cfg: SelfPlayConfig, listeners: list[Listener] | None = None,
+             stop: StopRequested | None = None, log: Callable[[str], None] = print, run_id: str | None = None) -> dict:
+    """Run self-play on model ``name``; returns the summary the CLI prints with --json.
+
+    A new run starts from ``cfg.checkpoint``; ``cfg.resume`` continues run ``run_id`` (or the
+    self-play run saved most recently) from its last checkpoint with its own settings, taking
+    only the run-control fields (max_iterations, max_time, device, …) from ``cfg``."""
+    cfg.validate()
+    store.get_model(home, name)
+    with TrainingLock(store.model_dir(home, name)):
+        return _selfplay(home, name, cfg, listeners, stop or StopRequested(), log, run_id)
+
+
+def _selfplay(home, name, cfg: SelfPlayConfig, listeners, stop, log, run_id) -> dict:
+    cfg = replace(cfg)  # defaults get filled in below; the caller's object stays as it was
+    mdir = store.model_dir(home, name)
+    resume_obj, ref_obj = None, None
+    if cfg.resume:
+        path = latest_selfplay_checkpoint(mdir, run_id)
+        if path is None:
+            which = f"run '{run_id}'" if run_id else f"model '{name}'"
+            raise UserError(f"Nothing to resume: {which} has no self-play checkpoint. Start without --resume.")
+        resume_obj = safe_load(path)
+        saved = resume_obj["selfplay_config"]
+        known = {f.name for f in fields(SelfPlayConfig)}
+        cfg = SelfPlayConfig(**{**{k: v for k, v in saved.items() if k in known},
+                                **{k: getattr(cfg, k) for k in SelfPlayConfig.RUN_CONTROL}}).validate()
+        run_id = resume_obj["run_id"]
+        ref_obj = safe_load(path.parent / "reference.pt")
+        start_obj = ref_obj
+        start_info = resume_obj["start"]
+    else:
+        start_path = resolve_checkpoint(mdir, cfg.checkpoint)
+        start_obj = safe_load(start_path)
+        start_info = {"checkpoint": str(start_path), "step": start_obj.get("step"),
+                      "kind": (start_obj.get("meta") or {}).get("kind"),
+                      "val_bpb": (start_obj.get("meta") or {}).get("val_bpb")}
+        run_id = run_id or datetime.now(timezone.utc).strftime("selfplay-%Y%m%d-%H%M%S-") + secrets.token_hex(2)
+
+    device = pick_device(cfg.device)
+    threads = set_threads(cfg.threads) if device.type == "cpu" else None
+    model, mcfg, tokenizer = build_model(start_obj)
+    ref, _, _ = build_model(start_obj)
+    model.to(device)
+    ref.to(device).eval()
+    for p in ref.parameters():
+        p.requires_grad_(False)
+    if cfg.prompt_tokens is None:
+        cfg.prompt_tokens = max(1, min(32, mcfg.max_seq_len // 4))
+    if cfg.rollout_tokens is None:
+        cfg.rollout_tokens = max(1, min(96, mcfg.max_seq_len - cfg.prompt_tokens))
+    if cfg.rollout_tokens > mcfg.max_seq_len - 1:
+        raise UserError(f"rollout_tokens ({cfg.rollout_tokens}) must leave room for a prompt in the model's "
+                        f"max_seq_len ({mcfg.max_seq_len}); try {mcfg.max_seq_len // 2}.")
+    if cfg.prompt_tokens + cfg.rollout_tokens > mcfg.max_seq_len:
+        raise UserError(f"prompt_tokens + rollout_tokens ({cfg.prompt_tokens} + {cfg.rollout_tokens}) must fit the "
+                        f"model's max_seq_len ({mcfg.max_seq_len}).")
+    max_prompt = mcfg.max_seq_len - cfg.rollout_tokens
+    pretrain_cfg = start_obj.get("train_config") or resume_obj and resume_obj.get("train_config") or {}
+    book_names = list(pretrain_cfg.get("books") or store.get_model(home, name).books or [])
+    if not book_names:
+        raise UserError(f"Self-play needs the books model '{name}' was trained on (for its validation bpb, "
+                        "prompts and book loss); train it on a book first (azr train NAME --books …).")
+    data = _load_data(home, mdir, book_names, mcfg, tokenizer, log)
+    if data.tokenizer.to_json() != tokenizer.to_json():
+        raise UserError(f"The tokenizer in {start_info['checkpoint']} differs from model '{name}''s tokenizer.json; "
+                        "self-play needs the model's own checkpoints.")
+    file_prompts = None
+    if cfg.prompt_source.startswith("file:"):
+        file_prompts = [tokenizer.encode(p)[-max_prompt:] or [tokenizer.eot_id]
+                        for p in read_prompt_file(cfg.prompt_source[5:])]
+
+    # The reward. Coherence is scored by the frozen starting model.
+    weights = {} if cfg.reward == "file" else preset_weights(cfg.reward)
+    custom = None
+    if cfg.reward_file:
+        custom = load_reward_file(cfg.reward_file)
+        weights.setdefault("custom", 1.0)
+    weights.update(parse_weights(cfg.reward_weights))
+    if cfg.reward == "file" and not custom:
+        raise UserError("reward 'file' needs a reward file (--reward-file FILE.py).")
+    length_target = cfg.length_target or default_length_target(data, tokenizer, cfg.rollout_tokens)
+    coherence = Coherence(ref, tokenizer, device, cap=cfg.coherence_cap)
+    reward = build_reward(weights, length_target=length_target, coherence=coherence, custom=custom)
+    # Evals sample eval_length tokens: the same reward, its length target scaled to that length.
+    eval_reward = build_reward(weights, length_target=length_target * cfg.eval_length / cfg.rollout_tokens,
+                               coherence=coherence, custom=custom)
+
+    optimizer = _make_optimizer(model, cfg, device)
+    seq_len = mcfg.max_seq_len
+    sampler = BatchSampler(data.train, seq_len, cfg.lm_batch_size, cfg.seed) if cfg.lm_weight > 0 else None
+    pool: list[list[int]] = []
+    step, tokens_seen, elapsed_before = 0, 0, 0.0
+    run_folder = selfplay_root(mdir) / run_id
+    if resume_obj is not None:
+        model.load_state_dict(resume_obj["state_dict"])
+        optimizer.load_state_dict(resume_obj["optimizer"])
+        if sampler is not None and resume_obj["rng"].get("data") is not None:
+            sampler.load_state(resume_obj["rng"]["data"])
+        pool = [list(map(int, p)) for p in resume_obj.get("self_pool", [])]
+        step, tokens_seen = resume_obj["step"], resume_obj["tokens_seen"]
+        elapsed_before = resume_obj.get("elapsed", 0.0)
+    else:
+        export_pt(start_obj, run_folder / "reference.pt")
+    events = EventLog(mdir / "runs" / run_id / "events.jsonl", run_id, listeners)
+    eval_prompts = validation_prompts(data, tokenizer, cfg.eval_prompts, cfg.prompt_tokens)
+    use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+
+    def autocast():
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16)
+
+    events.emit("status", state="resumed" if resume_obj else "started", kind="selfplay", step=step,
+                max_iterations=cfg.max_iterations, device=str(device), threads=threads,
+                parameters=model.num_parameters(), start=start_info, reward_weights=reward.weights,
+                length_target=length_target, config=mcfg.to_dict(), selfplay_config=asdict(cfg),
+                warnings=data.warnings)
+
+    def draw_prompts(s: int) -> list[list[int]]:
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 2 * s)
+        n = cfg.prompts_per_step
+        if file_prompts is not None:
+            return [file_prompts[i] for i in torch.randint(len(file_prompts), (n,), generator=g).tolist()]
+        if cfg.prompt_source == "self":
+            if not pool:
+                return [[tokenizer.eot_id]] * n
+            return [pool[i][-cfg.prompt_tokens:] for i in torch.randint(len(pool), (n,), generator=g).tolist()]
+        span = 3 * cfg.prompt_tokens
+        starts = torch.randint(max(1, len(data.train) - span), (n,), generator=g).tolist()
+        return [_line_prompt(tokenizer, data.train[s:s + span], cfg.prompt_tokens) for s in starts]
+
+    def save(kind: str, last_eval: dict | None) -> Path:
+        obj = {
+            "format": FORMAT, "format_version": FORMAT_VERSION, "config": mcfg.to_dict(),
+            "state_dict": model.state_dict(), "tokenizer": tokenizer.to_json(),
+            "optimizer": optimizer.state_dict(), "step": step, "tokens_seen": tokens_seen,
+            "elapsed": elapsed_before + (time.time() - t_start), "run_id": run_id,
+            "train_config": pretrain_cfg, "selfplay_config": asdict(cfg),
+            "best_val_bpb": (last_eval or {}).get("val_bpb"),
+            "rng": {"data": sampler.state() if sampler is not None else None},
+            "self_pool": [list(p) for p in pool], "start": start_info,
+            "meta": {"model": name, "books": book_names, "saved_at": _utcnow(), "kind": "selfplay",
+                     "selfplay_kind": kind, "run": run_id, "val_bpb": (last_eval or {}).get("val_bpb")},
+        }
+        path = run_folder / f"step_{step:07d}.pt"
+        atomic_torch_save(obj, path)
+        for _, old in _run_checkpoints(run_folder)[:-cfg.keep_last] if cfg.keep_last > 0 else []:
+            old.unlink(missing_ok=True)
+        events.emit("checkpoint", step=step, path=str(path), best=False, kind=kind)
+        return path
+
+    def run_eval(full: bool) -> dict:
+        res = evaluate(model, data.val, data.val_bytes, seq_len, device, autocast,
+                       None if full else cfg.eval_windows) if len(data.val) > 1 else {}
+        sm = evaluate_samples(model, tokenizer, eval_prompts, length=cfg.eval_length,
+                              temperature=cfg.eval_temperature, seed=cfg.seed, reward=eval_reward)
+        greedy = evaluate_samples(model, tokenizer, eval_prompts, length=cfg.eval_length, temperature=0.0,
+                                  seed=cfg.seed)
+        res.update({k: v for k, v in sm.items() if k not in ("texts", "prompts")})
+        res.update({"greedy_rep4": greedy["sample_rep4"], "greedy_distinct2": greedy["sample_distinct2"]})
+        events.emit("eval", step=step, **res)
+        model.train()
+        return res
+
+    def one_step() -> dict:
+        nonlocal step, tokens_seen, pool
+        t0 = time.time()
+        lr = cfg.learning_rate * min(1.0, (step + 1) / max(1, cfg.warmup_iters))
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        prompts = draw_prompts(step)
+        rows = [p for p in prompts for _ in range(cfg.group_size)]
+        gen = torch.Generator(device="cpu").manual_seed(cfg.seed * 1_000_003 + 2 * step + 1)
+        outs = generate(model, rows, max_new_tokens=cfg.rollout_tokens, temperature=cfg.temperature, top_k=None,
+                        generator=gen, eot_id=tokenizer.eot_id)
+        gen_s = time.time() - t0
+        n_new = sum(len(o) for o in outs)
+        texts = [tokenizer.decode(o) for o in outs]
+        prompt_texts = [tokenizer.decode(p) for p in rows]
+        # A row that ended gets its <|endoftext|> trained too: stopping was one of its choices.
+        conts = [o + [tokenizer.eot_id] if len(o) < cfg.rollout_tokens else o for o in outs]
+        x, y, mask = pack_rows(list(zip(rows, conts)), seq_len)
+        x, y, mask = x.to(device), y.to(device), mask.to(device)
+        n_tok = mask.sum().clamp(min=1)
+        with torch.no_grad(), autocast():
+            ref_logits, _ = ref(x)
+        if "coherence" in reward.parts:
+            prime_coherence(coherence, rows, outs, texts, prompt_texts, ref_logits, y, mask)
+        comps = reward.components(texts, prompt_texts)
+        r = torch.tensor(reward.combine(comps), dtype=torch.float64)
+        adv = group_advantages(r, cfg.group_size).float().to(device)
+
+        model.train()
+        with autocast():
+            logits, _ = model(x)
+        logits = logits.float()
+        logp_t = torch.log_softmax(logits / cfg.temperature, -1).gather(-1, y.clamp(min=0)[..., None])[..., 0]
+        policy_loss = -(adv[:, None] * logp_t * mask).sum() / n_tok
+        kl_tok = exact_kl(logits, ref_logits)
+        kl = (kl_tok * mask).sum() / n_tok
+        with torch.no_grad():
+            logp1 = torch.log_softmax(logits, -1)
+            entropy = float((-(logp1.exp() * logp1).sum(-1) * mask).sum() / n_tok)
+        loss = policy_loss + cfg.kl_weight * kl
+        lm_loss = None
+        if sampler is not None:
+            xb, yb = sampler.next(device)
+            with autocast():
+                _, lm = model(xb, yb)
+            loss = loss + cfg.lm_weight * lm
+            lm_loss = float(lm.detach())
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if not math.isfinite(float(loss.detach())):
+            raise UserError(f"The self-play loss became {float(loss)} at step {step + 1}: lower learning_rate "
+                            f"(now {cfg.learning_rate}) and resume from the last checkpoint.")
+
+        # The best continuation of each group feeds the "self" prompt pool.
+        rv = r.view(-1, cfg.group_size)
+        for gi in range(rv.size(0)):
+            best = gi * cfg.group_size + int(rv[gi].argmax())
+            if outs[best]:
+                pool.append(list(outs[best]))
+        pool = pool[-cfg.self_pool:]
+        step += 1
+        tokens_seen += n_new
+        sm = sample_metrics(texts)
+        metrics = {
+            "loss": float(loss.detach()), "policy_loss": float(policy_loss.detach()), "kl": float(kl.detach()),
+            "entropy": entropy, "lm_loss": lm_loss, "reward_mean": float(r.mean()),
+            "reward_std": float(r.std(unbiased=False)),
+            **{f"reward_{k}": float(np.mean(v)) for k, v in comps.items()},
+            "rep4": sm["rep4"], "distinct2": sm["distinct2"], "lr": lr, "grad_norm": float(grad_norm),
+            "rollouts_per_s": len(rows) / max(1e-9, gen_s), "tokens_per_s": n_new / max(1e-9, gen_s),
+            "gen_seconds": gen_s, "step_seconds": time.time() - t0, "tokens_seen": tokens_seen,
+        }
+        if step % cfg.sample_every == 0:
+            first = r[:cfg.group_size]
+            for label, i in (("best", int(first.argmax())), ("worst", int(first.argmin()))):
+                events.emit("sample", step=step, prompt=prompt_texts[i], text=texts[i], reward=float(r[i]),
+                            rank=label)
+        return metrics
+
+    t_start = time.time()
+    status, message, checkpoints = "completed", None, []
+    last_eval: dict | None = None
+    start_eval: dict | None = None
+    metrics: dict = {}
+    resumed_at = step
+    try:
+        if resume_obj is None:
+            start_eval = last_eval = run_eval(full=False)
+        while cfg.max_iterations is None or step < cfg.max_iterations:
+            if step % cfg.eval_every == 0 and step > 0 and step != resumed_at:
+                last_eval = run_eval(full=False)
+            metrics = one_step()
+            if step % cfg.log_every == 0 or step == cfg.max_iterations:
+                elapsed = time.time() - t_start
+                eta = ((cfg.max_iterations - step) * elapsed / max(1, step - resumed_at)
+                       if cfg.max_iterations else None)
+                events.emit("step", step=step, max_iterations=cfg.max_iterations, elapsed=elapsed_before + elapsed,
+                            eta=eta, **metrics)
+            if step % cfg.save_every == 0 and step != cfg.max_iterations:
+                checkpoints.append(str(save("periodic", last_eval)))
+            if cfg.max_time is not None and time.time() - t_start >= cfg.max_time:
+                status, message = "stopped", f"max_time {cfg.max_time:g} s reached"
+                break
+            reason = stop.check()
+            if reason:
+                status, message = ("cancelled" if reason == "cancel" else "paused" if reason == "pause"
+                                   else "interrupted"), f"stopped by {reason}"
+                break
+    except BaseException as e:
+        if is_out_of_memory(e):
+            advice = (f"Ran out of memory at self-play step {step} ({cfg.prompts_per_step} prompts × "
+                      f"{cfg.group_size} continuations of {cfg.rollout_tokens} tokens). Lower prompts_per_step or "
+                      "group_size, or rollout_tokens, and resume: the last checkpoint is kept.")
+            events.emit("status", state="failed", step=step, message=advice)
+            events.close()
+            raise UserError(advice) from None
+        if isinstance(e, KeyboardInterrupt):
+            status, message = "interrupted", "Ctrl-C"
+        else:
+            events.emit("status", state="failed", step=step, message=str(e)[:500])
+            events.close()
+            raise
+    if status in ("completed", "stopped") and step > resumed_at:
+        last_eval = run_eval(full=True)
+    final_path = save("final", last_eval)
+    checkpoints.append(str(final_path))
+    wall = time.time() - t_start
+    final = last_eval or {}
+    summary = {
+        "model": name, "run": run_id, "kind": "selfplay", "status": status, "message": message, "step": step,
+        "max_iterations": cfg.max_iterations, "start": start_info,
+        "reward_mean": metrics.get("reward_mean"), "kl": metrics.get("kl"),
+        "val_bpb": final.get("val_bpb"), "sample_rep4": final.get("sample_rep4"),
+        "sample_distinct2": final.get("sample_distinct2"), "sample_reward": final.get("sample_reward"),
+        "start_eval": {k: start_eval.get(k) for k in ("val_bpb", "sample_rep4", "sample_distinct2", "sample_reward")}
+        if start_eval else None,
+        "tokens_seen": tokens_seen, "rollouts": (step - resumed_at) * cfg.prompts_per_step * cfg.group_size,
+        "wall_seconds": wall, "device": str(device), "threads": threads,
+        "checkpoints": sorted(set(checkpoints)), "checkpoint": str(final_path), "events": str(events.path),
+    }
+    events.emit("status", state=status, step=step, message=message, summary=summary)
+    events.close()
+    return summary
+
+
+def _make_optimizer(model, cfg: SelfPlayConfig, device) -> torch.optim.AdamW:
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    extra = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(0.9, cfg.beta2), eps=1e-8, **extra)
