@@ -181,3 +181,17 @@ def test_queue_runs_one_at_a_time_and_recover_interrupts(home, book):
     if run["state"] == "interrupted":
         assert "Resume it" in run["message"]
     wait_state(fresh, second["id"], ("interrupted", "paused", "completed"))  # the orphan stops and reports
+
+
+@pytest.mark.slow
+def test_the_studio_starts_a_two_process_run(home, book):
+    store.create_model(home, "m", TINY)
+    runner = JobRunner(home, Registry(home))
+    with pytest.raises(UserError, match="divisible by nproc"):
+        runner.create_run("m", [book], {**RUN_PARAMS, "batch_size": 3, "nproc": 2})
+    run = runner.create_run("m", [book], {**RUN_PARAMS, "batch_size": 4, "nproc": 2, "threads": 1})
+    run = wait_state(runner, run["id"], ("completed", "failed"), timeout=180)
+    assert run["state"] == "completed", run["message"]
+    started = [e for e in runner.events(run["id"]) if e["type"] == "status" and e.get("state") == "started"]
+    assert started and started[0]["processes"] == 2 and started[0]["train_config"]["batch_size"] == 4
+    assert run["step"] == RUN_PARAMS["max_iterations"]

@@ -211,8 +211,13 @@ class JobRunner:
         threads = params.get("threads")
         if threads is not None and threads < 1:
             raise UserError(f"threads must be at least 1, got {threads}.")
+        nproc = params.get("nproc")
+        if nproc is not None and not 1 <= nproc <= 64:
+            raise UserError(f"nproc must be between 1 and 64 processes, got {nproc}.")
+        if nproc and params.get("batch_size", 16) % nproc:
+            raise UserError(f"batch_size ({params.get('batch_size', 16)}) must be divisible by nproc ({nproc}).")
         params = {k: v for k, v in params.items() if v is not None}
-        TrainConfig(books=list(books), **{k: v for k, v in params.items() if k != "threads"}).validate()
+        TrainConfig(books=list(books), **{k: v for k, v in params.items() if k not in ("threads", "nproc")}).validate()
         with self._transaction() as s:
             held = s.scalars(select(Run).where(Run.model == model, Run.state.in_(HOLDS_MODEL))).first()
             if held is not None:
@@ -490,7 +495,7 @@ class JobRunner:
                "--books", ",".join(run.books), "--run-id", run.id, "--control-file", str(control),
                "--watch-parent", "--json", "--quiet"]
         for key in ("max_iterations", "batch_size", "learning_rate", "save_every", "eval_every", "max_time",
-                    "threads"):
+                    "threads", "nproc"):  # nproc > 1: the worker re-launches itself under torchrun
             if p.get(key) is not None:
                 cmd += [f"--{key.replace('_', '-')}", str(p[key])]
         if run.last_checkpoint_step is not None:

@@ -102,6 +102,7 @@ class RunRequest(BaseModel):
     eval_every: int | None = None  # default: the trainer's (200)
     max_time: float | None = None  # seconds
     threads: int | None = None  # CPU threads for the worker (default: all cores)
+    nproc: int | None = None  # training processes on this machine (torchrun + DDP); default 1
 
 
 class GenerateRequest(BaseModel):

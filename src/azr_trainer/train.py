@@ -367,7 +367,7 @@ def _train(home, name, cfg, listeners, stop, log, run_id, dist: Distributed) -> 
     flops_per_token = training_flops_per_token(mcfg, seq_len)
     tokens_per_step = cfg.batch_size * seq_len * cfg.grad_accum
     events.emit("status", state="resumed" if resume_obj else "started", step=step,
-                max_iterations=cfg.max_iterations, device=str(device), threads=threads,
+                max_iterations=cfg.max_iterations, device=str(device), threads=threads, processes=dist.world,
                 parameters=model.num_parameters(), train_tokens=int(len(data.train)),
                 val_tokens=int(len(data.val)), val_bytes=data.val_bytes, tokenizer_vocab=tokenizer.vocab_size,
                 config=mcfg.to_dict(), train_config=asdict(cfg), warnings=data.warnings)
