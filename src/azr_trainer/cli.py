@@ -186,6 +186,22 @@ class _ProgressBar:
             self.bar.close()
 
 
+def _stop_on_signals(args):
+    """The stop flag a training or self-play loop checks: the studio's control file, the studio
+    exiting, or the first Ctrl-C / SIGTERM (checkpoint and stop). A second Ctrl-C aborts at once."""
+    from .train import StopRequested
+    stop = StopRequested(Path(args.control_file) if args.control_file else None, watch_parent=args.watch_parent)
+
+    def on_signal(signum, _frame):
+        if stop.reason:
+            raise KeyboardInterrupt
+        stop.request(signal.Signals(signum).name)
+    signal.signal(signal.SIGINT, on_signal)
+    if hasattr(signal, "SIGTERM"):
+        signal.signal(signal.SIGTERM, on_signal)
+    return stop
+
+
 def _run_torchrun(args, home) -> None:
     """Re-run this same `azr train` command under torchrun (PyTorch's own launcher), N processes."""
     import subprocess
@@ -220,7 +236,7 @@ def _run_torchrun(args, home) -> None:
 
 
 def cmd_train(args, home):
-    from .train import StopRequested, TrainConfig, train
+    from .train import TrainConfig, train
     if args.nproc > 1 or args.nnodes > 1:
         return _run_torchrun(args, home)
     cfg = TrainConfig(
@@ -231,15 +247,7 @@ def cmd_train(args, home):
         val_fraction=args.val_fraction, warmup_iters=args.warmup_iters, log_every=args.log_every,
         seq_len=args.seq_len,
     )
-    stop = StopRequested(Path(args.control_file) if args.control_file else None, watch_parent=args.watch_parent)
-    # First Ctrl-C / SIGTERM: checkpoint and exit cleanly. A second Ctrl-C aborts at once.
-    def on_signal(signum, _frame):
-        if stop.reason:
-            raise KeyboardInterrupt
-        stop.request(signal.Signals(signum).name)
-    signal.signal(signal.SIGINT, on_signal)
-    if hasattr(signal, "SIGTERM"):
-        signal.signal(signal.SIGTERM, on_signal)
+    stop = _stop_on_signals(args)
     quiet = args.json or args.quiet
     log = (lambda m: print(m, file=sys.stderr)) if quiet else print
     rank = int(os.environ.get("RANK", "0"))  # under torchrun only rank 0 reports
@@ -278,7 +286,6 @@ class _SelfPlayProgress(_ProgressBar):
 
 def cmd_selfplay(args, home):
     from .selfplay import SelfPlayConfig, selfplay
-    from .train import StopRequested
     given = {k: getattr(args, k) for k in (
         "checkpoint", "max_iterations", "max_time", "group_size", "prompts_per_step", "rollout_tokens",
         "prompt_tokens", "temperature", "learning_rate", "kl_weight", "lm_weight", "reward_file", "reward_weights",
@@ -290,15 +297,7 @@ def cmd_selfplay(args, home):
         given["reward_file"], args.reward = args.reward, None
     given["reward"] = args.reward or ("file" if given["reward_file"] else "default")
     cfg = SelfPlayConfig(**{k: v for k, v in given.items() if v is not None})
-    stop = StopRequested(Path(args.control_file) if args.control_file else None, watch_parent=args.watch_parent)
-
-    def on_signal(signum, _frame):  # first Ctrl-C / SIGTERM: checkpoint and stop; a second aborts
-        if stop.reason:
-            raise KeyboardInterrupt
-        stop.request(signal.Signals(signum).name)
-    signal.signal(signal.SIGINT, on_signal)
-    if hasattr(signal, "SIGTERM"):
-        signal.signal(signal.SIGTERM, on_signal)
+    stop = _stop_on_signals(args)
     quiet = args.json or args.quiet
     log = (lambda m: print(m, file=sys.stderr)) if quiet else print
     summary = selfplay(home, args.name, cfg, listeners=[_SelfPlayProgress(not quiet)], stop=stop, log=log,
