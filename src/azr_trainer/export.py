@@ -38,7 +38,7 @@ import torch
 
 from . import store
 from .checkpoint import build_model, export_pt, init_checkpoint, resolve_checkpoint, safe_load
-from .home import UserError, atomic_write_bytes, fsync_dir, read_json
+from .home import UserError, atomic_path, atomic_write_bytes, fsync_dir, read_json
 from .model import ModelConfig
 from .tokenizer import Tokenizer
 
@@ -259,10 +259,8 @@ def export_hf_zip(obj: dict, zip_path: Path, dtype: str = "f32", *, model_name: 
                 # weights hardly compress; the JSON files do
                 zf.write(f, f.name, compress_type=zipfile.ZIP_STORED if f.suffix == ".safetensors"
                          else zipfile.ZIP_DEFLATED)
-        with open(part, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(part, zip_path)
-        fsync_dir(zip_path.parent)
+        with atomic_path(zip_path) as final:
+            os.replace(part, final)
     return zip_path
 
 
@@ -370,10 +368,7 @@ def export_gguf(obj: dict, path: Path, dtype: str = "f16", *, model_name: str | 
     meta = obj.get("meta") or {}
     tk = gguf_tokenizer(tok, cfg.vocab_size, _imported_from(obj))
     name = model_name or meta.get("model") or path.stem
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         w = gguf.GGUFWriter(tmp, "llama")
         w.add_name(name)
         w.add_file_type({"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
@@ -423,13 +418,6 @@ def export_gguf(obj: dict, path: Path, dtype: str = "f16", *, model_name: str | 
         w.write_kv_data_to_file()
         w.write_tensors_to_file()
         w.close()
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     modelfile = path.with_suffix(".Modelfile")
     atomic_write_bytes(modelfile, ollama_modelfile(path.name, tok, cfg).encode("utf-8"))
     return [path, modelfile]

@@ -21,7 +21,8 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
@@ -85,21 +86,29 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Let ``write`` fill a temp file beside the target, fsync, rename: readers (and a crash)
-    see the old file or the new one, never a half-written one."""
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temp file name beside ``path`` to write to; when the block ends without an error the
+    file is fsynced and renamed over ``path``: readers (and a crash) see the old file or the
+    new one, never a half-written one. For writers that want a file name (GGUF, zip)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
+        yield Path(tmp)
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
         fsync_dir(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Let ``write`` fill the file through a file object, atomically (see atomic_path)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        write(f)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
