@@ -90,8 +90,10 @@ class FixedEval:
         self.data = prepare_data(home, mdir, [BOOK], mcfg.tokenizer, mcfg.vocab_size, log=lambda m: None)
         self.prompts = validation_prompts(self.data, self.tok, EVAL["prompts"], EVAL["prompt_tokens"])
         target = default_length_target(self.data, self.tok, EVAL["length"])
-        self.reward = build_reward(preset_weights("default"), length_target=target,
-                                   coherence=Coherence(self.ref, self.tok, cap=SelfPlayConfig().coherence_cap))
+        # coherence is reported whether or not the default reward uses it (capped as in self-play)
+        self.coherence = Coherence(self.ref, self.tok, cap=SelfPlayConfig().coherence_cap)
+        self.weights = preset_weights("default")
+        self.reward = build_reward(self.weights, length_target=target, coherence=self.coherence)
         train_text = self.tok.decode(np.asarray(self.data.train, dtype=np.int64).tolist())
         self.vocab = set(words(train_text))
 
@@ -103,13 +105,16 @@ class FixedEval:
         ws = [w for t in s["texts"] for w in words(t) if any(c.isalpha() for c in w)]
         v = evaluate(model, self.data.val, self.data.val_bytes, model.cfg.max_seq_len, torch.device("cpu"),
                      lambda: torch.autocast("cpu", enabled=False), None)
-        return {"reward": s["sample_reward"], "rep4": s["sample_rep4"], "distinct2": s["sample_distinct2"],
+        comps = {k[len("sample_reward_"):]: x for k, x in s.items() if k.startswith("sample_reward_")}
+        comps.setdefault("coherence", float(np.mean(self.coherence(s["texts"], s["prompts"]))))
+        reward = sum(w * comps[k] for k, w in self.weights.items())
+        return {"reward": reward, "rep4": s["sample_rep4"], "distinct2": s["sample_distinct2"],
                 "distinct2_corpus": s["sample_distinct2_corpus"], "words": s["sample_words"],
-                "coherence": s["sample_reward_coherence"], "unknown_words": sum(w not in self.vocab for w in ws) / max(1, len(ws)),
+                "coherence": comps["coherence"], "unknown_words": sum(w not in self.vocab for w in ws) / max(1, len(ws)),
                 "greedy_rep4": g["sample_rep4"], "greedy_distinct2": g["sample_distinct2"],
+                "char_rep20": s["sample_char_rep20"], "greedy_char_rep20": g["sample_char_rep20"],
                 "val_bpb": v["val_bpb"], "texts": s["texts"][:4], "greedy_texts": g["texts"][:2],
-                "prompts": s["prompts"][:4], "components": {k[len("sample_reward_"):]: v for k, v in s.items()
-                                                            if k.startswith("sample_reward_")},
+                "prompts": s["prompts"][:4], "components": comps,
                 "rep4_max": max(repeated_ngram_rate(t) for t in s["texts"])}
 
 
@@ -145,17 +150,23 @@ def report(paths: list[str]) -> str:
     runs = [json.loads(Path(p).read_text(encoding="utf-8")) for p in paths]
     start = runs[0]["start"]
     results = {k: v for r in runs for k, v in r["results"].items()}
+    weights = preset_weights("default")
+    for r in [start] + [r for rs in results.values() for r in rs]:
+        if "components" in r:  # the reward as the default defines it now, whatever it was when measured
+            r["reward"] = sum(w * r["components"][k] for k, w in weights.items())
     cols = [("reward", "reward", ".3f"), ("rep4", "rep-4 (T 0.8)", ".4f"), ("distinct2", "distinct-2", ".3f"),
             ("distinct2_corpus", "distinct-2 all", ".3f"), ("unknown_words", "unknown words", ".3f"),
-            ("greedy_rep4", "rep-4 greedy", ".3f"), ("greedy_distinct2", "distinct-2 greedy", ".3f"),
+            ("greedy_rep4", "rep-4 greedy", ".3f"), ("greedy_char_rep20", "char-rep-20 greedy", ".3f"),
+            ("greedy_distinct2", "distinct-2 greedy", ".3f"),
             ("val_bpb", "val bpb", ".4f")]
     lines = ["| model | " + " | ".join(c[1] for c in cols) + " | Δ bpb | KL at end | s per run |",
              "|---|" + "---|" * (len(cols) + 3)]
-    lines.append("| start | " + " | ".join(format(start[k], f) for k, _, f in cols) + " | | | |")
+    nan = float("nan")
+    lines.append("| start | " + " | ".join(format(start.get(k, nan), f) for k, _, f in cols) + " | | | |")
     for name, rs in results.items():
         cells = []
         for k, _, f in cols:
-            v = np.array([r[k] for r in rs])
+            v = np.array([r.get(k, nan) for r in rs])
             cells.append(f"{v.mean():{f}} ± {v.std():{f}}" if len(v) > 1 else format(v.mean(), f))
         d = np.array([r["val_bpb"] / start["val_bpb"] - 1 for r in rs]) * 100
         kl = np.mean([r["kl_last"] for r in rs])

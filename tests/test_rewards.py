@@ -9,7 +9,7 @@ from azr_trainer.home import UserError
 from azr_trainer.model import ModelConfig, Transformer
 from azr_trainer.rewards import (Coherence, Length, build_reward, check_rewards, corpus_distinct_n, distinct_n,
                                  diversity, load_reward_file, pack_rows, parse_weights, preset_weights,
-                                 repeated_ngram_rate, repetition, unique_word_ratio, words)
+                                 repeated_char_ngram_rate, repeated_ngram_rate, repetition, unique_word_ratio, words)
 
 FRESH = "The king rode north at dawn, and the queen wrote letters to her sister in the south."
 LOOP = "I am the king. I am the king. I am the king. I am the king. I am the king."
@@ -28,6 +28,18 @@ def test_repeated_4gram_rate_by_hand():
     # 4-grams of the prompt count as already seen
     assert repeated_ngram_rate("a b c d", context="x a b c d") == 1.0
     assert repeated_ngram_rate(LOOP) > 0.7
+
+
+def test_repeated_char_ngram_rate_sees_loops_inside_a_word():
+    loop = "Bishop of AUMERIAMILTAMILTAMILTAMILTAMILTAMILTAMILTA"
+    assert repeated_ngram_rate(loop) == 0.0  # one long word: no word 4-gram repeats
+    assert repeated_char_ngram_rate(loop, 20) > 0.3
+    assert repeated_char_ngram_rate(FRESH, 20) == 0.0
+    # case and whitespace runs do not hide a repeat; the prompt counts as seen
+    assert repeated_char_ngram_rate("abcdef ABCDEF", 6) == pytest.approx(1 / 8)
+    assert repeated_char_ngram_rate("abc  def\nabc def", 7) == pytest.approx(1 / 9)
+    assert repeated_char_ngram_rate("hello world", 11, context="say hello world") == 1.0
+    assert repetition([loop], [""])[0] < 0.7
 
 
 def test_distinct_and_unique_ratios_by_hand():
@@ -101,7 +113,7 @@ def test_composite_weights_presets_and_parsing():
         assert total[i] == pytest.approx(comps["repetition"][i] + 0.5 * comps["diversity"][i])
     assert total[0] > total[1]
     assert set(preset_weights("original")) == {"diversity", "length"}
-    assert "coherence" in preset_weights("default") and "repetition" in preset_weights("default")
+    assert {"diversity", "repetition"} <= set(preset_weights("default"))
     assert parse_weights("repetition=2, coherence=0.5") == {"repetition": 2.0, "coherence": 0.5}
     with pytest.raises(UserError, match="Unknown reward component"):
         parse_weights("fluency=1")

@@ -90,7 +90,7 @@ def trained(home, book):
 def sp(**kw):
     base = dict(max_iterations=6, prompts_per_step=2, group_size=4, rollout_tokens=8, prompt_tokens=8,
                 learning_rate=1e-3, warmup_iters=2, lm_batch_size=2, eval_every=3, eval_windows=4, eval_prompts=2,
-                eval_length=8, save_every=100, threads=1, seed=7)
+                eval_length=8, save_every=100, threads=1, seed=7, reward_weights={"coherence": 0.25})
     base.update(kw)
     return SelfPlayConfig(**base)
 
@@ -196,7 +196,7 @@ def test_self_prompts_reward_file_control_file_and_refusals(home, trained, tmp_p
     control = tmp_path / "control"
     control.write_text("pause", encoding="utf-8")
     s = selfplay(home, "m", sp(prompt_source="self", reward="file", reward_file=str(f), kl_weight=0.0,
-                               lm_weight=0.0), stop=StopRequested(control), log=lambda m: None)
+                               lm_weight=0.0, reward_weights=None), stop=StopRequested(control), log=lambda m: None)
     assert s["status"] == "paused" and s["step"] == 1
     first = next(e for e in iter_events(s["events"]) if e["type"] == "status")
     assert first["reward_weights"] == {"custom": 1.0}

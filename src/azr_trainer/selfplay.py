@@ -456,7 +456,8 @@ def _selfplay(home, name, cfg: SelfPlayConfig, listeners, stop, log, run_id) -> 
         greedy = evaluate_samples(model, tokenizer, eval_prompts, length=cfg.eval_length, temperature=0.0,
                                   seed=cfg.seed)
         res.update({k: v for k, v in sm.items() if k not in ("texts", "prompts")})
-        res.update({"greedy_rep4": greedy["sample_rep4"], "greedy_distinct2": greedy["sample_distinct2"]})
+        res.update({"greedy_rep4": greedy["sample_rep4"], "greedy_char_rep20": greedy["sample_char_rep20"],
+                    "greedy_distinct2": greedy["sample_distinct2"]})
         events.emit("eval", step=step, **res)
         model.train()
         return res
