@@ -519,8 +519,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--lm-weight", type=float,
                     help=f"weight of the book's next-token loss, 'continuous learning'; 0 = off "
                          f"(default {d.lm_weight})")
-    sp.add_argument("--reward", help="default (repetition + diversity + coherence + length), original (diversity + "
-                                     "length only, as first described; easy to game), or FILE.py")
+    sp.add_argument("--reward", help="default (diversity + repetition + a little length), original (diversity + "
+                                     "length, as first described), or FILE.py; add coherence (likelihood under "
+                                     "the starting model) with --reward-weights coherence=0.25")
     sp.add_argument("--reward-file", help="a Python file defining compute_reward(texts, prompts) -> list[float]; "
                                           "alone it is the whole reward, with --reward it is added with weight 1")
     sp.add_argument("--reward-weights", help="override component weights, e.g. repetition=1,coherence=0.5,custom=2 "
