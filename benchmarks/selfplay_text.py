@@ -110,7 +110,8 @@ class FixedEval:
         reward = sum(w * comps[k] for k, w in self.weights.items())
         return {"reward": reward, "rep4": s["sample_rep4"], "distinct2": s["sample_distinct2"],
                 "distinct2_corpus": s["sample_distinct2_corpus"], "words": s["sample_words"],
-                "coherence": comps["coherence"], "unknown_words": sum(w not in self.vocab for w in ws) / max(1, len(ws)),
+                "coherence": comps["coherence"],
+                "unknown_words": sum(w not in self.vocab for w in ws) / max(1, len(ws)),
                 "greedy_rep4": g["sample_rep4"], "greedy_distinct2": g["sample_distinct2"],
                 "char_rep20": s["sample_char_rep20"], "greedy_char_rep20": g["sample_char_rep20"],
                 "val_bpb": v["val_bpb"], "texts": s["texts"][:4], "greedy_texts": g["texts"][:2],
@@ -127,7 +128,8 @@ def run_one(cache: Path, name: str, config: dict, seed: int, steps: int, threads
                                        save_every=10**6, sample_every=10**6), **config})
         t0 = time.time()
         steps_log: list[dict] = []
-        summary = selfplay(home, "base", cfg, listeners=[lambda e: steps_log.append(e) if e["type"] == "step" else None],
+        summary = selfplay(home, "base", cfg,
+                           listeners=[lambda e: steps_log.append(e) if e["type"] == "step" else None],
                            log=lambda m: print(m, file=sys.stderr))
         wall = time.time() - t0
         obj = safe_load(Path(summary["checkpoint"]))
@@ -171,7 +173,8 @@ def report(paths: list[str]) -> str:
         d = np.array([r["val_bpb"] / start["val_bpb"] - 1 for r in rs]) * 100
         kl = np.mean([r["kl_last"] for r in rs])
         secs = np.mean([r["selfplay_seconds"] for r in rs])
-        lines.append(f"| {name} ({len(rs)} seeds) | " + " | ".join(cells) + f" | {d.mean():+.2f}% | {kl:.3f} | {secs:.0f} |")
+        lines.append(f"| {name} ({len(rs)} seeds) | " + " | ".join(cells)
+                     + f" | {d.mean():+.2f}% | {kl:.3f} | {secs:.0f} |")
     lines += ["", "Per seed (rep-4 at T 0.8, rep-4 greedy, val bpb, reward):", ""]
     for name, rs in results.items():
         lines.append(f"- {name}: " + "; ".join(f"seed {r['seed']}: {r['rep4']:.4f}, {r['greedy_rep4']:.3f}, "
@@ -181,7 +184,8 @@ def report(paths: list[str]) -> str:
 
     def cell(t: str) -> str:
         return t[:200].replace("|", "\\|").replace("\n", " ⏎ ")
-    lines.append(f"| start | {cell(start['prompts'][0])} | {cell(start['texts'][0])} | {cell(start['greedy_texts'][0])} |")
+    lines.append(f"| start | {cell(start['prompts'][0])} | {cell(start['texts'][0])} "
+                 f"| {cell(start['greedy_texts'][0])} |")
     for name, rs in results.items():
         r = rs[0]
         lines.append(f"| {name}, seed {r['seed']} | ″ | {cell(r['texts'][0])} | {cell(r['greedy_texts'][0])} |")

@@ -279,7 +279,8 @@ class _SelfPlayProgress(_ProgressBar):
         elif e["type"] == "eval":
             bpb = f"val bpb {e['val_bpb']:.4f}, " if "val_bpb" in e else ""
             self.bar.write(f"step {e['step']}: {bpb}samples: reward {e['sample_reward']:.3f}, repeated 4-grams "
-                           f"{e['sample_rep4']:.2%}, distinct-2 {e['sample_distinct2']:.3f}")
+                           f"{e['sample_rep4']:.2%}, distinct-2 {e['sample_distinct2']:.3f}; greedy: repeated "
+                           f"4-grams {e['greedy_rep4']:.2%}")
         elif e.get("rank") == "best" and e["step"] % 25 == 0:
             self.bar.write(f"best sample @ {e['step']} (reward {e['reward']:.3f}): {(e['prompt'] + e['text'])[:160]!r}")
 
@@ -313,6 +314,7 @@ def cmd_selfplay(args, home):
     print(f"samples: reward {fmt(start.get('sample_reward'), '.3f')} → {fmt(summary['sample_reward'], '.3f')}, "
           f"repeated 4-grams {fmt(start.get('sample_rep4'), '.2%')} → {fmt(summary['sample_rep4'], '.2%')}, "
           f"distinct-2 {fmt(start.get('sample_distinct2'), '.3f')} → {fmt(summary['sample_distinct2'], '.3f')}; "
+          f"greedy repeated 4-grams {fmt(start.get('greedy_rep4'), '.2%')} → {fmt(summary['greedy_rep4'], '.2%')}; "
           f"val bpb {fmt(start.get('val_bpb'), '.4f')} → {fmt(summary['val_bpb'], '.4f')}.")
     print(f"Checkpoint: {summary['checkpoint']}  (azr generate {args.name} \"…\" --checkpoint selfplay)")
 

@@ -272,7 +272,8 @@ def parse_weights(spec: str | dict | None) -> dict[str, float]:
     for key, value in items:
         key = str(key).strip()
         if key not in COMPONENTS:
-            raise UserError(f"Unknown reward component {key!r}: use {', '.join(COMPONENTS)} (e.g. repetition=1,coherence=0.25).")
+            raise UserError(f"Unknown reward component {key!r}: use {', '.join(COMPONENTS)} "
+                            "(e.g. repetition=1,coherence=0.25).")
         try:
             w = float(value)
         except (TypeError, ValueError):

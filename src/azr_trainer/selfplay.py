@@ -599,7 +599,9 @@ def _selfplay(home, name, cfg: SelfPlayConfig, listeners, stop, log, run_id) -> 
         "reward_mean": metrics.get("reward_mean"), "kl": metrics.get("kl"),
         "val_bpb": final.get("val_bpb"), "sample_rep4": final.get("sample_rep4"),
         "sample_distinct2": final.get("sample_distinct2"), "sample_reward": final.get("sample_reward"),
-        "start_eval": {k: start_eval.get(k) for k in ("val_bpb", "sample_rep4", "sample_distinct2", "sample_reward")}
+        "greedy_rep4": final.get("greedy_rep4"),
+        "start_eval": {k: start_eval.get(k) for k in ("val_bpb", "sample_rep4", "sample_distinct2", "sample_reward",
+                                                      "greedy_rep4")}
         if start_eval else None,
         "tokens_seen": tokens_seen, "rollouts": (step - resumed_at) * cfg.prompts_per_step * cfg.group_size,
         "wall_seconds": wall, "device": str(device), "threads": threads,
