@@ -17,6 +17,8 @@ from azr_trainer.selfplay import SelfPlayConfig, exact_kl, group_advantages, lat
     prime_coherence, read_prompt_file, selfplay
 from azr_trainer.train import StopRequested, TrainConfig, train
 
+from test_train import StopAt  # stops at an exact step, as Ctrl-C would
+
 SHAPE = dict(vocab_size=300, d_model=32, num_layers=2, num_heads=4, d_ff=64, max_seq_len=32)
 
 
@@ -93,18 +95,6 @@ def sp(**kw):
                 eval_length=8, save_every=100, threads=1, seed=7, reward_weights={"coherence": 0.25})
     base.update(kw)
     return SelfPlayConfig(**base)
-
-
-class StopAt(StopRequested):
-    def __init__(self, steps):
-        super().__init__()
-        self.left = steps
-
-    def check(self):
-        self.left -= 1
-        if self.left <= 0:
-            self.request("SIGINT")
-        return self.reason
 
 
 STEP_KEYS = ("loss", "policy_loss", "kl", "entropy", "lm_loss", "reward_mean", "reward_std", "reward_repetition",
