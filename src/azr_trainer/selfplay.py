@@ -73,13 +73,13 @@ from . import store
 from .checkpoint import FORMAT, FORMAT_VERSION, atomic_torch_save, build_model, checkpoint_dir, export_pt, \
     latest_selfplay_checkpoint, resolve_checkpoint, safe_load
 from .data import BatchSampler, PreparedData, prepare_data
-from .device import is_out_of_memory, pick_device, set_threads
+from .device import pick_device, set_threads
 from .events import EventLog, Listener
 from .home import NotFound, UserError, read_json
 from .rewards import Coherence, Composite, build_reward, load_reward_file, pack_rows, parse_weights, \
     preset_weights, sample_metrics, words
 from .sample import generate
-from .train import StopRequested, TrainingLock, evaluate
+from .train import StopRequested, TrainingLock, evaluate, fail_run
 
 _STEP_RE = re.compile(r"^step_(\d+)\.pt$")
 
@@ -574,19 +574,10 @@ def _selfplay(home, name, cfg: SelfPlayConfig, listeners, stop, log, run_id) -> 
                                    else "interrupted"), f"stopped by {reason}"
                 break
     except BaseException as e:
-        if is_out_of_memory(e):
-            advice = (f"Ran out of memory at self-play step {step} ({cfg.prompts_per_step} prompts × "
-                      f"{cfg.group_size} continuations of {cfg.rollout_tokens} tokens). Lower prompts_per_step or "
-                      "group_size, or rollout_tokens, and resume: the last checkpoint is kept.")
-            events.emit("status", state="failed", step=step, message=advice)
-            events.close()
-            raise UserError(advice) from None
-        if isinstance(e, KeyboardInterrupt):
-            status, message = "interrupted", "Ctrl-C"
-        else:
-            events.emit("status", state="failed", step=step, message=str(e)[:500])
-            events.close()
-            raise
+        fail_run(events, step, e, f"Ran out of memory at self-play step {step} ({cfg.prompts_per_step} prompts × "
+                 f"{cfg.group_size} continuations of {cfg.rollout_tokens} tokens). Lower prompts_per_step or "
+                 "group_size, or rollout_tokens, and resume: the last checkpoint is kept.")
+        status, message = "interrupted", "Ctrl-C"
     if status in ("completed", "stopped") and step > resumed_at:
         last_eval = run_eval(full=True)
     final_path = save("final", last_eval)

@@ -175,6 +175,20 @@ class StopRequested:
         return self.reason
 
 
+def fail_run(events: EventLog, step: int, exc: BaseException, oom_advice: str) -> None:
+    """The end of a run's loop by an exception: Ctrl-C returns (the caller saves and stops);
+    out of memory becomes a failed event and a UserError with ``oom_advice`` (what to lower);
+    anything else a failed event, and it propagates."""
+    if isinstance(exc, KeyboardInterrupt):
+        return
+    message = oom_advice if is_out_of_memory(exc) else str(exc)[:500]
+    events.emit("status", state="failed", step=step, message=message)
+    events.close()
+    if is_out_of_memory(exc):
+        raise UserError(oom_advice) from None
+    raise exc
+
+
 class TrainingLock:
     """One training process per model: a lock file holding the owner's pid."""
 
@@ -483,20 +497,11 @@ def _train(home, name, cfg, listeners, stop, log, run_id, dist: Distributed) -> 
                     status, message = "interrupted", "another training process stopped"
                 break
     except BaseException as e:
-        if is_out_of_memory(e):
-            advice = (f"Ran out of memory at step {step} (batch_size {cfg.batch_size}, max_seq_len {seq_len}, "
-                      f"d_model {mcfg.d_model}). Lower batch_size (e.g. {cfg.batch_size} → "
-                      f"{max(1, cfg.batch_size // 2)}), then max_seq_len, then d_model or num_layers, and resume: "
-                      "the last checkpoint is kept.")
-            events.emit("status", state="failed", step=step, message=advice)
-            events.close()
-            raise UserError(advice) from None
-        if isinstance(e, KeyboardInterrupt):
-            status, message = "interrupted", "Ctrl-C"
-        else:
-            events.emit("status", state="failed", step=step, message=str(e)[:500])
-            events.close()
-            raise
+        fail_run(events, step, e, f"Ran out of memory at step {step} (batch_size {cfg.batch_size}, max_seq_len "
+                 f"{seq_len}, d_model {mcfg.d_model}). Lower batch_size (e.g. {cfg.batch_size} → "
+                 f"{max(1, cfg.batch_size // 2)}), then max_seq_len, then d_model or num_layers, and resume: "
+                 "the last checkpoint is kept.")
+        status, message = "interrupted", "Ctrl-C"
     # The final eval covers the whole validation split (skipped on pause/cancel, which must be quick),
     # then the last checkpoint records it.
     final = run_eval(full=True) if len(data.val) > 1 and status in ("completed", "stopped") else {}
