@@ -82,10 +82,11 @@ def list_step_checkpoints(model_dir: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def latest_selfplay_checkpoint(model_dir: Path, run_id: str | None = None) -> Path | None:
-    """The newest self-play checkpoint (selfplay.py keeps them in checkpoints/selfplay/<run>/):
-    the last step of ``run_id``, or of the run that saved most recently."""
-    root = checkpoint_dir(model_dir) / "selfplay"
+def latest_run_checkpoint(model_dir: Path, kind: str, run_id: str | None = None) -> Path | None:
+    """The newest checkpoint of a self-play (``kind`` "selfplay") or reasoning ("reason") run,
+    kept in checkpoints/<kind>/<run>/: the last step of ``run_id``, or of the run that saved
+    most recently."""
+    root = checkpoint_dir(model_dir) / kind
     folders = [root / run_id] if run_id else ([p for p in root.iterdir() if p.is_dir()] if root.is_dir() else [])
     last = []
     for folder in folders:
@@ -96,14 +97,21 @@ def latest_selfplay_checkpoint(model_dir: Path, run_id: str | None = None) -> Pa
     return max(last, key=lambda p: p.stat().st_mtime_ns) if last else None
 
 
+def latest_selfplay_checkpoint(model_dir: Path, run_id: str | None = None) -> Path | None:
+    return latest_run_checkpoint(model_dir, "selfplay", run_id)
+
+
+_RUN_KINDS = {"selfplay": "azr selfplay", "reason": "azr reason"}
+
+
 def resolve_checkpoint(model_dir: Path, which: str = "best") -> Path:
-    """'best', 'latest', 'selfplay' (the newest self-play checkpoint) or a step number → a
-    checkpoint path, with a hint when there is none."""
-    if which == "selfplay":
-        found = latest_selfplay_checkpoint(model_dir)
+    """'best', 'latest', 'selfplay' / 'reason' (the newest self-play / reasoning checkpoint) or
+    a step number → a checkpoint path, with a hint when there is none."""
+    if which in _RUN_KINDS:
+        found = latest_run_checkpoint(model_dir, which)
         if found is None:
-            raise UserError(f"Model '{model_dir.name}' has no self-play checkpoint yet: run "
-                            f"azr selfplay {model_dir.name}.")
+            raise UserError(f"Model '{model_dir.name}' has no {which} checkpoint yet: run "
+                            f"{_RUN_KINDS[which]} {model_dir.name}.")
         return found
     steps = list_step_checkpoints(model_dir)
     if which == "best":
@@ -121,7 +129,7 @@ def resolve_checkpoint(model_dir: Path, which: str = "best") -> Path:
     try:
         step = int(which)
     except ValueError:
-        raise UserError(f"--checkpoint must be best, latest, selfplay or a step number, got {which!r}.") from None
+        raise UserError(f"--checkpoint must be best, latest, selfplay, reason or a step number, got {which!r}.") from None
     for s, p in steps:
         if s == step:
             return p

@@ -319,6 +319,94 @@ def cmd_selfplay(args, home):
     print(f"Checkpoint: {summary['checkpoint']}  (azr generate {args.name} \"…\" --checkpoint selfplay)")
 
 
+# ---- reason --------------------------------------------------------------------------------
+
+class _ReasonProgress(_ProgressBar):
+    """The training bar, with valid-proposal rates and solver accuracy per task type."""
+
+    def __call__(self, e: dict) -> None:
+        if not self.enabled or self.bar is None or e["type"] not in ("step", "eval", "sample"):
+            return super().__call__(e)
+        if e["type"] == "step":
+            self.bar.update(e["step"] - self.bar.n)
+            post = {k[:3]: f"{e[k + '_solve_acc']:.2f}" for k in ("deduction", "abduction", "induction")
+                    if e.get(k + "_solve_acc") is not None}
+            self.bar.set_postfix(loss=f"{e['loss']:.3f}", **post, refresh=False)
+        elif e["type"] == "eval":
+            accs = ", ".join(f"{k.split('_')[0]} {v:.1%}" for k, v in e.items() if k.endswith("_acc"))
+            self.bar.write(f"step {e['step']}: held-out greedy accuracy: {accs}")
+
+
+def _reason_config(args):
+    from .reasoning import ReasonConfig
+    given = {k: getattr(args, k) for k in (
+        "checkpoint", "mode", "max_iterations", "max_time", "batch_size", "n_samples", "references",
+        "temperature", "learning_rate", "kl_weight", "eval_every", "eval_tasks", "save_every", "seed", "device",
+        "threads", "resume")}
+    return ReasonConfig(**{k: v for k, v in given.items() if v is not None})
+
+
+def cmd_reason(args, home):
+    from . import reasoning
+    from .train import TrainConfig, train
+    quiet = args.json or args.quiet
+    log = (lambda m: print(m, file=sys.stderr)) if quiet else print
+    mdir = store.model_dir(home, args.name)
+    if args.show_buffers:
+        return _print_json(reasoning.read_buffers(mdir, args.run_id))
+    cfg = _reason_config(args).validate()
+    stop = _stop_on_signals(args)
+    if not mdir.exists():
+        shape = {k: getattr(args, k) for k in ("d_model", "num_layers", "num_heads", "d_ff", "max_seq_len")
+                 if getattr(args, k) is not None}
+        book = reasoning.create_from_zero(home, args.name, shape=shape, n_docs=args.corpus_docs,
+                                          seed=args.seed or 0, log=log)
+        log(f"Pretraining '{args.name}' from zero on generator triplets for {args.pretrain_time:g} s …")
+        pre = train(home, args.name, TrainConfig(books=[book], max_iterations=10**7, schedule="time",
+                                                 max_time=args.pretrain_time, batch_size=16, learning_rate=1e-3,
+                                                 eval_every=200, save_every=10**7, threads=args.threads,
+                                                 device=args.device or "auto"),
+                    listeners=[_ProgressBar(not quiet)], stop=stop, log=log)
+        log(f"Pretrained: {pre['step']} steps, val bpb {pre['val_bpb']}.")
+        if stop.reason:
+            return
+    if args.pretrain_only:
+        return
+    if args.eval_only:
+        return _print_json(_reason_eval(home, args, cfg))
+    summary = reasoning.reason(home, args.name, cfg, listeners=[_ReasonProgress(not quiet)], stop=stop, log=log,
+                               run_id=args.run_id)
+    if args.json:
+        return _print_json(summary)
+    before, after = summary["start_eval"] or {}, summary["eval"] or {}
+    print(f"{summary['status']}: {summary['mode']} step {summary['step']}, run {summary['run']}, "
+          f"{summary['wall_seconds']:.1f} s, {summary['programs_checked']:,} programs checked in the sandbox.")
+    for kind in reasoning.TASK_TYPES:
+        b, a = before.get(kind + "_acc"), after.get(kind + "_acc")
+        print(f"  {kind:10s} held-out greedy accuracy {'-' if b is None else f'{b:.1%}'} → "
+              f"{'-' if a is None else f'{a:.1%}'}")
+    print(f"Checkpoint: {summary['checkpoint']}  (azr reason {args.name} --eval-only --checkpoint reason)")
+
+
+def _reason_eval(home, args, cfg):
+    from . import reasoning
+    from .checkpoint import build_model, resolve_checkpoint, safe_load
+    from .device import pick_device, set_threads
+    device = pick_device(cfg.device)
+    if device.type == "cpu":
+        set_threads(cfg.threads)
+    path = resolve_checkpoint(store.model_dir(home, args.name), cfg.checkpoint)
+    model, _, tok = build_model(safe_load(path))
+    model.to(device)
+    tasks = reasoning.heldout_tasks(cfg.eval_tasks, split=args.eval_split)
+    res = {"checkpoint": str(path), "split": args.eval_split, "tasks_per_type": cfg.eval_tasks}
+    res.update(reasoning.evaluate_tasks(model, tok, tasks, cfg.limits()))
+    if args.pass_k > 1:
+        res.update(reasoning.evaluate_tasks(model, tok, tasks, cfg.limits(), k=args.pass_k, temperature=1.0,
+                                            seed=cfg.seed))
+    return res
+
+
 # ---- generate ------------------------------------------------------------------------------
 
 def cmd_generate(args, home):
@@ -537,17 +625,50 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--eval-prompts", type=int, help=f"fixed validation prompts per eval (default {d.eval_prompts})")
     sp.add_argument("--eval-length", type=int, help=f"tokens per eval sample (default {d.eval_length})")
     sp.add_argument("--save-every", type=int, help=f"steps between checkpoints (default {d.save_every})")
-    sp.add_argument("--seed", type=int)
-    sp.add_argument("--device", help="auto, cpu, cuda, mps")
-    sp.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
-    sp.add_argument("--resume", action="store_true", help="continue the latest self-play run (or --run-id) "
-                                                          "with its own settings")
-    sp.add_argument("--run-id", help=argparse.SUPPRESS)
-    sp.add_argument("--control-file", help=argparse.SUPPRESS)
-    sp.add_argument("--watch-parent", action="store_true", help=argparse.SUPPRESS)
-    sp.add_argument("--quiet", action="store_true")
-    sp.add_argument("--json", action="store_true")
+    _add_run_control(sp, "self-play")
     sp.set_defaults(func=cmd_selfplay)
+
+    from .reasoning import ReasonConfig
+    r = ReasonConfig()
+    rp = sub.add_parser(
+        "reason", help="Absolute Zero reasoning: the model proposes and solves programs; a sandbox judges",
+        description="AZR self-play. A model that does not exist yet is first created from zero (char tokenizer) "
+                    "and pretrained on triplets from the random program generator for --pretrain-time seconds. "
+                    "Then each step the model proposes deduction, abduction and induction tasks, a sandboxed "
+                    "executor keeps the valid ones, the model solves them, and both roles learn from verified "
+                    "rewards. Runs until stopped, --max-iterations or --max-time; checkpoints go to "
+                    "models/NAME/checkpoints/reason/RUN/.")
+    rp.add_argument("name")
+    rp.add_argument("--mode", help="azr (full), frozen_proposer, solver_only (generator tasks) or pretrain "
+                                   f"(continued pretraining on generator triplets) (default {r.mode})")
+    rp.add_argument("--checkpoint", help=f"start from: best, latest, reason, selfplay or a step (default {r.checkpoint})")
+    rp.add_argument("--max-iterations", type=int, help="stop after this many steps (default: until stopped)")
+    rp.add_argument("--max-time", type=float, help="stop cleanly after this many seconds")
+    rp.add_argument("--batch-size", type=int, help=f"proposals per task type per step (default {r.batch_size})")
+    rp.add_argument("--n-samples", type=int, help=f"solver attempts per task (default {r.n_samples})")
+    rp.add_argument("--references", type=int, help=f"reference triplets in a proposer prompt (default {r.references})")
+    rp.add_argument("--temperature", type=float, help=f"sampling temperature of both roles (default {r.temperature})")
+    rp.add_argument("--learning-rate", type=float, help=f"AdamW learning rate (default {r.learning_rate})")
+    rp.add_argument("--kl", "--kl-weight", dest="kl_weight", type=float,
+                    help=f"weight of the KL penalty to the start model (default {r.kl_weight})")
+    rp.add_argument("--eval-every", type=int, help=f"steps between held-out evals (default {r.eval_every})")
+    rp.add_argument("--eval-tasks", type=int, help=f"held-out tasks per type (default {r.eval_tasks})")
+    rp.add_argument("--save-every", type=int, help=f"steps between checkpoints (default {r.save_every})")
+    rp.add_argument("--pretrain-time", type=float, default=300,
+                    help="seconds of from-zero pretraining when the model does not exist yet (default 300)")
+    rp.add_argument("--corpus-docs", type=int, default=40000, help="generator documents in the from-zero book")
+    for dim in ("d_model", "num_layers", "num_heads", "d_ff", "max_seq_len"):
+        rp.add_argument("--" + dim.replace("_", "-"), dest=dim, type=int,
+                        help=f"from-zero shape (default {reasoning_shape_default(dim)})")
+    rp.add_argument("--pretrain-only", action="store_true", help="create and pretrain, no self-play")
+    rp.add_argument("--eval-only", action="store_true",
+                    help="print the held-out accuracy of --checkpoint as JSON (with --pass-k: pass@k at T=1)")
+    rp.add_argument("--eval-split", default="test", choices=("test", "train"),
+                    help="test: the shifted held-out distribution; train: the pretraining one")
+    rp.add_argument("--pass-k", type=int, default=1)
+    rp.add_argument("--show-buffers", action="store_true", help="print the newest run's task buffers as JSON")
+    _add_run_control(rp, "reasoning")
+    rp.set_defaults(func=cmd_reason)
 
     s = sub.add_parser("serve", help="start the web studio (http://127.0.0.1:8000)")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on; any but loopback requires a token")
@@ -559,6 +680,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--token", help="access token to require (default: made up when --host is not loopback)")
     s.set_defaults(func=cmd_serve)
     return p
+
+
+def _add_run_control(p, what: str) -> None:
+    """The flags a self-play or reasoning run shares: seed, device, resume, and the studio's."""
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="auto, cpu, cuda, mps")
+    p.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
+    p.add_argument("--resume", action="store_true", help=f"continue the latest {what} run (or --run-id) "
+                                                         "with its own settings")
+    p.add_argument("--run-id", help=argparse.SUPPRESS)
+    p.add_argument("--control-file", help=argparse.SUPPRESS)
+    p.add_argument("--watch-parent", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--json", action="store_true")
+
+
+def reasoning_shape_default(dim: str) -> int:
+    from .reasoning import FROM_ZERO_SHAPE
+    return FROM_ZERO_SHAPE[dim]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -387,7 +387,7 @@ def _selfplay(home, name, cfg: SelfPlayConfig, listeners, stop, log, run_id) -> 
     eval_reward = build_reward(weights, length_target=length_target * cfg.eval_length / cfg.rollout_tokens,
                                coherence=coherence, custom=custom)
 
-    optimizer = _make_optimizer(model, cfg, device)
+    optimizer = make_selfplay_optimizer(model, cfg, device)
     seq_len = mcfg.max_seq_len
     sampler = BatchSampler(data.train, seq_len, cfg.lm_batch_size, cfg.seed) if cfg.lm_weight > 0 else None
     pool: list[list[int]] = []
@@ -603,7 +603,7 @@ def _selfplay(home, name, cfg: SelfPlayConfig, listeners, stop, log, run_id) -> 
     return summary
 
 
-def _make_optimizer(model, cfg: SelfPlayConfig, device) -> torch.optim.AdamW:
+def make_selfplay_optimizer(model, cfg, device) -> torch.optim.AdamW:
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]

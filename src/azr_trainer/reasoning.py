@@ -1,0 +1,757 @@
+"""Absolute Zero reasoning self-play (Zhao et al., 2025): one model proposes programming tasks
+and solves them; a sandboxed executor (executor.py) is the only judge.
+
+Tasks are triplets (program p, input i, output o = p(i)) of three types:
+- deduction: given p and i, predict o;
+- abduction: given p and o, give any i with p(i) = o;
+- induction: given a message and some (i, o) pairs, write p; graded on held-out pairs.
+
+Each step, for every task type: the proposer (the model, prompted with K reference triplets
+from the type's buffer; for induction, with a program from the buffers) proposes B tasks at
+temperature 1; the executor keeps the valid ones (parse, allow-list, runs within limits, same
+output twice, output not cut) and they join the buffer; the solver (the same model) answers each
+task ``n_samples`` times at temperature 1. Rewards as the paper: the solver gets 1 for a correct
+answer, −0.5 for a well-formed wrong one, −1 for a malformed one; the proposer gets
+1 − r̄ when 0 < r̄ < 1 (r̄: the solver's success rate on its task), 0 when r̄ is 0 or 1, −0.5 for a
+well-formed invalid proposal, −1 for a malformed one. TRR++: advantages are normalised within
+each of the six (task type, role) groups; REINFORCE with a token-mean loss, gradient clipping,
+optionally a KL term to the start model. The solver rows that estimate r̄ are the solver's
+training rows too (they are on-policy samples at temperature 1).
+
+Modes, for the ablations in benchmarks/azr_reasoning.py: ``azr`` (full), ``frozen_proposer``
+(tasks proposed but the proposer gets no gradient), ``solver_only`` (tasks from the random
+program generator, solver trained), ``pretrain`` (continued next-token training on generator
+documents).
+"""
+from __future__ import annotations
+
+import ast
+import math
+import random
+import re
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields, replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import executor, programs, store
+from .checkpoint import FORMAT, FORMAT_VERSION, atomic_torch_save, build_model, checkpoint_dir, export_pt, \
+    latest_run_checkpoint, resolve_checkpoint, safe_load
+from .device import pick_device, set_threads
+from .events import EventLog, Listener
+from .home import UserError
+from .formats import FORMATS, CompactFormat, is_arguments, is_literal, shown_count, triplet_text
+from .rewards import pack_rows
+from .sample import SamplingParams, stream_generate
+from .selfplay import exact_kl, make_selfplay_optimizer
+from .train import StopRequested, TrainingLock, fail_run
+
+TASK_TYPES = ("deduction", "abduction", "induction")
+MODES = ("azr", "frozen_proposer", "solver_only", "pretrain")
+_STEP_RE = re.compile(r"^step_(\d+)\.pt$")
+
+
+@dataclass
+class ReasonConfig:
+    checkpoint: str = "best"       # start from: best, latest, a step number, selfplay or reason
+    mode: str = "azr"              # azr, frozen_proposer, solver_only, pretrain (see the module doc)
+    prompt_format: str = "auto"    # compact, paper, or auto: compact for a from-zero (char) model, else paper
+    max_iterations: int | None = None
+    max_time: float | None = None  # seconds of wall clock for this invocation
+    batch_size: int = 4            # proposals (tasks) per task type per step
+    n_samples: int = 4             # solver attempts per task: r̄ and the solver's rollouts
+    references: int = 2            # K reference triplets in a proposer prompt
+    buffer_size: int = 256         # per task type; the oldest entries leave first
+    seed_tasks: int = 8            # the seeding phase fills each buffer to this many valid tasks
+    induction_inputs: int = 6      # inputs an induction proposal must give; half are held out
+    temperature: float = 1.0       # the paper's: r̄ is estimated at temperature 1
+    learning_rate: float = 1e-4
+    warmup_iters: int = 5
+    weight_decay: float = 0.0
+    beta2: float = 0.99
+    grad_clip: float = 1.0
+    kl_weight: float = 0.0
+    max_answer_tokens: int = 48    # deduction/abduction answers
+    max_program_tokens: int = 200  # proposals and induction programs
+    lm_batch_size: int = 8         # pretrain mode: rows of generator documents per step
+    eval_every: int = 25
+    eval_tasks: int = 32           # held-out test tasks per type for periodic evals
+    save_every: int = 25
+    keep_last: int = 3
+    log_every: int = 1
+    cpu_seconds: float = 1.0       # executor limits per program run
+    memory_mb: int = 256
+    seed: int = 1337
+    device: str = "auto"
+    threads: int | None = None
+    resume: bool = False
+
+    RUN_CONTROL = ("max_iterations", "max_time", "device", "threads", "save_every", "eval_every", "eval_tasks",
+                   "log_every", "keep_last", "resume")
+
+    def validate(self) -> "ReasonConfig":
+        if self.mode not in MODES:
+            raise UserError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}.")
+        if self.prompt_format not in ("auto", *FORMATS):
+            raise UserError(f"prompt_format must be auto, {' or '.join(FORMATS)}, got {self.prompt_format!r}.")
+        for name in ("batch_size", "n_samples", "references", "buffer_size", "seed_tasks", "max_answer_tokens",
+                     "max_program_tokens", "lm_batch_size", "eval_every", "eval_tasks", "save_every", "log_every"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise UserError(f"{name} must be a whole number of at least 1, got {v!r}.")
+        if self.n_samples < 2:
+            raise UserError(f"n_samples must be at least 2 (r̄ is a success rate), got {self.n_samples}.")
+        if self.induction_inputs < 2:
+            raise UserError(f"induction_inputs must be at least 2 (some shown, some held out), "
+                            f"got {self.induction_inputs}.")
+        if self.max_iterations is not None and (not isinstance(self.max_iterations, int) or self.max_iterations < 1):
+            raise UserError(f"max_iterations must be a whole number of at least 1, got {self.max_iterations!r}.")
+        if self.max_time is not None and self.max_time <= 0:
+            raise UserError(f"max_time must be a positive number of seconds, got {self.max_time}.")
+        if not (0 < self.temperature <= 10):
+            raise UserError(f"temperature must be above 0 and at most 10, got {self.temperature}.")
+        if not (0 < self.learning_rate < 1):
+            raise UserError(f"learning_rate must be between 0 and 1 (typical 1e-5 to 1e-3), got {self.learning_rate}.")
+        for name in ("kl_weight", "weight_decay", "grad_clip"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise UserError(f"{name} must be 0 or a positive number, got {v!r}.")
+        if not (0.05 <= self.cpu_seconds <= 60) or not (32 <= self.memory_mb <= 16384):
+            raise UserError("cpu_seconds must be within 0.05–60 and memory_mb within 32–16384.")
+        return self
+
+    def limits(self) -> executor.Limits:
+        return executor.Limits(cpu_seconds=self.cpu_seconds, wall_seconds=max(2.0, 2 * self.cpu_seconds),
+                               memory_mb=self.memory_mb)
+
+
+# ---- tasks ---------------------------------------------------------------------------------------
+
+@dataclass
+class Task:
+    kind: str
+    code: str
+    input: str = ""                     # deduction/abduction: the argument, as source text
+    output: str = ""                    # its repr
+    message: str = ""                   # induction
+    pairs: list = None                  # induction: [(input, output)], the first half shown
+
+    def shown(self) -> list:
+        return self.pairs[:shown_count(len(self.pairs))]
+
+    def held_out(self) -> list:
+        return self.pairs[shown_count(len(self.pairs)):]
+
+    def solver_prompt(self, fmt=FORMATS["compact"]) -> str:
+        if self.kind == "deduction":
+            return fmt.deduction(self.code, self.input)
+        if self.kind == "abduction":
+            return fmt.abduction(self.code, self.output)
+        return fmt.induction(self.message, self.shown())
+
+    def to_dict(self) -> dict:
+        d = {"kind": self.kind, "code": self.code, "input": self.input, "output": self.output}
+        if self.kind == "induction":
+            d.update(message=self.message, pairs=[list(p) for p in self.pairs])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Task":
+        pairs = [tuple(p) for p in d["pairs"]] if d.get("pairs") is not None else None
+        return cls(d["kind"], d["code"], d.get("input", ""), d.get("output", ""), d.get("message", ""), pairs)
+
+
+def program_task(kind: str, prog: programs.Program, gen: programs.Generator, n_inputs: int) -> Task:
+    """A task made by the random generator (outputs from the primitives' Python twins)."""
+    if kind == "induction":
+        xs = gen.inputs(n_inputs)
+        return Task(kind, prog.source, message=prog.describe(),
+                    pairs=[(programs.arg_text(x), repr(prog(x))) for x in xs])
+    x = gen.input()
+    return Task(kind, prog.source, programs.arg_text(x), repr(prog(x)))
+
+
+def heldout_tasks(n_per_type: int, seed: int = 4242, n_inputs: int = 6, split: str = "test") -> list[Task]:
+    """The evaluation set: tasks from the generator's shifted ``test`` distribution."""
+    gen = programs.Generator(split, seed)
+    return [program_task(kind, gen.program(), gen, n_inputs) for kind in TASK_TYPES for _ in range(n_per_type)]
+
+
+def seed_buffers() -> dict[str, list[dict]]:
+    """The paper's start: the identity function on one input."""
+    ident = programs.IDENTITY
+    return {"deduction": [Task("deduction", ident, "[1, 2, 3]", "[1, 2, 3]").to_dict()],
+            "abduction": [Task("abduction", ident, "[1, 2, 3]", "[1, 2, 3]").to_dict()],
+            "induction": [Task("induction", ident, message="identity",
+                               pairs=[("[1, 2, 3]", "[1, 2, 3]"), ("[]", "[]"), ("[5]", "[5]"),
+                                      ("[0, -4]", "[0, -4]")]).to_dict()]}
+
+
+# ---- parsing and grading -------------------------------------------------------------------------
+
+@dataclass
+class Graded:
+    correct: bool
+    well_formed: bool
+
+    @property
+    def reward(self) -> float:
+        return 1.0 if self.correct else -0.5 if self.well_formed else -1.0
+
+
+def grade_answers(tasks: list[Task], texts: list[str], limits: executor.Limits,
+                  fmt=FORMATS["compact"]) -> list[Graded]:
+    """Grade solver answers (``texts[i]`` answers ``tasks[i]``); every program run is sandboxed,
+    and all of them go to the executor in one batch."""
+    out: list[Graded | None] = [None] * len(tasks)
+    jobs, owners = [], []  # (code, input) runs and which answer each belongs to
+    for i, (task, text) in enumerate(zip(tasks, texts)):
+        raw, finished = fmt.answer(text)
+        ans = raw.strip()
+        if task.kind == "deduction":
+            ok = is_literal(ans)
+            out[i] = Graded(ok and executor.outputs_equal(ans, task.output), ok)
+        elif task.kind == "abduction":
+            if not is_arguments(ans):
+                out[i] = Graded(False, False)
+            else:
+                jobs.append((task.code, ans))
+                owners.append(i)
+        else:
+            code = fmt.induction_program(raw)
+            if not finished or executor.check_program(code) is not None:
+                out[i] = Graded(False, False)
+            else:
+                for inp, _ in task.held_out():
+                    jobs.append((code, inp))
+                    owners.append(i)
+    results = executor.run_many(jobs, limits) if jobs else []
+    verdict: dict[int, bool] = {}
+    held_index: dict[int, int] = {}
+    for owner, res in zip(owners, results):
+        task = tasks[owner]
+        if task.kind == "abduction":
+            gold = task.output
+        else:
+            k = held_index.get(owner, 0)
+            held_index[owner] = k + 1
+            gold = task.held_out()[k][1]
+        good = bool(res.ok and executor.outputs_equal(res.output, gold))
+        verdict[owner] = verdict.get(owner, True) and good
+    for owner, good in verdict.items():
+        out[owner] = Graded(good, True)
+    return out
+
+
+def learnability(rbar: float) -> float:
+    """The proposer's reward: tasks the solver sometimes solves are worth the most."""
+    return 1.0 - rbar if 0.0 < rbar < 1.0 else 0.0
+
+
+def trr_advantages(rewards: list[float], groups: list[tuple[str, str]], eps: float = 1e-6) -> torch.Tensor:
+    """TRR++: (r − mean) / std within each (task type, role) group of the batch; a group whose
+    rewards are all equal teaches nothing (advantage 0)."""
+    r = torch.tensor(rewards, dtype=torch.float64)
+    adv = torch.zeros_like(r)
+    for g in set(groups):
+        idx = torch.tensor([i for i, gg in enumerate(groups) if gg == g])
+        vals = r[idx]
+        std = vals.std(unbiased=False)
+        if len(idx) > 1 and std > 1e-8:
+            adv[idx] = (vals - vals.mean()) / (std + eps)
+    return adv.float()
+
+
+def resolve_format(choice: str, mcfg) -> str:
+    """auto: the compact format for a char-tokenizer model (made from zero here), the paper's
+    instructions for anything else (a pretrained model brought in with its own tokenizer)."""
+    if choice != "auto":
+        return choice
+    return "compact" if mcfg.tokenizer == "char" else "paper"
+
+
+def program_complexity(code: str) -> int:
+    """AST nodes in a program: a rough size of what the proposer writes."""
+    try:
+        return sum(1 for _ in ast.walk(ast.parse(code)))
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return 0
+
+
+# ---- sampling ------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def sample_until_end(model, tokenizer, prompts: list[str], *, max_new_tokens: int, temperature: float,
+                     generator: torch.Generator | None, stop: str = CompactFormat.stop
+                     ) -> list[tuple[list[int], list[int], str]]:
+    """Continue each prompt until it writes ``stop`` or ``max_new_tokens``; returns (prompt ids,
+    new ids up to and including the stop, new text) per prompt. Temperature 0: greedy."""
+    max_prompt = model.cfg.max_seq_len - max_new_tokens
+    ids = [tokenizer.encode(p)[-max_prompt:] for p in prompts]
+    outs: list[list[int]] = [[] for _ in prompts]
+    done = [False] * len(prompts)
+    params = SamplingParams(max_new_tokens, temperature, None, None, 1.0, None)
+    for step in stream_generate(model, ids, params, eot_id=tokenizer.eot_id, generator=generator):
+        for i, t in enumerate(step):
+            if t is None or done[i]:
+                done[i] = done[i] or t is None
+                continue
+            outs[i].append(t)
+            if stop in tokenizer.decode(outs[i][-len(stop) - 2:]):
+                done[i] = True
+        if all(done):
+            break
+    return [(p, o, tokenizer.decode(o)) for p, o in zip(ids, outs)]
+
+
+def evaluate_tasks(model, tokenizer, tasks: list[Task], limits: executor.Limits, *, k: int = 1,
+                   temperature: float = 0.0, seed: int = 0, max_answer_tokens: int = 48,
+                   max_program_tokens: int = 200, fmt=FORMATS["compact"]) -> dict:
+    """Accuracy per task type: greedy exact match (k=1, temperature 0) or pass@k (k samples at
+    ``temperature``, a task passes when any is correct)."""
+    gen = torch.Generator().manual_seed(seed)
+    res = {}
+    for kind in TASK_TYPES:
+        ts = [t for t in tasks if t.kind == kind]
+        if not ts:
+            continue
+        rows = [t for t in ts for _ in range(k)]
+        n_new = max_program_tokens if kind == "induction" else max_answer_tokens
+        texts = []
+        for i in range(0, len(rows), 64):
+            chunk = rows[i:i + 64]
+            texts += [s[2] for s in sample_until_end(model, tokenizer, [t.solver_prompt(fmt) for t in chunk],
+                                                     max_new_tokens=n_new, temperature=temperature, generator=gen,
+                                                     stop=fmt.stop)]
+        graded = grade_answers(rows, texts, limits, fmt)
+        passed = [any(g.correct for g in graded[j * k:(j + 1) * k]) for j in range(len(ts))]
+        res[f"{kind}_{'acc' if k == 1 else f'pass@{k}'}"] = float(np.mean(passed))
+    vals = [v for v in res.values()]
+    res["mean_" + ("acc" if k == 1 else f"pass@{k}")] = float(np.mean(vals)) if vals else 0.0
+    return res
+
+
+# ---- the run -------------------------------------------------------------------------------------
+
+def reason_root(model_dir: Path) -> Path:
+    return checkpoint_dir(model_dir) / "reason"
+
+
+def _utcnow() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def reason(home: Path, name: str, cfg: ReasonConfig, listeners: list[Listener] | None = None,
+           stop: StopRequested | None = None, log: Callable[[str], None] = print, run_id: str | None = None) -> dict:
+    """Run AZR self-play on model ``name``; returns the summary the CLI prints with --json.
+    ``cfg.resume`` continues run ``run_id`` (or the newest) from its last checkpoint."""
+    cfg.validate()
+    store.get_model(home, name)
+    with TrainingLock(store.model_dir(home, name)):
+        return _Run(home, name, cfg, listeners, stop or StopRequested(), log, run_id).run()
+
+
+class _Run:
+    def __init__(self, home, name, cfg: ReasonConfig, listeners, stop, log, run_id):
+        self.name, self.stop, self.log = name, stop, log
+        mdir = store.model_dir(home, name)
+        resume_obj = None
+        if cfg.resume:
+            path = latest_run_checkpoint(mdir, "reason", run_id)
+            if path is None:
+                which = f"run '{run_id}'" if run_id else f"model '{name}'"
+                raise UserError(f"Nothing to resume: {which} has no reasoning checkpoint. Start without --resume.")
+            resume_obj = safe_load(path)
+            known = {f.name for f in fields(ReasonConfig)}
+            saved = {k: v for k, v in resume_obj["reason_config"].items() if k in known}
+            cfg = ReasonConfig(**{**saved, **{k: getattr(cfg, k) for k in ReasonConfig.RUN_CONTROL}}).validate()
+            run_id = resume_obj["run_id"]
+            start_obj = safe_load(path.parent / "reference.pt")
+            self.start_info = resume_obj["start"]
+        else:
+            cfg = replace(cfg)
+            start_path = resolve_checkpoint(mdir, cfg.checkpoint)
+            start_obj = safe_load(start_path)
+            self.start_info = {"checkpoint": str(start_path), "step": start_obj.get("step")}
+            run_id = run_id or datetime.now(timezone.utc).strftime("reason-%Y%m%d-%H%M%S-") + secrets.token_hex(2)
+        self.cfg, self.run_id, self.resume_obj = cfg, run_id, resume_obj
+        self.device = pick_device(cfg.device)
+        self.threads = set_threads(cfg.threads) if self.device.type == "cpu" else None
+        self.model, self.mcfg, self.tokenizer = build_model(start_obj)
+        self.model.to(self.device)
+        self.fmt = FORMATS[resolve_format(cfg.prompt_format, self.mcfg)]
+        self.ref = None
+        if cfg.kl_weight > 0:
+            self.ref, _, _ = build_model(start_obj)
+            self.ref.to(self.device).eval().requires_grad_(False)
+        if self.mcfg.max_seq_len < cfg.max_program_tokens + 64:
+            raise UserError(f"The model's max_seq_len ({self.mcfg.max_seq_len}) leaves no room for prompts with "
+                            f"max_program_tokens {cfg.max_program_tokens}: lower max_program_tokens or use a model "
+                            "with a longer window (384 or more).")
+        self.optimizer = make_selfplay_optimizer(self.model, cfg, self.device)
+        self.folder = reason_root(mdir) / run_id
+        self.buffers = seed_buffers()
+        self.step, self.elapsed_before, self.programs_checked = 0, 0.0, 0
+        self.rng = random.Random(cfg.seed)
+        self.gen = programs.Generator("train", cfg.seed)
+        if resume_obj is not None:
+            self.model.load_state_dict(resume_obj["state_dict"])
+            self.optimizer.load_state_dict(resume_obj["optimizer"])
+            self.buffers = resume_obj["buffers"]
+            self.step = resume_obj["step"]
+            self.elapsed_before = resume_obj.get("elapsed", 0.0)
+            self.programs_checked = resume_obj.get("programs_checked", 0)
+            self.rng.setstate(_tuple_state(resume_obj["rng"]["python"]))
+            self.gen.rng.setstate(_tuple_state(resume_obj["rng"]["generator"]))
+        else:
+            export_pt(start_obj, self.folder / "reference.pt")
+        self.limits = cfg.limits()
+        self.eval_set = heldout_tasks(cfg.eval_tasks, seed=4242, n_inputs=cfg.induction_inputs)
+        self.events = EventLog(mdir / "runs" / run_id / "events.jsonl", run_id, listeners)
+        self.meta_books = store.get_model(home, name).books
+
+    # -- proposing
+
+    def _proposer_prompt(self, kind: str) -> str:
+        """K reference triplets from the buffer, fewer when K would not fit the window."""
+        buf = self.buffers[kind]
+        picks = [(d["code"], d["input"], d["output"])
+                 for d in self.rng.sample(buf, min(self.cfg.references, len(buf)))]
+        room = self.mcfg.max_seq_len - self.cfg.max_program_tokens
+        while True:
+            prompt = self.fmt.proposer(kind, picks)
+            if len(picks) <= 1 or len(self.tokenizer.encode(prompt)) <= room:
+                return prompt
+            picks.pop()
+
+    def _program_for_induction(self) -> str:
+        pool = self.buffers["deduction"] + self.buffers["abduction"]
+        return self.rng.choice(pool)["code"]
+
+    def propose(self, kind: str, n: int, gen: torch.Generator) -> tuple[list[tuple], list[Task | None], list[bool]]:
+        """``n`` proposals of ``kind``: (rows, the valid task or None, well-formed) per proposal."""
+        cfg = self.cfg
+        if kind == "induction":
+            codes = [self._program_for_induction() for _ in range(n)]
+            prompts = [self.fmt.induction_proposer(c, cfg.induction_inputs) for c in codes]
+        else:
+            prompts = [self._proposer_prompt(kind) for _ in range(n)]
+        samples = sample_until_end(self.model, self.tokenizer, prompts, max_new_tokens=cfg.max_program_tokens,
+                                   temperature=cfg.temperature, generator=gen, stop=self.fmt.stop)
+        tasks: list[Task | None] = []
+        formed: list[bool] = []
+        for i, (_, _, text) in enumerate(samples):
+            if kind == "induction":
+                parsed = self.fmt.parse_induction_proposal(text, cfg.induction_inputs)
+                formed.append(parsed is not None)
+                tasks.append(self._validate_induction(codes[i], *parsed) if parsed else None)
+            else:
+                parsed = self.fmt.parse_proposal(text)
+                formed.append(parsed is not None)
+                task = None
+                if parsed:
+                    res = executor.validate_task(parsed[0], parsed[1], self.limits)
+                    self.programs_checked += 2
+                    if res.ok:
+                        task = Task(kind, parsed[0], parsed[1], res.output)
+                tasks.append(task)
+        return [(p, o) for p, o, _ in samples], tasks, formed
+
+    def _validate_induction(self, code: str, message: str, inputs: list[str]) -> Task | None:
+        pairs = []
+        for inp in inputs:
+            res = executor.validate_task(code, inp, self.limits)
+            self.programs_checked += 2
+            if not res.ok:
+                return None
+            pairs.append((inp, res.output))
+        return Task("induction", code, message=message, pairs=pairs)
+
+    def _add_to_buffer(self, task: Task) -> None:
+        buf = self.buffers[task.kind]
+        buf.append(task.to_dict())
+        del buf[:-self.cfg.buffer_size]
+
+    def seed(self, gen: torch.Generator) -> None:
+        """The seeding phase: propose (no training) until each buffer holds ``seed_tasks`` tasks,
+        giving up after 20 rounds (a model that cannot write valid tasks yet keeps the identity)."""
+        for _ in range(20):
+            short = [k for k in TASK_TYPES if len(self.buffers[k]) < self.cfg.seed_tasks + 1]
+            if not short:
+                break
+            for kind in short:
+                _, tasks, _ = self.propose(kind, self.cfg.batch_size, gen)
+                for t in tasks:
+                    if t is not None:
+                        self._add_to_buffer(t)
+        self.events.emit("log", step=self.step, message="seeded buffers: " + ", ".join(
+            f"{k} {len(self.buffers[k])}" for k in TASK_TYPES))
+
+    # -- one step
+
+    def rl_step(self, gen: torch.Generator) -> dict:
+        cfg = self.cfg
+        rows, rewards, groups = [], [], []
+        m: dict = {}
+        for kind in TASK_TYPES:
+            if cfg.mode == "solver_only":
+                tasks = [program_task(kind, self.gen.program(), self.gen, cfg.induction_inputs)
+                         for _ in range(cfg.batch_size)]
+                prop_rows, prop_tasks, formed = [], [], []
+            else:
+                prop_rows, prop_tasks, formed = self.propose(kind, cfg.batch_size, gen)
+                tasks = [t for t in prop_tasks if t is not None]
+                for t in tasks:
+                    self._add_to_buffer(t)
+                m[f"{kind}_valid_rate"] = sum(t is not None for t in prop_tasks) / len(prop_tasks)
+                m[f"{kind}_format_rate"] = sum(formed) / len(formed)
+                if tasks:
+                    m[f"{kind}_complexity"] = float(np.mean([program_complexity(t.code) for t in tasks]))
+                    self.events.emit("sample", step=self.step + 1, prompt=f"proposed {kind} task",
+                                     text=_task_text(tasks[0]), rank=kind)
+            # The solver answers each proposed task n times (r̄), plus buffer tasks up to the batch size.
+            extra = [Task.from_dict(d) for d in self.rng.sample(self.buffers[kind],
+                                                                min(len(self.buffers[kind]),
+                                                                    max(0, cfg.batch_size - len(tasks))))]
+            solve = tasks + extra
+            solve_rows = [t for t in solve for _ in range(cfg.n_samples)]
+            n_new = cfg.max_program_tokens if kind == "induction" else cfg.max_answer_tokens
+            samples = sample_until_end(self.model, self.tokenizer, [t.solver_prompt(self.fmt) for t in solve_rows],
+                                       max_new_tokens=n_new, temperature=cfg.temperature, generator=gen,
+                                       stop=self.fmt.stop)
+            graded = grade_answers(solve_rows, [s[2] for s in samples], self.limits, self.fmt)
+            self.programs_checked += sum(len(t.held_out()) if t.kind == "induction" else t.kind == "abduction"
+                                         for t in solve_rows)
+            rbar = [float(np.mean([g.correct for g in graded[j * cfg.n_samples:(j + 1) * cfg.n_samples]]))
+                    for j in range(len(solve))]
+            for (p, o, _), g in zip(samples, graded):
+                rows.append((p, o))
+                rewards.append(g.reward)
+                groups.append((kind, "solve"))
+            m[f"{kind}_solve_acc"] = float(np.mean([g.correct for g in graded])) if graded else None
+            m[f"{kind}_solve_format"] = float(np.mean([g.well_formed for g in graded])) if graded else None
+            if cfg.mode != "solver_only":
+                rbar_of = dict(zip(map(id, tasks), rbar))
+                prop_r = [(learnability(rbar_of[id(t)]) if t is not None else -0.5 if f else -1.0)
+                          for t, f in zip(prop_tasks, formed)]
+                proposed_rbar = [rbar_of[id(t)] for t in tasks]
+                m[f"{kind}_rbar"] = proposed_rbar
+                m[f"{kind}_propose_reward"] = float(np.mean(prop_r))
+                if cfg.mode == "azr":
+                    rows += prop_rows
+                    rewards += prop_r
+                    groups += [(kind, "propose")] * len(prop_r)
+        adv = trr_advantages(rewards, groups)
+        loss, kl = self._policy_update(rows, adv)
+        m.update(loss=loss, kl=kl, rows=len(rows))
+        return m
+
+    def lm_step(self) -> dict:
+        """Continued pretraining on fresh generator documents (the ``pretrain`` ablation)."""
+        cfg, seq = self.cfg, self.mcfg.max_seq_len
+        need = cfg.lm_batch_size * (seq + 1)
+        ids: list[int] = []
+        while len(ids) < need:
+            ids += self.tokenizer.encode("".join(programs.pretraining_documents(self.gen, 12)))
+        t = torch.tensor(ids[:need]).view(cfg.lm_batch_size, seq + 1).to(self.device)
+        self.model.train()
+        _, loss = self.model(t[:, :-1], t[:, 1:])
+        loss.backward()
+        self._optimizer_step()
+        return {"loss": float(loss.detach()), "rows": cfg.lm_batch_size}
+
+    def _policy_update(self, rows, adv: torch.Tensor) -> tuple[float, float | None]:
+        """REINFORCE with a token-mean loss over every row of the step (and the KL term)."""
+        cfg = self.cfg
+        self.model.train()
+        total_tokens = sum(len(o) for _, o in rows)
+        loss_sum, kl_sum = 0.0, 0.0
+        order = list(range(len(rows)))
+        for i in range(0, len(order), 16):  # micro-batches keep memory flat
+            idx = order[i:i + 16]
+            x, y, mask = pack_rows([rows[j] for j in idx], self.mcfg.max_seq_len)
+            x, y, mask = x.to(self.device), y.to(self.device), mask.to(self.device)
+            logits, _ = self.model(x)
+            logits = logits.float()
+            logp = torch.log_softmax(logits / cfg.temperature, -1).gather(-1, y.clamp(min=0)[..., None])[..., 0]
+            a = adv[idx].to(self.device)
+            loss = -(a[:, None] * logp * mask).sum() / max(1, total_tokens)
+            if self.ref is not None:
+                with torch.no_grad():
+                    ref_logits, _ = self.ref(x)
+                kl = (exact_kl(logits, ref_logits) * mask).sum() / max(1, total_tokens)
+                loss = loss + cfg.kl_weight * kl
+                kl_sum += float(kl.detach())
+            loss.backward()
+            loss_sum += float(loss.detach())
+        self._optimizer_step()
+        if not math.isfinite(loss_sum):
+            raise UserError(f"The loss became {loss_sum} at step {self.step + 1}: lower learning_rate "
+                            f"(now {cfg.learning_rate}) and resume from the last checkpoint.")
+        return loss_sum, (kl_sum if self.ref is not None else None)
+
+    def _optimizer_step(self) -> None:
+        lr = self.cfg.learning_rate * min(1.0, (self.step + 1) / max(1, self.cfg.warmup_iters))
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    # -- saving and evaluating
+
+    def save(self, kind: str, last_eval: dict | None) -> Path:
+        obj = {
+            "format": FORMAT, "format_version": FORMAT_VERSION, "config": self.mcfg.to_dict(),
+            "state_dict": self.model.state_dict(), "tokenizer": self.tokenizer.to_json(),
+            "optimizer": self.optimizer.state_dict(), "step": self.step, "run_id": self.run_id,
+            "elapsed": self.elapsed_before + (time.time() - self.t_start), "reason_config": asdict(self.cfg),
+            "buffers": self.buffers, "programs_checked": self.programs_checked, "start": self.start_info,
+            "rng": {"python": _list_state(self.rng.getstate()), "generator": _list_state(self.gen.rng.getstate())},
+            "meta": {"model": self.name, "books": self.meta_books, "saved_at": _utcnow(), "kind": "reason",
+                     "reason_kind": kind, "run": self.run_id, "eval": last_eval},
+        }
+        path = self.folder / f"step_{self.step:07d}.pt"
+        atomic_torch_save(obj, path)
+        found = sorted((int(m.group(1)), p) for p in self.folder.iterdir() if (m := _STEP_RE.match(p.name)))
+        for _, old in found[:-self.cfg.keep_last] if self.cfg.keep_last > 0 else []:
+            old.unlink(missing_ok=True)
+        self.events.emit("checkpoint", step=self.step, path=str(path), best=False, kind=kind)
+        return path
+
+    def evaluate(self, tasks: list[Task] | None = None) -> dict:
+        res = evaluate_tasks(self.model, self.tokenizer, tasks or self.eval_set, self.limits,
+                             max_answer_tokens=self.cfg.max_answer_tokens,
+                             max_program_tokens=self.cfg.max_program_tokens, fmt=self.fmt)
+        res["buffer_sizes"] = {k: len(v) for k, v in self.buffers.items()}
+        self.events.emit("eval", step=self.step, **res)
+        return res
+
+    def run(self) -> dict:
+        cfg = self.cfg
+        self.t_start = time.time()
+        self.grad_norm = None
+        self.events.emit("status", state="resumed" if self.resume_obj else "started", kind="reason", step=self.step,
+                         max_iterations=cfg.max_iterations, device=str(self.device), threads=self.threads,
+                         parameters=self.model.num_parameters(), start=self.start_info,
+                         config=self.mcfg.to_dict(), reason_config=asdict(cfg), prompt_format=self.fmt.name,
+                         sandbox=executor.sandbox_features())
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.step)
+        status, message, checkpoints, last_eval, start_eval, m = "completed", None, [], None, None, {}
+        resumed_at = self.step
+        try:
+            if self.resume_obj is None:
+                start_eval = last_eval = self.evaluate()
+                if cfg.mode in ("azr", "frozen_proposer"):
+                    self.seed(gen)
+            while cfg.max_iterations is None or self.step < cfg.max_iterations:
+                if self.step % cfg.eval_every == 0 and self.step not in (0, resumed_at):
+                    last_eval = self.evaluate()
+                t0, checked0 = time.time(), self.programs_checked
+                m = self.lm_step() if cfg.mode == "pretrain" else self.rl_step(gen)
+                self.step += 1
+                dt = time.time() - t0
+                m.update(step_seconds=dt, grad_norm=self.grad_norm, programs_checked=self.programs_checked,
+                         programs_per_s=(self.programs_checked - checked0) / max(1e-9, dt),
+                         buffer_sizes={k: len(v) for k, v in self.buffers.items()},
+                         lr=self.optimizer.param_groups[0]["lr"])
+                if self.step % cfg.log_every == 0 or self.step == cfg.max_iterations:
+                    elapsed = time.time() - self.t_start
+                    eta = ((cfg.max_iterations - self.step) * elapsed / max(1, self.step - resumed_at)
+                           if cfg.max_iterations else None)
+                    self.events.emit("step", step=self.step, max_iterations=cfg.max_iterations,
+                                     elapsed=self.elapsed_before + elapsed, eta=eta, **m)
+                if self.step % cfg.save_every == 0 and self.step != cfg.max_iterations:
+                    checkpoints.append(str(self.save("periodic", last_eval)))
+                if cfg.max_time is not None and time.time() - self.t_start >= cfg.max_time:
+                    status, message = "stopped", f"max_time {cfg.max_time:g} s reached"
+                    break
+                reason_ = self.stop.check()
+                if reason_:
+                    status, message = ("cancelled" if reason_ == "cancel" else "paused" if reason_ == "pause"
+                                       else "interrupted"), f"stopped by {reason_}"
+                    break
+        except BaseException as e:
+            fail_run(self.events, self.step, e, f"Ran out of memory at reasoning step {self.step}: lower "
+                     "batch_size or n_samples and resume; the last checkpoint is kept.")
+            status, message = "interrupted", "Ctrl-C"
+        if status in ("completed", "stopped") and self.step > resumed_at:
+            last_eval = self.evaluate()
+        final_path = self.save("final", last_eval)
+        checkpoints.append(str(final_path))
+        summary = {
+            "model": self.name, "run": self.run_id, "kind": "reason", "mode": cfg.mode, "status": status,
+            "message": message, "step": self.step, "max_iterations": cfg.max_iterations, "start": self.start_info,
+            "start_eval": start_eval, "eval": last_eval, "programs_checked": self.programs_checked,
+            "buffer_sizes": {k: len(v) for k, v in self.buffers.items()},
+            "wall_seconds": time.time() - self.t_start, "device": str(self.device), "threads": self.threads,
+            "checkpoints": sorted(set(checkpoints)), "checkpoint": str(final_path),
+            "events": str(self.events.path),
+        }
+        self.events.emit("status", state=status, step=self.step, message=message, summary=summary)
+        self.events.close()
+        return summary
+
+
+def _task_text(task: Task) -> str:
+    if task.kind == "induction":
+        return f"{task.code}\n# {task.message}\n" + "\n".join(f"f({i}) = {o}" for i, o in task.pairs)
+    return triplet_text(task.code, task.input, task.output)
+
+
+def _list_state(state) -> list:
+    """random.Random state as nested lists (a checkpoint loads with weights_only=True)."""
+    return [state[0], list(state[1]), state[2]]
+
+
+def _tuple_state(state) -> tuple:
+    return (state[0], tuple(state[1]), state[2])
+
+
+def read_buffers(model_dir: Path, run_id: str | None = None) -> dict:
+    """The task buffers of a reasoning run's newest checkpoint (for ``azr reason --show-buffers``)."""
+    path = latest_run_checkpoint(model_dir, "reason", run_id)
+    if path is None:
+        raise UserError(f"Model '{model_dir.name}' has no reasoning run yet: start one with azr reason "
+                        f"{model_dir.name}.")
+    return safe_load(path)["buffers"]
+
+
+# ---- a tiny model from zero ----------------------------------------------------------------------
+
+FROM_ZERO_SHAPE = dict(vocab_size=384, d_model=128, num_layers=4, num_heads=4, d_ff=512, max_seq_len=512)
+
+
+def write_triplet_book(path: Path, n_docs: int, seed: int = 0) -> int:
+    """The from-zero pretraining text: ``n_docs`` documents of the six prompt kinds, every one
+    made by the random program generator (train distribution); returns its size in characters."""
+    docs = programs.pretraining_documents(programs.Generator("train", seed), n_docs)
+    text = "".join(docs)
+    path.write_text(text, encoding="utf-8")
+    return len(text)
+
+
+def create_from_zero(home: Path, name: str, *, shape: dict | None = None, n_docs: int = 40000, seed: int = 0,
+                     log: Callable[[str], None] = print) -> str:
+    """Create model ``name`` (a char tokenizer, FROM_ZERO_SHAPE unless ``shape``) and its book
+    of generator triplets, ``<name>-triplets``; returns the book's name. Train it with
+    train.train (the CLI's ``azr reason NAME`` does both)."""
+    import tempfile
+
+    from . import books
+    from .device import available_memory_bytes
+    from .model import ModelConfig
+    book = f"{name}-triplets"
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"{book}.txt"
+        chars = write_triplet_book(path, n_docs, seed)
+        books.add_book(home, path, name=book, overwrite=True)
+    log(f"Wrote book '{book}': {n_docs:,} generator documents, {chars:,} characters.")
+    cfg = ModelConfig(**{**FROM_ZERO_SHAPE, **(shape or {}), "tokenizer": "char"})
+    store.create_model(home, name, cfg, max_memory=available_memory_bytes(pick_device("auto")))
+    return book
