@@ -88,6 +88,17 @@ class Studio:
             time.sleep(0.1)
         raise AssertionError(f"run still {run['state']}: {run}")
 
+    def wait_for_resumed(self, run_id: str, timeout: float = 60) -> list[dict]:
+        """The run's started/resumed status events, once its resumed worker has reported."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            events = self.http.get(f"/api/runs/{run_id}/events").json()["events"]
+            starts = [e for e in events if e["type"] == "status" and e["state"] in ("started", "resumed")]
+            if len(starts) == 2:
+                break
+            time.sleep(0.1)
+        return starts
+
     def wait_for_step(self, run_id: str, timeout: float = 60) -> dict:
         deadline = time.time() + timeout
         while time.time() < deadline:
@@ -451,13 +462,7 @@ def test_pause_resume_cancel(studio, play):
     assert resumed["state"] in ("queued", "running")
     assert studio.http.post(f"/api/runs/{run['id']}/resume").status_code == 409
     studio.wait(run["id"], states=("running",))
-    deadline = time.time() + 60
-    while time.time() < deadline:  # wait until the new worker reports that it resumed
-        events = studio.http.get(f"/api/runs/{run['id']}/events").json()["events"]
-        starts = [e for e in events if e["type"] == "status" and e["state"] in ("started", "resumed")]
-        if len(starts) == 2:
-            break
-        time.sleep(0.1)
+    starts = studio.wait_for_resumed(run["id"])
     assert [e["state"] for e in starts] == ["started", "resumed"]
     assert starts[1]["step"] == paused["step"]  # continues where it stopped
     assert studio.http.get("/api/models/long").json()["training"] is True
@@ -524,6 +529,103 @@ def test_a_restarted_studio_marks_the_run_interrupted_and_resume_finishes_it(tmp
         assert "interrupted" in [e["state"] for e in events if e["type"] == "status"]
     finally:
         studio.stop()
+
+
+# ---------------------------------------------------------------------------- self-play
+
+# Tiny rollouts: a self-play step of the TINY model takes a few hundredths of a second.
+SELFPLAY = dict(kind="selfplay", group_size=4, prompts_per_step=2, eval_every=2, threads=1, seed=3)
+
+
+@pytest.fixture(scope="module")
+def player(studio, play):
+    """A model trained briefly on the play: what self-play starts from."""
+    new_model(studio, "player")
+    run = studio.http.post("/api/runs", json={"model": "player", "books": [play], "max_iterations": 20, **FAST}).json()
+    assert run["kind"] == "train" and run["params"]["kind"] == "train"
+    assert studio.wait(run["id"])["state"] == "completed"
+    return "player"
+
+
+def test_selfplay_needs_a_trained_model_and_sane_settings(studio):
+    new_model(studio, "untrained")
+    r = studio.http.post("/api/runs", json={"model": "untrained", **SELFPLAY, "max_iterations": 2})
+    assert r.status_code == 400 and "no trained checkpoint yet" in r.json()["detail"]
+    bad = [({"reward": "/tmp/evil.py"}, 400, "reward must be one of default, original"),
+           ({"batch_size": 8}, 400, "no setting batch_size"),
+           ({"group_size": 1}, 400, "group_size must be at least 2"),
+           ({"temperature": 0}, 400, "temperature must be above 0"),
+           ({"books": ["play"]}, 400, "leave books empty"),
+           ({"group_size": 100_000}, 422, "group_size: Input should be less than or equal to"),
+           ({"kind": "dream"}, 422, "kind: Input should be 'train' or 'selfplay'"),
+           ({"rewards": "default"}, 422, "rewards: Extra inputs are not permitted")]
+    for change, status, message in bad:
+        r = studio.http.post("/api/runs", json={"model": "untrained", **SELFPLAY, **change})
+        assert r.status_code == status and message in r.json()["detail"], (change, r.text)
+    r = studio.http.post("/api/runs", json={"model": "untrained", "books": ["play"], "group_size": 4})
+    assert r.status_code == 400 and "no setting group_size" in r.json()["detail"]
+    assert studio.http.get("/api/runs", params={"model": "untrained"}).json() == []
+
+
+def test_selfplay_run_completes_with_rewards_and_a_checkpoint(studio, play, player):
+    body = {"model": player, **SELFPLAY, "max_iterations": 3, "reward": "original", "kl_weight": 0.2,
+            "lm_weight": 0.3, "temperature": 0.5, "learning_rate": 2e-4, "checkpoint": "latest"}
+    r = studio.http.post("/api/runs", json=body)
+    assert r.status_code == 201, r.text
+    run = r.json()
+    assert run["kind"] == "selfplay" and run["books"] == [play] and run["max_iterations"] == 3
+    assert run["params"] == {k: v for k, v in body.items() if k != "model"}
+    done = studio.wait(run["id"])
+    assert done["state"] == "completed", done
+    assert done["step"] == 3 and done["progress"] == 1.0 and done["best_val_bpb"] > 0
+    assert done["last_step"]["reward_mean"] is not None and done["samples"]
+
+    events = studio.http.get(f"/api/runs/{run['id']}/events").json()["events"]
+    started = next(e for e in events if e["type"] == "status" and e["state"] == "started")
+    assert started["kind"] == "selfplay" and started["start"]["step"] == 20
+    settings = started["selfplay_config"]  # what the worker really ran with: every setting got through
+    for key in ("reward", "kl_weight", "lm_weight", "temperature", "learning_rate", "group_size", "prompts_per_step",
+                "eval_every", "seed", "max_iterations"):
+        assert settings[key] == body[key], key
+    assert set(started["reward_weights"]) == {"diversity", "length"}  # the "original" preset
+    steps = [e for e in events if e["type"] == "step"]
+    assert [e["step"] for e in steps] == [1, 2, 3]
+    for e in steps:
+        assert {"reward_mean", "reward_std", "reward_diversity", "reward_length", "kl", "entropy"} <= set(e)
+    assert any(e["type"] == "eval" and e["val_bpb"] > 0 and "sample_reward" in e for e in events)
+    assert any(e["type"] == "sample" and "reward" in e for e in events)
+    saved = [e for e in events if e["type"] == "checkpoint"]
+    path = Path(saved[-1]["path"])
+    assert path == studio.home / "models" / player / "checkpoints" / "selfplay" / run["id"] / "step_0000003.pt"
+    assert path.is_file() and done["last_checkpoint_step"] == 3
+    # Pretraining's checkpoints are untouched, and the new one generates.
+    assert studio.http.get(f"/api/models/{player}").json()["trained_steps"] == 20
+    out = studio.http.post("/api/generate", json={"model": player, "prompt": "The king", "max_length": 8, "seed": 1,
+                                                 "checkpoint": "selfplay"})
+    assert out.status_code == 200 and out.json()["tokens"] == 8
+    kinds = {r["id"]: r["kind"] for r in studio.http.get("/api/runs", params={"model": player}).json()}
+    assert sorted(kinds.values()) == ["selfplay", "train"] and kinds[run["id"]] == "selfplay"
+
+
+def test_selfplay_pause_resume_cancel(studio, player):
+    run = studio.http.post("/api/runs", json={"model": player, **SELFPLAY, "max_iterations": 100_000}).json()
+    studio.wait_for_step(run["id"])
+    assert studio.http.post(f"/api/runs/{run['id']}/pause").status_code == 200
+    paused = studio.wait(run["id"])
+    assert paused["state"] == "paused", paused
+    assert 0 < paused["step"] < 100_000 and paused["last_checkpoint_step"] == paused["step"]
+    r = studio.http.post("/api/runs", json={"model": player, **SELFPLAY})
+    assert r.status_code == 409 and "paused run" in r.json()["detail"]
+
+    assert studio.http.post(f"/api/runs/{run['id']}/resume").json()["state"] in ("queued", "running")
+    starts = studio.wait_for_resumed(run["id"])
+    assert [e["state"] for e in starts] == ["started", "resumed"]
+    assert starts[1]["step"] == paused["step"] and starts[1]["kind"] == "selfplay"  # its own checkpoint, not a new run
+
+    assert studio.http.post(f"/api/runs/{run['id']}/cancel").status_code == 200
+    cancelled = studio.wait(run["id"])
+    assert cancelled["state"] == "cancelled" and cancelled["step"] >= paused["step"]
+    assert (studio.home / "models" / player / "checkpoints" / "selfplay" / run["id"]).is_dir()
 
 
 # ---------------------------------------------------------------------------- token

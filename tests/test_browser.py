@@ -555,6 +555,88 @@ def test_pause_resume(browser, studio, artifacts, tmp_path):
         ctx.close()
 
 
+# ---------------------------------------------------------------------------- self-play
+
+
+def wait_run(studio: Studio, run_id: str, timeout: float = 120) -> dict:
+    deadline = time.time() + timeout
+    run = studio.get(f"/api/runs/{run_id}")
+    while run["state"] in ("queued", "running") and time.time() < deadline:
+        time.sleep(0.2)
+        run = studio.get(f"/api/runs/{run_id}")
+    return run
+
+
+def test_selfplay_mode(browser, studio, artifacts, tmp_path):
+    setup_model_and_book(studio, tmp_path, "player", "sp_book")
+    studio.request("POST", "/api/models", {"name": "sp_untrained", **TINY})
+    pretrain = studio.request("POST", "/api/runs", {"model": "player", "books": ["sp_book"], "max_iterations": 20,
+                                                    "batch_size": 4, "learning_rate": 0.003, "threads": 1})
+    assert wait_run(studio, pretrain["id"])["state"] == "completed"
+    ctx, page, errors = open_page(browser, studio.url + "/#training", "en-US")
+    try:
+        expect(page.get_by_test_id("train-books")).to_be_visible()
+        page.get_by_test_id("train-mode-selfplay").click()
+        expect(page.get_by_test_id("train-books")).to_be_hidden()
+        expect(page.get_by_test_id("train-batch_size")).to_be_hidden()
+        expect(page.get_by_test_id("sp-reward")).to_be_visible()
+        expect(page.get_by_test_id("train-start")).to_have_text("Start self-play")
+        # An untrained model is refused before anything is sent.
+        page.get_by_test_id("train-model").select_option("sp_untrained")
+        page.get_by_test_id("train-start").click()
+        expect(page.get_by_test_id("train-error")).to_contain_text("has not been trained yet")
+
+        page.get_by_test_id("train-model").select_option("player")
+        page.get_by_test_id("sp-reward").select_option("original")
+        page.get_by_test_id("sp-max_iterations").fill("12")
+        page.get_by_test_id("sp-group_size").fill("4")
+        page.get_by_test_id("sp-temperature").fill("0.5")
+        page.get_by_test_id("sp-kl_weight").fill("0.2")
+        page.get_by_test_id("sp-lm_weight").fill("0.3")
+        shot(page, artifacts, "selfplay-1-form")
+        page.get_by_test_id("train-start").click()
+        expect(page.locator("#mon-run option:checked")).to_contain_text("Self-play")
+        run_id = page.get_by_test_id("monitor-run").input_value()
+        run = wait_run(studio, run_id)
+        assert run["state"] == "completed" and run["kind"] == "selfplay" and run["step"] == 12, run
+        wait_state(page, "completed")
+        assert {k: run["params"][k] for k in ("reward", "group_size", "temperature", "kl_weight", "lm_weight")} == {
+            "reward": "original", "group_size": 4, "temperature": 0.5, "kl_weight": 0.2, "lm_weight": 0.3}
+
+        # The monitor shows the self-play view: reward, KL and val bpb, samples with their rewards.
+        expect(page.get_by_test_id("reward-chart")).to_be_visible()
+        expect(page.get_by_test_id("kl-chart")).to_be_visible()
+        expect(page.get_by_test_id("loss-chart")).to_be_hidden()
+        expect(page.get_by_test_id("lr-chart")).to_be_hidden()
+        expect(page.get_by_test_id("progress-text")).to_have_attribute("data-step", "12")
+        # reward: a point per step plus the eval samples' reward (as val bpb: at the start and the end)
+        for testid, points in (("kl-chart", 12), ("reward-chart", 14), ("bpb-chart", 2)):
+            page.wait_for_function(f"document.querySelector('[data-testid={testid}]').dataset.points >= {points}")
+        last_reward = f"{run['last_step']['reward_mean']:.3f}"
+        expect(page.get_by_test_id("stat-reward")).to_have_text(last_reward)
+        expect(page.get_by_test_id("stat-bpb")).to_have_text(re.compile(r"\d"))
+        expect(page.get_by_test_id("samples").get_by_test_id("sample-reward").first).to_contain_text("reward")
+        expect(page.get_by_test_id("log")).to_contain_text("self-play started")
+        shot(page, artifacts, "selfplay-2-done")
+
+        tab(page, "runs")
+        row = page.locator(f"[data-testid=run-row][data-id='{run_id}']")
+        expect(row.get_by_test_id("run-kind")).to_have_text("Self-play")
+        pretrain_row = page.locator(f"[data-testid=run-row][data-id='{pretrain['id']}']")
+        expect(pretrain_row.get_by_test_id("run-kind")).to_have_text("Training")
+        # The form remembers the mode.
+        page.reload()
+        page.wait_for_selector("body[data-ready='1']")
+        tab(page, "training")
+        expect(page.get_by_test_id("sp-max_iterations")).to_have_value("12")
+        page.get_by_test_id("train-mode-train").click()
+        expect(page.get_by_test_id("train-books")).to_be_visible()
+        expect(page.get_by_test_id("train-start")).to_have_text("Start training")
+        assert not errors, errors
+    finally:
+        ctx.close()
+
+
 # ---------------------------------------------------------------------------- a server restart
 
 

@@ -183,6 +183,24 @@ def test_queue_runs_one_at_a_time_and_recover_interrupts(home, book):
     wait_state(fresh, second["id"], ("interrupted", "paused", "completed"))  # the orphan stops and reports
 
 
+def test_run_kinds_are_checked_and_runs_from_before_kinds_are_training(home, book):
+    store.create_model(home, "m", TINY)
+    reg = Registry(home)
+    with reg.session() as s:  # a row written before runs had a kind
+        s.add(Run(id="old", model="m", books=["play"], params={"max_iterations": 5}, state="completed",
+                  max_iterations=5, created_at="2024-01-01T00:00:00", step=5, events_offset=0, events_count=0))
+        s.commit()
+    runner = JobRunner(home, reg)
+    assert runner.get_run("old")["kind"] == "train"
+    with pytest.raises(UserError, match="kind must be one of train, selfplay"):
+        runner.create_run("m", [book], RUN_PARAMS, kind="dream")
+    with pytest.raises(UserError, match="A selfplay run has no setting batch_size"):
+        runner.create_run("m", [], RUN_PARAMS, kind="selfplay")
+    with pytest.raises(UserError, match="no trained checkpoint yet"):
+        runner.create_run("m", [], {"max_iterations": 2, "threads": 1}, kind="selfplay")
+    assert [r["id"] for r in runner.list_runs()] == ["old"]
+
+
 @pytest.mark.slow
 def test_the_studio_starts_a_two_process_run(home, book):
     store.create_model(home, "m", TINY)

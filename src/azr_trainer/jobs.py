@@ -1,9 +1,9 @@
 """The job runner: each training run in its own worker process, a queue, and live events.
 
-A worker is ``python -m azr_trainer.cli train …`` — the same command a person can type —
-started with subprocess.Popen, its output going to ``worker.log`` in the run's folder.
-Nothing here knows how training works: the worker writes events to ``events.jsonl`` and
-this module reads them.
+A worker is ``python -m azr_trainer.cli train …`` (or ``selfplay …``: the run's kind, see
+``KINDS``) — the same command a person can type — started with subprocess.Popen, its output
+going to ``worker.log`` in the run's folder. Nothing here knows how training works: the
+worker writes events to ``events.jsonl`` and this module reads them.
 
 - Queue: at most ``max_concurrent`` workers at once (default 1) and one per model; other
   runs wait as ``queued``, oldest first.
@@ -37,8 +37,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO
@@ -47,9 +48,12 @@ from sqlalchemy import select
 
 from . import books as books_mod
 from . import store
+from .checkpoint import resolve_checkpoint
 from .events import read_events
 from .home import Conflict, NotFound, UserError
 from .registry import Metric, Registry, Run, Sample
+from .rewards import PRESETS
+from .selfplay import SelfPlayConfig
 from .train import TrainConfig, TrainingLock, _pid_alive, run_dir
 
 log = logging.getLogger("azr_trainer.jobs")
@@ -107,6 +111,76 @@ def crash_message(log_path: Path, returncode: int) -> str:
         return errors[-1][len("Error: "):]
     last = lines[-1] if lines else "no output"
     return f"The training process stopped unexpectedly (exit code {returncode}): {last[:500]}"
+
+
+# ---------------------------------------------------------------------------- run kinds
+
+
+def _check_train(home: Path, model: str, books: list[str], params: dict) -> list[str]:
+    if not books:
+        raise UserError("Choose at least one book to train on.")
+    for name in books:
+        books_mod.get_book(home, name)
+    if len(set(books)) != len(books):
+        raise UserError("Each book can be chosen only once.")
+    nproc = params.get("nproc")
+    if nproc is not None and not 1 <= nproc <= 64:
+        raise UserError(f"nproc must be between 1 and 64 processes, got {nproc}.")
+    if nproc and params["batch_size"] % nproc:
+        raise UserError(f"batch_size ({params['batch_size']}) must be divisible by nproc ({nproc}).")
+    TrainConfig(books=list(books), **{k: v for k, v in params.items() if k != "nproc"}).validate()
+    return list(books)
+
+
+def _check_selfplay(home: Path, model: str, books: list[str], params: dict) -> list[str]:
+    """Self-play starts from a trained checkpoint and reads the books that model learned."""
+    if books:
+        raise UserError("A self-play run reads the books its model was trained on; leave books empty.")
+    if params.get("reward", "default") not in PRESETS:  # never a file: that would run code from the request
+        raise UserError(f"reward must be one of {', '.join(PRESETS)}, got {params['reward']!r}.")
+    SelfPlayConfig(**params).validate()
+    mdir = store.model_dir(home, model)
+    try:
+        resolve_checkpoint(mdir, "latest")
+    except UserError:
+        raise UserError(f"Model '{model}' has no trained checkpoint yet: self-play starts from one. Train it on "
+                        "a book first.") from None
+    resolve_checkpoint(mdir, str(params.get("checkpoint", "best")))  # a wrong step number says which exist
+    own_books = store.get_model(home, model).books or []
+    if not own_books:  # imported and never trained here
+        raise UserError(f"Self-play needs the books model '{model}' was trained on (for its prompts, book loss and "
+                        "validation bpb); train it on a book first.")
+    return list(own_books)
+
+
+@dataclass(frozen=True)
+class RunKind:
+    """What a kind of run is: the `azr` subcommand its worker runs, the settings it takes
+    (passed on as --flags), their defaults, and the check made before it is queued, which
+    returns the books to record for the run."""
+    command: str
+    settings: tuple[str, ...]
+    check: Callable[[Path, str, list[str], dict], list[str]]
+    defaults: dict = field(default_factory=dict)
+    books_flag: bool = False  # pass the run's books as --books
+
+
+# A new kind is one entry here, plus its fields in server.RunRequest.
+KINDS: dict[str, RunKind] = {
+    "train": RunKind("train", ("max_iterations", "batch_size", "learning_rate", "save_every", "eval_every",
+                               "max_time", "threads", "nproc"),  # nproc > 1: the worker re-launches under torchrun
+                     _check_train, defaults=dict(max_iterations=1000, batch_size=16, learning_rate=3e-4,
+                                                 save_every=1000), books_flag=True),
+    # A studio run always has an end (Run.max_iterations is its progress bar): 150 steps is the benchmark's run.
+    "selfplay": RunKind("selfplay", ("max_iterations", "max_time", "prompts_per_step", "group_size", "temperature",
+                                     "learning_rate", "kl_weight", "lm_weight", "reward", "checkpoint", "threads",
+                                     "seed", "eval_every", "save_every"),
+                        _check_selfplay, defaults=dict(max_iterations=150)),
+}
+
+
+def run_kind(run: Run) -> str:
+    return (run.params or {}).get("kind", "train")  # runs from before kinds existed trained
 
 
 @dataclass
@@ -199,25 +273,24 @@ class JobRunner:
 
     # ------------------------------------------------------------------ what the API calls
 
-    def create_run(self, model: str, books: list[str], params: dict) -> dict:
-        """Queue a new training run; it starts at once when a slot is free."""
+    def create_run(self, model: str, books: list[str], params: dict, kind: str = "train") -> dict:
+        """Queue a new run of ``kind`` (see KINDS); it starts at once when a slot is free."""
         store.get_model(self.home, model)
-        if not books:
-            raise UserError("Choose at least one book to train on.")
-        for name in books:
-            books_mod.get_book(self.home, name)
-        if len(set(books)) != len(books):
-            raise UserError("Each book can be chosen only once.")
+        if kind not in KINDS:
+            raise UserError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}.")
+        spec = KINDS[kind]
+        params = {**spec.defaults, **{k: v for k, v in params.items() if v is not None}}
+        unknown = sorted(set(params) - set(spec.settings))
+        if unknown:
+            raise UserError(f"A {kind} run has no setting {', '.join(unknown)}; its settings are "
+                            f"{', '.join(spec.settings)}.")
         threads = params.get("threads")
         if threads is not None and threads < 1:
             raise UserError(f"threads must be at least 1, got {threads}.")
-        nproc = params.get("nproc")
-        if nproc is not None and not 1 <= nproc <= 64:
-            raise UserError(f"nproc must be between 1 and 64 processes, got {nproc}.")
-        if nproc and params.get("batch_size", 16) % nproc:
-            raise UserError(f"batch_size ({params.get('batch_size', 16)}) must be divisible by nproc ({nproc}).")
-        params = {k: v for k, v in params.items() if v is not None}
-        TrainConfig(books=list(books), **{k: v for k, v in params.items() if k not in ("threads", "nproc")}).validate()
+        if "checkpoint" in params:
+            params["checkpoint"] = str(params["checkpoint"])  # a step number may come as a number
+        books = spec.check(self.home, model, list(books or []), params)
+        params["kind"] = kind  # in params, so the runs table needs no new column
         with self._transaction() as s:
             held = s.scalars(select(Run).where(Run.model == model, Run.state.in_(HOLDS_MODEL))).first()
             if held is not None:
@@ -229,8 +302,8 @@ class JobRunner:
                 raise Conflict(f"Model '{model}' is already being trained (process {pid}), perhaps with the "
                                "command line. Wait for it, or stop it first.")
             now = _now()
-            run = Run(id=_new_run_id(), model=model, books=list(books), params=dict(params), state="queued",
-                      max_iterations=params.get("max_iterations", TrainConfig.max_iterations), created_at=now,
+            run = Run(id=_new_run_id(), model=model, books=books, params=params, state="queued",
+                      max_iterations=params["max_iterations"], created_at=now,
                       queued_at=now, step=0, events_offset=0, events_count=0)
             s.add(run)
             s.flush()  # the run's row before its first event's (a foreign key)
@@ -341,8 +414,9 @@ class JobRunner:
     def run_dict(run: Run) -> dict:
         last = run.last_metrics or {}
         return {
-            "id": run.id, "model": run.model, "books": run.books, "params": run.params, "state": run.state,
-            "message": run.message, "pid": run.pid, "step": run.step, "max_iterations": run.max_iterations,
+            "id": run.id, "kind": run_kind(run), "model": run.model, "books": run.books, "params": run.params,
+            "state": run.state, "message": run.message, "pid": run.pid, "step": run.step,
+            "max_iterations": run.max_iterations,
             "progress": min(1.0, run.step / run.max_iterations) if run.max_iterations else 0.0,
             "elapsed": last.get("elapsed"), "eta": last.get("eta") if run.state == "running" else None,
             "created_at": run.created_at, "started_at": run.started_at, "finished_at": run.finished_at,
@@ -412,7 +486,7 @@ class JobRunner:
         s.add(Metric(run_id=run.id, seq=event["seq"], step=event.get("step"), kind=kind, data=event))
         if kind == "step":
             run.step = event.get("step", run.step)
-            run.max_iterations = event.get("max_iterations", run.max_iterations)
+            run.max_iterations = event.get("max_iterations") or run.max_iterations  # self-play may say None
             run.last_metrics = event
         elif kind == "eval":
             run.last_eval = event
@@ -490,12 +564,12 @@ class JobRunner:
         folder.mkdir(parents=True, exist_ok=True)
         control = folder / "control"
         control.unlink(missing_ok=True)  # a stale "pause" would stop the new worker at once
-        p = run.params
-        cmd = [sys.executable, "-m", "azr_trainer.cli", "--home", str(self.home), "train", run.model,
-               "--books", ",".join(run.books), "--run-id", run.id, "--control-file", str(control),
-               "--watch-parent", "--json", "--quiet"]
-        for key in ("max_iterations", "batch_size", "learning_rate", "save_every", "eval_every", "max_time",
-                    "threads", "nproc"):  # nproc > 1: the worker re-launches itself under torchrun
+        p, spec = run.params, KINDS[run_kind(run)]
+        cmd = [sys.executable, "-m", "azr_trainer.cli", "--home", str(self.home), spec.command, run.model,
+               "--run-id", run.id, "--control-file", str(control), "--watch-parent", "--json", "--quiet"]
+        if spec.books_flag:
+            cmd += ["--books", ",".join(run.books)]
+        for key in spec.settings:
             if p.get(key) is not None:
                 cmd += [f"--{key.replace('_', '-')}", str(p[key])]
         if run.last_checkpoint_step is not None:

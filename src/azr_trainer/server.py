@@ -32,13 +32,15 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path, PureWindowsPath
+from typing import Literal
 from urllib.parse import parse_qs, quote, urlsplit
 
 from fastapi import FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
 
@@ -50,7 +52,7 @@ from .device import available_memory_bytes, pick_device
 from .export import DEFAULT_DTYPE, GGUF_DTYPES, HF_DTYPES, export_model
 from .export import FORMATS as EXPORT_FORMATS
 from .home import Conflict, NotFound, UserError, home_dir, validate_name
-from .jobs import JobRunner, lock_holder
+from .jobs import KINDS, JobRunner, lock_holder
 from .memorisation import IndexCache, find_copies
 from .model import ModelConfig, count_parameters, estimate_training_memory, training_flops_per_token
 from .registry import Registry
@@ -93,16 +95,46 @@ class ModelShape(BaseModel):
 
 
 class RunRequest(BaseModel):
+    """A run of ``kind`` train (learn ``books``) or selfplay (a trained model improves its own
+    writing against a reward; it reads the books it was trained on). A setting left out takes
+    the kind's default (jobs.KINDS); one the kind does not have is a 400, an unknown field a 422.
+    Ranges are checked by TrainConfig / SelfPlayConfig (messages that say what to change);
+    the bounds here only keep absurd sizes from reaching a worker."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
     model: str
-    books: list[str]
-    max_iterations: int = 1000
-    batch_size: int = 16
-    learning_rate: float = 3e-4
-    save_every: int = 1000
-    eval_every: int | None = None  # default: the trainer's (200)
+    kind: Literal[tuple(KINDS)] = "train"  # type: ignore[valid-type]  # the kinds jobs.py knows
+    # Required for training (validate_default: a missing list is "Field required", as before kinds).
+    books: list[str] | None = Field(None, validate_default=True)
+    max_iterations: int | None = Field(None, le=10**9)
+    learning_rate: float | None = None
+    save_every: int | None = None
+    eval_every: int | None = None  # default: the trainer's (200) or self-play's (50)
     max_time: float | None = None  # seconds
     threads: int | None = None  # CPU threads for the worker (default: all cores)
+    # train
+    batch_size: int | None = Field(None, le=65536)
     nproc: int | None = None  # training processes on this machine (torchrun + DDP); default 1
+    # selfplay (defaults: selfplay.SelfPlayConfig)
+    prompts_per_step: int | None = Field(None, le=1024)
+    group_size: int | None = Field(None, le=1024)  # continuations per prompt
+    temperature: float | None = None
+    kl_weight: float | None = None
+    lm_weight: float | None = None  # weight of the book's next-token loss
+    reward: str | None = None  # a preset of rewards.PRESETS (never a file: that would run code)
+    checkpoint: str | int | None = None  # start from: best, latest, selfplay or a step number
+    seed: int | None = Field(None, ge=0, le=2**32 - 1)
+
+    @field_validator("books")
+    @classmethod
+    def _books_for_training(cls, books, info: ValidationInfo):
+        if books is None and info.data.get("kind") == "train":  # absent if kind itself was wrong
+            raise PydanticCustomError("missing", "Field required")
+        return books
+
+    def params(self) -> dict:
+        return self.model_dump(exclude={"model", "kind", "books"}, exclude_none=True)
 
 
 class GenerateRequest(BaseModel):
@@ -618,7 +650,7 @@ def create_app(home: Path, *, token: str | None = None, max_upload_bytes: int = 
     @app.post("/api/runs", status_code=201, tags=["runs"])
     def create_run(body: RunRequest):
         get_model_info(body.model)  # a damaged model.json is a message, not a crash
-        return runner.create_run(body.model, body.books, body.model_dump(exclude={"model", "books"}))
+        return runner.create_run(body.model, body.books or [], body.params(), kind=body.kind)
 
     @app.get("/api/runs/{run_id}", tags=["runs"])
     def get_run(run_id: str):

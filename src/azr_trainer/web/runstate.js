@@ -1,6 +1,7 @@
 // Everything the page shows about a run is derived from its events, so a reload, a second tab
 // and a finished run all show the same thing. Events may arrive twice (a stream that replays
-// its history after a reconnect); each is keyed and counted once.
+// its history after a reconnect); each is keyed and counted once. Training and self-play runs
+// share the event format: a self-play step carries reward_* and kl instead of a plain loss.
 
 const LOG_LIMIT = 400;
 
@@ -41,6 +42,10 @@ export class RunState {
     this.valBpb = [];
     this.lr = [];
     this.tps = [];
+    this.reward = [];      // self-play: mean reward of each step's rollouts
+    this.evalReward = [];  // self-play: mean reward of the eval samples (fixed prompts)
+    this.kl = [];
+    this.kind = null;      // from the start event ("selfplay"); null for training
     this.samples = [];
     this.log = [];
     this.logTotal = 0;
@@ -74,18 +79,23 @@ export class RunState {
         pushPoint(this.loss, e.step, e.loss);
         pushPoint(this.lr, e.step, e.lr);
         pushPoint(this.tps, e.step, e.tokens_per_s);
+        pushPoint(this.reward, e.step, e.reward_mean);
+        pushPoint(this.kl, e.step, e.kl);
         if (Number.isFinite(e.tokens_seen)) this.tokensSeen = e.tokens_seen;
-        this.addLog(e, "log.step", { step: e.step, loss: e.loss, lr: e.lr, tps: e.tokens_per_s });
+        if (Number.isFinite(e.reward_mean)) this.addLog(e, "log.sp_step", { step: e.step, reward: e.reward_mean, kl: e.kl, tps: e.tokens_per_s });
+        else this.addLog(e, "log.step", { step: e.step, loss: e.loss, lr: e.lr, tps: e.tokens_per_s });
         break;
       case "eval":
         this.lastEval = e;
         pushPoint(this.valLoss, e.step, e.val_loss);
         pushPoint(this.valBpb, e.step, e.val_bpb);
+        pushPoint(this.evalReward, e.step, e.sample_reward);
         if (Number.isFinite(e.val_bpb) && (this.bestBpb == null || e.val_bpb < this.bestBpb)) this.bestBpb = e.val_bpb;
-        this.addLog(e, "log.eval", { step: e.step, loss: e.val_loss, ppl: e.val_ppl, bpb: e.val_bpb });
+        if (Number.isFinite(e.sample_reward)) this.addLog(e, "log.sp_eval", { step: e.step, bpb: e.val_bpb, reward: e.sample_reward, rep4: e.sample_rep4 });
+        else this.addLog(e, "log.eval", { step: e.step, loss: e.val_loss, ppl: e.val_ppl, bpb: e.val_bpb });
         break;
       case "sample":
-        this.samples.push({ step: e.step, prompt: e.prompt ?? "", text: e.text ?? "", time: e.time });
+        this.samples.push({ step: e.step, prompt: e.prompt ?? "", text: e.text ?? "", time: e.time, reward: e.reward, rank: e.rank });
         if (this.samples.length > 500) this.samples.shift();
         this.addLog(e, "log.sample", { step: e.step });
         break;
@@ -96,7 +106,7 @@ export class RunState {
         this.lastStatus = e;
         if (Number.isFinite(e.step)) {
           if (e.state === "resumed" || e.state === "started") {
-            for (const arr of [this.loss, this.lr, this.tps, this.valLoss, this.valBpb]) cut(arr, e.step);
+            for (const arr of [this.loss, this.lr, this.tps, this.valLoss, this.valBpb, this.reward, this.evalReward, this.kl]) cut(arr, e.step);
             this.samples = this.samples.filter((s) => s.step <= e.step);
             if (this.lastStep && this.lastStep.step > e.step) this.lastStep = null;
             this.step = e.step;
@@ -104,11 +114,17 @@ export class RunState {
             this.step = Math.max(this.step, e.step);
           }
         }
-        if (e.state === "started" || e.state === "resumed") this.startInfo = e;
+        if (e.state === "started" || e.state === "resumed") {
+          this.startInfo = e;
+          if (e.kind) this.kind = e.kind;
+        }
         if (e.summary && Number.isFinite(e.summary.best_val_bpb)) {
           this.bestBpb = this.bestBpb == null ? e.summary.best_val_bpb : Math.min(this.bestBpb, e.summary.best_val_bpb);
         }
-        if (e.state === "started") {
+        if (e.state === "started" && e.kind === "selfplay") {
+          const start = e.start || {};
+          this.addLog(e, "log.sp_started", { device: e.device ?? "?", params: e.parameters ?? 0, step: start.step ?? 0, reward: Object.keys(e.reward_weights || {}).join(" + ") });
+        } else if (e.state === "started") {
           this.addLog(e, "log.started", { device: e.device ?? "?", threads: e.threads ?? "?", params: e.parameters ?? 0, tokens: e.train_tokens ?? 0 });
         } else if (e.state === "resumed") {
           this.addLog(e, "log.resumed", { step: e.step ?? 0, device: e.device ?? "?" });

@@ -1,6 +1,7 @@
-// "Training": choose a model and books, start a run, and watch it live. The monitor is built
-// only from the run's events (SSE while it is live, the stored events otherwise), so a reload
-// or a second tab shows the same state.
+// "Training": choose a model and books (or self-play: a trained model against a reward), start
+// a run, and watch it live. The monitor is built only from the run's events (SSE while it is
+// live, the stored events otherwise), so a reload or a second tab shows the same state; the
+// run's kind picks which stats and charts it shows.
 
 import { api, enc, runStreamUrl, allRunEvents } from "./api.js";
 import { t, fmtInt, fmtNum, fmtFixed, fmtSci, fmtCompact, fmtClock, fmtApproxDuration, fmtTime, fmtPercent, onLanguageChange, setText } from "./i18n.js";
@@ -24,7 +25,7 @@ let source = null;       // EventSource while live
 let reconnectTimer = 0;
 let loadToken = 0;
 let renderQueued = false;
-let rendered = { samples: -1, log: -1, version: -1 };
+let rendered = { samples: -1, log: -1, version: -1, kind: null };
 let pendingAction = null;
 let charts = null;
 
@@ -34,6 +35,8 @@ function makeCharts() {
   const stepTitle = () => t("charts.step");
   return {
     loss: new LineChart($("chart-loss"), { formatX: fmtStep, formatY: (v) => fmtNum(v, 3), emptyText: empty, xTitle: stepTitle, legendEl: $("chart-loss-legend") }),
+    reward: new LineChart($("chart-reward"), { formatX: fmtStep, formatY: (v) => fmtNum(v, 3), emptyText: empty, xTitle: stepTitle, legendEl: $("chart-reward-legend") }),
+    kl: new LineChart($("chart-kl"), { formatX: fmtStep, formatY: (v) => fmtSci(v), emptyText: empty }),
     bpb: new LineChart($("chart-bpb"), { formatX: fmtStep, formatY: (v) => fmtNum(v, 3), emptyText: () => t("charts.no_eval") }),
     lr: new LineChart($("chart-lr"), { formatX: fmtStep, formatY: (v) => fmtSci(v), emptyText: empty }),
     tps: new LineChart($("chart-tps"), { formatX: fmtStep, formatY: (v) => fmtCompact(v), emptyText: empty }),
@@ -116,13 +119,13 @@ export async function selectRun(id, { remember = true } = {}) {
   runId = id || null;
   run = runId ? store.runs.find((r) => r.id === runId) || null : null;
   rs = new RunState(runId);
-  rendered = { samples: -1, log: -1, version: -1 };
+  rendered = { samples: -1, log: -1, version: -1, kind: null };
   pendingAction = null;
   if (remember) {
     try { runId ? sessionStorage.setItem(SESSION_RUN, runId) : sessionStorage.removeItem(SESSION_RUN); } catch { /* ignore */ }
   }
   renderRunPicker();
-  queueRender();
+  render(); // at once, all of it: the previous run's badge and charts must not linger while this one loads
   if (!runId) return;
   const token = ++loadToken;
   try {
@@ -203,10 +206,25 @@ function renderTime() {
   el.title = t("monitor.time_title");
 }
 
+/** "train" or "selfplay": from the run record, else from its start event. */
+function runKind() {
+  return (run && (run.kind || (run.params && run.params.kind))) || (rs && rs.kind) || "train";
+}
+
+function renderKind() {
+  const kind = runKind();
+  if (rendered.kind === kind) return;
+  rendered.kind = kind;
+  rendered.chartsDirty = true;
+  for (const el of $("monitor").querySelectorAll("[data-for-kind]")) el.hidden = el.dataset.forKind !== kind;
+}
+
 function renderStats() {
   const ls = rs.lastStep;
   const le = rs.lastEval;
   $("st-loss").textContent = ls ? fmtFixed(ls.loss, 3) : t("common.none");
+  $("st-reward").textContent = ls ? fmtFixed(ls.reward_mean, 3) : t("common.none");
+  $("st-kl").textContent = ls ? fmtSci(ls.kl) : t("common.none");
   $("st-val-loss").textContent = le ? fmtFixed(le.val_loss, 3) : t("common.none");
   $("st-bpb").textContent = le && Number.isFinite(le.val_bpb) ? fmtFixed(le.val_bpb, 3) : t("common.none");
   const best = rs.bestBpb ?? (run && run.best_val_bpb);
@@ -216,22 +234,41 @@ function renderStats() {
   $("st-tokens").textContent = rs.tokensSeen != null ? fmtCompact(rs.tokensSeen) : t("common.none");
 }
 
+/** A per-step series smoothed with weight w, over its raw points drawn faintly. */
+function smoothedSeries(points, w, label, rawLabel, color, rawColor) {
+  const raw = w > 0 && points.length > 1 ? [{ label: rawLabel, color: rawColor, points, width: 1, legend: false }] : [];
+  return [...raw, { label, color, points: smooth(points, w), width: 2 }];
+}
+
 function renderCharts() {
   if (!charts) return;
   const w = Number($("mon-smoothing").value);
   $("mon-smoothing-out").textContent = fmtNum(w, 2);
-  charts.loss.setLogY($("mon-logscale").checked);
+  const logY = $("mon-logscale").checked;
+  charts.loss.setLogY(logY);
+  charts.reward.setLogY(logY);
   const c = PALETTE;
-  const series = [];
-  if (w > 0 && rs.loss.length > 1) {
-    series.push({ label: t("charts.train_raw"), color: "rgba(37,99,235,.22)", points: rs.loss, width: 1, legend: false });
-  }
-  series.push({ label: t("charts.train_loss"), color: c[0], points: smooth(rs.loss, w), width: 2 });
-  series.push({ label: t("charts.val_loss"), color: c[1], points: rs.valLoss, dash: [5, 4], markers: true, width: 2 });
-  charts.loss.setSeries(series);
+  charts.loss.setSeries([
+    ...smoothedSeries(rs.loss, w, t("charts.train_loss"), t("charts.train_raw"), c[0], "rgba(37,99,235,.22)"),
+    { label: t("charts.val_loss"), color: c[1], points: rs.valLoss, dash: [5, 4], markers: true, width: 2 },
+  ]);
+  charts.reward.setSeries([
+    ...smoothedSeries(rs.reward, w, t("charts.reward"), t("charts.reward_raw"), c[2], "rgba(16,185,129,.25)"),
+    { label: t("charts.eval_reward"), color: c[1], points: rs.evalReward, dash: [5, 4], markers: true, width: 2 },
+  ]);
   charts.bpb.setSeries([{ label: t("charts.val_bpb"), color: c[2], points: rs.valBpb, markers: true }]);
   charts.lr.setSeries([{ label: t("charts.lr"), color: c[3], points: rs.lr }]);
+  charts.kl.setSeries([{ label: t("charts.kl"), color: c[4], points: rs.kl }]);
   charts.tps.setSeries([{ label: t("charts.tps"), color: c[5], points: smooth(rs.tps, 0.6) }]);
+}
+
+const RANK_KEYS = { best: "monitor.sample_best", worst: "monitor.sample_worst" };
+
+/** Self-play samples carry their reward and whether they were the best or worst of their group. */
+function sampleReward(s) {
+  if (!Number.isFinite(s.reward)) return null;
+  const key = RANK_KEYS[s.rank] || "monitor.sample_reward";
+  return h("span", { class: `sample-reward ${s.rank || ""}`, dataset: { testid: "sample-reward" }, text: t(key, { reward: fmtFixed(s.reward, 3) }) });
 }
 
 function renderSamples() {
@@ -247,7 +284,7 @@ function renderSamples() {
   const steps = [...byStep.keys()].sort((a, b) => b - a);
   list.replaceChildren(...steps.map((step) => h("li", { class: "timeline-item", dataset: { testid: "sample", step } },
     h("div", { class: "timeline-step", text: t("monitor.sample_step", { step: fmtInt(step) }) }),
-    ...byStep.get(step).map((s) => h("div", { class: "sample" },
+    ...byStep.get(step).map((s) => h("div", { class: "sample" }, sampleReward(s),
       h("span", { class: "sample-prompt", title: t("monitor.prompt"), text: showWhitespace(s.prompt) }),
       h("span", { class: "sample-text", text: String(s.text).replace(/\n{3,}/g, "\n\n") }))))));
   $("mon-sample-count").textContent = steps.length ? `(${fmtInt(steps.length)})` : "";
@@ -260,6 +297,12 @@ function logLine(entry) {
     p.loss = fmtFixed(p.loss, 4); p.lr = fmtSci(p.lr); p.tps = fmtInt(p.tps); p.step = fmtInt(p.step);
   } else if (entry.key === "log.eval") {
     p.loss = fmtFixed(p.loss, 4); p.ppl = fmtNum(p.ppl, 2); p.bpb = fmtFixed(p.bpb, 4); p.step = fmtInt(p.step);
+  } else if (entry.key === "log.sp_step") {
+    p.reward = fmtFixed(p.reward, 3); p.kl = fmtSci(p.kl); p.tps = fmtInt(p.tps); p.step = fmtInt(p.step);
+  } else if (entry.key === "log.sp_eval") {
+    p.bpb = fmtFixed(p.bpb, 4); p.reward = fmtFixed(p.reward, 3); p.rep4 = fmtPercent(p.rep4, 1); p.step = fmtInt(p.step);
+  } else if (entry.key === "log.sp_started") {
+    p.params = fmtInt(p.params); p.step = fmtInt(p.step);
   } else if (entry.key === "log.started") {
     p.params = fmtInt(p.params); p.tokens = fmtInt(p.tokens);
   } else if (p.state) {
@@ -303,6 +346,7 @@ function render() {
   $("mon-body").hidden = !has;
   renderControls();
   if (!has || !rs) return;
+  renderKind();
   renderProgress();
   renderStats();
   if (rendered.version !== rs.version || rendered.chartsDirty) {
@@ -341,14 +385,27 @@ async function control(action) {
 const selectedBooks = new Set();
 let booksTouched = false; // until the user ticks a box, the choice follows the model (or the only book)
 const flopsCache = new Map();
+let mode = "train"; // or "selfplay": which run the form starts
+const TRAIN_FIELDS = ["max_iterations", "batch_size", "learning_rate", "save_every", "eval_every"];
+const SELFPLAY_FIELDS = ["reward", "max_iterations", "group_size", "temperature", "kl_weight", "lm_weight"];
 
 function prefs() {
   try { return JSON.parse(localStorage.getItem(TRAIN_PREFS) || "{}"); } catch { return {}; }
 }
 function savePrefs() {
-  const p = { model: $("t-model").value };
-  for (const k of ["max_iterations", "batch_size", "learning_rate", "save_every", "eval_every"]) p[k] = $(`t-${k}`).value;
+  const p = { model: $("t-model").value, mode };
+  for (const k of TRAIN_FIELDS) p[k] = $(`t-${k}`).value;
+  for (const k of SELFPLAY_FIELDS) p[`sp_${k}`] = $(`sp-${k}`).value;
   try { localStorage.setItem(TRAIN_PREFS, JSON.stringify(p)); } catch { /* ignore */ }
+}
+
+function setMode(value) {
+  mode = value === "selfplay" ? "selfplay" : "train";
+  for (const radio of document.querySelectorAll("input[name=t-mode]")) radio.checked = radio.value === mode;
+  for (const el of $("train-form").querySelectorAll("[data-for-mode]")) el.hidden = el.dataset.forMode !== mode;
+  setText($("train-start"), mode === "selfplay" ? "train.sp.start" : "train.start");
+  showError($("train-error"), "");
+  renderEstimate();
 }
 
 function renderModelSelect() {
@@ -424,7 +481,7 @@ async function renderEstimate() {
   const m = currentModel();
   const iters = intValue($("t-max_iterations"));
   const batch = intValue($("t-batch_size"));
-  if (!m || !(iters > 0) || !(batch > 0)) { el.textContent = ""; return; }
+  if (mode !== "train" || !m || !(iters > 0) || !(batch > 0)) { el.textContent = ""; estimateSeq++; return; }
   const seq = (m.config && m.config.max_seq_len) || 256;
   const tokens = iters * batch * seq;
   const seqNo = ++estimateSeq;
@@ -441,41 +498,76 @@ async function renderEstimate() {
   el.textContent = parts.join(" · ");
 }
 
-function validateTrain() {
+/** A decimal from a number field ("0,3" too); NaN when empty. */
+function floatValue(input) {
+  const raw = String(input.value).trim().replace(",", ".");
+  return raw === "" ? NaN : Number(raw);
+}
+
+function checkIterations(v, errors) {
+  if (!Number.isInteger(v.max_iterations) || v.max_iterations < 1) errors.push(t("train.err.int", { field: "max_iterations" }));
+}
+
+function trainRequest() {
   const errors = [];
   const v = {
     model: $("t-model").value,
     books: [...selectedBooks],
     max_iterations: intValue($("t-max_iterations")),
     batch_size: intValue($("t-batch_size")),
-    learning_rate: Number(String($("t-learning_rate").value).replace(",", ".")),
+    learning_rate: floatValue($("t-learning_rate")),
     save_every: intValue($("t-save_every")),
     eval_every: intValue($("t-eval_every")),
   };
   if (!v.model) errors.push(t("train.err.model"));
   if (!v.books.length) { errors.push(t("train.err.books")); $("t-books-msg").textContent = t("train.err.books"); $("t-books-msg").className = "msg error"; }
-  for (const k of ["max_iterations", "batch_size", "save_every"]) {
+  checkIterations(v, errors);
+  for (const k of ["batch_size", "save_every"]) {
     if (!Number.isInteger(v[k]) || v[k] < 1) errors.push(t("train.err.int", { field: k }));
   }
   if (v.eval_every != null && (!Number.isInteger(v.eval_every) || v.eval_every < 1)) errors.push(t("train.err.int", { field: "eval_every" }));
   if (!(v.learning_rate > 0 && v.learning_rate < 1)) errors.push(t("train.err.lr"));
-  return { v, errors };
+  if (v.eval_every == null) delete v.eval_every;
+  return { body: v, errors };
+}
+
+function selfPlayRequest() {
+  const errors = [];
+  const v = {
+    model: $("t-model").value,
+    kind: "selfplay",
+    reward: $("sp-reward").value,
+    max_iterations: intValue($("sp-max_iterations")),
+    group_size: intValue($("sp-group_size")),
+    temperature: floatValue($("sp-temperature")),
+    kl_weight: floatValue($("sp-kl_weight")),
+    lm_weight: floatValue($("sp-lm_weight")),
+  };
+  const m = currentModel();
+  if (!v.model) errors.push(t("train.err.model"));
+  else if (m && !(m.trained_steps > 0 || (m.checkpoints || []).length)) errors.push(t("train.sp.err.untrained", { model: v.model }));
+  checkIterations(v, errors);
+  if (!Number.isInteger(v.group_size) || v.group_size < 2) errors.push(t("train.sp.err.group"));
+  if (!(v.temperature > 0 && v.temperature <= 10)) errors.push(t("train.sp.err.temperature"));
+  for (const k of ["kl_weight", "lm_weight"]) {
+    if (!(v[k] >= 0)) errors.push(t("train.sp.err.weight", { field: k }));
+  }
+  return { body: v, errors };
 }
 
 async function startTraining(e) {
   e.preventDefault();
-  const { v, errors } = validateTrain();
+  const { body, errors } = mode === "selfplay" ? selfPlayRequest() : trainRequest();
   showError($("train-error"), errors.join(" "));
   if (errors.length) return;
-  const body = { model: v.model, books: v.books, max_iterations: v.max_iterations, batch_size: v.batch_size, learning_rate: v.learning_rate, save_every: v.save_every };
-  if (v.eval_every != null) body.eval_every = v.eval_every;
   const btn = $("train-start");
   setBusy(btn, true);
   try {
     const r = await api("/api/runs", { method: "POST", json: body });
     savePrefs();
     upsertRun(r);
-    toast(t(r.state === "queued" ? "train.queued" : "train.started", { model: v.model }), "success");
+    const prefix = mode === "selfplay" ? "train.sp" : "train";
+    toast(t(r.state === "queued" ? `${prefix}.queued` : `${prefix}.started`, { model: body.model }), "success");
     await selectRun(r.id);
     refreshModels().catch(() => {});
     $("monitor").scrollIntoView({ behavior: "smooth", block: "start" });
@@ -499,9 +591,16 @@ function pickInitialRun() {
 export function initTraining() {
   charts = makeCharts();
   const p = prefs();
-  for (const k of ["max_iterations", "batch_size", "learning_rate", "save_every", "eval_every"]) {
+  for (const k of TRAIN_FIELDS) {
     if (p[k] != null && p[k] !== "") $(`t-${k}`).value = p[k];
   }
+  for (const k of SELFPLAY_FIELDS) {
+    if (p[`sp_${k}`] != null && p[`sp_${k}`] !== "") $(`sp-${k}`).value = p[`sp_${k}`];
+  }
+  for (const radio of document.querySelectorAll("input[name=t-mode]")) {
+    radio.addEventListener("change", () => { if (radio.checked) { setMode(radio.value); savePrefs(); } });
+  }
+  setMode(p.mode);
   for (const pill of document.querySelectorAll(".quick-picks .pill")) {
     pill.addEventListener("click", () => { $("t-max_iterations").value = pill.dataset.iters; renderEstimate(); });
   }
