@@ -43,6 +43,9 @@ def test_parse_proposals_compact():
     good = "def f(x):\n    x = sorted(x)\n    return x\n>>> f([3, 1])\n\nrest"
     assert COMPACT.parse_proposal(good) == ("def f(x):\n    x = sorted(x)\n    return x", "[3, 1]")
     assert COMPACT.parse_proposal("def f(x):\n    return x\n>>> f([3, 1])") is None        # not finished
+    # written like a reference (an output guess, then "##"): the program and input still count
+    assert COMPACT.parse_proposal("def f(x):\n    return x\n>>> f([3, 1]) = [9]\n##\nde") == \
+        ("def f(x):\n    return x", "[3, 1]")
     assert COMPACT.parse_proposal("def f(x):\n    return open(x)\n>>> f(1)\n\n") is None   # forbidden name
     assert COMPACT.parse_proposal("def f(x):\n    return x\n>>> f([3, 1\n\n") is None      # not a literal
     text = "# sort\n>>> f([1])\n>>> f([2, 1])\n>>> f([1])\n>>> f([])\n\n"

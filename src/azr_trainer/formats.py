@@ -56,6 +56,9 @@ def triplet_text(code: str, inp: str, out: str) -> str:
 class CompactFormat:
     name = "compact"
     stop = "\n\n"  # every answer ends with a blank line
+    # A small model often writes its proposal like the references before it: with a guess of the
+    # output and "##" after it. Both are accepted (the output is the executor's to compute).
+    proposal_stops = ("\n\n", "\n##")
 
     def answer(self, text: str) -> tuple[str, bool]:
         """The answer part of a generation and whether it was finished."""
@@ -96,10 +99,12 @@ class CompactFormat:
 
     def parse_proposal(self, text: str) -> tuple[str, str] | None:
         """A deduction/abduction proposal → (program source, input source), or None when malformed."""
-        body, finished = self.answer(text)
-        if not finished or "\n>>> f(" not in body:
+        ends = [i for i in (text.find(s) for s in self.proposal_stops) if i >= 0]
+        body = text[:min(ends)] if ends else ""
+        if "\n>>> f(" not in body:
             return None
-        code, call = body.rsplit("\n>>> f(", 1)
+        code, call = body.split("\n>>> f(", 1)
+        call = call.split(") = ", 1)[0] + ")" if ") = " in call else call
         if not call.endswith(")"):
             return None
         return _checked(code, call[:-1])
@@ -126,6 +131,7 @@ class PaperFormat:
     """Instructions in plain English, reasoning allowed, the result inside <answer> tags."""
     name = "paper"
     stop = "</answer>"
+    proposal_stops = (stop,)
     preamble = ("A conversation between a user and an assistant. The assistant thinks step by step inside "
                 "<think> </think> and then gives the final result inside <answer> </answer>.\n\nUser: ")
     opening = "\n\nAssistant: <think>"

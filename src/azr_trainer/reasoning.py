@@ -287,10 +287,13 @@ def program_complexity(code: str) -> int:
 
 @torch.no_grad()
 def sample_until_end(model, tokenizer, prompts: list[str], *, max_new_tokens: int, temperature: float,
-                     generator: torch.Generator | None, stop: str = CompactFormat.stop
+                     generator: torch.Generator | None, stop: str | tuple[str, ...] = CompactFormat.stop
                      ) -> list[tuple[list[int], list[int], str]]:
-    """Continue each prompt until it writes ``stop`` or ``max_new_tokens``; returns (prompt ids,
-    new ids up to and including the stop, new text) per prompt. Temperature 0: greedy."""
+    """Continue each prompt until it writes ``stop`` (or one of several) or ``max_new_tokens``;
+    returns (prompt ids, new ids up to and including the stop, new text) per prompt.
+    Temperature 0: greedy."""
+    stops = (stop,) if isinstance(stop, str) else tuple(stop)
+    tail = max(map(len, stops)) + 2
     max_prompt = model.cfg.max_seq_len - max_new_tokens
     ids = [tokenizer.encode(p)[-max_prompt:] for p in prompts]
     outs: list[list[int]] = [[] for _ in prompts]
@@ -302,7 +305,8 @@ def sample_until_end(model, tokenizer, prompts: list[str], *, max_new_tokens: in
                 done[i] = done[i] or t is None
                 continue
             outs[i].append(t)
-            if stop in tokenizer.decode(outs[i][-len(stop) - 2:]):
+            last = tokenizer.decode(outs[i][-tail:])
+            if any(s in last for s in stops):
                 done[i] = True
         if all(done):
             break
@@ -442,7 +446,7 @@ class _Run:
         else:
             prompts = [self._proposer_prompt(kind) for _ in range(n)]
         samples = sample_until_end(self.model, self.tokenizer, prompts, max_new_tokens=cfg.max_program_tokens,
-                                   temperature=cfg.temperature, generator=gen, stop=self.fmt.stop)
+                                   temperature=cfg.temperature, generator=gen, stop=self.fmt.proposal_stops)
         tasks: list[Task | None] = []
         formed: list[bool] = []
         for i, (_, _, text) in enumerate(samples):
