@@ -1,7 +1,7 @@
 """The job runner: each training run in its own worker process, a queue, and live events.
 
-A worker is ``python -m azr_trainer.cli train …`` (or ``selfplay …``: the run's kind, see
-``KINDS``) — the same command a person can type — started with subprocess.Popen, its output
+A worker is ``python -m azr_trainer.cli train …`` (or ``selfplay …`` / ``reason …``: the run's
+kind, see ``KINDS``) — the same command a person can type — started with subprocess.Popen, its output
 going to ``worker.log`` in the run's folder. Nothing here knows how training works: the
 worker writes events to ``events.jsonl`` and this module reads them.
 
@@ -51,6 +51,7 @@ from . import store
 from .checkpoint import resolve_checkpoint
 from .events import read_events
 from .home import Conflict, NotFound, UserError
+from .reasoning import ReasonConfig
 from .registry import Metric, Registry, Run, Sample
 from .rewards import PRESETS
 from .selfplay import SelfPlayConfig
@@ -153,6 +154,31 @@ def _check_selfplay(home: Path, model: str, books: list[str], params: dict) -> l
     return list(own_books)
 
 
+def _check_reason(home: Path, model: str, books: list[str], params: dict) -> list[str]:
+    """AZR reasoning starts from a trained checkpoint; its tasks come from the model itself and
+    the sandbox, never from books."""
+    if books:
+        raise UserError("A reasoning run needs no books (the model writes its own tasks); leave books empty.")
+    cfg = ReasonConfig(**params).validate()
+    mdir = store.model_dir(home, model)
+    try:
+        resolve_checkpoint(mdir, "latest")
+    except UserError:
+        # The CLI would make the model from zero; the studio has a step for that (see server.py).
+        raise UserError(f"Model '{model}' has no trained checkpoint yet: a reasoning run starts from one. Create a "
+                        "model for reasoning from zero (POST /api/reason/models, or the Training page's button), "
+                        "train it on its triplets book, then start the reasoning run; or run "
+                        f"`azr reason {model}` on the command line, which does all three.") from None
+    resolve_checkpoint(mdir, cfg.checkpoint)  # a wrong step number or a missing selfplay/reason run says so
+    # Checked by the worker too, but only once it has loaded the model: say it before queuing.
+    seq = store.get_model(home, model).config.max_seq_len
+    if seq < cfg.max_program_tokens + 64:
+        raise UserError(f"Model '{model}' reads at most {seq} tokens, too few for reasoning prompts with "
+                        f"{cfg.max_program_tokens}-token programs: use a model with max_seq_len of "
+                        f"{cfg.max_program_tokens + 64} or more (a from-zero reasoning model has 512).")
+    return []
+
+
 @dataclass(frozen=True)
 class RunKind:
     """What a kind of run is: the `azr` subcommand its worker runs, the settings it takes
@@ -176,6 +202,11 @@ KINDS: dict[str, RunKind] = {
                                      "learning_rate", "kl_weight", "lm_weight", "reward", "checkpoint", "threads",
                                      "seed", "eval_every", "save_every"),
                         _check_selfplay, defaults=dict(max_iterations=150)),
+    # Unlike the CLI, always with an end: 200 steps of the default batch is a few minutes of a from-zero model.
+    "reason": RunKind("reason", ("mode", "max_iterations", "max_time", "batch_size", "n_samples", "temperature",
+                                 "learning_rate", "kl_weight", "eval_every", "eval_tasks", "save_every", "seed",
+                                 "threads", "checkpoint"),
+                      _check_reason, defaults=dict(max_iterations=200)),
 }
 
 

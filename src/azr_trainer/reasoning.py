@@ -447,34 +447,28 @@ class _Run:
             prompts = [self._proposer_prompt(kind) for _ in range(n)]
         samples = sample_until_end(self.model, self.tokenizer, prompts, max_new_tokens=cfg.max_program_tokens,
                                    temperature=cfg.temperature, generator=gen, stop=self.fmt.proposal_stops)
+        if kind == "induction":
+            parsed = [self.fmt.parse_induction_proposal(t, cfg.induction_inputs) for _, _, t in samples]
+            jobs = [(code, inp) for code, p in zip(codes, parsed) if p for inp in p[1]]
+        else:
+            parsed = [self.fmt.parse_proposal(t) for _, _, t in samples]
+            jobs = [p for p in parsed if p]
+        # Every (program, input) of the step in one sandbox batch, each run twice (determinism).
+        results = iter(executor.validate_many(jobs, self.limits) if jobs else [])
+        self.programs_checked += 2 * len(jobs)
         tasks: list[Task | None] = []
-        formed: list[bool] = []
-        for i, (_, _, text) in enumerate(samples):
-            if kind == "induction":
-                parsed = self.fmt.parse_induction_proposal(text, cfg.induction_inputs)
-                formed.append(parsed is not None)
-                tasks.append(self._validate_induction(codes[i], *parsed) if parsed else None)
+        for i, p in enumerate(parsed):
+            if not p:
+                tasks.append(None)
+            elif kind == "induction":
+                res = [next(results) for _ in p[1]]
+                ok = all(r.ok for r in res)
+                tasks.append(Task(kind, codes[i], message=p[0], pairs=list(zip(p[1], [r.output for r in res])))
+                             if ok else None)
             else:
-                parsed = self.fmt.parse_proposal(text)
-                formed.append(parsed is not None)
-                task = None
-                if parsed:
-                    res = executor.validate_task(parsed[0], parsed[1], self.limits)
-                    self.programs_checked += 2
-                    if res.ok:
-                        task = Task(kind, parsed[0], parsed[1], res.output)
-                tasks.append(task)
-        return [(p, o) for p, o, _ in samples], tasks, formed
-
-    def _validate_induction(self, code: str, message: str, inputs: list[str]) -> Task | None:
-        pairs = []
-        for inp in inputs:
-            res = executor.validate_task(code, inp, self.limits)
-            self.programs_checked += 2
-            if not res.ok:
-                return None
-            pairs.append((inp, res.output))
-        return Task("induction", code, message=message, pairs=pairs)
+                res = next(results)
+                tasks.append(Task(kind, p[0], p[1], res.output) if res.ok else None)
+        return [(p, o) for p, o, _ in samples], tasks, [p is not None for p in parsed]
 
     def _add_to_buffer(self, task: Task) -> None:
         buf = self.buffers[task.kind]
