@@ -46,8 +46,9 @@ from starlette.exceptions import HTTPException
 
 from . import __version__
 from . import books as books_mod
-from . import store
-from .checkpoint import build_model, checkpoint_dir, list_step_checkpoints, resolve_checkpoint, safe_load
+from . import reasoning, store
+from .checkpoint import build_model, checkpoint_dir, latest_run_checkpoint, list_step_checkpoints, \
+    resolve_checkpoint, safe_load
 from .device import available_memory_bytes, pick_device
 from .export import DEFAULT_DTYPE, GGUF_DTYPES, HF_DTYPES, export_model
 from .export import FORMATS as EXPORT_FORMATS
@@ -95,11 +96,13 @@ class ModelShape(BaseModel):
 
 
 class RunRequest(BaseModel):
-    """A run of ``kind`` train (learn ``books``) or selfplay (a trained model improves its own
-    writing against a reward; it reads the books it was trained on). A setting left out takes
-    the kind's default (jobs.KINDS); one the kind does not have is a 400, an unknown field a 422.
-    Ranges are checked by TrainConfig / SelfPlayConfig (messages that say what to change);
-    the bounds here only keep absurd sizes from reaching a worker."""
+    """A run of ``kind`` train (learn ``books``), selfplay (a trained model improves its own
+    writing against a reward; it reads the books it was trained on) or reason (AZR: a trained
+    model proposes and solves programming tasks that a sandbox checks; no books). A setting
+    left out takes the kind's default (jobs.KINDS); one the kind does not have is a 400, an
+    unknown field a 422. Ranges are checked by TrainConfig / SelfPlayConfig / ReasonConfig
+    (messages that say what to change); the bounds here only keep absurd sizes from reaching a
+    worker."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
@@ -123,8 +126,12 @@ class RunRequest(BaseModel):
     kl_weight: float | None = None
     lm_weight: float | None = None  # weight of the book's next-token loss
     reward: str | None = None  # a preset of rewards.PRESETS (never a file: that would run code)
-    checkpoint: str | int | None = None  # start from: best, latest, selfplay or a step number
+    checkpoint: str | int | None = None  # start from: best, latest, selfplay, reason or a step number
     seed: int | None = Field(None, ge=0, le=2**32 - 1)
+    # reason (defaults: reasoning.ReasonConfig; batch_size is proposals per task type per step)
+    mode: str | None = None  # azr, frozen_proposer, solver_only or pretrain
+    n_samples: int | None = Field(None, le=1024)  # solver attempts per task
+    eval_tasks: int | None = Field(None, le=10_000)  # held-out tasks per type in each eval
 
     @field_validator("books")
     @classmethod
@@ -135,6 +142,25 @@ class RunRequest(BaseModel):
 
     def params(self) -> dict:
         return self.model_dump(exclude={"model", "kind", "books"}, exclude_none=True)
+
+
+_FROM_ZERO = reasoning.FROM_ZERO_SHAPE
+
+
+class ReasonModelRequest(BaseModel):
+    """A model made from zero for AZR reasoning: a char tokenizer, the from-zero shape unless
+    given, and a book of ``corpus_docs`` generator triplets to pretrain it on."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    d_model: int = _FROM_ZERO["d_model"]
+    num_layers: int = _FROM_ZERO["num_layers"]
+    num_heads: int = _FROM_ZERO["num_heads"]
+    d_ff: int = _FROM_ZERO["d_ff"]
+    max_seq_len: int = _FROM_ZERO["max_seq_len"]
+    corpus_docs: int = Field(40_000, ge=100, le=1_000_000)  # ~200 characters each
+    seed: int = Field(0, ge=0, le=2**32 - 1)
 
 
 class GenerateRequest(BaseModel):
@@ -276,6 +302,27 @@ class _ModelCache:
             return self._items[key]
 
 
+class _BuffersCache:
+    """A reasoning checkpoint's (step, buffers), by file and modification time: the page polls
+    them, and loading a checkpoint reads the whole model."""
+
+    def __init__(self, size: int = 4):
+        self.size = size
+        self._items: OrderedDict[tuple, tuple] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, path: Path) -> tuple[int, dict]:
+        key = (str(path), path.stat().st_mtime_ns)
+        with self._lock:
+            if key not in self._items:
+                obj = safe_load(path)
+                self._items[key] = (obj.get("step"), obj["buffers"])
+                while len(self._items) > self.size:
+                    self._items.popitem(last=False)
+            self._items.move_to_end(key)
+            return self._items[key]
+
+
 @dataclass
 class _Generation:
     """One generation request, ready to run: the model is loaded and the parameters are valid."""
@@ -385,6 +432,7 @@ def create_app(home: Path, *, token: str | None = None, max_upload_bytes: int = 
     registry.reconcile()
     runner = JobRunner(home, registry, max_concurrent=max_concurrent_runs)
     models_cache = _ModelCache()
+    buffers_cache = _BuffersCache()
     copies_index = IndexCache()
     tmp_root = home / ".tmp"  # uploads and downloads in progress, on the same disk as the data
 
@@ -559,6 +607,34 @@ def create_app(home: Path, *, token: str | None = None, max_upload_bytes: int = 
         registry.sync_models()
         return model_dict(info, set())
 
+    @app.post("/api/reason/models", status_code=201, tags=["models"])
+    def create_reason_model(body: ReasonModelRequest):
+        """Create a model for AZR reasoning from zero: writes the book ``<name>-triplets`` (programs
+        with their inputs and outputs, from the random program generator) and the model (char
+        tokenizer). Next: a train run on that book, then a reason run; ``next`` says so. What
+        ``azr reason NAME`` does on its own for a model that does not exist."""
+        name = validate_name(body.name, "model name")
+        book = validate_name(f"{name}-triplets", "book name")
+        if store.model_dir(home, name).exists():
+            raise Conflict(f"A model named '{name}' already exists; choose another name.")
+        try:
+            books_mod.get_book(home, book)
+        except NotFound:
+            pass
+        else:  # create_from_zero would overwrite it
+            raise Conflict(f"A book named '{book}' already exists; delete it or choose another model name.")
+        shape = body.model_dump(include={"d_model", "num_layers", "num_heads", "d_ff", "max_seq_len"})
+        need = reasoning.ReasonConfig.max_program_tokens + 64
+        if body.max_seq_len < need:
+            raise UserError(f"max_seq_len must be at least {need} for reasoning prompts, got {body.max_seq_len}.")
+        cfg = ModelConfig(**{**reasoning.FROM_ZERO_SHAPE, **shape, "tokenizer": "char"})
+        cfg.validate()  # before the book is written: a wrong shape leaves nothing behind
+        reasoning.create_from_zero(home, name, shape=shape, n_docs=body.corpus_docs, seed=body.seed, log=log.info)
+        registry.sync_books()
+        registry.sync_models()
+        return {"model": model_dict(get_model_info(name), set()), "book": book,
+                "next": f"Train '{name}' on the book '{book}' (a train run), then start a reason run."}
+
     @app.post("/api/models/estimate", tags=["models"])
     def estimate_model(body: ModelShape):
         """Size, memory and compute of a shape, with what is wrong with it: for validating as the
@@ -667,6 +743,27 @@ def create_app(home: Path, *, token: str | None = None, max_upload_bytes: int = 
     @app.post("/api/runs/{run_id}/cancel", tags=["runs"])
     def cancel_run(run_id: str):
         return runner.cancel(run_id)
+
+    @app.get("/api/runs/{run_id}/buffers", tags=["runs"])
+    def run_buffers(run_id: str, limit: int | None = Query(None, ge=1, le=10_000)):
+        """A reasoning run's task buffers (deduction, abduction, induction) as of its newest
+        checkpoint, oldest task first; ``limit``: only the newest N of each. ``sizes`` are the
+        full lengths. A task has code, input and output (induction: message and input/output
+        pairs, the first half shown to the solver)."""
+        run = runner.get_run(run_id)
+        if run["kind"] != "reason":
+            raise UserError(f"Run {run_id} is a {run['kind']} run; only reasoning runs have task buffers.")
+        mdir = store.model_dir(home, run["model"])
+        path = latest_run_checkpoint(mdir, "reason", run_id)
+        if path is None:
+            raise NotFound(f"Run {run_id} has not saved a checkpoint yet; its buffers appear with the first one "
+                           f"(every save_every steps, and when it stops).")
+        try:
+            step, buffers = buffers_cache.get(path)
+        except FileNotFoundError:  # pruned by the worker just now: its newer checkpoint is there
+            step, buffers = buffers_cache.get(latest_run_checkpoint(mdir, "reason", run_id))
+        return {"run": run_id, "step": step, "sizes": {k: len(v) for k, v in buffers.items()},
+                "buffers": {k: v[-limit:] if limit else v for k, v in buffers.items()}}
 
     @app.get("/api/runs/{run_id}/events", tags=["runs"])
     def run_events(run_id: str, after: int = Query(0, ge=0), limit: int | None = Query(None, ge=1)):
