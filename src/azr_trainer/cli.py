@@ -389,22 +389,8 @@ def cmd_reason(args, home):
 
 
 def _reason_eval(home, args, cfg):
-    from . import reasoning
-    from .checkpoint import build_model, resolve_checkpoint, safe_load
-    from .device import pick_device, set_threads
-    device = pick_device(cfg.device)
-    if device.type == "cpu":
-        set_threads(cfg.threads)
-    path = resolve_checkpoint(store.model_dir(home, args.name), cfg.checkpoint)
-    model, _, tok = build_model(safe_load(path))
-    model.to(device)
-    tasks = reasoning.heldout_tasks(cfg.eval_tasks, split=args.eval_split)
-    res = {"checkpoint": str(path), "split": args.eval_split, "tasks_per_type": cfg.eval_tasks}
-    res.update(reasoning.evaluate_tasks(model, tok, tasks, cfg.limits()))
-    if args.pass_k > 1:
-        res.update(reasoning.evaluate_tasks(model, tok, tasks, cfg.limits(), k=args.pass_k, temperature=1.0,
-                                            seed=cfg.seed))
-    return res
+    from .reasoning import evaluate_checkpoint
+    return evaluate_checkpoint(home, args.name, cfg, split=args.eval_split, pass_k=args.pass_k)
 
 
 # ---- generate ------------------------------------------------------------------------------

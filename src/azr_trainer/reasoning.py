@@ -76,8 +76,8 @@ class ReasonConfig:
     beta2: float = 0.99
     grad_clip: float = 1.0
     kl_weight: float = 0.0
-    max_answer_tokens: int = 48    # deduction/abduction answers
-    max_program_tokens: int = 200  # proposals and induction programs
+    max_answer_tokens: int | None = None   # deduction/abduction answers (default: 48 compact, 384 paper)
+    max_program_tokens: int | None = None  # proposals and induction programs (default: 200 compact, 512 paper)
     lm_batch_size: int = 8         # pretrain mode: rows of generator documents per step
     eval_every: int = 25
     eval_tasks: int = 32           # held-out test tasks per type for periodic evals
@@ -102,6 +102,8 @@ class ReasonConfig:
         for name in ("batch_size", "n_samples", "references", "buffer_size", "seed_tasks", "max_answer_tokens",
                      "max_program_tokens", "lm_batch_size", "eval_every", "eval_tasks", "save_every", "log_every"):
             v = getattr(self, name)
+            if v is None and name.startswith("max_"):
+                continue
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise UserError(f"{name} must be a whole number of at least 1, got {v!r}.")
         if self.n_samples < 2:
@@ -275,6 +277,13 @@ def resolve_format(choice: str, mcfg) -> str:
     return "compact" if mcfg.tokenizer == "char" else "paper"
 
 
+def default_lengths(cfg: ReasonConfig, fmt) -> tuple[int, int]:
+    """(answer, program) token budgets: the paper format lets a model think before it answers,
+    which needs room; the compact format answers at once."""
+    compact = fmt.name == "compact"
+    return cfg.max_answer_tokens or (48 if compact else 384), cfg.max_program_tokens or (200 if compact else 512)
+
+
 def program_complexity(code: str) -> int:
     """AST nodes in a program: a rough size of what the proposer writes."""
     try:
@@ -340,6 +349,27 @@ def evaluate_tasks(model, tokenizer, tasks: list[Task], limits: executor.Limits,
     return res
 
 
+def evaluate_checkpoint(home: Path, name: str, cfg: ReasonConfig, *, split: str = "test", pass_k: int = 1) -> dict:
+    """Held-out accuracy of model ``name`` at ``cfg.checkpoint``: greedy per task type on
+    ``cfg.eval_tasks`` tasks of ``split``, and pass@k at temperature 1 when ``pass_k`` > 1."""
+    device = pick_device(cfg.device)
+    if device.type == "cpu":
+        set_threads(cfg.threads)
+    path = resolve_checkpoint(store.model_dir(home, name), cfg.checkpoint)
+    model, mcfg, tok = build_model(safe_load(path))
+    model.to(device)
+    fmt = FORMATS[resolve_format(cfg.prompt_format, mcfg)]
+    answer, program = default_lengths(cfg, fmt)
+    lengths = dict(max_answer_tokens=answer, max_program_tokens=program)
+    tasks = heldout_tasks(cfg.eval_tasks, split=split, n_inputs=cfg.induction_inputs)
+    res = {"checkpoint": str(path), "split": split, "tasks_per_type": cfg.eval_tasks, "prompt_format": fmt.name}
+    res.update(evaluate_tasks(model, tok, tasks, cfg.limits(), fmt=fmt, **lengths))
+    if pass_k > 1:
+        res.update(evaluate_tasks(model, tok, tasks, cfg.limits(), k=pass_k, temperature=1.0, seed=cfg.seed,
+                                  fmt=fmt, **lengths))
+    return res
+
+
 # ---- the run -------------------------------------------------------------------------------------
 
 def reason_root(model_dir: Path) -> Path:
@@ -389,6 +419,7 @@ class _Run:
         self.model, self.mcfg, self.tokenizer = build_model(start_obj)
         self.model.to(self.device)
         self.fmt = FORMATS[resolve_format(cfg.prompt_format, self.mcfg)]
+        cfg.max_answer_tokens, cfg.max_program_tokens = default_lengths(cfg, self.fmt)
         self.ref = None
         if cfg.kl_weight > 0:
             self.ref, _, _ = build_model(start_obj)

@@ -75,7 +75,8 @@ function cssVar(el, name, fallback) {
 export class LineChart {
   /**
    * @param {HTMLCanvasElement} canvas
-   * @param {object} opts  logY, formatX(v), formatY(v), emptyText(), legendEl, xTitle()
+   * @param {object} opts  logY, formatX(v), formatY(v), emptyText(), legendEl, xTitle(),
+   *                       yRange: [lo, hi] fixed (rates: 0 and 1 stay put as points arrive)
    */
   constructor(canvas, opts = {}) {
     this.canvas = canvas;
@@ -183,6 +184,11 @@ export class LineChart {
     const padY = (hi - lo) * 0.06;
     lo -= padY; hi += padY;
     if (!logY && yMin >= 0 && lo < 0) lo = 0;
+    if (opts.yRange && !logY) {
+      const [a, b] = [Math.min(opts.yRange[0], yMin), Math.max(opts.yRange[1], yMax)];
+      const pad = (b - a) * 0.04; // points on the bounds stay visible
+      [lo, hi] = [a - pad, b + pad];
+    }
 
     const plotTop = 10;
     const plotBottom = h - 24;

@@ -1,9 +1,20 @@
 // Everything the page shows about a run is derived from its events, so a reload, a second tab
 // and a finished run all show the same thing. Events may arrive twice (a stream that replays
-// its history after a reconnect); each is keyed and counted once. Training and self-play runs
-// share the event format: a self-play step carries reward_* and kl instead of a plain loss.
+// its history after a reconnect); each is keyed and counted once. Training, self-play and
+// reasoning runs share the event format: a self-play step carries reward_* and kl instead of a
+// plain loss; a reasoning step carries per task type {type}_valid_rate and {type}_solve_acc, and
+// its evals {type}_acc (held-out tasks, greedy).
 
 const LOG_LIMIT = 400;
+export const TASK_TYPES = ["deduction", "abduction", "induction"];
+
+const perType = () => Object.fromEntries(TASK_TYPES.map((k) => [k, []]));
+
+/** The mean of the finite values, or null. */
+function meanOf(values) {
+  const xs = values.filter(Number.isFinite);
+  return xs.length ? xs.reduce((a, b) => a + b, 0) / xs.length : null;
+}
 
 function eventKey(e) {
   if (Number.isInteger(e.seq)) return `#${e.seq}`;
@@ -45,7 +56,11 @@ export class RunState {
     this.reward = [];      // self-play: mean reward of each step's rollouts
     this.evalReward = [];  // self-play: mean reward of the eval samples (fixed prompts)
     this.kl = [];
-    this.kind = null;      // from the start event ("selfplay"); null for training
+    this.acc = perType();    // reasoning: held-out accuracy per task type (eval events)
+    this.valid = perType();  // reasoning: share of valid proposals per task type (step events)
+    this.solve = perType();  // reasoning: solver accuracy per task type on the step's tasks
+    this.checkpoints = 0;    // reasoning: a new checkpoint means new buffers to show
+    this.kind = null;      // from the start event ("selfplay", "reason"); null for training
     this.samples = [];
     this.log = [];
     this.logTotal = 0;
@@ -82,7 +97,17 @@ export class RunState {
         pushPoint(this.reward, e.step, e.reward_mean);
         pushPoint(this.kl, e.step, e.kl);
         if (Number.isFinite(e.tokens_seen)) this.tokensSeen = e.tokens_seen;
-        if (Number.isFinite(e.reward_mean)) this.addLog(e, "log.sp_step", { step: e.step, reward: e.reward_mean, kl: e.kl, tps: e.tokens_per_s });
+        for (const k of TASK_TYPES) {
+          pushPoint(this.valid[k], e.step, e[`${k}_valid_rate`]);
+          pushPoint(this.solve[k], e.step, e[`${k}_solve_acc`]);
+        }
+        if (TASK_TYPES.some((k) => `${k}_solve_acc` in e)) {
+          this.addLog(e, "log.rs_step", {
+            step: e.step, loss: e.loss, pps: e.programs_per_s,
+            valid: meanOf(TASK_TYPES.map((k) => e[`${k}_valid_rate`])),
+            solved: meanOf(TASK_TYPES.map((k) => e[`${k}_solve_acc`])),
+          });
+        } else if (Number.isFinite(e.reward_mean)) this.addLog(e, "log.sp_step", { step: e.step, reward: e.reward_mean, kl: e.kl, tps: e.tokens_per_s });
         else this.addLog(e, "log.step", { step: e.step, loss: e.loss, lr: e.lr, tps: e.tokens_per_s });
         break;
       case "eval":
@@ -91,7 +116,9 @@ export class RunState {
         pushPoint(this.valBpb, e.step, e.val_bpb);
         pushPoint(this.evalReward, e.step, e.sample_reward);
         if (Number.isFinite(e.val_bpb) && (this.bestBpb == null || e.val_bpb < this.bestBpb)) this.bestBpb = e.val_bpb;
-        if (Number.isFinite(e.sample_reward)) this.addLog(e, "log.sp_eval", { step: e.step, bpb: e.val_bpb, reward: e.sample_reward, rep4: e.sample_rep4 });
+        for (const k of TASK_TYPES) pushPoint(this.acc[k], e.step, e[`${k}_acc`]);
+        if (Number.isFinite(e.mean_acc)) this.addLog(e, "log.rs_eval", { step: e.step, deduction: e.deduction_acc, abduction: e.abduction_acc, induction: e.induction_acc });
+        else if (Number.isFinite(e.sample_reward)) this.addLog(e, "log.sp_eval", { step: e.step, bpb: e.val_bpb, reward: e.sample_reward, rep4: e.sample_rep4 });
         else this.addLog(e, "log.eval", { step: e.step, loss: e.val_loss, ppl: e.val_ppl, bpb: e.val_bpb });
         break;
       case "sample":
@@ -100,13 +127,15 @@ export class RunState {
         this.addLog(e, "log.sample", { step: e.step });
         break;
       case "checkpoint":
+        this.checkpoints++;
         this.addLog(e, e.best ? "log.checkpoint_best" : "log.checkpoint", { step: e.step });
         break;
       case "status": {
         this.lastStatus = e;
         if (Number.isFinite(e.step)) {
           if (e.state === "resumed" || e.state === "started") {
-            for (const arr of [this.loss, this.lr, this.tps, this.valLoss, this.valBpb, this.reward, this.evalReward, this.kl]) cut(arr, e.step);
+            const perTypeSeries = [this.acc, this.valid, this.solve].flatMap((o) => Object.values(o));
+            for (const arr of [this.loss, this.lr, this.tps, this.valLoss, this.valBpb, this.reward, this.evalReward, this.kl, ...perTypeSeries]) cut(arr, e.step);
             this.samples = this.samples.filter((s) => s.step <= e.step);
             if (this.lastStep && this.lastStep.step > e.step) this.lastStep = null;
             this.step = e.step;
@@ -124,6 +153,9 @@ export class RunState {
         if (e.state === "started" && e.kind === "selfplay") {
           const start = e.start || {};
           this.addLog(e, "log.sp_started", { device: e.device ?? "?", params: e.parameters ?? 0, step: start.step ?? 0, reward: Object.keys(e.reward_weights || {}).join(" + ") });
+        } else if (e.state === "started" && e.kind === "reason") {
+          const rc = e.reason_config || {};
+          this.addLog(e, "log.rs_started", { device: e.device ?? "?", params: e.parameters ?? 0, step: (e.start || {}).step ?? 0, mode: rc.mode ?? "?", format: e.prompt_format ?? "?" });
         } else if (e.state === "started") {
           this.addLog(e, "log.started", { device: e.device ?? "?", threads: e.threads ?? "?", params: e.parameters ?? 0, tokens: e.train_tokens ?? 0 });
         } else if (e.state === "resumed") {
@@ -134,6 +166,9 @@ export class RunState {
         for (const w of e.warnings || []) this.addLog(e, "log.warning", { message: w });
         break;
       }
+      case "log":
+        this.addLog(e, "log.message", { message: e.message ?? "" });
+        break;
       default:
         this.addLog(e, "log.other", { type: e.type, data: JSON.stringify(e) });
     }

@@ -1,15 +1,16 @@
-// "Training": choose a model and books (or self-play: a trained model against a reward), start
-// a run, and watch it live. The monitor is built only from the run's events (SSE while it is
+// "Training": choose a model and books (or self-play: a trained model against a reward; or AZR
+// reasoning: a trained model proposes and solves programs a sandbox checks), start a run, and
+// watch it live. The monitor is built only from the run's events (SSE while it is
 // live, the stored events otherwise), so a reload or a second tab shows the same state; the
 // run's kind picks which stats and charts it shows.
 
 import { api, enc, runStreamUrl, allRunEvents } from "./api.js";
 import { t, fmtInt, fmtNum, fmtFixed, fmtSci, fmtCompact, fmtClock, fmtApproxDuration, fmtTime, fmtPercent, onLanguageChange, setText } from "./i18n.js";
 import { LineChart, smooth, PALETTE } from "./charts.js";
-import { RunState } from "./runstate.js";
+import { RunState, TASK_TYPES } from "./runstate.js";
 import { roughSeconds } from "./create.js";
 import {
-  $, h, toast, showError, fillSelect, setBusy, intValue, store, subscribe, refreshModels,
+  $, h, toast, showError, fillSelect, setBusy, intValue, store, subscribe, refreshModels, refreshBooks,
   upsertRun, sortedRuns, runLabel, stateBadge, LIVE_STATES, showWhitespace,
 } from "./ui.js";
 
@@ -40,8 +41,16 @@ function makeCharts() {
     bpb: new LineChart($("chart-bpb"), { formatX: fmtStep, formatY: (v) => fmtNum(v, 3), emptyText: () => t("charts.no_eval") }),
     lr: new LineChart($("chart-lr"), { formatX: fmtStep, formatY: (v) => fmtSci(v), emptyText: empty }),
     tps: new LineChart($("chart-tps"), { formatX: fmtStep, formatY: (v) => fmtCompact(v), emptyText: empty }),
+    // Reasoning: rates per task type, on a fixed 0–100% axis so runs and moments compare by eye.
+    rsAcc: new LineChart($("chart-rs-acc"), { formatX: fmtStep, formatY: rate, yRange: [0, 1], emptyText: () => t("charts.no_eval"), xTitle: stepTitle, legendEl: $("chart-rs-acc-legend") }),
+    rsValid: new LineChart($("chart-rs-valid"), { formatX: fmtStep, formatY: rate, yRange: [0, 1], emptyText: empty, legendEl: $("chart-rs-valid-legend") }),
+    rsSolve: new LineChart($("chart-rs-solve"), { formatX: fmtStep, formatY: rate, yRange: [0, 1], emptyText: empty, legendEl: $("chart-rs-solve-legend") }),
+    rsLoss: new LineChart($("chart-rs-loss"), { formatX: fmtStep, formatY: (v) => fmtNum(v, 3), emptyText: empty }),
   };
 }
+
+const rate = (v) => fmtPercent(v, 0);
+const TYPE_COLORS = { deduction: PALETTE[0], abduction: PALETTE[1], induction: PALETTE[2] };
 
 function closeStream() {
   if (source) { source.close(); source = null; }
@@ -206,7 +215,7 @@ function renderTime() {
   el.title = t("monitor.time_title");
 }
 
-/** "train" or "selfplay": from the run record, else from its start event. */
+/** "train", "selfplay" or "reason": from the run record, else from its start event. */
 function runKind() {
   return (run && (run.kind || (run.params && run.params.kind))) || (rs && rs.kind) || "train";
 }
@@ -216,7 +225,7 @@ function renderKind() {
   if (rendered.kind === kind) return;
   rendered.kind = kind;
   rendered.chartsDirty = true;
-  for (const el of $("monitor").querySelectorAll("[data-for-kind]")) el.hidden = el.dataset.forKind !== kind;
+  for (const el of $("monitor").querySelectorAll("[data-for-kind]")) el.hidden = !el.dataset.forKind.split(" ").includes(kind);
 }
 
 function renderStats() {
@@ -232,6 +241,29 @@ function renderStats() {
   $("st-lr").textContent = ls ? fmtSci(ls.lr) : t("common.none");
   $("st-tps").textContent = ls ? fmtInt(ls.tokens_per_s) : t("common.none");
   $("st-tokens").textContent = rs.tokensSeen != null ? fmtCompact(rs.tokensSeen) : t("common.none");
+  if (runKind() === "reason") renderReasonStats(ls, le);
+}
+
+const typeMean = (e, suffix) => {
+  const xs = e ? TASK_TYPES.map((k) => e[`${k}_${suffix}`]).filter(Number.isFinite) : [];
+  return xs.length ? xs.reduce((a, b) => a + b, 0) / xs.length : null;
+};
+
+function renderReasonStats(ls, le) {
+  $("st-rs-acc").textContent = le && Number.isFinite(le.mean_acc) ? fmtPercent(le.mean_acc, 1) : t("common.none");
+  $("st-rs-acc-sub").textContent = le && Number.isFinite(le.mean_acc)
+    ? TASK_TYPES.map((k) => `${t(`reason.short.${k}`)} ${fmtPercent(le[`${k}_acc`], 0)}`).join(" · ") : "";
+  $("st-rs-valid").textContent = fmtPercent(typeMean(ls, "valid_rate"), 0);
+  $("st-rs-solve").textContent = fmtPercent(typeMean(ls, "solve_acc"), 0);
+  $("st-rs-pps").textContent = ls && Number.isFinite(ls.programs_per_s) ? fmtNum(ls.programs_per_s, 1) : t("common.none");
+  const sizes = (ls && ls.buffer_sizes) || (le && le.buffer_sizes);
+  $("st-rs-buffers").textContent = sizes ? TASK_TYPES.map((k) => fmtInt(sizes[k])).join(" / ") : t("common.none");
+  $("st-rs-buffers").title = t("monitor.stat.rs_buffers_title");
+}
+
+/** One series per task type. */
+function typeSeries(byType, opts = {}) {
+  return TASK_TYPES.map((k) => ({ label: t(`reason.kind.${k}`), color: TYPE_COLORS[k], points: byType[k], width: 2, ...opts }));
 }
 
 /** A per-step series smoothed with weight w, over its raw points drawn faintly. */
@@ -260,12 +292,23 @@ function renderCharts() {
   charts.lr.setSeries([{ label: t("charts.lr"), color: c[3], points: rs.lr }]);
   charts.kl.setSeries([{ label: t("charts.kl"), color: c[4], points: rs.kl }]);
   charts.tps.setSeries([{ label: t("charts.tps"), color: c[5], points: smooth(rs.tps, 0.6) }]);
+  if (runKind() === "reason") {
+    charts.rsAcc.setSeries(typeSeries(rs.acc, { markers: true }));
+    // A rate per step from a handful of tasks is noisy: smoothed like the loss.
+    const sm = (byType) => Object.fromEntries(TASK_TYPES.map((k) => [k, smooth(byType[k], w)]));
+    charts.rsValid.setSeries(typeSeries(sm(rs.valid)));
+    charts.rsSolve.setSeries(typeSeries(sm(rs.solve)));
+    charts.rsLoss.setSeries([{ label: t("charts.rs_loss"), color: c[3], points: smooth(rs.loss, w) }]);
+  }
 }
 
 const RANK_KEYS = { best: "monitor.sample_best", worst: "monitor.sample_worst" };
 
 /** Self-play samples carry their reward and whether they were the best or worst of their group. */
 function sampleReward(s) {
+  if (TASK_TYPES.includes(s.rank)) {  // a reasoning run's proposed task: rank is its type
+    return h("span", { class: "sample-reward", dataset: { testid: "sample-task" }, text: t("monitor.rs_proposed", { kind: t(`reason.kind.${s.rank}`) }) });
+  }
   if (!Number.isFinite(s.reward)) return null;
   const key = RANK_KEYS[s.rank] || "monitor.sample_reward";
   return h("span", { class: `sample-reward ${s.rank || ""}`, dataset: { testid: "sample-reward" }, text: t(key, { reward: fmtFixed(s.reward, 3) }) });
@@ -285,7 +328,7 @@ function renderSamples() {
   list.replaceChildren(...steps.map((step) => h("li", { class: "timeline-item", dataset: { testid: "sample", step } },
     h("div", { class: "timeline-step", text: t("monitor.sample_step", { step: fmtInt(step) }) }),
     ...byStep.get(step).map((s) => h("div", { class: "sample" }, sampleReward(s),
-      h("span", { class: "sample-prompt", title: t("monitor.prompt"), text: showWhitespace(s.prompt) }),
+      TASK_TYPES.includes(s.rank) ? null : h("span", { class: "sample-prompt", title: t("monitor.prompt"), text: showWhitespace(s.prompt) }),
       h("span", { class: "sample-text", text: String(s.text).replace(/\n{3,}/g, "\n\n") }))))));
   $("mon-sample-count").textContent = steps.length ? `(${fmtInt(steps.length)})` : "";
   $("mon-samples-empty").hidden = steps.length > 0;
@@ -301,6 +344,13 @@ function logLine(entry) {
     p.reward = fmtFixed(p.reward, 3); p.kl = fmtSci(p.kl); p.tps = fmtInt(p.tps); p.step = fmtInt(p.step);
   } else if (entry.key === "log.sp_eval") {
     p.bpb = fmtFixed(p.bpb, 4); p.reward = fmtFixed(p.reward, 3); p.rep4 = fmtPercent(p.rep4, 1); p.step = fmtInt(p.step);
+  } else if (entry.key === "log.rs_step") {
+    p.loss = fmtFixed(p.loss, 4); p.valid = fmtPercent(p.valid, 0); p.solved = fmtPercent(p.solved, 0); p.pps = fmtNum(p.pps, 1); p.step = fmtInt(p.step);
+  } else if (entry.key === "log.rs_eval") {
+    for (const k of TASK_TYPES) p[k] = fmtPercent(p[k], 0);
+    p.step = fmtInt(p.step);
+  } else if (entry.key === "log.rs_started") {
+    p.params = fmtInt(p.params); p.step = fmtInt(p.step); p.mode = t(`train.rs.mode_${p.mode}`);
   } else if (entry.key === "log.sp_started") {
     p.params = fmtInt(p.params); p.step = fmtInt(p.step);
   } else if (entry.key === "log.started") {
@@ -356,6 +406,67 @@ function render() {
   }
   renderSamples();
   renderLog();
+  if (runKind() === "reason") maybeLoadBuffers();
+}
+
+// ---- reasoning: the task buffers ---------------------------------------------------------------
+
+const BUFFER_SHOWN = 6;  // newest tasks per buffer
+let buffers = { runId: null, checkpoints: -1, loading: false, data: null, error: null, at: 0 };
+
+/** Buffers live in the run's checkpoints: fetch them when a checkpoint event arrives (and
+ * now and then while the run is live, in case an event was missed). */
+function maybeLoadBuffers(force = false) {
+  if (!runId || buffers.loading) return;
+  const fresh = buffers.runId === runId && buffers.checkpoints === rs.checkpoints;
+  const stale = run && LIVE_STATES.has(run.state) && Date.now() - buffers.at > 15000;
+  if (fresh && !stale && !force) return;
+  loadBuffers();
+}
+
+async function loadBuffers() {
+  const id = runId, seen = rs.checkpoints;
+  if (buffers.runId !== id) buffers = { runId: id, checkpoints: -1, loading: false, data: null, error: null, at: 0 };
+  buffers.loading = true;
+  try {
+    const data = await api(`/api/runs/${enc(id)}/buffers?limit=${BUFFER_SHOWN}`);
+    if (id !== runId) return;
+    Object.assign(buffers, { data, error: null });
+  } catch (e) {
+    if (id !== runId) return;
+    // 404: no checkpoint yet; anything else is worth showing as it is.
+    Object.assign(buffers, { data: null, error: e.status === 404 ? t("monitor.buffers.none_yet") : e.message });
+  } finally {
+    if (buffers.runId === id) Object.assign(buffers, { loading: false, checkpoints: seen, at: Date.now() });
+  }
+  renderBuffers();
+}
+
+function taskView(task) {
+  const io = task.kind === "induction"
+    ? [h("p", { class: "task-message", text: `# ${task.message || ""}` }),
+      h("ul", { class: "task-pairs" }, ...(task.pairs || []).map(([i, o]) => h("li", {}, h("code", { text: `f(${i}) = ${o}` }))))]
+    : [h("p", { class: "task-io" }, h("code", { text: `f(${task.input}) = ${task.output}` }))];
+  return h("li", { class: "task", dataset: { testid: "rs-task" } }, h("pre", { class: "task-code", text: task.code }), ...io);
+}
+
+function renderBuffers() {
+  const box = $("rs-buffer-columns");
+  const status = $("rs-buffers-status");
+  const data = buffers.runId === runId ? buffers.data : null;
+  if (!data) {
+    box.replaceChildren();
+    status.textContent = buffers.runId === runId && buffers.error ? buffers.error : (buffers.loading ? t("common.loading") : "");
+    return;
+  }
+  status.textContent = t("monitor.buffers.as_of", { step: fmtInt(data.step) });
+  box.replaceChildren(...TASK_TYPES.map((k) => {
+    const tasks = [...(data.buffers[k] || [])].reverse(); // newest first
+    return h("div", { class: "buffer", dataset: { testid: "rs-buffer", kind: k } },
+      h("h4", {}, h("span", { class: "legend-swatch", style: `--swatch:${TYPE_COLORS[k]}` }), ` ${t(`reason.kind.${k}`)} `,
+        h("span", { class: "count", text: t("monitor.buffers.size", { shown: fmtInt(tasks.length), total: fmtInt(data.sizes[k]) }) })),
+      h("ol", { class: "task-list" }, ...tasks.map(taskView)));
+  }));
 }
 
 async function control(action) {
@@ -385,9 +496,14 @@ async function control(action) {
 const selectedBooks = new Set();
 let booksTouched = false; // until the user ticks a box, the choice follows the model (or the only book)
 const flopsCache = new Map();
-let mode = "train"; // or "selfplay": which run the form starts
+let mode = "train"; // or "selfplay" or "reason": which run the form starts
+const MODES = ["train", "selfplay", "reason"];
 const TRAIN_FIELDS = ["max_iterations", "batch_size", "learning_rate", "save_every", "eval_every"];
 const SELFPLAY_FIELDS = ["reward", "max_iterations", "group_size", "temperature", "kl_weight", "lm_weight"];
+const REASON_FIELDS = ["mode", "max_iterations", "batch_size", "n_samples", "temperature", "learning_rate"];
+const MODE_PREFIX = { train: "train", selfplay: "train.sp", reason: "train.rs" };
+// Reasoning prompts hold a program of up to 200 tokens plus room for the answer (ReasonConfig).
+const REASON_MIN_SEQ = 264;
 
 function prefs() {
   try { return JSON.parse(localStorage.getItem(TRAIN_PREFS) || "{}"); } catch { return {}; }
@@ -396,14 +512,15 @@ function savePrefs() {
   const p = { model: $("t-model").value, mode };
   for (const k of TRAIN_FIELDS) p[k] = $(`t-${k}`).value;
   for (const k of SELFPLAY_FIELDS) p[`sp_${k}`] = $(`sp-${k}`).value;
+  for (const k of REASON_FIELDS) p[`rs_${k}`] = $(`rs-${k}`).value;
   try { localStorage.setItem(TRAIN_PREFS, JSON.stringify(p)); } catch { /* ignore */ }
 }
 
 function setMode(value) {
-  mode = value === "selfplay" ? "selfplay" : "train";
+  mode = MODES.includes(value) ? value : "train";
   for (const radio of document.querySelectorAll("input[name=t-mode]")) radio.checked = radio.value === mode;
   for (const el of $("train-form").querySelectorAll("[data-for-mode]")) el.hidden = el.dataset.forMode !== mode;
-  setText($("train-start"), mode === "selfplay" ? "train.sp.start" : "train.start");
+  setText($("train-start"), `${MODE_PREFIX[mode]}.start`);
   showError($("train-error"), "");
   renderEstimate();
 }
@@ -555,9 +672,67 @@ function selfPlayRequest() {
   return { body: v, errors };
 }
 
+function reasonRequest() {
+  const errors = [];
+  const v = {
+    model: $("t-model").value,
+    kind: "reason",
+    mode: $("rs-mode").value,
+    max_iterations: intValue($("rs-max_iterations")),
+    batch_size: intValue($("rs-batch_size")),
+    n_samples: intValue($("rs-n_samples")),
+    temperature: floatValue($("rs-temperature")),
+    learning_rate: floatValue($("rs-learning_rate")),
+  };
+  const m = currentModel();
+  if (!v.model) errors.push(t("train.err.model"));
+  else if (m && !(m.trained_steps > 0 || (m.checkpoints || []).length)) errors.push(t("train.rs.err.untrained", { model: v.model }));
+  else if (m && m.config && m.config.max_seq_len < REASON_MIN_SEQ) errors.push(t("train.rs.err.seq", { model: v.model, seq: m.config.max_seq_len, min: REASON_MIN_SEQ }));
+  checkIterations(v, errors);
+  if (!Number.isInteger(v.batch_size) || v.batch_size < 1) errors.push(t("train.err.int", { field: "batch_size" }));
+  if (!Number.isInteger(v.n_samples) || v.n_samples < 2) errors.push(t("train.rs.err.n_samples"));
+  if (!(v.temperature > 0 && v.temperature <= 10)) errors.push(t("train.sp.err.temperature"));
+  if (!(v.learning_rate > 0 && v.learning_rate < 1)) errors.push(t("train.err.lr"));
+  return { body: v, errors };
+}
+
+/** A model for reasoning from zero: the server writes its triplets book and the model; then a
+ * training run on that book is queued here, so the next step is only "wait, then reason". */
+async function createFromZero() {
+  const msg = $("rs-create-msg");
+  const name = $("rs-new-name").value.trim();
+  const steps = intValue($("rs-pretrain_steps"));
+  const fail = (text) => { msg.textContent = text; msg.className = "msg error"; };
+  if (!name) return fail(t("train.rs.zero.err_name"));
+  if (!Number.isInteger(steps) || steps < 1) return fail(t("train.err.int", { field: t("train.rs.zero.steps") }));
+  const btn = $("rs-create");
+  setBusy(btn, true);
+  msg.textContent = t("train.rs.zero.creating");
+  msg.className = "msg";
+  try {
+    const made = await api("/api/reason/models", { method: "POST", json: { name } });
+    await Promise.all([refreshModels(), refreshBooks()]).catch(() => {});
+    // The CLI's from-zero pretraining: batch 16 at a high learning rate, evaluated now and then.
+    const r = await api("/api/runs", { method: "POST", json: {
+      model: name, books: [made.book], max_iterations: steps, batch_size: 16, learning_rate: 0.001, save_every: steps,
+    } });
+    upsertRun(r);
+    $("t-model").value = name;
+    renderModelInfo();
+    msg.textContent = t("train.rs.zero.done", { model: name, book: made.book, steps: fmtInt(steps) });
+    msg.className = "msg ok";
+    toast(t("train.rs.zero.toast", { model: name }), "success");
+    await selectRun(r.id);
+  } catch (err) {
+    fail(err.message);
+  } finally {
+    setBusy(btn, false);
+  }
+}
+
 async function startTraining(e) {
   e.preventDefault();
-  const { body, errors } = mode === "selfplay" ? selfPlayRequest() : trainRequest();
+  const { body, errors } = mode === "selfplay" ? selfPlayRequest() : mode === "reason" ? reasonRequest() : trainRequest();
   showError($("train-error"), errors.join(" "));
   if (errors.length) return;
   const btn = $("train-start");
@@ -566,7 +741,7 @@ async function startTraining(e) {
     const r = await api("/api/runs", { method: "POST", json: body });
     savePrefs();
     upsertRun(r);
-    const prefix = mode === "selfplay" ? "train.sp" : "train";
+    const prefix = MODE_PREFIX[mode];
     toast(t(r.state === "queued" ? `${prefix}.queued` : `${prefix}.started`, { model: body.model }), "success");
     await selectRun(r.id);
     refreshModels().catch(() => {});
@@ -597,6 +772,10 @@ export function initTraining() {
   for (const k of SELFPLAY_FIELDS) {
     if (p[`sp_${k}`] != null && p[`sp_${k}`] !== "") $(`sp-${k}`).value = p[`sp_${k}`];
   }
+  for (const k of REASON_FIELDS) {
+    if (p[`rs_${k}`] != null && p[`rs_${k}`] !== "") $(`rs-${k}`).value = p[`rs_${k}`];
+  }
+  $("rs-create").addEventListener("click", createFromZero);
   for (const radio of document.querySelectorAll("input[name=t-mode]")) {
     radio.addEventListener("change", () => { if (radio.checked) { setMode(radio.value); savePrefs(); } });
   }
@@ -642,6 +821,7 @@ export function initTraining() {
     rendered.chartsDirty = true;
     rendered.samples = -1;
     rendered.log = -1;
+    renderBuffers();
     queueRender();
   });
   for (const pill of document.querySelectorAll(".quick-picks .pill")) pill.textContent = fmtCompact(Number(pill.dataset.iters));
