@@ -68,6 +68,7 @@ class ReasonConfig:
     references: int = 2            # K reference triplets in a proposer prompt
     buffer_size: int = 256         # per task type; the oldest entries leave first
     seed_tasks: int = 8            # the seeding phase fills each buffer to this many valid tasks
+    seed_rounds: int = 5           # … in at most this many rounds of batch_size proposals per type
     induction_inputs: int = 6      # inputs an induction proposal must give; half are held out
     temperature: float = 1.0       # the paper's: r̄ is estimated at temperature 1
     learning_rate: float = 1e-4
@@ -99,8 +100,9 @@ class ReasonConfig:
             raise UserError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}.")
         if self.prompt_format not in ("auto", *FORMATS):
             raise UserError(f"prompt_format must be auto, {' or '.join(FORMATS)}, got {self.prompt_format!r}.")
-        for name in ("batch_size", "n_samples", "references", "buffer_size", "seed_tasks", "max_answer_tokens",
-                     "max_program_tokens", "lm_batch_size", "eval_every", "eval_tasks", "save_every", "log_every"):
+        for name in ("batch_size", "n_samples", "references", "buffer_size", "seed_tasks", "seed_rounds",
+                     "max_answer_tokens", "max_program_tokens", "lm_batch_size", "eval_every", "eval_tasks",
+                     "save_every", "log_every"):
             v = getattr(self, name)
             if v is None and name.startswith("max_"):
                 continue
@@ -508,8 +510,9 @@ class _Run:
 
     def seed(self, gen: torch.Generator) -> None:
         """The seeding phase: propose (no training) until each buffer holds ``seed_tasks`` tasks,
-        giving up after 20 rounds (a model that cannot write valid tasks yet keeps the identity)."""
-        for _ in range(20):
+        giving up after ``seed_rounds`` rounds (a model that cannot write valid tasks yet keeps
+        the identity triplet and learns to write them during the run)."""
+        for _ in range(self.cfg.seed_rounds):
             short = [k for k in TASK_TYPES if len(self.buffers[k]) < self.cfg.seed_tasks + 1]
             if not short:
                 break

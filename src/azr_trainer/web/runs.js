@@ -1,6 +1,6 @@
-// "Runs": every training and self-play run, with its state and best val bpb; tick two or more
-// to overlay their loss curves (a self-play run's own loss mixes reward and KL terms, so only
-// its validation loss is comparable). Finished runs keep their charts: rebuilt from stored events.
+// "Runs": every training, self-play and reasoning run, with its state and best val bpb; tick two
+// or more to overlay their loss curves (a self-play or reasoning run's own loss is a policy loss,
+// so only a self-play run's validation loss is comparable). Finished runs keep their charts: rebuilt from stored events.
 
 import { api, enc } from "./api.js";
 import { t, fmtInt, fmtFixed, fmtNum, fmtCompact, fmtDate, onLanguageChange } from "./i18n.js";
@@ -10,6 +10,7 @@ import { $, h, toast, fillSelect, store, subscribe, refreshRuns, sortedRuns, sta
 import { selectRun } from "./training.js";
 
 const COMPARE_KEY = "azr.compare";
+const KIND_KEYS = ["train", "selfplay", "reason"];
 let chart = null;
 let compare = new Set();
 const loaded = new Map(); // run id -> {rs, next, loading}
@@ -51,7 +52,7 @@ function renderTable() {
       h("td", { class: "cell-check" }, box, swatch),
       h("td", {}, h("code", { text: `#${shortId(r.id)}`, title: r.id })),
       h("td", { text: r.model }),
-      h("td", { dataset: { testid: "run-kind" }, i18n: `kind.${r.kind === "selfplay" ? "selfplay" : "train"}` }),
+      h("td", { dataset: { testid: "run-kind" }, i18n: `kind.${KIND_KEYS.includes(r.kind) ? r.kind : "train"}` }),
       h("td", { class: "ellipsis", text: (r.books || []).join(", "), title: (r.books || []).join(", ") }),
       h("td", {}, badge),
       h("td", { class: "num", text: total ? `${fmtInt(r.step || 0)} / ${fmtInt(total)}` : fmtInt(r.step || 0) }),
@@ -118,7 +119,7 @@ function drawChart() {
     if (!entry) continue;
     const color = colorOf.get(r.id);
     const name = `${r.model} #${shortId(r.id)}`;
-    if (r.kind !== "selfplay") series.push({ label: t("runs.series_train", { run: name }), color, points: smooth(entry.rs.loss, w), width: 2 });
+    if (r.kind !== "selfplay" && r.kind !== "reason") series.push({ label: t("runs.series_train", { run: name }), color, points: smooth(entry.rs.loss, w), width: 2 });
     if (showVal && entry.rs.valLoss.length) {
       series.push({ label: t("runs.series_val", { run: name }), color, points: entry.rs.valLoss, dash: [5, 4], markers: true, width: 1.5 });
     }

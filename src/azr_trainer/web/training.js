@@ -428,6 +428,7 @@ async function loadBuffers() {
   const id = runId, seen = rs.checkpoints;
   if (buffers.runId !== id) buffers = { runId: id, checkpoints: -1, loading: false, data: null, error: null, at: 0 };
   buffers.loading = true;
+  if (!buffers.data) renderBuffers(); // another run's tasks must not linger
   try {
     const data = await api(`/api/runs/${enc(id)}/buffers?limit=${BUFFER_SHOWN}`);
     if (id !== runId) return;

@@ -155,7 +155,9 @@ export function sortedRuns(runs = store.runs) {
 
 export function runLabel(run) {
   const shortId = String(run.id).length > 10 ? String(run.id).slice(-8) : String(run.id);
-  return run.kind === "selfplay" ? `${run.model} · ${t("kind.selfplay")} · #${shortId}` : `${run.model} · #${shortId}`;
+  if (run.kind === "selfplay") return `${run.model} · ${t("kind.selfplay")} · #${shortId}`;
+  if (run.kind === "reason") return `${run.model} · ${t("kind.reason")} · #${shortId}`;
+  return `${run.model} · #${shortId}`;
 }
 
 /** Visible text with newlines shown as ⏎ (for prompts). */
