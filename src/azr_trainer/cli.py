@@ -340,7 +340,7 @@ class _ReasonProgress(_ProgressBar):
 def _reason_config(args):
     from .reasoning import ReasonConfig
     given = {k: getattr(args, k) for k in (
-        "checkpoint", "mode", "max_iterations", "max_time", "batch_size", "n_samples", "references",
+        "checkpoint", "mode", "prompt_format", "max_iterations", "max_time", "batch_size", "n_samples", "references",
         "temperature", "learning_rate", "kl_weight", "eval_every", "eval_tasks", "save_every", "seed", "device",
         "threads", "resume")}
     return ReasonConfig(**{k: v for k, v in given.items() if v is not None})
@@ -627,6 +627,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("name")
     rp.add_argument("--mode", help="azr (full), frozen_proposer, solver_only (generator tasks) or pretrain "
                                    f"(continued pretraining on generator triplets) (default {r.mode})")
+    rp.add_argument("--prompt-format", help="compact (the from-zero model's own), paper (instructions and <answer> "
+                                            "tags, for pretrained models) or auto: by the tokenizer (default auto)")
     rp.add_argument("--checkpoint", help=f"start from: best, latest, reason, selfplay or a step (default {r.checkpoint})")
     rp.add_argument("--max-iterations", type=int, help="stop after this many steps (default: until stopped)")
     rp.add_argument("--max-time", type=float, help="stop cleanly after this many seconds")
