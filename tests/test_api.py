@@ -557,7 +557,7 @@ def test_selfplay_needs_a_trained_model_and_sane_settings(studio):
            ({"temperature": 0}, 400, "temperature must be above 0"),
            ({"books": ["play"]}, 400, "leave books empty"),
            ({"group_size": 100_000}, 422, "group_size: Input should be less than or equal to"),
-           ({"kind": "dream"}, 422, "kind: Input should be 'train' or 'selfplay'"),
+           ({"kind": "dream"}, 422, "kind: Input should be 'train', 'selfplay' or 'reason'"),
            ({"rewards": "default"}, 422, "rewards: Extra inputs are not permitted")]
     for change, status, message in bad:
         r = studio.http.post("/api/runs", json={"model": "untrained", **SELFPLAY, **change})
@@ -626,6 +626,146 @@ def test_selfplay_pause_resume_cancel(studio, player):
     cancelled = studio.wait(run["id"])
     assert cancelled["state"] == "cancelled" and cancelled["step"] >= paused["step"]
     assert (studio.home / "models" / player / "checkpoints" / "selfplay" / run["id"]).is_dir()
+
+
+# ---------------------------------------------------------------------------- reasoning
+
+# The smallest shape whose window holds a reasoning prompt (max_program_tokens 200 + 64).
+REASON_SHAPE = dict(d_model=32, num_layers=1, num_heads=2, d_ff=64, max_seq_len=320)
+REASON = dict(kind="reason", batch_size=2, n_samples=2, eval_tasks=1, threads=1, seed=5)
+IDENTITY = "def f(x):\n    return x"
+
+
+@pytest.fixture(scope="module")
+def reasoner(studio):
+    """A from-zero reasoning model made through the API, pretrained briefly on its triplets book."""
+    r = studio.http.post("/api/reason/models", json={"name": "reasoner", **REASON_SHAPE, "corpus_docs": 600})
+    assert r.status_code == 201, r.text
+    made = r.json()
+    assert made["book"] == "reasoner-triplets" and "train run" in made["next"]
+    assert made["model"]["config"]["tokenizer"] == "char" and made["model"]["config"]["max_seq_len"] == 320
+    assert "reasoner-triplets" in [b["name"] for b in studio.http.get("/api/books").json()]
+    run = studio.http.post("/api/runs", json={"model": "reasoner", "books": [made["book"]], "max_iterations": 20,
+                                              **FAST}).json()
+    assert studio.wait(run["id"])["state"] == "completed"
+    return "reasoner"
+
+
+def test_a_from_zero_reasoning_model_is_refused_readably(studio, reasoner):
+    cases = [({"name": reasoner}, 409, "already exists"),
+             ({"name": "rz", **REASON_SHAPE, "max_seq_len": 128}, 400, "max_seq_len must be at least 264"),
+             ({"name": "rz", **REASON_SHAPE, "num_heads": 3}, 400, "num_heads"),
+             ({"name": "rz", "corpus_docs": 5}, 422, "corpus_docs"),
+             ({"name": "rz", "tokenizer": "bpe"}, 422, "tokenizer: Extra inputs are not permitted")]
+    for body, status, message in cases:
+        r = studio.http.post("/api/reason/models", json=body)
+        assert r.status_code == status and message in r.json()["detail"], (body, r.text)
+    names = [b["name"] for b in studio.http.get("/api/books").json()]
+    assert "rz-triplets" not in names and "rz" not in [m["name"] for m in studio.http.get("/api/models").json()]
+    # A book of that name is never overwritten.
+    assert studio.upload("taken-triplets", b"Mine, not generated.\n" * 200).status_code == 201
+    r = studio.http.post("/api/reason/models", json={"name": "taken", **REASON_SHAPE, "corpus_docs": 100})
+    assert r.status_code == 409 and "book named 'taken-triplets' already exists" in r.json()["detail"]
+    assert studio.http.get("/api/books/taken-triplets").json()["preview"].startswith("Mine, not generated.")
+
+
+def test_reason_needs_a_trained_model_with_a_long_window_and_sane_settings(studio, reasoner, player):
+    new_model(studio, "rs_untrained", **REASON_SHAPE)
+    r = studio.http.post("/api/runs", json={"model": "rs_untrained", **REASON, "max_iterations": 2})
+    detail = r.json()["detail"]
+    assert r.status_code == 400 and "no trained checkpoint yet" in detail and "POST /api/reason/models" in detail
+    assert "azr reason rs_untrained" in detail
+    r = studio.http.post("/api/runs", json={"model": player, **REASON, "max_iterations": 2})  # max_seq_len 32
+    assert r.status_code == 400 and "reads at most 32 tokens" in r.json()["detail"]
+    bad = [({"books": ["play"]}, 400, "leave books empty"),
+           ({"mode": "dream"}, 400, "mode must be one of azr, frozen_proposer, solver_only, pretrain"),
+           ({"n_samples": 1}, 400, "n_samples must be at least 2"),
+           ({"temperature": 0}, 400, "temperature must be above 0"),
+           ({"checkpoint": "reason"}, 400, "has no reason checkpoint yet"),
+           ({"checkpoint": 7}, 400, "No checkpoint at step 7"),
+           ({"group_size": 4}, 400, "A reason run has no setting group_size"),
+           ({"n_samples": 100_000}, 422, "n_samples: Input should be less than or equal to")]
+    for change, status, message in bad:
+        r = studio.http.post("/api/runs", json={"model": reasoner, **REASON, **change})
+        assert r.status_code == status and message in r.json()["detail"], (change, r.text)
+    assert studio.http.get("/api/runs", params={"model": "rs_untrained"}).json() == []
+    assert [r["kind"] for r in studio.http.get("/api/runs", params={"model": reasoner}).json()] == ["train"]
+
+
+def test_reason_run_completes_with_per_type_metrics_and_buffers(studio, reasoner):
+    body = {"model": reasoner, **REASON, "max_iterations": 3, "mode": "azr", "temperature": 0.9,
+            "learning_rate": 2e-4, "kl_weight": 0.1, "eval_every": 2, "save_every": 2, "checkpoint": "latest"}
+    r = studio.http.post("/api/runs", json=body)
+    assert r.status_code == 201, r.text
+    run = r.json()
+    assert run["kind"] == "reason" and run["books"] == [] and run["max_iterations"] == 3
+    assert run["params"] == {k: v for k, v in body.items() if k != "model"}
+    done = studio.wait(run["id"])
+    assert done["state"] == "completed", done
+    assert done["step"] == 3 and done["progress"] == 1.0 and done["last_checkpoint_step"] == 3
+
+    events = studio.http.get(f"/api/runs/{run['id']}/events").json()["events"]
+    started = next(e for e in events if e["type"] == "status" and e["state"] == "started")
+    assert started["kind"] == "reason" and started["prompt_format"] == "compact" and started["start"]["step"] == 20
+    settings = started["reason_config"]  # what the worker really ran with: every setting got through
+    for key in ("mode", "max_iterations", "batch_size", "n_samples", "temperature", "learning_rate", "kl_weight",
+                "eval_every", "eval_tasks", "save_every", "seed", "threads", "checkpoint"):
+        assert settings[key] == body[key], key
+    steps = [e for e in events if e["type"] == "step"]
+    assert [e["step"] for e in steps] == [1, 2, 3]
+    for e in steps:
+        for kind in ("deduction", "abduction", "induction"):
+            assert 0 <= e[f"{kind}_valid_rate"] <= 1 and 0 <= e[f"{kind}_solve_acc"] <= 1
+            assert isinstance(e[f"{kind}_rbar"], list) and f"{kind}_propose_reward" in e
+        assert set(e["buffer_sizes"]) == {"deduction", "abduction", "induction"}
+    evals = [e for e in events if e["type"] == "eval"]
+    assert [e["step"] for e in evals] == [0, 2, 3]
+    assert all(0 <= e[f"{k}_acc"] <= 1 for e in evals for k in ("deduction", "abduction", "induction", "mean"))
+    assert [e["step"] for e in events if e["type"] == "checkpoint"] == [2, 3]
+
+    r = studio.http.get(f"/api/runs/{run['id']}/buffers")
+    assert r.status_code == 200, r.text
+    got = r.json()
+    assert got["step"] == 3 and set(got["buffers"]) == {"deduction", "abduction", "induction"}
+    for kind, tasks in got["buffers"].items():
+        assert len(tasks) == got["sizes"][kind] == steps[-1]["buffer_sizes"][kind] >= 1
+        assert tasks[0]["code"] == IDENTITY and tasks[0]["kind"] == kind  # the paper's seed triplet first
+    assert got["buffers"]["deduction"][0]["input"] == got["buffers"]["deduction"][0]["output"] == "[1, 2, 3]"
+    assert ["[]", "[]"] in got["buffers"]["induction"][0]["pairs"]
+    newest = studio.http.get(f"/api/runs/{run['id']}/buffers", params={"limit": 1}).json()
+    assert {k: v for k, v in newest["buffers"].items()} == {k: v[-1:] for k, v in got["buffers"].items()}
+    # Pretraining's checkpoints are untouched; the run's own are under checkpoints/reason/RUN.
+    assert studio.http.get(f"/api/models/{reasoner}").json()["trained_steps"] == 20
+    assert (studio.home / "models" / reasoner / "checkpoints" / "reason" / run["id"] / "step_0000003.pt").is_file()
+
+
+def test_buffers_of_other_runs_are_refused(studio, reasoner):
+    train_run = studio.http.get("/api/runs", params={"model": reasoner}).json()[-1]
+    assert train_run["kind"] == "train"
+    r = studio.http.get(f"/api/runs/{train_run['id']}/buffers")
+    assert r.status_code == 400 and "only reasoning runs have task buffers" in r.json()["detail"]
+    assert studio.http.get("/api/runs/run-nope/buffers").status_code == 404
+
+
+def test_reason_pause_resume_cancel(studio, reasoner):
+    run = studio.http.post("/api/runs", json={"model": reasoner, **REASON, "max_iterations": 100_000,
+                                              "save_every": 10**6, "eval_every": 10**6}).json()
+    studio.wait_for_step(run["id"])
+    r = studio.http.get(f"/api/runs/{run['id']}/buffers")  # nothing saved yet
+    assert r.status_code == 404 and "has not saved a checkpoint yet" in r.json()["detail"]
+    assert studio.http.post(f"/api/runs/{run['id']}/pause").status_code == 200
+    paused = studio.wait(run["id"])
+    assert paused["state"] == "paused", paused
+    assert 0 < paused["step"] < 100_000 and paused["last_checkpoint_step"] == paused["step"]
+    assert studio.http.get(f"/api/runs/{run['id']}/buffers").json()["step"] == paused["step"]
+
+    assert studio.http.post(f"/api/runs/{run['id']}/resume").json()["state"] in ("queued", "running")
+    starts = studio.wait_for_resumed(run["id"])
+    assert [e["state"] for e in starts] == ["started", "resumed"]
+    assert starts[1]["step"] == paused["step"] and starts[1]["kind"] == "reason"  # its own checkpoint, not a new run
+    assert studio.http.post(f"/api/runs/{run['id']}/cancel").status_code == 200
+    cancelled = studio.wait(run["id"])
+    assert cancelled["state"] == "cancelled" and cancelled["step"] >= paused["step"]
 
 
 # ---------------------------------------------------------------------------- token

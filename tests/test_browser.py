@@ -637,6 +637,109 @@ def test_selfplay_mode(browser, studio, artifacts, tmp_path):
         ctx.close()
 
 
+# ---------------------------------------------------------------------------- reasoning
+
+# The smallest window that holds a reasoning prompt (a 200-token program + 64).
+REASON_SHAPE = {"d_model": 32, "num_layers": 1, "num_heads": 2, "d_ff": 64, "max_seq_len": 320}
+
+
+def test_reasoning_mode(browser, studio, artifacts):
+    made = studio.request("POST", "/api/reason/models", {"name": "thinker", **REASON_SHAPE, "corpus_docs": 600})
+    pretrain = studio.request("POST", "/api/runs", {"model": "thinker", "books": [made["book"]], "max_iterations": 20,
+                                                    "batch_size": 4, "learning_rate": 0.003, "threads": 1})
+    assert wait_run(studio, pretrain["id"])["state"] == "completed"
+    studio.request("POST", "/api/models", {"name": "rs_untrained", **TINY})
+    ctx, page, errors = open_page(browser, studio.url + "/#training", "en-US")
+    try:
+        page.get_by_test_id("train-mode-reason").click()
+        expect(page.get_by_test_id("train-books")).to_be_hidden()
+        expect(page.get_by_test_id("sp-reward")).to_be_hidden()
+        expect(page.get_by_test_id("rs-mode")).to_be_visible()
+        expect(page.get_by_test_id("train-start")).to_have_text("Start reasoning")
+        page.get_by_test_id("train-model").select_option("rs_untrained")
+        page.get_by_test_id("train-start").click()
+        expect(page.get_by_test_id("train-error")).to_contain_text("has not been trained yet")
+
+        page.get_by_test_id("train-model").select_option("thinker")
+        page.get_by_test_id("rs-mode").select_option("azr")
+        page.get_by_test_id("rs-max_iterations").fill("3")
+        page.get_by_test_id("rs-batch_size").fill("2")
+        page.get_by_test_id("rs-n_samples").fill("2")
+        page.get_by_test_id("rs-learning_rate").fill("0.0002")
+        shot(page, artifacts, "reason-1-form")
+        page.get_by_test_id("train-start").click()
+        expect(page.locator("#mon-run option:checked")).to_contain_text("Reasoning")
+        run_id = page.get_by_test_id("monitor-run").input_value()
+        run = wait_run(studio, run_id, timeout=240)
+        assert run["state"] == "completed" and run["kind"] == "reason" and run["step"] == 3, run
+        assert {k: run["params"][k] for k in ("mode", "batch_size", "n_samples", "learning_rate")} == {
+            "mode": "azr", "batch_size": 2, "n_samples": 2, "learning_rate": 0.0002}
+        wait_state(page, "completed")
+
+        # The reasoning view: accuracy per task type at each eval (steps 0 and 3), valid proposals and
+        # solver accuracy per type at each step; nothing of training's bpb or tokens.
+        for testid in ("rs-acc-chart", "rs-valid-chart", "rs-solve-chart", "rs-loss-chart"):
+            expect(page.get_by_test_id(testid)).to_be_visible()
+        for testid in ("loss-chart", "bpb-chart", "tps-chart", "reward-chart"):
+            expect(page.get_by_test_id(testid)).to_be_hidden()
+        for testid, points in (("rs-acc-chart", 6), ("rs-valid-chart", 9), ("rs-solve-chart", 9)):
+            page.wait_for_function(f"document.querySelector('[data-testid={testid}]').dataset.points >= {points}")
+        expect(page.locator("#chart-rs-acc-legend")).to_contain_text("abduction")
+        expect(page.get_by_test_id("stat-rs-acc")).to_have_text(re.compile(r"\d+(\.\d)?\s?%"))
+        expect(page.get_by_test_id("log")).to_contain_text("held-out accuracy at step 3")
+
+        # The buffers panel: three buffers, newest task first, as the API has them.
+        buffers = studio.get(f"/api/runs/{run_id}/buffers")
+        panel = page.get_by_test_id("rs-buffers")
+        expect(panel.get_by_test_id("rs-buffers-status")).to_have_text("as of step 3")
+        expect(panel.get_by_test_id("rs-buffer")).to_have_count(3)
+        for kind in ("deduction", "abduction", "induction"):
+            column = panel.locator(f"[data-testid=rs-buffer][data-kind={kind}]")
+            newest = buffers["buffers"][kind][-1]["code"]
+            expect(column.get_by_test_id("rs-task").first.locator("pre")).to_have_text(newest)
+            expect(column).to_contain_text(f"of {buffers['sizes'][kind]}")
+        if buffers["sizes"]["deduction"] <= 6:  # the paper's seed, the oldest, is shown last
+            last = panel.locator("[data-testid=rs-buffer][data-kind=deduction] [data-testid=rs-task]").last
+            expect(last).to_contain_text("f([1, 2, 3]) = [1, 2, 3]")
+        events = studio.get(f"/api/runs/{run_id}/events")["events"]
+        if any(e["type"] == "sample" for e in events):  # a valid proposal: listed with its task type
+            expect(page.get_by_test_id("samples").get_by_test_id("sample-task").first).to_contain_text("proposed")
+        shot(page, artifacts, "reason-2-done")
+
+        page.get_by_test_id("lang-ru").click()
+        expect(page.get_by_test_id("train-mode-reason")).to_have_text("Рассуждения (AZR)")
+        expect(panel.locator("h3")).to_have_text("Буферы задач")
+        expect(page.locator("#chart-rs-acc-legend")).to_contain_text("абдукция")
+        page.get_by_test_id("lang-en").click()
+
+        tab(page, "runs")
+        row = page.locator(f"[data-testid=run-row][data-id='{run_id}']")
+        expect(row.get_by_test_id("run-kind")).to_have_text("Reasoning")
+
+        # From zero: the button writes the triplets book, creates the model and queues its pretraining.
+        tab(page, "training")
+        expect(page.get_by_test_id("rs-mode")).to_be_visible()  # the mode is remembered
+        page.get_by_test_id("rs-from-zero").locator("summary").click()
+        page.get_by_test_id("rs-create").click()
+        expect(page.get_by_test_id("rs-create-msg")).to_contain_text("Give the new model a name")
+        page.get_by_test_id("rs-new-name").fill("fresh")
+        page.get_by_test_id("rs-pretrain-steps").fill("50")
+        page.get_by_test_id("rs-create").click()
+        expect(page.get_by_test_id("rs-create-msg")).to_contain_text("started pretraining it on “fresh-triplets”",
+                                                                      timeout=60_000)
+        expect(page.locator("#mon-run option:checked")).to_contain_text("fresh")
+        fresh = next(r for r in studio.get("/api/runs") if r["model"] == "fresh")
+        assert fresh["kind"] == "train" and fresh["books"] == ["fresh-triplets"] and fresh["max_iterations"] == 50
+        model = next(m for m in studio.get("/api/models") if m["name"] == "fresh")
+        assert model["config"]["tokenizer"] == "char" and model["config"]["max_seq_len"] == 512
+        studio.request("POST", f"/api/runs/{fresh['id']}/cancel")  # its pretraining is not what this test is about
+        assert wait_run(studio, fresh["id"])["state"] in ("cancelled", "completed")
+        shot(page, artifacts, "reason-3-from-zero")
+        assert not errors, errors
+    finally:
+        ctx.close()
+
+
 # ---------------------------------------------------------------------------- a server restart
 
 

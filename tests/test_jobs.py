@@ -192,12 +192,18 @@ def test_run_kinds_are_checked_and_runs_from_before_kinds_are_training(home, boo
         s.commit()
     runner = JobRunner(home, reg)
     assert runner.get_run("old")["kind"] == "train"
-    with pytest.raises(UserError, match="kind must be one of train, selfplay"):
+    with pytest.raises(UserError, match="kind must be one of train, selfplay, reason"):
         runner.create_run("m", [book], RUN_PARAMS, kind="dream")
     with pytest.raises(UserError, match="A selfplay run has no setting batch_size"):
         runner.create_run("m", [], RUN_PARAMS, kind="selfplay")
     with pytest.raises(UserError, match="no trained checkpoint yet"):
         runner.create_run("m", [], {"max_iterations": 2, "threads": 1}, kind="selfplay")
+    with pytest.raises(UserError, match="reasoning run needs no books"):
+        runner.create_run("m", [book], {"max_iterations": 2}, kind="reason")
+    with pytest.raises(UserError, match="A reason run has no setting group_size"):
+        runner.create_run("m", [], {"group_size": 4}, kind="reason")
+    with pytest.raises(UserError, match=r"no trained checkpoint yet.*`azr reason m`"):
+        runner.create_run("m", [], {"max_iterations": 2, "threads": 1}, kind="reason")
     assert [r["id"] for r in runner.list_runs()] == ["old"]
 
 

@@ -51,7 +51,8 @@ from . import store
 from .checkpoint import resolve_checkpoint
 from .events import read_events
 from .home import Conflict, NotFound, UserError
-from .reasoning import ReasonConfig
+from .formats import FORMATS
+from .reasoning import ReasonConfig, default_lengths, resolve_format
 from .registry import Metric, Registry, Run, Sample
 from .rewards import PRESETS
 from .selfplay import SelfPlayConfig
@@ -171,11 +172,13 @@ def _check_reason(home: Path, model: str, books: list[str], params: dict) -> lis
                         f"`azr reason {model}` on the command line, which does all three.") from None
     resolve_checkpoint(mdir, cfg.checkpoint)  # a wrong step number or a missing selfplay/reason run says so
     # Checked by the worker too, but only once it has loaded the model: say it before queuing.
-    seq = store.get_model(home, model).config.max_seq_len
-    if seq < cfg.max_program_tokens + 64:
-        raise UserError(f"Model '{model}' reads at most {seq} tokens, too few for reasoning prompts with "
-                        f"{cfg.max_program_tokens}-token programs: use a model with max_seq_len of "
-                        f"{cfg.max_program_tokens + 64} or more (a from-zero reasoning model has 512).")
+    mcfg = store.get_model(home, model).config
+    fmt = FORMATS[resolve_format(cfg.prompt_format, mcfg)]
+    program = default_lengths(cfg, fmt)[1]
+    if mcfg.max_seq_len < program + 64:
+        raise UserError(f"Model '{model}' reads at most {mcfg.max_seq_len} tokens, too few for reasoning prompts "
+                        f"({fmt.name} format) with {program}-token programs: use a model with max_seq_len of "
+                        f"{program + 64} or more (a from-zero reasoning model has 512).")
     return []
 
 

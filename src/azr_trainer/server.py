@@ -52,6 +52,7 @@ from .checkpoint import build_model, checkpoint_dir, latest_run_checkpoint, list
 from .device import available_memory_bytes, pick_device
 from .export import DEFAULT_DTYPE, GGUF_DTYPES, HF_DTYPES, export_model
 from .export import FORMATS as EXPORT_FORMATS
+from .formats import FORMATS as PROMPT_FORMATS
 from .home import Conflict, NotFound, UserError, home_dir, validate_name
 from .jobs import KINDS, JobRunner, lock_holder
 from .memorisation import IndexCache, find_copies
@@ -433,6 +434,7 @@ def create_app(home: Path, *, token: str | None = None, max_upload_bytes: int = 
     runner = JobRunner(home, registry, max_concurrent=max_concurrent_runs)
     models_cache = _ModelCache()
     buffers_cache = _BuffersCache()
+    reason_create_lock = threading.Lock()
     copies_index = IndexCache()
     tmp_root = home / ".tmp"  # uploads and downloads in progress, on the same disk as the data
 
@@ -624,12 +626,17 @@ def create_app(home: Path, *, token: str | None = None, max_upload_bytes: int = 
         else:  # create_from_zero would overwrite it
             raise Conflict(f"A book named '{book}' already exists; delete it or choose another model name.")
         shape = body.model_dump(include={"d_model", "num_layers", "num_heads", "d_ff", "max_seq_len"})
-        need = reasoning.ReasonConfig.max_program_tokens + 64
+        # A char model gets the compact prompt format: its program budget plus room for the answer.
+        need = reasoning.default_lengths(reasoning.ReasonConfig(), PROMPT_FORMATS["compact"])[1] + 64
         if body.max_seq_len < need:
             raise UserError(f"max_seq_len must be at least {need} for reasoning prompts, got {body.max_seq_len}.")
         cfg = ModelConfig(**{**reasoning.FROM_ZERO_SHAPE, **shape, "tokenizer": "char"})
         cfg.validate()  # before the book is written: a wrong shape leaves nothing behind
-        reasoning.create_from_zero(home, name, shape=shape, n_docs=body.corpus_docs, seed=body.seed, log=log.info)
+        with reason_create_lock:  # two requests for one name: the second must not overwrite the first's book
+            if store.model_dir(home, name).exists():
+                raise Conflict(f"A model named '{name}' already exists; choose another name.")
+            reasoning.create_from_zero(home, name, shape=shape, n_docs=body.corpus_docs, seed=body.seed,
+                                       log=log.info)
         registry.sync_books()
         registry.sync_models()
         return {"model": model_dict(get_model_info(name), set()), "book": book,

@@ -332,6 +332,7 @@ function renderSamples() {
       h("span", { class: "sample-text", text: String(s.text).replace(/\n{3,}/g, "\n\n") }))))));
   $("mon-sample-count").textContent = steps.length ? `(${fmtInt(steps.length)})` : "";
   $("mon-samples-empty").hidden = steps.length > 0;
+  setText($("mon-samples-empty"), runKind() === "reason" ? "monitor.rs_samples_empty" : "monitor.samples_empty");
 }
 
 function logLine(entry) {
@@ -503,8 +504,9 @@ const TRAIN_FIELDS = ["max_iterations", "batch_size", "learning_rate", "save_eve
 const SELFPLAY_FIELDS = ["reward", "max_iterations", "group_size", "temperature", "kl_weight", "lm_weight"];
 const REASON_FIELDS = ["mode", "max_iterations", "batch_size", "n_samples", "temperature", "learning_rate"];
 const MODE_PREFIX = { train: "train", selfplay: "train.sp", reason: "train.rs" };
-// Reasoning prompts hold a program of up to 200 tokens plus room for the answer (ReasonConfig).
-const REASON_MIN_SEQ = 264;
+// Reasoning prompts hold a program plus room for the answer: 200 + 64 tokens in the compact format
+// of a char model, 512 + 64 in the paper's format for any other (reasoning.default_lengths).
+const reasonMinSeq = (m) => ((m.config || {}).tokenizer === "char" ? 264 : 576);
 
 function prefs() {
   try { return JSON.parse(localStorage.getItem(TRAIN_PREFS) || "{}"); } catch { return {}; }
@@ -688,7 +690,7 @@ function reasonRequest() {
   const m = currentModel();
   if (!v.model) errors.push(t("train.err.model"));
   else if (m && !(m.trained_steps > 0 || (m.checkpoints || []).length)) errors.push(t("train.rs.err.untrained", { model: v.model }));
-  else if (m && m.config && m.config.max_seq_len < REASON_MIN_SEQ) errors.push(t("train.rs.err.seq", { model: v.model, seq: m.config.max_seq_len, min: REASON_MIN_SEQ }));
+  else if (m && m.config && m.config.max_seq_len < reasonMinSeq(m)) errors.push(t("train.rs.err.seq", { model: v.model, seq: m.config.max_seq_len, min: reasonMinSeq(m) }));
   checkIterations(v, errors);
   if (!Number.isInteger(v.batch_size) || v.batch_size < 1) errors.push(t("train.err.int", { field: "batch_size" }));
   if (!Number.isInteger(v.n_samples) || v.n_samples < 2) errors.push(t("train.rs.err.n_samples"));
