@@ -359,8 +359,10 @@ def cmd_reason(args, home):
     if not mdir.exists():
         shape = {k: getattr(args, k) for k in ("d_model", "num_layers", "num_heads", "d_ff", "max_seq_len")
                  if getattr(args, k) is not None}
-        book = reasoning.create_from_zero(home, args.name, shape=shape, n_docs=args.corpus_docs,
-                                          seed=args.seed or 0, log=log)
+        from .device import available_memory_bytes, pick_device
+        book = reasoning.create_from_zero(home, args.name, shape=shape, n_docs=args.corpus_docs, seed=args.seed or 0,
+                                          max_memory=available_memory_bytes(pick_device(args.device or "auto")),
+                                          log=log)
         log(f"Pretraining '{args.name}' from zero on generator triplets for {args.pretrain_time:g} s …")
         pre = train(home, args.name, TrainConfig(books=[book], max_iterations=10**7, schedule="time",
                                                  max_time=args.pretrain_time, batch_size=16, learning_rate=1e-3,

@@ -44,7 +44,7 @@ from .checkpoint import FORMAT, FORMAT_VERSION, atomic_torch_save, build_model, 
     latest_run_checkpoint, resolve_checkpoint, safe_load
 from .device import pick_device, set_threads
 from .events import EventLog, Listener
-from .home import UserError
+from .home import UserError, atomic_write_json, read_json
 from .formats import FORMATS, CompactFormat, is_arguments, is_literal, shown_count, triplet_text
 from .rewards import pack_rows
 from .sample import SamplingParams, stream_generate
@@ -650,6 +650,8 @@ class _Run:
         }
         path = self.folder / f"step_{self.step:07d}.pt"
         atomic_torch_save(obj, path)
+        # The buffers on their own too: the studio shows them without loading the weights.
+        atomic_write_json(self.folder / "buffers.json", {"step": self.step, "buffers": self.buffers})
         found = sorted((int(m.group(1)), p) for p in self.folder.iterdir() if (m := _STEP_RE.match(p.name)))
         for _, old in found[:-self.cfg.keep_last] if self.cfg.keep_last > 0 else []:
             old.unlink(missing_ok=True)
@@ -751,6 +753,8 @@ def read_buffers(model_dir: Path, run_id: str | None = None) -> dict:
     if path is None:
         raise UserError(f"Model '{model_dir.name}' has no reasoning run yet: start one with azr reason "
                         f"{model_dir.name}.")
+    if (path.parent / "buffers.json").exists():
+        return read_json(path.parent / "buffers.json")["buffers"]
     return safe_load(path)["buffers"]
 
 
@@ -769,21 +773,26 @@ def write_triplet_book(path: Path, n_docs: int, seed: int = 0) -> int:
 
 
 def create_from_zero(home: Path, name: str, *, shape: dict | None = None, n_docs: int = 40000, seed: int = 0,
-                     log: Callable[[str], None] = print) -> str:
-    """Create model ``name`` (a char tokenizer, FROM_ZERO_SHAPE unless ``shape``) and its book
-    of generator triplets, ``<name>-triplets``; returns the book's name. Train it with
-    train.train (the CLI's ``azr reason NAME`` does both)."""
+                     max_memory: int | None = None, log: Callable[[str], None] = print) -> str:
+    """Create model ``name`` (a char tokenizer, FROM_ZERO_SHAPE unless ``shape``; refused when
+    training it would need more than ``max_memory`` bytes) and its book of generator triplets,
+    ``<name>-triplets``; returns the book's name. Train it with train.train (the CLI's
+    ``azr reason NAME`` does both). The model is made first, so a refused shape writes nothing;
+    a failed book removes the model again."""
     import tempfile
 
     from . import books
-    from .device import available_memory_bytes
     from .model import ModelConfig
     book = f"{name}-triplets"
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / f"{book}.txt"
-        chars = write_triplet_book(path, n_docs, seed)
-        books.add_book(home, path, name=book, overwrite=True)
-    log(f"Wrote book '{book}': {n_docs:,} generator documents, {chars:,} characters.")
     cfg = ModelConfig(**{**FROM_ZERO_SHAPE, **(shape or {}), "tokenizer": "char"})
-    store.create_model(home, name, cfg, max_memory=available_memory_bytes(pick_device("auto")))
+    store.create_model(home, name, cfg, max_memory=max_memory)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / f"{book}.txt"
+            chars = write_triplet_book(path, n_docs, seed)
+            books.add_book(home, path, name=book, overwrite=True)
+    except BaseException:
+        store.delete_model(home, name)
+        raise
+    log(f"Wrote book '{book}': {n_docs:,} generator documents, {chars:,} characters.")
     return book

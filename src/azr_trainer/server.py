@@ -53,7 +53,7 @@ from .device import available_memory_bytes, pick_device
 from .export import DEFAULT_DTYPE, GGUF_DTYPES, HF_DTYPES, export_model
 from .export import FORMATS as EXPORT_FORMATS
 from .formats import FORMATS as PROMPT_FORMATS
-from .home import Conflict, NotFound, UserError, home_dir, validate_name
+from .home import Conflict, NotFound, UserError, home_dir, read_json, validate_name
 from .jobs import KINDS, JobRunner, lock_holder
 from .memorisation import IndexCache, find_copies
 from .model import ModelConfig, count_parameters, estimate_training_memory, training_flops_per_token
@@ -313,6 +313,10 @@ class _BuffersCache:
         self._lock = threading.Lock()
 
     def get(self, path: Path) -> tuple[int, dict]:
+        side = path.parent / "buffers.json"  # written with every reasoning checkpoint: no weights to load
+        if side.exists():
+            d = read_json(side)
+            return d["step"], d["buffers"]
         key = (str(path), path.stat().st_mtime_ns)
         with self._lock:
             if key not in self._items:
