@@ -342,6 +342,7 @@ def _reason_config(args):
     given = {k: getattr(args, k) for k in (
         "checkpoint", "mode", "prompt_format", "max_iterations", "max_time", "batch_size", "n_samples", "references",
         "temperature", "learning_rate", "kl_weight", "eval_every", "eval_tasks", "save_every", "seed", "device",
+        "seed_rounds", "max_answer_tokens", "max_program_tokens",
         "threads", "resume")}
     return ReasonConfig(**{k: v for k, v in given.items() if v is not None})
 
@@ -641,6 +642,12 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--learning-rate", type=float, help=f"AdamW learning rate (default {r.learning_rate})")
     rp.add_argument("--kl", "--kl-weight", dest="kl_weight", type=float,
                     help=f"weight of the KL penalty to the start model (default {r.kl_weight})")
+    rp.add_argument("--seed-rounds", type=int,
+                    help=f"rounds of proposals that seed the buffers before training (default {r.seed_rounds})")
+    rp.add_argument("--max-answer-tokens", type=int, help="token budget of a deduction/abduction answer "
+                                                          "(default 48 compact, 384 paper)")
+    rp.add_argument("--max-program-tokens", type=int, help="token budget of a proposal or induction program "
+                                                           "(default 200 compact, 512 paper)")
     rp.add_argument("--eval-every", type=int, help=f"steps between held-out evals (default {r.eval_every})")
     rp.add_argument("--eval-tasks", type=int, help=f"held-out tasks per type (default {r.eval_tasks})")
     rp.add_argument("--save-every", type=int, help=f"steps between checkpoints (default {r.save_every})")
