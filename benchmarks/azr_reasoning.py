@@ -75,7 +75,7 @@ def run_arm(args, arm: str, seed: int) -> dict:
         ev = azr(home, "base", "--eval-only", "--checkpoint", checkpoint, "--eval-split", split,
                  "--eval-tasks", str(args.eval_tasks), "--pass-k", str(args.pass_k if split == "test" else 1),
                  "--seed", str(seed), threads=args.threads)
-        res[split] = {k: v for k, v in ev.items() if k.endswith("acc") or "pass@" in k}
+        res[split] = {k: v for k, v in ev.items() if k.endswith(("acc", "_tasks")) or "pass@" in k}
     if not args.keep:
         shutil.rmtree(home, ignore_errors=True)
     print(json.dumps({k: v for k, v in res.items() if k != "log"}), file=sys.stderr, flush=True)
@@ -106,6 +106,38 @@ def logged(path: Path) -> dict:
     return out
 
 
+def report(path: str) -> str:
+    """Markdown tables from a saved --json result."""
+    rep = json.loads(Path(path).read_text())
+    table, lines = rep["table"], []
+    cols = [("test:deduction_acc", "ded"), ("test:abduction_acc", "abd"), ("test:induction_acc", "ind"),
+            ("test:mean_acc", "mean"), ("test:nontrivial_mean_acc", "mean, non-trivial tasks"),
+            ("test:mean_pass@5", "mean pass@5"), ("train:mean_acc", "in-dist. mean")]
+    lines.append("| arm | steps | " + " | ".join(c for _, c in cols) + " |")
+    lines.append("|---" * (len(cols) + 2) + "|")
+    for arm, row in table.items():
+        steps = f"{row['steps'][0]:.0f}" if "steps" in row else "–"
+        cells = [f"{row[k][0]:.3f} ± {row[k][1]:.3f}" if k in row else "–" for k, _ in cols]
+        lines.append(f"| {arm} | {steps} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append("| arm | seed | first third → last third of steps: valid-proposal rate ded/abd/ind | "
+                 "solver accuracy ded/abd/ind | r̄ share 0 / (0,1) / 1 (ded) |")
+    lines.append("|---|---|---|---|---|")
+    for r in rep["runs"]:
+        log = r.get("log") or {}
+        if not log or "deduction_valid_rate" not in log.get("first", {}):
+            continue
+        f, last = log["first"], log["last"]
+
+        def trio(key, d):
+            return "/".join(f"{d.get(f'{k}_{key}', float('nan')):.2f}" for k in KINDS)
+        h = last.get("deduction_rbar_hist", {})
+        lines.append(f"| {r['arm']} | {r['seed']} | {trio('valid_rate', f)} → {trio('valid_rate', last)} | "
+                     f"{trio('solve_acc', f)} → {trio('solve_acc', last)} | "
+                     f"{h.get('0', 0):.2f} / {h.get('mid', 0):.2f} / {h.get('1', 0):.2f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--base", default="bench_out/azr-base", help="data folder of the cached start model")
@@ -120,7 +152,11 @@ def main() -> None:
     ap.add_argument("--parallel", type=int, default=1, help="arms run at once (each with --threads)")
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--json", help="write all results here")
+    ap.add_argument("--report", help="print markdown tables from a saved --json file and exit")
     args = ap.parse_args()
+    if args.report:
+        print(report(args.report))
+        return
     base = Path(args.base)
     if not (base / "models" / "base").exists():
         t0 = time.time()
@@ -142,9 +178,9 @@ def main() -> None:
             row["steps"] = ci95([r["steps"] for r in rs])
             row["programs_checked"] = ci95([r["programs_checked"] for r in rs])
         table[arm] = row
-    report = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": platform.platform(),
+    result = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": platform.platform(),
               "cpus": os.cpu_count(), "args": vars(args), "table": table, "runs": results}
-    text = json.dumps(report, indent=1)
+    text = json.dumps(result, indent=1)
     if args.json:
         Path(args.json).write_text(text)
     print(text)

@@ -198,3 +198,16 @@ def test_a_pretrained_hf_llama_runs_azr_with_the_paper_format(tmp_path):
     assert events[0]["reason_config"]["prompt_format"] == "auto" and events[0]["prompt_format"] == "paper"
     prompts = [e for e in events if e["type"] == "step"]
     assert prompts and prompts[0]["deduction_format_rate"] == 0  # a random model writes no <answer> yet
+
+
+def test_constant_answers_are_flagged_as_trivial():
+    sort = "def f(x):\n    x = sorted(x)\n    return x"
+    evens = "def f(x):\n    x = [v for v in x if v % 2 == 0]\n    n = len(x)\n    return n"
+    tasks = [Task("deduction", sort, "[2, 1]", "[1, 2]"), Task("deduction", evens, "[1, 3]", "0"),
+             Task("abduction", sort, "[4]", "[4]"), Task("abduction", sort, "[]", "[]"),
+             Task("induction", evens, message="count", pairs=[("[1]", "0"), ("[2]", "1"), ("[3]", "0"),
+                                                              ("[5]", "0")]),
+             Task("induction", sort, message="sort", pairs=[("[1]", "[1]"), ("[2]", "[2]"), ("[3]", "[3]"),
+                                                           ("[4]", "[4]")])]
+    from azr_trainer.reasoning import constant_solvable
+    assert constant_solvable(tasks, LIMITS) == [False, True, False, True, True, False]

@@ -345,10 +345,37 @@ def evaluate_tasks(model, tokenizer, tasks: list[Task], limits: executor.Limits,
                                                      stop=fmt.stop)]
         graded = grade_answers(rows, texts, limits, fmt)
         passed = [any(g.correct for g in graded[j * k:(j + 1) * k]) for j in range(len(ts))]
-        res[f"{kind}_{'acc' if k == 1 else f'pass@{k}'}"] = float(np.mean(passed))
-    vals = [v for v in res.values()]
-    res["mean_" + ("acc" if k == 1 else f"pass@{k}")] = float(np.mean(vals)) if vals else 0.0
+        metric = "acc" if k == 1 else f"pass@{k}"
+        res[f"{kind}_{metric}"] = float(np.mean(passed))
+        hard = [not t for t in constant_solvable(ts, limits)]
+        if any(hard):
+            res[f"nontrivial_{kind}_{metric}"] = float(np.mean([p for p, h in zip(passed, hard) if h]))
+        res[f"nontrivial_{kind}_tasks"] = sum(hard)
+    for prefix in ("", "nontrivial_"):
+        vals = [res[f"{prefix}{kind}_{metric}"] for kind in TASK_TYPES if f"{prefix}{kind}_{metric}" in res]
+        res[f"{prefix}mean_{metric}"] = float(np.mean(vals)) if vals else 0.0
     return res
+
+
+CONSTANT_ANSWERS = {"deduction": ("[]", "0", "1"), "abduction": ("[]", "[0]", "[1]")}
+
+
+def constant_solvable(tasks: list[Task], limits: executor.Limits) -> list[bool]:
+    """Which tasks one fixed answer solves, whatever the program: an output of [] or 0, an
+    abduction that [] satisfies, an induction whose held-out outputs are all the same. A solver
+    that learns to always say "[]" scores on these without reading the program, so the
+    evaluation reports accuracy on the rest too."""
+    fmt = FORMATS["compact"]
+    out = []
+    for t in tasks:
+        if t.kind == "induction":
+            outs = {o for _, o in t.held_out()}
+            out.append(len(outs) == 1)
+            continue
+        answers = CONSTANT_ANSWERS[t.kind]
+        out.append(any(g.correct for g in grade_answers([t] * len(answers), [a + fmt.stop for a in answers],
+                                                        limits, fmt)))
+    return out
 
 
 def evaluate_checkpoint(home: Path, name: str, cfg: ReasonConfig, *, split: str = "test", pass_k: int = 1) -> dict:
