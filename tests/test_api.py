@@ -617,14 +617,7 @@ def test_selfplay_pause_resume_cancel(studio, player):
     r = studio.http.post("/api/runs", json={"model": player, **SELFPLAY})
     assert r.status_code == 409 and "paused run" in r.json()["detail"]
 
-    assert studio.http.post(f"/api/runs/{run['id']}/resume").json()["state"] in ("queued", "running")
-    starts = studio.wait_for_resumed(run["id"])
-    assert [e["state"] for e in starts] == ["started", "resumed"]
-    assert starts[1]["step"] == paused["step"] and starts[1]["kind"] == "selfplay"  # its own checkpoint, not a new run
-
-    assert studio.http.post(f"/api/runs/{run['id']}/cancel").status_code == 200
-    cancelled = studio.wait(run["id"])
-    assert cancelled["state"] == "cancelled" and cancelled["step"] >= paused["step"]
+    resume_then_cancel(studio, run, paused, "selfplay")
     assert (studio.home / "models" / player / "checkpoints" / "selfplay" / run["id"]).is_dir()
 
 
@@ -759,13 +752,7 @@ def test_reason_pause_resume_cancel(studio, reasoner):
     assert 0 < paused["step"] < 100_000 and paused["last_checkpoint_step"] == paused["step"]
     assert studio.http.get(f"/api/runs/{run['id']}/buffers").json()["step"] == paused["step"]
 
-    assert studio.http.post(f"/api/runs/{run['id']}/resume").json()["state"] in ("queued", "running")
-    starts = studio.wait_for_resumed(run["id"])
-    assert [e["state"] for e in starts] == ["started", "resumed"]
-    assert starts[1]["step"] == paused["step"] and starts[1]["kind"] == "reason"  # its own checkpoint, not a new run
-    assert studio.http.post(f"/api/runs/{run['id']}/cancel").status_code == 200
-    cancelled = studio.wait(run["id"])
-    assert cancelled["state"] == "cancelled" and cancelled["step"] >= paused["step"]
+    resume_then_cancel(studio, run, paused, "reason")
 
 
 # ---------------------------------------------------------------------------- token
@@ -811,3 +798,14 @@ def test_a_token_is_required_when_set(tmp_path):
         client.cookies.clear()
         assert client.get("/api/books").status_code == 401
         assert client.get("/api/books", params={"token": "s3cret"}).status_code == 200
+
+
+def resume_then_cancel(studio, run, paused, kind):
+    """Resume a paused run: it continues from its own checkpoint (not a new run); then cancel it."""
+    assert studio.http.post(f"/api/runs/{run['id']}/resume").json()["state"] in ("queued", "running")
+    starts = studio.wait_for_resumed(run["id"])
+    assert [e["state"] for e in starts] == ["started", "resumed"]
+    assert starts[1]["step"] == paused["step"] and starts[1]["kind"] == kind
+    assert studio.http.post(f"/api/runs/{run['id']}/cancel").status_code == 200
+    cancelled = studio.wait(run["id"])
+    assert cancelled["state"] == "cancelled" and cancelled["step"] >= paused["step"]
