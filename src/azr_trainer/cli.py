@@ -235,6 +235,17 @@ def _run_torchrun(args, home) -> None:
         raise SystemExit(rc)
 
 
+def _exit_torchrun_worker() -> None:
+    """Under torchrun, leave right after the work is saved and reported: under heavy CPU load a
+    rank sometimes aborted in the C++ teardown of the (already destroyed) process group at
+    interpreter exit ("terminate called without an active exception"), and torchrun then calls
+    the whole finished run failed. Outside torchrun: nothing happens."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+
+
 def cmd_train(args, home):
     from .train import TrainConfig, train
     if args.nproc > 1 or args.nnodes > 1:
@@ -254,14 +265,16 @@ def cmd_train(args, home):
     summary = train(home, args.name, cfg, listeners=[_ProgressBar(not quiet and rank == 0)], stop=stop,
                     log=log if rank == 0 else (lambda m: None), run_id=args.run_id)
     if rank != 0:
-        return
+        _exit_torchrun_worker()
     if args.json:
-        return _print_json(summary)
+        _print_json(summary)
+        return _exit_torchrun_worker()
     bpb = f"{summary['val_bpb']:.4f}" if summary["val_bpb"] is not None else "-"
     print(f"{summary['status']}: step {summary['step']}/{summary['max_iterations']}, train loss "
           f"{summary['train_loss'] if summary['train_loss'] is None else round(summary['train_loss'], 4)}, "
           f"val bpb {bpb}, {summary['tokens_per_s']:.0f} tokens/s, {summary['wall_seconds']:.1f} s.")
     print(f"Checkpoint: {summary['checkpoints'][-1]}")
+    _exit_torchrun_worker()
 
 
 # ---- selfplay ------------------------------------------------------------------------------
