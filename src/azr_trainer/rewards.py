@@ -70,18 +70,7 @@ def _ngrams(seq: Sequence[str], n: int) -> list[tuple[str, ...]]:
 def repeated_ngram_rate(text: str, n: int = 4, context: str = "") -> float:
     """Share of the word n-grams of ``text`` that already occurred earlier in ``context`` + ``text``.
     0 for a text with fewer than n words."""
-    w = words(text)
-    grams = _ngrams(w, n)
-    if not grams:
-        return 0.0
-    seen = set(_ngrams(words(context), n)) if context else set()
-    repeats = 0
-    for g in grams:
-        if g in seen:
-            repeats += 1
-        else:
-            seen.add(g)
-    return repeats / len(grams)
+    return _repeat_share(_ngrams(words(text), n), set(_ngrams(words(context), n)) if context else set())
 
 
 def repeated_char_ngram_rate(text: str, n: int = 20, context: str = "") -> float:
@@ -90,11 +79,14 @@ def repeated_char_ngram_rate(text: str, n: int = 20, context: str = "") -> float
     ("AMILTAMILTAMILTA…") that word n-grams cannot see. 20 characters span about four words;
     book prose repeats ~0.2% of them (Tiny Shakespeare's validation text), greedy loops 30%+."""
     t = _SPACE_RE.sub(" ", text.casefold())
-    grams = [t[i:i + n] for i in range(len(t) - n + 1)]
+    c = _SPACE_RE.sub(" ", context.casefold()) if context else ""
+    return _repeat_share([t[i:i + n] for i in range(len(t) - n + 1)], {c[i:i + n] for i in range(len(c) - n + 1)})
+
+
+def _repeat_share(grams: list, seen: set) -> float:
+    """Share of ``grams`` already in ``seen`` or earlier in ``grams``; 0 when there are none."""
     if not grams:
         return 0.0
-    c = _SPACE_RE.sub(" ", context.casefold()) if context else ""
-    seen = {c[i:i + n] for i in range(len(c) - n + 1)}
     repeats = 0
     for g in grams:
         if g in seen:
