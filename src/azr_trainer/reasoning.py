@@ -584,8 +584,10 @@ class _Run:
                                        max_new_tokens=n_new, temperature=cfg.temperature, generator=gen,
                                        stop=self.fmt.stop)
             graded = grade_answers(solve_rows, [s[2] for s in samples], self.limits, self.fmt)
-            self.programs_checked += sum(len(t.held_out()) if t.kind == "induction" else t.kind == "abduction"
-                                         for t in solve_rows)
+            # Sandbox runs of this grading: one per well-formed abduction, one per held-out pair of a
+            # well-formed induction program (deduction answers are compared as values).
+            self.programs_checked += sum((len(t.held_out()) if t.kind == "induction" else t.kind == "abduction")
+                                         for t, g in zip(solve_rows, graded) if g.well_formed)
             rbar = [float(np.mean([g.correct for g in graded[j * cfg.n_samples:(j + 1) * cfg.n_samples]]))
                     for j in range(len(solve))]
             for (p, o, _), g in zip(samples, graded):
