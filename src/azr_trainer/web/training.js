@@ -651,6 +651,15 @@ function trainRequest() {
   return { body: v, errors };
 }
 
+// Self-play and reasoning start from a trained checkpoint: say so before anything is sent.
+// Returns false when an error was reported.
+function checkStartModel(v, m, untrainedKey, errors) {
+  if (!v.model) errors.push(t("train.err.model"));
+  else if (m && !(m.trained_steps > 0 || (m.checkpoints || []).length)) errors.push(t(untrainedKey, { model: v.model }));
+  else return true;
+  return false;
+}
+
 function selfPlayRequest() {
   const errors = [];
   const v = {
@@ -664,8 +673,7 @@ function selfPlayRequest() {
     lm_weight: floatValue($("sp-lm_weight")),
   };
   const m = currentModel();
-  if (!v.model) errors.push(t("train.err.model"));
-  else if (m && !(m.trained_steps > 0 || (m.checkpoints || []).length)) errors.push(t("train.sp.err.untrained", { model: v.model }));
+  checkStartModel(v, m, "train.sp.err.untrained", errors);
   checkIterations(v, errors);
   if (!Number.isInteger(v.group_size) || v.group_size < 2) errors.push(t("train.sp.err.group"));
   if (!(v.temperature > 0 && v.temperature <= 10)) errors.push(t("train.sp.err.temperature"));
@@ -688,9 +696,7 @@ function reasonRequest() {
     learning_rate: floatValue($("rs-learning_rate")),
   };
   const m = currentModel();
-  if (!v.model) errors.push(t("train.err.model"));
-  else if (m && !(m.trained_steps > 0 || (m.checkpoints || []).length)) errors.push(t("train.rs.err.untrained", { model: v.model }));
-  else if (m && m.config && m.config.max_seq_len < reasonMinSeq(m)) errors.push(t("train.rs.err.seq", { model: v.model, seq: m.config.max_seq_len, min: reasonMinSeq(m) }));
+  if (checkStartModel(v, m, "train.rs.err.untrained", errors) && m && m.config && m.config.max_seq_len < reasonMinSeq(m)) errors.push(t("train.rs.err.seq", { model: v.model, seq: m.config.max_seq_len, min: reasonMinSeq(m) }));
   checkIterations(v, errors);
   if (!Number.isInteger(v.batch_size) || v.batch_size < 1) errors.push(t("train.err.int", { field: "batch_size" }));
   if (!Number.isInteger(v.n_samples) || v.n_samples < 2) errors.push(t("train.rs.err.n_samples"));
