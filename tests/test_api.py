@@ -274,7 +274,7 @@ def test_models_create_estimate_show_delete(studio):
     assert ok["errors"] == [] and ok["parameters"] == 19936
     assert studio.http.post("/api/models/estimate", json={"num_layers": 0}).json()["parameters"] is None
     assert studio.http.post("/api/models/estimate", json={"name": "../x"}).json()["errors"][0].startswith(
-        "The model name '../x' is not allowed")
+        "The name “../x” is not allowed")
 
     r = studio.http.post("/api/models", json={"name": "odd", **TINY, "d_model": 250, "num_heads": 8})
     assert r.status_code == 400 and "d_model (250) must be divisible by num_heads (8)" in r.json()["detail"]

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from . import books as books_mod
-from . import store
+from . import catalogue, store
 from .checkpoint import build_model, resolve_checkpoint, safe_load
 from .home import UserError, home_dir
 from .model import ModelConfig, count_parameters, estimate_training_memory
@@ -719,7 +719,8 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args, home)
         return 0
     except UserError as e:
-        print(f"Error: {e}", file=sys.stderr)
+        lang = catalogue.language_from_environment()
+        print(f"{catalogue.text('cli.error', lang)}: {e.render(lang)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("Interrupted.", file=sys.stderr)

@@ -26,25 +26,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
+from .errors import Conflict, NotFound, UserError  # noqa: F401 - re-exported for the modules that use them
+
 DEFAULT_HOME_NAME = "azr-home"
 
 # Letters (any script), digits, and a few separators; no slashes, no leading dot.
 _NAME_RE = re.compile(r"^[^\W][\w.\- ]{0,63}$", re.UNICODE)
 
-
-class UserError(Exception):
-    """An error a person can act on. The CLI prints it without a traceback; the API
-    returns it as a 4xx."""
-
-    status = 400
-
-
-class NotFound(UserError):
-    status = 404
-
-
-class Conflict(UserError):
-    status = 409
 
 
 def home_dir(explicit: str | os.PathLike | None = None) -> Path:
@@ -61,17 +49,15 @@ def home_dir(explicit: str | os.PathLike | None = None) -> Path:
 
 
 def validate_name(name: str, what: str = "name") -> str:
-    """Names become folder names, so they must be safe on every OS."""
+    """Names become folder names, so they must be safe on every OS. (``what`` is kept for the
+    callers; the messages are the same for books and models.)"""
     if not isinstance(name, str) or not name.strip():
-        raise UserError(f"The {what} must not be empty.")
+        raise UserError("name.empty")
     name = name.strip()
     if ".." in name or "/" in name or "\\" in name or not _NAME_RE.match(name) or name.endswith((".", " ")):
-        raise UserError(
-            f"The {what} {name!r} is not allowed: use up to 64 letters, digits, '_', '-', '.' or spaces, "
-            "starting with a letter or digit (no slashes, no '..')."
-        )
+        raise UserError("name.invalid", name=name)
     if name.upper().split(".")[0] in {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(10)), *(f"LPT{i}" for i in range(10))}:
-        raise UserError(f"The {what} {name!r} is reserved on Windows; choose another.")
+        raise UserError("name.reserved", name=name)
     return name
 
 

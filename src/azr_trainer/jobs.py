@@ -608,7 +608,7 @@ class JobRunner:
                 cmd += [f"--{key.replace('_', '-')}", str(p[key])]
         if run.last_checkpoint_step is not None:
             cmd.append("--resume")
-        env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONIOENCODING="utf-8")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONIOENCODING="utf-8", AZR_LANG="en")  # stderr is parsed
         # The worker imports this very package, even from a source tree that is not installed.
         package_root = str(Path(__file__).resolve().parent.parent)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))

@@ -46,7 +46,7 @@ from starlette.exceptions import HTTPException
 
 from . import __version__
 from . import books as books_mod
-from . import reasoning, store
+from . import catalogue, reasoning, store
 from .checkpoint import build_model, checkpoint_dir, latest_run_checkpoint, list_step_checkpoints, \
     resolve_checkpoint, safe_load
 from .device import available_memory_bytes, pick_device
@@ -458,8 +458,10 @@ def create_app(home: Path, *, token: str | None = None, max_upload_bytes: int = 
     # ---- errors
 
     @app.exception_handler(UserError)
-    async def on_user_error(_request, exc: UserError):
-        return _error(exc.status, str(exc))
+    async def on_user_error(request: Request, exc: UserError):
+        # the message in the page's language (Accept-Language), with its code for the page
+        lang = catalogue.language_from_accept(request.headers.get("accept-language"))
+        return JSONResponse(exc.to_dict(lang), status_code=exc.status)
 
     @app.exception_handler(RequestValidationError)
     async def on_invalid_request(_request, exc: RequestValidationError):

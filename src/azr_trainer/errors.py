@@ -1,0 +1,50 @@
+"""Errors a person can act on, by code and parameters, rendered from the message catalogue.
+
+``raise UserError("book.empty", name=name)`` — the code names an entry under ``msg`` in
+``web/i18n/<lang>.json``; the parameters fill its placeholders. The CLI renders it in the
+locale's language and exits 2; the API answers ``{"detail", "code", "params"}`` with the
+status below, the detail in the request's language; a worker reports code and params in its
+events. ``str(error)`` is the English text (for logs).
+"""
+
+from __future__ import annotations
+
+from . import catalogue
+
+
+class UserError(Exception):
+    status = 400
+
+    def __init__(self, code: str, /, **params):
+        self.code = code
+        self.params = {k: _plain(v) for k, v in params.items()}
+        super().__init__(self.render("en"))
+
+    def render(self, lang: str = "en") -> str:
+        if catalogue.has(f"msg.{self.code}"):
+            return catalogue.message(self.code, lang, **self.params)
+        return self.code  # a message not yet given a code: shown as written
+
+    @property
+    def coded(self) -> bool:
+        return catalogue.has(f"msg.{self.code}")
+
+    def to_dict(self, lang: str = "en") -> dict:
+        return {"detail": self.render(lang), "code": self.code, "params": self.params}
+
+
+class NotFound(UserError):
+    status = 404
+
+
+class Conflict(UserError):
+    status = 409
+
+
+def _plain(value):
+    """Parameters travel as JSON (events, API answers): keep them plain."""
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return str(value)
