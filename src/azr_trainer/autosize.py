@@ -1,0 +1,219 @@
+"""The best model for N minutes: one input (the time a person will wait), everything else follows.
+
+From the books' size and this machine's measured speed, ``plan`` chooses the tokenizer and
+vocabulary, the shape (one depth dial: width, heads and feed-forward follow the number of
+layers), the sequence length, the batch, the learning rate, warm-up and a schedule that decays
+over the time budget.
+
+The rule (BENCHMARKS.md, "Auto-sizing") is anchored on the measured P1 recipe: 190 s on one
+CPU core buys ~1.2 M training tokens, and the shape that did best there has ~1.8 M weights
+outside the embeddings. Other budgets scale the model with the square root of the tokens the
+budget buys (compute-optimal scaling keeps weights and tokens in a fixed ratio, so each grows
+as √compute), capped so that a small book is not memorised by a model much larger than it,
+and so that training fits in memory.
+
+``measure_speed`` is a probe of a few seconds (matrix products of the shapes training uses, in
+fp32 and bf16); its result is cached per machine, thread count and PyTorch version, so only
+the first plan on a machine pays for it. bf16 is chosen on the CPU only where it measured
+clearly faster: some CPUs have native bf16, most run it many times slower.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+from .model import ModelConfig, count_parameters, estimate_training_memory, training_flops_per_token
+
+# The anchor: P1's best shape and the tokens 190 s bought on one quiet core.
+ANCHOR_TOKENS = 1.2e6
+ANCHOR_NONEMB_PARAMS = 1.77e6
+# What share of the probe's matmul rate a whole training step reaches (P1: ~0.6 to 0.8).
+STEP_EFFICIENCY = 0.6
+# UTF-8 bytes per BPE token on ordinary prose (English ~2.5 at vocab 1024; Russian ~2.2,
+# its letters take two bytes each); used only to size things before the tokenizer exists.
+BYTES_PER_TOKEN = 2.3
+# Weights per token of the book at most: past this a small book gets memorised.
+MAX_PARAMS_PER_BOOK_TOKEN = 4.0
+HEAD_DIM = 32
+MIN_LAYERS, MAX_LAYERS = 2, 16
+SPEED_FILE = "machine-speed.json"
+
+
+@dataclass
+class MachineSpeed:
+    threads: int
+    fp32_gflops: float
+    bf16_gflops: float
+    device: str = "cpu"
+
+    @property
+    def precision(self) -> str:
+        # bf16 only where it is clearly faster (native bf16 units); otherwise fp32.
+        return "bf16" if self.bf16_gflops > 1.3 * self.fp32_gflops else "fp32"
+
+    @property
+    def gflops(self) -> float:
+        return max(self.fp32_gflops, self.bf16_gflops) if self.precision == "bf16" else self.fp32_gflops
+
+
+@dataclass
+class Plan:
+    model: ModelConfig
+    batch_size: int
+    seq_len: int
+    learning_rate: float
+    warmup_iters: int
+    min_lr_ratio: float
+    beta2: float
+    weight_decay: float
+    max_time: float
+    precision: str
+    expected_tokens_per_s: float
+    expected_tokens: float
+    epochs: float
+    parameters: int
+
+    def train_settings(self) -> dict:
+        """The training settings of this plan, as TrainConfig takes them."""
+        return {"batch_size": self.batch_size, "seq_len": self.seq_len, "learning_rate": self.learning_rate,
+                "warmup_iters": self.warmup_iters, "min_lr_ratio": self.min_lr_ratio, "beta2": self.beta2,
+                "weight_decay": self.weight_decay, "max_time": self.max_time, "schedule": "time"}
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["model"] = self.model.to_dict()
+        return d
+
+
+def _probe_rate(dtype: torch.dtype, seconds: float) -> float:
+    """GFLOP/s of the matmuls a small model's training step is made of."""
+    a = torch.randn(2048, 256, dtype=dtype)
+    b = torch.randn(256, 768, dtype=dtype)
+    torch.mm(a, b)  # warm-up: first call pays for kernel selection
+    flops, t0, n = 2 * 2048 * 256 * 768, time.perf_counter(), 0
+    while time.perf_counter() - t0 < seconds:
+        torch.mm(a, b)
+        n += 1
+    return flops * n / (time.perf_counter() - t0) / 1e9
+
+
+def measure_speed(threads: int, seconds: float = 1.0) -> MachineSpeed:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return MachineSpeed(threads=threads, fp32_gflops=round(_probe_rate(torch.float32, seconds), 2),
+                            bf16_gflops=round(_probe_rate(torch.bfloat16, seconds), 2))
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _machine_key(threads: int) -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return f"{cpu}|{os.cpu_count()}|{threads}|torch {torch.__version__}"
+
+
+def machine_speed(home, threads: int) -> MachineSpeed:
+    """This machine's speed at ``threads``, measured once and cached in the data folder."""
+    from .home import atomic_write_json
+    path = home / SPEED_FILE
+    key = _machine_key(threads)
+    try:
+        cache = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(cache, dict):
+            cache = {}
+    except (OSError, ValueError):
+        cache = {}
+    if isinstance(cache.get(key), dict):
+        try:
+            return MachineSpeed(**cache[key])
+        except TypeError:
+            pass
+    speed = measure_speed(threads)
+    cache[key] = asdict(speed)
+    atomic_write_json(path, cache)
+    return speed
+
+
+def shape_for_layers(layers: int, vocab_size: int, seq_len: int, tokenizer: str) -> ModelConfig:
+    """The depth dial: width 48 per layer (rounded to whole 32-wide heads), feed-forward 8/3 of it."""
+    d_model = max(64, int(round(48 * layers / HEAD_DIM)) * HEAD_DIM)
+    d_ff = max(128, int(round(d_model * 8 / 3 / 64)) * 64)
+    return ModelConfig(vocab_size=vocab_size, d_model=d_model, num_layers=layers, num_heads=d_model // HEAD_DIM,
+                       d_ff=d_ff, max_seq_len=seq_len, tokenizer=tokenizer)
+
+
+def _nonembedding(cfg: ModelConfig) -> int:
+    return count_parameters(cfg) - cfg.vocab_size * cfg.d_model
+
+
+def vocabulary_for(book_bytes: int) -> tuple[str, int]:
+    """A char tokenizer for tiny books (too little text to learn merges from); BPE otherwise,
+    its vocabulary growing with the text so that rare merges still have examples."""
+    if book_bytes < 20_000:
+        return "char", 512
+    if book_bytes < 2_000_000:
+        return "bpe", 1024
+    if book_bytes < 20_000_000:
+        return "bpe", 2048
+    return "bpe", 4096
+
+
+def plan(book_bytes: int, minutes: float, speed: MachineSpeed, memory_bytes: int | None = None) -> Plan:
+    """The shape and settings expected to give the lowest held-out loss after ``minutes`` of
+    training on ``book_bytes`` of text on a machine of ``speed``."""
+    seconds = max(1.0, float(minutes) * 60)
+    book_bytes = max(1, int(book_bytes))
+    tokenizer, vocab = vocabulary_for(book_bytes)
+    book_tokens = book_bytes / (1.0 if tokenizer == "char" else BYTES_PER_TOKEN)
+    budget_flops = speed.gflops * 1e9 * STEP_EFFICIENCY * seconds
+    if memory_bytes is None:
+        memory_bytes = 8 * 2**30
+    memory_cap = memory_bytes // 2  # leave the rest to the system, the data and the evaluations
+
+    best = None
+    for layers in range(MIN_LAYERS, MAX_LAYERS + 1):
+        seq_len = 128 if layers <= 5 else 256 if layers <= 9 else 512
+        cfg = shape_for_layers(layers, vocab, seq_len, tokenizer)
+        tokens = budget_flops / training_flops_per_token(cfg, seq_len)
+        # the anchored √compute rule: the weights this many tokens support
+        wanted = ANCHOR_NONEMB_PARAMS * math.sqrt(tokens / ANCHOR_TOKENS)
+        wanted = min(wanted, MAX_PARAMS_PER_BOOK_TOKEN * book_tokens)
+        batch = 16 if layers <= 5 else 32
+        while batch > 1 and estimate_training_memory(cfg, batch, seq_len) > memory_cap:
+            batch //= 2
+        if estimate_training_memory(cfg, batch, seq_len) > memory_cap:
+            break  # deeper shapes only need more
+        fit = abs(math.log(_nonembedding(cfg) / wanted))
+        if best is None or fit < best[0]:
+            best = (fit, cfg, batch, tokens)
+    if best is None:  # not even the smallest shape fits: the smallest at batch 1
+        cfg = shape_for_layers(MIN_LAYERS, vocab, 64, tokenizer)
+        best = (0.0, cfg, 1, budget_flops / training_flops_per_token(cfg, 64))
+    _, cfg, batch, tokens = best
+    seq_len = cfg.max_seq_len
+    # tiny books: a window no longer than a tenth of the text, so validation has windows too
+    while seq_len > 32 and seq_len * 10 > book_tokens:
+        seq_len //= 2
+    if seq_len != cfg.max_seq_len:
+        cfg = shape_for_layers(cfg.num_layers, vocab, seq_len, tokenizer)
+    steps = tokens / (batch * seq_len)
+    # learning rate: 3e-3 at P1's width, smaller for wider models (roughly 1/width)
+    lr = min(3e-3, max(6e-4, 3e-3 * 192 / cfg.d_model))
+    warmup = int(min(200, max(10, 0.03 * steps)))
+    cfg.validate()
+    return Plan(model=cfg, batch_size=batch, seq_len=seq_len, learning_rate=round(lr, 6), warmup_iters=warmup,
+                min_lr_ratio=0.05, beta2=0.99, weight_decay=0.1, max_time=seconds, precision=speed.precision,
+                expected_tokens_per_s=round(tokens / seconds, 1), expected_tokens=round(tokens),
+                epochs=round(tokens / book_tokens, 2), parameters=count_parameters(cfg))

@@ -1,0 +1,68 @@
+"""The auto-sizing rule: a valid shape that fits memory for any book and budget, and a cached probe."""
+
+import pytest
+
+from azr_trainer import autosize
+from azr_trainer.model import estimate_training_memory
+
+SLOW_CPU = autosize.MachineSpeed(threads=1, fp32_gflops=20.0, bf16_gflops=2.0)
+FAST_CPU = autosize.MachineSpeed(threads=8, fp32_gflops=600.0, bf16_gflops=1500.0)
+
+
+@pytest.mark.parametrize("book_bytes", [1_000, 30_000, 320_000, 5_000_000, 100_000_000])
+@pytest.mark.parametrize("minutes", [1, 10, 60, 24 * 60])
+@pytest.mark.parametrize("speed", [SLOW_CPU, FAST_CPU], ids=["slow", "fast"])
+def test_plan_is_valid_and_fits_memory(book_bytes, minutes, speed):
+    memory = 4 * 2**30
+    p = autosize.plan(book_bytes, minutes, speed, memory_bytes=memory)
+    p.model.validate()  # raises on an invalid shape
+    assert p.model.max_seq_len == p.seq_len and p.batch_size >= 1
+    assert estimate_training_memory(p.model, p.batch_size, p.seq_len) <= memory // 2
+    assert p.max_time == pytest.approx(minutes * 60)
+    assert 0 < p.learning_rate <= 3e-3 and p.warmup_iters >= 1
+    # a book is never much smaller than the model learning it
+    nonembedding = p.parameters - p.model.vocab_size * p.model.d_model
+    assert nonembedding <= max(autosize.MAX_PARAMS_PER_BOOK_TOKEN * book_bytes, 400_000)
+
+
+def test_more_time_or_a_faster_machine_never_means_a_smaller_model():
+    sizes = [autosize.plan(50_000_000, m, SLOW_CPU).parameters for m in (1, 5, 30, 240, 1440)]
+    assert sizes == sorted(sizes) and sizes[-1] > 3 * sizes[0]
+    assert autosize.plan(50_000_000, 30, FAST_CPU).parameters > autosize.plan(50_000_000, 30, SLOW_CPU).parameters
+
+
+def test_small_books_get_small_models_and_short_windows():
+    tiny = autosize.plan(2_000, 60, FAST_CPU)
+    assert tiny.model.tokenizer == "char" and tiny.seq_len * 10 <= 2_000 * 2
+    big = autosize.plan(100_000_000, 60, FAST_CPU)
+    assert big.model.tokenizer == "bpe" and big.parameters > 5 * tiny.parameters
+
+
+def test_little_memory_shrinks_the_batch_or_the_model():
+    roomy = autosize.plan(100_000_000, 1440, FAST_CPU, memory_bytes=64 * 2**30)
+    tight = autosize.plan(100_000_000, 1440, FAST_CPU, memory_bytes=256 * 2**20)
+    assert estimate_training_memory(tight.model, tight.batch_size, tight.seq_len) <= 128 * 2**20
+    assert (tight.parameters, tight.batch_size) < (roomy.parameters, roomy.batch_size)
+
+
+def test_precision_follows_the_measurement():
+    assert SLOW_CPU.precision == "fp32" and FAST_CPU.precision == "bf16"
+
+
+def test_machine_speed_is_measured_once_and_cached(tmp_path, monkeypatch):
+    calls = []
+    real = autosize.measure_speed
+
+    def counting(threads, seconds=1.0):
+        calls.append(threads)
+        return real(threads, seconds=0.05)
+
+    monkeypatch.setattr(autosize, "measure_speed", counting)
+    first = autosize.machine_speed(tmp_path, 1)
+    second = autosize.machine_speed(tmp_path, 1)
+    assert calls == [1] and first == second and first.fp32_gflops > 0
+    autosize.machine_speed(tmp_path, 2)  # another thread count is another measurement
+    assert calls == [1, 2]
+    (tmp_path / autosize.SPEED_FILE).write_text("not json", encoding="utf-8")
+    assert autosize.machine_speed(tmp_path, 1).fp32_gflops > 0  # a damaged cache is measured again
+    assert calls == [1, 2, 1]
