@@ -225,6 +225,8 @@ def test_output_rules():
     ("def f(x):\n    return ('{0.' + '__class__}').format(x)", "string literal only"),
     ("def f(x):\n    return list(map(str.format, ['{0.__class__}'], [x]))", "string literal only"),
     ("def f(x):\n    return '{a.__class__}'.format_map", "format field"),
+    ("def f(x):\n    match '{0.__class__.__mro__}':\n        case str(format=fm):\n            return fm(x)",
+     "string literal only"),
     ("import string\ndef f():\n    return string.Formatter().vformat('{0.__class__}', [1], {})",
      "'string.Formatter' is not allowed"),
     ("import string as s\ndef f():\n    return s.Template('$x').substitute(x=1)", "'string.Template' is not allowed"),

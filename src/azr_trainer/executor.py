@@ -276,6 +276,8 @@ def check_program(code: str) -> str | None:
             for attr in node.kwd_attrs:
                 if attr.startswith(_FORBIDDEN_ATTR_PREFIXES):
                     return f"forbidden attribute '{attr}'"
+                if attr in _FORMAT_METHODS:  # `case str(format=fm)` binds any string's format
+                    return f"'.{attr}' is allowed on a string literal only"
         elif isinstance(node, (ast.FunctionDef, ast.Lambda)):
             a = node.args
             for arg in a.posonlyargs + a.args + a.kwonlyargs + [a.vararg, a.kwarg]:
