@@ -500,6 +500,7 @@ def test_sandbox_features_report(features):
         assert isinstance(features[key], bool)
     if os.geteuid() == 0:  # what this (root) machine allows; elsewhere they degrade
         assert features["network_namespace"] and features["network_blocked"] and features["uid_drop"]
+        assert features["ipc_namespace_per_child"]
     if features["network_namespace"] or features["seccomp"]:
         assert features["probe"]["network_unreachable"] and features["network_blocked"]
 

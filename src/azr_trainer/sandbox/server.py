@@ -301,7 +301,8 @@ def _setup_sandbox(base: str, server_pid: int, flags: tuple[str, ...] = ()) -> _
     gc.freeze()  # fewer copy-on-write faults after fork
     server_ipc = os.readlink("/proc/self/ns/ipc")
     seen = _probe(sb)
-    if seen is None and sb.child_unshare:
+    unshare = sb.child_unshare
+    if seen is None and unshare:
         sb.child_unshare = 0
         seen = _probe(sb)
     if seen is None and sb.uid is not None:
@@ -310,6 +311,11 @@ def _setup_sandbox(base: str, server_pid: int, flags: tuple[str, ...] = ()) -> _
     if seen is None and sb.seccomp is not None:
         sb.seccomp = None
         seen = _probe(sb)
+    if unshare and not sb.child_unshare and seen is not None:  # dropped first: was it the cause?
+        sb.child_unshare = unshare
+        again = _probe(sb)
+        sb.child_unshare = unshare if again is not None else 0
+        seen = again or seen
     seen = seen or {}
     f = sb.features
     f["probe"] = seen
