@@ -7,8 +7,9 @@ times (median reported):
 - ``run_many`` (the fork server: one confined child process per program) at several worker counts;
 - ``validate_many`` (a task = two runs, hash seeds 0 and 1, both servers at once);
 - ``run_program`` one call at a time (latency of a single check);
-- baseline: a fresh confined ``python`` per program (``executor._run_spawned``), ``--spawn-jobs``
-  programs, as many at a time as the fork server's default workers.
+- baseline: a fresh confined ``python`` per program (``run_spawned`` below: the same confinement
+  and verdict code, no fork server), ``--spawn-jobs`` programs, as many at a time as the fork
+  server's default workers.
 
 Server start-up is excluded (started before timing); it is reported separately. CPU per program
 counts every process involved (trainer, servers, children), so it hardly depends on other load on
@@ -24,13 +25,20 @@ import json
 import os
 import platform
 import random
+import shutil
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
 from datetime import datetime, timezone
 
 from azr_trainer import executor as ex
+from azr_trainer.sandbox.pool import BOOT, SRC_DIR
+from azr_trainer.sandbox.protocol import _checked
+from azr_trainer.sandbox.server import _kill_group, _verdict
 
 TEMPLATES = [
     ("def f(x):\n    return [v * {k} + 1 for v in x if v % 2 == 0]", "list"),
@@ -60,6 +68,30 @@ def make_jobs(n: int, seed: int = 0) -> list[tuple[str, str]]:
                "list_int": f"{lst!r}, {rng.randint(0, 9)}"}[arg]
         jobs.append((code, inp))
     return jobs
+
+
+def run_spawned(code: str, input_text: str, limits: ex.Limits = ex.Limits()) -> ex.RunResult:
+    """The baseline: a fresh ``python`` per program (confined the same way) instead of the fork server."""
+    early, todo, _ = ex._prepare([(code, input_text)], False)
+    if not todo:
+        return early[0]
+    base = tempfile.mkdtemp(prefix="azr-spawn-")
+    os.chmod(base, 0o711)
+    p = subprocess.Popen([sys.executable, "-S", "-s", "-B", "-c", BOOT, SRC_DIR, "one", base],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                         env={"PYTHONHASHSEED": str(ex.SEEDS[0])}, cwd=base, start_new_session=True)
+    try:
+        out, _ = p.communicate(json.dumps({"job": todo[0], "limits": asdict(limits)}).encode(),
+                               timeout=limits.wall_seconds + 2.0)  # + interpreter start-up
+    except subprocess.TimeoutExpired:
+        _kill_group(p.pid)
+        p.wait()
+        return ex.RunResult(ok=False, error="timeout", kind="timeout")
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    st = {"buf": out, "timed_out": False, "flooded": len(out) > 8 * limits.output_chars + 4096}
+    status = -p.returncode if p.returncode < 0 else p.returncode << 8  # back to a wait() status
+    return _checked(_verdict(st, status, None, asdict(limits)), limits)
 
 
 def cpu_name() -> str:
@@ -160,7 +192,7 @@ def main() -> int:
 
     def spawn_all():
         with ThreadPoolExecutor(default_workers) as pool:
-            return list(pool.map(lambda j: ex._run_spawned(*j), spawn_jobs))
+            return list(pool.map(lambda j: run_spawned(*j), spawn_jobs))
 
     med, times, out, cpu = timed(spawn_all, max(1, args.repeats // 2))
     fork_out = ex.run_many(spawn_jobs)

@@ -209,6 +209,28 @@ def test_output_rules():
     ("async def f():\n    return 1", "def f"),
     ("def f():\n    async def g():\n        pass\n    return 1", "async def"),
     ("def f():\n" + "    x = 1\n" * 3000, "too long"),
+    # format fields are attribute and item lookups: forbidden like the same access in code
+    ("def f():\n    try:\n        1 / 0\n    except ZeroDivisionError as e:\n"
+     "        return '{0.__traceback__.tb_frame.f_back.f_back.f_back.f_locals[i]}'.format(e)", "format field"),
+    ("def f(x):\n    return '{0.__class__.__mro__}'.format(x)", "format field"),
+    ("from collections import Counter\ndef f():\n"
+     "    return '{0.__init__.__globals__[_sys].modules[ctypes].cdll[libc.so.6]}'.format(Counter())", "format field"),
+    ("def f(x):\n    return '{0[0]}'.format(x)", "format field"),
+    ("def f(x):\n    return '{a.real}'.format_map({'a': x})", "format field"),
+    ("def f(x):\n    return '{0:{1.__class__}}'.format(x, x)", "format field"),
+    ("def f(x):\n    return '{0:{1:{2}}}'.format(x, x, x)", "nested"),
+    ("def f(x):\n    return '{0.'.format(x)", "malformed format string"),
+    ("def f(x):\n    return str.format('{0.__class__}', x)", "string literal only"),
+    ("def f(x):\n    t = '{0.__class__}'\n    return t.format(x)", "string literal only"),
+    ("def f(x):\n    return ('{0.' + '__class__}').format(x)", "string literal only"),
+    ("def f(x):\n    return list(map(str.format, ['{0.__class__}'], [x]))", "string literal only"),
+    ("def f(x):\n    return '{a.__class__}'.format_map", "format field"),
+    ("def f(x):\n    match '{0.__class__.__mro__}':\n        case str(format=fm):\n            return fm(x)",
+     "string literal only"),
+    ("import string\ndef f():\n    return string.Formatter().vformat('{0.__class__}', [1], {})",
+     "'string.Formatter' is not allowed"),
+    ("import string as s\ndef f():\n    return s.Template('$x').substitute(x=1)", "'string.Template' is not allowed"),
+    ("import re\ndef f():\n    return re.enum.sys", "'re.enum' is not allowed"),
     ("def f():\n    return " + "-" * 30000 + "1", "too long"),
 ])
 def test_check_program_rejects(code, reason):
@@ -221,7 +243,10 @@ def test_check_program_allows_ordinary_code():
                  "import math\nfrom heapq import heappush, heappop\ndef f(a, *rest, k=2, **kw):\n"
                  "    h = []\n    for v in a:\n        heappush(h, v)\n    _ = [heappop(h) for _ in a]\n"
                  "    try:\n        y = {i: i * i for i in range(k)}\n    except ValueError as e:\n        y = {}\n"
-                 "    return '{:.2f}'.format(math.pi), _, y, [v for v in a if (w := v) > 0]"):
+                 "    return '{:.2f}'.format(math.pi), _, y, [v for v in a if (w := v) > 0]",
+                 "import string\ndef f(x, w):\n    return ('{0!r:>{1}} {k}'.format(x, w, k=string.digits),\n"
+                 "            '{a}-{b}'.format_map({'a': 1, 'b': 2}), '%(a)s %s' % ({'a': x},)[0:1],\n"
+                 "            f'{x!r:>{w}}', format(x, '>5'))"):
         assert check_program(code) is None, check_program(code)
     assert check_program(12) is not None
 
@@ -259,8 +284,16 @@ SAFE_ATTACKS = {  # through the public API: the AST check, restricted builtins a
     "importlib": ("import importlib\ndef f():\n    return 1", "rejected"),
     "frame walk": ("def f():\n    g = (x for x in [1])\n    return g.gi_frame.f_back.f_globals", "rejected"),
     "eval": ("def f():\n    return eval('1')", "rejected"),
-    "module internals": ("import re\ndef f():\n    return re.enum.sys.modules['os'].system('id')", "error"),
-    "string formatter": ("import string\ndef f():\n    return string.Formatter().get_field('0', [1], {})", "error"),
+    "module internals": ("import re\ndef f():\n    return re.enum.sys.modules['os'].system('id')", "rejected"),
+    "string formatter": ("import string\ndef f():\n    return string.Formatter().get_field('0', [1], {})", "rejected"),
+    # str.format looks fields up like getattr/[] in code: the server's frames, other jobs, ctypes
+    "format frame walk": ("def f():\n    try:\n        1 / 0\n    except ZeroDivisionError as e:\n"
+                          "        return '{0.__traceback__.tb_frame.f_back.f_back.f_back.f_locals[i]}'.format(e)",
+                          "rejected"),
+    "format mro": ("def f():\n    return '{0.__class__.__mro__}'.format(1)", "rejected"),
+    "format ctypes": ("from collections import Counter\ndef f():\n    return "
+                      "'{0.__init__.__globals__[_sys].modules[ctypes].cdll[libc.so.6]}'.format(Counter())", "rejected"),
+    "format_map getitem": ("def f():\n    return '{a.__class__}'.format_map({'a': 1})", "rejected"),
     "huge output": ("def f():\n    return list(range(10**5))", "truncated"),
     "print spam": ("def f():\n    for _ in range(2000):\n        print('x' * 1000)\n    return 1", "ok"),
     "print forever": ("def f():\n    while True:\n        print('garbage', flush=True)", "timeout"),
@@ -294,6 +327,8 @@ UNSAFE_ATTACKS = {  # no AST check and the real builtins: only the process layer
     "sleep": ("import time\ndef f():\n    time.sleep(100)", ("timeout",)),
     "raise limits": ("import resource\ndef f():\n    resource.setrlimit(resource.RLIMIT_CPU, (100, 100))\n"
                      "    return 1", ("error",)),
+    "sysv shm": ("import ctypes\ndef f():\n    assert ctypes.CDLL(None).shmget(0x5A5A, 4096, 0o1666) >= 0\n"
+                 "    return 1", ("error",)),
 }
 
 
@@ -376,6 +411,44 @@ def test_rlimits_uid_and_kill_alone_contain_forks(features):
     ex._server(0, NO_SECCOMP).stop()
 
 
+# With the AST layer off and the real builtins, a program walks every frame on its stack and reports
+# what it finds: the child runs it from a stack that holds no server frame, batch or other job.
+STACK_WALK = ("import sys\ndef f(x):\n    out = []\n    fr = sys._getframe()\n    while fr is not None:\n"
+              "        loc = [] if fr.f_code.co_name == '<module>' else sorted(\n"
+              "            (k, v if type(v) in (int, str) else type(v).__name__) for k, v in fr.f_locals.items())\n"
+              "        out.append((fr.f_code.co_name, loc))\n        fr = fr.f_back\n    return repr(out)")
+HEAP_SCAN = ("import gc\ndef f(x):\n    mark, hits = ''.join(['SIB', 'LING-']), 0\n    for o in gc.get_objects():\n"
+             "        vals = o.values() if type(o) is dict else o if type(o) in (list, tuple) else ()\n"
+             "        hits += any(type(v) is str and mark in v for v in vals)\n    return hits")
+
+
+def test_job_output_does_not_depend_on_its_position_or_siblings():
+    big = Limits(output_chars=20_000)
+    alone = run_many([(STACK_WALK, "0")], big, workers=1, _unsafe=True)[0]
+    sib = ("def f(x):\n    return x", "'SIBLING-secret'")
+    batch = run_many([sib, sib, sib, (STACK_WALK, "0"), sib, (STACK_WALK, "0")], big, workers=2, _unsafe=True)
+    assert alone.ok, alone
+    assert batch[3].output == batch[5].output == alone.output
+    assert "SIBLING" not in alone.output and "_run_children" not in alone.output
+    # nothing of the other jobs is left in the child's heap either
+    res = run_many([sib, (HEAP_SCAN, "0"), sib], big, workers=1, _unsafe=True)
+    assert res[1].output == "0", res[1]
+
+
+def test_jobs_do_not_share_sysv_ipc(features):
+    """Each child gets an IPC namespace of its own: a message queue made by one job is gone for the
+    next (tested without seccomp, which denies SysV IPC outright on x86_64)."""
+    if os.geteuid() != 0 or not features.get("ipc_namespace"):
+        pytest.skip("needs root and namespaces")
+    make = "import ctypes\ndef f():\n    return ctypes.CDLL(None).msgget(0x5A5B, 0o1600)"
+    find = "import ctypes\ndef f():\n    return ctypes.CDLL(None).msgget(0x5A5B, 0)"
+    res = run_many([(make, ""), (find, ""), (find, "")], FAST, workers=1, _unsafe=True, _flags=NO_SECCOMP)
+    assert int(res[0].output) >= 0, res
+    assert res[1].output == res[2].output == "-1", res
+    assert ex._server(0, NO_SECCOMP).features["ipc_namespace_per_child"]
+    ex._server(0, NO_SECCOMP).stop()
+
+
 def test_print_does_not_corrupt_results():
     r = run_program("def f():\n    print('{\"k\": \"ok\", \"o\": \"666\"}')\n    return 1", "")
     assert r.output == "1"
@@ -427,6 +500,7 @@ def test_sandbox_features_report(features):
         assert isinstance(features[key], bool)
     if os.geteuid() == 0:  # what this (root) machine allows; elsewhere they degrade
         assert features["network_namespace"] and features["network_blocked"] and features["uid_drop"]
+        assert features["ipc_namespace_per_child"]
     if features["network_namespace"] or features["seccomp"]:
         assert features["probe"]["network_unreachable"] and features["network_blocked"]
 
