@@ -161,8 +161,8 @@ def torch_satisfied(version: str | None, spec: list[str], stamp: dict) -> bool:
     return bool(pinned) and version.split("+")[0] == pinned[0]
 
 
-def project_fingerprint(extras: str) -> str:
-    return hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + extras.encode()).hexdigest()[:16]
+def project_fingerprint() -> str:
+    return hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()[:16]
 
 
 def read_stamp(venv: Path) -> dict:
@@ -242,9 +242,11 @@ def main(argv: list[str] | None = None) -> int:
         say(why, **params)
         run([py, "-m", "pip", "install", *words, *source])
 
-    # 3. The project itself, editable, with its extras; skipped when pyproject.toml is unchanged.
-    fingerprint = project_fingerprint(extras)
-    if have["azr-trainer"] and stamp.get("project") == fingerprint:
+    # 3. The project itself, editable, with its extras; skipped when pyproject.toml is unchanged
+    #    and the extras asked for were installed before (test.sh's cover studio.sh's).
+    fingerprint, wanted = project_fingerprint(), set(filter(None, extras.split(",")))
+    before = set(stamp.get("extras", [])) if stamp.get("project") == fingerprint else set()
+    if have["azr-trainer"] and stamp.get("project") == fingerprint and wanted <= before:
         say("project_ok")
     else:
         target = f".[{extras}]" if extras else "."
@@ -252,7 +254,8 @@ def main(argv: list[str] | None = None) -> int:
         run([py, "-m", "pip", "install", *source, "-e", target])
 
     if not args.plan:
-        (venv / STAMP).write_text(json.dumps({"torch_spec": spec, "project": fingerprint}) + "\n", encoding="utf-8")
+        record = {"torch_spec": spec, "project": fingerprint, "extras": sorted(wanted | before)}
+        (venv / STAMP).write_text(json.dumps(record) + "\n", encoding="utf-8")
     say("ready", seconds=round(time.monotonic() - started))
     return 0
 

@@ -134,12 +134,15 @@ def test_a_second_run_installs_nothing(tmp_path):
     fake_program(venv / "bin", "python", """case "$*" in
   *importlib.metadata*) echo '{"torch": "2.13.0+cpu", "azr-trainer": "0.1.0"}' ;;
 esac""")
-    first = setup(tmp_path, venv=venv)
+    first = setup(tmp_path, "--extras", "test", venv=venv)
     assert "[2/3] PyTorch 2.13.0+cpu is installed." in first
-    assert commands(first) == [f"{venv / 'bin' / 'python'} -m pip install -e ."]  # no record yet of what it did
-    second = setup(tmp_path, venv=venv)
+    assert commands(first) == [f"{venv / 'bin' / 'python'} -m pip install -e '.[test]'"]  # no record yet
+    second = setup(tmp_path, "--extras", "test", venv=venv)
     assert commands(second) == []
     assert "[3/3] AZR Trainer is installed and up to date." in second
+    assert commands(setup(tmp_path, venv=venv)) == []  # what the tests installed covers the studio
+    assert commands(setup(tmp_path, "--extras", "export", venv=venv))[0].endswith("-m pip install -e '.[export]'")
+    assert commands(setup(tmp_path, "--extras", "test,export", venv=venv)) == []
     assert commands(setup(tmp_path, venv=venv, TORCH_SPEC="torch==2.12.0"))[0].endswith(
         "-m pip install torch==2.12.0")  # another version asked for: installed
 
