@@ -32,6 +32,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -97,11 +98,20 @@ def reachable(index: str) -> bool:
     itself would retry an unreachable index for minutes)."""
     if index.startswith("file:"):
         return Path(urllib.request.url2pathname(index[5:].removeprefix("//"))).is_dir()
-    try:
-        with urllib.request.urlopen(index.rstrip("/") + "/torch/", timeout=PROBE_TIMEOUT_S) as r:
-            return r.status == 200
-    except (OSError, ValueError):  # URLError, HTTPError, timeouts are all OSErrors
-        return False
+    answer = []
+
+    def probe():
+        try:
+            with urllib.request.urlopen(index.rstrip("/") + "/torch/", timeout=PROBE_TIMEOUT_S) as r:
+                answer.append(r.status == 200)
+        except (OSError, ValueError):  # URLError, HTTPError, timeouts are all OSErrors
+            answer.append(False)
+
+    # In a thread: the socket timeout does not cover a name lookup that hangs.
+    worker = threading.Thread(target=probe, daemon=True)
+    worker.start()
+    worker.join(PROBE_TIMEOUT_S + 1)
+    return bool(answer and answer[0])
 
 
 def choose_torch(plat: str, offline: str | None) -> tuple[list[str], str, dict]:

@@ -77,6 +77,39 @@ def test_where_pytorchs_index_cannot_be_reached_the_plain_package_is_installed(t
 
 
 @posix_only
+def test_the_cpu_index_is_asked_over_http_once(tmp_path):
+    import functools
+    import http.server
+
+    site = tmp_path / "site"
+    (site / "whl" / "cpu" / "torch").mkdir(parents=True)
+    (site / "whl" / "cpu" / "torch" / "index.html").write_text("<a>torch</a>")
+    (site / "whl" / "empty").mkdir()
+    requests = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def do_GET(self):
+            requests.append(self.path)
+            super().do_GET()
+
+        def log_message(self, *args):
+            pass
+
+    handler = functools.partial(Handler, directory=str(site))
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as httpd:
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        base = f"http://127.0.0.1:{httpd.server_address[1]}/whl"
+        try:
+            found = setup(tmp_path, "--print-plan", AZR_TORCH_CPU_INDEX=f"{base}/cpu")
+            missing = setup(tmp_path, "--print-plan", AZR_TORCH_CPU_INDEX=f"{base}/empty")
+        finally:
+            httpd.shutdown()
+    assert torch_command(found).endswith(f"install {TORCH} --extra-index-url {base}/cpu")
+    assert torch_command(missing).endswith(f"install {TORCH}")  # the page for torch answers 404
+    assert requests == ["/whl/cpu/torch/", "/whl/empty/torch/"]
+
+
+@posix_only
 def test_an_nvidia_gpu_gets_the_default_cuda_build(tmp_path):
     lines = setup(tmp_path, "--print-plan", gpu=True)
     assert torch_command(lines).endswith(f"-m pip install {TORCH}")
