@@ -24,7 +24,7 @@ from pathlib import Path
 
 import charset_normalizer
 
-from .home import Conflict, NotFound, UserError, atomic_write_json, fsync_dir, read_json, validate_name
+from .home import Conflict, NotFound, UserError, atomic_write_json, check_new_name, fsync_dir, read_json, validate_name
 
 CHUNK_SIZE = 4 * 1024 * 1024  # bytes read and decoded at a time
 SAMPLE_SIZE = 2 * 1024 * 1024  # bytes from the start of the file used to detect the encoding
@@ -397,6 +397,7 @@ def add_book(
     final = books / name
     if final.exists() and not overwrite:
         raise _conflict(name)
+    check_new_name(books, name)
 
     size = source.stat().st_size
     if size == 0:

@@ -465,8 +465,12 @@ def cmd_generate(args, home):
 
 def cmd_serve(args, home):
     from .server import serve
+    token = args.token
+    if args.open:
+        from .opener import open_when_listening
+        token = open_when_listening(args.host, args.port, token)
     serve(host=args.host, port=args.port, home=home, max_runs=args.max_runs, max_upload_mb=args.max_upload_mb,
-          token=args.token)
+          token=token)
 
 
 # ---- parser --------------------------------------------------------------------------------
@@ -688,6 +692,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-runs", type=int, default=1, help="training runs at once; the others wait in a queue")
     s.add_argument("--max-upload-mb", type=float, default=200, help="largest upload accepted, in MiB")
     s.add_argument("--token", help="access token to require (default: made up when --host is not loopback)")
+    s.add_argument("--open", action="store_true", help="open the studio in the web browser once it is up")
     s.set_defaults(func=cmd_serve)
     return p
 

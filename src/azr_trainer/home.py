@@ -21,6 +21,7 @@ import json
 import os
 import re
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -48,17 +49,51 @@ def home_dir(explicit: str | os.PathLike | None = None) -> Path:
     return path
 
 
+# Device names Windows reserves in every folder, with or without an extension ("con.txt").
+_WINDOWS_DEVICES = {"CON", "PRN", "AUX", "NUL", *(f"{port}{n}" for port in ("COM", "LPT") for n in "123456789¹²³")}
+# Windows refuses a path of 260 characters or more (unless long paths are switched on). The
+# deepest file an item holds, e.g. checkpoints/selfplay/<run>/ plus a step file's temp name,
+# stays within this many characters after the item's own folder.
+WINDOWS_MAX_PATH = 259
+DEEPEST_INSIDE = 90
+
+
 def validate_name(name: str, what: str = "name") -> str:
     """Names become folder names, so they must be safe on every OS. (``what`` is kept for the
     callers; the messages are the same for books and models.)"""
     if not isinstance(name, str) or not name.strip():
         raise UserError("name.empty")
     name = name.strip()
-    if ".." in name or "/" in name or "\\" in name or not _NAME_RE.match(name) or name.endswith((".", " ")):
+    if name.endswith("."):  # Windows drops trailing dots: "book." would become "book"
+        raise UserError("name.trailing_dot", name=name)
+    if ".." in name or "/" in name or "\\" in name or not _NAME_RE.match(name):
         raise UserError("name.invalid", name=name)
-    if name.upper().split(".")[0] in {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(10)), *(f"LPT{i}" for i in range(10))}:
+    if name.split(".")[0].rstrip(" ").upper() in _WINDOWS_DEVICES:
         raise UserError("name.reserved", name=name)
     return name
+
+
+def name_taken_ignoring_case(folder: Path, name: str) -> str | None:
+    """The name of an entry in ``folder`` that differs from ``name`` only in letter case (Windows
+    and macOS would take them for one folder), or None."""
+    key = name.casefold()
+    try:
+        entries = [e.name for e in os.scandir(folder)]
+    except FileNotFoundError:
+        return None
+    return next((e for e in entries if e != name and e.casefold() == key), None)
+
+
+def check_new_name(folder: Path, name: str) -> None:
+    """Refuse a new book's or model's ``name`` in ``folder`` that only Linux could hold: one that
+    differs only in case from an existing one, or one whose files would pass Windows' path limit
+    (checked everywhere, so a data folder works wherever it is copied)."""
+    other = name_taken_ignoring_case(folder, name)
+    if other is not None:
+        raise Conflict("name.case_taken", name=name, other=other)
+    base = len(os.path.abspath(folder)) + 1
+    if base + len(name) + DEEPEST_INSIDE > WINDOWS_MAX_PATH:
+        raise UserError("name.path_too_long", name=name, room=max(0, WINDOWS_MAX_PATH - DEEPEST_INSIDE - base))
 
 
 def fsync_dir(path: Path) -> None:
@@ -70,6 +105,20 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def replace(src: str | os.PathLike, dst: str | os.PathLike, *, attempts: int = 5, pause_s: float = 0.1) -> None:
+    """os.replace, tried again a few times on PermissionError: on Windows it fails while another
+    program (a virus scanner, the indexer, a reader of the old file) has ``dst`` open, which
+    lasts moments. Elsewhere a PermissionError is lasting and comes back after the last try."""
+    for attempt in range(attempts):
+        try:
+            os.replace(src, dst)
+            return
+        except PermissionError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(pause_s * (attempt + 1))
 
 
 @contextmanager
@@ -84,7 +133,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
         yield Path(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        replace(tmp, path)
         fsync_dir(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .checkpoint import list_step_checkpoints
-from .home import Conflict, NotFound, UserError, atomic_write_json, read_json, validate_name
+from .home import Conflict, NotFound, UserError, atomic_write_json, check_new_name, read_json, validate_name
 from .model import ModelConfig, count_parameters, estimate_training_memory
 
 
@@ -56,6 +56,7 @@ def create_model(home: Path, name: str, cfg: ModelConfig, *, max_memory: int | N
     if d.exists():
         raise Conflict(f"A model named '{name}' already exists. Choose another name or delete it "
                        f"(azr models delete {name}).")
+    check_new_name(home / "models", name)
     if max_memory is not None:
         need = estimate_training_memory(cfg, batch_size=1)
         if need > max_memory:
