@@ -35,8 +35,11 @@ def safe_load(path: Path | io.BytesIO) -> dict:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise UserError("input.model_missing_file", path=path) from None
-    except pickle.UnpicklingError:  # objects beyond tensors and plain data: never unpickled
-        raise UserError("input.model_unsafe", path=path) from None
+    except pickle.UnpicklingError as e:
+        # A global (a class or function: what runs code when unpickled) is refused, never loaded;
+        # anything else the unpickler refused is bytes that are not a pickle at all.
+        unsafe = any(word in str(e) for word in ("GLOBAL", "allowlisted", "add_safe_globals"))
+        raise UserError("input.model_unsafe" if unsafe else "input.model_unreadable", path=path) from None
     except Exception:  # truncated zip, damaged records, not a torch file at all
         raise UserError("input.model_unreadable", path=path) from None
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:

@@ -64,7 +64,7 @@ def home_dir(explicit: str | os.PathLike | None = None) -> Path:
 TMP_DIR = ".tmp"  # $AZR_HOME/.tmp: uploads and downloads in progress
 TMP_PREFIX = ".tmp-"  # books/.tmp-*, models/.tmp-*: a book or model being written (names cannot start with ".")
 STALE_AFTER = 3600.0  # seconds untouched after which a temp entry with no owner in its name is abandoned
-_OWNER_RE = re.compile(r"-(\d+)-[0-9a-f]+$")
+_OWNER_RE = re.compile(r"-(\d+)-[0-9a-z_]+$")
 
 
 def owned_tmp_name(prefix: str) -> str:
