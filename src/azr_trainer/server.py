@@ -7,8 +7,11 @@ does not fight training for the cores. OpenAPI docs are at /docs.
 Safe defaults: it binds to loopback; bound to any other address it requires a token
 (printed at start) as ``Authorization: Bearer T``, ``?token=T`` (which also sets a cookie,
 so the page opened from the printed link keeps working) or that cookie. Without a token it
-answers only requests addressed to a loopback host name, and refuses cross-site writes,
-so a web page elsewhere cannot drive it through the browser. Request bodies are limited
+answers only requests addressed to a loopback host name, and only its own page: a request
+whose Origin is not the studio's own scheme, host and port, or that the browser marks as
+made by another site (Sec-Fetch-Site; GETs included, since an <img> can start a download),
+is refused, except a link that opens the page itself. So a web page elsewhere, or on
+another port of localhost, cannot drive it through the browser. Request bodies are limited
 (200 MiB by default). Names go through home.validate_name; files are served only from the
 web folder and from models' checkpoints. Errors are JSON ``{"detail": "..."}``: a
 UserError keeps its status (400/404/409), a malformed request is a 422 that says which
