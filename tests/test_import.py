@@ -220,7 +220,7 @@ def test_pt_from_elsewhere_is_validated_never_unpickled(source, tmp_path):
     dest = fresh_home(tmp_path)
     evil = tmp_path / "evil.pt"
     torch.save({"format": "azr-trainer", "format_version": 1, "payload": _Evil()}, evil)
-    with pytest.raises(UserError, match="not a readable AZR Trainer model file"):
+    with pytest.raises(UserError, match="not a model file this program can load safely"):
         import_model(dest, evil, "evil")
     raw = tmp_path / "raw.pt"
     raw.write_bytes(pickle.dumps(_Evil()))

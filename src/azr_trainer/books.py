@@ -15,7 +15,6 @@ import codecs
 import math
 import os
 import re
-import secrets
 import shutil
 import unicodedata
 from dataclasses import asdict, dataclass, fields
@@ -24,7 +23,8 @@ from pathlib import Path
 
 import charset_normalizer
 
-from .home import Conflict, NotFound, UserError, atomic_write_json, check_new_name, fsync_dir, read_json, validate_name
+from .home import (Conflict, NotFound, UserError, atomic_write_json, check_new_name, fsync_dir, owned_tmp_name,
+                   read_json, validate_name)
 
 CHUNK_SIZE = 4 * 1024 * 1024  # bytes read and decoded at a time
 SAMPLE_SIZE = 2 * 1024 * 1024  # bytes from the start of the file used to detect the encoding
@@ -225,18 +225,35 @@ def _read_sample(source: Path, size: int) -> bytes:
     return head[: cut + 1] if size > len(head) and cut > 0 else head
 
 
+# A chosen codec must give back exactly this text after a round trip fed a byte at a time,
+# as a book is: codecs that are not for files of text (idna: dot-separated labels of at most
+# 63 characters; punycode: whole strings only; undefined) fail it.
+_ROUND_TRIP = ("Chapter 1. The Book\n" + "word " * 20 + "\n" + "A line, with: punctuation; and (more) "
+               "\"quotes\" 100% [x] {y} <z> ~^_`|@#$&*+=/\\\n")
+
+
 def _lookup_user_codec(encoding: str) -> str:
+    shown = "".join(ch if ch.isprintable() else "?" for ch in encoding[:60])
     try:
         info = codecs.lookup(encoding)
-    except LookupError:
+    except (LookupError, ValueError, TypeError):  # ValueError: a NUL in the name
         info = None
     # _is_text_encoding is how CPython marks bytes-to-bytes codecs such as base64.
-    if info is None or not getattr(info, "_is_text_encoding", True):
-        raise UserError(
-            f"Unknown text encoding {encoding!r}. Examples of valid ones: utf-8, cp1251, koi8-r, cp866, "
-            "mac-cyrillic, utf-16, cp1252, latin-1. Or leave out --encoding to detect it."
-        )
+    if info is None or not getattr(info, "_is_text_encoding", True) or not _round_trips(info.name):
+        raise UserError("input.encoding_unknown", encoding=shown)
     return _canonical(encoding)
+
+
+def _round_trips(codec: str) -> bool:
+    try:
+        data = _ROUND_TRIP.encode(codec)
+        decoder = codecs.getincrementaldecoder(codec)()
+        text = "".join(decoder.decode(data[i:i + 1]) for i in range(len(data))) + decoder.decode(b"", final=True)
+        # Errors="replace" is how the binary check reads a sample: the codec must support it.
+        codecs.getincrementaldecoder(codec)(errors="replace").decode(data, final=True)
+    except Exception:  # noqa: BLE001 - whatever a codec raises, it cannot read books
+        return False
+    return text == _ROUND_TRIP
 
 
 _NUL_BYTES = "it contains NUL bytes; if it is UTF-16 text without a BOM, pass --encoding utf-16-le"
@@ -320,6 +337,8 @@ def _decode_to(source: Path, codec: str, detected: bool, out) -> _Stats:
                 text = pending + decoder.decode(chunk, final=final)
             except UnicodeDecodeError as e:
                 raise _decode_error(source, codec, detected, offset - buffered + e.start) from None
+            except (UnicodeError, ValueError):  # a codec that fails without saying where
+                raise UserError("input.encoding_failed", file=source.name, encoding=codec) from None
             offset += len(chunk)
             cut = len(text) if final else _safe_cut(text)
             pending = text[cut:]
@@ -358,7 +377,7 @@ def _book_dir(home: Path, name: str) -> Path:
 
 def _new_tmp_dir(books: Path) -> Path:
     # Not tempfile.mkdtemp: its 0700 mode would stay on the book folder after the rename.
-    path = books / f"{_TMP_PREFIX}{secrets.token_hex(8)}"
+    path = books / owned_tmp_name(_TMP_PREFIX)  # the owner's pid: see home.clean_leftovers
     path.mkdir()
     return path
 

@@ -10,13 +10,14 @@ training metadata. Writes are atomic: temp file, fsync, rename.
 from __future__ import annotations
 
 import io
+import pickle
 import re
 from pathlib import Path
 
 import torch
 
 from .home import UserError, atomic_write
-from .model import ModelConfig, Transformer
+from .model import ModelConfig, Transformer, count_parameters
 from .tokenizer import Tokenizer
 
 FORMAT = "azr-trainer"
@@ -33,33 +34,86 @@ def safe_load(path: Path | io.BytesIO) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise UserError(f"No such file: {path}.") from None
-    except Exception as e:  # truncated zip, tampered pickle, foreign objects: all refused the same way
-        raise UserError(f"{path} is not a readable AZR Trainer model file (damaged, truncated or not ours): "
-                        f"{str(e).splitlines()[0][:200]}") from None
+        raise UserError("input.model_missing_file", path=path) from None
+    except pickle.UnpicklingError as e:
+        # A global (a class or function: what runs code when unpickled) is refused, never loaded;
+        # anything else the unpickler refused is bytes that are not a pickle at all.
+        unsafe = any(word in str(e) for word in ("GLOBAL", "allowlisted", "add_safe_globals"))
+        raise UserError("input.model_unsafe" if unsafe else "input.model_unreadable", path=path) from None
+    except Exception:  # truncated zip, damaged records, not a torch file at all
+        raise UserError("input.model_unreadable", path=path) from None
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
-        raise UserError(f"{path} is not an AZR Trainer model file (no '{FORMAT}' marker).")
-    if int(obj.get("format_version", 0)) > FORMAT_VERSION:
-        raise UserError(f"{path} was written by a newer AZR Trainer (format {obj.get('format_version')}); upgrade to load it.")
+        raise UserError("input.model_not_ours", path=path)
+    try:
+        version = int(obj.get("format_version", 0))
+    except (TypeError, ValueError):
+        raise UserError("input.model_not_ours", path=path) from None
+    if version > FORMAT_VERSION:
+        raise UserError("input.model_newer", path=path, version=version)
     return obj
 
 
+_FLOATS = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def check_weights(cfg: ModelConfig, state) -> None:
+    """The file's weights against its config, before anything is allocated: every name, shape
+    and dtype, and that the numbers are really in the file. A small file whose config asks for
+    a huge model, or whose tensors are zero-stride views or share one storage, would otherwise
+    make build_model allocate the whole model before noticing."""
+    if not isinstance(state, dict):
+        raise UserError("input.model_incomplete", what="state_dict")
+    with torch.device("meta"):  # shapes only: nothing is allocated
+        expected = Transformer(cfg).state_dict()
+    for k in expected:
+        if k not in state:
+            raise UserError("input.model_missing_weight", tensor=k)
+    for k in state:
+        if k not in expected:
+            raise UserError("input.model_extra_weight", tensor=str(k)[:200])
+    storages: dict[int, int] = {}  # storage address → numbers it holds
+    for k, want in expected.items():
+        t = state[k]
+        if not torch.is_tensor(t) or t.layout != torch.strided or t.device.type != "cpu":
+            raise UserError("input.model_wrong_type", tensor=k, dtype=type(t).__name__)
+        if t.dtype not in _FLOATS:
+            raise UserError("input.model_wrong_type", tensor=k, dtype=str(t.dtype).removeprefix("torch."))
+        if tuple(t.shape) != tuple(want.shape):
+            raise UserError("input.model_wrong_shape", tensor=k, shape="×".join(map(str, t.shape)) or "()",
+                            expected="×".join(map(str, want.shape)))
+        storage = t.untyped_storage()
+        storages[storage.data_ptr()] = max(storages.get(storage.data_ptr(), 0), storage.nbytes() // t.element_size())
+    need = count_parameters(cfg)  # tied embeddings are one tensor, counted once
+    have = sum(storages.values())
+    if have < need:
+        raise UserError("input.model_hollow", have=have, need=need)
+
+
+def _check_memory(cfg: ModelConfig) -> None:
+    """Weights in fp32 and the rotary tables (max_seq_len × head_dim, twice) must fit in RAM:
+    a config may ask for a long context that a small file does not show."""
+    from .device import available_memory_bytes
+    need = 4 * (count_parameters(cfg) + 2 * cfg.max_seq_len * cfg.head_dim)
+    free = available_memory_bytes(torch.device("cpu"))
+    if free is not None and need > free:
+        raise UserError("input.model_memory", need_gib=round(need / 2**30, 1), free_gib=round(free / 2**30, 1))
+
+
 def build_model(obj: dict) -> tuple[Transformer, ModelConfig, Tokenizer]:
-    """Rebuild model and tokenizer from a loaded checkpoint or .pt, checking every tensor's shape."""
+    """Rebuild model and tokenizer from a loaded checkpoint or .pt, checking every tensor's
+    name, shape and dtype against the config before the model is built."""
+    for key in ("config", "tokenizer", "state_dict"):
+        if key not in obj:
+            raise UserError("input.model_incomplete", what=key)
     try:
         cfg = ModelConfig.from_dict(obj["config"]).validate()
         tokenizer = Tokenizer.from_json(obj["tokenizer"])
-        state = obj["state_dict"]
-    except (KeyError, TypeError) as e:
-        raise UserError(f"The model file is incomplete (missing {e}).") from None
+    except (KeyError, TypeError, AttributeError) as e:
+        raise UserError("input.model_incomplete", what=str(e)[:100]) from None
+    state = obj["state_dict"]
+    check_weights(cfg, state)
+    _check_memory(cfg)
     model = Transformer(cfg)
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    bad = [k for k in expected if k in state and (not torch.is_tensor(state[k]) or state[k].shape != expected[k].shape)]
-    if missing or unexpected or bad:
-        raise UserError("The model file does not match its own config "
-                        f"(missing {missing[:3]}, unexpected {unexpected[:3]}, wrong shape {bad[:3]}).")
     model.load_state_dict(state)
     return model, cfg, tokenizer
 

@@ -20,6 +20,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -45,7 +47,15 @@ def home_dir(explicit: str | os.PathLike | None = None) -> Path:
         path = Path.home() / DEFAULT_HOME_NAME
     path = path.expanduser().resolve()
     for sub in ("books", "models"):
-        (path / sub).mkdir(parents=True, exist_ok=True)
+        try:
+            (path / sub).mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):  # a file where a folder should be
+            where = next((p for p in (path / sub, *(path / sub).parents) if p.exists() and not p.is_dir()), path)
+            raise UserError("input.home_not_folder", path=path, where=where) from None
+        except PermissionError:
+            raise UserError("input.home_denied", path=path) from None
+        except OSError as e:  # a read-only disk, /proc, a name too long, ...
+            raise UserError("input.home_unusable", path=path, reason=e.strerror or type(e).__name__) from None
     return path
 
 
@@ -56,6 +66,75 @@ _WINDOWS_DEVICES = {"CON", "PRN", "AUX", "NUL", *(f"{port}{n}" for port in ("COM
 # stays within this many characters after the item's own folder.
 WINDOWS_MAX_PATH = 259
 DEEPEST_INSIDE = 90
+
+
+# ---- temporary files of live processes, and what a killed one left behind
+
+TMP_DIR = ".tmp"  # $AZR_HOME/.tmp: uploads and downloads in progress
+TMP_PREFIX = ".tmp-"  # books/.tmp-*, models/.tmp-*: a book or model being written (names cannot start with ".")
+STALE_AFTER = 3600.0  # seconds untouched after which a temp entry with no owner in its name is abandoned
+_OWNER_RE = re.compile(r"-(\d+)-[0-9a-z_]+$")
+
+
+def owned_tmp_name(prefix: str) -> str:
+    """A temp name that says which process made it (``<prefix><pid>-<random>``), so that
+    clean_leftovers can tell what a killed process left from what a live one is writing."""
+    return f"{prefix}{os.getpid()}-{secrets.token_hex(8)}"
+
+
+def process_alive(pid: int) -> bool:
+    if os.name != "posix":
+        return True  # no cheap check without extra packages: leave it to the age rule
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _last_change(path: Path) -> float:
+    newest = path.lstat().st_mtime
+    if path.is_dir() and not path.is_symlink():
+        for root, dirs, files in os.walk(path):
+            for name in dirs + files:
+                try:
+                    newest = max(newest, os.lstat(os.path.join(root, name)).st_mtime)
+                except OSError:
+                    pass
+    return newest
+
+
+def clean_leftovers(home: Path, *, now: float | None = None) -> list[Path]:
+    """Remove the temp entries (``.tmp/*``, ``books/.tmp-*``, ``models/.tmp-*``) that no live
+    process can be using: made by a process that is gone, or, for names without an owner,
+    untouched for STALE_AFTER seconds. Several studios and commands may share one data
+    folder, so entries of live processes are never removed. Returns what was removed."""
+    now = time.time() if now is None else now
+    candidates = []
+    if (home / TMP_DIR).is_dir():
+        candidates += list((home / TMP_DIR).iterdir())
+    for sub in ("books", "models"):
+        if (home / sub).is_dir():
+            candidates += [p for p in (home / sub).iterdir() if p.name.startswith(TMP_PREFIX)]
+    removed = []
+    for entry in candidates:
+        owner = _OWNER_RE.search(entry.name)
+        try:
+            if owner and int(owner.group(1)) != os.getpid():
+                stale = not process_alive(int(owner.group(1))) or now - _last_change(entry) > STALE_AFTER
+            else:
+                stale = not owner and now - _last_change(entry) > STALE_AFTER
+        except OSError:  # gone meanwhile
+            continue
+        if stale:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            removed.append(entry)
+    return removed
 
 
 def validate_name(name: str, what: str = "name") -> str:

@@ -33,8 +33,8 @@ import json
 import os
 import shutil
 import tempfile
-import uuid
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,7 +43,8 @@ import torch
 
 from . import store
 from .checkpoint import FORMAT, FORMAT_VERSION, atomic_torch_save, build_model, init_checkpoint, safe_load
-from .home import Conflict, UserError, atomic_write_json, fsync_dir, validate_name
+from .home import TMP_DIR, TMP_PREFIX, Conflict, UserError, atomic_write_json, fsync_dir, owned_tmp_name, \
+    validate_name
 from .model import ModelConfig, Transformer, count_parameters
 from .tokenizer import EOT, Tokenizer
 
@@ -185,7 +186,10 @@ def read_hf_folder(folder: Path, max_seq_len: int | None = None) -> Loaded:
     cfg, facts = config_from_hf(c, kind, max_seq_len)
     index = _read_json(folder / "model.safetensors.index.json")
     if index.get("weight_map"):  # sharded: exactly the files the index names
-        files = [folder / f for f in sorted(set(index["weight_map"].values()))]
+        names = sorted(set(map(str, index["weight_map"].values())))
+        if any(Path(n).name != n or n in (".", "..") for n in names):  # only files beside the index
+            raise UserError(f"{folder / 'model.safetensors.index.json'} names weight files outside its folder.")
+        files = [folder / n for n in names]
     elif (folder / "model.safetensors").exists():
         files = [folder / "model.safetensors"]  # not adapters or other extras that may sit beside it
     else:
@@ -193,6 +197,14 @@ def read_hf_folder(folder: Path, max_seq_len: int | None = None) -> Loaded:
     if not files:
         extra = " (only PyTorch .bin weights: convert them to safetensors first)" if list(folder.glob("*.bin")) else ""
         raise UserError(f"No .safetensors weights in {folder}{extra}.")
+    try:
+        size = sum(f.stat().st_size for f in files)
+    except OSError:
+        size = 0  # a missing shard: load_file says which
+    limit = weights_limit(cfg, len(files))
+    if size > limit:  # never read more than the config's shape can need
+        raise UserError("import.weights_too_big", path=folder, size_mib=_mib(size), limit_mib=_mib(limit))
+    _check_memory(cfg)
     tensors: dict[str, torch.Tensor] = {}
     for f in files:
         try:
@@ -359,22 +371,120 @@ def read_pt(path: Path | io.BytesIO, max_seq_len: int | None = None) -> Loaded:
     return Loaded(cfg, state, tok, source)
 
 
-def read_hf_zip(path: Path, max_seq_len: int | None = None) -> Loaded:
-    """The studio's HF download: a zip of the folder (files at the top level or in one folder)."""
-    with tempfile.TemporaryDirectory(prefix="azr-import-") as tmp:
-        with zipfile.ZipFile(path) as zf:
-            for info in zf.infolist():
-                name = Path(info.filename)
-                if info.is_dir() or name.is_absolute() or ".." in name.parts or len(name.parts) > 2:
-                    continue  # only plain files, never outside the temp folder
-                target = Path(tmp, *name.parts)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with zf.open(info) as src, open(target, "wb") as dst:
-                    shutil.copyfileobj(src, dst)
-        configs = list(Path(tmp).glob("config.json")) + list(Path(tmp).glob("*/config.json"))
-        if not configs:
-            raise UserError(f"{path} has no config.json; it is not a Hugging Face model zip.")
-        loaded = read_hf_folder(configs[0].parent, max_seq_len)
+MAX_CONFIG_BYTES = 1 << 20  # a config.json is a few KiB
+MAX_OTHER_BYTES = 256 << 20  # each file beside the weights (tokenizer.json of a 256k vocabulary is ~35 MB)
+_HEADER_SLACK = 16 << 20  # a safetensors file's own header, per file
+# Weights in formats this importer does not read: never unpacked.
+_UNREAD_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".onnx", ".gguf", ".pkl")
+
+
+def weights_limit(cfg: ModelConfig, files: int) -> int:
+    """The most bytes the safetensors files of a model of shape ``cfg`` can need: every weight
+    in fp32 (an untied copy of the embeddings too: some exports keep it), plus each file's header."""
+    return 4 * (count_parameters(cfg) + cfg.vocab_size * cfg.d_model) + _HEADER_SLACK * max(1, files)
+
+
+def _check_memory(cfg: ModelConfig) -> None:
+    """The import holds every weight in fp32: it must fit in the memory there is."""
+    from .device import available_memory_bytes
+    need = 4 * count_parameters(cfg)
+    free = available_memory_bytes(torch.device("cpu"))
+    if free is not None and need > free:
+        raise UserError("import.no_memory", need_gib=round(need / 2**30, 1), free_gib=round(free / 2**30, 1))
+
+
+def _mib(n: int) -> int:
+    return -(-n // (1 << 20))
+
+
+def _zip_plan(path: Path, zf: zipfile.ZipFile, max_seq_len: int | None) -> list[zipfile.ZipInfo]:
+    """The entries to unpack, after checking their declared sizes against the config (read
+    first, from the zip itself): weights no bigger than its shape can need, other files small."""
+    entries = []
+    for info in zf.infolist():
+        name = Path(info.filename)
+        if info.is_dir() or name.is_absolute() or ".." in name.parts or len(name.parts) > 2:
+            continue  # only plain files, never outside the temp folder
+        if name.name.lower().endswith(_UNREAD_SUFFIXES):
+            continue
+        entries.append(info)
+    configs = [i for i in entries if Path(i.filename).name == "config.json"]
+    if not configs:
+        raise UserError("import.zip_no_config", path=path)
+    config = min(configs, key=lambda i: len(Path(i.filename).parts))  # the top level's, else the folder's
+    folder = Path(config.filename).parent
+    entries = [i for i in entries if Path(i.filename).parent == folder]
+    if config.file_size > MAX_CONFIG_BYTES:
+        raise UserError("import.config_too_big", path=path, size_kib=-(-config.file_size // 1024))
+    try:
+        c = json.loads(_read_entry(zf, config, MAX_CONFIG_BYTES).decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UserError(f"config.json in {path} is not valid JSON ({e}).") from None
+    ours = next((i for i in entries if Path(i.filename).name == "azr_trainer.json"), None)
+    kind = "hf"
+    if ours is not None and ours.file_size <= MAX_CONFIG_BYTES:
+        try:
+            kind = json.loads(_read_entry(zf, ours, MAX_CONFIG_BYTES)).get("tokenizer_kind")
+        except (ValueError, AttributeError):
+            kind = "hf"
+        kind = kind if kind in ("bpe", "char") else "hf"
+    cfg, _ = config_from_hf(c if isinstance(c, dict) else {}, kind, max_seq_len)
+    cfg.validate()
+    weights = [i for i in entries if i.filename.endswith(".safetensors")]
+    limit = weights_limit(cfg, len(weights))
+    total = sum(i.file_size for i in weights)
+    if total > limit:
+        big = max(weights, key=lambda i: i.file_size)
+        raise UserError("import.zip_entry_too_big", entry=big.filename, size_mib=_mib(total), limit_mib=_mib(limit))
+    for i in entries:
+        if i not in weights and i.file_size > MAX_OTHER_BYTES:
+            raise UserError("import.zip_entry_too_big", entry=i.filename, size_mib=_mib(i.file_size),
+                            limit_mib=_mib(MAX_OTHER_BYTES))
+    _check_memory(cfg)
+    return entries
+
+
+def _read_entry(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int) -> bytes:
+    with zf.open(info) as src:
+        data = src.read(limit + 1)
+    if len(data) > info.file_size or len(data) > limit:
+        raise UserError("import.zip_entry_lies", entry=info.filename)
+    return data
+
+
+def _unpack(zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path) -> None:
+    """Copy one entry, stopping as soon as it gives more bytes than it declared."""
+    written = 0
+    with zf.open(info) as src, open(target, "wb") as dst:
+        while chunk := src.read(1 << 20):
+            written += len(chunk)
+            if written > info.file_size:
+                raise UserError("import.zip_entry_lies", entry=info.filename)
+            dst.write(chunk)
+
+
+def read_hf_zip(path: Path, max_seq_len: int | None = None, *, work_dir: Path | None = None) -> Loaded:
+    """The studio's HF download: a zip of the folder (files at the top level or in one folder).
+    Its config is read first and every entry's declared size checked against it and the free
+    disk space before anything is unpacked (into ``work_dir``, the system's temp folder by default)."""
+    if work_dir is not None:
+        work_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError):
+        raise UserError("import.zip_damaged", path=path) from None
+    with zf, tempfile.TemporaryDirectory(prefix=f"import-{os.getpid()}-", dir=work_dir) as tmp:  # see clean_leftovers
+        entries = _zip_plan(path, zf, max_seq_len)
+        need = sum(i.file_size for i in entries)
+        free = shutil.disk_usage(tmp).free
+        if need + (64 << 20) > free:  # and something left for the system
+            raise UserError("import.no_space", need_mib=_mib(need), free_mib=free >> 20)
+        try:
+            for info in entries:
+                _unpack(zf, info, Path(tmp, Path(info.filename).name))
+        except (zipfile.BadZipFile, zlib.error, EOFError):  # a damaged entry (CRC, truncated stream)
+            raise UserError("import.zip_damaged", path=path) from None
+        loaded = read_hf_folder(Path(tmp), max_seq_len)
     loaded.source.update(format="hf-zip", path=str(path))
     return loaded
 
@@ -382,11 +492,15 @@ def read_hf_zip(path: Path, max_seq_len: int | None = None) -> Loaded:
 READERS = {"hf": read_hf_folder, "hf-zip": read_hf_zip, "gguf": read_gguf, "pt": read_pt}
 
 
-def read_any(path: Path | str, max_seq_len: int | None = None, fmt: str | None = None) -> Loaded:
+def read_any(path: Path | str, max_seq_len: int | None = None, fmt: str | None = None, *,
+             work_dir: Path | None = None) -> Loaded:
+    """``work_dir``: where a zip is unpacked (import_model: the data folder's .tmp)."""
     path = Path(path).expanduser()
     fmt = fmt or detect_format(path)
     if max_seq_len is not None and (not isinstance(max_seq_len, int) or max_seq_len < 2):
         raise UserError(f"max_seq_len must be a whole number of at least 2, got {max_seq_len!r}.")
+    if fmt == "hf-zip":
+        return read_hf_zip(path.resolve(), max_seq_len, work_dir=work_dir)
     return READERS[fmt](path.resolve(), max_seq_len)
 
 
@@ -411,7 +525,7 @@ def import_model(home: Path, path: Path | str, name: str | None = None, *, max_s
         raise Conflict(f"A model named '{name}' already exists. Choose another name (--name) or delete it "
                        f"(azr models delete {name}).")
     log(f"Reading {path}…")
-    loaded = read_any(path, max_seq_len, fmt)
+    loaded = read_any(path, max_seq_len, fmt, work_dir=home / TMP_DIR)  # on the data's disk, cleaned at start
     cfg = loaded.config.validate()
     source = {**loaded.source, "imported_at": store.now_iso()}
     obj = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": cfg.to_dict(),
@@ -422,7 +536,7 @@ def import_model(home: Path, path: Path | str, name: str | None = None, *, max_s
     Tokenizer.from_json(obj["tokenizer"])
     info = store.ModelInfo(name=name, config=cfg, created_at=source["imported_at"], parameters=count_parameters(cfg))
     models = home / "models"
-    tmp = models / f".tmp-{uuid.uuid4().hex[:8]}"
+    tmp = models / owned_tmp_name(TMP_PREFIX)
     tmp.mkdir(parents=True)
     try:
         loaded.tokenizer.save(tmp / "tokenizer.json")

@@ -801,6 +801,11 @@ def write_triplet_book(path: Path, n_docs: int, seed: int = 0) -> int:
     return len(text)
 
 
+# The triplets book: 40,000 documents (the default) are ~1.2 MB and take seconds to write; the
+# bound keeps one request from writing tens of MB (1,000,000 documents took ~50 s and 30 MB).
+MIN_CORPUS_DOCS, MAX_CORPUS_DOCS = 100, 200_000
+
+
 def create_from_zero(home: Path, name: str, *, shape: dict | None = None, n_docs: int = 40000, seed: int = 0,
                      max_memory: int | None = None, log: Callable[[str], None] = print) -> str:
     """Create model ``name`` (a char tokenizer, FROM_ZERO_SHAPE unless ``shape``; refused when
@@ -808,15 +813,20 @@ def create_from_zero(home: Path, name: str, *, shape: dict | None = None, n_docs
     ``<name>-triplets``; returns the book's name. Train it with train.train (the CLI's
     ``azr reason NAME`` does both). The model is made first, so a refused shape writes nothing;
     a failed book removes the model again."""
+    import os
     import tempfile
 
     from . import books
+    from .home import TMP_DIR
     from .model import ModelConfig
+    if isinstance(n_docs, bool) or not isinstance(n_docs, int) or not MIN_CORPUS_DOCS <= n_docs <= MAX_CORPUS_DOCS:
+        raise UserError("input.corpus_docs", min=MIN_CORPUS_DOCS, max=MAX_CORPUS_DOCS, count=str(n_docs))
     book = f"{name}-triplets"
     cfg = ModelConfig(**{**FROM_ZERO_SHAPE, **(shape or {}), "tokenizer": "char"})
     store.create_model(home, name, cfg, max_memory=max_memory)
     try:
-        with tempfile.TemporaryDirectory() as tmp:
+        (home / TMP_DIR).mkdir(exist_ok=True)  # on the data's disk; a killed process's is cleaned at start
+        with tempfile.TemporaryDirectory(prefix=f"triplets-{os.getpid()}-", dir=home / TMP_DIR) as tmp:
             path = Path(tmp) / f"{book}.txt"
             chars = write_triplet_book(path, n_docs, seed)
             books.add_book(home, path, name=book, overwrite=True)

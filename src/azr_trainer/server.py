@@ -7,8 +7,11 @@ does not fight training for the cores. OpenAPI docs are at /docs.
 Safe defaults: it binds to loopback; bound to any other address it requires a token
 (printed at start) as ``Authorization: Bearer T``, ``?token=T`` (which also sets a cookie,
 so the page opened from the printed link keeps working) or that cookie. Without a token it
-answers only requests addressed to a loopback host name, and refuses cross-site writes,
-so a web page elsewhere cannot drive it through the browser. Request bodies are limited
+answers only requests addressed to a loopback host name, and only its own page: a request
+whose Origin is not the studio's own scheme, host and port, or that the browser marks as
+made by another site (Sec-Fetch-Site; GETs included, since an <img> can start a download),
+is refused, except a link that opens the page itself. So a web page elsewhere, or on
+another port of localhost, cannot drive it through the browser. Request bodies are limited
 (200 MiB by default). Names go through home.validate_name; files are served only from the
 web folder and from models' checkpoints. Errors are JSON ``{"detail": "..."}``: a
 UserError keeps its status (400/404/409), a malformed request is a 422 that says which
@@ -24,7 +27,6 @@ import logging
 import re
 import secrets
 import shutil
-import tempfile
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -53,7 +55,8 @@ from .device import available_memory_bytes, pick_device
 from .export import DEFAULT_DTYPE, GGUF_DTYPES, HF_DTYPES, export_model
 from .export import FORMATS as EXPORT_FORMATS
 from .formats import FORMATS as PROMPT_FORMATS
-from .home import Conflict, NotFound, UserError, home_dir, read_json, validate_name
+from .home import TMP_DIR, Conflict, NotFound, UserError, clean_leftovers, home_dir, owned_tmp_name, read_json, \
+    validate_name
 from .jobs import KINDS, JobRunner, lock_holder
 from .memorisation import IndexCache, find_copies
 from .model import ModelConfig, count_parameters, estimate_training_memory, training_flops_per_token
@@ -160,7 +163,7 @@ class ReasonModelRequest(BaseModel):
     num_heads: int = _FROM_ZERO["num_heads"]
     d_ff: int = _FROM_ZERO["d_ff"]
     max_seq_len: int = _FROM_ZERO["max_seq_len"]
-    corpus_docs: int = Field(40_000, ge=100, le=1_000_000)  # ~200 characters each
+    corpus_docs: int = Field(40_000, ge=reasoning.MIN_CORPUS_DOCS, le=reasoning.MAX_CORPUS_DOCS)  # ~30 characters each
     seed: int = Field(0, ge=0, le=2**32 - 1)
 
 
@@ -196,16 +199,65 @@ def _is_loopback(host: str | None) -> bool:
         return False
 
 
-async def _send_json(send, status: int, detail: str, headers: list | None = None) -> None:
-    body = json.dumps({"detail": detail}, ensure_ascii=False).encode("utf-8")
+def _host_port(netloc: str, scheme: str = "http") -> tuple[str | None, int | None]:
+    """(host, port) of ``host[:port]``, the port filled in from the scheme; (None, None) if malformed."""
+    try:
+        parts = urlsplit(f"{scheme}://{netloc}")
+        return (parts.hostname or "").lower() or None, parts.port or {"http": 80, "https": 443}.get(scheme)
+    except ValueError:
+        return None, None
+
+
+def _own_origin(origin: str, host_header: str) -> bool:
+    """Whether an Origin header names this studio itself: the scheme, host and port the request
+    was addressed to (its Host header), not just any page on localhost."""
+    try:
+        parts = urlsplit(origin)
+    except ValueError:
+        return False
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        return False
+    return _host_port(parts.netloc, parts.scheme) == _host_port(host_header, "http") != (None, None)
+
+
+# Top-level navigations another site may start: to the page itself (a link to the studio).
+# Everything else (the API, downloads, static files) answers only its own page.
+_PAGES = ("/", "/docs", "/redoc")
+
+
+def _cross_site(scope, headers: dict) -> bool:
+    """A request a page on another site made the browser send: Sec-Fetch-Site (every current
+    browser sends it) says so even for GETs an <img> or <form> can start; older browsers send
+    at least an Origin on writes. Requests without either (curl, scripts) are not cross-site."""
+    site = headers.get("sec-fetch-site")
+    if site is not None and site not in ("same-origin", "none"):  # "same-site" includes other localhost ports
+        navigation = headers.get("sec-fetch-mode") == "navigate" and headers.get("sec-fetch-dest") in (
+            "document", None)
+        if not (navigation and scope["method"] in ("GET", "HEAD") and scope["path"] in _PAGES):
+            return True
+    origin = headers.get("origin")
+    return origin is not None and not _own_origin(origin, headers.get("host", ""))
+
+
+async def _send_json(send, status: int, headers_in: dict, code: str, extra_headers: list | None = None,
+                     **params) -> None:
+    """A coded refusal from the guards, in the request's language, like a UserError's answer."""
+    error = UserError(code, **params)
+    lang = catalogue.language_from_accept(headers_in.get("accept-language"))
+    body = json.dumps(error.to_dict(lang), ensure_ascii=False).encode("utf-8")
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            *(headers or [])]})
+                            *(extra_headers or [])]})
     await send({"type": "http.response.body", "body": body})
 
 
+def _headers(scope) -> dict:
+    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+
+
 class _Guard:
-    """Token check (when bound beyond loopback), else loopback Host and same-site writes only.
+    """Token check (when bound beyond loopback), else loopback Host and the studio's own page
+    only: no request another site's page makes the browser send (see _cross_site).
 
     Plain ASGI rather than @app.middleware: it must not buffer the SSE streams it passes."""
 
@@ -215,15 +267,13 @@ class _Guard:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        headers = _headers(scope)
         if self.token is None:
-            host = urlsplit("//" + headers.get("host", "localhost")).hostname
+            host = _host_port(headers.get("host", "localhost"))[0]
             if not _is_loopback(host):
-                return await _send_json(send, 400, f"This studio only answers on localhost, not {host!r}.")
-            origin = headers.get("origin")
-            if origin and scope["method"] not in ("GET", "HEAD", "OPTIONS") and not _is_loopback(
-                    urlsplit(origin).hostname):
-                return await _send_json(send, 403, "Requests from other web sites are not allowed.")
+                return await _send_json(send, 400, headers, "guard.host", host=host or "")
+            if _cross_site(scope, headers):
+                return await _send_json(send, 403, headers, "guard.other_site")
             return await self.app(scope, receive, send)
 
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
@@ -233,9 +283,11 @@ class _Guard:
         candidates = [auth[7:].strip() if auth.lower().startswith("bearer ") else "", from_query,
                       cookies.get(TOKEN_COOKIE, "")]
         if not any(c and secrets.compare_digest(c.encode(), self.token.encode()) for c in candidates):
-            return await _send_json(send, 401, "This studio needs its access token: open the link printed when "
-                                               "it started (…/?token=…), or send 'Authorization: Bearer <token>'.",
-                                    [(b"www-authenticate", b"Bearer")])
+            return await _send_json(send, 401, headers, "guard.token_needed", [(b"www-authenticate", b"Bearer")])
+        # The token cookie is SameSite=Strict, so another site's requests carry no token; a
+        # link with the token in it must still not make a download or a write.
+        if headers.get("sec-fetch-site") not in (None, "same-origin", "none") and _cross_site(scope, headers):
+            return await _send_json(send, 403, headers, "guard.other_site")
         if from_query and secrets.compare_digest(from_query.encode(), self.token.encode()):
             cookie = f"{TOKEN_COOKIE}={self.token}; Path=/; HttpOnly; SameSite=Strict".encode("latin-1")
 
@@ -248,6 +300,18 @@ class _Guard:
         return await self.app(scope, receive, send)
 
 
+def check_token(token: str | None) -> str | None:
+    """A token given for the studio: never empty, and only characters that travel unchanged in
+    a URL, a header and a cookie."""
+    if token is None:
+        return None
+    if not token.strip():
+        raise UserError("guard.token_empty")
+    if not re.fullmatch(r"[A-Za-z0-9._~-]+", token):
+        raise UserError("guard.token_chars")
+    return token
+
+
 class _BodyLimit:
     """413 for request bodies over ``limit`` bytes: at once when Content-Length says so, else
     as soon as the streamed body passes it (the upload is never kept whole in memory either way)."""
@@ -255,16 +319,14 @@ class _BodyLimit:
     def __init__(self, app, limit: int):
         self.app, self.limit = app, limit
 
-    def _too_large(self) -> str:
-        return (f"The upload is larger than this studio's limit of {self.limit / MiB:g} MiB. Choose a smaller "
-                "file, or start the studio with a higher --max-upload-mb.")
-
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        limit_mib = round(self.limit / MiB, 1) if self.limit % MiB else self.limit // MiB
         for key, value in scope["headers"]:
             if key.lower() == b"content-length" and value.isdigit() and int(value) > self.limit:
-                return await _send_json(send, 413, self._too_large(), [(b"connection", b"close")])
+                return await _send_json(send, 413, _headers(scope), "guard.too_large", [(b"connection", b"close")],
+                                        limit_mib=limit_mib)
         received = 0
 
         async def limited_receive():
@@ -272,11 +334,20 @@ class _BodyLimit:
             message = await receive()
             received += len(message.get("body", b""))
             if received > self.limit:
-                # FastAPI passes an HTTPException raised while reading the body on to its handler.
-                raise HTTPException(413, self._too_large())
+                # FastAPI passes an HTTPException raised while reading the body on to its handler
+                # (any other error becomes its own 400).
+                raise _TooLarge(UserError("guard.too_large", limit_mib=limit_mib))
             return message
 
         return await self.app(scope, limited_receive, send)
+
+
+class _TooLarge(HTTPException):
+    """A 413 that on_http_error answers like the UserError it carries."""
+
+    def __init__(self, error: UserError):
+        super().__init__(413, str(error))
+        self.error = error
 
 
 # ---------------------------------------------------------------------------- generation
@@ -433,6 +504,8 @@ def _read_start(path: Path, chars: int) -> str:
 def create_app(home: Path, *, token: str | None = None, max_upload_bytes: int = 200 * MiB,
                max_concurrent_runs: int = 1) -> FastAPI:
     home = home_dir(home)
+    for path in clean_leftovers(home):  # what a killed studio or command left in the temp folders
+        log.info("Removed the leftover %s", path)
     registry = Registry(home)
     registry.reconcile()
     runner = JobRunner(home, registry, max_concurrent=max_concurrent_runs)
@@ -440,7 +513,7 @@ def create_app(home: Path, *, token: str | None = None, max_upload_bytes: int = 
     buffers_cache = _BuffersCache()
     reason_create_lock = threading.Lock()
     copies_index = IndexCache()
-    tmp_root = home / ".tmp"  # uploads and downloads in progress, on the same disk as the data
+    tmp_root = home / TMP_DIR  # uploads and downloads in progress, on the same disk as the data
 
     @asynccontextmanager
     async def lifespan(_app):
@@ -469,7 +542,10 @@ def create_app(home: Path, *, token: str | None = None, max_upload_bytes: int = 
         return _error(422, detail, fields=fields)
 
     @app.exception_handler(HTTPException)
-    async def on_http_error(_request, exc: HTTPException):
+    async def on_http_error(request: Request, exc: HTTPException):
+        if isinstance(exc, _TooLarge):
+            lang = catalogue.language_from_accept(request.headers.get("accept-language"))
+            return JSONResponse(exc.error.to_dict(lang), status_code=exc.status_code)
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(Exception)
@@ -555,7 +631,8 @@ def create_app(home: Path, *, token: str | None = None, max_upload_bytes: int = 
             except UserError as e:
                 raise UserError(f"{e} Give the book a name.") from None
         tmp_root.mkdir(exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=tmp_root))
+        tmp = tmp_root / owned_tmp_name("upload-")  # the owner's pid: see home.clean_leftovers
+        tmp.mkdir()
         try:
             source = tmp / filename
             with source.open("wb") as out:
@@ -593,6 +670,11 @@ def create_app(home: Path, *, token: str | None = None, max_upload_bytes: int = 
 
     @app.delete("/api/books/{name}", status_code=204, tags=["books"])
     def delete_book(name: str):
+        """Refused (409) while a queued or running run needs the book."""
+        books_mod.get_book(home, name)
+        for run in runner.list_runs():
+            if run["state"] in ("queued", "running") and name in (run["books"] or []):
+                raise Conflict("guard.book_in_use", name=name, run=run["id"], state=run["state"])
         books_mod.delete_book(home, name)
         registry.sync_books()
         return Response(status_code=204)
@@ -641,8 +723,10 @@ def create_app(home: Path, *, token: str | None = None, max_upload_bytes: int = 
         with reason_create_lock:  # two requests for one name: the second must not overwrite the first's book
             if store.model_dir(home, name).exists():
                 raise Conflict(f"A model named '{name}' already exists; choose another name.")
+            device = pick_device("auto")  # as create_model: RAM is checked on a CPU machine only
+            max_memory = available_memory_bytes(device) if device.type == "cpu" else None
             reasoning.create_from_zero(home, name, shape=shape, n_docs=body.corpus_docs, seed=body.seed,
-                                       log=log.info)
+                                       max_memory=max_memory, log=log.info)
         registry.sync_books()
         registry.sync_models()
         return {"model": model_dict(get_model_info(name), set()), "book": book,
@@ -715,7 +799,7 @@ def create_app(home: Path, *, token: str | None = None, max_upload_bytes: int = 
         dtype = _check_download_format(format, dtype)
         info = get_model_info(name)
         tmp_root.mkdir(exist_ok=True)
-        folder = tmp_root / f"download-{secrets.token_hex(8)}"
+        folder = tmp_root / owned_tmp_name("download-")
         folder.mkdir()
         filename = {"pt": f"{info.name}.pt", "hf": f"{info.name}-hf.zip",
                     "gguf": f"{info.name}-{dtype}.gguf"}[format]
@@ -882,6 +966,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000, home: str | Path | None = N
     import torch
     import uvicorn
 
+    token = check_token(token)  # before anything is made: an empty token would open the studio to everyone
     home = home_dir(home)
     if token is None and not _is_loopback(host):
         token = secrets.token_urlsafe(24)
