@@ -33,14 +33,14 @@ def safe_load(path: Path | io.BytesIO) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise UserError(f"No such file: {path}.") from None
+        raise UserError("checkpoint.no_file", path=str(path)) from None
     except Exception as e:  # truncated zip, tampered pickle, foreign objects: all refused the same way
-        raise UserError(f"{path} is not a readable AZR Trainer model file (damaged, truncated or not ours): "
-                        f"{str(e).splitlines()[0][:200]}") from None
+        raise UserError("checkpoint.unreadable", path=str(path),
+                        reason=(str(e).splitlines() or [type(e).__name__])[0][:200]) from None
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
-        raise UserError(f"{path} is not an AZR Trainer model file (no '{FORMAT}' marker).")
+        raise UserError("checkpoint.not_ours", path=str(path))
     if int(obj.get("format_version", 0)) > FORMAT_VERSION:
-        raise UserError(f"{path} was written by a newer AZR Trainer (format {obj.get('format_version')}); upgrade to load it.")
+        raise UserError("checkpoint.newer", path=str(path), version=obj.get("format_version"))
     return obj
 
 
@@ -51,15 +51,15 @@ def build_model(obj: dict) -> tuple[Transformer, ModelConfig, Tokenizer]:
         tokenizer = Tokenizer.from_json(obj["tokenizer"])
         state = obj["state_dict"]
     except (KeyError, TypeError) as e:
-        raise UserError(f"The model file is incomplete (missing {e}).") from None
+        raise UserError("checkpoint.incomplete", missing=str(e)) from None
     model = Transformer(cfg)
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     bad = [k for k in expected if k in state and (not torch.is_tensor(state[k]) or state[k].shape != expected[k].shape)]
     if missing or unexpected or bad:
-        raise UserError("The model file does not match its own config "
-                        f"(missing {missing[:3]}, unexpected {unexpected[:3]}, wrong shape {bad[:3]}).")
+        raise UserError("checkpoint.mismatch", missing=missing[:3] or "–", unexpected=unexpected[:3] or "–",
+                        wrong=bad[:3] or "–")
     model.load_state_dict(state)
     return model, cfg, tokenizer
 
@@ -101,7 +101,7 @@ def latest_selfplay_checkpoint(model_dir: Path, run_id: str | None = None) -> Pa
     return latest_run_checkpoint(model_dir, "selfplay", run_id)
 
 
-_RUN_KINDS = {"selfplay": "azr selfplay", "reason": "azr reason"}
+_RUN_KINDS = ("selfplay", "reason")
 
 
 def resolve_checkpoint(model_dir: Path, which: str = "best") -> Path:
@@ -110,8 +110,8 @@ def resolve_checkpoint(model_dir: Path, which: str = "best") -> Path:
     if which in _RUN_KINDS:
         found = latest_run_checkpoint(model_dir, which)
         if found is None:
-            raise UserError(f"Model '{model_dir.name}' has no {which} checkpoint yet: run "
-                            f"{_RUN_KINDS[which]} {model_dir.name}.")
+            raise UserError("checkpoint.no_selfplay" if which == "selfplay" else "checkpoint.no_reason",
+                            name=model_dir.name)
         return found
     steps = list_step_checkpoints(model_dir)
     if which == "best":
@@ -124,16 +124,17 @@ def resolve_checkpoint(model_dir: Path, which: str = "best") -> Path:
             return steps[-1][1]
         if init_checkpoint(model_dir).exists():
             return init_checkpoint(model_dir)
-        raise UserError(f"Model '{model_dir.name}' has no checkpoint yet: train it first "
-                        f"(azr train {model_dir.name} --books …).")
+        raise UserError("checkpoint.untrained", name=model_dir.name)
     try:
         step = int(which)
     except ValueError:
-        raise UserError(f"--checkpoint must be best, latest, selfplay, reason or a step number, got {which!r}.") from None
+        raise UserError("checkpoint.bad_choice", value=str(which)) from None
     for s, p in steps:
         if s == step:
             return p
-    raise UserError(f"No checkpoint at step {step}; available: {', '.join(str(s) for s, _ in steps) or 'none'}.")
+    if not steps:
+        raise UserError("checkpoint.no_steps", step=step)
+    raise UserError("checkpoint.no_step", step=step, available=[s for s, _ in steps])
 
 
 def prune_checkpoints(model_dir: Path, keep: int) -> None:
