@@ -260,4 +260,4 @@ def test_cli_exports_every_format(trained, tmp_path, capsys):
     assert "Exported" in capsys.readouterr().out and (tmp_path / "cli.zip").exists()
     assert cli.main(["--home", str(home), "models", "export", name, "--format", "gguf", "--dtype", "bf16",
                      "-o", str(tmp_path / "x.gguf")]) == 2
-    assert "--dtype for gguf must be one of" in capsys.readouterr().err
+    assert "The number format for gguf must be one of" in capsys.readouterr().err

@@ -133,8 +133,8 @@ def resolve_checkpoint(model_dir: Path, which: str = "best") -> Path:
         if s == step:
             return p
     if not steps:
-        raise UserError("checkpoint.no_steps", step=step)
-    raise UserError("checkpoint.no_step", step=step, available=[s for s, _ in steps])
+        raise UserError("checkpoint.no_steps", step=str(step))
+    raise UserError("checkpoint.no_step", step=str(step), available=[str(s) for s, _ in steps])
 
 
 def prune_checkpoints(model_dir: Path, keep: int) -> None:
