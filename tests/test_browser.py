@@ -867,3 +867,37 @@ def test_generation_request_and_memorisation_meter(browser, studio, artifacts):
         shot(page, artifacts, "generation-memorisation")
     finally:
         ctx.close()
+
+
+def test_server_errors_follow_the_page_language(browser, studio, artifacts, tmp_path):
+    """The page asks in its language (Accept-Language) and shows a refused upload from the error's
+    code, and a wrong shape in the server's sentences: in Russian, and in English after the switch."""
+    empty = tmp_path / "pustoy.txt"
+    empty.write_bytes(b"")
+    ctx, page, errors = open_page(browser, studio.url + "/#books", "ru-RU")
+    asked = []
+    page.on("request", lambda r: asked.append(r.headers.get("accept-language")) if "/api/" in r.url else None)
+    try:
+        page.get_by_test_id("book-file").set_input_files(str(empty))
+        status = page.get_by_test_id("upload-status").first
+        expect(status).to_have_text("Файл «pustoy.txt» пуст: выберите .txt с текстом.")
+        assert asked and set(asked) == {"ru"}, asked
+        shot(page, artifacts, "errors-ru-upload")
+
+        tab(page, "create")
+        page.fill("#m-name", "../x")
+        page.fill("#m-d_model", "250")
+        page.fill("#m-num_heads", "8")
+        expect(page.locator("#m-name-msg")).to_contain_text("Имя «../x» не подходит")
+        expect(page.locator("#m-num_heads-msg")).to_contain_text("должна делиться на число голов внимания")
+
+        page.get_by_test_id("lang-en").click()
+        expect(page.locator("#m-num_heads-msg")).to_contain_text("must be divisible by the number of attention heads")
+        expect(page.locator("#m-name-msg")).to_contain_text("The name “../x” is not allowed")
+        tab(page, "books")
+        expect(status).to_have_text("“pustoy.txt” is empty: choose a .txt file with some text.")
+        page.get_by_test_id("book-file").set_input_files(str(empty))
+        assert asked[-1] == "en", asked
+        assert not errors, errors
+    finally:
+        ctx.close()
