@@ -119,7 +119,8 @@ def export_model(home: Path, name: str, fmt: str, output: Path | str | None = No
 
     Returns what was written: ``path`` (a file, or the HF folder), ``files``, ``bytes``, the
     checkpoint used, and ``note`` — a sentence to show the user when the model is still
-    training or has no best checkpoint yet (otherwise None)."""
+    training or has no best checkpoint yet (otherwise None); ``notes`` has the same as
+    ``{message, code, params}`` for showing it in another language."""
     if fmt not in FORMATS:
         raise UserError("export.format", value=fmt, options=list(FORMATS))
     dtype = dtype or DEFAULT_DTYPE[fmt]
