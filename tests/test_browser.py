@@ -901,3 +901,50 @@ def test_server_errors_follow_the_page_language(browser, studio, artifacts, tmp_
         assert not errors, errors
     finally:
         ctx.close()
+
+
+def test_coded_run_messages_follow_the_page_language(browser, studio, artifacts):
+    """A run's status, warnings and log lines that carry a code are shown from the catalogue
+    (stubbed answers): in Russian, and in English after the switch; plain texts stay as sent."""
+    run = {"id": "r-coded", "model": "m", "kind": "train", "state": "failed", "step": 3,
+           "created_at": "2026-01-02T03:04:05+00:00", "started_at": "2026-01-02T03:04:06+00:00",
+           "message": "The training text is only 20 tokens, shorter than one sequence (33).",
+           "code": "data.text_too_short", "params": {"tokens": 20, "needed": 33}}
+    events = [
+        {"seq": 0, "type": "status", "run": "r-coded", "time": 1767323046, "state": "started", "step": 0,
+         "device": "cpu", "threads": 1, "parameters": 100, "train_tokens": 20,
+         "warnings": [{"message": "No text is kept for validation…", "code": "data.no_validation", "params": {}},
+                      "A plain warning."]},
+        {"seq": 1, "type": "log", "run": "r-coded", "time": 1767323047, "message": "Tokenizing the books…",
+         "code": "data.tokenizing", "params": {}},
+        {"seq": 2, "type": "status", "run": "r-coded", "time": 1767323048, "state": "failed", "step": 3,
+         "message": run["message"], "code": run["code"], "params": run["params"]},
+    ]
+
+    def answer_events(route):
+        after = int(re.search(r"after=(\d+)", route.request.url).group(1)) if "after=" in route.request.url else 0
+        page_events = [e for e in events if e["seq"] >= after]
+        route.fulfill(json={"events": page_events, "next": after + len(page_events)})
+
+    ctx = browser.new_context(locale="ru-RU", viewport={"width": 1360, "height": 900})
+    try:
+        ctx.route(re.compile(r".*/api/runs(\?.*)?$"), lambda r: r.fulfill(json=[run]))
+        ctx.route(re.compile(r".*/api/runs/r-coded$"), lambda r: r.fulfill(json=run))
+        ctx.route(re.compile(r".*/api/runs/r-coded/events.*"), answer_events)
+        page = ctx.new_page()
+        page.goto(studio.url + "/#training")
+        page.wait_for_selector("body[data-ready='1']")
+        log = page.get_by_test_id("log")
+        expect(log).to_contain_text("Для проверки не оставлено текста")
+        expect(log).to_contain_text("Делю книги на токены…")
+        expect(log).to_contain_text("В обучающем тексте всего 20 токенов")
+        expect(log).to_contain_text("A plain warning.")
+        expect(page.locator("#mon-message")).to_contain_text("В обучающем тексте всего 20 токенов")
+        shot(page, artifacts, "errors-ru-run-log")
+
+        page.get_by_test_id("lang-en").click()
+        expect(log).to_contain_text("No text is kept for validation, so validation loss")
+        expect(log).to_contain_text("Tokenizing the books…")
+        expect(page.locator("#mon-message")).to_contain_text("The training text is only 20 tokens")
+    finally:
+        ctx.close()
