@@ -88,11 +88,13 @@ export function t(key, params = {}) {
   return String(value).replace(/\{(\w+)\}/g, (m, name) => (name in params ? formatArg(params[name]) : m));
 }
 
+const PLURAL_FORMS = new Set(["zero", "one", "two", "few", "many", "other"]);
+
 /** Whether ``key`` names a sentence (or its plural forms) in this language or in English. */
 export function hasText(key) {
   const value = lookup(dict, key) ?? lookup(fallback, key);
   return typeof value === "string" || (value != null && typeof value === "object"
-    && Object.values(value).every((v) => typeof v === "string"));
+    && Object.keys(value).every((k) => PLURAL_FORMS.has(k)));
 }
 
 /** A message the server sent as ``{code, params}`` (an API error, a run's status or warning, a
