@@ -268,7 +268,9 @@ def test_malformed_requests_are_422_with_readable_messages(studio):
 
 def test_models_create_estimate_show_delete(studio):
     est = studio.http.post("/api/models/estimate", json={"d_model": 250, "num_heads": 8}).json()
-    assert len(est["errors"]) == 1 and est["errors"][0].startswith("d_model (250) must be divisible by num_heads (8)")
+    assert len(est["errors"]) == 1 and est["errors"][0].startswith(
+        "The model width (d_model, 250) must be divisible by the number of attention heads (num_heads, 8)")
+    assert est["problems"][0]["code"] == "model.heads_divide" and est["problems"][0]["params"]["num_heads"] == 8
     assert est["parameters"] > 0 and est["memory_bytes"] > 0 and est["flops_per_token"] > 0
     ok = studio.http.post("/api/models/estimate", json={"name": "fresh", **TINY}).json()
     assert ok["errors"] == [] and ok["parameters"] == 19936
@@ -277,7 +279,8 @@ def test_models_create_estimate_show_delete(studio):
         "The name “../x” is not allowed")
 
     r = studio.http.post("/api/models", json={"name": "odd", **TINY, "d_model": 250, "num_heads": 8})
-    assert r.status_code == 400 and "d_model (250) must be divisible by num_heads (8)" in r.json()["detail"]
+    assert r.status_code == 400 and "(d_model, 250) must be divisible by the number of attention heads (num_heads, 8)" \
+        in r.json()["detail"]
     assert studio.http.post("/api/models", json={"name": "../up", **TINY}).status_code == 400
     assert studio.http.post("/api/models", json={**TINY}).status_code == 400  # no name
 
@@ -286,7 +289,7 @@ def test_models_create_estimate_show_delete(studio):
     assert model["training"] is False and model["config"]["d_model"] == 32
     assert studio.http.post("/api/models", json={"name": "shape", **TINY}).status_code == 409
     assert studio.http.post("/api/models/estimate", json={"name": "shape", **TINY}).json()["errors"] == [
-        "A model named 'shape' already exists."]
+        "A model named “shape” already exists. Choose another name, or delete the old model first."]
     assert "shape" in [m["name"] for m in studio.http.get("/api/models").json()]
     assert studio.http.get("/api/models/shape").json()["name"] == "shape"
     assert studio.http.get("/api/models/shape/checkpoints").json() == []
@@ -375,7 +378,7 @@ def test_train_watch_generate_download(studio, play, tmp_path):
     r = studio.http.post("/api/generate", json={**body, "temperature": -1})
     assert r.status_code == 400 and "temperature" in r.json()["detail"]
     r = studio.http.post("/api/generate", json={**body, "checkpoint": 12345})
-    assert r.status_code == 400 and "No checkpoint at step 12345" in r.json()["detail"]
+    assert r.status_code == 400 and "There is no checkpoint at step 12345;" in r.json()["detail"]
 
     r = studio.http.get("/api/models/tiny/download", params={"format": "pt", "checkpoint": "best"})
     assert r.status_code == 200 and 'filename="tiny.pt"' in r.headers["content-disposition"]
@@ -429,7 +432,7 @@ def test_download_as_hugging_face_zip_and_gguf(studio, play, tmp_path):
     r = studio.http.get("/api/models/portable/download", params={"format": "gguf", "dtype": "q4_k"})
     assert r.status_code == 400 and "f32, f16, q8_0" in r.json()["detail"]
     r = studio.http.get("/api/models/portable/download", params={"format": "hf", "checkpoint": "12345"})
-    assert r.status_code == 400 and "No checkpoint at step 12345" in r.json()["detail"]
+    assert r.status_code == 400 and "There is no checkpoint at step 12345;" in r.json()["detail"]
     deadline = time.time() + 5
     while list((studio.home / ".tmp").iterdir()) and time.time() < deadline:
         time.sleep(0.05)
@@ -674,8 +677,8 @@ def test_reason_needs_a_trained_model_with_a_long_window_and_sane_settings(studi
            ({"mode": "dream"}, 400, "mode must be one of azr, frozen_proposer, solver_only, pretrain"),
            ({"n_samples": 1}, 400, "n_samples must be at least 2"),
            ({"temperature": 0}, 400, "temperature must be above 0"),
-           ({"checkpoint": "reason"}, 400, "has no reason checkpoint yet"),
-           ({"checkpoint": 7}, 400, "No checkpoint at step 7"),
+           ({"checkpoint": "reason"}, 400, "has no reasoning checkpoint yet"),
+           ({"checkpoint": 7}, 400, "There is no checkpoint at step 7;"),
            ({"group_size": 4}, 400, "A reason run has no setting group_size"),
            ({"n_samples": 100_000}, 422, "n_samples: Input should be less than or equal to")]
     for change, status, message in bad:

@@ -867,3 +867,84 @@ def test_generation_request_and_memorisation_meter(browser, studio, artifacts):
         shot(page, artifacts, "generation-memorisation")
     finally:
         ctx.close()
+
+
+def test_server_errors_follow_the_page_language(browser, studio, artifacts, tmp_path):
+    """The page asks in its language (Accept-Language) and shows a refused upload from the error's
+    code, and a wrong shape in the server's sentences: in Russian, and in English after the switch."""
+    empty = tmp_path / "pustoy.txt"
+    empty.write_bytes(b"")
+    ctx, page, errors = open_page(browser, studio.url + "/#books", "ru-RU")
+    asked = []
+    page.on("request", lambda r: asked.append(r.headers.get("accept-language")) if "/api/" in r.url else None)
+    try:
+        page.get_by_test_id("book-file").set_input_files(str(empty))
+        status = page.get_by_test_id("upload-status").first
+        expect(status).to_have_text("Файл «pustoy.txt» пуст: выберите .txt с текстом.")
+        assert asked and set(asked) == {"ru"}, asked
+        shot(page, artifacts, "errors-ru-upload")
+
+        tab(page, "create")
+        page.fill("#m-name", "../x")
+        page.fill("#m-d_model", "250")
+        page.fill("#m-num_heads", "8")
+        expect(page.locator("#m-name-msg")).to_contain_text("Имя «../x» не подходит")
+        expect(page.locator("#m-num_heads-msg")).to_contain_text("должна делиться на число голов внимания")
+
+        page.get_by_test_id("lang-en").click()
+        expect(page.locator("#m-num_heads-msg")).to_contain_text("must be divisible by the number of attention heads")
+        expect(page.locator("#m-name-msg")).to_contain_text("The name “../x” is not allowed")
+        tab(page, "books")
+        expect(status).to_have_text("“pustoy.txt” is empty: choose a .txt file with some text.")
+        page.get_by_test_id("book-file").set_input_files(str(empty))
+        assert asked[-1] == "en", asked
+        assert not errors, errors
+    finally:
+        ctx.close()
+
+
+def test_coded_run_messages_follow_the_page_language(browser, studio, artifacts):
+    """A run's status, warnings and log lines that carry a code are shown from the catalogue
+    (stubbed answers): in Russian, and in English after the switch; plain texts stay as sent."""
+    run = {"id": "r-coded", "model": "m", "kind": "train", "state": "failed", "step": 3,
+           "created_at": "2026-01-02T03:04:05+00:00", "started_at": "2026-01-02T03:04:06+00:00",
+           "message": "The training text is only 20 tokens, shorter than one sequence (33).",
+           "code": "data.text_too_short", "params": {"tokens": 20, "needed": 33}}
+    events = [
+        {"seq": 0, "type": "status", "run": "r-coded", "time": 1767323046, "state": "started", "step": 0,
+         "device": "cpu", "threads": 1, "parameters": 100, "train_tokens": 20,
+         "warnings": [{"message": "No text is kept for validation…", "code": "data.no_validation", "params": {}},
+                      "A plain warning."]},
+        {"seq": 1, "type": "log", "run": "r-coded", "time": 1767323047, "message": "Tokenizing the books…",
+         "code": "data.tokenizing", "params": {}},
+        {"seq": 2, "type": "status", "run": "r-coded", "time": 1767323048, "state": "failed", "step": 3,
+         "message": run["message"], "code": run["code"], "params": run["params"]},
+    ]
+
+    def answer_events(route):
+        after = int(re.search(r"after=(\d+)", route.request.url).group(1)) if "after=" in route.request.url else 0
+        page_events = [e for e in events if e["seq"] >= after]
+        route.fulfill(json={"events": page_events, "next": after + len(page_events)})
+
+    ctx = browser.new_context(locale="ru-RU", viewport={"width": 1360, "height": 900})
+    try:
+        ctx.route(re.compile(r".*/api/runs(\?.*)?$"), lambda r: r.fulfill(json=[run]))
+        ctx.route(re.compile(r".*/api/runs/r-coded$"), lambda r: r.fulfill(json=run))
+        ctx.route(re.compile(r".*/api/runs/r-coded/events.*"), answer_events)
+        page = ctx.new_page()
+        page.goto(studio.url + "/#training")
+        page.wait_for_selector("body[data-ready='1']")
+        log = page.get_by_test_id("log")
+        expect(log).to_contain_text("Для проверки не оставлено текста")
+        expect(log).to_contain_text("Делю книги на токены…")
+        expect(log).to_contain_text("В обучающем тексте всего 20 токенов")
+        expect(log).to_contain_text("A plain warning.")
+        expect(page.locator("#mon-message")).to_contain_text("В обучающем тексте всего 20 токенов")
+        shot(page, artifacts, "errors-ru-run-log")
+
+        page.get_by_test_id("lang-en").click()
+        expect(log).to_contain_text("No text is kept for validation, so validation loss")
+        expect(log).to_contain_text("Tokenizing the books…")
+        expect(page.locator("#mon-message")).to_contain_text("The training text is only 20 tokens")
+    finally:
+        ctx.close()

@@ -106,7 +106,7 @@ def test_bad_input_is_refused_and_changes_nothing(trained, tmp_path):
         (["books", "add", str(tmp_path / "ru.txt"), "--name", "kashtanka"], "already"),
         (["books", "cat", "nope"], "No book"),
         (["models", "create", "a/b", *TINY], "not allowed"),
-        (["models", "create", "x", "--d-model", "250", "--num-heads", "8"], "divisible by num_heads"),
+        (["models", "create", "x", "--d-model", "250", "--num-heads", "8"], "divisible by the number of attention heads"),
         (["models", "create", "x", "--num-layers", "-1"], "greater than 0"),
         (["models", "create", "x", "--d-model", "0"], "greater than 0"),
         (["models", "create", "x", "--max-seq-len", "100000", "--d-model", "4096", "--num-heads", "32",

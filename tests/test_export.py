@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from azr_trainer import books, cli, store
+from azr_trainer import books, catalogue, cli, store
 from azr_trainer.checkpoint import build_model, resolve_checkpoint, safe_load
 from azr_trainer.export import export_model, gguf_tensor_names, to_interleaved
 from azr_trainer.home import UserError
@@ -240,6 +240,10 @@ def test_export_of_a_model_still_training_uses_best_and_says_so(trained, tmp_pat
         assert "still training" in result["note"] and "best checkpoint so far" in result["note"]
         latest = export_model(home, name, "gguf", tmp_path / "m.gguf", checkpoint="latest")
         assert latest["checkpoint_kind"] == "step 30" and "still training" in latest["note"]
+        # the same notes by code, for the page to show in its language
+        assert [n["code"] for n in latest["notes"]] == ["export.note_training_chosen"]
+        assert latest["notes"][0]["params"]["step"] == 30 and "обучается" in catalogue.message(
+            latest["notes"][0]["code"], "ru", **latest["notes"][0]["params"])
         step = export_model(home, name, "hf", tmp_path / "m10", checkpoint="10")
         assert step["step"] == 10
     finally:
@@ -260,4 +264,4 @@ def test_cli_exports_every_format(trained, tmp_path, capsys):
     assert "Exported" in capsys.readouterr().out and (tmp_path / "cli.zip").exists()
     assert cli.main(["--home", str(home), "models", "export", name, "--format", "gguf", "--dtype", "bf16",
                      "-o", str(tmp_path / "x.gguf")]) == 2
-    assert "--dtype for gguf must be one of" in capsys.readouterr().err
+    assert "The number format for gguf must be one of" in capsys.readouterr().err

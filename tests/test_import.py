@@ -263,5 +263,5 @@ def test_gqa_config_counts_and_validates():
     cfg = ModelConfig(vocab_size=300, d_model=48, num_layers=2, num_heads=6, d_ff=96, num_kv_heads=2).validate()
     assert count_parameters(cfg) == Transformer(cfg).num_parameters()
     assert "num_kv_heads" not in ModelConfig().to_dict()  # models made here keep their keys
-    with pytest.raises(UserError, match="divisible by num_kv_heads"):
+    with pytest.raises(UserError, match="divisible by the number of key/value heads"):
         ModelConfig(num_heads=8, num_kv_heads=3).validate()

@@ -155,7 +155,7 @@ def test_a_book_deleted_before_the_worker_reads_it_fails_readably(home, book):
     books.delete_book(home, book)  # the worker is still importing torch
     run = wait_state(runner, run["id"], ("failed", "completed"))
     assert run["state"] == "failed"
-    assert run["message"] == "No book named 'play'. See `azr books list`."
+    assert run["message"] == "There is no book named “play”."
     assert [e["state"] for e in runner.events(run["id"]) if e["type"] == "status"] == ["queued", "running", "failed"]
 
 

@@ -243,4 +243,4 @@ def test_cli_selfplay_runs_and_resumes(home, trained, capsys, tmp_path):
     assert main(["selfplay", "m", "--reward", str(bad), "--max-iterations", "1", "--threads", "1"]) == 2
     assert "raised RuntimeError: boom" in capsys.readouterr().err
     assert main(["selfplay", "m", "--reward", "nice", "--max-iterations", "1", "--threads", "1"]) == 2
-    assert "Unknown reward 'nice'" in capsys.readouterr().err
+    assert "Unknown reward “nice”" in capsys.readouterr().err

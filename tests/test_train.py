@@ -142,7 +142,7 @@ def test_resume_without_checkpoint_or_with_other_books_is_refused(home, book, tm
 
 def test_unknown_book_and_absurd_settings_are_refused(home, book):
     make_model(home)
-    with pytest.raises(UserError, match="No book named"):
+    with pytest.raises(UserError, match="There is no book named “nope”"):
         train(home, "m", cfg("nope"), log=lambda m: None)
     with pytest.raises(UserError, match="learning_rate"):
         train(home, "m", cfg(book, learning_rate=5.0), log=lambda m: None)

@@ -191,10 +191,7 @@ def detect_encoding(sample: bytes) -> tuple[str, float]:
 
     matches = list(charset_normalizer.from_bytes(sample))
     if not matches:
-        raise UserError(
-            "Could not work out the text encoding of this file; it may not be a text file. "
-            "Choose a plain .txt file, or if it is one, pass --encoding (e.g. cp1251, utf-8, koi8-r)."
-        )
+        raise UserError("book.undetectable")
     best = matches[0]
     guesses: list[str] = []
     for match in matches:
@@ -256,23 +253,13 @@ def _round_trips(codec: str) -> bool:
     return text == _ROUND_TRIP
 
 
-_NUL_BYTES = "it contains NUL bytes; if it is UTF-16 text without a BOM, pass --encoding utf-16-le"
-
-
-def _binary(source: Path, why: str) -> UserError:
-    return UserError(
-        f"{source.name!r} looks like a binary file, not text ({why}). "
-        "Choose a plain .txt file (save it as 'Plain text' from your editor)."
-    )
-
-
 def _check_not_binary(source: Path, sample: bytes, codec: str) -> None:
     if b"\0" in sample and not codec.startswith(_WIDE_CODECS):
-        raise _binary(source, _NUL_BYTES)
+        raise UserError("book.binary_nul", file=source.name)
     text = codecs.getincrementaldecoder(codec)(errors="replace").decode(sample, final=False)
     controls = sum(1 for ch in text if unicodedata.category(ch) == "Cc" and ch not in "\t\n\r\f")
     if controls > 0.05 * len(text):
-        raise _binary(source, "too many of its characters are control codes")
+        raise UserError("book.binary_controls", file=source.name)
 
 
 # --------------------------------------------------------------------------- streaming decode
@@ -353,15 +340,8 @@ def _decode_to(source: Path, codec: str, detected: bool, out) -> _Stats:
 
 
 def _decode_error(source: Path, codec: str, detected: bool, at: int) -> UserError:
-    if detected:
-        return UserError(
-            f"{source.name!r} looked like {codec} text at its start, but byte {at} is not valid {codec}. "
-            "Pass --encoding to choose the encoding yourself (e.g. --encoding cp1251 or --encoding utf-8)."
-        )
-    return UserError(
-        f"{source.name!r} is not valid {codec}: decoding failed at byte {at}. "
-        "Leave out --encoding to detect it automatically, or try --encoding cp1251 or --encoding utf-8."
-    )
+    return UserError("book.decode_detected" if detected else "book.decode_given", file=source.name, encoding=codec,
+                     offset=at)
 
 
 # --------------------------------------------------------------------------- the books folder
@@ -383,10 +363,7 @@ def _new_tmp_dir(books: Path) -> Path:
 
 
 def _conflict(name: str) -> Conflict:
-    return Conflict(
-        f"A book named {name!r} already exists. Choose another name with --name, "
-        f"or delete the old one first (`azr books delete {name}`)."
-    )
+    return Conflict("book.exists", name=name)
 
 
 def add_book(
@@ -400,14 +377,14 @@ def add_book(
     """Decode `source` to UTF-8 and store it as a book; returns its BookInfo."""
     source = Path(source)
     if not source.exists():
-        raise UserError(f"There is no file at '{source}'. Check the path.")
+        raise UserError("book.no_file", path=str(source))
     if source.is_dir():
-        raise UserError(f"'{source}' is a folder, not a file: choose a .txt file.")
+        raise UserError("book.is_folder", path=str(source))
     if name is None:
         try:
             name = validate_name(source.stem, "book name")
-        except UserError as e:
-            raise UserError(f"{e} Pass --name to choose a name for this book.") from None
+        except UserError:
+            raise UserError("book.name_from_file", name=source.stem) from None
     else:
         name = validate_name(name, "book name")
 
@@ -420,16 +397,16 @@ def add_book(
 
     size = source.stat().st_size
     if size == 0:
-        raise UserError(f"{source.name!r} is empty: choose a .txt file with some text.")
+        raise UserError("book.empty", file=source.name)
     try:
         sample = _read_sample(source, size)
     except PermissionError:
-        raise UserError(f"Cannot read '{source}': permission denied.") from None
+        raise UserError("book.unreadable", path=str(source)) from None
     if encoding is not None:
         codec, detected = _lookup_user_codec(encoding), False
     else:
         if b"\0" in sample and not _bom_codec(sample):  # checked first: it would confuse the detector
-            raise _binary(source, _NUL_BYTES)
+            raise UserError("book.binary_nul", file=source.name)
         codec, detected = detect_encoding(sample)[0], True
     _check_not_binary(source, sample, codec)
 
@@ -440,7 +417,7 @@ def add_book(
             out.flush()
             os.fsync(out.fileno())
         if not stats.has_text:
-            raise UserError(f"{source.name!r} contains only whitespace: choose a .txt file with some text.")
+            raise UserError("book.whitespace", file=source.name)
         info = BookInfo(
             name=name,
             encoding=codec,
@@ -509,7 +486,7 @@ def list_books(home: Path) -> list[BookInfo]:
 def _existing_book_dir(home: Path, name: str) -> Path:
     folder = _book_dir(home, name)
     if not (folder / INFO_FILE).is_file():
-        raise NotFound(f"No book named {name!r}. See `azr books list`.")
+        raise NotFound("book.not_found", name=name)
     return folder
 
 
@@ -518,9 +495,7 @@ def get_book(home: Path, name: str) -> BookInfo:
     try:
         return _read_info(folder)
     except (OSError, ValueError, KeyError, TypeError):
-        raise UserError(
-            f"The details of book {name!r} are damaged. Delete it (`azr books delete {name}`) and add it again."
-        ) from None
+        raise UserError("book.damaged", name=name) from None
 
 
 def book_text_path(home: Path, name: str) -> Path:
@@ -536,7 +511,7 @@ def read_book_text(home: Path, name: str) -> str:
 def delete_book(home: Path, name: str) -> None:
     folder = _book_dir(home, name)
     if not folder.is_dir():
-        raise NotFound(f"No book named {name!r}. See `azr books list`.")
+        raise NotFound("book.not_found", name=name)
     # Rename first so the book disappears at once and is never seen half-deleted.
     trash = _new_tmp_dir(folder.parent)
     os.replace(folder, trash / "book")
@@ -554,7 +529,7 @@ def split_train_val(text: str, val_fraction: float = 0.1) -> tuple[str, str]:
     length, so validation starts at the beginning of a line.
     """
     if not isinstance(val_fraction, (int, float)) or not 0.0 <= val_fraction <= 0.5:
-        raise UserError(f"The validation fraction must be between 0 and 0.5, not {val_fraction!r}.")
+        raise UserError("book.val_fraction", value=val_fraction)
     n = len(text)
     if val_fraction == 0 or n == 0:
         return text, ""

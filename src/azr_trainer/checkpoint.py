@@ -155,7 +155,7 @@ def latest_selfplay_checkpoint(model_dir: Path, run_id: str | None = None) -> Pa
     return latest_run_checkpoint(model_dir, "selfplay", run_id)
 
 
-_RUN_KINDS = {"selfplay": "azr selfplay", "reason": "azr reason"}
+_RUN_KINDS = ("selfplay", "reason")
 
 
 def resolve_checkpoint(model_dir: Path, which: str = "best") -> Path:
@@ -164,8 +164,8 @@ def resolve_checkpoint(model_dir: Path, which: str = "best") -> Path:
     if which in _RUN_KINDS:
         found = latest_run_checkpoint(model_dir, which)
         if found is None:
-            raise UserError(f"Model '{model_dir.name}' has no {which} checkpoint yet: run "
-                            f"{_RUN_KINDS[which]} {model_dir.name}.")
+            raise UserError("checkpoint.no_selfplay" if which == "selfplay" else "checkpoint.no_reason",
+                            name=model_dir.name)
         return found
     steps = list_step_checkpoints(model_dir)
     if which == "best":
@@ -178,16 +178,17 @@ def resolve_checkpoint(model_dir: Path, which: str = "best") -> Path:
             return steps[-1][1]
         if init_checkpoint(model_dir).exists():
             return init_checkpoint(model_dir)
-        raise UserError(f"Model '{model_dir.name}' has no checkpoint yet: train it first "
-                        f"(azr train {model_dir.name} --books …).")
+        raise UserError("checkpoint.untrained", name=model_dir.name)
     try:
         step = int(which)
     except ValueError:
-        raise UserError(f"--checkpoint must be best, latest, selfplay, reason or a step number, got {which!r}.") from None
+        raise UserError("checkpoint.bad_choice", value=str(which)) from None
     for s, p in steps:
         if s == step:
             return p
-    raise UserError(f"No checkpoint at step {step}; available: {', '.join(str(s) for s, _ in steps) or 'none'}.")
+    if not steps:
+        raise UserError("checkpoint.no_steps", step=str(step))
+    raise UserError("checkpoint.no_step", step=str(step), available=[str(s) for s, _ in steps])
 
 
 def prune_checkpoints(model_dir: Path, keep: int) -> None:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from . import books as books_mod
+from .errors import Notice
 from .home import UserError, atomic_write_bytes, atomic_write_json, read_json
 from .tokenizer import Tokenizer, text_chunks, train_tokenizer, vocab_size_warning
 
@@ -27,7 +28,7 @@ class PreparedData:
     val_bytes: int         # UTF-8 bytes of the validation text (the bpb denominator)
     train_bytes: int
     tokenizer: Tokenizer
-    warnings: list[str]
+    warnings: list[str]  # Notices: English text, with a code and parameters for the page
 
 
 def _book_splits(home: Path, names: list[str], val_fraction: float):
@@ -54,7 +55,7 @@ def _data_key(home: Path, names: list[str], val_fraction: float, tokenizer_json:
 def prepare_data(home: Path, model_dir: Path, book_names: list[str], kind: str, vocab_size: int,
                  val_fraction: float = 0.1, log=print) -> PreparedData:
     if not book_names:
-        raise UserError("Choose at least one book to train on (--books NAME). See `azr books list`.")
+        raise UserError("data.no_books")
     for name in book_names:
         books_mod.get_book(home, name)  # raises NotFound with the right hint
     warnings: list[str] = []
@@ -62,7 +63,7 @@ def prepare_data(home: Path, model_dir: Path, book_names: list[str], kind: str, 
     if tok_path.exists():
         tokenizer = Tokenizer.load(tok_path)
     else:
-        log(f"Training a {kind} tokenizer (vocab_size {vocab_size}) on the training split of {', '.join(book_names)}…")
+        log(Notice("data.training_tokenizer", kind=kind, vocab_size=vocab_size, books=list(book_names)))
 
         def train_texts():
             for _, train, _, _ in _book_splits(home, book_names, val_fraction):
@@ -71,10 +72,9 @@ def prepare_data(home: Path, model_dir: Path, book_names: list[str], kind: str, 
         tokenizer = train_tokenizer(kind, train_texts(), vocab_size)
         tokenizer.save(tok_path)
         if tokenizer.vocab_size < vocab_size:
-            warnings.append(f"The books only supported {tokenizer.vocab_size} tokens; the model keeps vocab_size "
-                            f"{vocab_size} (the extra rows are never used).")
+            warnings.append(Notice("data.vocab_unused", tokens=tokenizer.vocab_size, vocab_size=vocab_size))
     if tokenizer.vocab_size > vocab_size:
-        raise UserError(f"The model's tokenizer has {tokenizer.vocab_size} tokens but vocab_size is {vocab_size}.")
+        raise UserError("data.tokenizer_too_big", tokens=tokenizer.vocab_size, vocab_size=vocab_size)
 
     data_dir = model_dir / "data"
     key = _data_key(home, book_names, val_fraction, tokenizer.to_json())
@@ -82,7 +82,7 @@ def prepare_data(home: Path, model_dir: Path, book_names: list[str], kind: str, 
     if meta_path.exists() and read_json(meta_path).get("key") == key:
         meta = read_json(meta_path)
     else:
-        log("Tokenizing the books…")
+        log(Notice("data.tokenizing"))
         train_parts, val_parts = [], []
         train_bytes = val_bytes = 0
         eot = np.asarray([tokenizer.eot_id], dtype=np.uint32)
@@ -107,7 +107,7 @@ def prepare_data(home: Path, model_dir: Path, book_names: list[str], kind: str, 
     if w:
         warnings.append(w)
     if meta["val_bytes"] == 0:
-        warnings.append("The validation split is empty (val_fraction 0): val loss and bpb cannot be measured.")
+        warnings.append(Notice("data.no_validation"))
     return PreparedData(train_ids, val_ids, meta["val_bytes"], meta["train_bytes"], tokenizer, warnings)
 
 
@@ -117,8 +117,7 @@ class BatchSampler:
 
     def __init__(self, tokens: np.ndarray, seq_len: int, batch_size: int, seed: int):
         if len(tokens) < seq_len + 2:
-            raise UserError(f"The training text is only {len(tokens)} tokens, shorter than one sequence "
-                            f"({seq_len + 1}). Add more text or lower max_seq_len.")
+            raise UserError("data.text_too_short", tokens=len(tokens), needed=seq_len + 1)
         self.tokens, self.seq_len, self.batch_size = tokens, seq_len, batch_size
         self.gen = torch.Generator().manual_seed(seed)
 

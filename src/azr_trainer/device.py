@@ -19,11 +19,11 @@ def pick_device(name: str = "auto") -> torch.device:
     try:
         dev = torch.device(name)
     except RuntimeError as e:
-        raise UserError(f"Unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps.") from e
+        raise UserError("device.unknown", name=name, options=["auto", "cpu", "cuda", "cuda:N", "mps"]) from e
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but this PyTorch has no CUDA GPU; use --device cpu or auto.")
+        raise UserError("device.no_cuda")
     if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise UserError("--device mps was asked for but Apple's MPS is not available here; use --device cpu or auto.")
+        raise UserError("device.no_mps")
     return dev
 
 
@@ -38,7 +38,7 @@ def default_threads() -> int:
 def set_threads(threads: int | None) -> int:
     n = threads or default_threads()
     if n < 1:
-        raise UserError(f"threads must be at least 1, got {n}.")
+        raise UserError("device.threads", value=n)
     torch.set_num_threads(n)
     return n
 

@@ -33,6 +33,34 @@ class UserError(Exception):
         return {"detail": self.render(lang), "code": self.code, "params": self.params}
 
 
+class Notice(str):
+    """A sentence a run or a result reports (a warning, a log line, a note): the English text, so
+    it prints and serializes as before, with its code and parameters to render it in another
+    language (``render``) or hand it to the page (``to_dict``)."""
+
+    code: str
+    params: dict
+
+    def __new__(cls, code: str, /, **params):
+        params = {k: _plain(v) for k, v in params.items()}
+        self = super().__new__(cls, catalogue.message(code, "en", **params))
+        self.code, self.params = code, params
+        return self
+
+    def __reduce__(self):  # str's own would rebuild it from the text alone
+        return (_notice, (self.code, self.params))
+
+    def render(self, lang: str = "en") -> str:
+        return catalogue.message(self.code, lang, **self.params)
+
+    def to_dict(self, lang: str = "en") -> dict:
+        return {"message": self.render(lang), "code": self.code, "params": self.params}
+
+
+def _notice(code: str, params: dict) -> Notice:
+    return Notice(code, **params)
+
+
 class NotFound(UserError):
     status = 404
 

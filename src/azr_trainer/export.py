@@ -38,6 +38,7 @@ import torch
 
 from . import store
 from .checkpoint import build_model, export_pt, init_checkpoint, resolve_checkpoint, safe_load
+from .errors import Notice
 from .home import UserError, atomic_path, atomic_write_bytes, fsync_dir, read_json
 from .model import ModelConfig
 from .tokenizer import Tokenizer
@@ -87,15 +88,18 @@ def pick_checkpoint(home: Path, name: str, which: str = "best") -> tuple[dict, d
     pid = training_pid(mdir)
     notes = []
     if which == "best" and path.name != "best.pt" and kind != "imported":
-        notes.append(f"'{name}' has no best checkpoint yet (no evaluation has run); exported the latest "
-                     f"(step {obj.get('step')}).")
+        notes.append(Notice("export.note_no_best", name=name, step=obj.get("step")))
     if pid is not None:
-        what = ("its best checkpoint so far" if path.name == "best.pt" else f"the checkpoint you chose ({kind})")
-        bpb = f", val bpb {val_bpb:.4f}" if isinstance(val_bpb, (int, float)) else ""
-        notes.append(f"'{name}' is still training (process {pid}): exported {what} (step {obj.get('step')}{bpb}). "
-                     "Export again when training ends for the final weights.")
+        if path.name != "best.pt":
+            notes.append(Notice("export.note_training_chosen", name=name, pid=str(pid), step=obj.get("step")))
+        elif isinstance(val_bpb, (int, float)):
+            notes.append(Notice("export.note_training_best_bpb", name=name, pid=str(pid), step=obj.get("step"),
+                                bpb=round(val_bpb, 4)))
+        else:
+            notes.append(Notice("export.note_training_best", name=name, pid=str(pid), step=obj.get("step")))
     facts = {"model": info.name, "checkpoint": str(path), "checkpoint_kind": kind, "step": obj.get("step"),
-             "val_bpb": val_bpb, "training": pid is not None, "note": " ".join(notes) or None}
+             "val_bpb": val_bpb, "training": pid is not None, "note": " ".join(notes) or None,
+             "notes": [n.to_dict() for n in notes]}
     return obj, facts
 
 
@@ -115,15 +119,16 @@ def export_model(home: Path, name: str, fmt: str, output: Path | str | None = No
 
     Returns what was written: ``path`` (a file, or the HF folder), ``files``, ``bytes``, the
     checkpoint used, and ``note`` — a sentence to show the user when the model is still
-    training or has no best checkpoint yet (otherwise None)."""
+    training or has no best checkpoint yet (otherwise None); ``notes`` has the same as
+    ``{message, code, params}`` for showing it in another language."""
     if fmt not in FORMATS:
-        raise UserError(f"Export format must be one of {', '.join(FORMATS)}, got {fmt!r}.")
+        raise UserError("export.format", value=fmt, options=list(FORMATS))
     dtype = dtype or DEFAULT_DTYPE[fmt]
     allowed = {"pt": ("f32",), "hf": tuple(HF_DTYPES), "gguf": GGUF_DTYPES}[fmt]
     if dtype not in allowed:
-        raise UserError(f"--dtype for {fmt} must be one of {', '.join(allowed)}, got {dtype!r}.")
+        raise UserError("export.dtype", format=fmt, value=dtype, options=list(allowed))
     if as_zip and fmt != "hf":
-        raise UserError("Only the Hugging Face folder is zipped (--format hf --zip).")
+        raise UserError("export.zip_only_hf")
     obj, facts = pick_checkpoint(home, name, checkpoint)
     out = Path(output) if output is not None else default_output(home, name, fmt, dtype, as_zip)
     if fmt == "pt":
@@ -227,9 +232,9 @@ def export_hf(obj: dict, folder: Path, dtype: str = "f32", *, model_name: str | 
     failure never leaves half a folder; an earlier export there is replaced, anything else refused."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
-        raise UserError(f"{folder} exists and is a file; a Hugging Face export is a folder. Choose another path.")
+        raise UserError("export.target_is_file", path=str(folder))
     if folder.is_dir() and any(folder.iterdir()) and not (folder / "config.json").exists():
-        raise UserError(f"{folder} exists and is not an earlier export (no config.json); choose an empty or new folder.")
+        raise UserError("export.target_not_export", path=str(folder))
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.parent / f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
@@ -270,8 +275,7 @@ def _require_gguf():
     try:
         import gguf
     except ImportError:
-        raise UserError("GGUF export needs the 'gguf' package: pip install 'azr-trainer[export]' "
-                        "(or pip install gguf).") from None
+        raise UserError("export.gguf_missing") from None
     return gguf
 
 
@@ -312,8 +316,7 @@ def gguf_tokenizer(tok: Tokenizer, vocab_size: int, meta: dict | None = None) ->
     spec = json.loads(tok.hf.to_str())
     model = spec.get("model") or {}
     if model.get("type") != "BPE":
-        raise UserError(f"This model's tokenizer ({model.get('type')}) has no GGUF form here; "
-                        "export it as a Hugging Face folder instead.")
+        raise UserError("export.gguf_tokenizer_type", type=str(model.get("type")))
     vocab: dict[str, int] = dict(model["vocab"])
     added = spec.get("added_tokens") or []
     vocab.update({a["content"]: a["id"] for a in added})
@@ -334,13 +337,11 @@ def gguf_tokenizer(tok: Tokenizer, vocab_size: int, meta: dict | None = None) ->
         out["types"] = [int(T.BYTE) if t in byte_tokens else ty for t, ty in zip(tokens, types)]
         if tok.kind == "char":
             if SPACE_SPM in vocab:
-                raise UserError("The book contains the character '▁' (U+2581), which llama.cpp's tokenizer uses for "
-                                "a space, so this char model cannot go to GGUF. Export it as a Hugging Face folder.")
+                raise UserError("export.gguf_spm_space")
             out["tokens"] = [SPACE_SPM if t == " " else t for t in tokens]
         out.update(model="llama", scores=[-float(i) for i in range(n)])
     else:
-        raise UserError("This model's tokenizer is neither byte-level BPE nor byte-fallback BPE, the two that "
-                        "GGUF export supports. Export it as a Hugging Face folder instead.")
+        raise UserError("export.gguf_tokenizer_kind")
     return out
 
 
@@ -362,7 +363,7 @@ def export_gguf(obj: dict, path: Path, dtype: str = "f16", *, model_name: str | 
     (tests use it to exercise the import path that rebuilds a tokenizer from the vocabulary)."""
     gguf = _require_gguf()
     if dtype not in GGUF_DTYPES:
-        raise UserError(f"GGUF dtype must be one of {', '.join(GGUF_DTYPES)}, got {dtype!r}.")
+        raise UserError("export.gguf_dtype", value=dtype, options=list(GGUF_DTYPES))
     path = Path(path)
     _, cfg, tok = build_model(obj)
     meta = obj.get("meta") or {}

@@ -43,8 +43,9 @@ import torch
 
 from . import store
 from .checkpoint import FORMAT, FORMAT_VERSION, atomic_torch_save, build_model, init_checkpoint, safe_load
+from .errors import Notice
 from .home import TMP_DIR, TMP_PREFIX, Conflict, UserError, atomic_write_json, fsync_dir, owned_tmp_name, \
-    validate_name
+    check_new_name, validate_name
 from .model import ModelConfig, Transformer, count_parameters
 from .tokenizer import EOT, Tokenizer
 
@@ -67,9 +68,9 @@ def detect_format(path: Path) -> str:
     if path.is_dir():
         if (path / "config.json").exists():
             return "hf"
-        raise UserError(f"{path} is a folder without config.json, not a Hugging Face model folder.")
+        raise UserError("import.not_hf_folder", path=str(path))
     if not path.exists():
-        raise UserError(f"No such file or folder: {path}.")
+        raise UserError("import.no_such_path", path=str(path))
     with open(path, "rb") as f:
         head = f.read(4)
     if head == b"GGUF":
@@ -85,7 +86,7 @@ def detect_format(path: Path) -> str:
         return "pt"  # torch.save writes a zip too; safe_load checks it is ours
     if head[:1] == b"\x80":
         return "pt"  # an old-style pickle: safe_load refuses anything but tensors and plain data
-    raise UserError(f"{path} is not a GGUF file, a .pt model file or a Hugging Face folder/zip.")
+    raise UserError("import.unknown_format", path=str(path))
 
 
 # ---- Hugging Face config → ModelConfig -----------------------------------------------------
@@ -149,8 +150,8 @@ def _state_for(cfg: ModelConfig, tensors: dict[str, torch.Tensor]) -> dict[str, 
     unexpected = [k for k in tensors if k not in expected]
     bad = [k for k in expected if tensors.get(k) is not None and tuple(tensors[k].shape) != tuple(expected[k].shape)]
     if missing or unexpected or bad:
-        raise UserError("The weights do not fit a Llama model of the shape its config describes "
-                        f"(missing {missing[:3]}, unexpected {unexpected[:3]}, wrong shape {bad[:3]}).")
+        raise UserError("import.weights_mismatch", missing=missing[:3] or "–", unexpected=unexpected[:3] or "–",
+                        wrong=bad[:3] or "–")
     return {k: tensors[k].to(torch.float32).contiguous() for k in expected}
 
 
@@ -167,11 +168,16 @@ def _eos_from_ids(hf, *candidates) -> str | None:
     return None
 
 
+def _first_line(e: BaseException, limit: int = 200) -> str:
+    """What a library's exception says, for a message's ``reason``: its first line, kept short."""
+    return (str(e).splitlines() or [type(e).__name__])[0][:limit]
+
+
 def _read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
     except ValueError as e:
-        raise UserError(f"{path} is not valid JSON ({e}).") from None
+        raise UserError("import.bad_json", path=str(path), reason=str(e)) from None
 
 
 # ---- readers -------------------------------------------------------------------------------
@@ -195,8 +201,7 @@ def read_hf_folder(folder: Path, max_seq_len: int | None = None) -> Loaded:
     else:
         files = sorted(folder.glob("*.safetensors"))
     if not files:
-        extra = " (only PyTorch .bin weights: convert them to safetensors first)" if list(folder.glob("*.bin")) else ""
-        raise UserError(f"No .safetensors weights in {folder}{extra}.")
+        raise UserError("import.only_bin" if list(folder.glob("*.bin")) else "import.no_safetensors", folder=str(folder))
     try:
         size = sum(f.stat().st_size for f in files)
     except OSError:
@@ -210,21 +215,21 @@ def read_hf_folder(folder: Path, max_seq_len: int | None = None) -> Loaded:
         try:
             tensors.update(load_file(str(f)))
         except Exception as e:  # missing shard, truncated download, not safetensors at all
-            raise UserError(f"Cannot read the weights in {f.name} ({str(e).splitlines()[0][:200]}).") from None
+            raise UserError("import.weights_unreadable", file=f.name, reason=_first_line(e)) from None
     state = _state_for(cfg, tensors)
     if (folder / "tokenizer.json").exists():
         try:
             hf = HFTokenizer.from_file(str(folder / "tokenizer.json"))
         except Exception as e:
-            raise UserError(f"{folder / 'tokenizer.json'} cannot be read ({str(e).splitlines()[0][:200]}).") from None
+            raise UserError("import.tokenizer_unreadable", path=str(folder / "tokenizer.json"),
+                            reason=_first_line(e)) from None
     else:
         hf = _tokenizer_via_transformers(folder)
     tc = _read_json(folder / "tokenizer_config.json")
     gc = _read_json(folder / "generation_config.json")
     eos = _eos_from_ids(hf, gc.get("eos_token_id"), c.get("eos_token_id"), tc.get("eos_token"))
     if eos is None:
-        raise UserError("Cannot tell which token ends a text: no eos_token_id in config.json or "
-                        "generation_config.json, and no eos_token in tokenizer_config.json.")
+        raise UserError("import.no_eos")
     tok = _make_tokenizer(hf, kind, eos, cfg)
     source = {"format": "hf", "path": str(folder), **facts}
     if tc.get("chat_template"):
@@ -238,19 +243,18 @@ def _tokenizer_via_transformers(folder: Path):
     try:
         from transformers import AutoTokenizer
     except ImportError:
-        raise UserError(f"{folder} has no tokenizer.json; converting its tokenizer needs transformers "
-                        "(pip install 'azr-trainer[export]').") from None
+        raise UserError("import.needs_transformers", folder=str(folder)) from None
     try:
         t = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
         return t.backend_tokenizer
     except Exception as e:
-        raise UserError(f"Could not read the tokenizer in {folder} ({str(e).splitlines()[0][:200]}).") from None
+        raise UserError("import.tokenizer_failed", folder=str(folder), reason=_first_line(e)) from None
 
 
 def _make_tokenizer(hf, kind: str, eos: str, cfg: ModelConfig) -> Tokenizer:
     tok = Tokenizer(hf, kind, EOT if kind in ("bpe", "char") else eos)
     if tok.vocab_size > cfg.vocab_size:
-        raise UserError(f"The tokenizer has {tok.vocab_size} tokens but the model only {cfg.vocab_size} embeddings.")
+        raise UserError("import.tokenizer_too_big", tokens=tok.vocab_size, embeddings=cfg.vocab_size)
     return tok
 
 
@@ -270,14 +274,14 @@ def read_gguf(path: Path, max_seq_len: int | None = None) -> Loaded:
     try:
         import gguf
     except ImportError:
-        raise UserError("Importing GGUF needs the gguf package: pip install 'azr-trainer[export]'.") from None
+        raise UserError("import.gguf_missing") from None
     from tokenizers import Tokenizer as HFTokenizer
 
     from .export import from_interleaved, gguf_tensor_names
     try:
         reader = gguf.GGUFReader(str(path))
     except Exception as e:
-        raise UserError(f"{path} is not a readable GGUF file ({str(e).splitlines()[0][:200]}).") from None
+        raise UserError("import.gguf_unreadable", path=str(path), reason=_first_line(e)) from None
 
     def value(key, default=None):
         f = reader.fields.get(key)
@@ -285,16 +289,16 @@ def read_gguf(path: Path, max_seq_len: int | None = None) -> Loaded:
 
     arch = value("general.architecture")
     if arch != "llama":
-        raise UserError(f"Only llama-architecture GGUF files can be imported; this one is '{arch}'.")
+        raise UserError("import.gguf_arch", arch=str(arch))
     tensors = {t.name: t for t in reader.tensors}
     if "token_embd.weight" not in tensors:
-        raise UserError(f"{path.name} has no token_embd.weight; it is not a complete llama model.")
+        raise UserError("import.gguf_no_embeddings", file=path.name)
     d, heads = int(value("llama.embedding_length")), int(value("llama.attention.head_count"))
     kv = int(value("llama.attention.head_count_kv", heads))
     if value("llama.rope.scaling.type") not in (None, "none") or value("llama.rope.dimension_count", d // heads) != d // heads:
-        raise UserError(f"{path.name} uses rotary scaling or partial rotary dimensions, which are not supported.")
+        raise UserError("import.gguf_rope", file=path.name)
     if any(n.startswith("blk.0.") and n.endswith(".bias") for n in tensors) or "rope_freqs.weight" in tensors:
-        raise UserError(f"{path.name} has attention biases or rope frequency factors, which are not supported.")
+        raise UserError("import.gguf_bias", file=path.name)
     config = {  # the same keys as a Hugging Face config.json, so one mapping serves both
         "model_type": "llama", "hidden_size": d, "num_attention_heads": heads, "num_key_value_heads": kv,
         "num_hidden_layers": int(value("llama.block_count")), "intermediate_size": int(value("llama.feed_forward_length")),
@@ -311,7 +315,7 @@ def read_gguf(path: Path, max_seq_len: int | None = None) -> Loaded:
     state: dict[str, torch.Tensor] = {}
     for name, t in tensors.items():
         if name not in names:
-            raise UserError(f"{path.name} has a tensor this Llama has no place for: {name}.")
+            raise UserError("import.gguf_tensor", file=path.name, tensor=name)
         shape = tuple(int(n) for n in reversed(t.shape.tolist()))  # GGUF lists dimensions innermost first
         w = torch.from_numpy(np.array(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32).reshape(shape))
         ours = names[name]
@@ -335,17 +339,15 @@ def read_gguf(path: Path, max_seq_len: int | None = None) -> Loaded:
         try:
             from transformers import AutoTokenizer
         except ImportError:
-            raise UserError("Rebuilding the tokenizer of a GGUF file needs transformers: "
-                            "pip install 'azr-trainer[export]'.") from None
+            raise UserError("import.gguf_needs_transformers") from None
         try:
             hf = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name,
                                                local_files_only=True).backend_tokenizer
         except Exception as e:
-            raise UserError(f"transformers could not rebuild the tokenizer of {path.name} "
-                            f"({str(e).splitlines()[0][:300]}).") from None
+            raise UserError("import.gguf_tokenizer_failed", file=path.name, reason=_first_line(e, 300)) from None
     eos = _eos_from_ids(hf, int(eos_id) if eos_id is not None else None)
     if eos is None:
-        raise UserError(f"{path.name} names no end-of-sequence token (tokenizer.ggml.eos_token_id).")
+        raise UserError("import.gguf_no_eos", file=path.name)
     tok = _make_tokenizer(hf, kind, eos, cfg)
     source = {"format": "gguf", "path": str(path), "file_type": file_type, **facts}
     if pre:
@@ -498,7 +500,7 @@ def read_any(path: Path | str, max_seq_len: int | None = None, fmt: str | None =
     path = Path(path).expanduser()
     fmt = fmt or detect_format(path)
     if max_seq_len is not None and (not isinstance(max_seq_len, int) or max_seq_len < 2):
-        raise UserError(f"max_seq_len must be a whole number of at least 2, got {max_seq_len!r}.")
+        raise UserError("import.max_seq_len", value=max_seq_len)
     if fmt == "hf-zip":
         return read_hf_zip(path.resolve(), max_seq_len, work_dir=work_dir)
     return READERS[fmt](path.resolve(), max_seq_len)
@@ -522,9 +524,9 @@ def import_model(home: Path, path: Path | str, name: str | None = None, *, max_s
     fmt = detect_format(path)
     name = validate_name(name or _default_name(path), "model name")
     if store.model_dir(home, name).exists():
-        raise Conflict(f"A model named '{name}' already exists. Choose another name (--name) or delete it "
-                       f"(azr models delete {name}).")
-    log(f"Reading {path}…")
+        raise Conflict("model.exists", name=name)
+    check_new_name(home / "models", name)
+    log(Notice("import.reading", path=str(path)))
     loaded = read_any(path, max_seq_len, fmt, work_dir=home / TMP_DIR)  # on the data's disk, cleaned at start
     cfg = loaded.config.validate()
     source = {**loaded.source, "imported_at": store.now_iso()}
@@ -544,7 +546,7 @@ def import_model(home: Path, path: Path | str, name: str | None = None, *, max_s
         atomic_write_json(tmp / "model.json", {**info.to_dict(), "imported_from": source})
         target = store.model_dir(home, name)
         if target.exists():
-            raise Conflict(f"A model named '{name}' appeared while importing; choose another name.")
+            raise Conflict("import.appeared", name=name)
         os.rename(tmp, target)
         fsync_dir(models)
     except BaseException:

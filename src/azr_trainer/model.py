@@ -58,30 +58,28 @@ class ModelConfig:
         for name in ints:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
-                raise UserError(f"{name} must be a whole number, got {value!r}.")
+                raise UserError("model.not_integer", field=name, value=value)
             if value <= 0:
-                raise UserError(f"{name} must be greater than 0, got {value}.")
+                raise UserError("model.not_positive", field=name, value=value)
         limits = {"vocab_size": 1_000_000, "d_model": 16384, "num_layers": 256, "num_heads": 256,
                   "d_ff": 65536, "max_seq_len": 131072}
         for name, limit in limits.items():
             if getattr(self, name) > limit:
-                raise UserError(f"{name} ({getattr(self, name)}) is larger than this studio supports ({limit}).")
+                raise UserError("model.too_large", field=name, value=getattr(self, name), limit=limit)
         if self.tokenizer not in ("bpe", "char", "hf"):
-            raise UserError(f"tokenizer must be 'bpe' or 'char', got {self.tokenizer!r}.")
+            raise UserError("model.tokenizer", value=self.tokenizer, options=["bpe", "char"])
         if self.num_kv_heads is not None:
             if isinstance(self.num_kv_heads, bool) or not isinstance(self.num_kv_heads, int) or self.num_kv_heads <= 0:
-                raise UserError(f"num_kv_heads must be a whole number greater than 0, got {self.num_kv_heads!r}.")
+                raise UserError("model.kv_heads_invalid", value=self.num_kv_heads)
             if self.num_heads % self.num_kv_heads:
-                raise UserError(f"num_heads ({self.num_heads}) must be divisible by num_kv_heads ({self.num_kv_heads}).")
+                raise UserError("model.kv_heads_divide", num_heads=self.num_heads, num_kv_heads=self.num_kv_heads)
         if self.vocab_size < 260:
-            raise UserError(f"vocab_size ({self.vocab_size}) must be at least 260: both tokenizers keep all 256 "
-                            "byte values so that any text round-trips exactly.")
+            raise UserError("model.vocab_small", value=self.vocab_size, min=260)
         if self.d_model % self.num_heads:
-            raise UserError(f"d_model ({self.d_model}) must be divisible by num_heads ({self.num_heads}); "
-                            f"try num_heads {_divisor_near(self.d_model, self.num_heads)}.")
+            raise UserError("model.heads_divide", d_model=self.d_model, num_heads=self.num_heads,
+                            suggest=_divisor_near(self.d_model, self.num_heads))
         if self.head_dim % 2:
-            raise UserError(f"d_model / num_heads = {self.head_dim} must be even for rotary positions; "
-                            "change d_model or num_heads.")
+            raise UserError("model.head_dim_odd", head_dim=self.head_dim)
         return self
 
 

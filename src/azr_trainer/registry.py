@@ -162,9 +162,7 @@ class Registry:
                 return
             version = conn.execute(select(SchemaVersion.version)).scalar_one()
             if version > latest_version():
-                raise UserError(f"This data folder ({self.home}) was written by a newer AZR Trainer (registry "
-                                f"schema {version}, this release knows up to {latest_version()}). Upgrade AZR "
-                                "Trainer, or use another folder with --home.")
+                raise UserError("registry.newer", folder=str(self.home), version=version, known=latest_version())
             for migrate in MIGRATIONS[version - 1:]:
                 migrate(conn)
             conn.execute(SchemaVersion.__table__.update().values(version=latest_version()))

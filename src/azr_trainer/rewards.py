@@ -145,7 +145,7 @@ class Length:
 
     def __init__(self, target: float):
         if not target or target <= 0:
-            raise UserError(f"The length target must be a positive number of words, got {target!r}.")
+            raise UserError("reward.length_target", value=target)
         self.target = float(target)
 
     def __call__(self, texts: list[str], prompts: list[str]) -> list[float]:
@@ -249,8 +249,7 @@ COMPONENTS = ("diversity", "repetition", "length", "coherence", "custom")
 
 def preset_weights(name: str) -> dict[str, float]:
     if name not in PRESETS:
-        raise UserError(f"Unknown reward {name!r}: use one of {', '.join(PRESETS)}, or a Python file "
-                        "that defines compute_reward(texts, prompts).")
+        raise UserError("reward.unknown", name=str(name), options=list(PRESETS))
     return dict(PRESETS[name])
 
 
@@ -264,14 +263,13 @@ def parse_weights(spec: str | dict | None) -> dict[str, float]:
     for key, value in items:
         key = str(key).strip()
         if key not in COMPONENTS:
-            raise UserError(f"Unknown reward component {key!r}: use {', '.join(COMPONENTS)} "
-                            "(e.g. repetition=1,coherence=0.25).")
+            raise UserError("reward.unknown_component", name=key, options=list(COMPONENTS))
         try:
             w = float(value)
         except (TypeError, ValueError):
-            raise UserError(f"The weight of {key} must be a number, got {value!r} (write {key}=0.5).") from None
+            raise UserError("reward.weight_not_number", component=key, value=value) from None
         if not math.isfinite(w):
-            raise UserError(f"The weight of {key} must be finite, got {value!r}.")
+            raise UserError("reward.weight_not_finite", component=key, value=value)
         out[key] = w
     return out
 
@@ -283,7 +281,7 @@ class Composite:
     def __init__(self, parts: dict[str, tuple[float, RewardFn]]):
         self.parts = {k: (w, fn) for k, (w, fn) in parts.items() if w != 0}
         if not self.parts:
-            raise UserError("The reward has no component with a non-zero weight.")
+            raise UserError("reward.no_weights")
 
     @property
     def weights(self) -> dict[str, float]:
@@ -319,14 +317,14 @@ def build_reward(weights: dict[str, float], *, length_target: float | None = Non
             parts[name] = (w, Length(length_target or 0))
         elif name == "coherence":
             if coherence is None:
-                raise UserError("The coherence reward needs the frozen starting model.")
+                raise UserError("reward.coherence_needs_model")
             parts[name] = (w, coherence)
         elif name == "custom":
             if custom is None:
-                raise UserError("A 'custom' weight needs a reward file (--reward-file FILE.py).")
+                raise UserError("reward.custom_needs_file")
             parts[name] = (w, custom)
         else:
-            raise UserError(f"Unknown reward component {name!r}.")
+            raise UserError("reward.unknown_component", name=name, options=list(COMPONENTS))
     return Composite(parts)
 
 
@@ -339,16 +337,16 @@ def check_rewards(values, n: int, source: str) -> list[float]:
     elif hasattr(values, "tolist") and getattr(values, "ndim", 1) <= 1:  # numpy arrays
         values = values.tolist()
     if isinstance(values, (str, bytes)) or not isinstance(values, (list, tuple)):
-        raise UserError(f"{source} must return a list of {n} numbers (one per text), got {type(values).__name__}.")
+        raise UserError("reward.not_list", source=source, count=n, type=type(values).__name__)
     if len(values) != n:
-        raise UserError(f"{source} returned {len(values)} values for {n} texts; return exactly one number per text.")
+        raise UserError("reward.wrong_count", source=source, got=len(values), count=n)
     out = []
     for i, v in enumerate(values):
         if isinstance(v, bool) or not isinstance(v, Real):
-            raise UserError(f"{source} returned {v!r} ({type(v).__name__}) for text {i}; every value must be a number.")
+            raise UserError("reward.not_number", source=source, value=repr(v)[:80], type=type(v).__name__, index=i)
         v = float(v)
         if not math.isfinite(v):
-            raise UserError(f"{source} returned {v} for text {i}; rewards must be finite numbers (no NaN or inf).")
+            raise UserError("reward.not_finite", source=source, value=str(v), index=i)
         out.append(v)
     return out
 
@@ -368,30 +366,30 @@ def load_reward_file(path: str | Path, probe: bool = True) -> RewardFn:
     """
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"Reward file {path} does not exist.")
+        raise UserError("reward.file_missing", path=str(path))
     if path.suffix != ".py":
-        raise UserError(f"Reward file {path} must be a Python file (.py) that defines compute_reward(texts, prompts).")
+        raise UserError("reward.file_not_py", path=str(path))
     mod_name = f"azr_user_reward_{uuid.uuid4().hex[:8]}"
     spec = importlib.util.spec_from_file_location(mod_name, path)
     if spec is None or spec.loader is None:
-        raise UserError(f"Cannot load {path} as a Python module.")
+        raise UserError("reward.file_unloadable", path=str(path))
     module = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(module)
     except SyntaxError as e:
-        raise UserError(f"Reward file {path.name} has a syntax error on line {e.lineno}: {e.msg}.") from None
+        raise UserError("reward.file_syntax", file=path.name, line=e.lineno, error=str(e.msg)) from None
     except BaseException as e:  # noqa: BLE001 - anything at import time is the file's fault
         if isinstance(e, KeyboardInterrupt):
             raise
-        raise UserError(f"Reward file {path.name} failed to import: {type(e).__name__}: {e}") from None
+        raise UserError("reward.file_import", file=path.name, error=f"{type(e).__name__}: {e}") from None
     finally:
         sys.modules.pop(mod_name, None)
     fn = getattr(module, "compute_reward", None)
     if fn is None:
-        raise UserError(f"Reward file {path.name} does not define compute_reward(texts, prompts).")
+        raise UserError("reward.file_no_function", file=path.name)
     if not callable(fn):
-        raise UserError(f"compute_reward in {path.name} is not a function.")
-    source = f"compute_reward in {path.name}"
+        raise UserError("reward.file_not_function", file=path.name)
+    source = f"{path.name}: compute_reward"
 
     def compute_reward(texts: list[str], prompts: list[str]) -> list[float]:
         try:
@@ -399,7 +397,7 @@ def load_reward_file(path: str | Path, probe: bool = True) -> RewardFn:
         except UserError:
             raise
         except Exception as e:  # noqa: BLE001
-            raise UserError(f"{source} raised {type(e).__name__}: {e}") from None
+            raise UserError("reward.raised", source=source, error=f"{type(e).__name__}: {e}") from None
         return check_rewards(values, len(texts), source)
 
     compute_reward.__doc__ = getattr(fn, "__doc__", None)

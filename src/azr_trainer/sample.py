@@ -29,15 +29,15 @@ class SamplingParams:
 
     def validate(self) -> "SamplingParams":
         if not isinstance(self.max_length, int) or self.max_length < 1 or self.max_length > 100_000:
-            raise UserError(f"max_length must be between 1 and 100000 tokens, got {self.max_length!r}.")
+            raise UserError("sample.max_length", value=self.max_length, max=100_000)
         if not (0 <= self.temperature <= 10):
-            raise UserError(f"temperature must be between 0 (greedy) and 10 (typical 0.1–2.0), got {self.temperature}.")
+            raise UserError("sample.temperature", value=self.temperature)
         if self.top_k is not None and self.top_k < 0:
-            raise UserError(f"top_k must be 0 (off) or more, got {self.top_k}.")
+            raise UserError("sample.top_k", value=self.top_k)
         if self.top_p is not None and not (0 < self.top_p <= 1):
-            raise UserError(f"top_p must be in (0, 1], got {self.top_p}.")
+            raise UserError("sample.top_p", value=self.top_p)
         if not (0 < self.repetition_penalty <= 10):
-            raise UserError(f"repetition_penalty must be in (0, 10] (1.0 is off), got {self.repetition_penalty}.")
+            raise UserError("sample.repetition_penalty", value=self.repetition_penalty)
         return self
 
 

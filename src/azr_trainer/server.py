@@ -561,8 +561,7 @@ def create_app(home: Path, *, token: str | None = None, max_upload_bytes: int = 
         try:
             return store.get_model(home, name)
         except (ValueError, KeyError, TypeError):  # ValueError includes a damaged JSON file
-            raise UserError(f"The details of model '{name}' (model.json) are damaged; delete the model and "
-                            "create it again.") from None
+            raise UserError("model.damaged", name=name) from None
 
     def model_dict(info: store.ModelInfo, training: set[str]) -> dict:
         folder = store.model_dir(home, info.name)
@@ -661,8 +660,7 @@ def create_app(home: Path, *, token: str | None = None, max_upload_bytes: int = 
         get_model_info(model)
         path = store.model_dir(home, model) / "tokenizer.json"
         if not path.is_file():
-            raise Conflict(f"Model '{model}' has no tokenizer yet: it is built from the books the first time the "
-                           "model trains. Start a run, then look again.")
+            raise Conflict("model.no_tokenizer_yet", name=model)
         tokenizer = _load_tokenizer(str(path), path.stat().st_mtime_ns)
         enc = tokenizer.hf.encode(text, add_special_tokens=False)
         return {"model": model, "tokenizer": tokenizer.kind,
@@ -733,28 +731,31 @@ def create_app(home: Path, *, token: str | None = None, max_upload_bytes: int = 
                 "next": f"Train '{name}' on the book '{book}' (a train run), then start a reason run."}
 
     @app.post("/api/models/estimate", tags=["models"])
-    def estimate_model(body: ModelShape):
+    def estimate_model(body: ModelShape, request: Request):
         """Size, memory and compute of a shape, with what is wrong with it: for validating as the
-        user types, so an invalid shape is a 200 with ``errors``, never a 4xx."""
-        errors = []
+        user types, so an invalid shape is a 200 with ``errors`` (sentences in the request's
+        language) and ``problems`` (the same as ``{detail, code, params}``), never a 4xx."""
+        lang = catalogue.language_from_accept(request.headers.get("accept-language"))
+        problems: list[UserError] = []
         if body.name is not None and body.name.strip():
             try:
                 name = validate_name(body.name, "model name")
                 if store.model_dir(home, name).exists():
-                    errors.append(f"A model named '{name}' already exists.")
+                    problems.append(Conflict("model.exists", name=name))
             except UserError as e:
-                errors.append(str(e))
+                problems.append(e)
         cfg = body.config()
         try:
             cfg.validate()
         except UserError as e:
-            errors.append(str(e))
+            problems.append(e)
+        errors = [p.render(lang) for p in problems]
         positive = all(getattr(cfg, f) > 0 for f in ("vocab_size", "d_model", "num_layers", "num_heads", "d_ff",
                                                       "max_seq_len"))
         return {"parameters": count_parameters(cfg) if positive else None,
                 "memory_bytes": estimate_training_memory(cfg, batch_size=16) if positive else None,
                 "flops_per_token": training_flops_per_token(cfg) if positive else None,
-                "errors": errors}
+                "errors": errors, "problems": [p.to_dict(lang) for p in problems]}
 
     @app.get("/api/models/{name}", tags=["models"])
     def get_model(name: str):
@@ -763,7 +764,7 @@ def create_app(home: Path, *, token: str | None = None, max_upload_bytes: int = 
     @app.delete("/api/models/{name}", status_code=204, tags=["models"])
     def delete_model(name: str):
         if not store.model_dir(home, name).is_dir():
-            raise NotFound(f"No model named '{name}'.")
+            raise NotFound("model.not_found", name=name)
         runner.check_model_idle(name)
         store.delete_model(home, name)
         registry.forget_model(name)
@@ -849,12 +850,11 @@ def create_app(home: Path, *, token: str | None = None, max_upload_bytes: int = 
         pairs, the first half shown to the solver)."""
         run = runner.get_run(run_id)
         if run["kind"] != "reason":
-            raise UserError(f"Run {run_id} is a {run['kind']} run; only reasoning runs have task buffers.")
+            raise UserError("buffers.not_reasoning", run=run_id, kind=run["kind"])
         mdir = store.model_dir(home, run["model"])
         path = latest_run_checkpoint(mdir, "reason", run_id)
         if path is None:
-            raise NotFound(f"Run {run_id} has not saved a checkpoint yet; its buffers appear with the first one "
-                           f"(every save_every steps, and when it stops).")
+            raise NotFound("buffers.none_yet", run=run_id)
         try:
             step, buffers = buffers_cache.get(path)
         except FileNotFoundError:  # pruned by the worker just now: its newer checkpoint is there
@@ -919,6 +919,7 @@ def create_app(home: Path, *, token: str | None = None, max_upload_bytes: int = 
     async def generate_stream(body: GenerateRequest, request: Request):
         """Server-sent events: ``{"delta": "…"}`` per piece of text, then ``{"done": true, "text",
         "tokens", "memorisation"}``. Close the connection to stop."""
+        lang = catalogue.language_from_accept(request.headers.get("accept-language"))
         gen = await asyncio.to_thread(prepare_generation, body)  # errors here are ordinary 4xx answers
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
@@ -934,7 +935,8 @@ def create_app(home: Path, *, token: str | None = None, max_upload_bytes: int = 
             except Exception as e:  # reported to the page; the stream then ends
                 log.exception("Generation failed")
                 try:
-                    put({"error": str(e)})
+                    put({"error": e.render(lang), "code": e.code, "params": e.params} if isinstance(e, UserError)
+                        else {"error": str(e)})
                 except RuntimeError:  # the event loop is gone: so is the client
                     pass
 

@@ -54,15 +54,12 @@ def create_model(home: Path, name: str, cfg: ModelConfig, *, max_memory: int | N
     d = model_dir(home, name)
     cfg.validate()
     if d.exists():
-        raise Conflict(f"A model named '{name}' already exists. Choose another name or delete it "
-                       f"(azr models delete {name}).")
+        raise Conflict("model.exists", name=name)
     check_new_name(home / "models", name)
     if max_memory is not None:
         need = estimate_training_memory(cfg, batch_size=1)
         if need > max_memory:
-            raise UserError(f"This shape needs about {need / 2**30:.1f} GiB to train even at batch_size 1, "
-                            f"more than the {max_memory / 2**30:.1f} GiB available. Lower max_seq_len, d_model, "
-                            "num_layers or vocab_size.")
+            raise UserError("model.memory", need_gib=round(need / 2**30, 1), have_gib=round(max_memory / 2**30, 1))
     info = ModelInfo(name=name, config=cfg, created_at=now_iso(), parameters=count_parameters(cfg))
     # Build in a temp folder and rename, so a crash never leaves a half-made model.
     tmp = home / "models" / f".tmp-{uuid.uuid4().hex[:8]}"
@@ -79,7 +76,7 @@ def create_model(home: Path, name: str, cfg: ModelConfig, *, max_memory: int | N
 def get_model(home: Path, name: str) -> ModelInfo:
     d = model_dir(home, name)
     if not (d / "model.json").exists():
-        raise NotFound(f"No model named '{name}'. See `azr models list`, or create it with `azr models create {name} …`.")
+        raise NotFound("model.not_found", name=name)
     return _info_from_json(read_json(d / "model.json"))
 
 
@@ -106,7 +103,7 @@ def update_model(home: Path, name: str, **changes) -> ModelInfo:
 def delete_model(home: Path, name: str) -> None:
     d = model_dir(home, name)
     if not d.exists():
-        raise NotFound(f"No model named '{name}'. See `azr models list`.")
+        raise NotFound("model.not_found", name=name)
     # Rename first so the name disappears at once and a crash mid-delete leaves only a hidden folder.
     trash = home / "models" / f".deleted-{uuid.uuid4().hex[:8]}"
     d.rename(trash)

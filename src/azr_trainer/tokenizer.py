@@ -23,6 +23,7 @@ import numpy as np
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
+from .errors import Notice
 from .home import UserError
 
 EOT = "<|endoftext|>"
@@ -35,7 +36,7 @@ class Tokenizer:
         self.eos_token = eos_token
         self.eot_id = hf.token_to_id(eos_token)
         if self.eot_id is None:
-            raise UserError(f"The tokenizer has no {eos_token} token; the file is not one of ours.")
+            raise UserError("tokenizer.no_eos", token=eos_token)
 
     @property
     def vocab_size(self) -> int:
@@ -64,7 +65,7 @@ class Tokenizer:
         except (KeyError, TypeError, ValueError, Exception) as e:  # tokenizers raises its own Exception type
             if isinstance(e, UserError):
                 raise
-            raise UserError(f"The tokenizer data is damaged ({e}).") from e
+            raise UserError("tokenizer.damaged", reason=str(e).splitlines()[0][:200] if str(e) else type(e).__name__) from e
 
     def save(self, path: Path) -> None:
         from .home import atomic_write_bytes
@@ -118,7 +119,7 @@ def train_char(texts: Iterable[str], vocab_size: int) -> Tokenizer:
     for t in texts:
         counts.update(t)
     if vocab_size < 257:
-        raise UserError("A char tokenizer needs vocab_size of at least 257 (256 byte fallbacks + <|endoftext|>).")
+        raise UserError("tokenizer.char_vocab_small", min=257)
     chars = [c for c, _ in counts.most_common(vocab_size - 1 - 256)]
     vocab = {EOT: 0}
     for tok in chars + [f"<0x{b:02X}>" for b in range(256)]:
@@ -134,14 +135,12 @@ def train_tokenizer(kind: str, texts: Iterable[str], vocab_size: int) -> Tokeniz
         return train_bpe(texts, vocab_size)
     if kind == "char":
         return train_char(texts, vocab_size)
-    raise UserError(f"Unknown tokenizer {kind!r}: use 'bpe' or 'char'.")
+    raise UserError("tokenizer.unknown", value=kind, options=["bpe", "char"])
 
 
-def vocab_size_warning(kind: str, vocab_size: int, train_bytes: int) -> str | None:
+def vocab_size_warning(kind: str, vocab_size: int, train_bytes: int) -> Notice | None:
     """BPE with too many merges for too little text learns whole rare words and overfits."""
     if kind == "bpe" and vocab_size > 256 and train_bytes < vocab_size * 200:
         suggested = max(260, min(vocab_size, train_bytes // 400))
-        return (f"vocab_size {vocab_size} is large for {train_bytes:,} bytes of training text; "
-                f"the model will see most tokens only a few times. Consider vocab_size ≈ {suggested} "
-                "or --tokenizer char for texts this small.")
+        return Notice("tokenizer.vocab_large", vocab_size=vocab_size, bytes=train_bytes, suggested=suggested)
     return None

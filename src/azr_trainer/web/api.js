@@ -2,18 +2,29 @@
 // (GET through EventSource, POST through fetch + ReadableStream). A page opened with
 // ?token=T sends it as a bearer token, and in the query string where headers cannot go.
 
-import { t } from "./i18n.js";
+import { t, currentLanguage, messageText } from "./i18n.js";
 
 const pageParams = new URLSearchParams(location.search);
 export const token = pageParams.get("token") || null;
 
 export class ApiError extends Error {
-  constructor(message, status, detail) {
+  /** ``code`` and ``params``: the catalogue message the server answered with (null for an
+   * uncoded one), so the page can show it again in another language (messageText). */
+  constructor(message, status, detail, code = null, params = null) {
     super(message);
     this.name = "ApiError";
     this.status = status;
     this.detail = detail;
+    this.code = code;
+    this.params = params;
   }
+}
+
+/** The ApiError for a failed answer's JSON body. */
+export function apiError(data, status, statusText) {
+  const code = data && typeof data.code === "string" ? data.code : null;
+  return new ApiError(errorText(data, status, statusText), status, data && data.detail, code,
+    code ? (data.params || {}) : null);
 }
 
 /** Add ?token= to a URL used where no header can be sent (EventSource, downloads). */
@@ -25,12 +36,17 @@ export function withToken(url) {
 }
 
 function authHeaders(extra = {}) {
-  const h = { ...extra };
+  // Errors come back in the page's language (the server also sends their code and parameters).
+  const h = { "Accept-Language": currentLanguage(), ...extra };
   if (token) h.Authorization = `Bearer ${token}`;
   return h;
 }
 
 export function errorText(data, status, statusText) {
+  if (data && typeof data.code === "string") {
+    const text = messageText(data);
+    if (text) return text;
+  }
   const d = data && data.detail;
   if (typeof d === "string" && d) return d;
   if (Array.isArray(d) && d.length) {
@@ -64,7 +80,7 @@ export async function api(path, { method = "GET", json, body, signal } = {}) {
   if (text) {
     try { data = JSON.parse(text); } catch { data = null; }
   }
-  if (!res.ok) throw new ApiError(errorText(data, res.status, res.statusText), res.status, data && data.detail);
+  if (!res.ok) throw apiError(data, res.status, res.statusText);
   return data;
 }
 
@@ -75,6 +91,7 @@ export function upload(path, formData, { onProgress, signal } = {}) {
     xhr.open("POST", path);
     if (token) xhr.setRequestHeader("Authorization", `Bearer ${token}`);
     xhr.setRequestHeader("Accept", "application/json");
+    xhr.setRequestHeader("Accept-Language", currentLanguage());
     xhr.upload.onprogress = (e) => { if (onProgress && e.lengthComputable) onProgress(e.loaded, e.total); };
     xhr.upload.onload = () => { if (onProgress) onProgress(1, 1, true); };
     xhr.onerror = () => reject(new ApiError(t("errors.network"), 0));
@@ -83,7 +100,7 @@ export function upload(path, formData, { onProgress, signal } = {}) {
       let data = null;
       try { data = xhr.responseText ? JSON.parse(xhr.responseText) : null; } catch { data = null; }
       if (xhr.status >= 200 && xhr.status < 300) resolve(data);
-      else reject(new ApiError(errorText(data, xhr.status, xhr.statusText), xhr.status, data && data.detail));
+      else reject(apiError(data, xhr.status, xhr.statusText));
     };
     if (signal) signal.addEventListener("abort", () => xhr.abort(), { once: true });
     xhr.send(formData);
@@ -131,7 +148,7 @@ export async function postStream(path, json, { signal, onEvent }) {
   if (!res.ok) {
     let data = null;
     try { data = await res.json(); } catch { data = null; }
-    throw new ApiError(errorText(data, res.status, res.statusText), res.status, data && data.detail);
+    throw apiError(data, res.status, res.statusText);
   }
   const feed = sseParser(onEvent);
   if (!res.body || !res.body.getReader) {

@@ -3,7 +3,7 @@
 
 import { api, upload, enc, ApiError } from "./api.js";
 import { t, fmtInt, fmtBytes, fmtDate, fmtPercent, fmtNum, onLanguageChange, setText } from "./i18n.js";
-import { $, h, toast, confirmDialog, fillSelect, setBusy, store, subscribe, refreshBooks } from "./ui.js";
+import { $, h, toast, showError, confirmDialog, fillSelect, setBusy, store, subscribe, refreshBooks } from "./ui.js";
 
 export const ENCODINGS = ["utf-8", "cp1251", "koi8-r", "cp866", "mac-cyrillic", "iso-8859-5", "utf-16", "cp1252", "latin-1"];
 
@@ -115,7 +115,9 @@ async function showTokens() {
       h("p", { class: "muted", text: t("books.tokens.summary", { count: tokens.length, n: fmtInt(tokens.length), chars: fmtInt(chars), ratio: fmtNum(chars / Math.max(1, tokens.length), 2) }) }),
       h("div", { class: "tok-wrap" }, chips));
   } catch (e) {
-    box.replaceChildren(h("p", { class: "msg error", text: e.message }));
+    const p = h("p", { class: "msg error" });
+    showError(p, e);
+    box.replaceChildren(p);
   } finally {
     setBusy(btn, false);
   }
@@ -146,10 +148,9 @@ function uploadRow(file) {
       setText(status, "books.upload.done", { name: book.name, encoding: encodingLabel(book.encoding), n: fmtInt(book.chars) });
     },
     discard() { row.remove(); },
-    fail(msg) {
+    fail(error) {
       row.classList.add("failed");
-      status.removeAttribute("data-i18n");
-      status.textContent = msg;
+      showError(status, error);
     },
   };
 }
@@ -172,7 +173,7 @@ async function uploadFile(file, { name, encoding, overwrite = false, quiet = fal
   } catch (e) {
     // A refused overwrite is not a failure the person needs to see: the caller asks what to do.
     if (overwrite && e instanceof ApiError && e.status === 409) row.discard();
-    else row.fail(e.message);
+    else row.fail(e);
     throw e;
   }
 }
@@ -227,8 +228,7 @@ async function overrideEncoding(file) {
     selectBook(book.name);
   } catch (e) {
     msg.className = "msg error";
-    msg.removeAttribute("data-i18n");
-    msg.textContent = e.message;
+    showError(msg, e);
   }
 }
 

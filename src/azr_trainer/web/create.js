@@ -2,7 +2,7 @@
 // parameter / memory / time estimates from POST /api/models/estimate.
 
 import { api } from "./api.js";
-import { t, fmtInt, fmtCompact, fmtBytes, fmtApproxDuration, fmtPercent, onLanguageChange, setText } from "./i18n.js";
+import { t, fmtInt, fmtCompact, fmtBytes, fmtApproxDuration, fmtPercent, onLanguageChange, setText, messageText } from "./i18n.js";
 import { $, h, toast, showError, setBusy, intValue, store, subscribe, refreshModels } from "./ui.js";
 
 export const PARAMS = ["vocab_size", "d_model", "num_layers", "num_heads", "d_ff", "max_seq_len"];
@@ -34,12 +34,13 @@ export function roughSeconds(flopsPerToken, tokensPerIter, iters) {
 const NAME_RE = /^[\p{L}\p{N}_][\p{L}\p{N}_.\- ]{0,63}$/u;
 const RESERVED = new Set(["CON", "PRN", "AUX", "NUL", ...Array.from({ length: 10 }, (_, i) => `COM${i}`), ...Array.from({ length: 10 }, (_, i) => `LPT${i}`)]);
 
-/** Client-side check of a name; mirrors the server's rules so messages come in the page's language. */
+/** Client-side check of a name as the person types (the server's rules, and its sentences from
+ * the shared catalogue). */
 export function nameProblem(name) {
   const n = String(name || "").trim();
-  if (!n) return t("validate.name_empty");
-  if (n.includes("..") || n.includes("/") || n.includes("\\") || !NAME_RE.test(n) || n.endsWith(".")) return t("validate.name_chars");
-  if (RESERVED.has(n.toUpperCase().split(".")[0])) return t("validate.name_reserved");
+  if (!n) return t("msg.name.empty");
+  if (n.includes("..") || n.includes("/") || n.includes("\\") || !NAME_RE.test(n) || n.endsWith(".")) return t("msg.name.invalid", { name: n });
+  if (RESERVED.has(n.toUpperCase().split(".")[0])) return t("msg.name.reserved", { name: n });
   return null;
 }
 
@@ -51,7 +52,8 @@ function divisorNear(n, target) {
   return best;
 }
 
-/** {errors: {field: msg}, warnings: {field: msg}} for the shape. */
+/** {errors: {field: msg}, warnings: {field: msg}} for the shape: at once, per field, as the person
+ * types; the rules ModelConfig.validate also checks speak its sentences (msg.model.*). */
 export function validateShape(v) {
   const errors = {};
   const warnings = {};
@@ -62,15 +64,12 @@ export function validateShape(v) {
     else if (x < 1) errors[p] = t("validate.positive");
     else if (x > LIMITS[p]) errors[p] = t("validate.too_large", { max: LIMITS[p] });
   }
-  if (!errors.vocab_size) {
-    if (v.tokenizer === "bpe" && v.vocab_size < 260) errors.vocab_size = t("validate.vocab_bpe");
-    else if (v.tokenizer === "char" && v.vocab_size < 2) errors.vocab_size = t("validate.vocab_char");
-  }
+  if (!errors.vocab_size && v.vocab_size < 260) errors.vocab_size = t("msg.model.vocab_small", { value: v.vocab_size, min: 260 });
   if (!errors.d_model && !errors.num_heads) {
     if (v.d_model % v.num_heads) {
-      errors.num_heads = t("validate.heads_divide", { d_model: v.d_model, num_heads: v.num_heads, suggest: divisorNear(v.d_model, v.num_heads) });
+      errors.num_heads = t("msg.model.heads_divide", { d_model: v.d_model, num_heads: v.num_heads, suggest: divisorNear(v.d_model, v.num_heads) });
     } else if ((v.d_model / v.num_heads) % 2) {
-      errors.num_heads = t("validate.head_dim_even", { head_dim: v.d_model / v.num_heads });
+      errors.num_heads = t("msg.model.head_dim_odd", { head_dim: v.d_model / v.num_heads });
     }
   }
   for (const [p, [lo, hi]] of Object.entries(RECOMMENDED)) {
@@ -113,7 +112,7 @@ function validateAll({ showAll = false } = {}) {
   const v = readForm();
   const { errors, warnings } = validateShape(v);
   let nameErr = nameProblem(v.name);
-  if (!nameErr && store.models.some((m) => m.name === v.name)) nameErr = t("validate.name_taken", { name: v.name });
+  if (!nameErr && store.models.some((m) => m.name === v.name)) nameErr = t("msg.model.exists", { name: v.name });
   for (const p of PARAMS) {
     const show = showAll || touched.has(p) || v[p] != null;
     if (errors[p] && show) setMsg(`m-${p}-msg`, errors[p], "error");
@@ -160,7 +159,7 @@ async function runEstimate() {
     if (e.name === "AbortError") return;
     lastEstimate = null;
     renderEstimate(null);
-    $("est-status").textContent = e.message;
+    $("est-status").textContent = messageText(e);
   }
 }
 
@@ -181,7 +180,8 @@ function renderEstimate(est) {
   const secs = (iters) => roughSeconds(est.flops_per_token, tokensPerIter, iters);
   $("est-time-1k").textContent = fmtApproxDuration(secs(1000));
   $("est-time-10k").textContent = fmtApproxDuration(secs(10000));
-  const errs = est.errors || [];
+  // the server's problems by code, so a language switch shows them in the new language
+  const errs = est.problems ? est.problems.map(messageText) : est.errors || [];
   status.textContent = errs.join(" ");
   status.className = errs.length ? "note error" : "note";
   // where the parameters sit (approximate: embeddings, attention, feed-forward)
@@ -239,7 +239,7 @@ async function submit(e) {
     touched = new Set();
     validateAll();
   } catch (err) {
-    showError($("create-error"), err.message);
+    showError($("create-error"), err);
   } finally {
     setBusy(btn, false);
   }

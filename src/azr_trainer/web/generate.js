@@ -2,7 +2,7 @@
 // aborts it, and the memorisation meter shows which stretches were copied from the books.
 
 import { api, enc, postStream, ApiError } from "./api.js";
-import { t, fmtInt, fmtNum, fmtFixed, fmtPercent, fmtBytes, onLanguageChange, setText } from "./i18n.js";
+import { t, fmtInt, fmtNum, fmtFixed, fmtPercent, fmtBytes, onLanguageChange, setText, messageText } from "./i18n.js";
 import { $, h, showError, fillSelect, setBusy, intValue, store, subscribe, refreshModels, toast } from "./ui.js";
 
 const PREFS = "azr.genForm";
@@ -52,7 +52,7 @@ async function loadCheckpoints() {
   try {
     cps = await api(`/api/models/${enc(name)}/checkpoints`);
   } catch (e) {
-    if (name === checkpointsFor) { showError($("gen-error"), e.message); loadedSig = null; }
+    if (name === checkpointsFor) { showError($("gen-error"), e); loadedSig = null; }
   }
   if (name !== checkpointsFor) return;
   cps = Array.isArray(cps) ? cps : [];
@@ -206,7 +206,7 @@ async function generate(e) {
       await postStream("/api/generate/stream", body, {
         signal: abort.signal,
         onEvent: (ev) => {
-          if (ev.error || ev.detail) throw new ApiError(ev.error || ev.detail, 500);
+          if (ev.error || ev.detail) throw new ApiError(messageText(ev), 500, ev.error || ev.detail, ev.code || null, ev.params || null);
           if (typeof ev.delta === "string") { last.text += ev.delta; last.tokens++; }
           if (ev.done) {
             if (typeof ev.text === "string") last.text = ev.text;
@@ -227,7 +227,7 @@ async function generate(e) {
     }
   } catch (err) {
     if (err.name === "AbortError") last.stopped = true;
-    else showError($("gen-error"), err.message);
+    else showError($("gen-error"), err);
   } finally {
     last.seconds = (performance.now() - started) / 1000;
     abort = null;

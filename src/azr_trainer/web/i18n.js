@@ -64,6 +64,7 @@ function lookup(table, key) {
 }
 
 function formatArg(value) {
+  if (Array.isArray(value)) return value.map(formatArg).join(", ");
   if (typeof value === "number" && Number.isFinite(value)) {
     return Number.isInteger(value) ? fmtInt(value) : fmtNum(value, 3);
   }
@@ -85,6 +86,26 @@ export function t(key, params = {}) {
     value = value[form] ?? value.other ?? Object.values(value)[0];
   }
   return String(value).replace(/\{(\w+)\}/g, (m, name) => (name in params ? formatArg(params[name]) : m));
+}
+
+const PLURAL_FORMS = new Set(["zero", "one", "two", "few", "many", "other"]);
+
+/** Whether ``key`` names a sentence (or its plural forms) in this language or in English. */
+export function hasText(key) {
+  const value = lookup(dict, key) ?? lookup(fallback, key);
+  return typeof value === "string" || (value != null && typeof value === "object"
+    && Object.keys(value).every((k) => PLURAL_FORMS.has(k)));
+}
+
+/** A message the server sent as ``{code, params}`` (an API error, a run's status or warning, a
+ * log line), in the page's current language: the catalogue's msg.<code>. A code the catalogue
+ * does not know (an older server, a message not yet coded) shows the server's own words. */
+export function messageText(m) {
+  if (m == null) return "";
+  if (typeof m !== "object") return String(m);
+  if (typeof m.code === "string" && hasText(`msg.${m.code}`)) return t(`msg.${m.code}`, m.params || {});
+  const own = m.message ?? m.detail ?? m.error;
+  return typeof own === "string" ? own : "";
 }
 
 /** Fill [data-i18n] text, [data-i18n-attr="placeholder:key;title:key"] attributes, and

@@ -16,6 +16,15 @@ function meanOf(values) {
   return xs.length ? xs.reduce((a, b) => a + b, 0) / xs.length : null;
 }
 
+/** A message an event carries by code and parameters ({code, params, message}), kept so the log
+ * is rendered in the page's language when it is shown; null for a plain text. */
+function coded(m) {
+  if (m && typeof m === "object" && typeof m.code === "string") {
+    return { code: m.code, params: m.params || {}, message: typeof m.message === "string" ? m.message : "" };
+  }
+  return null;
+}
+
 function eventKey(e) {
   if (Number.isInteger(e.seq)) return `#${e.seq}`;
   return [e.type, e.step ?? "", e.time ?? "", e.state ?? "", e.prompt ?? "", e.path ?? ""].join("|");
@@ -161,13 +170,14 @@ export class RunState {
         } else if (e.state === "resumed") {
           this.addLog(e, "log.resumed", { step: e.step ?? 0, device: e.device ?? "?" });
         } else {
-          this.addLog(e, e.message ? "log.status_msg" : "log.status", { state: e.state, step: e.step ?? this.step, message: e.message ?? "" }, { state: e.state });
+          const msg = coded(e);
+          this.addLog(e, e.message || msg ? "log.status_msg" : "log.status", { state: e.state, step: e.step ?? this.step, message: e.message ?? "" }, { state: e.state, msg });
         }
-        for (const w of e.warnings || []) this.addLog(e, "log.warning", { message: w });
+        for (const w of e.warnings || []) this.addLog(e, "log.warning", { message: typeof w === "string" ? w : w && w.message || "" }, { msg: coded(w) });
         break;
       }
       case "log":
-        this.addLog(e, "log.message", { message: e.message ?? "" });
+        this.addLog(e, "log.message", { message: e.message ?? "" }, { msg: coded(e) });
         break;
       default:
         this.addLog(e, "log.other", { type: e.type, data: JSON.stringify(e) });

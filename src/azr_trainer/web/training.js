@@ -5,7 +5,7 @@
 // run's kind picks which stats and charts it shows.
 
 import { api, enc, runStreamUrl, allRunEvents } from "./api.js";
-import { t, fmtInt, fmtNum, fmtFixed, fmtSci, fmtCompact, fmtClock, fmtApproxDuration, fmtTime, fmtPercent, onLanguageChange, setText } from "./i18n.js";
+import { t, fmtInt, fmtNum, fmtFixed, fmtSci, fmtCompact, fmtClock, fmtApproxDuration, fmtTime, fmtPercent, onLanguageChange, setText, messageText } from "./i18n.js";
 import { LineChart, smooth, PALETTE } from "./charts.js";
 import { RunState, TASK_TYPES } from "./runstate.js";
 import { roughSeconds } from "./create.js";
@@ -337,6 +337,7 @@ function renderSamples() {
 
 function logLine(entry) {
   const p = { ...entry.params };
+  if (entry.msg) p.message = messageText(entry.msg);  // a coded message: in the page's language
   if (entry.key === "log.step") {
     p.loss = fmtFixed(p.loss, 4); p.lr = fmtSci(p.lr); p.tps = fmtInt(p.tps); p.step = fmtInt(p.step);
   } else if (entry.key === "log.eval") {
@@ -383,7 +384,7 @@ function renderControls() {
   cancel.hidden = !["running", "queued", "paused", "interrupted"].includes(state);
   for (const b of [pause, resume, cancel]) setBusy(b, pendingAction != null);
   const msg = $("mon-message");
-  const text = run && run.message && !["running", "completed"].includes(state) ? run.message : "";
+  const text = run && (run.message || run.code) && !["running", "completed"].includes(state) ? messageText(run) : "";
   const hint = state === "interrupted" ? t("monitor.interrupted_hint") : state === "paused" ? t("monitor.paused_hint") : "";
   msg.textContent = [hint, text].filter(Boolean).join(" ");
   msg.hidden = !msg.textContent;
@@ -756,7 +757,7 @@ async function startTraining(e) {
     refreshModels().catch(() => {});
     $("monitor").scrollIntoView({ behavior: "smooth", block: "start" });
   } catch (err) {
-    showError($("train-error"), err.message);
+    showError($("train-error"), err);
   } finally {
     setBusy(btn, false);
   }

@@ -2,7 +2,7 @@
 // models / books / runs that every tab reads and refreshes.
 
 import { api } from "./api.js";
-import { t, setText } from "./i18n.js";
+import { t, setText, hasText } from "./i18n.js";
 
 export const $ = (id) => document.getElementById(id);
 
@@ -39,10 +39,20 @@ export function toast(message, kind = "info", { timeout } = {}) {
   return el;
 }
 
-export function showError(el, message) {
+/** Show an error under a form: a text, or an error with the server's ``code`` and ``params``,
+ * which is then shown again in the new language when the language changes. */
+export function showError(el, error) {
   if (!el) return;
-  el.textContent = message || "";
-  el.hidden = !message;
+  if (error && typeof error === "object" && error.code && hasText(`msg.${error.code}`)) {
+    setText(el, `msg.${error.code}`, error.params || {});
+    el.hidden = false;
+    return;
+  }
+  const text = error && typeof error === "object" ? error.message : error;
+  delete el.dataset.i18n;
+  delete el.dataset.i18nArgs;
+  el.textContent = text || "";
+  el.hidden = !text;
 }
 
 // ---- confirm dialog ---------------------------------------------------------------------------
