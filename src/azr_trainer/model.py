@@ -17,20 +17,22 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .home import UserError
+from .settings import MODEL
 
 
 @dataclass
 class ModelConfig:
-    vocab_size: int = 8000
-    d_model: int = 256
-    num_layers: int = 6
-    num_heads: int = 8
-    d_ff: int = 1024
-    max_seq_len: int = 256
-    tie_embeddings: bool = True
+    vocab_size: int = MODEL.default("vocab_size")
+    d_model: int = MODEL.default("d_model")
+    num_layers: int = MODEL.default("num_layers")
+    num_heads: int = MODEL.default("num_heads")
+    d_ff: int = MODEL.default("d_ff")
+    max_seq_len: int = MODEL.default("max_seq_len")
+    tie_embeddings: bool = MODEL.default("tie_embeddings")
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
-    tokenizer: str = "bpe"  # "bpe" (byte-level BPE), "char", or "hf" (pretrained, came with an imported model)
+    # "bpe" (byte-level BPE), "char", or "hf" (pretrained, came with an imported model)
+    tokenizer: str = MODEL.default("tokenizer")
     num_kv_heads: int | None = None  # grouped-query attention (imported models); None means num_heads
 
     @property
@@ -61,9 +63,8 @@ class ModelConfig:
                 raise UserError(f"{name} must be a whole number, got {value!r}.")
             if value <= 0:
                 raise UserError(f"{name} must be greater than 0, got {value}.")
-        limits = {"vocab_size": 1_000_000, "d_model": 16384, "num_layers": 256, "num_heads": 256,
-                  "d_ff": 65536, "max_seq_len": 131072}
-        for name, limit in limits.items():
+        for name in ints:
+            limit = MODEL[name].upper
             if getattr(self, name) > limit:
                 raise UserError(f"{name} ({getattr(self, name)}) is larger than this studio supports ({limit}).")
         if self.tokenizer not in ("bpe", "char", "hf"):
@@ -73,9 +74,11 @@ class ModelConfig:
                 raise UserError(f"num_kv_heads must be a whole number greater than 0, got {self.num_kv_heads!r}.")
             if self.num_heads % self.num_kv_heads:
                 raise UserError(f"num_heads ({self.num_heads}) must be divisible by num_kv_heads ({self.num_kv_heads}).")
-        if self.vocab_size < 260:
-            raise UserError(f"vocab_size ({self.vocab_size}) must be at least 260: both tokenizers keep all 256 "
-                            "byte values so that any text round-trips exactly.")
+        if self.max_seq_len < MODEL["max_seq_len"].min:
+            raise UserError(f"max_seq_len must be at least {MODEL['max_seq_len'].min}, got {self.max_seq_len}.")
+        if self.vocab_size < MODEL["vocab_size"].min:
+            raise UserError(f"vocab_size ({self.vocab_size}) must be at least {MODEL['vocab_size'].min}: both "
+                            "tokenizers keep all 256 byte values so that any text round-trips exactly.")
         if self.d_model % self.num_heads:
             raise UserError(f"d_model ({self.d_model}) must be divisible by num_heads ({self.num_heads}); "
                             f"try num_heads {_divisor_near(self.d_model, self.num_heads)}.")
