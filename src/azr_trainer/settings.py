@@ -44,6 +44,7 @@ class Setting:
     unit: str | None = None        # steps, seconds, tokens, threads, words…
     studio: bool = False           # offered by the studio for this kind of run
     studio_default: object = _UNSET
+    recorded: bool = False         # the studio writes the default into a run's params when not given
     flags: tuple[str, ...] = ()    # more spellings on the command line (--kl for --kl-weight)
     typical: tuple | None = None   # the recommended range, for a warning (not enforced)
     help: str | None = None        # catalogue key; default settings.help.<name>
@@ -122,7 +123,8 @@ class Group:
 
     def studio_defaults(self) -> dict:
         """What a studio run starts from where the studio and the CLI differ."""
-        return {s.name: s.studio_default for s in self if s.studio and s.studio_default is not _UNSET}
+        return {s.name: s.page_default for s in self if s.studio and s.page_default is not None
+                and (s.recorded or s.studio_default is not _UNSET)}
 
     def check(self, obj) -> None:
         """Check every declared setting that ``obj`` (a config dataclass or a dict) holds."""
@@ -163,10 +165,10 @@ def _s(base: Setting, default=_UNSET, **changes) -> Setting:
 
 TRAIN = Group(
     "train",
-    _s(_ITERS, 1000, studio=True, label="train.max_iterations"),
-    Setting("batch_size", int, 16, min=1, max=65536, studio=True, label="train.batch_size"),
-    _s(_LR, 3e-4, studio=True, label="train.learning_rate"),
-    _s(_SAVE, 1000, studio=True, label="train.save_every"),
+    _s(_ITERS, 1000, studio=True, recorded=True, label="train.max_iterations"),
+    Setting("batch_size", int, 16, min=1, max=65536, studio=True, recorded=True, label="train.batch_size"),
+    _s(_LR, 3e-4, studio=True, recorded=True, label="train.learning_rate"),
+    _s(_SAVE, 1000, studio=True, recorded=True, label="train.save_every"),
     _s(_EVERY, 200, studio=True, label="train.eval_every", studio_default=None),
     _s(_TIME, studio=True),
     Setting("grad_accum", int, 1, min=1),
@@ -292,23 +294,28 @@ def to_json() -> dict:
 
 # ---- the command line -------------------------------------------------------------------------
 
-def add_arguments(parser, group: Group, names=None, *, defaults: bool = True, lang: str | None = None) -> None:
+def add_arguments(parser, group: Group, *, only=None, skip=(), defaults: bool = True,
+                  lang: str | None = None) -> None:
     """One option per setting (``--batch-size``). ``defaults=False`` leaves unset options None,
     so that the config's own default applies (and a resumed run can tell what was given); the
     help says the default either way."""
     lang = lang or catalogue.language_from_environment()
     for s in group:
-        if names is not None and s.name not in names:
+        if (only is not None and s.name not in only) or s.name in skip:
             continue
         text = catalogue.text(s.help_key, lang)
+        flag = "--" + s.name.replace("_", "-")
         if s.type is bool:
-            parser.add_argument("--" + s.name.replace("_", "-"), *s.flags, dest=s.name, action="store_true",
-                                help=text)
+            parser.add_argument(flag, *s.flags, dest=s.name, action="store_true", help=text.replace("%", "%%"))
             continue
+        if s.typical:
+            text += " " + catalogue.text("settings.typical", lang, min=s.typical[0], max=s.typical[1])
         if s.default is not None:
             text += " " + catalogue.text("settings.default", lang, value=_show(s.default))
-        parser.add_argument("--" + s.name.replace("_", "-"), *s.flags, dest=s.name, type=s.type,
-                            choices=s.choices, default=s.default if defaults else None, help=text)
+        if callable(s.max):
+            text += " " + catalogue.text("settings.at_most", lang, max=s.upper)
+        parser.add_argument(flag, *s.flags, dest=s.name, type=s.type, choices=s.choices,
+                            default=s.default if defaults else None, help=text.replace("%", "%%"))
 
 
 def _show(value) -> str:
