@@ -83,16 +83,13 @@ class Setting:
             raise UserError("settings.choice", name=self.name, choices=list(self.choices), value=repr(value))
         if self.min is not None and (value <= self.min if self.min_open else value < self.min):
             raise UserError("settings.above" if self.min_open else "settings.at_least", name=self.name,
-                            min=self.min, value=value, unit=self.unit_text())
+                            min=self.min, value=value)
         upper = self.upper
         if upper is not None and (value >= upper if self.max_open else value > upper):
             if self.name == "threads":
                 raise UserError("settings.threads_cores", value=value, cores=upper)
             raise UserError("settings.below" if self.max_open else "settings.at_most", name=self.name,
-                            max=upper, value=value, unit=self.unit_text())
-
-    def unit_text(self, lang: str = "en") -> str:
-        return " " + catalogue.text(f"settings.unit.{self.unit}", lang) if self.unit else ""
+                            max=upper, value=value)
 
     def to_json(self) -> dict:
         return {"name": self.name, "type": self.type.__name__, "default": self.page_default,

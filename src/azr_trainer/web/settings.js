@@ -44,14 +44,10 @@ export function applySetting(input, s, { keepValue = false } = {}) {
   if (!keepValue) input.value = s.default == null ? "" : String(s.default);
 }
 
-function unitText(s) {
-  return s.unit ? ` ${t(`settings.unit.${s.unit}`)}` : "";
-}
-
 /** Why `value` (a number from the form, or null when empty) is not a valid `s`, else null.
  * The same messages, from the same catalogue, as the server's. */
 export function settingProblem(s, value) {
-  const p = { name: s.name, value, unit: unitText(s) };
+  const p = { name: s.name, value };
   if (value == null) return s.default == null ? null : t("msg.settings.required", p);
   if (s.type === "int" && !Number.isInteger(value)) return t("msg.settings.whole", p);
   if ((s.type === "int" || s.type === "float") && !Number.isFinite(value)) return t("msg.settings.number", p);
