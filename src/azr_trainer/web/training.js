@@ -753,10 +753,22 @@ function pickInitialRun() {
 
 /** Defaults and bounds of every field, from the server's settings. */
 function applySettings() {
-  for (const k of TRAIN_FIELDS) applySetting($(`t-${k}`), setting("train", k));
-  for (const k of SELFPLAY_FIELDS) applySetting($(`sp-${k}`), setting("selfplay", k));
-  for (const k of REASON_FIELDS) applySetting($(`rs-${k}`), setting("reason", k));
+  const apply = (kind, prefix, k) => {
+    const s = setting(kind, k);
+    applySetting($(`${prefix}-${k}`), s);
+    const help = $(`${prefix}-${k}-help`);  // its text names the default and the bounds
+    // A rate as written (0.0003), not rounded to the page's three decimals.
+    const shown = (x) => (s.type === "float" && x != null ? String(x) : x);
+    if (help && help.dataset.i18n) setText(help, help.dataset.i18n, { default: shown(s.default), min: shown(s.min), max: shown(s.max) });
+  };
+  for (const k of TRAIN_FIELDS) apply("train", "t", k);
+  for (const k of SELFPLAY_FIELDS) apply("selfplay", "sp", k);
+  for (const k of REASON_FIELDS) apply("reason", "rs", k);
   applySetting($("rs-pretrain_steps"), setting("from_zero", "pretrain_steps"));
+  setText($("rs-pretrain_steps-help"), "train.rs.zero.steps_help", {
+    batch_size: setting("from_zero", "batch_size").default,
+    pretrain_minutes: setting("from_zero", "pretrain_time").default / 60,
+  });
 }
 
 export function initTraining() {
