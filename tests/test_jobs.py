@@ -213,6 +213,20 @@ def test_run_kinds_are_checked_and_runs_from_before_kinds_are_training(home, boo
     assert [r["id"] for r in runner.list_runs()] == ["old"]
 
 
+def test_a_studio_run_with_a_time_budget_needs_no_steps(home, book):
+    store.create_model(home, "m", TINY)
+    runner = JobRunner(home, Registry(home))
+    budget = {k: v for k, v in RUN_PARAMS.items() if k != "max_iterations"} | {"minutes": 0.02}
+    run = runner.create_run("m", [book], budget)
+    assert "max_iterations" not in run["params"] and run["params"]["minutes"] == 0.02
+    run = wait_state(runner, run["id"], ("completed", "failed"))
+    assert run["state"] == "completed" and run["progress"] == 1.0, run
+    started = next(e for e in runner.events(run["id"]) if e["type"] == "status" and e.get("state") == "started")
+    assert (started["train_config"]["max_time"], started["train_config"]["schedule"]) == (1.2, "time")
+    with pytest.raises(UserError, match="minutes must be above 0"):
+        runner.create_run("m", [book], budget | {"minutes": 0})
+
+
 @pytest.mark.slow
 def test_the_studio_starts_a_two_process_run(home, book):
     store.create_model(home, "m", TINY)

@@ -50,23 +50,22 @@ def test_configs_take_their_defaults_from_the_declarations(group):
 @pytest.mark.parametrize("group", ["train", "selfplay", "reason"])
 def test_the_cli_offers_every_setting_with_its_default_and_bounds(group):
     actions = _actions(COMMANDS[group])
-    parsed = build_parser().parse_args(COMMANDS[group])
-    built = {"train": lambda: TrainConfig(books=["b"], **{k: v for k, v in vars(parsed).items()
-                                                         if k in {f.name for f in fields(TrainConfig)}
-                                                         and k != "books" and v is not None}),
-             "selfplay": lambda: SelfPlayConfig(), "reason": lambda: ReasonConfig()}[group]()
+    parsed = vars(build_parser().parse_args(COMMANDS[group]))
+    config = {"train": TrainConfig, "selfplay": SelfPlayConfig, "reason": ReasonConfig}[group]
+    names = {f.name for f in fields(config)}
+    extra = {"books": ["b"]} if group == "train" else {}
+    built = config(**extra, **{k: v for k, v in parsed.items() if k in names and k != "books" and v is not None})
     for s in settings.GROUPS[group]:
         action = actions[s.name]
         assert action.type in (s.type, None), s.name
-        assert action.choices == (list(s.choices) if s.choices else None) or action.choices == s.choices
-        if group == "train":  # the parser's own default is the declared one
-            assert getattr(parsed, s.name) == s.default, s.name
-        else:  # None: the config's default applies, and the help says which
-            assert getattr(parsed, s.name) in (None, False), s.name
+        assert tuple(action.choices or ()) == tuple(s.choices or ()), s.name
+        # Unset: the config's own default applies (a resumed run can tell what was given) ...
+        assert parsed[s.name] in (None, False), s.name
+        # ... which is the declared one, and the help says it.
+        if s.name in names:
+            assert getattr(built, s.name) == s.default, s.name
         if s.default not in (None, False, True):
             assert settings._show(s.default) in action.help, (s.name, action.help)
-        if hasattr(built, s.name):
-            assert getattr(built, s.name) == s.default, s.name
 
 
 def test_the_studio_flags_left_the_public_cli():
@@ -75,22 +74,26 @@ def test_the_studio_flags_left_the_public_cli():
         assert not options & {"--control-file", "--watch-parent"}, argv
 
 
+def _bound(prop: dict, *keys: str):
+    for part in [prop, *prop.get("anyOf", [])]:
+        for key in keys:
+            if key in part:
+                return part[key]
+    return None
+
+
 def test_the_run_request_schema_carries_the_declared_bounds():
     schema = RunRequest.model_json_schema()["properties"]
     studio = {s.name for g in settings.RUN_GROUPS.values() for s in g if s.studio}
-    assert studio <= set(schema)
-    assert set(schema) - studio == {"model", "kind", "books"}
-    for group in settings.RUN_GROUPS.values():
-        for s in group:
-            if not s.studio:
-                continue
-            prop = schema[s.name]
-            bounds = json.dumps(prop)
-            if s.min is not None:  # the loosest of the kinds that share the setting
-                low = prop.get("minimum", prop.get("exclusiveMinimum"))
-                assert low is not None and low <= s.min, (s.name, prop)
-            if s.upper is not None:
-                assert str(s.upper) in bounds or f"{float(s.upper)}" in bounds, (s.name, prop)
+    assert set(schema) - studio == {"model", "kind", "books"} and studio <= set(schema)
+    for name in studio:
+        # A setting two kinds share (batch_size of train and reason) gets the looser bounds;
+        # each kind's config checks its own.
+        shared = [g[name] for g in settings.RUN_GROUPS.values() if name in g.settings]
+        uppers = [s.upper for s in shared]
+        lowers = [s.min for s in shared]
+        assert _bound(schema[name], "maximum", "exclusiveMaximum") == (None if None in uppers else max(uppers)), name
+        assert _bound(schema[name], "minimum", "exclusiveMinimum") == (None if None in lowers else min(lowers)), name
 
 
 def test_get_settings_is_what_the_page_builds_its_forms_from(tmp_path):
@@ -162,3 +165,35 @@ def test_a_worker_reports_an_error_as_a_coded_event(home, book):
     damaged = folder / "damaged.json"
     damaged.write_text("{", encoding="utf-8")
     assert worker_main([str(damaged)]) == 2
+
+
+def test_minutes_are_a_time_budget():
+    budget = settings.time_budget("train", {"minutes": 2, "batch_size": 4})
+    assert budget == {"max_time": 120.0, "schedule": "time", "max_iterations": 10**9, "batch_size": 4}
+    TrainConfig(books=["b"], **budget).validate()
+    assert settings.time_budget("train", {"minutes": 2, "max_iterations": 50})["max_iterations"] == 50
+    assert settings.time_budget("train", {"minutes": 2, "max_time": 30})["max_time"] == 30  # the sooner end
+    assert settings.time_budget("selfplay", {"minutes": 0.5}) == {"max_time": 30.0}
+    assert settings.time_budget("reason", {"max_iterations": 3}) == {"max_iterations": 3}  # nothing changes
+    with pytest.raises(UserError) as e:  # several processes keep the step schedule: it needs the steps
+        settings.time_budget("train", {"minutes": 2}, processes=2)
+    assert e.value.code == "settings.minutes_processes"
+    with pytest.raises(UserError, match="minutes must be above 0"):
+        settings.time_budget("reason", {"minutes": 0})
+
+
+def test_the_cli_trains_for_a_number_of_minutes(home, book):
+    store.create_model(home, "m", ModelConfig(vocab_size=300, d_model=32, num_layers=1, num_heads=2, d_ff=64,
+                                              max_seq_len=32, tokenizer="char"))
+    env = {**os.environ, "AZR_HOME": str(home), "AZR_LANG": "en"}
+    p = subprocess.run([sys.executable, "-m", "azr_trainer.cli", "train", "m", "--books", book, "--minutes", "0.02",
+                        "--batch-size", "4", "--threads", "1", "--eval-every", "100000", "--run-id", "budget",
+                        "--json"], capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 0, p.stderr
+    summary = json.loads(p.stdout)
+    assert summary["status"] == "stopped" and 0 < summary["step"] < 10**9
+    events = [json.loads(line) for line in (run_dir(home, "m", "budget") / "events.jsonl").read_text(
+        encoding="utf-8").splitlines()]
+    started = next(e for e in events if e["type"] == "status" and e["state"] == "started")
+    cfg = started["train_config"]
+    assert (cfg["max_time"], cfg["schedule"], cfg["max_iterations"]) == (1.2, "time", 10**9)

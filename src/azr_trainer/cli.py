@@ -251,10 +251,12 @@ def exit_torchrun_worker() -> None:
 
 def cmd_train(args, home):
     from .train import TrainConfig, train
+    args.nproc = args.nproc or TRAIN.default("nproc")
+    processes = max(args.nproc * args.nnodes, int(os.environ.get("WORLD_SIZE", "1")))
+    params = settings_mod.time_budget("train", _given(TRAIN, args, skip=("nproc",)), processes=processes)
     if args.nproc > 1 or args.nnodes > 1:
         return _run_torchrun(args, home)
-    cfg = TrainConfig(books=[b.strip() for b in args.books.split(",") if b.strip()],
-                      **_given(TRAIN, args, skip=("nproc",)))
+    cfg = TrainConfig(books=[b.strip() for b in args.books.split(",") if b.strip()], **params)
     stop = stop_on_signals()
     quiet = args.json or args.quiet
     log = (lambda m: print(m, file=sys.stderr)) if quiet else print
@@ -304,7 +306,7 @@ def cmd_selfplay(args, home):
             raise UserError("Give the reward file once: --reward FILE.py or --reward-file FILE.py.")
         given["reward_file"], args.reward = args.reward, None
     given["reward"] = args.reward or ("file" if given["reward_file"] else SELFPLAY.default("reward"))
-    cfg = SelfPlayConfig(**{k: v for k, v in given.items() if v is not None})
+    cfg = SelfPlayConfig(**settings_mod.time_budget("selfplay", {k: v for k, v in given.items() if v is not None}))
     stop = stop_on_signals()
     quiet = args.json or args.quiet
     log = (lambda m: print(m, file=sys.stderr)) if quiet else print
@@ -346,7 +348,7 @@ class _ReasonProgress(_ProgressBar):
 
 def _reason_config(args):
     from .reasoning import ReasonConfig
-    return ReasonConfig(**_given(REASON, args))
+    return ReasonConfig(**settings_mod.time_budget("reason", _given(REASON, args)))
 
 
 def cmd_reason(args, home):
@@ -524,7 +526,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a model on books")
     t.add_argument("name")
     t.add_argument("--books", required=True, help="book names, comma-separated")
-    settings_mod.add_arguments(t, TRAIN)
+    settings_mod.add_arguments(t, TRAIN, defaults=False)
     t.add_argument("--nnodes", type=int, default=1, help="machines taking part (run the same command on each)")
     t.add_argument("--rdzv-endpoint", help="HOST:PORT that all machines can reach, for --nnodes > 1")
     _add_output(t)

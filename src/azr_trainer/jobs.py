@@ -57,7 +57,7 @@ from .reasoning import ReasonConfig, default_lengths, resolve_format
 from .registry import Metric, Registry, Run, Sample
 from .rewards import PRESETS
 from .selfplay import SelfPlayConfig
-from .settings import REASON, RUN_GROUPS, SELFPLAY, TRAIN, Group, check_run
+from .settings import REASON, RUN_GROUPS, SELFPLAY, TRAIN, Group, check_run, time_budget
 from .train import TrainConfig, TrainingLock, _pid_alive, run_dir
 from .worker import write_run_file
 
@@ -129,7 +129,8 @@ def _check_train(home: Path, model: str, books: list[str], params: dict) -> list
     nproc = params.get("nproc")
     if nproc and params["batch_size"] % nproc:
         raise UserError("settings.nproc_batch", batch_size=params["batch_size"], nproc=nproc)
-    TrainConfig(books=list(books), **{k: v for k, v in params.items() if k != "nproc"}).validate()
+    rest = {k: v for k, v in params.items() if k != "nproc"}
+    TrainConfig(books=list(books), **time_budget("train", rest, processes=nproc or 1)).validate()
     return list(books)
 
 
@@ -139,7 +140,7 @@ def _check_selfplay(home: Path, model: str, books: list[str], params: dict) -> l
         raise UserError("A self-play run reads the books its model was trained on; leave books empty.")
     if params.get("reward", SELFPLAY.default("reward")) not in PRESETS:  # never a file: that would run code
         raise UserError("settings.choice", name="reward", choices=list(PRESETS), value=repr(params["reward"]))
-    SelfPlayConfig(**params).validate()
+    SelfPlayConfig(**time_budget("selfplay", params)).validate()
     mdir = store.model_dir(home, model)
     try:
         resolve_checkpoint(mdir, "latest")
@@ -159,7 +160,7 @@ def _check_reason(home: Path, model: str, books: list[str], params: dict) -> lis
     the sandbox, never from books."""
     if books:
         raise UserError("A reasoning run needs no books (the model writes its own tasks); leave books empty.")
-    cfg = ReasonConfig(**params).validate()
+    cfg = ReasonConfig(**time_budget("reason", params)).validate()
     mdir = store.model_dir(home, model)
     try:
         resolve_checkpoint(mdir, "latest")
@@ -205,6 +206,17 @@ KINDS: dict[str, RunKind] = {
     "reason": RunKind(REASON, _check_reason),
 }
 assert set(KINDS) == set(RUN_GROUPS)
+
+
+def _progress(run: Run, last: dict) -> float:
+    """The share done: of the steps, or of the time budget when that comes first."""
+    done = min(1.0, run.step / run.max_iterations) if run.max_iterations else 0.0
+    minutes = (run.params or {}).get("minutes")
+    if minutes and run.state == "completed":
+        return 1.0  # its last step came just before the time ran out
+    if minutes and last.get("elapsed") is not None:
+        done = max(done, min(1.0, last["elapsed"] / (60.0 * minutes)))
+    return done
 
 
 def run_kind(run: Run) -> str:
@@ -307,7 +319,11 @@ class JobRunner:
         if kind not in KINDS:
             raise UserError("settings.kind", kinds=list(KINDS), value=repr(kind))
         spec = KINDS[kind]
-        params = {**spec.defaults, **{k: v for k, v in params.items() if v is not None}}
+        given = {k: v for k, v in params.items() if v is not None}
+        defaults = spec.defaults
+        if "minutes" in given and "max_iterations" not in given:
+            defaults.pop("max_iterations", None)  # a time budget alone ends the run
+        params = {**defaults, **given}
         if "checkpoint" in params:
             params["checkpoint"] = str(params["checkpoint"])  # a step number may come as a number
         check_run(kind, params)  # only the kind's own settings, each within its bounds
@@ -325,7 +341,7 @@ class JobRunner:
                                "command line. Wait for it, or stop it first.")
             now = _now()
             run = Run(id=_new_run_id(), model=model, books=books, params=params, state="queued",
-                      max_iterations=params["max_iterations"], created_at=now,
+                      max_iterations=params.get("max_iterations") or 0, created_at=now,
                       queued_at=now, step=0, events_offset=0, events_count=0)
             s.add(run)
             s.flush()  # the run's row before its first event's (a foreign key)
@@ -439,7 +455,7 @@ class JobRunner:
             "id": run.id, "kind": run_kind(run), "model": run.model, "books": run.books, "params": run.params,
             "state": run.state, "message": run.message, "pid": run.pid, "step": run.step,
             "max_iterations": run.max_iterations,
-            "progress": min(1.0, run.step / run.max_iterations) if run.max_iterations else 0.0,
+            "progress": _progress(run, last),
             "elapsed": last.get("elapsed"), "eta": last.get("eta") if run.state == "running" else None,
             "created_at": run.created_at, "started_at": run.started_at, "finished_at": run.finished_at,
             "best_val_bpb": run.best_val_bpb, "last_step": run.last_metrics, "last_eval": run.last_eval,

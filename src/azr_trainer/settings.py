@@ -143,7 +143,9 @@ class Group:
 
 _ITERS = Setting("max_iterations", int, None, min=1, max=10**9, unit="steps")
 _TIME = Setting("max_time", float, None, min=0, min_open=True, unit="seconds")
-_MINUTES = Setting("minutes", float, None, min=0, min_open=True, unit="minutes")
+# A time budget: the run stops then, and a training run's learning rate decays over it.
+_MINUTES = Setting("minutes", float, None, min=0, max=10**6, min_open=True, unit="minutes", studio=True,
+                   label="train.minutes")
 _LR = Setting("learning_rate", float, 1e-4, min=0, max=1, min_open=True, max_open=True)
 _TEMP = Setting("temperature", float, 1.0, min=0, max=10, min_open=True)
 _WEIGHT = Setting("kl_weight", float, 0.0, min=0, flags=("--kl",))
@@ -163,11 +165,13 @@ def _s(base: Setting, default=_UNSET, **changes) -> Setting:
 TRAIN = Group(
     "train",
     _s(_ITERS, 1000, studio=True, recorded=True, label="train.max_iterations"),
-    Setting("batch_size", int, 16, min=1, max=65536, studio=True, recorded=True, label="train.batch_size"),
+    # No upper bound: the trainer says how much memory a batch would need.
+    Setting("batch_size", int, 16, min=1, studio=True, recorded=True, label="train.batch_size"),
     _s(_LR, 3e-4, studio=True, recorded=True, label="train.learning_rate"),
     _s(_SAVE, 1000, studio=True, recorded=True, label="train.save_every"),
     _s(_EVERY, 200, studio=True, label="train.eval_every", studio_default=None),
     _s(_TIME, studio=True),
+    _MINUTES,
     Setting("grad_accum", int, 1, min=1),
     Setting("seq_len", int, None, min=2, unit="tokens"),
     Setting("warmup_iters", int, None, min=0, unit="steps"),
@@ -188,6 +192,7 @@ SELFPLAY = Group(
     # A studio run always has an end (its progress bar): 150 steps is the benchmark's run.
     _s(_ITERS, studio=True, studio_default=150, label="train.sp.max_iterations", help="settings.help.until_stopped"),
     _s(_TIME, studio=True),
+    _MINUTES,
     Setting("prompts_per_step", int, 4, min=1, max=1024, studio=True),
     Setting("group_size", int, 8, min=2, max=1024, studio=True, label="train.sp.group_size"),
     Setting("rollout_tokens", int, None, min=1, unit="tokens"),
@@ -221,6 +226,7 @@ REASON = Group(
     # Unlike the CLI, always with an end: 200 steps of the default batch is a few minutes of a from-zero model.
     _s(_ITERS, studio=True, studio_default=200, label="train.rs.max_iterations", help="settings.help.until_stopped"),
     _s(_TIME, studio=True),
+    _MINUTES,
     Setting("batch_size", int, 4, min=1, max=65536, studio=True, label="train.rs.batch_size",
             help="settings.help.reason_batch_size"),
     Setting("n_samples", int, 4, min=2, max=1024, studio=True, label="train.rs.n_samples"),
@@ -278,6 +284,28 @@ def check_run(kind: str, params: dict) -> None:
     if unknown:
         raise UserError("settings.unknown", kind=kind, names=unknown, settings=list(group.studio_names()))
     group.check(params)
+
+
+def time_budget(kind: str, params: dict, processes: int = 1) -> dict:
+    """``minutes`` as the configs take it: ``max_time`` in seconds and, for training, the
+    learning-rate schedule over the time (schedule "time"); without max_iterations the time
+    alone ends the run. Other params pass through; without minutes nothing changes."""
+    params = dict(params)
+    minutes = params.pop("minutes", None)
+    if minutes is None:
+        return params
+    RUN_GROUPS[kind]["minutes"].check(minutes)
+    seconds = 60.0 * minutes
+    params["max_time"] = min(seconds, params["max_time"]) if params.get("max_time") else seconds
+    if kind == "train":
+        if processes > 1:  # each process has its own clock; the step schedule is the shared one
+            if params.get("max_iterations") is None:
+                raise UserError("settings.minutes_processes")
+        else:
+            params["schedule"] = "time"
+        if params.get("max_iterations") is None:
+            params["max_iterations"] = TRAIN["max_iterations"].upper
+    return params
 
 
 def to_json() -> dict:

@@ -85,12 +85,13 @@ def torchrun_env(nproc: int, threads: int | None) -> dict:
 
 def run(spec: dict, run_file: Path) -> None:
     from .cli import exit_torchrun_worker, stop_on_signals
-    from .settings import RUN_GROUPS
+    from .settings import RUN_GROUPS, time_budget
     home, kind, model, run_id = Path(spec["home"]), spec["kind"], spec["model"], spec["run_id"]
     params = dict(spec["settings"])
     if kind not in RUN_GROUPS:
         raise UserError("settings.kind", kinds=list(RUN_GROUPS), value=repr(kind))
     nproc = params.pop("nproc", None) or 1
+    params = time_budget(kind, params, processes=nproc)  # minutes → max_time (and the time schedule)
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         rc = subprocess.call(torchrun_command(nproc, ["-m", "azr_trainer.worker", str(run_file)]),
                              env=torchrun_env(nproc, params.get("threads")))

@@ -184,10 +184,19 @@ function currentStep() {
   return Math.max(rs.step || 0, LIVE_STATES.has(run && run.state) ? 0 : fromRun);
 }
 
+/** A run's time budget in seconds (its `minutes` setting), or null. */
+function budgetSeconds() {
+  const m = run && run.params && run.params.minutes;
+  return Number.isFinite(m) && m > 0 ? 60 * m : null;
+}
+
 function renderProgress() {
   const total = totalSteps();
   const step = currentStep();
-  const frac = total ? Math.min(1, step / total) : 0;
+  const budget = budgetSeconds();
+  const elapsed = rs.lastStep && Number.isFinite(rs.lastStep.elapsed) ? rs.lastStep.elapsed : 0;
+  let frac = total ? Math.min(1, step / total) : 0;
+  if (budget) frac = Math.max(frac, Math.min(1, elapsed / budget));
   $("mon-progress-fill").style.width = `${(frac * 100).toFixed(2)}%`;
   const bar = $("mon-progress");
   bar.setAttribute("aria-valuenow", String(Math.round(frac * 100)));
@@ -195,7 +204,8 @@ function renderProgress() {
   const text = $("mon-progress-text");
   text.dataset.step = String(step);
   text.dataset.total = String(total || "");
-  setText(text, total ? "monitor.progress_text" : "monitor.progress_text_nototal", { step: fmtInt(step), total: fmtInt(total), pct: fmtPercent(frac, frac < 0.1 ? 1 : 0) });
+  if (budget) setText(text, "monitor.progress_time", { step: fmtInt(step), elapsed: fmtClock(elapsed), budget: fmtClock(budget) });
+  else setText(text, total ? "monitor.progress_text" : "monitor.progress_text_nototal", { step: fmtInt(step), total: fmtInt(total), pct: fmtPercent(frac, frac < 0.1 ? 1 : 0) });
   renderTime();
 }
 
@@ -204,7 +214,7 @@ function renderTime() {
   const ev = rs && rs.lastStep;
   if (!ev) { el.textContent = ""; return; }
   let elapsed = ev.elapsed;
-  let remaining = ev.eta;
+  let remaining = budgetSeconds() ? Math.max(0, Math.min(ev.eta ?? Infinity, budgetSeconds() - elapsed)) : ev.eta;
   if (run && run.state === "running" && ev.time) {
     const drift = Math.min(60, Math.max(0, Date.now() / 1000 - ev.time));
     elapsed += drift;
@@ -502,9 +512,9 @@ const flopsCache = new Map();
 let mode = "train"; // or "selfplay" or "reason": which run the form starts
 const MODES = ["train", "selfplay", "reason"];
 // Which settings each form shows; their defaults and bounds come from the server (settings.js).
-const TRAIN_FIELDS = ["max_iterations", "batch_size", "learning_rate", "save_every", "eval_every"];
-const SELFPLAY_FIELDS = ["reward", "max_iterations", "group_size", "temperature", "kl_weight", "lm_weight"];
-const REASON_FIELDS = ["mode", "max_iterations", "batch_size", "n_samples", "temperature", "learning_rate"];
+const TRAIN_FIELDS = ["max_iterations", "batch_size", "learning_rate", "save_every", "eval_every", "minutes"];
+const SELFPLAY_FIELDS = ["reward", "max_iterations", "group_size", "temperature", "kl_weight", "lm_weight", "minutes"];
+const REASON_FIELDS = ["mode", "max_iterations", "batch_size", "n_samples", "temperature", "learning_rate", "minutes"];
 const MODE_PREFIX = { train: "train", selfplay: "train.sp", reason: "train.rs" };
 // Reasoning prompts hold a program plus room for the answer: 200 + 64 tokens in the compact format
 // of a char model, 512 + 64 in the paper's format for any other (reasoning.default_lengths).
@@ -637,10 +647,12 @@ function fieldValue(input, s) {
  * (the server's default). */
 function readSettings(kind, prefix, names, errors) {
   const v = {};
+  // With a time budget the number of steps may be left empty: the time ends the run.
+  const budget = names.includes("minutes") && String($(`${prefix}-minutes`).value).trim() !== "";
   for (const k of names) {
     const s = setting(kind, k);
     const value = fieldValue($(`${prefix}-${k}`), s);
-    const problem = settingProblem(s, value);
+    const problem = value == null && k === "max_iterations" && budget ? null : settingProblem(s, value);
     if (problem) errors.push(problem);
     if (value != null) v[k] = value;
   }
