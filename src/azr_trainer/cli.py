@@ -77,6 +77,7 @@ def _model_summary(info: store.ModelInfo) -> dict:
 
 def cmd_models_create(args, home):
     from .device import available_memory_bytes, pick_device
+    MODEL["tokenizer"].check(args.tokenizer)  # bpe or char: "hf" only comes with an imported model
     cfg = ModelConfig(vocab_size=args.vocab_size, d_model=args.d_model, num_layers=args.num_layers,
                       num_heads=args.num_heads, d_ff=args.d_ff, max_seq_len=args.max_seq_len,
                       tie_embeddings=not args.untied, tokenizer=args.tokenizer)

@@ -339,7 +339,8 @@ def add_arguments(parser, group: Group, *, only=None, skip=(), defaults: bool = 
             text += " " + catalogue.text("settings.default", lang, value=_show(s.default))
         if callable(s.max):
             text += " " + catalogue.text("settings.at_most", lang, max=s.upper)
-        parser.add_argument(flag, *s.flags, dest=s.name, type=s.type, choices=s.choices,
+        # No argparse choices: the config's check refuses a wrong one with the catalogue's message.
+        parser.add_argument(flag, *s.flags, dest=s.name, type=s.type, metavar=s.name.upper(),
                             default=s.default if defaults else None, help=text.replace("%", "%%"))
 
 
