@@ -303,6 +303,15 @@ def test_train_and_create_forms_show_the_declared_defaults_and_bounds(browser, s
                          "max": _number(field.get_attribute("max"))}
                 assert shown == {"value": s["default"], "min": s["min"], "max": s["max"]}, (kind, name, shown, s)
         assert page.locator("#t-max_iterations").input_value() == "1000"  # the page once started at 10000
+        tab(page, "generation")
+        gen = declared["generate"]
+        for name, field in (("max_length", "g-max_length"), ("top_k", "g-top_k")):
+            shown = page.locator(f"#{field}")
+            assert (_number(shown.input_value()), _number(shown.get_attribute("min"))) == \
+                (gen[name]["default"], gen[name]["min"]), name
+        slider = page.locator("#g-temperature")  # a slider spans the recommended range
+        assert (_number(slider.input_value()), _number(slider.get_attribute("min")),
+                _number(slider.get_attribute("max"))) == (gen["temperature"]["default"], *gen["temperature"]["typical"])
         assert page.locator("#sp-reward").input_value() == declared["selfplay"]["reward"]["default"]
         assert page.locator("#rs-mode").input_value() == declared["reason"]["mode"]["default"]
         # A value out of bounds is refused with the server's own message.

@@ -18,6 +18,7 @@ from azr_trainer.cli import build_parser
 from azr_trainer.errors import UserError
 from azr_trainer.model import ModelConfig
 from azr_trainer.reasoning import ReasonConfig
+from azr_trainer.sample import SamplingParams
 from azr_trainer.selfplay import SelfPlayConfig
 from azr_trainer.server import RunRequest, create_app
 from azr_trainer.train import TrainConfig, run_dir
@@ -26,8 +27,20 @@ from azr_trainer.worker import write_run_file
 
 WEB = Path(settings.__file__).parent / "web"
 CONFIGS = {"train": TrainConfig(books=["b"]), "selfplay": SelfPlayConfig(), "reason": ReasonConfig(),
-           "model": ModelConfig()}
+           "model": ModelConfig(), "generate": SamplingParams()}
 COMMANDS = {"train": ["train", "m", "--books", "b"], "selfplay": ["selfplay", "m"], "reason": ["reason", "m"]}
+
+
+def test_generation_defaults_are_declared_once():
+    actions = _actions(["generate"])
+    for s in settings.GENERATE:
+        assert actions[s.name].default == s.default and actions[s.name].type is s.type, s.name
+    from azr_trainer.server import GenerateRequest
+    assert {k: v for k, v in GenerateRequest(model="m").model_dump().items() if k in settings.GENERATE.settings} \
+        == {s.name: s.default for s in settings.GENERATE}
+    with pytest.raises(UserError, match="temperature must be at most 10"):
+        SamplingParams(temperature=11).validate()
+    SamplingParams(top_k=None, top_p=None).validate()  # None: off
 
 
 def _actions(argv: list[str]) -> dict:
@@ -37,7 +50,7 @@ def _actions(argv: list[str]) -> dict:
     return {a.dest: a for a in sub._actions}
 
 
-@pytest.mark.parametrize("group", ["train", "selfplay", "reason", "model"])
+@pytest.mark.parametrize("group", ["train", "selfplay", "reason", "model", "generate"])
 def test_configs_take_their_defaults_from_the_declarations(group):
     config = CONFIGS[group]
     names = {f.name for f in fields(config)}
@@ -118,7 +131,8 @@ def test_no_default_or_bound_is_written_in_the_page():
     for prefix, names in (("t", "max_iterations|batch_size|learning_rate|save_every|eval_every"),
                           ("sp", "max_iterations|group_size|temperature|kl_weight|lm_weight"),
                           ("rs", "max_iterations|batch_size|n_samples|temperature|learning_rate|pretrain_steps"),
-                          ("m", "vocab_size|d_model|num_layers|num_heads|d_ff|max_seq_len")):
+                          ("m", "vocab_size|d_model|num_layers|num_heads|d_ff|max_seq_len"),
+                          ("g", "max_length|seed|temperature|top_k|top_p|rep")):
         tags = re.findall(rf'<input id="{prefix}-(?:{names})"[^>]*>', html)
         assert len(tags) == len(names.split("|")), prefix
         for tag in tags:

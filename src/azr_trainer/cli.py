@@ -15,7 +15,7 @@ from . import settings as settings_mod
 from .checkpoint import build_model, resolve_checkpoint, safe_load
 from .home import UserError, home_dir
 from .model import ModelConfig, count_parameters, estimate_training_memory
-from .settings import FROM_ZERO, MODEL, REASON, SELFPLAY, TRAIN
+from .settings import FROM_ZERO, GENERATE, MODEL, REASON, SELFPLAY, TRAIN
 
 
 def _fmt_bytes(n: float) -> str:
@@ -537,12 +537,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("name", nargs="?")
     g.add_argument("prompt", nargs="?")
     g.add_argument("--model", dest="model_file", help="a .pt file instead of a model name")
-    g.add_argument("--max-length", type=int, default=100, help="new tokens to generate")
-    g.add_argument("--temperature", type=float, default=0.8, help="0 = greedy; 0.1–2.0")
-    g.add_argument("--top-k", type=int, default=40, help="0 = off")
-    g.add_argument("--top-p", type=float)
-    g.add_argument("--repetition-penalty", type=float, default=1.0)
-    g.add_argument("--seed", type=int)
+    settings_mod.add_arguments(g, GENERATE)
     g.add_argument("--checkpoint", default="best",
                    help="best, latest, selfplay (the newest self-play checkpoint) or a step number")
     g.add_argument("--device", default="auto")

@@ -79,7 +79,7 @@ from .home import NotFound, UserError, read_json
 from .rewards import Coherence, Composite, build_reward, load_reward_file, pack_rows, parse_weights, \
     preset_weights, sample_metrics, words
 from .sample import generate
-from .settings import SELFPLAY
+from .settings import GENERATE, SELFPLAY
 from .train import StopRequested, TrainingLock, evaluate, fail_run
 
 _STEP_RE = re.compile(r"^step_(\d+)\.pt$")
@@ -119,7 +119,8 @@ class SelfPlayConfig:
     eval_windows: int | None = 32     # validation windows per periodic eval; the final eval uses all
     eval_prompts: int = SELFPLAY.default("eval_prompts")
     eval_length: int = SELFPLAY.default("eval_length")
-    eval_temperature: float = 0.8     # eval samples: this temperature (no top-k), and greedy
+    # eval samples: the usual sampling temperature (no top-k), and greedy
+    eval_temperature: float = GENERATE.default("temperature")
     sample_every: int = 1
     save_every: int = SELFPLAY.default("save_every")
     keep_last: int = 3

@@ -60,7 +60,7 @@ from .memorisation import IndexCache, find_copies
 from .model import ModelConfig, count_parameters, estimate_training_memory, training_flops_per_token
 from .registry import Registry
 from .sample import SamplingParams, stream_generate
-from .settings import FROM_ZERO, MODEL, RUN_GROUPS
+from .settings import FROM_ZERO, GENERATE, MODEL, RUN_GROUPS
 from .tokenizer import Tokenizer
 
 log = logging.getLogger("azr_trainer.server")
@@ -155,12 +155,13 @@ class GenerateRequest(BaseModel):
     model: str
     prompt: str = ""
     checkpoint: str | int = "best"  # best, latest or a step number
-    max_length: int = 100
-    temperature: float = 0.8
-    top_k: int | None = 40
-    top_p: float | None = None
-    repetition_penalty: float = 1.0
-    seed: int | None = None
+    # defaults and bounds: settings.GENERATE (checked by SamplingParams)
+    max_length: int = GENERATE.default("max_length")
+    temperature: float = GENERATE.default("temperature")
+    top_k: int | None = GENERATE.default("top_k")
+    top_p: float | None = GENERATE.default("top_p")
+    repetition_penalty: float = GENERATE.default("repetition_penalty")
+    seed: int | None = GENERATE.default("seed")
 
     def sampling(self) -> SamplingParams:
         return SamplingParams(max_length=self.max_length, temperature=self.temperature, top_k=self.top_k or None,

@@ -273,8 +273,22 @@ MODEL = Group(
     Setting("tie_embeddings", bool, True),
 )
 
+# Sampling (azr generate, the Generation page, exported models' suggested settings). typical: the
+# page's slider range.
+GENERATE = Group(
+    "generate",
+    Setting("max_length", int, 100, min=1, max=100_000, unit="tokens", studio=True, label="gen.max_length"),
+    Setting("temperature", float, 0.8, min=0, max=10, typical=(0.1, 2.0), studio=True, label="gen.temperature",
+            help="settings.help.gen_temperature"),
+    Setting("top_k", int, 40, min=0, studio=True, label="gen.top_k"),  # 0: off
+    Setting("top_p", float, None, min=0, max=1, min_open=True, typical=(0.05, 1.0), studio=True, label="gen.top_p"),
+    Setting("repetition_penalty", float, 1.0, min=0, max=10, min_open=True, typical=(1.0, 2.0), studio=True,
+            label="gen.repetition_penalty"),
+    Setting("seed", int, None, min=0, max=SEED_MAX, studio=True, label="gen.seed"),
+)
+
 RUN_GROUPS = {"train": TRAIN, "selfplay": SELFPLAY, "reason": REASON}
-GROUPS = {**RUN_GROUPS, "from_zero": FROM_ZERO, "model": MODEL}
+GROUPS = {**RUN_GROUPS, "from_zero": FROM_ZERO, "model": MODEL, "generate": GENERATE}
 
 
 def check_run(kind: str, params: dict) -> None:
