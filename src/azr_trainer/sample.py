@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .home import UserError
 from .model import KVCache, Transformer, rotate_half
 from .settings import GENERATE
 
