@@ -142,7 +142,6 @@ def cmd_models_export(args, home):
 
 def cmd_models_import(args, home):
     import shlex
-
     from .importer import import_model
     quiet = args.json
     result = import_model(home, args.path, args.name, max_seq_len=args.max_seq_len,
@@ -207,7 +206,7 @@ def stop_on_signals(control_file: Path | None = None, watch_parent: bool = False
 
 
 def _given(group, args, skip=()) -> dict:
-    """The settings of ``group`` given on the command line (or defaulted by the parser)."""
+    """The settings of ``group`` given on the command line; the config has the others' defaults."""
     return {s.name: getattr(args, s.name) for s in group
             if s.name not in skip and getattr(args, s.name, None) is not None}
 
