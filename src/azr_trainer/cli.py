@@ -175,8 +175,10 @@ class _ProgressBar:
             return
         from tqdm import tqdm
         if e["type"] == "status" and e["state"] in ("started", "resumed"):
-            self.bar = tqdm(total=e["max_iterations"], initial=e["step"], unit="step", dynamic_ncols=True,
-                            file=sys.stderr)
+            total = e["max_iterations"]
+            if total is not None and total >= TRAIN["max_iterations"].upper:
+                total = None  # a time budget ends the run, not a number of steps
+            self.bar = tqdm(total=total, initial=e["step"], unit="step", dynamic_ncols=True, file=sys.stderr)
         elif e["type"] == "step" and self.bar is not None:
             self.bar.update(e["step"] - self.bar.n)
             self.bar.set_postfix(loss=f"{e['loss']:.3f}", tok_s=f"{e['tokens_per_s']:.0f}", refresh=False)
