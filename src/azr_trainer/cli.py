@@ -271,7 +271,8 @@ def cmd_train(args, home):
         _print_json(summary)
         return exit_torchrun_worker()
     bpb = f"{summary['val_bpb']:.4f}" if summary["val_bpb"] is not None else "-"
-    print(f"{summary['status']}: step {summary['step']}/{summary['max_iterations']}, train loss "
+    total = "" if summary["max_iterations"] >= TRAIN["max_iterations"].upper else f"/{summary['max_iterations']}"
+    print(f"{summary['status']}: step {summary['step']}{total}, train loss "
           f"{summary['train_loss'] if summary['train_loss'] is None else round(summary['train_loss'], 4)}, "
           f"val bpb {bpb}, {summary['tokens_per_s']:.0f} tokens/s, {summary['wall_seconds']:.1f} s.")
     print(f"Checkpoint: {summary['checkpoints'][-1]}")
