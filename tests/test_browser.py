@@ -276,6 +276,55 @@ def test_translations_cover_every_key():
     assert not missing, missing
 
 
+# ---------------------------------------------------------------------------- settings
+
+FORM_FIELDS = {"train": ("t", ["max_iterations", "batch_size", "learning_rate", "save_every", "eval_every"]),
+               "selfplay": ("sp", ["max_iterations", "group_size", "temperature", "kl_weight", "lm_weight"]),
+               "reason": ("rs", ["max_iterations", "batch_size", "n_samples", "temperature", "learning_rate"]),
+               "model": ("m", ["vocab_size", "d_model", "num_layers", "num_heads", "d_ff", "max_seq_len"])}
+
+
+def _number(text: str | None):
+    return None if text in (None, "") else float(text)
+
+
+def test_train_and_create_forms_show_the_declared_defaults_and_bounds(browser, studio):
+    """What the forms show after loading is what GET /api/settings declares (the same
+    declarations the CLI and the trainer use), and the page refuses what the server would."""
+    declared = studio.get("/api/settings")
+    ctx, page, errors = open_page(browser, studio.url, "en-US")
+    try:
+        for kind, (prefix, names) in FORM_FIELDS.items():
+            tab(page, "create" if kind == "model" else "training")
+            for name in names:
+                s = declared[kind][name]
+                field = page.locator(f"#{prefix}-{name}")
+                shown = {"value": _number(field.input_value()), "min": _number(field.get_attribute("min")),
+                         "max": _number(field.get_attribute("max"))}
+                assert shown == {"value": s["default"], "min": s["min"], "max": s["max"]}, (kind, name, shown, s)
+        assert page.locator("#t-max_iterations").input_value() == "1000"  # the page once started at 10000
+        tab(page, "generation")
+        gen = declared["generate"]
+        for name, field in (("max_length", "g-max_length"), ("top_k", "g-top_k")):
+            shown = page.locator(f"#{field}")
+            assert (_number(shown.input_value()), _number(shown.get_attribute("min"))) == \
+                (gen[name]["default"], gen[name]["min"]), name
+        slider = page.locator("#g-temperature")  # a slider spans the recommended range
+        assert (_number(slider.input_value()), _number(slider.get_attribute("min")),
+                _number(slider.get_attribute("max"))) == (gen["temperature"]["default"], *gen["temperature"]["typical"])
+        assert page.locator("#sp-reward").input_value() == declared["selfplay"]["reward"]["default"]
+        assert page.locator("#rs-mode").input_value() == declared["reason"]["mode"]["default"]
+        # A value out of bounds is refused with the server's own message.
+        tab(page, "training")
+        page.get_by_test_id("train-mode-selfplay").click()
+        page.locator("#sp-group_size").fill("1")
+        page.get_by_test_id("train-start").click()
+        expect(page.get_by_test_id("train-error")).to_contain_text("group_size must be at least 2, got 1.")
+        assert not errors, errors
+    finally:
+        ctx.close()
+
+
 # ---------------------------------------------------------------------------- the five steps
 
 LANGS = {

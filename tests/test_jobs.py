@@ -1,5 +1,6 @@
 """The studio's pieces without HTTP: memorisation meter, registry, job runner."""
 
+import json
 import time
 
 import pytest
@@ -11,6 +12,7 @@ from azr_trainer.jobs import JobRunner, crash_message
 from azr_trainer.memorisation import BookIndex, IndexCache, find_copies
 from azr_trainer.model import ModelConfig
 from azr_trainer.registry import Registry, Run
+from azr_trainer.train import run_dir
 
 from conftest import WORDS_RU, make_text
 
@@ -127,9 +129,8 @@ def test_schema_versions(home, monkeypatch):
 
 
 def test_crash_messages(tmp_path):
+    """Only for a worker that died without its final event: an explained error is an event."""
     log = tmp_path / "worker.log"
-    log.write_text("Tokenizing…\nError: No book named 'x'. See `azr books list`.\n", encoding="utf-8")
-    assert crash_message(log, 2) == "No book named 'x'. See `azr books list`."
     log.write_text("Traceback (most recent call last):\n  File …\nValueError: bad thing\n", encoding="utf-8")
     assert "ValueError: bad thing" in crash_message(log, 1) and "exit code 1" in crash_message(log, 1)
     assert "SIGKILL" in crash_message(log, -9) and "memory" in crash_message(log, -9)
@@ -156,7 +157,12 @@ def test_a_book_deleted_before_the_worker_reads_it_fails_readably(home, book):
     run = wait_state(runner, run["id"], ("failed", "completed"))
     assert run["state"] == "failed"
     assert run["message"] == "There is no book named “play”."
-    assert [e["state"] for e in runner.events(run["id"]) if e["type"] == "status"] == ["queued", "running", "failed"]
+    statuses = [e for e in runner.events(run["id"]) if e["type"] == "status"]
+    assert [e["state"] for e in statuses] == ["queued", "running", "failed"]
+    # The worker reported it (with the error's code), the studio did not guess it from the log.
+    assert statuses[-1].get("source") != "studio" and statuses[-1]["code"] and statuses[-1]["params"] is not None
+    spec = json.loads((run_dir(home, "m", run["id"]) / "run.json").read_text(encoding="utf-8"))
+    assert spec["kind"] == "train" and spec["books"] == [book] and spec["settings"] == RUN_PARAMS
 
 
 def test_queue_runs_one_at_a_time_and_recover_interrupts(home, book):
@@ -205,6 +211,20 @@ def test_run_kinds_are_checked_and_runs_from_before_kinds_are_training(home, boo
     with pytest.raises(UserError, match=r"no trained checkpoint yet.*`azr reason m`"):
         runner.create_run("m", [], {"max_iterations": 2, "threads": 1}, kind="reason")
     assert [r["id"] for r in runner.list_runs()] == ["old"]
+
+
+def test_a_studio_run_with_a_time_budget_needs_no_steps(home, book):
+    store.create_model(home, "m", TINY)
+    runner = JobRunner(home, Registry(home))
+    budget = {k: v for k, v in RUN_PARAMS.items() if k != "max_iterations"} | {"minutes": 0.02}
+    run = runner.create_run("m", [book], budget)
+    assert "max_iterations" not in run["params"] and run["params"]["minutes"] == 0.02
+    run = wait_state(runner, run["id"], ("completed", "failed"))
+    assert run["state"] == "completed" and run["progress"] == 1.0, run
+    started = next(e for e in runner.events(run["id"]) if e["type"] == "status" and e.get("state") == "started")
+    assert (started["train_config"]["max_time"], started["train_config"]["schedule"]) == (1.2, "time")
+    with pytest.raises(UserError, match="minutes must be above 0"):
+        runner.create_run("m", [book], budget | {"minutes": 0})
 
 
 @pytest.mark.slow

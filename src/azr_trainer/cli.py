@@ -11,9 +11,11 @@ from pathlib import Path
 
 from . import books as books_mod
 from . import catalogue, store
+from . import settings as settings_mod
 from .checkpoint import build_model, resolve_checkpoint, safe_load
 from .home import UserError, home_dir
 from .model import ModelConfig, count_parameters, estimate_training_memory
+from .settings import FROM_ZERO, GENERATE, MODEL, REASON, SELFPLAY, TRAIN
 
 
 def _fmt_bytes(n: float) -> str:
@@ -75,6 +77,7 @@ def _model_summary(info: store.ModelInfo) -> dict:
 
 def cmd_models_create(args, home):
     from .device import available_memory_bytes, pick_device
+    MODEL["tokenizer"].check(args.tokenizer)  # bpe or char: "hf" only comes with an imported model
     cfg = ModelConfig(vocab_size=args.vocab_size, d_model=args.d_model, num_layers=args.num_layers,
                       num_heads=args.num_heads, d_ff=args.d_ff, max_seq_len=args.max_seq_len,
                       tie_embeddings=not args.untied, tokenizer=args.tokenizer)
@@ -172,8 +175,10 @@ class _ProgressBar:
             return
         from tqdm import tqdm
         if e["type"] == "status" and e["state"] in ("started", "resumed"):
-            self.bar = tqdm(total=e["max_iterations"], initial=e["step"], unit="step", dynamic_ncols=True,
-                            file=sys.stderr)
+            total = e["max_iterations"]
+            if total is not None and total >= TRAIN["max_iterations"].upper:
+                total = None  # a time budget ends the run, not a number of steps
+            self.bar = tqdm(total=total, initial=e["step"], unit="step", dynamic_ncols=True, file=sys.stderr)
         elif e["type"] == "step" and self.bar is not None:
             self.bar.update(e["step"] - self.bar.n)
             self.bar.set_postfix(loss=f"{e['loss']:.3f}", tok_s=f"{e['tokens_per_s']:.0f}", refresh=False)
@@ -186,11 +191,11 @@ class _ProgressBar:
             self.bar.close()
 
 
-def _stop_on_signals(args):
+def stop_on_signals(control_file: Path | None = None, watch_parent: bool = False):
     """The stop flag a training or self-play loop checks: the studio's control file, the studio
     exiting, or the first Ctrl-C / SIGTERM (checkpoint and stop). A second Ctrl-C aborts at once."""
     from .train import StopRequested
-    stop = StopRequested(Path(args.control_file) if args.control_file else None, watch_parent=args.watch_parent)
+    stop = StopRequested(control_file, watch_parent=watch_parent)
 
     def on_signal(signum, _frame):
         if stop.reason:
@@ -200,6 +205,12 @@ def _stop_on_signals(args):
     if hasattr(signal, "SIGTERM"):
         signal.signal(signal.SIGTERM, on_signal)
     return stop
+
+
+def _given(group, args, skip=()) -> dict:
+    """The settings of ``group`` given on the command line; the config has the others' defaults."""
+    return {s.name: getattr(args, s.name) for s in group
+            if s.name not in skip and getattr(args, s.name, None) is not None}
 
 
 def _run_torchrun(args, home) -> None:
@@ -218,24 +229,18 @@ def _run_torchrun(args, home) -> None:
             continue
         cleaned.append(a)
         i += 1
-    launcher = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={args.nproc}"]
-    if args.nnodes > 1:
-        if not args.rdzv_endpoint:
-            raise UserError("--nnodes above 1 needs --rdzv-endpoint HOST:PORT (the same on every machine).")
-        launcher += [f"--nnodes={args.nnodes}", "--rdzv-backend=c10d", f"--rdzv-endpoint={args.rdzv_endpoint}"]
-    else:
-        launcher += ["--standalone"]
-    cmd = launcher + ["-m", "azr_trainer.cli", "--home", str(home)] + cleaned
-    env = dict(os.environ)
-    if args.threads is None:
-        # share the cores between the processes instead of oversubscribing them
-        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.nproc)))
+    if args.nnodes > 1 and not args.rdzv_endpoint:
+        raise UserError("--nnodes above 1 needs --rdzv-endpoint HOST:PORT (the same on every machine).")
+    from .worker import torchrun_command, torchrun_env
+    cmd = torchrun_command(args.nproc, ["-m", "azr_trainer.cli", "--home", str(home)] + cleaned,
+                           nnodes=args.nnodes, endpoint=args.rdzv_endpoint)
+    env = torchrun_env(args.nproc, args.threads)
     rc = subprocess.call(cmd, env=env)
     if rc != 0:
         raise SystemExit(rc)
 
 
-def _exit_torchrun_worker() -> None:
+def exit_torchrun_worker() -> None:
     """Under torchrun, leave right after the work is saved and reported: under heavy CPU load a
     rank sometimes aborted in the C++ teardown of the (already destroyed) process group at
     interpreter exit ("terminate called without an active exception"), and torchrun then calls
@@ -248,33 +253,30 @@ def _exit_torchrun_worker() -> None:
 
 def cmd_train(args, home):
     from .train import TrainConfig, train
+    args.nproc = args.nproc or TRAIN.default("nproc")
+    processes = max(args.nproc * args.nnodes, int(os.environ.get("WORLD_SIZE", "1")))
+    params = settings_mod.time_budget("train", _given(TRAIN, args, skip=("nproc",)), processes=processes)
     if args.nproc > 1 or args.nnodes > 1:
         return _run_torchrun(args, home)
-    cfg = TrainConfig(
-        books=[b.strip() for b in args.books.split(",") if b.strip()], max_iterations=args.max_iterations,
-        batch_size=args.batch_size, learning_rate=args.learning_rate, save_every=args.save_every,
-        eval_every=args.eval_every, max_time=args.max_time, grad_accum=args.grad_accum, device=args.device,
-        threads=args.threads, compile=args.compile, seed=args.seed, resume=args.resume,
-        val_fraction=args.val_fraction, warmup_iters=args.warmup_iters, log_every=args.log_every,
-        seq_len=args.seq_len,
-    )
-    stop = _stop_on_signals(args)
+    cfg = TrainConfig(books=[b.strip() for b in args.books.split(",") if b.strip()], **params)
+    stop = stop_on_signals()
     quiet = args.json or args.quiet
     log = (lambda m: print(m, file=sys.stderr)) if quiet else print
     rank = int(os.environ.get("RANK", "0"))  # under torchrun only rank 0 reports
     summary = train(home, args.name, cfg, listeners=[_ProgressBar(not quiet and rank == 0)], stop=stop,
                     log=log if rank == 0 else (lambda m: None), run_id=args.run_id)
     if rank != 0:
-        _exit_torchrun_worker()
+        exit_torchrun_worker()
     if args.json:
         _print_json(summary)
-        return _exit_torchrun_worker()
+        return exit_torchrun_worker()
     bpb = f"{summary['val_bpb']:.4f}" if summary["val_bpb"] is not None else "-"
-    print(f"{summary['status']}: step {summary['step']}/{summary['max_iterations']}, train loss "
+    total = "" if summary["max_iterations"] >= TRAIN["max_iterations"].upper else f"/{summary['max_iterations']}"
+    print(f"{summary['status']}: step {summary['step']}{total}, train loss "
           f"{summary['train_loss'] if summary['train_loss'] is None else round(summary['train_loss'], 4)}, "
           f"val bpb {bpb}, {summary['tokens_per_s']:.0f} tokens/s, {summary['wall_seconds']:.1f} s.")
     print(f"Checkpoint: {summary['checkpoints'][-1]}")
-    _exit_torchrun_worker()
+    exit_torchrun_worker()
 
 
 # ---- selfplay ------------------------------------------------------------------------------
@@ -300,18 +302,15 @@ class _SelfPlayProgress(_ProgressBar):
 
 def cmd_selfplay(args, home):
     from .selfplay import SelfPlayConfig, selfplay
-    given = {k: getattr(args, k) for k in (
-        "checkpoint", "max_iterations", "max_time", "group_size", "prompts_per_step", "rollout_tokens",
-        "prompt_tokens", "temperature", "learning_rate", "kl_weight", "lm_weight", "reward_file", "reward_weights",
-        "length_target", "prompt_source", "eval_every", "eval_prompts", "eval_length", "save_every", "seed",
-        "device", "threads", "resume")}
+    given = {**_given(SELFPLAY, args), "reward_weights": args.reward_weights}
+    given.setdefault("reward_file", None)
     if args.reward and args.reward.endswith(".py"):
         if args.reward_file:
             raise UserError("Give the reward file once: --reward FILE.py or --reward-file FILE.py.")
         given["reward_file"], args.reward = args.reward, None
-    given["reward"] = args.reward or ("file" if given["reward_file"] else "default")
-    cfg = SelfPlayConfig(**{k: v for k, v in given.items() if v is not None})
-    stop = _stop_on_signals(args)
+    given["reward"] = args.reward or ("file" if given["reward_file"] else SELFPLAY.default("reward"))
+    cfg = SelfPlayConfig(**settings_mod.time_budget("selfplay", {k: v for k, v in given.items() if v is not None}))
+    stop = stop_on_signals()
     quiet = args.json or args.quiet
     log = (lambda m: print(m, file=sys.stderr)) if quiet else print
     summary = selfplay(home, args.name, cfg, listeners=[_SelfPlayProgress(not quiet)], stop=stop, log=log,
@@ -352,12 +351,7 @@ class _ReasonProgress(_ProgressBar):
 
 def _reason_config(args):
     from .reasoning import ReasonConfig
-    given = {k: getattr(args, k) for k in (
-        "checkpoint", "mode", "prompt_format", "max_iterations", "max_time", "batch_size", "n_samples", "references",
-        "temperature", "learning_rate", "kl_weight", "eval_every", "eval_tasks", "save_every", "seed", "device",
-        "seed_rounds", "max_answer_tokens", "max_program_tokens",
-        "threads", "resume")}
-    return ReasonConfig(**{k: v for k, v in given.items() if v is not None})
+    return ReasonConfig(**settings_mod.time_budget("reason", _given(REASON, args)))
 
 
 def cmd_reason(args, home):
@@ -369,7 +363,7 @@ def cmd_reason(args, home):
     if args.show_buffers:
         return _print_json(reasoning.read_buffers(mdir, args.run_id))
     cfg = _reason_config(args).validate()
-    stop = _stop_on_signals(args)
+    stop = stop_on_signals()
     if not mdir.exists():
         shape = {k: getattr(args, k) for k in ("d_model", "num_layers", "num_heads", "d_ff", "max_seq_len")
                  if getattr(args, k) is not None}
@@ -379,9 +373,10 @@ def cmd_reason(args, home):
                                           log=log)
         log(f"Pretraining '{args.name}' from zero on generator triplets for {args.pretrain_time:g} s …")
         pre = train(home, args.name, TrainConfig(books=[book], max_iterations=10**7, schedule="time",
-                                                 max_time=args.pretrain_time, batch_size=16, learning_rate=1e-3,
-                                                 eval_every=200, save_every=10**7, threads=args.threads,
-                                                 device=args.device or "auto"),
+                                                 max_time=args.pretrain_time, batch_size=FROM_ZERO.default("batch_size"),
+                                                 learning_rate=FROM_ZERO.default("learning_rate"),
+                                                 eval_every=FROM_ZERO.default("eval_every"), save_every=10**7,
+                                                 threads=args.threads, device=args.device or TRAIN.default("device")),
                     listeners=[_ProgressBar(not quiet)], stop=stop, log=log)
         log(f"Pretrained: {pre['step']} steps, val bpb {pre['val_bpb']}.")
         if stop.reason:
@@ -413,6 +408,7 @@ def _reason_eval(home, args, cfg):
 
 def cmd_generate(args, home):
     import torch
+
     from .device import pick_device, set_threads
     from .sample import SamplingParams, stream_generate
     if args.model_file:
@@ -502,13 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="sub", required=True)
     a = models.add_parser("create", help="create a transformer of the shape you choose")
     a.add_argument("name")
-    a.add_argument("--vocab-size", type=int, default=8000, help="tokens in the vocabulary (recommended 5,000–15,000)")
-    a.add_argument("--d-model", type=int, default=256, help="model width (recommended 128–512)")
-    a.add_argument("--num-layers", type=int, default=6, help="layers (recommended 4–12)")
-    a.add_argument("--num-heads", type=int, default=8, help="attention heads (recommended 4–16)")
-    a.add_argument("--d-ff", type=int, default=1024, help="feed-forward width (recommended d_model × 4)")
-    a.add_argument("--max-seq-len", type=int, default=256, help="longest sequence (recommended 128–512)")
-    a.add_argument("--tokenizer", choices=["bpe", "char"], default="bpe")
+    settings_mod.add_arguments(a, MODEL, skip=("tie_embeddings",))
     a.add_argument("--untied", action="store_true", help="separate input and output embeddings")
     a.add_argument("--json", action="store_true")
     a.set_defaults(func=cmd_models_create)
@@ -543,52 +533,23 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a model on books")
     t.add_argument("name")
     t.add_argument("--books", required=True, help="book names, comma-separated")
-    t.add_argument("--max-iterations", type=int, default=1000)
-    t.add_argument("--batch-size", type=int, default=16)
-    t.add_argument("--learning-rate", type=float, default=3e-4)
-    t.add_argument("--save-every", type=int, default=1000, help="save a checkpoint every N iterations")
-    t.add_argument("--eval-every", type=int, default=200)
-    t.add_argument("--max-time", type=float, help="stop cleanly after this many seconds")
-    t.add_argument("--grad-accum", type=int, default=1)
-    t.add_argument("--seq-len", type=int, help="train on sequences shorter than max_seq_len (e.g. to fine-tune "
-                   "an imported model with a long context on a small machine)")
-    t.add_argument("--warmup-iters", type=int)
-    t.add_argument("--val-fraction", type=float, default=0.1)
-    t.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
-    t.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
-    t.add_argument("--compile", default="auto", choices=["auto", "on", "off"])
-    t.add_argument("--seed", type=int, default=1337)
-    t.add_argument("--log-every", type=int, default=10)
-    t.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
-    t.add_argument("--nproc", type=int, default=1, help="processes on this machine (torchrun + DDP; GPUs or CPU)")
+    settings_mod.add_arguments(t, TRAIN, defaults=False)
     t.add_argument("--nnodes", type=int, default=1, help="machines taking part (run the same command on each)")
     t.add_argument("--rdzv-endpoint", help="HOST:PORT that all machines can reach, for --nnodes > 1")
-    # The studio's channels to a worker: run folder name, pause/cancel file, stop if the studio dies.
-    t.add_argument("--run-id", help=argparse.SUPPRESS)
-    t.add_argument("--control-file", help=argparse.SUPPRESS)
-    t.add_argument("--watch-parent", action="store_true", help=argparse.SUPPRESS)
-    t.add_argument("--quiet", action="store_true")
-    t.add_argument("--json", action="store_true")
+    _add_output(t)
     t.set_defaults(func=cmd_train)
 
     g = sub.add_parser("generate", help="continue a prompt")
     g.add_argument("name", nargs="?")
     g.add_argument("prompt", nargs="?")
     g.add_argument("--model", dest="model_file", help="a .pt file instead of a model name")
-    g.add_argument("--max-length", type=int, default=100, help="new tokens to generate")
-    g.add_argument("--temperature", type=float, default=0.8, help="0 = greedy; 0.1–2.0")
-    g.add_argument("--top-k", type=int, default=40, help="0 = off")
-    g.add_argument("--top-p", type=float)
-    g.add_argument("--repetition-penalty", type=float, default=1.0)
-    g.add_argument("--seed", type=int)
+    settings_mod.add_arguments(g, GENERATE)
     g.add_argument("--checkpoint", default="best",
                    help="best, latest, selfplay (the newest self-play checkpoint) or a step number")
     g.add_argument("--device", default="auto")
     g.add_argument("--threads", type=int)
     g.set_defaults(func=cmd_generate)
 
-    from .selfplay import SelfPlayConfig
-    d = SelfPlayConfig()
     sp = sub.add_parser(
         "selfplay", help="let a trained model improve its own writing against a reward",
         description="Self-play: from a trained checkpoint, each step samples GROUP_SIZE continuations of "
@@ -597,45 +558,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "Runs until stopped (Ctrl-C saves a checkpoint), --max-iterations or --max-time. Checkpoints "
                     "go to models/NAME/checkpoints/selfplay/RUN/; generate from them with --checkpoint selfplay.")
     sp.add_argument("name")
-    sp.add_argument("--checkpoint",
-                    help=f"start from: best, latest, a step number, or selfplay (default {d.checkpoint})")
-    sp.add_argument("--max-iterations", type=int,
-                    help="stop after this many self-play steps (default: run until stopped)")
-    sp.add_argument("--max-time", type=float, help="stop cleanly after this many seconds")
-    sp.add_argument("--group-size", type=int,
-                    help=f"continuations per prompt, the group of the baseline (default {d.group_size})")
-    sp.add_argument("--prompts-per-step", type=int, help=f"prompts per step (default {d.prompts_per_step})")
-    sp.add_argument("--rollout-tokens", type=int, help=f"new tokens per continuation (default {d.rollout_tokens})")
-    sp.add_argument("--prompt-tokens", type=int, help=f"prompt length in tokens (default {d.prompt_tokens})")
-    sp.add_argument("--temperature", type=float,
-                    help=f"sampling temperature of the continuations (default {d.temperature})")
-    sp.add_argument("--learning-rate", type=float, help=f"AdamW learning rate (default {d.learning_rate})")
-    sp.add_argument("--kl", "--kl-weight", dest="kl_weight", type=float,
-                    help=f"weight of the KL penalty to the starting model; 0 lets it drift (default {d.kl_weight})")
-    sp.add_argument("--lm-weight", type=float,
-                    help=f"weight of the book's next-token loss, 'continuous learning'; 0 = off "
-                         f"(default {d.lm_weight})")
-    sp.add_argument("--reward", help="default (diversity + repetition + a little length), original (diversity + "
-                                     "length, as first described), or FILE.py; add coherence (likelihood under "
-                                     "the starting model) with --reward-weights coherence=0.25")
-    sp.add_argument("--reward-file", help="a Python file defining compute_reward(texts, prompts) -> list[float]; "
-                                          "alone it is the whole reward, with --reward it is added with weight 1")
-    sp.add_argument("--reward-weights", help="override component weights, e.g. repetition=1,coherence=0.5,custom=2 "
-                                             "(components: diversity, repetition, length, coherence, custom)")
-    sp.add_argument("--length-target", type=float, help="words the length reward aims for (default: what "
-                                                        "--rollout-tokens tokens of the book usually hold)")
-    sp.add_argument("--prompt-source",
-                    help="book (openings from the training split), self (the model's own best earlier "
-                         f"continuations) or file:PATH (one prompt per line) (default {d.prompt_source})")
-    sp.add_argument("--eval-every", type=int, help=f"steps between evals (default {d.eval_every})")
-    sp.add_argument("--eval-prompts", type=int, help=f"fixed validation prompts per eval (default {d.eval_prompts})")
-    sp.add_argument("--eval-length", type=int, help=f"tokens per eval sample (default {d.eval_length})")
-    sp.add_argument("--save-every", type=int, help=f"steps between checkpoints (default {d.save_every})")
-    _add_run_control(sp, "self-play")
+    settings_mod.add_arguments(sp, SELFPLAY, defaults=False)
+    sp.add_argument("--reward-weights", help=catalogue.text("settings.help.reward_weights",
+                                                            catalogue.language_from_environment()))
+    _add_output(sp)
     sp.set_defaults(func=cmd_selfplay)
 
-    from .reasoning import ReasonConfig
-    r = ReasonConfig()
     rp = sub.add_parser(
         "reason", help="Absolute Zero reasoning: the model proposes and solves programs; a sandbox judges",
         description="AZR self-play. A model that does not exist yet is first created from zero (char tokenizer) "
@@ -645,32 +573,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "rewards. Runs until stopped, --max-iterations or --max-time; checkpoints go to "
                     "models/NAME/checkpoints/reason/RUN/.")
     rp.add_argument("name")
-    rp.add_argument("--mode", help="azr (full), frozen_proposer, solver_only (generator tasks) or pretrain "
-                                   f"(continued pretraining on generator triplets) (default {r.mode})")
-    rp.add_argument("--prompt-format", help="compact (the from-zero model's own), paper (instructions and <answer> "
-                                            "tags, for pretrained models) or auto: by the tokenizer (default auto)")
-    rp.add_argument("--checkpoint", help=f"start from: best, latest, reason, selfplay or a step (default {r.checkpoint})")
-    rp.add_argument("--max-iterations", type=int, help="stop after this many steps (default: until stopped)")
-    rp.add_argument("--max-time", type=float, help="stop cleanly after this many seconds")
-    rp.add_argument("--batch-size", type=int, help=f"proposals per task type per step (default {r.batch_size})")
-    rp.add_argument("--n-samples", type=int, help=f"solver attempts per task (default {r.n_samples})")
-    rp.add_argument("--references", type=int, help=f"reference triplets in a proposer prompt (default {r.references})")
-    rp.add_argument("--temperature", type=float, help=f"sampling temperature of both roles (default {r.temperature})")
-    rp.add_argument("--learning-rate", type=float, help=f"AdamW learning rate (default {r.learning_rate})")
-    rp.add_argument("--kl", "--kl-weight", dest="kl_weight", type=float,
-                    help=f"weight of the KL penalty to the start model (default {r.kl_weight})")
-    rp.add_argument("--seed-rounds", type=int,
-                    help=f"rounds of proposals that seed the buffers before training (default {r.seed_rounds})")
-    rp.add_argument("--max-answer-tokens", type=int, help="token budget of a deduction/abduction answer "
-                                                          "(default 48 compact, 384 paper)")
-    rp.add_argument("--max-program-tokens", type=int, help="token budget of a proposal or induction program "
-                                                           "(default 200 compact, 512 paper)")
-    rp.add_argument("--eval-every", type=int, help=f"steps between held-out evals (default {r.eval_every})")
-    rp.add_argument("--eval-tasks", type=int, help=f"held-out tasks per type (default {r.eval_tasks})")
-    rp.add_argument("--save-every", type=int, help=f"steps between checkpoints (default {r.save_every})")
-    rp.add_argument("--pretrain-time", type=float, default=300,
-                    help="seconds of from-zero pretraining when the model does not exist yet (default 300)")
-    rp.add_argument("--corpus-docs", type=int, default=40000, help="generator documents in the from-zero book")
+    settings_mod.add_arguments(rp, REASON, defaults=False)
+    settings_mod.add_arguments(rp, FROM_ZERO, only=("pretrain_time", "corpus_docs"))
     for dim in ("d_model", "num_layers", "num_heads", "d_ff", "max_seq_len"):
         rp.add_argument("--" + dim.replace("_", "-"), dest=dim, type=int,
                         help=f"from-zero shape (default {reasoning_shape_default(dim)})")
@@ -681,7 +585,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="test: the shifted held-out distribution; train: the pretraining one")
     rp.add_argument("--pass-k", type=int, default=1)
     rp.add_argument("--show-buffers", action="store_true", help="print the newest run's task buffers as JSON")
-    _add_run_control(rp, "reasoning")
+    _add_output(rp)
     rp.set_defaults(func=cmd_reason)
 
     s = sub.add_parser("serve", help="start the web studio (http://127.0.0.1:8000)")
@@ -697,16 +601,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _add_run_control(p, what: str) -> None:
-    """The flags a self-play or reasoning run shares: seed, device, resume, and the studio's."""
-    p.add_argument("--seed", type=int)
-    p.add_argument("--device", help="auto, cpu, cuda, mps")
-    p.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
-    p.add_argument("--resume", action="store_true", help=f"continue the latest {what} run (or --run-id) "
-                                                         "with its own settings")
-    p.add_argument("--run-id", help=argparse.SUPPRESS)
-    p.add_argument("--control-file", help=argparse.SUPPRESS)
-    p.add_argument("--watch-parent", action="store_true", help=argparse.SUPPRESS)
+def _add_output(p) -> None:
+    """What a run subcommand shares besides its settings: which run, and how it reports."""
+    p.add_argument("--run-id", help="the run's folder name: start it under this name, or resume this run")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--json", action="store_true")
 

@@ -41,6 +41,7 @@ from .checkpoint import build_model, export_pt, init_checkpoint, resolve_checkpo
 from .errors import Notice
 from .home import UserError, atomic_path, atomic_write_bytes, fsync_dir, read_json
 from .model import ModelConfig
+from .settings import GENERATE
 from .tokenizer import Tokenizer
 
 FORMATS = ("pt", "hf", "gguf")
@@ -213,7 +214,7 @@ def _write_hf_folder(obj: dict, folder: Path, dtype: str, model_name: str | None
         "config.json": json.dumps(hf_config(cfg, tok, dtype), indent=2) + "\n",
         "generation_config.json": json.dumps({
             "bos_token_id": tok.eot_id, "eos_token_id": tok.eot_id, "pad_token_id": tok.eot_id,
-            "do_sample": True, "temperature": 0.8, "top_k": 40,
+            "do_sample": True, "temperature": GENERATE.default("temperature"), "top_k": GENERATE.default("top_k"),
         }, indent=2) + "\n",
         **hf_tokenizer_files(tok, cfg.max_seq_len, _imported_from(obj).get("chat_template")),
         HF_MARKER: json.dumps({
@@ -433,6 +434,6 @@ def ollama_modelfile(gguf_name: str, tok: Tokenizer, cfg: ModelConfig) -> str:
             'TEMPLATE """{{ .Prompt }}"""\n'
             f'PARAMETER stop "{eos}"\n'
             f"PARAMETER num_ctx {cfg.max_seq_len}\n"
-            "PARAMETER temperature 0.8\n"
-            "PARAMETER top_k 40\n")
+            f"PARAMETER temperature {GENERATE.default('temperature')}\n"
+            f"PARAMETER top_k {GENERATE.default('top_k')}\n")
 

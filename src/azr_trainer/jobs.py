@@ -1,21 +1,22 @@
 """The job runner: each training run in its own worker process, a queue, and live events.
 
-A worker is ``python -m azr_trainer.cli train …`` (or ``selfplay …`` / ``reason …``: the run's
-kind, see ``KINDS``) — the same command a person can type — started with subprocess.Popen, its output
-going to ``worker.log`` in the run's folder. Nothing here knows how training works: the
-worker writes events to ``events.jsonl`` and this module reads them.
+A worker is ``python -m azr_trainer.worker RUNFILE``: the run's kind (see ``KINDS``) and its
+validated settings are written to ``run.json`` in the run's folder, and the worker runs the same
+library functions as ``azr train`` / ``selfplay`` / ``reason``, its output going to ``worker.log``
+beside it. Nothing here knows how training works: the worker writes events to ``events.jsonl``
+and this module reads them; an error it can explain is a ``failed`` status event with its code.
 
 - Queue: at most ``max_concurrent`` workers at once (default 1) and one per model; other
   runs wait as ``queued``, oldest first.
 - Control: pause and cancel write "pause"/"cancel" into the run's control file; the
   trainer saves a checkpoint and exits, reporting ``paused``/``cancelled``. Resume starts
-  a new worker with ``--resume`` and the same run id, which continues exactly from that
+  a new worker on the run file with ``resume`` set and the same run id, which continues exactly from that
   checkpoint (or starts over if the run never saved one).
 - Monitor: a thread polls every ``poll_interval`` seconds. It ingests new events into the
   registry (metrics, samples, the run's summary) and hands them to SSE subscribers, notices
   workers that exited, and starts queued runs. The final state comes from the worker's last
   ``status`` event; a worker that exits without one crashed (killed for memory, say), and
-  the run becomes ``failed`` with a readable message made from the end of its log. Every
+  the run becomes ``failed`` with a message made from the end of its log. Every
   poll is guarded, so a broken run can never stop the monitor or the server.
 - Restart: when the studio starts, runs left ``running`` or ``queued`` by the previous
   studio become ``interrupted``. Resuming them is one call (POST /api/runs/{id}/resume) and
@@ -39,7 +40,7 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO
@@ -56,7 +57,9 @@ from .reasoning import ReasonConfig, default_lengths, resolve_format
 from .registry import Metric, Registry, Run, Sample
 from .rewards import PRESETS
 from .selfplay import SelfPlayConfig
+from .settings import REASON, RUN_GROUPS, SELFPLAY, TRAIN, Group, check_run, time_budget
 from .train import TrainConfig, TrainingLock, _pid_alive, run_dir
+from .worker import write_run_file
 
 log = logging.getLogger("azr_trainer.jobs")
 
@@ -107,10 +110,8 @@ def crash_message(log_path: Path, returncode: int) -> str:
         hint = (" This usually means the computer ran out of memory: lower batch_size (or the model's size) "
                 "and resume." if name == "SIGKILL" else "")
         return f"The training process was killed by {name}.{hint}"
+    # An error the worker could explain came as a failed event; this one it could not.
     lines = [line.strip() for line in log_tail(log_path).splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("Error: ")]
-    if errors:  # the CLI's one-line message for a UserError
-        return errors[-1][len("Error: "):]
     last = lines[-1] if lines else "no output"
     return f"The training process stopped unexpectedly (exit code {returncode}): {last[:500]}"
 
@@ -126,11 +127,10 @@ def _check_train(home: Path, model: str, books: list[str], params: dict) -> list
     if len(set(books)) != len(books):
         raise UserError("Each book can be chosen only once.")
     nproc = params.get("nproc")
-    if nproc is not None and not 1 <= nproc <= 64:
-        raise UserError(f"nproc must be between 1 and 64 processes, got {nproc}.")
     if nproc and params["batch_size"] % nproc:
-        raise UserError(f"batch_size ({params['batch_size']}) must be divisible by nproc ({nproc}).")
-    TrainConfig(books=list(books), **{k: v for k, v in params.items() if k != "nproc"}).validate()
+        raise UserError("settings.nproc_batch", batch_size=params["batch_size"], nproc=nproc)
+    rest = {k: v for k, v in params.items() if k != "nproc"}
+    TrainConfig(books=list(books), **time_budget("train", rest, processes=nproc or 1)).validate()
     return list(books)
 
 
@@ -138,9 +138,9 @@ def _check_selfplay(home: Path, model: str, books: list[str], params: dict) -> l
     """Self-play starts from a trained checkpoint and reads the books that model learned."""
     if books:
         raise UserError("A self-play run reads the books its model was trained on; leave books empty.")
-    if params.get("reward", "default") not in PRESETS:  # never a file: that would run code from the request
-        raise UserError(f"reward must be one of {', '.join(PRESETS)}, got {params['reward']!r}.")
-    SelfPlayConfig(**params).validate()
+    if params.get("reward", SELFPLAY.default("reward")) not in PRESETS:  # never a file: that would run code
+        raise UserError("settings.choice", name="reward", choices=list(PRESETS), value=repr(params["reward"]))
+    SelfPlayConfig(**time_budget("selfplay", params)).validate()
     mdir = store.model_dir(home, model)
     try:
         resolve_checkpoint(mdir, "latest")
@@ -160,7 +160,7 @@ def _check_reason(home: Path, model: str, books: list[str], params: dict) -> lis
     the sandbox, never from books."""
     if books:
         raise UserError("A reasoning run needs no books (the model writes its own tasks); leave books empty.")
-    cfg = ReasonConfig(**params).validate()
+    cfg = ReasonConfig(**time_budget("reason", params)).validate()
     mdir = store.model_dir(home, model)
     try:
         resolve_checkpoint(mdir, "latest")
@@ -184,33 +184,39 @@ def _check_reason(home: Path, model: str, books: list[str], params: dict) -> lis
 
 @dataclass(frozen=True)
 class RunKind:
-    """What a kind of run is: the `azr` subcommand its worker runs, the settings it takes
-    (passed on as --flags), their defaults, and the check made before it is queued, which
-    returns the books to record for the run."""
-    command: str
-    settings: tuple[str, ...]
+    """What a kind of run is: its settings (settings.py: the ones the studio offers, their
+    defaults and bounds) and the check made before it is queued, which returns the books to
+    record for the run."""
+    group: Group
     check: Callable[[Path, str, list[str], dict], list[str]]
-    defaults: dict = field(default_factory=dict)
-    books_flag: bool = False  # pass the run's books as --books
+
+    @property
+    def settings(self) -> tuple[str, ...]:
+        return self.group.studio_names()
+
+    @property
+    def defaults(self) -> dict:
+        return self.group.studio_defaults()
 
 
-# A new kind is one entry here, plus its fields in server.RunRequest.
+# A new kind is one entry here and its group in settings.py; the API and the page follow.
 KINDS: dict[str, RunKind] = {
-    "train": RunKind("train", ("max_iterations", "batch_size", "learning_rate", "save_every", "eval_every",
-                               "max_time", "threads", "nproc"),  # nproc > 1: the worker re-launches under torchrun
-                     _check_train, defaults=dict(max_iterations=1000, batch_size=16, learning_rate=3e-4,
-                                                 save_every=1000), books_flag=True),
-    # A studio run always has an end (Run.max_iterations is its progress bar): 150 steps is the benchmark's run.
-    "selfplay": RunKind("selfplay", ("max_iterations", "max_time", "prompts_per_step", "group_size", "temperature",
-                                     "learning_rate", "kl_weight", "lm_weight", "reward", "checkpoint", "threads",
-                                     "seed", "eval_every", "save_every"),
-                        _check_selfplay, defaults=dict(max_iterations=150)),
-    # Unlike the CLI, always with an end: 200 steps of the default batch is a few minutes of a from-zero model.
-    "reason": RunKind("reason", ("mode", "max_iterations", "max_time", "batch_size", "n_samples", "temperature",
-                                 "learning_rate", "kl_weight", "eval_every", "eval_tasks", "save_every", "seed",
-                                 "threads", "checkpoint"),
-                      _check_reason, defaults=dict(max_iterations=200)),
+    "train": RunKind(TRAIN, _check_train),
+    "selfplay": RunKind(SELFPLAY, _check_selfplay),
+    "reason": RunKind(REASON, _check_reason),
 }
+assert set(KINDS) == set(RUN_GROUPS)
+
+
+def _progress(run: Run, last: dict) -> float:
+    """The share done: of the steps, or of the time budget when that comes first."""
+    done = min(1.0, run.step / run.max_iterations) if run.max_iterations else 0.0
+    minutes = (run.params or {}).get("minutes")
+    if minutes and run.state == "completed":
+        return 1.0  # its last step came just before the time ran out
+    if minutes and last.get("elapsed") is not None:
+        done = max(done, min(1.0, last["elapsed"] / (60.0 * minutes)))
+    return done
 
 
 def run_kind(run: Run) -> str:
@@ -311,18 +317,16 @@ class JobRunner:
         """Queue a new run of ``kind`` (see KINDS); it starts at once when a slot is free."""
         store.get_model(self.home, model)
         if kind not in KINDS:
-            raise UserError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}.")
+            raise UserError("settings.kind", kinds=list(KINDS), value=repr(kind))
         spec = KINDS[kind]
-        params = {**spec.defaults, **{k: v for k, v in params.items() if v is not None}}
-        unknown = sorted(set(params) - set(spec.settings))
-        if unknown:
-            raise UserError(f"A {kind} run has no setting {', '.join(unknown)}; its settings are "
-                            f"{', '.join(spec.settings)}.")
-        threads = params.get("threads")
-        if threads is not None and threads < 1:
-            raise UserError(f"threads must be at least 1, got {threads}.")
+        given = {k: v for k, v in params.items() if v is not None}
+        defaults = spec.defaults
+        if "minutes" in given and "max_iterations" not in given:
+            defaults.pop("max_iterations", None)  # a time budget alone ends the run
+        params = {**defaults, **given}
         if "checkpoint" in params:
             params["checkpoint"] = str(params["checkpoint"])  # a step number may come as a number
+        check_run(kind, params)  # only the kind's own settings, each within its bounds
         books = spec.check(self.home, model, list(books or []), params)
         params["kind"] = kind  # in params, so the runs table needs no new column
         with self._transaction() as s:
@@ -337,7 +341,7 @@ class JobRunner:
                                "command line. Wait for it, or stop it first.")
             now = _now()
             run = Run(id=_new_run_id(), model=model, books=books, params=params, state="queued",
-                      max_iterations=params["max_iterations"], created_at=now,
+                      max_iterations=params.get("max_iterations") or 0, created_at=now,
                       queued_at=now, step=0, events_offset=0, events_count=0)
             s.add(run)
             s.flush()  # the run's row before its first event's (a foreign key)
@@ -451,7 +455,7 @@ class JobRunner:
             "id": run.id, "kind": run_kind(run), "model": run.model, "books": run.books, "params": run.params,
             "state": run.state, "message": run.message, "pid": run.pid, "step": run.step,
             "max_iterations": run.max_iterations,
-            "progress": min(1.0, run.step / run.max_iterations) if run.max_iterations else 0.0,
+            "progress": _progress(run, last),
             "elapsed": last.get("elapsed"), "eta": last.get("eta") if run.state == "running" else None,
             "created_at": run.created_at, "started_at": run.started_at, "finished_at": run.finished_at,
             "best_val_bpb": run.best_val_bpb, "last_step": run.last_metrics, "last_eval": run.last_eval,
@@ -545,6 +549,10 @@ class JobRunner:
             return
         # Only the worker that owns the run decides how it ended: once the run was resumed or
         # cancelled, a late report from an earlier worker changes nothing.
+        if state == "failed" and run.state == "failed" and event.get("code"):
+            # The worker's own report of an error it could explain, after the loop's plain one.
+            run.message = event.get("message") or run.message
+            return
         if run.state not in ("running", "interrupted"):
             return
         reason = event.get("message")
@@ -598,22 +606,18 @@ class JobRunner:
         folder.mkdir(parents=True, exist_ok=True)
         control = folder / "control"
         control.unlink(missing_ok=True)  # a stale "pause" would stop the new worker at once
-        p, spec = run.params, KINDS[run_kind(run)]
-        cmd = [sys.executable, "-m", "azr_trainer.cli", "--home", str(self.home), spec.command, run.model,
-               "--run-id", run.id, "--control-file", str(control), "--watch-parent", "--json", "--quiet"]
-        if spec.books_flag:
-            cmd += ["--books", ",".join(run.books)]
-        for key in spec.settings:
-            if p.get(key) is not None:
-                cmd += [f"--{key.replace('_', '-')}", str(p[key])]
-        if run.last_checkpoint_step is not None:
-            cmd.append("--resume")
-        env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONIOENCODING="utf-8", AZR_LANG="en")  # stderr is parsed
+        kind = run_kind(run)
+        resume = run.last_checkpoint_step is not None
+        settings = {k: v for k, v in (run.params or {}).items() if k != "kind"}
+        run_file = write_run_file(folder, home=self.home, kind=kind, model=run.model, run_id=run.id,
+                                  books=run.books or [], settings=settings, resume=resume)
+        cmd = [sys.executable, "-m", "azr_trainer.worker", str(run_file)]
+        env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONIOENCODING="utf-8", AZR_LANG="en")  # the log in English
         # The worker imports this very package, even from a source tree that is not installed.
         package_root = str(Path(__file__).resolve().parent.parent)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
         log_file = (folder / "worker.log").open("ab")
-        log_file.write(f"--- {_now()} {'resuming' if '--resume' in cmd else 'starting'} run {run.id}\n".encode())
+        log_file.write(f"--- {_now()} {'resuming' if resume else 'starting'} run {run.id}\n".encode())
         log_file.flush()
         try:
             # CREATE_NO_WINDOW: on Windows a studio started without a console must not pop one up per run.

@@ -17,20 +17,22 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .home import UserError
+from .settings import MODEL
 
 
 @dataclass
 class ModelConfig:
-    vocab_size: int = 8000
-    d_model: int = 256
-    num_layers: int = 6
-    num_heads: int = 8
-    d_ff: int = 1024
-    max_seq_len: int = 256
-    tie_embeddings: bool = True
+    vocab_size: int = MODEL.default("vocab_size")
+    d_model: int = MODEL.default("d_model")
+    num_layers: int = MODEL.default("num_layers")
+    num_heads: int = MODEL.default("num_heads")
+    d_ff: int = MODEL.default("d_ff")
+    max_seq_len: int = MODEL.default("max_seq_len")
+    tie_embeddings: bool = MODEL.default("tie_embeddings")
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
-    tokenizer: str = "bpe"  # "bpe" (byte-level BPE), "char", or "hf" (pretrained, came with an imported model)
+    # "bpe" (byte-level BPE), "char", or "hf" (pretrained, came with an imported model)
+    tokenizer: str = MODEL.default("tokenizer")
     num_kv_heads: int | None = None  # grouped-query attention (imported models); None means num_heads
 
     @property
@@ -61,9 +63,8 @@ class ModelConfig:
                 raise UserError("model.not_integer", field=name, value=value)
             if value <= 0:
                 raise UserError("model.not_positive", field=name, value=value)
-        limits = {"vocab_size": 1_000_000, "d_model": 16384, "num_layers": 256, "num_heads": 256,
-                  "d_ff": 65536, "max_seq_len": 131072}
-        for name, limit in limits.items():
+        for name in ints:
+            limit = MODEL[name].upper
             if getattr(self, name) > limit:
                 raise UserError("model.too_large", field=name, value=getattr(self, name), limit=limit)
         if self.tokenizer not in ("bpe", "char", "hf"):
@@ -73,8 +74,10 @@ class ModelConfig:
                 raise UserError("model.kv_heads_invalid", value=self.num_kv_heads)
             if self.num_heads % self.num_kv_heads:
                 raise UserError("model.kv_heads_divide", num_heads=self.num_heads, num_kv_heads=self.num_kv_heads)
-        if self.vocab_size < 260:
-            raise UserError("model.vocab_small", value=self.vocab_size, min=260)
+        if self.max_seq_len < MODEL["max_seq_len"].min:
+            raise UserError("model.seq_len_small", value=self.max_seq_len, min=MODEL["max_seq_len"].min)
+        if self.vocab_size < MODEL["vocab_size"].min:
+            raise UserError("model.vocab_small", value=self.vocab_size, min=MODEL["vocab_size"].min)
         if self.d_model % self.num_heads:
             raise UserError("model.heads_divide", d_model=self.d_model, num_heads=self.num_heads,
                             suggest=_divisor_near(self.d_model, self.num_heads))

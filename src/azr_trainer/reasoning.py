@@ -46,82 +46,69 @@ from .device import pick_device, set_threads
 from .events import EventLog, Listener
 from .home import UserError, atomic_write_json, read_json
 from .formats import FORMATS, CompactFormat, is_arguments, is_literal, shown_count, triplet_text
+from .settings import REASON
 from .rewards import pack_rows
 from .sample import SamplingParams, stream_generate
 from .selfplay import exact_kl, make_selfplay_optimizer
 from .train import StopRequested, TrainingLock, fail_run
 
 TASK_TYPES = ("deduction", "abduction", "induction")
-MODES = ("azr", "frozen_proposer", "solver_only", "pretrain")
+MODES = REASON["mode"].choices  # azr, frozen_proposer, solver_only, pretrain
 _STEP_RE = re.compile(r"^step_(\d+)\.pt$")
 
 
 @dataclass
 class ReasonConfig:
-    checkpoint: str = "best"       # start from: best, latest, a step number, selfplay or reason
-    mode: str = "azr"              # azr, frozen_proposer, solver_only, pretrain (see the module doc)
-    prompt_format: str = "auto"    # compact, paper, or auto: compact for a from-zero (char) model, else paper
-    max_iterations: int | None = None
-    max_time: float | None = None  # seconds of wall clock for this invocation
-    batch_size: int = 4            # proposals (tasks) per task type per step
-    n_samples: int = 4             # solver attempts per task: r̄ and the solver's rollouts
-    references: int = 2            # K reference triplets in a proposer prompt
+    checkpoint: str = REASON.default("checkpoint")  # start from: best, latest, a step number, selfplay or reason
+    mode: str = REASON.default("mode")  # azr, frozen_proposer, solver_only, pretrain (see the module doc)
+    # compact, paper, or auto: compact for a from-zero (char) model, else paper
+    prompt_format: str = REASON.default("prompt_format")
+    max_iterations: int | None = REASON.default("max_iterations")
+    max_time: float | None = REASON.default("max_time")  # seconds of wall clock for this invocation
+    batch_size: int = REASON.default("batch_size")  # proposals (tasks) per task type per step
+    n_samples: int = REASON.default("n_samples")  # solver attempts per task: r̄ and the solver's rollouts
+    references: int = REASON.default("references")  # K reference triplets in a proposer prompt
     buffer_size: int = 256         # per task type; the oldest entries leave first
     seed_tasks: int = 8            # the seeding phase fills each buffer to this many valid tasks
-    seed_rounds: int = 5           # … in at most this many rounds of batch_size proposals per type
+    seed_rounds: int = REASON.default("seed_rounds")  # … in at most this many rounds of batch_size proposals per type
     induction_inputs: int = 6      # inputs an induction proposal must give; half are held out
-    temperature: float = 1.0       # the paper's: r̄ is estimated at temperature 1
-    learning_rate: float = 1e-4
+    temperature: float = REASON.default("temperature")  # the paper's: r̄ is estimated at temperature 1
+    learning_rate: float = REASON.default("learning_rate")
     warmup_iters: int = 5
     weight_decay: float = 0.0
     beta2: float = 0.99
     grad_clip: float = 1.0
-    kl_weight: float = 0.0
-    max_answer_tokens: int | None = None   # deduction/abduction answers (default: 48 compact, 384 paper)
-    max_program_tokens: int | None = None  # proposals and induction programs (default: 200 compact, 512 paper)
+    kl_weight: float = REASON.default("kl_weight")
+    # deduction/abduction answers (default: 48 compact, 384 paper)
+    max_answer_tokens: int | None = REASON.default("max_answer_tokens")
+    # proposals and induction programs (default: 200 compact, 512 paper)
+    max_program_tokens: int | None = REASON.default("max_program_tokens")
     lm_batch_size: int = 8         # pretrain mode: rows of generator documents per step
-    eval_every: int = 25
-    eval_tasks: int = 32           # held-out test tasks per type for periodic evals
-    save_every: int = 25
+    eval_every: int = REASON.default("eval_every")
+    eval_tasks: int = REASON.default("eval_tasks")  # held-out test tasks per type for periodic evals
+    save_every: int = REASON.default("save_every")
     keep_last: int = 3
     log_every: int = 1
     cpu_seconds: float = 1.0       # executor limits per program run
     memory_mb: int = 256
-    seed: int = 1337
-    device: str = "auto"
-    threads: int | None = None
-    resume: bool = False
+    seed: int = REASON.default("seed")
+    device: str = REASON.default("device")
+    threads: int | None = REASON.default("threads")
+    resume: bool = REASON.default("resume")
 
     RUN_CONTROL = ("max_iterations", "max_time", "device", "threads", "save_every", "eval_every", "eval_tasks",
                    "log_every", "keep_last", "resume")
 
     def validate(self) -> "ReasonConfig":
-        if self.mode not in MODES:
-            raise UserError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}.")
-        if self.prompt_format not in ("auto", *FORMATS):
-            raise UserError(f"prompt_format must be auto, {' or '.join(FORMATS)}, got {self.prompt_format!r}.")
-        for name in ("batch_size", "n_samples", "references", "buffer_size", "seed_tasks", "seed_rounds",
-                     "max_answer_tokens", "max_program_tokens", "lm_batch_size", "eval_every", "eval_tasks",
-                     "save_every", "log_every"):
+        REASON.check(self)  # mode, prompt_format, sizes, rates: settings.REASON
+        for name in ("buffer_size", "seed_tasks", "lm_batch_size", "log_every"):
             v = getattr(self, name)
-            if v is None and name.startswith("max_"):
-                continue
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise UserError(f"{name} must be a whole number of at least 1, got {v!r}.")
-        if self.n_samples < 2:
-            raise UserError(f"n_samples must be at least 2 (r̄ is a success rate), got {self.n_samples}.")
         if self.induction_inputs < 2:
             raise UserError(f"induction_inputs must be at least 2 (some shown, some held out), "
                             f"got {self.induction_inputs}.")
-        if self.max_iterations is not None and (not isinstance(self.max_iterations, int) or self.max_iterations < 1):
-            raise UserError(f"max_iterations must be a whole number of at least 1, got {self.max_iterations!r}.")
-        if self.max_time is not None and self.max_time <= 0:
-            raise UserError(f"max_time must be a positive number of seconds, got {self.max_time}.")
-        if not (0 < self.temperature <= 10):
-            raise UserError(f"temperature must be above 0 and at most 10, got {self.temperature}.")
-        if not (0 < self.learning_rate < 1):
-            raise UserError(f"learning_rate must be between 0 and 1 (typical 1e-5 to 1e-3), got {self.learning_rate}.")
-        for name in ("kl_weight", "weight_decay", "grad_clip"):
+        for name in ("weight_decay", "grad_clip"):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
                 raise UserError(f"{name} must be 0 or a positive number, got {v!r}.")

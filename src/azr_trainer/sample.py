@@ -14,30 +14,22 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .home import UserError
 from .model import KVCache, Transformer, rotate_half
+from .settings import GENERATE
 
 
 @dataclass
 class SamplingParams:
-    max_length: int = 100          # new tokens
-    temperature: float = 0.8       # 0 means greedy
-    top_k: int | None = 40
-    top_p: float | None = None
-    repetition_penalty: float = 1.0
-    seed: int | None = None
+    """Defaults and bounds: settings.GENERATE."""
+    max_length: int = GENERATE.default("max_length")  # new tokens
+    temperature: float = GENERATE.default("temperature")  # 0 means greedy
+    top_k: int | None = GENERATE.default("top_k")  # None or 0: off
+    top_p: float | None = GENERATE.default("top_p")
+    repetition_penalty: float = GENERATE.default("repetition_penalty")  # 1.0: off
+    seed: int | None = GENERATE.default("seed")
 
     def validate(self) -> "SamplingParams":
-        if not isinstance(self.max_length, int) or self.max_length < 1 or self.max_length > 100_000:
-            raise UserError("sample.max_length", value=self.max_length, max=100_000)
-        if not (0 <= self.temperature <= 10):
-            raise UserError("sample.temperature", value=self.temperature)
-        if self.top_k is not None and self.top_k < 0:
-            raise UserError("sample.top_k", value=self.top_k)
-        if self.top_p is not None and not (0 < self.top_p <= 1):
-            raise UserError("sample.top_p", value=self.top_p)
-        if not (0 < self.repetition_penalty <= 10):
-            raise UserError("sample.repetition_penalty", value=self.repetition_penalty)
+        GENERATE.check({k: v for k, v in vars(self).items() if v is not None})  # None: off / automatic
         return self
 
 
@@ -220,8 +212,9 @@ def stream_generate(model: Transformer, prompts: list[list[int]], params: Sampli
             logits = window.step(nxt)
 
 
-def generate(model: Transformer, prompts: list[list[int]], *, max_new_tokens: int = 100, temperature: float = 0.8,
-             top_k: int | None = 40, top_p: float | None = None, repetition_penalty: float = 1.0,
+def generate(model: Transformer, prompts: list[list[int]], *, max_new_tokens: int = GENERATE.default("max_length"),
+             temperature: float = GENERATE.default("temperature"), top_k: int | None = GENERATE.default("top_k"),
+             top_p: float | None = None, repetition_penalty: float = GENERATE.default("repetition_penalty"),
              seed: int | None = None, generator: torch.Generator | None = None, eot_id: int | None = None,
              use_cache: bool = True) -> list[list[int]]:
     """The new tokens for each prompt (the prompt itself is not repeated)."""

@@ -79,6 +79,7 @@ from .home import NotFound, UserError, read_json
 from .rewards import Coherence, Composite, build_reward, load_reward_file, pack_rows, parse_weights, \
     preset_weights, sample_metrics, words
 from .sample import generate
+from .settings import GENERATE, SELFPLAY
 from .train import StopRequested, TrainingLock, evaluate, fail_run
 
 _STEP_RE = re.compile(r"^step_(\d+)\.pt$")
@@ -86,42 +87,48 @@ _STEP_RE = re.compile(r"^step_(\d+)\.pt$")
 
 @dataclass
 class SelfPlayConfig:
-    checkpoint: str = "best"          # start from: best, latest, a step number, or "selfplay" (latest self-play)
-    max_iterations: int | None = None  # self-play steps in all (None: until stopped)
-    max_time: float | None = None     # seconds of wall clock for this invocation
-    prompts_per_step: int = 4
-    group_size: int = 8               # continuations per prompt (the group of the baseline)
-    rollout_tokens: int | None = None  # new tokens per continuation; default min(96, what the window leaves)
-    prompt_tokens: int | None = None  # book/self prompt length; default min(32, max_seq_len / 4)
-    temperature: float = 0.3          # low: where a small model's loops show (see BENCHMARKS.md)
-    learning_rate: float = 1e-4
+    # start from: best, latest, a step number, or "selfplay" (latest self-play)
+    checkpoint: str = SELFPLAY.default("checkpoint")
+    max_iterations: int | None = SELFPLAY.default("max_iterations")  # self-play steps in all (None: until stopped)
+    max_time: float | None = SELFPLAY.default("max_time")  # seconds of wall clock for this invocation
+    prompts_per_step: int = SELFPLAY.default("prompts_per_step")
+    group_size: int = SELFPLAY.default("group_size")  # continuations per prompt (the group of the baseline)
+    # new tokens per continuation; default min(96, what the window leaves)
+    rollout_tokens: int | None = SELFPLAY.default("rollout_tokens")
+    # book/self prompt length; default min(32, max_seq_len / 4)
+    prompt_tokens: int | None = SELFPLAY.default("prompt_tokens")
+    temperature: float = SELFPLAY.default("temperature")  # low: where a small model's loops show (see BENCHMARKS.md)
+    learning_rate: float = SELFPLAY.default("learning_rate")
     warmup_iters: int = 10
     weight_decay: float = 0.0
     beta2: float = 0.99
     grad_clip: float = 1.0
-    kl_weight: float = 0.1            # weight of the exact per-token KL(policy ‖ starting model)
-    lm_weight: float = 0.5            # weight of the book's next-token loss (0: off)
+    kl_weight: float = SELFPLAY.default("kl_weight")  # weight of the exact per-token KL(policy ‖ starting model)
+    lm_weight: float = SELFPLAY.default("lm_weight")  # weight of the book's next-token loss (0: off)
     lm_batch_size: int = 8
-    reward: str = "default"           # a preset from rewards.PRESETS, or "file" (only the reward file)
-    reward_file: str | None = None    # a .py with compute_reward(texts, prompts); its weight is "custom"
+    reward: str = SELFPLAY.default("reward")  # a preset from rewards.PRESETS, or "file" (only the reward file)
+    # a .py with compute_reward(texts, prompts); its weight is "custom"
+    reward_file: str | None = SELFPLAY.default("reward_file")
     reward_weights: dict | None = None  # override preset weights, e.g. {"coherence": 0.5}
-    length_target: float | None = None  # words; default: what rollout_tokens of the book usually hold
+    # words; default: what rollout_tokens of the book usually hold
+    length_target: float | None = SELFPLAY.default("length_target")
     coherence_cap: float | None = -1.4  # nats; a token likelier than e^cap earns no more coherence (None: off)
-    prompt_source: str = "book"       # book, self, or file:PATH
+    prompt_source: str = SELFPLAY.default("prompt_source")  # book, self, or file:PATH
     self_pool: int = 256
-    eval_every: int = 50
+    eval_every: int = SELFPLAY.default("eval_every")
     eval_windows: int | None = 32     # validation windows per periodic eval; the final eval uses all
-    eval_prompts: int = 16
-    eval_length: int = 96
-    eval_temperature: float = 0.8     # eval samples: this temperature (no top-k), and greedy
+    eval_prompts: int = SELFPLAY.default("eval_prompts")
+    eval_length: int = SELFPLAY.default("eval_length")
+    # eval samples: the usual sampling temperature (no top-k), and greedy
+    eval_temperature: float = GENERATE.default("temperature")
     sample_every: int = 1
-    save_every: int = 50
+    save_every: int = SELFPLAY.default("save_every")
     keep_last: int = 3
     log_every: int = 1
-    seed: int = 1337
-    device: str = "auto"
-    threads: int | None = None
-    resume: bool = False
+    seed: int = SELFPLAY.default("seed")
+    device: str = SELFPLAY.default("device")
+    threads: int | None = SELFPLAY.default("threads")
+    resume: bool = SELFPLAY.default("resume")
 
     # What a resumed run takes from the new call; everything else comes from the checkpoint.
     RUN_CONTROL = ("max_iterations", "max_time", "device", "threads", "save_every", "eval_every", "eval_windows",
@@ -129,34 +136,19 @@ class SelfPlayConfig:
                    "resume")
 
     def validate(self) -> "SelfPlayConfig":
-        for name in ("prompts_per_step", "group_size", "rollout_tokens", "prompt_tokens", "lm_batch_size",
-                     "self_pool", "eval_every", "eval_prompts", "eval_length", "sample_every", "save_every",
-                     "log_every"):
+        SELFPLAY.check(self)
+        for name in ("lm_batch_size", "self_pool", "sample_every", "log_every"):
             v = getattr(self, name)
-            if v is None and name in ("rollout_tokens", "prompt_tokens"):
-                continue
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise UserError(f"{name} must be a whole number of at least 1, got {v!r}.")
-        if self.group_size < 2:
-            raise UserError(f"group_size must be at least 2 (the baseline is the group's mean), got {self.group_size}.")
-        if self.max_iterations is not None and (not isinstance(self.max_iterations, int) or self.max_iterations < 1):
-            raise UserError(f"max_iterations must be a whole number of at least 1, got {self.max_iterations!r}.")
-        if self.max_time is not None and self.max_time <= 0:
-            raise UserError(f"max_time must be a positive number of seconds, got {self.max_time}.")
-        if not (0 < self.temperature <= 10):
-            raise UserError(f"temperature must be above 0 and at most 10 (typical 0.3–1.0), got {self.temperature}.")
         if not (0 <= self.eval_temperature <= 10):
             raise UserError(f"eval_temperature must be between 0 (greedy) and 10, got {self.eval_temperature}.")
-        if not (0 < self.learning_rate < 1):
-            raise UserError(f"learning_rate must be between 0 and 1 (typical 3e-5 to 3e-4), got {self.learning_rate}.")
-        for name in ("kl_weight", "lm_weight", "weight_decay", "grad_clip"):
+        for name in ("weight_decay", "grad_clip"):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
                 raise UserError(f"{name} must be 0 or a positive number, got {v!r}.")
         if not (self.prompt_source in ("book", "self") or self.prompt_source.startswith("file:")):
             raise UserError(f"prompt_source must be book, self or file:PATH, got {self.prompt_source!r}.")
-        if self.length_target is not None and self.length_target <= 0:
-            raise UserError(f"length_target must be a positive number of words, got {self.length_target}.")
         return self
 
 

@@ -41,7 +41,7 @@ from fastapi import FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, create_model, field_validator
 from pydantic_core import PydanticCustomError
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
@@ -49,6 +49,7 @@ from starlette.exceptions import HTTPException
 from . import __version__
 from . import books as books_mod
 from . import catalogue, reasoning, store
+from . import settings as settings_mod
 from .checkpoint import build_model, checkpoint_dir, latest_run_checkpoint, list_step_checkpoints, \
     resolve_checkpoint, safe_load
 from .device import available_memory_bytes, pick_device
@@ -62,6 +63,7 @@ from .memorisation import IndexCache, find_copies
 from .model import ModelConfig, count_parameters, estimate_training_memory, training_flops_per_token
 from .registry import Registry
 from .sample import SamplingParams, stream_generate
+from .settings import FROM_ZERO, GENERATE, MODEL, RUN_GROUPS
 from .tokenizer import Tokenizer
 
 log = logging.getLogger("azr_trainer.server")
@@ -76,22 +78,19 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 # ---------------------------------------------------------------------------- request bodies
 
-_DEFAULT_SHAPE = ModelConfig()
-
-
 class ModelShape(BaseModel):
-    """A model's shape, in the words of the original description. Numbers are checked by
-    ModelConfig.validate (messages that say what to change), not here."""
+    """A model's shape, in the words of the original description (defaults: settings.MODEL).
+    Numbers are checked by ModelConfig.validate (messages that say what to change), not here."""
 
     name: str | None = None
-    vocab_size: int = _DEFAULT_SHAPE.vocab_size
-    d_model: int = _DEFAULT_SHAPE.d_model
-    num_layers: int = _DEFAULT_SHAPE.num_layers
-    num_heads: int = _DEFAULT_SHAPE.num_heads
-    d_ff: int = _DEFAULT_SHAPE.d_ff
-    max_seq_len: int = _DEFAULT_SHAPE.max_seq_len
-    tokenizer: str = _DEFAULT_SHAPE.tokenizer
-    tie_embeddings: bool = _DEFAULT_SHAPE.tie_embeddings
+    vocab_size: int = MODEL.default("vocab_size")
+    d_model: int = MODEL.default("d_model")
+    num_layers: int = MODEL.default("num_layers")
+    num_heads: int = MODEL.default("num_heads")
+    d_ff: int = MODEL.default("d_ff")
+    max_seq_len: int = MODEL.default("max_seq_len")
+    tokenizer: str = MODEL.default("tokenizer")
+    tie_embeddings: bool = MODEL.default("tie_embeddings")
 
     def config(self) -> ModelConfig:
         return ModelConfig(vocab_size=self.vocab_size, d_model=self.d_model, num_layers=self.num_layers,
@@ -99,14 +98,14 @@ class ModelShape(BaseModel):
                            tokenizer=self.tokenizer, tie_embeddings=self.tie_embeddings)
 
 
-class RunRequest(BaseModel):
+class _RunBase(BaseModel):
     """A run of ``kind`` train (learn ``books``), selfplay (a trained model improves its own
     writing against a reward; it reads the books it was trained on) or reason (AZR: a trained
-    model proposes and solves programming tasks that a sandbox checks; no books). A setting
-    left out takes the kind's default (jobs.KINDS); one the kind does not have is a 400, an
-    unknown field a 422. Ranges are checked by TrainConfig / SelfPlayConfig / ReasonConfig
-    (messages that say what to change); the bounds here only keep absurd sizes from reaching a
-    worker."""
+    model proposes and solves programming tasks that a sandbox checks; no books). The settings
+    are made from settings.py (GET /api/settings): one left out takes the kind's default, one
+    the kind does not have is a 400, an unknown field a 422. Lower bounds are checked by the
+    kind's config (a 400 that says what to change); upper ones also here, so that absurd sizes
+    never reach a worker."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
@@ -114,28 +113,6 @@ class RunRequest(BaseModel):
     kind: Literal[tuple(KINDS)] = "train"  # type: ignore[valid-type]  # the kinds jobs.py knows
     # Required for training (validate_default: a missing list is "Field required", as before kinds).
     books: list[str] | None = Field(None, validate_default=True)
-    max_iterations: int | None = Field(None, le=10**9)
-    learning_rate: float | None = None
-    save_every: int | None = None
-    eval_every: int | None = None  # default: the trainer's (200) or self-play's (50)
-    max_time: float | None = None  # seconds
-    threads: int | None = None  # CPU threads for the worker (default: all cores)
-    # train
-    batch_size: int | None = Field(None, le=65536)
-    nproc: int | None = None  # training processes on this machine (torchrun + DDP); default 1
-    # selfplay (defaults: selfplay.SelfPlayConfig)
-    prompts_per_step: int | None = Field(None, le=1024)
-    group_size: int | None = Field(None, le=1024)  # continuations per prompt
-    temperature: float | None = None
-    kl_weight: float | None = None
-    lm_weight: float | None = None  # weight of the book's next-token loss
-    reward: str | None = None  # a preset of rewards.PRESETS (never a file: that would run code)
-    checkpoint: str | int | None = None  # start from: best, latest, selfplay, reason or a step number
-    seed: int | None = Field(None, ge=0, le=2**32 - 1)
-    # reason (defaults: reasoning.ReasonConfig; batch_size is proposals per task type per step)
-    mode: str | None = None  # azr, frozen_proposer, solver_only or pretrain
-    n_samples: int | None = Field(None, le=1024)  # solver attempts per task
-    eval_tasks: int | None = Field(None, le=10_000)  # held-out tasks per type in each eval
 
     @field_validator("books")
     @classmethod
@@ -146,6 +123,15 @@ class RunRequest(BaseModel):
 
     def params(self) -> dict:
         return self.model_dump(exclude={"model", "kind", "books"}, exclude_none=True)
+
+
+def _run_fields() -> dict:
+    groups = list(RUN_GROUPS.values())
+    names = dict.fromkeys(s.name for g in groups for s in g if s.studio)
+    return {name: settings_mod.union_field(groups, name) for name in names}
+
+
+RunRequest = create_model("RunRequest", __base__=_RunBase, __doc__=_RunBase.__doc__, **_run_fields())
 
 
 _FROM_ZERO = reasoning.FROM_ZERO_SHAPE
@@ -163,20 +149,22 @@ class ReasonModelRequest(BaseModel):
     num_heads: int = _FROM_ZERO["num_heads"]
     d_ff: int = _FROM_ZERO["d_ff"]
     max_seq_len: int = _FROM_ZERO["max_seq_len"]
-    corpus_docs: int = Field(40_000, ge=reasoning.MIN_CORPUS_DOCS, le=reasoning.MAX_CORPUS_DOCS)  # ~30 characters each
-    seed: int = Field(0, ge=0, le=2**32 - 1)
+    corpus_docs: int = Field(FROM_ZERO.default("corpus_docs"), ge=FROM_ZERO["corpus_docs"].min,
+                             le=FROM_ZERO["corpus_docs"].upper)  # ~200 characters each
+    seed: int = Field(0, ge=0, le=settings_mod.SEED_MAX)
 
 
 class GenerateRequest(BaseModel):
     model: str
     prompt: str = ""
     checkpoint: str | int = "best"  # best, latest or a step number
-    max_length: int = 100
-    temperature: float = 0.8
-    top_k: int | None = 40
-    top_p: float | None = None
-    repetition_penalty: float = 1.0
-    seed: int | None = None
+    # defaults and bounds: settings.GENERATE (checked by SamplingParams)
+    max_length: int = GENERATE.default("max_length")
+    temperature: float = GENERATE.default("temperature")
+    top_k: int | None = GENERATE.default("top_k")
+    top_p: float | None = GENERATE.default("top_p")
+    repetition_penalty: float = GENERATE.default("repetition_penalty")
+    seed: int | None = GENERATE.default("seed")
 
     def sampling(self) -> SamplingParams:
         return SamplingParams(max_length=self.max_length, temperature=self.temperature, top_k=self.top_k or None,
@@ -614,6 +602,12 @@ def create_app(home: Path, *, token: str | None = None, max_upload_bytes: int = 
         return {"ok": True, "version": __version__}
 
     # ---- books
+
+    @app.get("/api/settings", tags=["studio"])
+    def get_settings():
+        """Every setting the page offers, per kind of run and for a model's shape: type, default,
+        bounds, unit and the catalogue keys of its label and help (settings.py)."""
+        return settings_mod.to_json()
 
     @app.get("/api/books", tags=["books"])
     def list_books():

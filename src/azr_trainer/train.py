@@ -29,56 +29,45 @@ from .events import EventLog, Listener
 from .home import Conflict, UserError
 from .model import Transformer, estimate_training_memory, training_flops_per_token
 from .sample import generate
+from .settings import TRAIN
 
 
 
 @dataclass
 class TrainConfig:
+    """Defaults and bounds of the user's settings: settings.TRAIN; the rest are fixed here."""
     books: list[str]
-    max_iterations: int = 1000
-    batch_size: int = 16
-    learning_rate: float = 3e-4
-    save_every: int = 1000
-    eval_every: int = 200
+    max_iterations: int = TRAIN.default("max_iterations")
+    batch_size: int = TRAIN.default("batch_size")
+    learning_rate: float = TRAIN.default("learning_rate")
+    save_every: int = TRAIN.default("save_every")
+    eval_every: int = TRAIN.default("eval_every")
     eval_windows: int | None = 32   # windows per periodic eval (None: all); the final eval uses all
     schedule: str = "steps"         # cosine over max_iterations, or "time": over max_time (budget runs)
-    max_time: float | None = None   # seconds of wall clock for this invocation
-    warmup_iters: int | None = None  # default: 5% of max_iterations, at most 200
+    max_time: float | None = TRAIN.default("max_time")  # seconds of wall clock for this invocation
+    warmup_iters: int | None = TRAIN.default("warmup_iters")  # default: 5% of max_iterations, at most 200
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.1
     beta2: float = 0.95
     grad_clip: float = 1.0
-    grad_accum: int = 1
-    seq_len: int | None = None      # default: the model's max_seq_len
-    val_fraction: float = 0.1
-    device: str = "auto"
-    threads: int | None = None
-    compile: str = "auto"           # auto (CUDA only), on, off
+    grad_accum: int = TRAIN.default("grad_accum")
+    seq_len: int | None = TRAIN.default("seq_len")  # default: the model's max_seq_len
+    val_fraction: float = TRAIN.default("val_fraction")
+    device: str = TRAIN.default("device")
+    threads: int | None = TRAIN.default("threads")
+    compile: str = TRAIN.default("compile")  # auto (CUDA only), on, off
     sample_every: int | None = None  # default: eval_every
     sample_prompts: list[str] | None = None  # default: a newline and the opening words of the first book
     sample_length: int = 48
-    log_every: int = 10
+    log_every: int = TRAIN.default("log_every")
     keep_last: int = 3
-    seed: int = 1337
-    resume: bool = False
+    seed: int = TRAIN.default("seed")
+    resume: bool = TRAIN.default("resume")
 
     def validate(self) -> "TrainConfig":
-        for name in ("max_iterations", "batch_size", "save_every", "eval_every", "grad_accum", "log_every"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise UserError(f"{name} must be a whole number of at least 1, got {v!r}.")
-        if self.seq_len is not None and (not isinstance(self.seq_len, int) or self.seq_len < 2):
-            raise UserError(f"seq_len must be a whole number of at least 2, got {self.seq_len!r}.")
-        if not (0 < self.learning_rate < 1):
-            raise UserError(f"learning_rate must be between 0 and 1 (typical: 3e-4 to 3e-3), got {self.learning_rate}.")
-        if not (0 <= self.val_fraction <= 0.5):
-            raise UserError(f"val_fraction must be between 0 and 0.5, got {self.val_fraction}.")
-        if self.max_time is not None and self.max_time <= 0:
-            raise UserError(f"max_time must be a positive number of seconds, got {self.max_time}.")
+        TRAIN.check(self)
         if self.schedule not in ("steps", "time") or (self.schedule == "time" and not self.max_time):
             raise UserError("schedule must be 'steps', or 'time' together with max_time.")
-        if self.compile not in ("auto", "on", "off"):
-            raise UserError("compile must be auto, on or off.")
         return self
 
 

@@ -5,6 +5,7 @@ import { api } from "./api.js";
 import { t, initialLanguage, setLanguage, currentLanguage, onLanguageChange } from "./i18n.js";
 import { $, toast, store, refreshModels, refreshBooks, refreshRuns, LIVE_STATES } from "./ui.js";
 import { initCreate, showCreate } from "./create.js";
+import { loadSettings } from "./settings.js";
 import { initBooks, showBooks } from "./books.js";
 import { initTraining, showTraining } from "./training.js";
 import { initRuns, showRuns } from "./runs.js";
@@ -114,6 +115,7 @@ async function main() {
   await setLanguage(initialLanguage(), { save: false });
   initLanguageSwitch();
   initTabs();
+  await loadSettings(); // the forms' defaults and bounds
   initCreate();
   initBooks();
   initTraining();

@@ -4,6 +4,7 @@
 import { api } from "./api.js";
 import { t, fmtInt, fmtCompact, fmtBytes, fmtApproxDuration, fmtPercent, onLanguageChange, setText, messageText } from "./i18n.js";
 import { $, h, toast, showError, setBusy, intValue, store, subscribe, refreshModels } from "./ui.js";
+import { setting, applySetting, settingProblem } from "./settings.js";
 
 export const PARAMS = ["vocab_size", "d_model", "num_layers", "num_heads", "d_ff", "max_seq_len"];
 
@@ -14,14 +15,6 @@ export const PRESETS = {
   large: { vocab_size: 15000, d_model: 512, num_layers: 12, num_heads: 8, d_ff: 2048, max_seq_len: 512 },
 };
 
-const RECOMMENDED = {
-  vocab_size: [5000, 15000],
-  d_model: [128, 512],
-  num_layers: [4, 12],
-  num_heads: [4, 16],
-  max_seq_len: [128, 512],
-};
-const LIMITS = { vocab_size: 1_000_000, d_model: 16384, num_layers: 256, num_heads: 256, d_ff: 65536, max_seq_len: 131072 };
 // A laptop CPU sustains very roughly this many FLOP/s in PyTorch training.
 export const CPU_FLOPS = 50e9;
 // ...and spends at least this long on each step whatever the size (optimizer, Python, small kernels).
@@ -57,14 +50,12 @@ function divisorNear(n, target) {
 export function validateShape(v) {
   const errors = {};
   const warnings = {};
+  // Bounds and the recommended ranges: settings.MODEL on the server (GET /api/settings).
   for (const p of PARAMS) {
-    const x = v[p];
-    if (x == null) errors[p] = t("validate.required");
-    else if (!Number.isInteger(x)) errors[p] = t("validate.integer");
-    else if (x < 1) errors[p] = t("validate.positive");
-    else if (x > LIMITS[p]) errors[p] = t("validate.too_large", { max: LIMITS[p] });
+    const problem = settingProblem(setting("model", p), v[p]);
+    if (v[p] == null) errors[p] = t("validate.required");
+    else if (problem) errors[p] = problem;
   }
-  if (!errors.vocab_size && v.vocab_size < 260) errors.vocab_size = t("msg.model.vocab_small", { value: v.vocab_size, min: 260 });
   if (!errors.d_model && !errors.num_heads) {
     if (v.d_model % v.num_heads) {
       errors.num_heads = t("msg.model.heads_divide", { d_model: v.d_model, num_heads: v.num_heads, suggest: divisorNear(v.d_model, v.num_heads) });
@@ -72,9 +63,10 @@ export function validateShape(v) {
       errors.num_heads = t("msg.model.head_dim_odd", { head_dim: v.d_model / v.num_heads });
     }
   }
-  for (const [p, [lo, hi]] of Object.entries(RECOMMENDED)) {
-    if (errors[p] || v[p] == null) continue;
-    if (v[p] < lo || v[p] > hi) warnings[p] = t("validate.outside", { min: lo, max: hi });
+  for (const p of PARAMS) {
+    const typical = setting("model", p).typical;
+    if (!typical || errors[p] || v[p] == null) continue;
+    if (v[p] < typical[0] || v[p] > typical[1]) warnings[p] = t("validate.outside", { min: typical[0], max: typical[1] });
   }
   if (!errors.d_ff && !errors.d_model && v.d_ff !== v.d_model * 4) {
     warnings.d_ff = t("validate.d_ff_usual", { value: v.d_model * 4 });
@@ -259,8 +251,22 @@ function renderDone(name) {
   box.hidden = false;
 }
 
+/** Bounds, defaults and the recommended ranges in the help, from the server's settings. */
+function applySettings() {
+  const defaults = {};
+  for (const p of PARAMS) {
+    const s = setting("model", p);
+    applySetting($(`m-${p}`), s);
+    defaults[p] = s.default;
+    const help = $(`m-${p}-help`);
+    if (help && s.typical) setText(help, help.dataset.i18n, { min: s.typical[0], max: s.typical[1] });
+  }
+  applySetting($("m-tokenizer"), setting("model", "tokenizer"));
+  return defaults;
+}
+
 export function initCreate() {
-  setForm(PRESETS.small);
+  applySettings();
   for (const btn of document.querySelectorAll("#create-form .preset")) {
     btn.addEventListener("click", () => {
       setForm(PRESETS[btn.dataset.preset]);

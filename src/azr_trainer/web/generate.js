@@ -4,6 +4,7 @@
 import { api, enc, postStream, ApiError } from "./api.js";
 import { t, fmtInt, fmtNum, fmtFixed, fmtPercent, fmtBytes, onLanguageChange, setText, messageText } from "./i18n.js";
 import { $, h, showError, fillSelect, setBusy, intValue, store, subscribe, refreshModels, toast } from "./ui.js";
+import { setting, applySetting } from "./settings.js";
 
 const PREFS = "azr.genForm";
 let abort = null;
@@ -238,7 +239,29 @@ async function generate(e) {
   }
 }
 
+/** Defaults and bounds from the server's settings; a slider spans the recommended range and
+ * stands at its end for "off" (top_p). */
+function applySettings() {
+  applySetting($("g-max_length"), setting("generate", "max_length"));
+  applySetting($("g-top_k"), setting("generate", "top_k"));
+  const seed = setting("generate", "seed");
+  $("g-seed").step = "1";
+  $("g-seed").min = String(seed.min);
+  $("g-seed").max = String(seed.max);
+  for (const [id, name] of [["g-temperature", "temperature"], ["g-top_p", "top_p"], ["g-rep", "repetition_penalty"]]) {
+    const s = setting("generate", name);
+    const el = $(id);
+    el.min = String(s.typical[0]);
+    el.max = String(s.typical[1]);
+    el.value = String(s.default ?? s.typical[1]);
+  }
+  const temp = setting("generate", "temperature");
+  setText($("g-temperature-help"), "gen.help.temperature", { min: String(temp.typical[0]), max: String(temp.typical[1]), default: String(temp.default) });
+  setText($("g-top_k-help"), "gen.help.top_k", { default: setting("generate", "top_k").default });
+}
+
 export function initGeneration() {
+  applySettings();
   const p = prefs();
   for (const id of ["g-max_length", "g-temperature", "g-top_k", "g-top_p", "g-rep", "g-seed"]) {
     if (p[id] != null && p[id] !== "") $(id).value = p[id];

@@ -9,6 +9,7 @@ import { t, fmtInt, fmtNum, fmtFixed, fmtSci, fmtCompact, fmtClock, fmtApproxDur
 import { LineChart, smooth, PALETTE } from "./charts.js";
 import { RunState, TASK_TYPES } from "./runstate.js";
 import { roughSeconds } from "./create.js";
+import { setting, applySetting, settingProblem } from "./settings.js";
 import {
   $, h, toast, showError, fillSelect, setBusy, intValue, store, subscribe, refreshModels, refreshBooks,
   upsertRun, sortedRuns, runLabel, stateBadge, LIVE_STATES, showWhitespace,
@@ -183,10 +184,19 @@ function currentStep() {
   return Math.max(rs.step || 0, LIVE_STATES.has(run && run.state) ? 0 : fromRun);
 }
 
+/** A run's time budget in seconds (its `minutes` setting), or null. */
+function budgetSeconds() {
+  const m = run && run.params && run.params.minutes;
+  return Number.isFinite(m) && m > 0 ? 60 * m : null;
+}
+
 function renderProgress() {
   const total = totalSteps();
   const step = currentStep();
-  const frac = total ? Math.min(1, step / total) : 0;
+  const budget = budgetSeconds();
+  const elapsed = rs.lastStep && Number.isFinite(rs.lastStep.elapsed) ? rs.lastStep.elapsed : 0;
+  let frac = total ? Math.min(1, step / total) : 0;
+  if (budget) frac = Math.max(frac, Math.min(1, elapsed / budget));
   $("mon-progress-fill").style.width = `${(frac * 100).toFixed(2)}%`;
   const bar = $("mon-progress");
   bar.setAttribute("aria-valuenow", String(Math.round(frac * 100)));
@@ -194,7 +204,8 @@ function renderProgress() {
   const text = $("mon-progress-text");
   text.dataset.step = String(step);
   text.dataset.total = String(total || "");
-  setText(text, total ? "monitor.progress_text" : "monitor.progress_text_nototal", { step: fmtInt(step), total: fmtInt(total), pct: fmtPercent(frac, frac < 0.1 ? 1 : 0) });
+  if (budget) setText(text, "monitor.progress_time", { step: fmtInt(step), elapsed: fmtClock(elapsed), budget: fmtClock(budget) });
+  else setText(text, total ? "monitor.progress_text" : "monitor.progress_text_nototal", { step: fmtInt(step), total: fmtInt(total), pct: fmtPercent(frac, frac < 0.1 ? 1 : 0) });
   renderTime();
 }
 
@@ -203,7 +214,7 @@ function renderTime() {
   const ev = rs && rs.lastStep;
   if (!ev) { el.textContent = ""; return; }
   let elapsed = ev.elapsed;
-  let remaining = ev.eta;
+  let remaining = budgetSeconds() ? Math.max(0, Math.min(ev.eta ?? Infinity, budgetSeconds() - elapsed)) : ev.eta;
   if (run && run.state === "running" && ev.time) {
     const drift = Math.min(60, Math.max(0, Date.now() / 1000 - ev.time));
     elapsed += drift;
@@ -501,9 +512,10 @@ let booksTouched = false; // until the user ticks a box, the choice follows the 
 const flopsCache = new Map();
 let mode = "train"; // or "selfplay" or "reason": which run the form starts
 const MODES = ["train", "selfplay", "reason"];
-const TRAIN_FIELDS = ["max_iterations", "batch_size", "learning_rate", "save_every", "eval_every"];
-const SELFPLAY_FIELDS = ["reward", "max_iterations", "group_size", "temperature", "kl_weight", "lm_weight"];
-const REASON_FIELDS = ["mode", "max_iterations", "batch_size", "n_samples", "temperature", "learning_rate"];
+// Which settings each form shows; their defaults and bounds come from the server (settings.js).
+const TRAIN_FIELDS = ["max_iterations", "batch_size", "learning_rate", "save_every", "eval_every", "minutes"];
+const SELFPLAY_FIELDS = ["reward", "max_iterations", "group_size", "temperature", "kl_weight", "lm_weight", "minutes"];
+const REASON_FIELDS = ["mode", "max_iterations", "batch_size", "n_samples", "temperature", "learning_rate", "minutes"];
 const MODE_PREFIX = { train: "train", selfplay: "train.sp", reason: "train.rs" };
 // Reasoning prompts hold a program plus room for the answer: 200 + 64 tokens in the compact format
 // of a char model, 512 + 64 in the paper's format for any other (reasoning.default_lengths).
@@ -603,7 +615,7 @@ async function renderEstimate() {
   const iters = intValue($("t-max_iterations"));
   const batch = intValue($("t-batch_size"));
   if (mode !== "train" || !m || !(iters > 0) || !(batch > 0)) { el.textContent = ""; estimateSeq++; return; }
-  const seq = (m.config && m.config.max_seq_len) || 256;
+  const seq = (m.config && m.config.max_seq_len) || setting("model", "max_seq_len").default;
   const tokens = iters * batch * seq;
   const seqNo = ++estimateSeq;
   let flops = null;
@@ -625,30 +637,35 @@ function floatValue(input) {
   return raw === "" ? NaN : Number(raw);
 }
 
-function checkIterations(v, errors) {
-  if (!Number.isInteger(v.max_iterations) || v.max_iterations < 1) errors.push(t("train.err.int", { field: "max_iterations" }));
+/** The form's value of setting `s`: a number (NaN when not one, null when empty) or the text. */
+function fieldValue(input, s) {
+  if (s.type === "int") return intValue(input);
+  if (s.type === "float") return String(input.value).trim() === "" ? null : floatValue(input);
+  return input.value;
+}
+
+/** The settings a form shows, checked against their declarations; an empty one is left out
+ * (the server's default). */
+function readSettings(kind, prefix, names, errors) {
+  const v = {};
+  // With a time budget the number of steps may be left empty: the time ends the run.
+  const budget = names.includes("minutes") && String($(`${prefix}-minutes`).value).trim() !== "";
+  for (const k of names) {
+    const s = setting(kind, k);
+    const value = fieldValue($(`${prefix}-${k}`), s);
+    const problem = value == null && k === "max_iterations" && budget ? null : settingProblem(s, value);
+    if (problem) errors.push(problem);
+    if (value != null) v[k] = value;
+  }
+  return v;
 }
 
 function trainRequest() {
   const errors = [];
-  const v = {
-    model: $("t-model").value,
-    books: [...selectedBooks],
-    max_iterations: intValue($("t-max_iterations")),
-    batch_size: intValue($("t-batch_size")),
-    learning_rate: floatValue($("t-learning_rate")),
-    save_every: intValue($("t-save_every")),
-    eval_every: intValue($("t-eval_every")),
-  };
+  const v = { model: $("t-model").value, books: [...selectedBooks] };
   if (!v.model) errors.push(t("train.err.model"));
   if (!v.books.length) { errors.push(t("train.err.books")); $("t-books-msg").textContent = t("train.err.books"); $("t-books-msg").className = "msg error"; }
-  checkIterations(v, errors);
-  for (const k of ["batch_size", "save_every"]) {
-    if (!Number.isInteger(v[k]) || v[k] < 1) errors.push(t("train.err.int", { field: k }));
-  }
-  if (v.eval_every != null && (!Number.isInteger(v.eval_every) || v.eval_every < 1)) errors.push(t("train.err.int", { field: "eval_every" }));
-  if (!(v.learning_rate > 0 && v.learning_rate < 1)) errors.push(t("train.err.lr"));
-  if (v.eval_every == null) delete v.eval_every;
+  Object.assign(v, readSettings("train", "t", TRAIN_FIELDS, errors));
   return { body: v, errors };
 }
 
@@ -663,46 +680,18 @@ function checkStartModel(v, m, untrainedKey, errors) {
 
 function selfPlayRequest() {
   const errors = [];
-  const v = {
-    model: $("t-model").value,
-    kind: "selfplay",
-    reward: $("sp-reward").value,
-    max_iterations: intValue($("sp-max_iterations")),
-    group_size: intValue($("sp-group_size")),
-    temperature: floatValue($("sp-temperature")),
-    kl_weight: floatValue($("sp-kl_weight")),
-    lm_weight: floatValue($("sp-lm_weight")),
-  };
-  const m = currentModel();
-  checkStartModel(v, m, "train.sp.err.untrained", errors);
-  checkIterations(v, errors);
-  if (!Number.isInteger(v.group_size) || v.group_size < 2) errors.push(t("train.sp.err.group"));
-  if (!(v.temperature > 0 && v.temperature <= 10)) errors.push(t("train.sp.err.temperature"));
-  for (const k of ["kl_weight", "lm_weight"]) {
-    if (!(v[k] >= 0)) errors.push(t("train.sp.err.weight", { field: k }));
-  }
+  const v = { model: $("t-model").value, kind: "selfplay" };
+  checkStartModel(v, currentModel(), "train.sp.err.untrained", errors);
+  Object.assign(v, readSettings("selfplay", "sp", SELFPLAY_FIELDS, errors));
   return { body: v, errors };
 }
 
 function reasonRequest() {
   const errors = [];
-  const v = {
-    model: $("t-model").value,
-    kind: "reason",
-    mode: $("rs-mode").value,
-    max_iterations: intValue($("rs-max_iterations")),
-    batch_size: intValue($("rs-batch_size")),
-    n_samples: intValue($("rs-n_samples")),
-    temperature: floatValue($("rs-temperature")),
-    learning_rate: floatValue($("rs-learning_rate")),
-  };
+  const v = { model: $("t-model").value, kind: "reason" };
   const m = currentModel();
   if (checkStartModel(v, m, "train.rs.err.untrained", errors) && m && m.config && m.config.max_seq_len < reasonMinSeq(m)) errors.push(t("train.rs.err.seq", { model: v.model, seq: m.config.max_seq_len, min: reasonMinSeq(m) }));
-  checkIterations(v, errors);
-  if (!Number.isInteger(v.batch_size) || v.batch_size < 1) errors.push(t("train.err.int", { field: "batch_size" }));
-  if (!Number.isInteger(v.n_samples) || v.n_samples < 2) errors.push(t("train.rs.err.n_samples"));
-  if (!(v.temperature > 0 && v.temperature <= 10)) errors.push(t("train.sp.err.temperature"));
-  if (!(v.learning_rate > 0 && v.learning_rate < 1)) errors.push(t("train.err.lr"));
+  Object.assign(v, readSettings("reason", "rs", REASON_FIELDS, errors));
   return { body: v, errors };
 }
 
@@ -714,7 +703,8 @@ async function createFromZero() {
   const steps = intValue($("rs-pretrain_steps"));
   const fail = (text) => { msg.textContent = text; msg.className = "msg error"; };
   if (!name) return fail(t("train.rs.zero.err_name"));
-  if (!Number.isInteger(steps) || steps < 1) return fail(t("train.err.int", { field: t("train.rs.zero.steps") }));
+  const problem = settingProblem(setting("from_zero", "pretrain_steps"), steps);
+  if (problem) return fail(problem);
   const btn = $("rs-create");
   setBusy(btn, true);
   msg.textContent = t("train.rs.zero.creating");
@@ -724,7 +714,8 @@ async function createFromZero() {
     await Promise.all([refreshModels(), refreshBooks()]).catch(() => {});
     // The CLI's from-zero pretraining: batch 16 at a high learning rate, evaluated now and then.
     const r = await api("/api/runs", { method: "POST", json: {
-      model: name, books: [made.book], max_iterations: steps, batch_size: 16, learning_rate: 0.001, save_every: steps,
+      model: name, books: [made.book], max_iterations: steps, save_every: steps,
+      batch_size: setting("from_zero", "batch_size").default, learning_rate: setting("from_zero", "learning_rate").default,
     } });
     upsertRun(r);
     $("t-model").value = name;
@@ -773,8 +764,29 @@ function pickInitialRun() {
   return runs.length ? runs[0].id : null;
 }
 
+/** Defaults and bounds of every field, from the server's settings. */
+function applySettings() {
+  const apply = (kind, prefix, k) => {
+    const s = setting(kind, k);
+    applySetting($(`${prefix}-${k}`), s);
+    const help = $(`${prefix}-${k}-help`);  // its text names the default and the bounds
+    // A rate as written (0.0003), not rounded to the page's three decimals.
+    const shown = (x) => (s.type === "float" && x != null ? String(x) : x);
+    if (help && help.dataset.i18n) setText(help, help.dataset.i18n, { default: shown(s.default), min: shown(s.min), max: shown(s.max) });
+  };
+  for (const k of TRAIN_FIELDS) apply("train", "t", k);
+  for (const k of SELFPLAY_FIELDS) apply("selfplay", "sp", k);
+  for (const k of REASON_FIELDS) apply("reason", "rs", k);
+  applySetting($("rs-pretrain_steps"), setting("from_zero", "pretrain_steps"));
+  setText($("rs-pretrain_steps-help"), "train.rs.zero.steps_help", {
+    batch_size: setting("from_zero", "batch_size").default,
+    pretrain_minutes: setting("from_zero", "pretrain_time").default / 60,
+  });
+}
+
 export function initTraining() {
   charts = makeCharts();
+  applySettings();
   const p = prefs();
   for (const k of TRAIN_FIELDS) {
     if (p[k] != null && p[k] !== "") $(`t-${k}`).value = p[k];

@@ -1,0 +1,142 @@
+"""The studio's worker: one run, read from its run file.
+
+``python -m azr_trainer.worker RUNFILE`` — not a command for people (they have ``azr train``,
+``azr selfplay`` and ``azr reason``). The studio (jobs.py) writes the run's validated settings
+to ``runs/<run>/run.json`` and starts this on it; the worker reports through the run's
+``events.jsonl`` only. How a run ended is its last ``status`` event: an error a person can act
+on is a ``failed`` event with the error's ``code`` and ``params`` (the page renders it in its
+own language), so the studio never has to read a log to know why.
+
+A train run with ``nproc`` above 1 re-runs this same file under torchrun, one process per
+rank; rank 0 reports.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from .errors import UserError
+from .events import EventLog
+
+RUN_FILE = "run.json"
+FORMAT = 1
+
+
+def write_run_file(folder: Path, *, home: Path, kind: str, model: str, run_id: str, books: list[str],
+                   settings: dict, resume: bool) -> Path:
+    """The run file the studio starts a worker on (written atomically: a worker never reads half)."""
+    from .home import atomic_write_json
+    path = Path(folder) / RUN_FILE
+    atomic_write_json(path, {"format": FORMAT, "home": str(home), "kind": kind, "model": model, "run_id": run_id,
+                             "books": list(books), "settings": dict(settings), "resume": bool(resume),
+                             "control_file": "control"})
+    return path
+
+
+def read_run_file(path: Path) -> dict:
+    try:
+        spec = json.loads(Path(path).read_text(encoding="utf-8"))
+        if spec.get("format") != FORMAT:
+            raise ValueError(f"format {spec.get('format')!r}")
+        for key in ("home", "kind", "model", "run_id", "books", "settings"):
+            spec[key]  # a missing key is a damaged file
+    except (OSError, ValueError, KeyError, AttributeError) as e:
+        raise UserError("settings.run_file", path=str(path), reason=str(e)) from None
+    return spec
+
+
+def _is_main_rank() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def report_failure(spec: dict, error: UserError) -> None:
+    """A failed status event with the error's code, where the studio reads the run's events."""
+    from .train import run_dir
+    if not _is_main_rank():
+        return
+    events = EventLog(run_dir(Path(spec["home"]), spec["model"], spec["run_id"]) / "events.jsonl", spec["run_id"])
+    try:
+        events.emit("status", state="failed", message=error.render("en"), code=error.code, params=error.params)
+    finally:
+        events.close()
+
+
+def torchrun_command(nproc: int, target: list[str], nnodes: int = 1, endpoint: str | None = None) -> list[str]:
+    """``target`` (``-m module args…``) under PyTorch's own launcher, ``nproc`` processes here."""
+    launcher = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}"]
+    if nnodes > 1:
+        launcher += [f"--nnodes={nnodes}", "--rdzv-backend=c10d", f"--rdzv-endpoint={endpoint}"]
+    else:
+        launcher += ["--standalone"]
+    return launcher + target
+
+
+def torchrun_env(nproc: int, threads: int | None) -> dict:
+    env = dict(os.environ)
+    if threads is None:
+        # share the cores between the processes instead of oversubscribing them
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    return env
+
+
+def run(spec: dict, run_file: Path) -> None:
+    from .cli import exit_torchrun_worker, stop_on_signals
+    from .settings import RUN_GROUPS, time_budget
+    home, kind, model, run_id = Path(spec["home"]), spec["kind"], spec["model"], spec["run_id"]
+    params = dict(spec["settings"])
+    if kind not in RUN_GROUPS:
+        raise UserError("settings.kind", kinds=list(RUN_GROUPS), value=repr(kind))
+    nproc = params.pop("nproc", None) or 1
+    params = time_budget(kind, params, processes=nproc)  # minutes → max_time (and the time schedule)
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        rc = subprocess.call(torchrun_command(nproc, ["-m", "azr_trainer.worker", str(run_file)]),
+                             env=torchrun_env(nproc, params.get("threads")))
+        if rc != 0:
+            raise SystemExit(rc)
+        return
+    from .train import run_dir
+    control = run_dir(home, model, run_id) / spec.get("control_file", "control")
+    stop = stop_on_signals(control, watch_parent=True)
+    log = (lambda m: print(m, file=sys.stderr)) if _is_main_rank() else (lambda m: None)
+    params["resume"] = bool(spec.get("resume"))
+    if kind == "train":
+        from .train import TrainConfig, train
+        summary = train(home, model, TrainConfig(books=list(spec["books"]), **params), stop=stop, log=log,
+                        run_id=run_id)
+    elif kind == "selfplay":
+        from .selfplay import SelfPlayConfig, selfplay
+        summary = selfplay(home, model, SelfPlayConfig(**params), stop=stop, log=log, run_id=run_id)
+    else:
+        from .reasoning import ReasonConfig, reason
+        summary = reason(home, model, ReasonConfig(**params), stop=stop, log=log, run_id=run_id)
+    if _is_main_rank():
+        print(json.dumps(summary, ensure_ascii=False, default=str))
+    exit_torchrun_worker()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m azr_trainer.worker RUNFILE (started by the studio)", file=sys.stderr)
+        return 2
+    spec = None
+    try:
+        spec = read_run_file(Path(argv[0]))
+        run(spec, Path(argv[0]))
+        return 0
+    except UserError as e:
+        if spec is not None:
+            report_failure(spec, e)
+        print(f"Error: {e.render('en')}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("Interrupted.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
