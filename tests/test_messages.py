@@ -104,7 +104,7 @@ def test_bad_inputs_through_the_api_are_answered_in_russian(client):
         ("untrained", client.post("/api/generate", json={"model": "blank", "prompt": "a"}, headers=RU), 400,
          "checkpoint.untrained"),
         ("temperature", client.post("/api/generate", json={"model": "blank", "temperature": 50}, headers=RU),
-         400, "sample.temperature"),
+         400, "settings.at_most"),
         ("step", client.post("/api/generate", json={"model": "blank", "checkpoint": "sometime"}, headers=RU),
          400, "checkpoint.bad_choice"),
     ]
