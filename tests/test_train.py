@@ -2,6 +2,10 @@
 
 import json
 import math
+import os
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -9,7 +13,7 @@ import torch
 from azr_trainer import store
 from azr_trainer.checkpoint import list_step_checkpoints, safe_load
 from azr_trainer.events import iter_events
-from azr_trainer.home import UserError
+from azr_trainer.home import Conflict, UserError
 from azr_trainer.model import ModelConfig
 from azr_trainer.train import StopRequested, TrainConfig, evaluate, train
 
@@ -175,3 +179,27 @@ def test_out_of_memory_keeps_the_last_checkpoint_and_says_what_to_lower(home, bo
     failed = [e for e in iter_events(next((home / "models" / "m" / "runs").glob("*/events.jsonl")))
               if e["type"] == "status" and e["state"] == "failed"]
     assert failed and "batch_size" in failed[0]["message"]
+
+
+@pytest.mark.skipif(not os.path.exists(f"/proc/{os.getpid()}/stat"), reason="process start times come from /proc")
+def test_a_lock_whose_pid_now_belongs_to_a_newer_process_is_stale(home, book):
+    make_model(home)
+    lock = home / "models" / "m" / ".train.lock"
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        # A trainer died an hour ago; its pid now belongs to a process that started since.
+        lock.write_text(str(other.pid), encoding="utf-8")
+        os.utime(lock, (time.time() - 3600, time.time() - 3600))
+        held = []
+        s = train(home, "m", cfg(book, max_iterations=2), log=lambda m: None,
+                  listeners=[lambda e: held.append(lock.read_text(encoding="utf-8"))])
+        assert s["status"] == "completed"
+        assert set(held) == {str(os.getpid())}  # the lock still holds just the pid, as every reader expects
+        assert not lock.exists()
+        # The same live pid, written after that process started: a real owner, so the model is busy.
+        lock.write_text(str(other.pid), encoding="utf-8")
+        with pytest.raises(Conflict, match=f"already being trained \\(process {other.pid}\\)"):
+            train(home, "m", cfg(book, max_iterations=2), log=lambda m: None)
+    finally:
+        other.kill()
+        other.wait()

@@ -4,7 +4,8 @@ A kind of run (train.py, selfplay.py, reasoning.py) is a :class:`Job`: it suppli
 its evaluation, its samples, what it saves and its summary. Everything else is here and the
 same for every kind:
 
-- the model lock (one training process per model);
+- the model lock (one training process per model; a lock whose process is gone, or whose pid
+  now belongs to a process that started after the lock was written, is stale);
 - the cadence: a ``step`` event every ``log_every`` steps and at least once a second; an eval
   (with samples) every ``eval_every`` steps; a checkpoint every ``save_every`` steps;
 - the ends: max_iterations, max_time, the control file (pause/cancel), a signal, the studio
@@ -84,14 +85,38 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def process_start_time(pid: int) -> float | None:
+    """When process ``pid`` started, in seconds since the epoch (Linux: /proc/<pid>/stat field 22,
+    clock ticks after boot, plus the boot time); None where that is unknown (other systems)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8", errors="replace")
+        ticks = int(stat.rsplit(")", 1)[1].split()[19])  # after "pid (name)" the fields count from 3
+        with open("/proc/stat", encoding="utf-8") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith("btime "))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
 def lock_holder(model_dir: Path) -> int | None:
-    """The pid of the live process that holds ``model_dir``'s training lock, else None."""
+    """The pid of the live process that holds ``model_dir``'s training lock, else None.
+
+    The lock file holds the owner's pid (the format every reader knows); its modification time
+    is when the owner wrote it. A pid that is alive but whose process started after that time
+    is a reused pid (the owner died, a reboot, another program): the lock is stale. Where start
+    times are unknown (not Linux) the pid alone decides."""
     path = Path(model_dir) / LOCK_NAME
     try:
         pid = int(path.read_text(encoding="utf-8").strip() or 0)
+        written = path.stat().st_mtime
     except (OSError, ValueError):
         return None
-    return pid if pid and _pid_alive(pid) else None
+    if not pid or not _pid_alive(pid):
+        return None
+    started = process_start_time(pid)
+    if started is not None and started > written + 2.0:  # /proc's boot time is exact to a second
+        return None
+    return pid
 
 
 class TrainingLock:
@@ -107,13 +132,13 @@ class TrainingLock:
             except FileExistsError:
                 holder = lock_holder(self.path.parent)
                 if holder and holder != os.getpid():
-                    raise Conflict("run.busy", name=self.path.parent.name, pid=holder) from None
+                    raise Conflict("run.busy", name=self.path.parent.name, pid=str(holder)) from None
                 self.path.unlink(missing_ok=True)  # stale (or our own): take it over
                 continue
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 f.write(str(os.getpid()))
             return self
-        raise Conflict("run.busy", name=self.path.parent.name, pid=0)
+        raise Conflict("run.busy", name=self.path.parent.name, pid="?")
 
     def __exit__(self, *exc):
         try:
