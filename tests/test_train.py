@@ -203,3 +203,50 @@ def test_a_lock_whose_pid_now_belongs_to_a_newer_process_is_stale(home, book):
     finally:
         other.kill()
         other.wait()
+
+
+KILLED_AT_SAVE = """
+import os, signal, sys
+from pathlib import Path
+import torch
+from azr_trainer.train import TrainConfig, train
+
+real_save = torch.save
+
+def save_then_die(obj, f, *args, **kwargs):
+    # the first checkpoint: write part of it, then die as kill -9 would, mid-save
+    if isinstance(obj, dict) and obj.get("step") == 3:
+        f.write(b"the first bytes of a checkpoint")
+        f.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_save(obj, f, *args, **kwargs)
+
+torch.save = save_then_die
+train(Path(sys.argv[1]), "m", TrainConfig(books=[sys.argv[2]], max_iterations=6, batch_size=4, save_every=3,
+                                          eval_every=100, threads=1, sample_prompts=[]), log=lambda m: None)
+"""
+
+
+@pytest.mark.skipif(not hasattr(__import__("signal"), "SIGKILL"), reason="needs kill -9")
+def test_a_run_killed_while_saving_leaves_nothing_behind_for_the_next(home, book):
+    make_model(home)
+    mdir = home / "models" / "m"
+    p = subprocess.run([sys.executable, "-c", KILLED_AT_SAVE, str(home), book], capture_output=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert p.returncode == -9, p.stderr.decode(errors="replace")
+    leftovers = list((mdir / "checkpoints").glob(".step_0000003.pt.*.tmp"))
+    assert len(leftovers) == 1 and (mdir / ".train.lock").exists()  # what kill -9 at save time leaves
+    # and what it would leave when killed while tokenizing, or during a self-play save
+    others = [mdir / ".tokenizer.json.k1f9.tmp", mdir / "data" / ".train.bin.x0q2.tmp",
+              mdir / "checkpoints" / "selfplay" / "sp-1" / ".step_0000050.pt.a8c1.tmp",
+              mdir / "checkpoints" / "reason" / "r-1" / ".buffers.json.zz01.tmp"]
+    for f in others:
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_bytes(b"partial")
+    keep = [mdir / "checkpoints" / "selfplay" / "sp-1" / "step_0000040.pt", mdir / "notes.tmp"]
+    for f in keep:
+        f.write_bytes(b"not a leftover")
+    s = train(home, "m", cfg(book, max_iterations=4, save_every=100, sample_prompts=[]), log=lambda m: None)
+    assert s["status"] == "completed"
+    assert not [p for p in mdir.rglob("*.tmp") if p.name.startswith(".")]
+    assert all(f.exists() for f in keep)

@@ -5,7 +5,8 @@ its evaluation, its samples, what it saves and its summary. Everything else is h
 same for every kind:
 
 - the model lock (one training process per model; a lock whose process is gone, or whose pid
-  now belongs to a process that started after the lock was written, is stale);
+  now belongs to a process that started after the lock was written, is stale) and the removal
+  of temp files that a killed save left behind;
 - the cadence: a ``step`` event every ``log_every`` steps and at least once a second; an eval
   (with samples) every ``eval_every`` steps; a checkpoint every ``save_every`` steps;
 - the ends: max_iterations, max_time, the control file (pause/cancel), a signal, the studio
@@ -149,9 +150,40 @@ class TrainingLock:
         self.path.unlink(missing_ok=True)
 
 
+def remove_leftovers(model_dir: Path) -> list[Path]:
+    """Delete the temp files of saves that a killed run left behind (``.NAME.XXXX.tmp``, see
+    home.atomic_path) in the places only a training run writes: the checkpoints (every kind's
+    folders), the tokenized data and the tokenizer. Call it holding the model's lock: then no
+    live run can own them."""
+    model_dir = Path(model_dir)
+    found = list(model_dir.glob(".tokenizer.json.*.tmp"))
+    for folder in (model_dir / "checkpoints", model_dir / "data"):
+        if folder.is_dir():
+            found += folder.rglob(".*.tmp")
+    removed = []
+    for p in found:
+        if p.is_file():
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
 def locked(model_dir: Path, log=print):
-    """The model's lock."""
-    return TrainingLock(model_dir)
+    """The model's lock, with the leftovers of killed runs cleared once it is held."""
+    return _Locked(model_dir, log)
+
+
+class _Locked(TrainingLock):
+    def __init__(self, model_dir: Path, log):
+        super().__init__(model_dir)
+        self.log = log
+
+    def __enter__(self):
+        super().__enter__()
+        removed = remove_leftovers(self.path.parent)
+        if removed:
+            self.log(f"Removed {len(removed)} temporary file(s) left by an interrupted save.")
+        return self
 
 
 # ---- pieces every kind shares -----------------------------------------------------------------
