@@ -250,3 +250,44 @@ def test_a_run_killed_while_saving_leaves_nothing_behind_for_the_next(home, book
     assert s["status"] == "completed"
     assert not [p for p in mdir.rglob("*.tmp") if p.name.startswith(".")]
     assert all(f.exists() for f in keep)
+
+
+def test_a_run_with_a_time_budget_shows_its_quality_early_and_often(home, book):
+    make_model(home)
+    s = train(home, "m", cfg(book, max_iterations=10**6, eval_every=10**6, save_every=10**6, max_time=3.0),
+              log=lambda m: None)
+    assert s["status"] == "stopped"
+    events = list(iter_events(s["events"]))
+    evals = [e for e in events if e["type"] == "eval"]
+    periodic = [e for e in evals if e["step"] < s["step"]]
+    # no step count would have asked for one: these come from the clock (a tenth of the budget)
+    assert periodic and evals[-1]["full"] and evals[-1]["step"] == s["step"]
+    assert all(e["val_tokens"] == periodic[0]["val_tokens"] for e in periodic)  # the same fixed subset each time
+    sampled = {e["step"] for e in events if e["type"] == "sample"}
+    assert {e["step"] for e in evals} <= sampled  # a sample with every eval
+
+
+def test_the_first_eval_comes_soon_after_the_first_step_without_a_budget(home, book, monkeypatch):
+    from azr_trainer import runloop
+    monkeypatch.setattr(runloop, "FIRST_EVAL_SECONDS", 0.0)  # "at most N seconds after the first step"
+    make_model(home)
+    s = train(home, "m", cfg(book, max_iterations=5, eval_every=1000, save_every=1000), log=lambda m: None)
+    evals = [e for e in iter_events(s["events"]) if e["type"] == "eval"]
+    assert [e["step"] for e in evals] == [1, 5]
+
+
+@pytest.mark.parametrize("what", ["cancel", "pause"])
+def test_cancel_and_pause_end_with_an_eval_a_sample_and_a_checkpoint(home, book, tmp_path, what):
+    make_model(home)
+    control = tmp_path / "control"
+    control.write_text(what, encoding="utf-8")
+    s = train(home, "m", cfg(book, max_iterations=100), stop=StopRequested(control), log=lambda m: None)
+    state = {"cancel": "cancelled", "pause": "paused"}[what]
+    assert s["status"] == state and s["step"] == 1 and s["val_bpb"] is not None
+    events = list(iter_events(s["events"]))
+    assert [(e["type"], e["step"]) for e in events if e["type"] in ("eval", "checkpoint")] == \
+        [("eval", 1), ("checkpoint", 1)]
+    assert any(e["type"] == "sample" and e["step"] == 1 for e in events)
+    end = events[-1]
+    assert end["type"] == "status" and end["state"] == state and end["message"] == f"stopped by {what}"
+    assert end["code"] == f"run.{state}" and end["params"] == {"step": 1}

@@ -8,10 +8,12 @@ same for every kind:
   now belongs to a process that started after the lock was written, is stale) and the removal
   of temp files that a killed save left behind;
 - the cadence: a ``step`` event every ``log_every`` steps and at least once a second; an eval
-  (with samples) every ``eval_every`` steps; a checkpoint every ``save_every`` steps;
+  (with samples) every ``eval_every`` steps, and by the clock — the first at most 30 s after
+  the first step, then about every tenth of ``max_time`` when there is one; a checkpoint every
+  ``save_every`` steps;
 - the ends: max_iterations, max_time, the control file (pause/cancel), a signal, the studio
-  going away, out of memory; then a final eval (the whole validation split, on a normal end),
-  the final checkpoint, and the ``status`` event with the summary.
+  going away, out of memory; then a final eval (the whole validation split on a normal end, the
+  quick subset on pause/cancel), the final checkpoint, and the ``status`` event with the summary.
 
 Status events keep their English ``message`` (what earlier readers parse) and carry ``code``
 and ``params`` from the message catalogue (``msg.run.*``).
@@ -31,6 +33,8 @@ from .events import EventLog
 from .home import Conflict, UserError
 
 LOCK_NAME = ".train.lock"
+FIRST_EVAL_SECONDS = 30.0  # quality is visible within the first minute of any run
+EVAL_SHARE = 10            # with a time budget: about one eval per tenth of it
 
 
 # ---- stopping ---------------------------------------------------------------------------------
@@ -203,6 +207,27 @@ def check_finite(loss: float, step: int, learning_rate: float) -> None:
         raise UserError("run.loss_not_finite", loss=str(loss), step=step, learning_rate=learning_rate)
 
 
+class EvalClock:
+    """When the next eval is due: every ``eval_every`` steps, and by the clock — the first at most
+    FIRST_EVAL_SECONDS after the first step, then every tenth of ``max_time`` (none without a
+    budget). Evals by the clock never take more than about a fifth of the time."""
+
+    def __init__(self, eval_every: int, max_time: float | None):
+        self.every = eval_every
+        self.period = max_time / EVAL_SHARE if max_time else None
+        self.next_at: float | None = None
+
+    def due(self, step: int, now: float) -> bool:
+        if self.next_at is None:  # the first call comes after the first step
+            self.next_at = now + min(FIRST_EVAL_SECONDS, self.period or FIRST_EVAL_SECONDS)
+        return step % self.every == 0 or now >= self.next_at
+
+    def done(self, now: float, seconds: float) -> None:
+        if self.next_at is None:
+            return  # the start eval: the clock starts with the first step
+        self.next_at = now + max(self.period, 4 * seconds) if self.period else math.inf
+
+
 class Job:
     """What differs between the kinds of run. Subclasses set the attributes and methods below;
     the loop (:func:`run_loop`) reads and advances ``step``."""
@@ -268,11 +293,14 @@ def run_loop(job: Job, stop: StopRequested, *, kind: str | None = None) -> dict:
     status, message, code, params = "completed", None, "run.completed", {}
     checkpoints: list[str] = []
     last_eval = start_eval = None
+    clock = EvalClock(job.eval_every, job.max_time)
     t_log = time.time()
 
     def eval_and_sample(full: bool) -> dict:
+        t0 = time.time()
         res = job.evaluate(full)
         job.samples()
+        clock.done(time.time(), time.time() - t0)
         return res
 
     try:
@@ -303,7 +331,7 @@ def run_loop(job: Job, stop: StopRequested, *, kind: str | None = None) -> dict:
                 break
             if last:
                 break
-            if job.step % job.eval_every == 0:
+            if clock.due(job.step, now):
                 last_eval = eval_and_sample(full=False) or last_eval
             elif job.sample_every and job.step % job.sample_every == 0:
                 job.samples()
@@ -316,9 +344,10 @@ def run_loop(job: Job, stop: StopRequested, *, kind: str | None = None) -> dict:
             _fail(job, e)
         status, message, code, params = "interrupted", "Ctrl-C", "run.interrupted", {"step": job.step,
                                                                                       "reason": "Ctrl-C"}
-    # The final eval covers the whole validation split (skipped on pause/cancel, which must be quick).
-    if status in ("completed", "stopped"):
-        last_eval = eval_and_sample(full=True) or last_eval
+    # The final eval: the whole validation split when the run ended as planned, the quick subset
+    # on pause/cancel (the person sees where it stopped); none on a signal, which must be quick.
+    if status in ("completed", "stopped") or (status in ("paused", "cancelled") and job.step > job.resumed_at):
+        last_eval = eval_and_sample(full=status in ("completed", "stopped")) or last_eval
     final_path = job.save("final", last_eval)
     if final_path is not None:
         checkpoints.append(str(final_path))
