@@ -291,3 +291,19 @@ def test_cancel_and_pause_end_with_an_eval_a_sample_and_a_checkpoint(home, book,
     end = events[-1]
     assert end["type"] == "status" and end["state"] == state and end["message"] == f"stopped by {what}"
     assert end["code"] == f"run.{state}" and end["params"] == {"step": 1}
+
+
+@pytest.mark.parametrize("memory_short", [False, True])
+def test_cpu_training_trims_the_heap_only_when_it_pays(home, book, monkeypatch, memory_short):
+    from azr_trainer import device
+    if device._malloc_trim is None or device.resident_bytes() is None:
+        pytest.skip("glibc's malloc_trim and /proc/self/statm are Linux-only")
+    trims = []
+    monkeypatch.setattr(device, "_malloc_trim", lambda pad: trims.append(pad))
+    if memory_short:  # less memory available than the trainer holds: trim after every step
+        monkeypatch.setattr(device, "available_memory_bytes", lambda dev: 1)
+    make_model(home)
+    s = train(home, "m", cfg(book, max_iterations=30, save_every=100, eval_every=100, sample_prompts=[]),
+              log=lambda m: None)
+    assert s["status"] == "completed"
+    assert len(trims) >= 29 if memory_short else len(trims) <= 3

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from .device import is_out_of_memory, release_free_memory
+from .device import MemoryTrimmer, is_out_of_memory
 from .events import EventLog
 from .home import Conflict, UserError
 
@@ -294,6 +294,7 @@ def run_loop(job: Job, stop: StopRequested, *, kind: str | None = None) -> dict:
     checkpoints: list[str] = []
     last_eval = start_eval = None
     clock = EvalClock(job.eval_every, job.max_time)
+    trimmer = MemoryTrimmer() if job.device.type == "cpu" else None
     t_log = time.time()
 
     def eval_and_sample(full: bool) -> dict:
@@ -308,8 +309,8 @@ def run_loop(job: Job, stop: StopRequested, *, kind: str | None = None) -> dict:
         while job.max_iterations is None or job.step < job.max_iterations:
             job.train_step()
             job.step += 1
-            if job.device.type == "cpu":
-                release_free_memory()
+            if trimmer is not None:
+                trimmer.after_step()
             now = time.time()
             out_of_time = job.max_time is not None and now - t_start >= job.max_time
             why = stop.check()
