@@ -470,9 +470,8 @@ class _Run(Job):
             self.ref, _, _ = build_model(start_obj)
             self.ref.to(self.device).eval().requires_grad_(False)
         if self.mcfg.max_seq_len < cfg.max_program_tokens + 64:
-            raise UserError(f"The model's max_seq_len ({self.mcfg.max_seq_len}) leaves no room for prompts with "
-                            f"max_program_tokens {cfg.max_program_tokens}: lower max_program_tokens or use a model "
-                            "with a longer window (384 or more).")
+            raise UserError("run.reason.window", max_seq_len=self.mcfg.max_seq_len,
+                            max_program_tokens=cfg.max_program_tokens)
         self.optimizer = make_optimizer(self.model, cfg.learning_rate, cfg.weight_decay, cfg.beta2, self.device)
         self.folder = reason_root(mdir) / run_id
         self.buffers = seed_buffers()

@@ -366,21 +366,19 @@ class _SelfPlay(Job):
         if cfg.rollout_tokens is None:
             cfg.rollout_tokens = max(1, min(96, mcfg.max_seq_len - cfg.prompt_tokens))
         if cfg.rollout_tokens > mcfg.max_seq_len - 1:
-            raise UserError(f"rollout_tokens ({cfg.rollout_tokens}) must leave room for a prompt in the model's "
-                            f"max_seq_len ({mcfg.max_seq_len}); try {mcfg.max_seq_len // 2}.")
+            raise UserError("run.selfplay.rollout_too_long", rollout_tokens=cfg.rollout_tokens,
+                            max_seq_len=mcfg.max_seq_len, suggest=mcfg.max_seq_len // 2)
         if cfg.prompt_tokens + cfg.rollout_tokens > mcfg.max_seq_len:
-            raise UserError(f"prompt_tokens + rollout_tokens ({cfg.prompt_tokens} + {cfg.rollout_tokens}) must fit "
-                            f"the model's max_seq_len ({mcfg.max_seq_len}).")
+            raise UserError("run.selfplay.window", prompt_tokens=cfg.prompt_tokens, rollout_tokens=cfg.rollout_tokens,
+                            max_seq_len=mcfg.max_seq_len)
         max_prompt = mcfg.max_seq_len - cfg.rollout_tokens
         self.pretrain_cfg = start_obj.get("train_config") or resume_obj and resume_obj.get("train_config") or {}
         self.book_names = list(self.pretrain_cfg.get("books") or store.get_model(home, name).books or [])
         if not self.book_names:
-            raise UserError(f"Self-play needs the books model '{name}' was trained on (for its validation bpb, "
-                            "prompts and book loss); train it on a book first (azr train NAME --books …).")
+            raise UserError("run.selfplay.no_books", name=name)
         self.data = data = _load_data(home, mdir, self.book_names, mcfg, tokenizer, log)
         if data.tokenizer.to_json() != tokenizer.to_json():
-            raise UserError(f"The tokenizer in {start_info['checkpoint']} differs from model '{name}''s "
-                            "tokenizer.json; self-play needs the model's own checkpoints.")
+            raise UserError("run.selfplay.tokenizer", checkpoint=start_info["checkpoint"], name=name)
         self.file_prompts = None
         if cfg.prompt_source.startswith("file:"):
             self.file_prompts = [tokenizer.encode(p)[-max_prompt:] or [tokenizer.eot_id]
@@ -394,7 +392,7 @@ class _SelfPlay(Job):
             weights.setdefault("custom", 1.0)
         weights.update(parse_weights(cfg.reward_weights))
         if cfg.reward == "file" and not custom:
-            raise UserError("reward 'file' needs a reward file (--reward-file FILE.py).")
+            raise UserError("run.selfplay.reward_file_needed")
         self.length_target = length_target = (cfg.length_target
                                               or default_length_target(data, tokenizer, cfg.rollout_tokens))
         self.coherence = Coherence(ref, tokenizer, device, cap=cfg.coherence_cap)

@@ -245,11 +245,11 @@ class _Pretraining(Job):
         self.mdir = mdir = store.model_dir(home, name)
         self.seq_len = seq_len = cfg.seq_len or mcfg.max_seq_len
         if seq_len > mcfg.max_seq_len:
-            raise UserError(f"seq_len ({seq_len}) cannot exceed the model's max_seq_len ({mcfg.max_seq_len}).")
+            raise UserError("run.train.seq_len", seq_len=seq_len, max_seq_len=mcfg.max_seq_len)
         if dist.world > 1 and cfg.schedule == "time":
-            raise UserError("schedule 'time' follows one process's clock; use the step schedule with several processes.")
+            raise UserError("run.train.time_schedule_processes")
         if cfg.batch_size % dist.world:
-            raise UserError(f"batch_size ({cfg.batch_size}) must be divisible by the number of processes ({dist.world}).")
+            raise UserError("run.train.batch_not_divisible", batch_size=cfg.batch_size, processes=dist.world)
         self.device = device = dist.device(cfg.device)
         self.threads = set_threads(cfg.threads) if device.type == "cpu" else None
         torch.manual_seed(cfg.seed)
@@ -257,9 +257,8 @@ class _Pretraining(Job):
         mem_need = estimate_training_memory(mcfg, cfg.batch_size // dist.world, seq_len)
         mem_have = available_memory_bytes(device)
         if mem_have is not None and mem_need > 0.9 * mem_have:
-            raise UserError(f"Training this model at batch_size {cfg.batch_size} and max_seq_len {seq_len} needs about "
-                            f"{mem_need / 2**30:.1f} GiB but only {mem_have / 2**30:.1f} GiB is free. "
-                            "Lower batch_size (e.g. 16 → 8 or 4), then max_seq_len, d_model or num_layers.")
+            raise UserError("run.train.memory", batch_size=cfg.batch_size, seq_len=seq_len,
+                            need=f"{mem_need / 2**30:.1f}", have=f"{mem_have / 2**30:.1f}")
 
         resume_obj = None
         if cfg.resume:
@@ -269,8 +268,7 @@ class _Pretraining(Job):
             resume_obj = safe_load(steps[-1][1])
             saved_books = resume_obj["train_config"]["books"]
             if saved_books != cfg.books:
-                raise UserError(f"--resume continues the run on {','.join(saved_books)}; "
-                                f"you asked for {','.join(cfg.books)}. Resume with the same books or start a new run.")
+                raise UserError("run.train.other_books", saved=", ".join(saved_books), asked=", ".join(cfg.books))
 
         if not dist.is_main:
             dist.barrier()  # rank 0 trains the tokenizer and tokenizes the books first
