@@ -37,36 +37,14 @@ import numpy as np
 import torch
 
 from . import executor, programs, store
-from .checkpoint import (
-    build_model,
-    checkpoint_dir,
-    export_pt,
-    latest_run_checkpoint,
-    resolve_checkpoint,
-    safe_load,
-    save_step,
-)
+from .checkpoint import build_model, checkpoint_dir, export_pt, latest_run_checkpoint, resolve_checkpoint, safe_load, \
+    save_step
 from .device import pick_device, set_threads
 from .events import EventLog, Listener, new_run_id
-from .formats import (
-    FORMATS,
-    CompactFormat,
-    is_arguments,
-    is_literal,
-    shown_count,
-    triplet_text,
-)
+from .formats import FORMATS, CompactFormat, is_arguments, is_literal, shown_count, triplet_text
 from .home import UserError, atomic_write_json, read_json
 from .rewards import pack_rows
-from .runloop import (
-    Job,
-    StopRequested,
-    check_finite,
-    checkpoint_obj,
-    locked,
-    make_optimizer,
-    run_loop,
-)
+from .runloop import Job, StopRequested, check_finite, checkpoint_obj, locked, make_optimizer, run_loop
 from .sample import SamplingParams, stream_generate
 from .selfplay import exact_kl
 

@@ -67,39 +67,15 @@ import numpy as np
 import torch
 
 from . import store
-from .checkpoint import (
-    build_model,
-    checkpoint_dir,
-    export_pt,
-    latest_selfplay_checkpoint,
-    resolve_checkpoint,
-    safe_load,
-    save_step,
-)
+from .checkpoint import build_model, checkpoint_dir, export_pt, latest_selfplay_checkpoint, resolve_checkpoint, \
+    safe_load, save_step
 from .data import BatchSampler, PreparedData, prepare_data
 from .device import pick_device, set_threads
 from .events import EventLog, Listener, new_run_id
 from .home import NotFound, UserError, read_json
-from .rewards import (
-    Coherence,
-    Composite,
-    build_reward,
-    load_reward_file,
-    pack_rows,
-    parse_weights,
-    preset_weights,
-    sample_metrics,
-    words,
-)
-from .runloop import (
-    Job,
-    StopRequested,
-    check_finite,
-    checkpoint_obj,
-    locked,
-    make_optimizer,
-    run_loop,
-)
+from .rewards import Coherence, Composite, build_reward, load_reward_file, pack_rows, parse_weights, preset_weights, \
+    sample_metrics, words
+from .runloop import Job, StopRequested, check_finite, checkpoint_obj, locked, make_optimizer, run_loop
 from .sample import generate
 from .train import evaluate
 

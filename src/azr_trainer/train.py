@@ -20,30 +20,15 @@ from pathlib import Path
 import torch
 
 from . import store
-from .checkpoint import (
-    atomic_torch_save,
-    checkpoint_dir,
-    init_checkpoint,
-    list_step_checkpoints,
-    safe_load,
-    save_step,
-)
+from .checkpoint import atomic_torch_save, checkpoint_dir, init_checkpoint, list_step_checkpoints, safe_load, \
+    save_step
 from .data import BatchSampler, prepare_data, validation_windows
 from .device import available_memory_bytes, pick_device, set_threads
 from .events import EventLog, Listener, new_run_id, utc_now
 from .home import UserError
 from .model import Transformer, estimate_training_memory, training_flops_per_token
-from .runloop import (
-    Job,
-    StopRequested,
-    TrainingLock,
-    _pid_alive,
-    check_finite,
-    checkpoint_obj,
-    locked,
-    make_optimizer,
-    run_loop,
-)
+from .runloop import Job, StopRequested, TrainingLock, _pid_alive, check_finite, checkpoint_obj, locked, \
+    make_optimizer, run_loop
 from .sample import generate
 
 _REEXPORTED = (StopRequested, TrainingLock, _pid_alive)  # the CLI, jobs and export import them from here
