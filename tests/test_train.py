@@ -2,6 +2,10 @@
 
 import json
 import math
+import os
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -9,7 +13,7 @@ import torch
 from azr_trainer import store
 from azr_trainer.checkpoint import list_step_checkpoints, safe_load
 from azr_trainer.events import iter_events
-from azr_trainer.home import UserError
+from azr_trainer.home import Conflict, UserError
 from azr_trainer.model import ModelConfig
 from azr_trainer.train import StopRequested, TrainConfig, evaluate, train
 
@@ -175,3 +179,131 @@ def test_out_of_memory_keeps_the_last_checkpoint_and_says_what_to_lower(home, bo
     failed = [e for e in iter_events(next((home / "models" / "m" / "runs").glob("*/events.jsonl")))
               if e["type"] == "status" and e["state"] == "failed"]
     assert failed and "batch_size" in failed[0]["message"]
+
+
+@pytest.mark.skipif(not os.path.exists(f"/proc/{os.getpid()}/stat"), reason="process start times come from /proc")
+def test_a_lock_whose_pid_now_belongs_to_a_newer_process_is_stale(home, book):
+    make_model(home)
+    lock = home / "models" / "m" / ".train.lock"
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        # A trainer died an hour ago; its pid now belongs to a process that started since.
+        lock.write_text(str(other.pid), encoding="utf-8")
+        os.utime(lock, (time.time() - 3600, time.time() - 3600))
+        held = []
+        s = train(home, "m", cfg(book, max_iterations=2), log=lambda m: None,
+                  listeners=[lambda e: held.append(lock.read_text(encoding="utf-8"))])
+        assert s["status"] == "completed"
+        assert set(held) == {str(os.getpid())}  # the lock still holds just the pid, as every reader expects
+        assert not lock.exists()
+        # The same live pid, written after that process started: a real owner, so the model is busy.
+        lock.write_text(str(other.pid), encoding="utf-8")
+        with pytest.raises(Conflict, match=f"already being trained \\(process {other.pid}\\)"):
+            train(home, "m", cfg(book, max_iterations=2), log=lambda m: None)
+    finally:
+        other.kill()
+        other.wait()
+
+
+KILLED_AT_SAVE = """
+import os, signal, sys
+from pathlib import Path
+import torch
+from azr_trainer.train import TrainConfig, train
+
+real_save = torch.save
+
+def save_then_die(obj, f, *args, **kwargs):
+    # the first checkpoint: write part of it, then die as kill -9 would, mid-save
+    if isinstance(obj, dict) and obj.get("step") == 3:
+        f.write(b"the first bytes of a checkpoint")
+        f.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_save(obj, f, *args, **kwargs)
+
+torch.save = save_then_die
+train(Path(sys.argv[1]), "m", TrainConfig(books=[sys.argv[2]], max_iterations=6, batch_size=4, save_every=3,
+                                          eval_every=100, threads=1, sample_prompts=[]), log=lambda m: None)
+"""
+
+
+@pytest.mark.skipif(not hasattr(__import__("signal"), "SIGKILL"), reason="needs kill -9")
+def test_a_run_killed_while_saving_leaves_nothing_behind_for_the_next(home, book):
+    make_model(home)
+    mdir = home / "models" / "m"
+    p = subprocess.run([sys.executable, "-c", KILLED_AT_SAVE, str(home), book], capture_output=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert p.returncode == -9, p.stderr.decode(errors="replace")
+    leftovers = list((mdir / "checkpoints").glob(".step_0000003.pt.*.tmp"))
+    assert len(leftovers) == 1 and (mdir / ".train.lock").exists()  # what kill -9 at save time leaves
+    # and what it would leave when killed while tokenizing, or during a self-play save
+    others = [mdir / ".tokenizer.json.k1f9.tmp", mdir / "data" / ".train.bin.x0q2.tmp",
+              mdir / "checkpoints" / "selfplay" / "sp-1" / ".step_0000050.pt.a8c1.tmp",
+              mdir / "checkpoints" / "reason" / "r-1" / ".buffers.json.zz01.tmp"]
+    for f in others:
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_bytes(b"partial")
+    keep = [mdir / "checkpoints" / "selfplay" / "sp-1" / "step_0000040.pt", mdir / "notes.tmp"]
+    for f in keep:
+        f.write_bytes(b"not a leftover")
+    s = train(home, "m", cfg(book, max_iterations=4, save_every=100, sample_prompts=[]), log=lambda m: None)
+    assert s["status"] == "completed"
+    assert not [p for p in mdir.rglob("*.tmp") if p.name.startswith(".")]
+    assert all(f.exists() for f in keep)
+
+
+def test_a_run_with_a_time_budget_shows_its_quality_early_and_often(home, book):
+    make_model(home)
+    s = train(home, "m", cfg(book, max_iterations=10**6, eval_every=10**6, save_every=10**6, max_time=3.0),
+              log=lambda m: None)
+    assert s["status"] == "stopped"
+    events = list(iter_events(s["events"]))
+    evals = [e for e in events if e["type"] == "eval"]
+    periodic = [e for e in evals if e["step"] < s["step"]]
+    # no step count would have asked for one: these come from the clock (a tenth of the budget)
+    assert periodic and evals[-1]["full"] and evals[-1]["step"] == s["step"]
+    assert all(e["val_tokens"] == periodic[0]["val_tokens"] for e in periodic)  # the same fixed subset each time
+    sampled = {e["step"] for e in events if e["type"] == "sample"}
+    assert {e["step"] for e in evals} <= sampled  # a sample with every eval
+
+
+def test_the_first_eval_comes_soon_after_the_first_step_without_a_budget(home, book, monkeypatch):
+    from azr_trainer import runloop
+    monkeypatch.setattr(runloop, "FIRST_EVAL_SECONDS", 0.0)  # "at most N seconds after the first step"
+    make_model(home)
+    s = train(home, "m", cfg(book, max_iterations=5, eval_every=1000, save_every=1000), log=lambda m: None)
+    evals = [e for e in iter_events(s["events"]) if e["type"] == "eval"]
+    assert [e["step"] for e in evals] == [1, 5]
+
+
+@pytest.mark.parametrize("what", ["cancel", "pause"])
+def test_cancel_and_pause_end_with_an_eval_a_sample_and_a_checkpoint(home, book, tmp_path, what):
+    make_model(home)
+    control = tmp_path / "control"
+    control.write_text(what, encoding="utf-8")
+    s = train(home, "m", cfg(book, max_iterations=100), stop=StopRequested(control), log=lambda m: None)
+    state = {"cancel": "cancelled", "pause": "paused"}[what]
+    assert s["status"] == state and s["step"] == 1 and s["val_bpb"] is not None
+    events = list(iter_events(s["events"]))
+    assert [(e["type"], e["step"]) for e in events if e["type"] in ("eval", "checkpoint")] == \
+        [("eval", 1), ("checkpoint", 1)]
+    assert any(e["type"] == "sample" and e["step"] == 1 for e in events)
+    end = events[-1]
+    assert end["type"] == "status" and end["state"] == state and end["message"] == f"stopped by {what}"
+    assert end["code"] == f"run.{state}" and end["params"] == {"step": 1}
+
+
+@pytest.mark.parametrize("memory_short", [False, True])
+def test_cpu_training_trims_the_heap_only_when_it_pays(home, book, monkeypatch, memory_short):
+    from azr_trainer import device
+    if device._malloc_trim is None or device.resident_bytes() is None:
+        pytest.skip("glibc's malloc_trim and /proc/self/statm are Linux-only")
+    trims = []
+    monkeypatch.setattr(device, "_malloc_trim", lambda pad: trims.append(pad))
+    if memory_short:  # less memory available than the trainer holds: trim after every step
+        monkeypatch.setattr(device, "available_memory_bytes", lambda dev: 1)
+    make_model(home)
+    s = train(home, "m", cfg(book, max_iterations=30, save_every=100, eval_every=100, sample_prompts=[]),
+              log=lambda m: None)
+    assert s["status"] == "completed"
+    assert len(trims) >= 29 if memory_short else len(trims) <= 3

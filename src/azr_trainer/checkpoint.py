@@ -128,12 +128,29 @@ def init_checkpoint(model_dir: Path) -> Path:
     return checkpoint_dir(model_dir) / "init.pt"
 
 
-def list_step_checkpoints(model_dir: Path) -> list[tuple[int, Path]]:
-    d = checkpoint_dir(model_dir)
-    if not d.exists():
+def step_files(folder: Path) -> list[tuple[int, Path]]:
+    """The ``step_NNNNNNN.pt`` checkpoints in ``folder``, oldest step first."""
+    if not folder.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in d.iterdir() if (m := _STEP_RE.match(p.name))]
-    return sorted(found)
+    return sorted((int(m.group(1)), p) for p in folder.iterdir() if (m := _STEP_RE.match(p.name)))
+
+
+def list_step_checkpoints(model_dir: Path) -> list[tuple[int, Path]]:
+    """Pretraining's step checkpoints (checkpoints/step_*.pt)."""
+    return step_files(checkpoint_dir(model_dir))
+
+
+def save_step(obj: dict, folder: Path, keep_last: int) -> Path:
+    """Write ``obj`` as ``folder``/step_NNNNNNN.pt (atomically), keeping the newest ``keep_last``."""
+    path = folder / f"step_{obj['step']:07d}.pt"
+    atomic_torch_save(obj, path)
+    prune_steps(folder, keep_last)
+    return path
+
+
+def prune_steps(folder: Path, keep: int) -> None:
+    for _, p in step_files(folder)[:-keep] if keep > 0 else []:
+        p.unlink(missing_ok=True)
 
 
 def latest_run_checkpoint(model_dir: Path, kind: str, run_id: str | None = None) -> Path | None:
@@ -142,12 +159,7 @@ def latest_run_checkpoint(model_dir: Path, kind: str, run_id: str | None = None)
     most recently."""
     root = checkpoint_dir(model_dir) / kind
     folders = [root / run_id] if run_id else ([p for p in root.iterdir() if p.is_dir()] if root.is_dir() else [])
-    last = []
-    for folder in folders:
-        found = sorted((int(m.group(1)), p) for p in (folder.iterdir() if folder.is_dir() else [])
-                       if (m := _STEP_RE.match(p.name)))
-        if found:
-            last.append(found[-1][1])
+    last = [found[-1][1] for found in map(step_files, folders) if found]
     return max(last, key=lambda p: p.stat().st_mtime_ns) if last else None
 
 
@@ -189,11 +201,6 @@ def resolve_checkpoint(model_dir: Path, which: str = "best") -> Path:
     if not steps:
         raise UserError("checkpoint.no_steps", step=str(step))
     raise UserError("checkpoint.no_step", step=str(step), available=[str(s) for s, _ in steps])
-
-
-def prune_checkpoints(model_dir: Path, keep: int) -> None:
-    for _, p in list_step_checkpoints(model_dir)[:-keep] if keep > 0 else []:
-        p.unlink(missing_ok=True)
 
 
 def export_pt(obj: dict, path: Path) -> None:

@@ -9,11 +9,25 @@ studio's live page through the same file.
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 
 Listener = Callable[[dict], None]
+
+
+def utc_now() -> str:
+    """The time in UTC, ISO 8601 to the second (checkpoint metadata, the model registry)."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def new_run_id(prefix: str, unique: bool = True) -> str:
+    """``prefix-YYYYmmdd-HHMMSS`` (UTC), sortable by time; ``unique`` adds four hex digits so two
+    runs started in the same second differ."""
+    stamp = datetime.now(timezone.utc).strftime(f"{prefix}-%Y%m%d-%H%M%S")
+    return f"{stamp}-{secrets.token_hex(2)}" if unique else stamp
 
 
 class EventLog:

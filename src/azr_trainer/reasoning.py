@@ -28,33 +28,29 @@ from __future__ import annotations
 import ast
 import math
 import random
-import re
-import secrets
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from . import executor, programs, store
-from .checkpoint import FORMAT, FORMAT_VERSION, atomic_torch_save, build_model, checkpoint_dir, export_pt, \
-    latest_run_checkpoint, resolve_checkpoint, safe_load
+from .checkpoint import build_model, checkpoint_dir, export_pt, latest_run_checkpoint, resolve_checkpoint, safe_load, \
+    save_step
 from .device import pick_device, set_threads
-from .events import EventLog, Listener
-from .home import UserError, atomic_write_json, read_json
+from .events import EventLog, Listener, new_run_id
 from .formats import FORMATS, CompactFormat, is_arguments, is_literal, shown_count, triplet_text
+from .home import UserError, atomic_write_json, read_json
 from .settings import REASON
 from .rewards import pack_rows
+from .runloop import Job, StopRequested, check_finite, checkpoint_obj, locked, make_optimizer, run_loop
 from .sample import SamplingParams, stream_generate
-from .selfplay import exact_kl, make_selfplay_optimizer
-from .train import StopRequested, TrainingLock, fail_run
+from .selfplay import exact_kl
 
 TASK_TYPES = ("deduction", "abduction", "induction")
 MODES = REASON["mode"].choices  # azr, frozen_proposer, solver_only, pretrain
-_STEP_RE = re.compile(r"^step_(\d+)\.pt$")
 
 
 @dataclass
@@ -392,30 +388,28 @@ def reason_root(model_dir: Path) -> Path:
     return checkpoint_dir(model_dir) / "reason"
 
 
-def _utcnow() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
 def reason(home: Path, name: str, cfg: ReasonConfig, listeners: list[Listener] | None = None,
            stop: StopRequested | None = None, log: Callable[[str], None] = print, run_id: str | None = None) -> dict:
     """Run AZR self-play on model ``name``; returns the summary the CLI prints with --json.
     ``cfg.resume`` continues run ``run_id`` (or the newest) from its last checkpoint."""
     cfg.validate()
     store.get_model(home, name)
-    with TrainingLock(store.model_dir(home, name)):
-        return _Run(home, name, cfg, listeners, stop or StopRequested(), log, run_id).run()
+    with locked(store.model_dir(home, name), log):
+        return run_loop(_Run(home, name, cfg, listeners, log, run_id), stop or StopRequested(), kind="reason")
 
 
-class _Run:
-    def __init__(self, home, name, cfg: ReasonConfig, listeners, stop, log, run_id):
-        self.name, self.stop, self.log = name, stop, log
+class _Run(Job):
+    """A reasoning run as a run_loop job: propose, solve, grade, update (see the module doc)."""
+
+    def __init__(self, home, name, cfg: ReasonConfig, listeners, log, run_id):
+        self.name, self.log = name, log
         mdir = store.model_dir(home, name)
         resume_obj = None
         if cfg.resume:
             path = latest_run_checkpoint(mdir, "reason", run_id)
             if path is None:
-                which = f"run '{run_id}'" if run_id else f"model '{name}'"
-                raise UserError(f"Nothing to resume: {which} has no reasoning checkpoint. Start without --resume.")
+                raise (UserError("run.nothing_to_resume_run", run=run_id) if run_id else
+                       UserError("run.nothing_to_resume_reason", name=name))
             resume_obj = safe_load(path)
             known = {f.name for f in fields(ReasonConfig)}
             saved = {k: v for k, v in resume_obj["reason_config"].items() if k in known}
@@ -428,7 +422,7 @@ class _Run:
             start_path = resolve_checkpoint(mdir, cfg.checkpoint)
             start_obj = safe_load(start_path)
             self.start_info = {"checkpoint": str(start_path), "step": start_obj.get("step")}
-            run_id = run_id or datetime.now(timezone.utc).strftime("reason-%Y%m%d-%H%M%S-") + secrets.token_hex(2)
+            run_id = run_id or new_run_id("reason")
         self.cfg, self.run_id, self.resume_obj = cfg, run_id, resume_obj
         self.device = pick_device(cfg.device)
         self.threads = set_threads(cfg.threads) if self.device.type == "cpu" else None
@@ -441,10 +435,9 @@ class _Run:
             self.ref, _, _ = build_model(start_obj)
             self.ref.to(self.device).eval().requires_grad_(False)
         if self.mcfg.max_seq_len < cfg.max_program_tokens + 64:
-            raise UserError(f"The model's max_seq_len ({self.mcfg.max_seq_len}) leaves no room for prompts with "
-                            f"max_program_tokens {cfg.max_program_tokens}: lower max_program_tokens or use a model "
-                            "with a longer window (384 or more).")
-        self.optimizer = make_selfplay_optimizer(self.model, cfg, self.device)
+            raise UserError("run.reason.window", max_seq_len=self.mcfg.max_seq_len,
+                            max_program_tokens=cfg.max_program_tokens)
+        self.optimizer = make_optimizer(self.model, cfg.learning_rate, cfg.weight_decay, cfg.beta2, self.device)
         self.folder = reason_root(mdir) / run_id
         self.buffers = seed_buffers()
         self.step, self.elapsed_before, self.programs_checked = 0, 0.0, 0
@@ -454,7 +447,8 @@ class _Run:
             self.model.load_state_dict(resume_obj["state_dict"])
             self.optimizer.load_state_dict(resume_obj["optimizer"])
             self.buffers = resume_obj["buffers"]
-            self.step = resume_obj["step"]
+            self.step = self.resumed_at = resume_obj["step"]
+            self.resuming = True
             self.elapsed_before = resume_obj.get("elapsed", 0.0)
             self.programs_checked = resume_obj.get("programs_checked", 0)
             self.rng.setstate(_tuple_state(resume_obj["rng"]["python"]))
@@ -465,6 +459,10 @@ class _Run:
         self.eval_set = heldout_tasks(cfg.eval_tasks, seed=4242, n_inputs=cfg.induction_inputs)
         self.events = EventLog(mdir / "runs" / run_id / "events.jsonl", run_id, listeners)
         self.meta_books = store.get_model(home, name).books
+        self.max_iterations, self.max_time = cfg.max_iterations, cfg.max_time
+        self.eval_every, self.save_every, self.log_every = cfg.eval_every, cfg.save_every, cfg.log_every
+        self.grad_norm, self.metrics = None, {}
+        self.sample_gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.step)
 
     # -- proposing
 
@@ -638,9 +636,7 @@ class _Run:
             loss.backward()
             loss_sum += float(loss.detach())
         self._optimizer_step()
-        if not math.isfinite(loss_sum):
-            raise UserError(f"The loss became {loss_sum} at step {self.step + 1}: lower learning_rate "
-                            f"(now {cfg.learning_rate}) and resume from the last checkpoint.")
+        check_finite(loss_sum, self.step + 1, cfg.learning_rate)
         return loss_sum, (kl_sum if self.ref is not None else None)
 
     def _optimizer_step(self) -> None:
@@ -654,27 +650,20 @@ class _Run:
     # -- saving and evaluating
 
     def save(self, kind: str, last_eval: dict | None) -> Path:
-        obj = {
-            "format": FORMAT, "format_version": FORMAT_VERSION, "config": self.mcfg.to_dict(),
-            "state_dict": self.model.state_dict(), "tokenizer": self.tokenizer.to_json(),
-            "optimizer": self.optimizer.state_dict(), "step": self.step, "run_id": self.run_id,
-            "elapsed": self.elapsed_before + (time.time() - self.t_start), "reason_config": asdict(self.cfg),
-            "buffers": self.buffers, "programs_checked": self.programs_checked, "start": self.start_info,
-            "rng": {"python": _list_state(self.rng.getstate()), "generator": _list_state(self.gen.rng.getstate())},
-            "meta": {"model": self.name, "books": self.meta_books, "saved_at": _utcnow(), "kind": "reason",
-                     "reason_kind": kind, "run": self.run_id, "eval": last_eval},
-        }
-        path = self.folder / f"step_{self.step:07d}.pt"
-        atomic_torch_save(obj, path)
+        obj = checkpoint_obj(self, self.model, self.mcfg, self.tokenizer, self.optimizer, self.run_id,
+                             {"model": self.name, "books": self.meta_books, "kind": "reason", "reason_kind": kind,
+                              "run": self.run_id, "eval": last_eval},
+                             reason_config=asdict(self.cfg), buffers=self.buffers,
+                             programs_checked=self.programs_checked, start=self.start_info,
+                             rng={"python": _list_state(self.rng.getstate()),
+                                  "generator": _list_state(self.gen.rng.getstate())})
+        path = save_step(obj, self.folder, self.cfg.keep_last)
         # The buffers on their own too: the studio shows them without loading the weights.
         atomic_write_json(self.folder / "buffers.json", {"step": self.step, "buffers": self.buffers})
-        found = sorted((int(m.group(1)), p) for p in self.folder.iterdir() if (m := _STEP_RE.match(p.name)))
-        for _, old in found[:-self.cfg.keep_last] if self.cfg.keep_last > 0 else []:
-            old.unlink(missing_ok=True)
         self.events.emit("checkpoint", step=self.step, path=str(path), best=False, kind=kind)
         return path
 
-    def evaluate(self, tasks: list[Task] | None = None) -> dict:
+    def evaluate(self, full: bool = False, tasks: list[Task] | None = None) -> dict:
         res = evaluate_tasks(self.model, self.tokenizer, tasks or self.eval_set, self.limits,
                              max_answer_tokens=self.cfg.max_answer_tokens,
                              max_program_tokens=self.cfg.max_program_tokens, fmt=self.fmt)
@@ -682,70 +671,49 @@ class _Run:
         self.events.emit("eval", step=self.step, **res)
         return res
 
-    def run(self) -> dict:
+    # -- the run, as run_loop drives it
+
+    def start_fields(self) -> dict:
         cfg = self.cfg
-        self.t_start = time.time()
-        self.grad_norm = None
-        self.events.emit("status", state="resumed" if self.resume_obj else "started", kind="reason", step=self.step,
-                         max_iterations=cfg.max_iterations, device=str(self.device), threads=self.threads,
-                         parameters=self.model.num_parameters(), start=self.start_info,
-                         config=self.mcfg.to_dict(), reason_config=asdict(cfg), prompt_format=self.fmt.name,
-                         sandbox=executor.sandbox_features())
-        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.step)
-        status, message, checkpoints, last_eval, start_eval, m = "completed", None, [], None, None, {}
-        resumed_at = self.step
-        try:
-            if self.resume_obj is None:
-                start_eval = last_eval = self.evaluate()
-                if cfg.mode in ("azr", "frozen_proposer"):
-                    self.seed(gen)
-            while cfg.max_iterations is None or self.step < cfg.max_iterations:
-                if self.step % cfg.eval_every == 0 and self.step not in (0, resumed_at):
-                    last_eval = self.evaluate()
-                t0, checked0 = time.time(), self.programs_checked
-                m = self.lm_step() if cfg.mode == "pretrain" else self.rl_step(gen)
-                self.step += 1
-                dt = time.time() - t0
-                m.update(step_seconds=dt, grad_norm=self.grad_norm, programs_checked=self.programs_checked,
-                         programs_per_s=(self.programs_checked - checked0) / max(1e-9, dt),
-                         buffer_sizes={k: len(v) for k, v in self.buffers.items()},
-                         lr=self.optimizer.param_groups[0]["lr"])
-                if self.step % cfg.log_every == 0 or self.step == cfg.max_iterations:
-                    elapsed = time.time() - self.t_start
-                    eta = ((cfg.max_iterations - self.step) * elapsed / max(1, self.step - resumed_at)
-                           if cfg.max_iterations else None)
-                    self.events.emit("step", step=self.step, max_iterations=cfg.max_iterations,
-                                     elapsed=self.elapsed_before + elapsed, eta=eta, **m)
-                if self.step % cfg.save_every == 0 and self.step != cfg.max_iterations:
-                    checkpoints.append(str(self.save("periodic", last_eval)))
-                if cfg.max_time is not None and time.time() - self.t_start >= cfg.max_time:
-                    status, message = "stopped", f"max_time {cfg.max_time:g} s reached"
-                    break
-                reason_ = self.stop.check()
-                if reason_:
-                    status, message = ("cancelled" if reason_ == "cancel" else "paused" if reason_ == "pause"
-                                       else "interrupted"), f"stopped by {reason_}"
-                    break
-        except BaseException as e:
-            fail_run(self.events, self.step, e, f"Ran out of memory at reasoning step {self.step}: lower "
-                     "batch_size or n_samples and resume; the last checkpoint is kept.")
-            status, message = "interrupted", "Ctrl-C"
-        if status in ("completed", "stopped") and self.step > resumed_at:
-            last_eval = self.evaluate()
-        final_path = self.save("final", last_eval)
-        checkpoints.append(str(final_path))
-        summary = {
+        return dict(max_iterations=cfg.max_iterations, device=str(self.device), threads=self.threads,
+                    parameters=self.model.num_parameters(), start=self.start_info, config=self.mcfg.to_dict(),
+                    reason_config=asdict(cfg), prompt_format=self.fmt.name, sandbox=executor.sandbox_features())
+
+    def before_loop(self) -> dict | None:
+        if self.resuming:
+            return None
+        start_eval = self.evaluate()
+        if self.cfg.mode in ("azr", "frozen_proposer"):
+            self.seed(self.sample_gen)
+        return start_eval
+
+    def train_step(self) -> None:
+        t0, checked0 = time.time(), self.programs_checked
+        m = self.lm_step() if self.cfg.mode == "pretrain" else self.rl_step(self.sample_gen)
+        dt = time.time() - t0
+        m.update(step_seconds=dt, grad_norm=self.grad_norm, programs_checked=self.programs_checked,
+                 programs_per_s=(self.programs_checked - checked0) / max(1e-9, dt),
+                 buffer_sizes={k: len(v) for k, v in self.buffers.items()},
+                 lr=self.optimizer.param_groups[0]["lr"])
+        self.metrics = m
+
+    def step_fields(self, now: float) -> dict:
+        return self.metrics
+
+    def oom_error(self) -> UserError:
+        return UserError("run.oom.reason", step=self.step)
+
+    def summary(self, status, message, last_eval, start_eval, wall, checkpoints) -> dict:
+        cfg = self.cfg
+        return {
             "model": self.name, "run": self.run_id, "kind": "reason", "mode": cfg.mode, "status": status,
             "message": message, "step": self.step, "max_iterations": cfg.max_iterations, "start": self.start_info,
             "start_eval": start_eval, "eval": last_eval, "programs_checked": self.programs_checked,
             "buffer_sizes": {k: len(v) for k, v in self.buffers.items()},
-            "wall_seconds": time.time() - self.t_start, "device": str(self.device), "threads": self.threads,
-            "checkpoints": sorted(set(checkpoints)), "checkpoint": str(final_path),
+            "wall_seconds": wall, "device": str(self.device), "threads": self.threads,
+            "checkpoints": checkpoints, "checkpoint": checkpoints[-1] if checkpoints else None,
             "events": str(self.events.path),
         }
-        self.events.emit("status", state=status, step=self.step, message=message, summary=summary)
-        self.events.close()
-        return summary
 
 
 def _task_text(task: Task) -> str:

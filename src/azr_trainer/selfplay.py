@@ -58,31 +58,27 @@ control file.
 from __future__ import annotations
 
 import math
-import re
-import secrets
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from . import store
-from .checkpoint import FORMAT, FORMAT_VERSION, atomic_torch_save, build_model, checkpoint_dir, export_pt, \
-    latest_selfplay_checkpoint, resolve_checkpoint, safe_load
+from .checkpoint import build_model, checkpoint_dir, export_pt, latest_selfplay_checkpoint, resolve_checkpoint, \
+    safe_load, save_step
 from .data import BatchSampler, PreparedData, prepare_data
 from .device import pick_device, set_threads
-from .events import EventLog, Listener
+from .events import EventLog, Listener, new_run_id
 from .home import NotFound, UserError, read_json
-from .rewards import Coherence, Composite, build_reward, load_reward_file, pack_rows, parse_weights, \
-    preset_weights, sample_metrics, words
+from .rewards import Coherence, Composite, build_reward, load_reward_file, pack_rows, parse_weights, preset_weights, \
+    sample_metrics, words
+from .runloop import Job, StopRequested, check_finite, checkpoint_obj, locked, make_optimizer, run_loop
 from .sample import generate
 from .settings import GENERATE, SELFPLAY
-from .train import StopRequested, TrainingLock, evaluate, fail_run
-
-_STEP_RE = re.compile(r"^step_(\d+)\.pt$")
+from .train import evaluate
 
 
 @dataclass
@@ -256,12 +252,6 @@ def selfplay_root(model_dir: Path) -> Path:
     return checkpoint_dir(model_dir) / "selfplay"
 
 
-def _run_checkpoints(folder: Path) -> list[tuple[int, Path]]:
-    if not folder.is_dir():
-        return []
-    return sorted((int(m.group(1)), p) for p in folder.iterdir() if (m := _STEP_RE.match(p.name)))
-
-
 def _load_data(home: Path, mdir: Path, book_names: list[str], mcfg, tokenizer, log) -> PreparedData:
     """The model's tokenized books; when a book was deleted since, its cached token files."""
     try:
@@ -285,10 +275,6 @@ def default_length_target(data: PreparedData, tokenizer, rollout_tokens: int) ->
     return max(1.0, round(0.9 * per_token * rollout_tokens, 1))
 
 
-def _utcnow() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
 # ---- the run --------------------------------------------------------------------------------
 
 def selfplay(home: Path, name: str, cfg: SelfPlayConfig, listeners: list[Listener] | None = None,
@@ -300,168 +286,149 @@ def selfplay(home: Path, name: str, cfg: SelfPlayConfig, listeners: list[Listene
     only the run-control fields (max_iterations, max_time, device, …) from ``cfg``."""
     cfg.validate()
     store.get_model(home, name)
-    with TrainingLock(store.model_dir(home, name)):
-        return _selfplay(home, name, cfg, listeners, stop or StopRequested(), log, run_id)
+    with locked(store.model_dir(home, name), log):
+        return run_loop(_SelfPlay(home, name, cfg, listeners, log, run_id), stop or StopRequested(), kind="selfplay")
 
 
-def _selfplay(home, name, cfg: SelfPlayConfig, listeners, stop, log, run_id) -> dict:
-    cfg = replace(cfg)  # defaults get filled in below; the caller's object stays as it was
-    mdir = store.model_dir(home, name)
-    resume_obj, ref_obj = None, None
-    if cfg.resume:
-        path = latest_selfplay_checkpoint(mdir, run_id)
-        if path is None:
-            which = f"run '{run_id}'" if run_id else f"model '{name}'"
-            raise UserError(f"Nothing to resume: {which} has no self-play checkpoint. Start without --resume.")
-        resume_obj = safe_load(path)
-        saved = resume_obj["selfplay_config"]
-        known = {f.name for f in fields(SelfPlayConfig)}
-        cfg = SelfPlayConfig(**{**{k: v for k, v in saved.items() if k in known},
-                                **{k: getattr(cfg, k) for k in SelfPlayConfig.RUN_CONTROL}}).validate()
-        run_id = resume_obj["run_id"]
-        ref_obj = safe_load(path.parent / "reference.pt")
-        start_obj = ref_obj
-        start_info = resume_obj["start"]
-    else:
-        start_path = resolve_checkpoint(mdir, cfg.checkpoint)
-        start_obj = safe_load(start_path)
-        start_info = {"checkpoint": str(start_path), "step": start_obj.get("step"),
-                      "kind": (start_obj.get("meta") or {}).get("kind"),
-                      "val_bpb": (start_obj.get("meta") or {}).get("val_bpb")}
-        run_id = run_id or datetime.now(timezone.utc).strftime("selfplay-%Y%m%d-%H%M%S-") + secrets.token_hex(2)
+class _SelfPlay(Job):
+    """Self-play as a run_loop job (see the module doc for the step)."""
 
-    device = pick_device(cfg.device)
-    threads = set_threads(cfg.threads) if device.type == "cpu" else None
-    model, mcfg, tokenizer = build_model(start_obj)
-    ref, _, _ = build_model(start_obj)
-    model.to(device)
-    ref.to(device).eval()
-    for p in ref.parameters():
-        p.requires_grad_(False)
-    if cfg.prompt_tokens is None:
-        cfg.prompt_tokens = max(1, min(32, mcfg.max_seq_len // 4))
-    if cfg.rollout_tokens is None:
-        cfg.rollout_tokens = max(1, min(96, mcfg.max_seq_len - cfg.prompt_tokens))
-    if cfg.rollout_tokens > mcfg.max_seq_len - 1:
-        raise UserError(f"rollout_tokens ({cfg.rollout_tokens}) must leave room for a prompt in the model's "
-                        f"max_seq_len ({mcfg.max_seq_len}); try {mcfg.max_seq_len // 2}.")
-    if cfg.prompt_tokens + cfg.rollout_tokens > mcfg.max_seq_len:
-        raise UserError(f"prompt_tokens + rollout_tokens ({cfg.prompt_tokens} + {cfg.rollout_tokens}) must fit the "
-                        f"model's max_seq_len ({mcfg.max_seq_len}).")
-    max_prompt = mcfg.max_seq_len - cfg.rollout_tokens
-    pretrain_cfg = start_obj.get("train_config") or resume_obj and resume_obj.get("train_config") or {}
-    book_names = list(pretrain_cfg.get("books") or store.get_model(home, name).books or [])
-    if not book_names:
-        raise UserError(f"Self-play needs the books model '{name}' was trained on (for its validation bpb, "
-                        "prompts and book loss); train it on a book first (azr train NAME --books …).")
-    data = _load_data(home, mdir, book_names, mcfg, tokenizer, log)
-    if data.tokenizer.to_json() != tokenizer.to_json():
-        raise UserError(f"The tokenizer in {start_info['checkpoint']} differs from model '{name}''s tokenizer.json; "
-                        "self-play needs the model's own checkpoints.")
-    file_prompts = None
-    if cfg.prompt_source.startswith("file:"):
-        file_prompts = [tokenizer.encode(p)[-max_prompt:] or [tokenizer.eot_id]
-                        for p in read_prompt_file(cfg.prompt_source[5:])]
+    def __init__(self, home, name, cfg: SelfPlayConfig, listeners, log, run_id):
+        cfg = replace(cfg)  # defaults get filled in below; the caller's object stays as it was
+        self.name = name
+        self.mdir = mdir = store.model_dir(home, name)
+        resume_obj = None
+        if cfg.resume:
+            path = latest_selfplay_checkpoint(mdir, run_id)
+            if path is None:
+                raise (UserError("run.nothing_to_resume_run", run=run_id) if run_id else
+                       UserError("run.nothing_to_resume_selfplay", name=name))
+            resume_obj = safe_load(path)
+            saved = resume_obj["selfplay_config"]
+            known = {f.name for f in fields(SelfPlayConfig)}
+            cfg = SelfPlayConfig(**{**{k: v for k, v in saved.items() if k in known},
+                                    **{k: getattr(cfg, k) for k in SelfPlayConfig.RUN_CONTROL}}).validate()
+            run_id = resume_obj["run_id"]
+            start_obj = safe_load(path.parent / "reference.pt")
+            start_info = resume_obj["start"]
+        else:
+            start_path = resolve_checkpoint(mdir, cfg.checkpoint)
+            start_obj = safe_load(start_path)
+            start_info = {"checkpoint": str(start_path), "step": start_obj.get("step"),
+                          "kind": (start_obj.get("meta") or {}).get("kind"),
+                          "val_bpb": (start_obj.get("meta") or {}).get("val_bpb")}
+            run_id = run_id or new_run_id("selfplay")
+        self.cfg, self.run_id, self.start_info = cfg, run_id, start_info
 
-    # The reward. Coherence is scored by the frozen starting model.
-    weights = {} if cfg.reward == "file" else preset_weights(cfg.reward)
-    custom = None
-    if cfg.reward_file:
-        custom = load_reward_file(cfg.reward_file)
-        weights.setdefault("custom", 1.0)
-    weights.update(parse_weights(cfg.reward_weights))
-    if cfg.reward == "file" and not custom:
-        raise UserError("reward 'file' needs a reward file (--reward-file FILE.py).")
-    length_target = cfg.length_target or default_length_target(data, tokenizer, cfg.rollout_tokens)
-    coherence = Coherence(ref, tokenizer, device, cap=cfg.coherence_cap)
-    reward = build_reward(weights, length_target=length_target, coherence=coherence, custom=custom)
-    # Evals sample eval_length tokens: the same reward, its length target scaled to that length.
-    eval_reward = build_reward(weights, length_target=length_target * cfg.eval_length / cfg.rollout_tokens,
-                               coherence=coherence, custom=custom)
+        self.device = device = pick_device(cfg.device)
+        self.threads = set_threads(cfg.threads) if device.type == "cpu" else None
+        model, mcfg, tokenizer = build_model(start_obj)
+        ref, _, _ = build_model(start_obj)
+        model.to(device)
+        ref.to(device).eval()
+        for p in ref.parameters():
+            p.requires_grad_(False)
+        self.model, self.ref, self.mcfg, self.tokenizer = model, ref, mcfg, tokenizer
+        if cfg.prompt_tokens is None:
+            cfg.prompt_tokens = max(1, min(32, mcfg.max_seq_len // 4))
+        if cfg.rollout_tokens is None:
+            cfg.rollout_tokens = max(1, min(96, mcfg.max_seq_len - cfg.prompt_tokens))
+        if cfg.rollout_tokens > mcfg.max_seq_len - 1:
+            raise UserError("run.selfplay.rollout_too_long", rollout_tokens=cfg.rollout_tokens,
+                            max_seq_len=mcfg.max_seq_len, suggest=mcfg.max_seq_len // 2)
+        if cfg.prompt_tokens + cfg.rollout_tokens > mcfg.max_seq_len:
+            raise UserError("run.selfplay.window", prompt_tokens=cfg.prompt_tokens, rollout_tokens=cfg.rollout_tokens,
+                            max_seq_len=mcfg.max_seq_len)
+        max_prompt = mcfg.max_seq_len - cfg.rollout_tokens
+        self.pretrain_cfg = start_obj.get("train_config") or resume_obj and resume_obj.get("train_config") or {}
+        self.book_names = list(self.pretrain_cfg.get("books") or store.get_model(home, name).books or [])
+        if not self.book_names:
+            raise UserError("run.selfplay.no_books", name=name)
+        self.data = data = _load_data(home, mdir, self.book_names, mcfg, tokenizer, log)
+        if data.tokenizer.to_json() != tokenizer.to_json():
+            raise UserError("run.selfplay.tokenizer", checkpoint=start_info["checkpoint"], name=name)
+        self.file_prompts = None
+        if cfg.prompt_source.startswith("file:"):
+            self.file_prompts = [tokenizer.encode(p)[-max_prompt:] or [tokenizer.eot_id]
+                                 for p in read_prompt_file(cfg.prompt_source[5:])]
 
-    optimizer = make_selfplay_optimizer(model, cfg, device)
-    seq_len = mcfg.max_seq_len
-    sampler = BatchSampler(data.train, seq_len, cfg.lm_batch_size, cfg.seed) if cfg.lm_weight > 0 else None
-    pool: list[list[int]] = []
-    step, tokens_seen, elapsed_before = 0, 0, 0.0
-    run_folder = selfplay_root(mdir) / run_id
-    if resume_obj is not None:
-        model.load_state_dict(resume_obj["state_dict"])
-        optimizer.load_state_dict(resume_obj["optimizer"])
-        if sampler is not None and resume_obj["rng"].get("data") is not None:
-            sampler.load_state(resume_obj["rng"]["data"])
-        pool = [list(map(int, p)) for p in resume_obj.get("self_pool", [])]
-        step, tokens_seen = resume_obj["step"], resume_obj["tokens_seen"]
-        elapsed_before = resume_obj.get("elapsed", 0.0)
-    else:
-        export_pt(start_obj, run_folder / "reference.pt")
-    events = EventLog(mdir / "runs" / run_id / "events.jsonl", run_id, listeners)
-    eval_prompts = validation_prompts(data, tokenizer, cfg.eval_prompts, cfg.prompt_tokens)
-    use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        # The reward. Coherence is scored by the frozen starting model.
+        weights = {} if cfg.reward == "file" else preset_weights(cfg.reward)
+        custom = None
+        if cfg.reward_file:
+            custom = load_reward_file(cfg.reward_file)
+            weights.setdefault("custom", 1.0)
+        weights.update(parse_weights(cfg.reward_weights))
+        if cfg.reward == "file" and not custom:
+            raise UserError("run.selfplay.reward_file_needed")
+        self.length_target = length_target = (cfg.length_target
+                                              or default_length_target(data, tokenizer, cfg.rollout_tokens))
+        self.coherence = Coherence(ref, tokenizer, device, cap=cfg.coherence_cap)
+        self.reward = build_reward(weights, length_target=length_target, coherence=self.coherence, custom=custom)
+        # Evals sample eval_length tokens: the same reward, its length target scaled to that length.
+        self.eval_reward = build_reward(weights, length_target=length_target * cfg.eval_length / cfg.rollout_tokens,
+                                        coherence=self.coherence, custom=custom)
 
-    def autocast():
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16)
+        self.optimizer = make_optimizer(model, cfg.learning_rate, cfg.weight_decay, cfg.beta2, device)
+        self.seq_len = mcfg.max_seq_len
+        self.sampler = (BatchSampler(data.train, self.seq_len, cfg.lm_batch_size, cfg.seed)
+                        if cfg.lm_weight > 0 else None)
+        self.pool: list[list[int]] = []
+        self.tokens_seen = 0
+        self.folder = selfplay_root(mdir) / run_id
+        if resume_obj is not None:
+            model.load_state_dict(resume_obj["state_dict"])
+            self.optimizer.load_state_dict(resume_obj["optimizer"])
+            if self.sampler is not None and resume_obj["rng"].get("data") is not None:
+                self.sampler.load_state(resume_obj["rng"]["data"])
+            self.pool = [list(map(int, p)) for p in resume_obj.get("self_pool", [])]
+            self.step = self.resumed_at = resume_obj["step"]
+            self.tokens_seen = resume_obj["tokens_seen"]
+            self.elapsed_before = resume_obj.get("elapsed", 0.0)
+            self.resuming = True
+        else:
+            export_pt(start_obj, self.folder / "reference.pt")
+        self.events = EventLog(mdir / "runs" / run_id / "events.jsonl", run_id, listeners)
+        self.eval_prompts = validation_prompts(data, tokenizer, cfg.eval_prompts, cfg.prompt_tokens)
+        use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        self.autocast = lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16)
+        self.max_iterations, self.max_time = cfg.max_iterations, cfg.max_time
+        self.eval_every, self.save_every, self.log_every = cfg.eval_every, cfg.save_every, cfg.log_every
+        self.metrics: dict = {}
 
-    events.emit("status", state="resumed" if resume_obj else "started", kind="selfplay", step=step,
-                max_iterations=cfg.max_iterations, device=str(device), threads=threads,
-                parameters=model.num_parameters(), start=start_info, reward_weights=reward.weights,
-                length_target=length_target, config=mcfg.to_dict(), selfplay_config=asdict(cfg),
-                warnings=data.warnings)
+    def start_fields(self) -> dict:
+        cfg = self.cfg
+        return dict(max_iterations=cfg.max_iterations, device=str(self.device), threads=self.threads,
+                    parameters=self.model.num_parameters(), start=self.start_info,
+                    reward_weights=self.reward.weights, length_target=self.length_target,
+                    config=self.mcfg.to_dict(), selfplay_config=asdict(cfg), warnings=self.data.warnings)
 
-    def draw_prompts(s: int) -> list[list[int]]:
+    def before_loop(self) -> dict | None:
+        return None if self.resuming else self.evaluate(full=False)
+
+    def draw_prompts(self, s: int) -> list[list[int]]:
+        cfg, tokenizer, pool = self.cfg, self.tokenizer, self.pool
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 2 * s)
         n = cfg.prompts_per_step
-        if file_prompts is not None:
-            return [file_prompts[i] for i in torch.randint(len(file_prompts), (n,), generator=g).tolist()]
+        if self.file_prompts is not None:
+            return [self.file_prompts[i] for i in torch.randint(len(self.file_prompts), (n,), generator=g).tolist()]
         if cfg.prompt_source == "self":
             if not pool:
                 return [[tokenizer.eot_id]] * n
             return [pool[i][-cfg.prompt_tokens:] for i in torch.randint(len(pool), (n,), generator=g).tolist()]
         span = 3 * cfg.prompt_tokens
-        starts = torch.randint(max(1, len(data.train) - span), (n,), generator=g).tolist()
-        return [_line_prompt(tokenizer, data.train[s:s + span], cfg.prompt_tokens) for s in starts]
+        train = self.data.train
+        starts = torch.randint(max(1, len(train) - span), (n,), generator=g).tolist()
+        return [_line_prompt(tokenizer, train[s:s + span], cfg.prompt_tokens) for s in starts]
 
-    def save(kind: str, last_eval: dict | None) -> Path:
-        obj = {
-            "format": FORMAT, "format_version": FORMAT_VERSION, "config": mcfg.to_dict(),
-            "state_dict": model.state_dict(), "tokenizer": tokenizer.to_json(),
-            "optimizer": optimizer.state_dict(), "step": step, "tokens_seen": tokens_seen,
-            "elapsed": elapsed_before + (time.time() - t_start), "run_id": run_id,
-            "train_config": pretrain_cfg, "selfplay_config": asdict(cfg),
-            "best_val_bpb": (last_eval or {}).get("val_bpb"),
-            "rng": {"data": sampler.state() if sampler is not None else None},
-            "self_pool": [list(p) for p in pool], "start": start_info,
-            "meta": {"model": name, "books": book_names, "saved_at": _utcnow(), "kind": "selfplay",
-                     "selfplay_kind": kind, "run": run_id, "val_bpb": (last_eval or {}).get("val_bpb")},
-        }
-        path = run_folder / f"step_{step:07d}.pt"
-        atomic_torch_save(obj, path)
-        for _, old in _run_checkpoints(run_folder)[:-cfg.keep_last] if cfg.keep_last > 0 else []:
-            old.unlink(missing_ok=True)
-        events.emit("checkpoint", step=step, path=str(path), best=False, kind=kind)
-        return path
-
-    def run_eval(full: bool) -> dict:
-        res = evaluate(model, data.val, data.val_bytes, seq_len, device, autocast,
-                       None if full else cfg.eval_windows) if len(data.val) > 1 else {}
-        sm = evaluate_samples(model, tokenizer, eval_prompts, length=cfg.eval_length,
-                              temperature=cfg.eval_temperature, seed=cfg.seed, reward=eval_reward)
-        greedy = evaluate_samples(model, tokenizer, eval_prompts, length=cfg.eval_length, temperature=0.0,
-                                  seed=cfg.seed)
-        res.update({k: v for k, v in sm.items() if k not in ("texts", "prompts")})
-        res.update({"greedy_rep4": greedy["sample_rep4"], "greedy_char_rep20": greedy["sample_char_rep20"],
-                    "greedy_distinct2": greedy["sample_distinct2"]})
-        events.emit("eval", step=step, **res)
-        model.train()
-        return res
-
-    def one_step() -> dict:
-        nonlocal step, tokens_seen, pool
+    def train_step(self) -> None:
+        cfg, tokenizer, device, step = self.cfg, self.tokenizer, self.device, self.step
+        model, optimizer, reward = self.model, self.optimizer, self.reward
         t0 = time.time()
         lr = cfg.learning_rate * min(1.0, (step + 1) / max(1, cfg.warmup_iters))
         for group in optimizer.param_groups:
             group["lr"] = lr
-        prompts = draw_prompts(step)
+        prompts = self.draw_prompts(step)
         rows = [p for p in prompts for _ in range(cfg.group_size)]
         gen = torch.Generator(device="cpu").manual_seed(cfg.seed * 1_000_003 + 2 * step + 1)
         outs = generate(model, rows, max_new_tokens=cfg.rollout_tokens, temperature=cfg.temperature, top_k=None,
@@ -472,19 +439,19 @@ def _selfplay(home, name, cfg: SelfPlayConfig, listeners, stop, log, run_id) -> 
         prompt_texts = [tokenizer.decode(p) for p in rows]
         # A row that ended gets its <|endoftext|> trained too: stopping was one of its choices.
         conts = [o + [tokenizer.eot_id] if len(o) < cfg.rollout_tokens else o for o in outs]
-        x, y, mask = pack_rows(list(zip(rows, conts)), seq_len)
+        x, y, mask = pack_rows(list(zip(rows, conts)), self.seq_len)
         x, y, mask = x.to(device), y.to(device), mask.to(device)
         n_tok = mask.sum().clamp(min=1)
-        with torch.no_grad(), autocast():
-            ref_logits, _ = ref(x)
+        with torch.no_grad(), self.autocast():
+            ref_logits, _ = self.ref(x)
         if "coherence" in reward.parts:
-            prime_coherence(coherence, rows, outs, texts, prompt_texts, ref_logits, y, mask)
+            prime_coherence(self.coherence, rows, outs, texts, prompt_texts, ref_logits, y, mask)
         comps = reward.components(texts, prompt_texts)
         r = torch.tensor(reward.combine(comps), dtype=torch.float64)
         adv = group_advantages(r, cfg.group_size).float().to(device)
 
         model.train()
-        with autocast():
+        with self.autocast():
             logits, _ = model(x)
         logits = logits.float()
         logp_t = torch.log_softmax(logits / cfg.temperature, -1).gather(-1, y.clamp(min=0)[..., None])[..., 0]
@@ -496,9 +463,9 @@ def _selfplay(home, name, cfg: SelfPlayConfig, listeners, stop, log, run_id) -> 
             entropy = float((-(logp1.exp() * logp1).sum(-1) * mask).sum() / n_tok)
         loss = policy_loss + cfg.kl_weight * kl
         lm_loss = None
-        if sampler is not None:
-            xb, yb = sampler.next(device)
-            with autocast():
+        if self.sampler is not None:
+            xb, yb = self.sampler.next(device)
+            with self.autocast():
                 _, lm = model(xb, yb)
             loss = loss + cfg.lm_weight * lm
             lm_loss = float(lm.detach())
@@ -506,98 +473,85 @@ def _selfplay(home, name, cfg: SelfPlayConfig, listeners, stop, log, run_id) -> 
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if not math.isfinite(float(loss.detach())):
-            raise UserError(f"The self-play loss became {float(loss)} at step {step + 1}: lower learning_rate "
-                            f"(now {cfg.learning_rate}) and resume from the last checkpoint.")
+        check_finite(float(loss.detach()), step + 1, cfg.learning_rate)
 
         # The best continuation of each group feeds the "self" prompt pool.
         rv = r.view(-1, cfg.group_size)
         for gi in range(rv.size(0)):
             best = gi * cfg.group_size + int(rv[gi].argmax())
             if outs[best]:
-                pool.append(list(outs[best]))
-        pool = pool[-cfg.self_pool:]
-        step += 1
-        tokens_seen += n_new
+                self.pool.append(list(outs[best]))
+        self.pool = self.pool[-cfg.self_pool:]
+        self.tokens_seen += n_new
         sm = sample_metrics(texts)
-        metrics = {
+        self.metrics = {
             "loss": float(loss.detach()), "policy_loss": float(policy_loss.detach()), "kl": float(kl.detach()),
             "entropy": entropy, "lm_loss": lm_loss, "reward_mean": float(r.mean()),
             "reward_std": float(r.std(unbiased=False)),
             **{f"reward_{k}": float(np.mean(v)) for k, v in comps.items()},
             "rep4": sm["rep4"], "distinct2": sm["distinct2"], "lr": lr, "grad_norm": float(grad_norm),
             "rollouts_per_s": len(rows) / max(1e-9, gen_s), "tokens_per_s": n_new / max(1e-9, gen_s),
-            "gen_seconds": gen_s, "step_seconds": time.time() - t0, "tokens_seen": tokens_seen,
+            "gen_seconds": gen_s, "step_seconds": time.time() - t0, "tokens_seen": self.tokens_seen,
         }
-        if step % cfg.sample_every == 0:
+        if (step + 1) % cfg.sample_every == 0:
             first = r[:cfg.group_size]
             for label, i in (("best", int(first.argmax())), ("worst", int(first.argmin()))):
-                events.emit("sample", step=step, prompt=prompt_texts[i], text=texts[i], reward=float(r[i]),
-                            rank=label)
-        return metrics
+                self.events.emit("sample", step=step + 1, prompt=prompt_texts[i], text=texts[i], reward=float(r[i]),
+                                 rank=label)
 
-    t_start = time.time()
-    status, message, checkpoints = "completed", None, []
-    last_eval: dict | None = None
-    start_eval: dict | None = None
-    metrics: dict = {}
-    resumed_at = step
-    try:
-        if resume_obj is None:
-            start_eval = last_eval = run_eval(full=False)
-        while cfg.max_iterations is None or step < cfg.max_iterations:
-            if step % cfg.eval_every == 0 and step > 0 and step != resumed_at:
-                last_eval = run_eval(full=False)
-            metrics = one_step()
-            if step % cfg.log_every == 0 or step == cfg.max_iterations:
-                elapsed = time.time() - t_start
-                eta = ((cfg.max_iterations - step) * elapsed / max(1, step - resumed_at)
-                       if cfg.max_iterations else None)
-                events.emit("step", step=step, max_iterations=cfg.max_iterations, elapsed=elapsed_before + elapsed,
-                            eta=eta, **metrics)
-            if step % cfg.save_every == 0 and step != cfg.max_iterations:
-                checkpoints.append(str(save("periodic", last_eval)))
-            if cfg.max_time is not None and time.time() - t_start >= cfg.max_time:
-                status, message = "stopped", f"max_time {cfg.max_time:g} s reached"
-                break
-            reason = stop.check()
-            if reason:
-                status, message = ("cancelled" if reason == "cancel" else "paused" if reason == "pause"
-                                   else "interrupted"), f"stopped by {reason}"
-                break
-    except BaseException as e:
-        fail_run(events, step, e, f"Ran out of memory at self-play step {step} ({cfg.prompts_per_step} prompts × "
-                 f"{cfg.group_size} continuations of {cfg.rollout_tokens} tokens). Lower prompts_per_step or "
-                 "group_size, or rollout_tokens, and resume: the last checkpoint is kept.")
-        status, message = "interrupted", "Ctrl-C"
-    if status in ("completed", "stopped") and step > resumed_at:
-        last_eval = run_eval(full=True)
-    final_path = save("final", last_eval)
-    checkpoints.append(str(final_path))
-    wall = time.time() - t_start
-    final = last_eval or {}
-    summary = {
-        "model": name, "run": run_id, "kind": "selfplay", "status": status, "message": message, "step": step,
-        "max_iterations": cfg.max_iterations, "start": start_info,
-        "reward_mean": metrics.get("reward_mean"), "kl": metrics.get("kl"),
-        "val_bpb": final.get("val_bpb"), "sample_rep4": final.get("sample_rep4"),
-        "sample_distinct2": final.get("sample_distinct2"), "sample_reward": final.get("sample_reward"),
-        "greedy_rep4": final.get("greedy_rep4"),
-        "start_eval": {k: start_eval.get(k) for k in ("val_bpb", "sample_rep4", "sample_distinct2", "sample_reward",
-                                                      "greedy_rep4")}
-        if start_eval else None,
-        "tokens_seen": tokens_seen, "rollouts": (step - resumed_at) * cfg.prompts_per_step * cfg.group_size,
-        "wall_seconds": wall, "device": str(device), "threads": threads,
-        "checkpoints": sorted(set(checkpoints)), "checkpoint": str(final_path), "events": str(events.path),
-    }
-    events.emit("status", state=status, step=step, message=message, summary=summary)
-    events.close()
-    return summary
+    def step_fields(self, now: float) -> dict:
+        return self.metrics
 
+    def evaluate(self, full: bool) -> dict:
+        cfg, model, tokenizer = self.cfg, self.model, self.tokenizer
+        data = self.data
+        res = evaluate(model, data.val, data.val_bytes, self.seq_len, self.device, self.autocast,
+                       None if full else cfg.eval_windows) if len(data.val) > 1 else {}
+        sm = evaluate_samples(model, tokenizer, self.eval_prompts, length=cfg.eval_length,
+                              temperature=cfg.eval_temperature, seed=cfg.seed, reward=self.eval_reward)
+        greedy = evaluate_samples(model, tokenizer, self.eval_prompts, length=cfg.eval_length, temperature=0.0,
+                                  seed=cfg.seed)
+        res.update({k: v for k, v in sm.items() if k not in ("texts", "prompts")})
+        res.update({"greedy_rep4": greedy["sample_rep4"], "greedy_char_rep20": greedy["sample_char_rep20"],
+                    "greedy_distinct2": greedy["sample_distinct2"]})
+        self.events.emit("eval", step=self.step, **res)
+        model.train()
+        return res
 
-def make_selfplay_optimizer(model, cfg, device) -> torch.optim.AdamW:
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    extra = {"fused": True} if device.type == "cuda" else {"foreach": True}
-    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(0.9, cfg.beta2), eps=1e-8, **extra)
+    def save(self, kind: str, last_eval: dict | None) -> Path:
+        cfg = self.cfg
+        bpb = (last_eval or {}).get("val_bpb")
+        obj = checkpoint_obj(self, self.model, self.mcfg, self.tokenizer, self.optimizer, self.run_id,
+                             {"model": self.name, "books": self.book_names, "kind": "selfplay",
+                              "selfplay_kind": kind, "run": self.run_id, "val_bpb": bpb},
+                             tokens_seen=self.tokens_seen, train_config=self.pretrain_cfg,
+                             selfplay_config=asdict(cfg), best_val_bpb=bpb,
+                             rng={"data": self.sampler.state() if self.sampler is not None else None},
+                             self_pool=[list(p) for p in self.pool], start=self.start_info)
+        path = save_step(obj, self.folder, cfg.keep_last)
+        self.events.emit("checkpoint", step=self.step, path=str(path), best=False, kind=kind)
+        return path
+
+    def oom_error(self) -> UserError:
+        cfg = self.cfg
+        return UserError("run.oom.selfplay", step=self.step, prompts=cfg.prompts_per_step,
+                         group_size=cfg.group_size, rollout_tokens=cfg.rollout_tokens)
+
+    def summary(self, status, message, last_eval, start_eval, wall, checkpoints) -> dict:
+        cfg, final, m = self.cfg, last_eval or {}, self.metrics
+        return {
+            "model": self.name, "run": self.run_id, "kind": "selfplay", "status": status, "message": message,
+            "step": self.step, "max_iterations": cfg.max_iterations, "start": self.start_info,
+            "reward_mean": m.get("reward_mean"), "kl": m.get("kl"),
+            "val_bpb": final.get("val_bpb"), "sample_rep4": final.get("sample_rep4"),
+            "sample_distinct2": final.get("sample_distinct2"), "sample_reward": final.get("sample_reward"),
+            "greedy_rep4": final.get("greedy_rep4"),
+            "start_eval": {k: start_eval.get(k) for k in ("val_bpb", "sample_rep4", "sample_distinct2",
+                                                          "sample_reward", "greedy_rep4")}
+            if start_eval else None,
+            "tokens_seen": self.tokens_seen,
+            "rollouts": (self.step - self.resumed_at) * cfg.prompts_per_step * cfg.group_size,
+            "wall_seconds": wall, "device": str(self.device), "threads": self.threads,
+            "checkpoints": checkpoints, "checkpoint": checkpoints[-1] if checkpoints else None,
+            "events": str(self.events.path),
+        }
