@@ -307,3 +307,24 @@ def test_cpu_training_trims_the_heap_only_when_it_pays(home, book, monkeypatch, 
               log=lambda m: None)
     assert s["status"] == "completed"
     assert len(trims) >= 29 if memory_short else len(trims) <= 3
+
+
+def test_evals_carry_the_xz_line_and_samples_the_real_word_share(home, tmp_path):
+    # a book of a few words repeated: a small model learns to write them, and passes the
+    # real-word milestones, which are reported once each, in the catalogue's words
+    from azr_trainer import books
+    text = "\n".join(["the cat sat on the mat and the dog sat on the log"] * 600)
+    path = tmp_path / "words.txt"
+    path.write_text(text, encoding="utf-8")
+    books.add_book(home, path, name="words")
+    make_model(home, tokenizer="char", vocab_size=300)
+    summary = train(home, "m", cfg("words", max_iterations=300, eval_every=100, learning_rate=1e-2, sample_length=24), log=lambda m: None)
+    events = list(iter_events(summary["events"]))
+    evals = [e for e in events if e["type"] == "eval"]
+    assert evals and all(0 < e["xz_bpb"] < 1 for e in evals)  # xz squeezes a repeated line hard
+    quality = [e["real_words"] for e in events if e["type"] == "quality"]
+    assert quality and all(0 <= q <= 1 for q in quality) and quality[-1] > 0.5
+    milestones = [e for e in events if e["type"] == "milestone"]
+    codes = [(e["code"], e["params"].get("percent")) for e in milestones]
+    assert ("milestone.real_words", 50) in codes and len(codes) == len(set(codes))
+    assert all(e["message"] and "{" not in e["message"] for e in milestones)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 # Letters only (any script): punctuation and digits are not words a person would call made up.
 _WORD_RE = re.compile(r"[^\W\d_]+(?:['’-][^\W\d_]+)*")
 # Enough text for a stable compressor figure and a word list, at a bounded cost on huge books.
-MAX_SAMPLE_CHARS = 2_000_000
+MAX_SAMPLE_CHARS = 1_000_000
 REAL_WORDS_STEPS = (50, 70, 85, 95)
 
 

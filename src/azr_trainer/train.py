@@ -19,18 +19,22 @@ from pathlib import Path
 
 import torch
 
-from . import store
+from . import catalogue, store
 from .checkpoint import atomic_torch_save, checkpoint_dir, init_checkpoint, list_step_checkpoints, safe_load, \
     save_step
 from .data import BatchSampler, prepare_data, validation_windows
 from .device import available_memory_bytes, pick_device, set_threads
 from .events import EventLog, Listener, new_run_id, utc_now
 from .home import UserError
+from .milestones import Baselines, real_word_share
 from .model import Transformer, estimate_training_memory, training_flops_per_token
 from .runloop import Job, StopRequested, TrainingLock, _pid_alive, check_finite, checkpoint_obj, locked, \
     make_optimizer, run_loop
 from .sample import generate
 from .settings import TRAIN
+
+# tokens of each split decoded for the milestones' yardsticks (bounded: xz and a word set)
+MILESTONE_TOKENS = 400_000
 
 _REEXPORTED = (StopRequested, TrainingLock, _pid_alive)  # the CLI, jobs and export import them from here
 
@@ -253,6 +257,12 @@ class _Pretraining(Job):
             for w in data.warnings:
                 log(f"Warning: {w}")
         self.tokenizer = data.tokenizer
+        # the milestones' yardsticks: xz on the held-out text, and the words of the books
+        self.milestones = self.last_bpb = None
+        if dist.is_main and data.val_bytes:
+            self.milestones = Baselines.from_texts(
+                self.tokenizer.decode(data.train[:MILESTONE_TOKENS].tolist()),
+                self.tokenizer.decode(data.val[:MILESTONE_TOKENS].tolist()))
         if cfg.sample_prompts is None:
             cfg.sample_prompts = default_sample_prompts(self.tokenizer.decode(data.train[1:200].tolist()))
 
@@ -347,6 +357,9 @@ class _Pretraining(Job):
             return {}
         res = evaluate(self.model, self.data.val, self.data.val_bytes, self.seq_len, self.device, self.autocast,
                        None if full else self.cfg.eval_windows)
+        if res and self.milestones is not None and self.milestones.xz_bpb is not None:
+            res["xz_bpb"] = round(self.milestones.xz_bpb, 4)
+            self.last_bpb = res.get("val_bpb")
         if res:
             self.events.emit("eval", step=self.step, **res)
         return res
@@ -357,12 +370,26 @@ class _Pretraining(Job):
             return
         gen = torch.Generator(device="cpu").manual_seed(cfg.seed + self.step)
         self.model.eval()
+        texts = []
         for prompt in cfg.sample_prompts:
             ids = tokenizer.encode(prompt) or [tokenizer.eot_id]
-            out = generate(self.model, [ids], max_new_tokens=cfg.sample_length, temperature=0.8, top_k=40,
-                           generator=gen, eot_id=tokenizer.eot_id)[0]
-            self.events.emit("sample", step=self.step, prompt=prompt, text=tokenizer.decode(out))
+            out = generate(self.model, [ids], max_new_tokens=cfg.sample_length, generator=gen,
+                           eot_id=tokenizer.eot_id)[0]
+            texts.append(tokenizer.decode(out))
+            self.events.emit("sample", step=self.step, prompt=prompt, text=texts[-1])
         self.model.train()
+        self._report_milestones(texts)
+
+    def _report_milestones(self, texts: list[str]) -> None:
+        """The share of real words in this round of samples, and any milestone passed for the first time."""
+        if self.milestones is None:
+            return
+        share = real_word_share("\n".join(texts), self.milestones.vocabulary)
+        if share is not None:
+            self.events.emit("quality", step=self.step, real_words=round(share, 4))
+        for m in self.milestones.reached(self.last_bpb, share):
+            self.events.emit("milestone", step=self.step, code=m["code"], params=m["params"],
+                             message=catalogue.message(m["code"], "en", **m["params"]))
 
     def save(self, kind: str, last_eval: dict | None) -> Path | None:
         if not self.dist.is_main:
