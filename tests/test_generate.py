@@ -95,7 +95,7 @@ def test_padded_batch_with_and_without_the_cache_agree_past_the_window(model):
 
 @pytest.mark.parametrize("kw", [dict(top_k=3), dict(top_k=None, top_p=0.6), dict(top_k=None)])
 def test_sampling_follows_the_filtered_distribution(model, kw):
-    prompt, n, temperature = [1, 2], 4000, 0.02  # a low temperature spreads the tiny model's near-equal logits
+    prompt, n, temperature = [1, 2], 6000, 0.2
     with torch.no_grad():
         logits = model(torch.tensor([prompt]))[0][0, -1]
     probs = torch.softmax(logits / temperature, -1)
@@ -109,7 +109,7 @@ def test_sampling_follows_the_filtered_distribution(model, kw):
     out = generate(model, [prompt] * n, max_new_tokens=1, temperature=temperature, seed=5, **kw)
     counts = torch.bincount(torch.tensor([o[0] for o in out]), minlength=probs.numel()) / n
     assert (counts[probs == 0] == 0).all()
-    assert (counts - probs).abs().max().item() < 0.03
+    assert (counts - probs).abs().max().item() < 0.035 and probs.max() < 0.9  # (a spread distribution)
 
 
 @pytest.mark.parametrize("kw", [dict(temperature=1.0, top_k=None), dict(temperature=0.7, top_k=None, top_p=0.8),
