@@ -8,6 +8,8 @@ of --repeats runs per version, by wall time and by the worker's CPU time (with o
 that is the computation's own time, steadier on a busy machine).
 
     OMP_NUM_THREADS=1 python benchmarks/generate_ab.py --src /tmp/base/src --src src --batch 1 8
+    OMP_NUM_THREADS=1 python benchmarks/generate_ab.py --src /tmp/base/src --src src --batch 32 \\
+        --new 64 --top-k 0 --temperature 1.0     # batched rollouts, as self-play makes them
 """
 
 from __future__ import annotations
@@ -28,10 +30,11 @@ model = Transformer(ModelConfig(vocab_size=8000, d_model=256, num_layers=6, num_
                                 max_seq_len=256).validate()).eval()
 print("ready", flush=True)
 for line in sys.stdin:
-    batch, new, prompt, seed = map(int, line.split())
-    prompts = [list(range(100 + i, 100 + i + prompt)) for i in range(batch)]
+    batch, new, prompt, seed, top_k, temperature = line.split()
+    prompts = [list(range(100 + i, 100 + i + int(prompt))) for i in range(int(batch))]
     t, c = time.perf_counter(), time.process_time()
-    out = generate(model, prompts, max_new_tokens=new, temperature=0.8, top_k=40, seed=seed)
+    out = generate(model, prompts, max_new_tokens=int(new), temperature=float(temperature), top_k=int(top_k) or None,
+                   seed=int(seed))
     n = sum(map(len, out))
     print(json.dumps([n / (time.perf_counter() - t), n / (time.process_time() - c)]), flush=True)
 """
@@ -45,6 +48,8 @@ def main() -> int:
     ap.add_argument("--new", type=int, default=200, help="new tokens per run")
     ap.add_argument("--prompt", type=int, default=16, help="prompt tokens")
     ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--top-k", type=int, default=40, help="0: off (as self-play's rollouts)")
+    ap.add_argument("--temperature", type=float, default=0.8)
     args = ap.parse_args()
     workers = []
     for src in args.src:
@@ -53,17 +58,18 @@ def main() -> int:
                              stdout=subprocess.PIPE, text=True, env=env)
         assert p.stdout.readline().strip() == "ready"
         workers.append(p)
-    result = {"threads": args.threads, "new_tokens": args.new, "prompt_tokens": args.prompt, "runs": {}}
+    result = {"threads": args.threads, "new_tokens": args.new, "prompt_tokens": args.prompt, "top_k": args.top_k,
+              "temperature": args.temperature, "runs": {}}
     for batch in args.batch:
         for w in workers:  # warm-up
-            w.stdin.write(f"{batch} 20 {args.prompt} 0\n")
+            w.stdin.write(f"{batch} 20 {args.prompt} 0 {args.top_k} {args.temperature}\n")
             w.stdin.flush()
             w.stdout.readline()
         rates = [([], []) for _ in workers]
         for r in range(args.repeats):
             order = range(len(workers)) if r % 2 == 0 else reversed(range(len(workers)))
             for i in order:
-                workers[i].stdin.write(f"{batch} {args.new} {args.prompt} {r}\n")
+                workers[i].stdin.write(f"{batch} {args.new} {args.prompt} {r} {args.top_k} {args.temperature}\n")
                 workers[i].stdin.flush()
                 wall, cpu = json.loads(workers[i].stdout.readline())
                 rates[i][0].append(wall)
