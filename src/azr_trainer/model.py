@@ -206,11 +206,12 @@ class KVCache:
         self.length = 0
         self._packed: dict[int, torch.Tensor] = {}
 
-    def packed(self, *linears: nn.Linear) -> torch.Tensor:
-        """The weights of ``linears`` stacked into one (out_total, in) matrix, made once per cache."""
-        w = self._packed.get(id(linears[0]))
+    def packed(self, owner: nn.Module, names: tuple[str, ...]) -> torch.Tensor:
+        """The weights of owner's linear layers ``names`` stacked into one (out_total, in) matrix,
+        made once per cache."""
+        w = self._packed.get(id(owner))
         if w is None:
-            w = self._packed[id(linears[0])] = torch.cat([lin.weight for lin in linears]).detach()
+            w = self._packed[id(owner)] = torch.cat([getattr(owner, n).weight for n in names]).detach()
         return w
 
     def reset(self):
@@ -219,6 +220,8 @@ class KVCache:
 
 
 class Attention(nn.Module):
+    QKV = ("q_proj", "k_proj", "v_proj")
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         d = cfg.d_model
@@ -238,7 +241,7 @@ class Attention(nn.Module):
             k = apply_rotary(self.k_proj(x).view(B, T, KV, hd).transpose(1, 2), cos, sin)
             v = self.v_proj(x).view(B, T, KV, hd).transpose(1, 2)
         else:  # one product for q, k and v, one rotation for q and k together
-            qkv = F.linear(x, cache.packed(self.q_proj, self.k_proj, self.v_proj)).view(B, T, H + 2 * KV, hd)
+            qkv = F.linear(x, cache.packed(self, self.QKV)).view(B, T, H + 2 * KV, hd)
             qk = apply_rotary(qkv[:, :, :H + KV].transpose(1, 2), cos, sin)
             q, k, v = qk[:, :H], qk[:, H:], qkv[:, :, H + KV:].transpose(1, 2)
             start = cache.length
@@ -252,6 +255,8 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
+    GATE_UP = ("gate_proj", "up_proj")
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.gate_proj = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
@@ -262,7 +267,7 @@ class MLP(nn.Module):
         if cache is None:
             gate, up = self.gate_proj(x), self.up_proj(x)
         else:  # one product for both
-            gate, up = F.linear(x, cache.packed(self.gate_proj, self.up_proj)).chunk(2, -1)
+            gate, up = F.linear(x, cache.packed(self, self.GATE_UP)).chunk(2, -1)
         return F.linear(swiglu(gate, up), self.down_proj.weight)
 
 
@@ -275,8 +280,9 @@ class DecoderLayer(nn.Module):
         self.mlp = MLP(cfg)
 
     def forward(self, x, cos, sin, cache=None, layer=0, attn_mask=None):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache, layer, attn_mask)
-        return x + self.mlp(self.post_attention_layernorm(x), cache)
+        # .forward, not __call__: nn.Module's call machinery costs more than a small model's decode arithmetic
+        x = x + self.self_attn.forward(self.input_layernorm.forward(x), cos, sin, cache, layer, attn_mask)
+        return x + self.mlp.forward(self.post_attention_layernorm.forward(x), cache)
 
 
 class Backbone(nn.Module):
@@ -335,15 +341,16 @@ class Transformer(nn.Module):
         if cache is not None and attn_mask is None and T > 1:
             # causal within the new tokens, every cached token visible (one new token sees them all: no mask)
             attn_mask = torch.ones(T, start + T, dtype=torch.bool, device=idx.device).tril(diagonal=start)
-        x = self.model.embed_tokens(idx)
-        for i, layer in enumerate(self.model.layers):
-            x = layer(x, cos, sin, cache, i, attn_mask)
-        x = self.model.norm(x)
+        backbone = self.model
+        x = F.embedding(idx, backbone.embed_tokens.weight)
+        for i, layer in enumerate(backbone.layers):
+            x = layer.forward(x, cos, sin, cache, i, attn_mask)
+        x = backbone.norm.forward(x)
         if cache is not None:
             cache.length += T
+        logits = F.linear(x, self.lm_head.weight)
         if targets is None:
-            return self.lm_head(x), None
-        logits = self.lm_head(x)
+            return logits, None
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1),
                                ignore_index=-1, reduction=reduction)
         return logits, loss
