@@ -3,7 +3,7 @@ import torch
 
 from azr_trainer.home import UserError
 from azr_trainer.model import ModelConfig, Transformer
-from azr_trainer.sample import SamplingParams, generate, stream_generate
+from azr_trainer.sample import Batch, SamplingParams, generate, stream_generate
 
 
 @pytest.fixture(scope="module")
@@ -68,17 +68,55 @@ def test_bad_sampling_settings_are_refused(kw):
         SamplingParams(**kw).validate()
 
 
-def test_fused_decode_step_gives_the_same_logits_as_the_model():
-    from azr_trainer.model import KVCache
-    from azr_trainer.sample import _FusedDecoder
-    torch.manual_seed(1)
-    for kv_heads in (None, 2):
-        m = Transformer(ModelConfig(vocab_size=300, d_model=32, num_layers=2, num_heads=4, d_ff=64, max_seq_len=24,
-                                    num_kv_heads=kv_heads).validate()).eval()
-        ids = torch.randint(0, 300, (3, 9))
-        with torch.no_grad():
-            ref_cache, fused_cache = KVCache(m.cfg, 3, "cpu", torch.float32), KVCache(m.cfg, 3, "cpu", torch.float32)
-            m(ids[:, :8], cache=ref_cache), m(ids[:, :8], cache=fused_cache)
-            ref = m(ids[:, 8:], cache=ref_cache)[0][:, -1]
-            fused = _FusedDecoder(m)(ids[:, 8], torch.full((3,), 8), fused_cache)
-        assert torch.allclose(ref, fused, atol=1e-5)
+@pytest.mark.parametrize("kv_heads", [None, 2])
+def test_cached_steps_match_the_full_forward_step_by_step_past_the_window(kv_heads):
+    torch.manual_seed(2)
+    m = Transformer(ModelConfig(vocab_size=300, d_model=32, num_layers=2, num_heads=4, d_ff=64, max_seq_len=24,
+                                num_kv_heads=kv_heads).validate()).eval()
+    prompts = [[5, 6, 7], [9] * 11, [1], list(range(30, 50))]  # left-padded to 20
+    lengths = []
+    with torch.no_grad():
+        cached, full = Batch(m, prompts), Batch(m, prompts, use_cache=False)
+        for _ in range(60):  # the 24-token window slides several times
+            assert (cached.logits - full.logits).abs().max().item() < 1e-5
+            nxt = cached.logits.argmax(-1)
+            assert torch.equal(nxt, full.logits.argmax(-1))
+            cached.push(nxt)
+            full.push(nxt)
+            lengths.append(cached.length)
+    assert max(lengths) == 24 and lengths.count(18) >= 3
+
+
+def test_padded_batch_with_and_without_the_cache_agree_past_the_window(model):
+    prompts = [[5, 6, 7], [9] * 11, [1], list(range(40, 62))]
+    assert generate(model, prompts, max_new_tokens=50, temperature=0) == \
+        generate(model, prompts, max_new_tokens=50, temperature=0, use_cache=False)
+
+
+@pytest.mark.parametrize("kw", [dict(top_k=3), dict(top_k=None, top_p=0.6), dict(top_k=None)])
+def test_sampling_follows_the_filtered_distribution(model, kw):
+    prompt, n, temperature = [1, 2], 6000, 0.2
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt]))[0][0, -1]
+    probs = torch.softmax(logits / temperature, -1)
+    if kw.get("top_k"):
+        probs = torch.where(probs >= probs.topk(kw["top_k"]).values[-1], probs, 0)
+    if kw.get("top_p"):
+        ordered = probs.sort(descending=True)
+        drop = ordered.values.cumsum(0) - ordered.values >= kw["top_p"]
+        probs = probs.scatter(0, ordered.indices, ordered.values.masked_fill(drop, 0))
+    probs = probs / probs.sum()
+    out = generate(model, [prompt] * n, max_new_tokens=1, temperature=temperature, seed=5, **kw)
+    counts = torch.bincount(torch.tensor([o[0] for o in out]), minlength=probs.numel()) / n
+    assert (counts[probs == 0] == 0).all()
+    assert (counts - probs).abs().max().item() < 0.035 and probs.max() < 0.9  # (a spread distribution)
+
+
+@pytest.mark.parametrize("kw", [dict(temperature=1.0, top_k=None), dict(temperature=0.7, top_k=None, top_p=0.8),
+                                dict(temperature=1.2, top_k=5, repetition_penalty=1.3)])
+def test_every_sampling_path_is_reproducible_with_a_seed(model, kw):
+    prompts = [[1, 2], [3, 4, 5, 6, 7]]
+    first = generate(model, prompts, max_new_tokens=40, seed=11, **kw)
+    assert first == generate(model, prompts, max_new_tokens=40, seed=11, **kw)
+    assert first == generate(model, prompts, max_new_tokens=40, generator=torch.Generator().manual_seed(11), **kw)
+    assert first != generate(model, prompts, max_new_tokens=40, seed=12, **kw)

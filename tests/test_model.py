@@ -41,18 +41,30 @@ def test_bad_shapes_get_actionable_messages(kw, fragment):
         tiny(**kw)
 
 
-def test_kv_cache_logits_match_the_uncached_forward_pass():
+@pytest.mark.parametrize("kv_heads", [None, 2])
+def test_kv_cache_logits_match_the_uncached_forward_pass(kv_heads):
     torch.manual_seed(0)
-    cfg = tiny()
+    cfg = tiny(num_kv_heads=kv_heads, max_seq_len=64)
     model = Transformer(cfg).eval()
-    ids = torch.randint(0, cfg.vocab_size, (2, 20))
+    ids = torch.randint(0, cfg.vocab_size, (2, 60))
     with torch.no_grad():
         full, _ = model(ids)
         cache = KVCache(cfg, 2, "cpu", torch.float32)
-        parts = [model(ids[:, :7], cache=cache)[0]]
-        for t in range(7, 20):
+        parts = [model(ids[:, :7], cache=cache)[0], model(ids[:, 7:12], cache=cache)[0]]
+        for t in range(12, 60):
             parts.append(model(ids[:, t:t + 1], cache=cache)[0])
-    assert torch.allclose(torch.cat(parts, 1), full, atol=1e-5)
+    assert (torch.cat(parts, 1) - full).abs().max().item() < 1e-5
+
+
+def test_rotary_matches_the_rotate_half_formula():
+    from azr_trainer.model import apply_rotary, rotary_tables
+    torch.manual_seed(0)
+    cos, sin = rotary_tables(8, 5, 10000.0)
+    angles = torch.arange(5.0)[:, None] / 10000.0 ** (torch.arange(0, 8, 2) / 8)
+    angles = torch.cat((angles, angles), -1)
+    x = torch.randn(2, 3, 5, 8)
+    expected = x * angles.cos() + torch.cat((-x[..., 4:], x[..., :4]), -1) * angles.sin()
+    assert (apply_rotary(x, cos, sin) - expected).abs().max().item() < 1e-6
 
 
 def test_loss_ignores_minus_one_targets_and_starts_near_uniform():

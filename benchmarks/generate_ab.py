@@ -1,0 +1,89 @@
+"""Generation tokens/s of two versions of the code side by side (e.g. before/after a change).
+
+Each --src is a ``src`` folder (a checkout of another commit: ``git worktree add /tmp/base
+COMMIT``). One worker process per version builds the same model (the default shape with the
+same random weights, as benchmarks/generate_speed.py) and the runs alternate between them,
+so that load from other processes on a shared machine hits both alike. Reported: the median
+of --repeats runs per version, by wall time and by the worker's CPU time (with one thread
+that is the computation's own time, steadier on a busy machine).
+
+    OMP_NUM_THREADS=1 python benchmarks/generate_ab.py --src /tmp/base/src --src src --batch 1 8
+    OMP_NUM_THREADS=1 python benchmarks/generate_ab.py --src /tmp/base/src --src src --batch 32 \\
+        --new 64 --top-k 0 --temperature 1.0     # batched rollouts, as self-play makes them
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+
+WORKER = r"""
+import json, sys, time, torch
+from azr_trainer.model import ModelConfig, Transformer
+from azr_trainer.sample import generate
+torch.set_num_threads(int(sys.argv[1]))
+torch.manual_seed(0)
+model = Transformer(ModelConfig(vocab_size=8000, d_model=256, num_layers=6, num_heads=8, d_ff=1024,
+                                max_seq_len=256).validate()).eval()
+print("ready", flush=True)
+for line in sys.stdin:
+    batch, new, prompt, seed, top_k, temperature = line.split()
+    prompts = [list(range(100 + i, 100 + i + int(prompt))) for i in range(int(batch))]
+    t, c = time.perf_counter(), time.process_time()
+    out = generate(model, prompts, max_new_tokens=int(new), temperature=float(temperature), top_k=int(top_k) or None,
+                   seed=int(seed))
+    n = sum(map(len, out))
+    print(json.dumps([n / (time.perf_counter() - t), n / (time.process_time() - c)]), flush=True)
+"""
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--src", action="append", required=True, help="a src folder; give two (or more)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+    ap.add_argument("--new", type=int, default=200, help="new tokens per run")
+    ap.add_argument("--prompt", type=int, default=16, help="prompt tokens")
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--top-k", type=int, default=40, help="0: off (as self-play's rollouts)")
+    ap.add_argument("--temperature", type=float, default=0.8)
+    args = ap.parse_args()
+    workers = []
+    for src in args.src:
+        env = {"PYTHONPATH": src, "OMP_NUM_THREADS": str(args.threads), "PATH": "/usr/bin:/bin"}
+        p = subprocess.Popen([sys.executable, "-c", WORKER, str(args.threads)], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True, env=env)
+        assert p.stdout.readline().strip() == "ready"
+        workers.append(p)
+    result = {"threads": args.threads, "new_tokens": args.new, "prompt_tokens": args.prompt, "top_k": args.top_k,
+              "temperature": args.temperature, "runs": {}}
+    for batch in args.batch:
+        for w in workers:  # warm-up
+            w.stdin.write(f"{batch} 20 {args.prompt} 0 {args.top_k} {args.temperature}\n")
+            w.stdin.flush()
+            w.stdout.readline()
+        rates = [([], []) for _ in workers]
+        for r in range(args.repeats):
+            order = range(len(workers)) if r % 2 == 0 else reversed(range(len(workers)))
+            for i in order:
+                workers[i].stdin.write(f"{batch} {args.new} {args.prompt} {r} {args.top_k} {args.temperature}\n")
+                workers[i].stdin.flush()
+                wall, cpu = json.loads(workers[i].stdout.readline())
+                rates[i][0].append(wall)
+                rates[i][1].append(cpu)
+        for src, (wall, cpu) in zip(args.src, rates):
+            result["runs"].setdefault(src, {})[f"batch{batch}"] = {
+                "wall_tokens_per_s": round(statistics.median(wall), 1),
+                "cpu_tokens_per_s": round(statistics.median(cpu), 1)}
+    for w in workers:
+        w.stdin.close()
+        w.wait()
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
