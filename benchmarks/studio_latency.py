@@ -23,7 +23,6 @@ import sys
 import tempfile
 import threading
 import time
-from pathlib import Path
 
 import httpx
 

@@ -18,7 +18,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from azr_trainer import cli, reasoning, store
+from azr_trainer import cli, reasoning
 from azr_trainer.checkpoint import FORMAT, build_model
 from azr_trainer.export import export_hf_zip
 from azr_trainer.home import STALE_AFTER, UserError

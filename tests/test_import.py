@@ -17,7 +17,7 @@ import torch
 
 from azr_trainer import books, cli, store
 from azr_trainer.checkpoint import build_model, init_checkpoint, resolve_checkpoint, safe_load
-from azr_trainer.export import export_gguf, export_hf, export_model
+from azr_trainer.export import export_gguf, export_model
 from azr_trainer.home import UserError
 from azr_trainer.importer import config_from_hf, import_model
 from azr_trainer.model import KVCache, ModelConfig, Transformer, count_parameters

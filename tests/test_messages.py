@@ -22,7 +22,6 @@ from azr_trainer.data import prepare_data
 from azr_trainer.errors import Notice
 from azr_trainer.server import create_app
 
-from conftest import make_text
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "azr_trainer"
 I18N = SRC / "web" / "i18n"

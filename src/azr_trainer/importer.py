@@ -264,7 +264,14 @@ def _f32(x) -> float:
     return float(str(np.float32(x)))
 
 
-def read_gguf(path: Path, max_seq_len: int | None = None) -> Loaded:
+def _gguf_reader(gguf, path: Path):
+    try:
+        return gguf.GGUFReader(str(path))
+    except Exception as e:
+        raise UserError("import.gguf_unreadable", path=str(path), reason=_first_line(e)) from None
+
+
+def read_gguf(path: Path, max_seq_len: int | None = None) -> Loaded:  # noqa: C901 - one check per GGUF key the llama layout needs, in reading order
     """A llama-architecture GGUF in any quantization the ``gguf`` package can dequantize.
 
     Weights: each tensor dequantized to fp32, renamed to Hugging Face names, and the q/k rows
@@ -278,13 +285,10 @@ def read_gguf(path: Path, max_seq_len: int | None = None) -> Loaded:
     from tokenizers import Tokenizer as HFTokenizer
 
     from .export import from_interleaved, gguf_tensor_names
-    try:
-        reader = gguf.GGUFReader(str(path))
-    except Exception as e:
-        raise UserError("import.gguf_unreadable", path=str(path), reason=_first_line(e)) from None
+    reader = _gguf_reader(gguf, path)
 
-    def value(key, default=None):
-        f = reader.fields.get(key)
+    def value(key, default=None, fields=reader.fields):  # bound now: the reader is deleted below
+        f = fields.get(key)
         return default if f is None else f.contents()
 
     arch = value("general.architecture")

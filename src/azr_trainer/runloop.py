@@ -283,7 +283,7 @@ class Job:
         raise NotImplementedError
 
 
-def run_loop(job: Job, stop: StopRequested, *, kind: str | None = None) -> dict:
+def run_loop(job: Job, stop: StopRequested, *, kind: str | None = None) -> dict:  # noqa: C901 - the one loop: every stop reason and cadence of every run kind meets here, on purpose
     """Run ``job`` to its end (see the module doc); returns its summary."""
     events = job.events
     kind_field = {"kind": kind} if kind else {}

@@ -489,7 +489,7 @@ def _read_start(path: Path, chars: int) -> str:
 # ---------------------------------------------------------------------------- the app
 
 
-def create_app(home: Path, *, token: str | None = None, max_upload_bytes: int = 200 * MiB,
+def create_app(home: Path, *, token: str | None = None, max_upload_bytes: int = 200 * MiB,  # noqa: C901 - routes are closures over one app's state; splitting them by page is next
                max_concurrent_runs: int = 1) -> FastAPI:
     home = home_dir(home)
     for path in clean_leftovers(home):  # what a killed studio or command left in the temp folders

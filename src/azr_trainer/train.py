@@ -216,7 +216,7 @@ class Distributed:
 class _Pretraining(Job):
     """Pretraining as a run_loop job: next-token loss on the books, evals on the validation split."""
 
-    def __init__(self, home, name, cfg: TrainConfig, listeners, log, run_id, dist: Distributed):
+    def __init__(self, home, name, cfg: TrainConfig, listeners, log, run_id, dist: Distributed):  # noqa: C901 - the checks before training (shape, processes, memory, resume, books), in the order a person fixes them
         info = store.get_model(home, name)
         self.home, self.name, self.cfg, self.dist = home, name, cfg, dist
         self.mcfg = mcfg = info.config

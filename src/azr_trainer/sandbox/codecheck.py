@@ -138,7 +138,7 @@ def _check_attribute(node: ast.Attribute, modules: dict[str, str]) -> str | None
     return None
 
 
-def check_program(code: str) -> str | None:
+def check_program(code: str) -> str | None:  # noqa: C901 - the allow-list: one branch per kind of syntax node, kept together to be audited
     """The AST allow-list: None when ``code`` may run, else a short reason."""
     if not isinstance(code, str):
         return "program is not a string"

@@ -123,7 +123,7 @@ def _drain(st: dict, cap: int) -> None:
                 _kill_group(st["pid"])
 
 
-def _run_children(sb: _Sandbox, jobs: list, limits: dict, workers: int, finish) -> list:
+def _run_children(sb: _Sandbox, jobs: list, limits: dict, workers: int, finish) -> list:  # noqa: C901 - the fork loop: each child outcome (exit, signal, limit, wall kill) handled where it is reaped
     """Run ``jobs`` in confined children, ``workers`` at a time; ``finish(state, status, rusage)``
     turns each finished child into its result. A pidfd tells when a child has exited."""
     from collections import deque
