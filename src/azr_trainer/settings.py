@@ -175,6 +175,10 @@ TRAIN = Group(
     Setting("grad_accum", int, 1, min=1),
     Setting("seq_len", int, None, min=2, unit="tokens"),
     Setting("warmup_iters", int, None, min=0, unit="steps"),
+    # The optimiser's finer dials (the auto-sized recipe sets them; the page shows them as advanced).
+    Setting("min_lr_ratio", float, 0.1, min=0, max=1, studio=True),
+    Setting("beta2", float, 0.95, min=0, max=1, min_open=True, max_open=True, studio=True),
+    Setting("weight_decay", float, 0.1, min=0, max=10, studio=True),
     Setting("val_fraction", float, 0.1, min=0, max=0.5),
     _DEVICE,
     _s(_THREADS, studio=True),
