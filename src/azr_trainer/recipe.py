@@ -133,3 +133,20 @@ def warnings(cfg: ModelConfig, book_bytes: int, minutes: float, speed: autosize.
 
 def _show(x: float) -> str:
     return f"{x:g}" if not math.isnan(x) else "?"
+
+
+def answer(home: Path, books: list[str], minutes: float, threads: int | None = None,
+           shape: ModelConfig | None = None, lang: str = "en") -> dict:
+    """POST /api/models/plan: the plan for these books and minutes, and what is wrong with a
+    hand-chosen ``shape`` for them (``warnings``: sentences; ``problems``: the same, coded)."""
+    p, measured, size = make_plan(home, books, minutes, threads)
+    problems = []
+    if shape is not None:
+        try:
+            shape.validate()
+        except UserError:
+            pass  # the estimate endpoint says what is wrong with the shape itself
+        else:
+            problems = warnings(shape, size, minutes, replace(measured, bf16_gflops=0.0), p)
+    return {"model": p.model.to_dict(), "plan": p.to_dict(), "recipe": describe(p, minutes, size, threads, measured),
+            "warnings": [e.render(lang) for e in problems], "problems": [e.to_dict(lang) for e in problems]}

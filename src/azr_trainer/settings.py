@@ -173,8 +173,8 @@ TRAIN = Group(
     _s(_TIME, studio=True),
     _MINUTES,
     Setting("grad_accum", int, 1, min=1),
-    Setting("seq_len", int, None, min=2, unit="tokens"),
-    Setting("warmup_iters", int, None, min=0, unit="steps"),
+    Setting("seq_len", int, None, min=2, unit="tokens", studio=True),
+    Setting("warmup_iters", int, None, min=0, unit="steps", studio=True),
     # The optimiser's finer dials (the auto-sized recipe sets them; the page shows them as advanced).
     Setting("min_lr_ratio", float, 0.1, min=0, max=1, studio=True),
     Setting("beta2", float, 0.95, min=0, max=1, min_open=True, max_open=True, studio=True),

@@ -555,9 +555,25 @@ function currentModel() {
   return store.models.find((m) => m.name === $("t-model").value) || null;
 }
 
+let recipeShown = null; // the model whose plan last filled the form
+
+/** An auto-sized model's plan fills the form once when the model is chosen (the server fills
+ * the settings the form does not show from the same plan). */
+function applyRecipe(m) {
+  const name = m && m.recipe ? m.name : null;
+  if (name === recipeShown) return;
+  recipeShown = name;
+  if (!name) return;
+  const s = m.recipe.settings || {};
+  if (s.batch_size) $("t-batch_size").value = s.batch_size;
+  if (s.learning_rate) $("t-learning_rate").value = s.learning_rate;
+  if (m.recipe.minutes) { $("t-minutes").value = m.recipe.minutes; $("t-max_iterations").value = ""; }
+}
+
 function renderModelInfo() {
   const m = currentModel();
   const info = $("t-model-info");
+  applyRecipe(m);
   if (!m) {
     info.replaceChildren();
     if (!store.models.length && store.loaded.models) info.append(h("a", { href: "#create", i18n: "train.create_first" }));
@@ -567,7 +583,7 @@ function renderModelInfo() {
   info.textContent = t("train.model_info", {
     params: fmtCompact(m.parameters), layers: t("models.layers", { count: c.num_layers, n: c.num_layers }),
     d_model: c.d_model, seq: c.max_seq_len, steps: t("models.steps", { count: m.trained_steps || 0, n: fmtInt(m.trained_steps || 0) }),
-  });
+  }) + (m.recipe ? " " + t("train.recipe", { batch: m.recipe.settings.batch_size, lr: m.recipe.settings.learning_rate, minutes: m.recipe.minutes }) : "");
 }
 
 function renderBooks() {
@@ -577,7 +593,8 @@ function renderBooks() {
   if (!booksTouched) {
     selectedBooks.clear();
     const m = currentModel();
-    const previous = (m && Array.isArray(m.books) ? m.books : []).filter((n) => books.some((b) => b.name === n));
+    const planned = m && m.recipe && Array.isArray(m.recipe.books) ? m.recipe.books : [];
+    const previous = (m && Array.isArray(m.books) ? m.books : planned).filter((n) => books.some((b) => b.name === n));
     if (previous.length) previous.forEach((n) => selectedBooks.add(n));
     else if (books.length === 1) selectedBooks.add(books[0].name);
   }
