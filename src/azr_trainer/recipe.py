@@ -122,10 +122,12 @@ def warnings(cfg: ModelConfig, book_bytes: int, minutes: float, speed: autosize.
     book_tokens = book_bytes / (1.0 if cfg.tokenizer == "char" else autosize.BYTES_PER_TOKEN)
     epochs = tokens / max(1.0, book_tokens)
     shown = f"{epochs:.2g}" if epochs < 10 else str(round(epochs))
-    if epochs < FEW_EPOCHS:
+    # relative to the plan too: where even the best shape reads a tiny book many times, a shape
+    # close to it is not to blame
+    if epochs < min(FEW_EPOCHS, recommended.epochs / 3):
         out.append(UserError("auto.epochs_few", epochs=shown, minutes=_show(minutes),
                              parameters=count_parameters(cfg), recommended=recommended.parameters))
-    elif epochs > MANY_EPOCHS:
+    elif epochs > max(MANY_EPOCHS, recommended.epochs * 3):
         out.append(UserError("auto.epochs_many", epochs=shown, minutes=_show(minutes),
                              parameters=count_parameters(cfg), recommended=recommended.parameters))
     return out
