@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -128,6 +129,9 @@ def test_the_plan_endpoint_and_a_model_made_from_it(client):
     assert r.status_code in (200, 201), r.text
     params = r.json()["params"]
     client.post(f"/api/runs/{r.json()['id']}/cancel")
+    deadline = time.time() + 60  # its worker is gone before the data folder is
+    while client.get(f"/api/runs/{r.json()['id']}").json()["state"] in ("queued", "running") and time.time() < deadline:
+        time.sleep(0.2)
     assert params["batch_size"] == 4 and params["learning_rate"] == expected.learning_rate
     assert (params["beta2"], params["seq_len"], params["warmup_iters"]) == \
         (expected.beta2, expected.seq_len, expected.warmup_iters)
