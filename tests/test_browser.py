@@ -1039,6 +1039,9 @@ def test_the_best_model_for_n_minutes_in_russian(browser, studio, tmp_path):
         page.locator("#t-model").select_option("avto-model")
         expect(page.locator("#t-minutes")).to_have_value("2")
         expect(page.locator("#t-learning_rate")).to_have_value(str(plan["recipe"]["settings"]["learning_rate"]))
+        # The advanced settings stay empty (the server fills them from the plan) and say so.
+        expect(page.locator("#t-beta2")).to_have_value("")
+        expect(page.locator("#t-beta2")).to_have_attribute("placeholder", str(plan["recipe"]["settings"]["beta2"]))
         assert not errors, errors
     finally:
         ctx.close()

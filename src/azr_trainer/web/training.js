@@ -514,6 +514,8 @@ let mode = "train"; // or "selfplay" or "reason": which run the form starts
 const MODES = ["train", "selfplay", "reason"];
 // Which settings each form shows; their defaults and bounds come from the server (settings.js).
 const TRAIN_FIELDS = ["max_iterations", "batch_size", "learning_rate", "save_every", "eval_every", "minutes"];
+// Under "Advanced": empty unless typed in, so the model's plan (or the default) applies.
+const ADVANCED_FIELDS = ["seq_len", "warmup_iters", "min_lr_ratio", "beta2", "weight_decay"];
 const SELFPLAY_FIELDS = ["reward", "max_iterations", "group_size", "temperature", "kl_weight", "lm_weight", "minutes"];
 const REASON_FIELDS = ["mode", "max_iterations", "batch_size", "n_samples", "temperature", "learning_rate", "minutes"];
 const MODE_PREFIX = { train: "train", selfplay: "train.sp", reason: "train.rs" };
@@ -563,11 +565,28 @@ function applyRecipe(m) {
   const name = m && m.recipe ? m.name : null;
   if (name === recipeShown) return;
   recipeShown = name;
+  showAdvancedDefaults(name ? m.recipe.settings : null);
   if (!name) return;
   const s = m.recipe.settings || {};
   if (s.batch_size) $("t-batch_size").value = s.batch_size;
   if (s.learning_rate) $("t-learning_rate").value = s.learning_rate;
   if (m.recipe.minutes) { $("t-minutes").value = m.recipe.minutes; $("t-max_iterations").value = ""; }
+}
+
+/** The advanced fields start empty; their placeholder says what an empty one means. */
+function showAdvancedDefaults(planned) {
+  for (const k of ADVANCED_FIELDS) {
+    const input = $(`t-${k}`);
+    const value = planned && planned[k] != null ? planned[k] : setting("train", k).default;
+    input.value = "";
+    if (value == null) {
+      input.dataset.i18nAttr = "placeholder:common.auto";
+      input.placeholder = t("common.auto");
+    } else {
+      delete input.dataset.i18nAttr;
+      input.placeholder = String(value);
+    }
+  }
 }
 
 function renderModelInfo() {
@@ -683,6 +702,13 @@ function trainRequest() {
   if (!v.model) errors.push(t("train.err.model"));
   if (!v.books.length) { errors.push(t("train.err.books")); $("t-books-msg").textContent = t("train.err.books"); $("t-books-msg").className = "msg error"; }
   Object.assign(v, readSettings("train", "t", TRAIN_FIELDS, errors));
+  for (const k of ADVANCED_FIELDS) {
+    const s = setting("train", k);
+    const value = fieldValue($(`t-${k}`), s);
+    if (value == null) continue;
+    const problem = settingProblem(s, value);
+    if (problem) errors.push(problem); else v[k] = value;
+  }
   return { body: v, errors };
 }
 
@@ -792,6 +818,8 @@ function applySettings() {
     if (help && help.dataset.i18n) setText(help, help.dataset.i18n, { default: shown(s.default), min: shown(s.min), max: shown(s.max) });
   };
   for (const k of TRAIN_FIELDS) apply("train", "t", k);
+  for (const k of ADVANCED_FIELDS) apply("train", "t", k);
+  showAdvancedDefaults(null);
   for (const k of SELFPLAY_FIELDS) apply("selfplay", "sp", k);
   for (const k of REASON_FIELDS) apply("reason", "rs", k);
   applySetting($("rs-pretrain_steps"), setting("from_zero", "pretrain_steps"));
