@@ -1022,7 +1022,7 @@ def test_the_best_model_for_n_minutes_in_russian(browser, studio, tmp_path):
         plan = studio.request("POST", "/api/models/plan", {"books": ["avto"], "minutes": 2})
         # The manual fields still hold the defaults (a vocabulary of 8,000): too big for this book.
         warnings = page.get_by_test_id("auto-warnings")
-        expect(warnings).to_contain_text("Словарь")
+        expect(warnings).to_contain_text("Размер словаря")
         page.get_by_test_id("auto-use").click()
         expect(page.locator("#m-vocab_size")).to_have_value(str(plan["model"]["vocab_size"]))
         expect(page.locator("#m-d_model")).to_have_value(str(plan["model"]["d_model"]))

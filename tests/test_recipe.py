@@ -112,7 +112,7 @@ def test_the_plan_endpoint_and_a_model_made_from_it(client):
     r = client.post("/api/models/plan", json={"books": ["play"], "minutes": 10, "shape": shape},
                     headers={"Accept-Language": "ru"})
     codes = [p["code"] for p in r.json()["problems"]]
-    assert "auto.vocab_large" in codes and "Словарь (8\u00a0000 токенов)" in " ".join(r.json()["warnings"])
+    assert "auto.vocab_large" in codes and "Размер словаря (8\u00a0000)" in " ".join(r.json()["warnings"])
     r = client.post("/api/models/plan", json={"books": ["play"], "minutes": 10, "shape": answer["model"]})
     assert r.json()["problems"] == []  # the recommended shape has nothing to warn about
     assert client.post("/api/models/plan", json={"books": [], "minutes": 10}).json()["code"] == "auto.no_books"
