@@ -997,3 +997,51 @@ def test_coded_run_messages_follow_the_page_language(browser, studio, artifacts)
         expect(page.locator("#mon-message")).to_contain_text("The training text is only 20 tokens")
     finally:
         ctx.close()
+
+
+# ---------------------------------------------------------------------------- the best model for N minutes
+
+
+def test_the_best_model_for_n_minutes_in_russian(browser, studio, tmp_path):
+    """Pick a book and minutes, read the plan in Russian, take its shape for the manual fields
+    with one click, and create the model with its training recipe."""
+    path = tmp_path / "avto.txt"
+    path.write_text(book_text(RU_SENTENCES, 80), encoding="utf-8")
+    with open(path, "rb") as f:
+        studio.request("POST", "/api/books", files={"file": (path.name, f, "text/plain")})
+    ctx, page, errors = open_page(browser, studio.url, "ru-RU")
+    try:
+        tab(page, "create")
+        box = page.get_by_test_id("auto-plan")
+        expect(box).to_contain_text("Лучшая модель за N минут")
+        choice = page.locator("[data-testid=auto-book][data-name='avto'] input")
+        if not choice.is_checked():
+            choice.check()
+        page.get_by_test_id("auto-minutes").fill("2")
+        expect(page.get_by_test_id("auto-summary")).to_contain_text("Проходов по книгам", timeout=60_000)
+        plan = studio.request("POST", "/api/models/plan", {"books": ["avto"], "minutes": 2})
+        # The manual fields still hold the defaults (a vocabulary of 8,000): too big for this book.
+        warnings = page.get_by_test_id("auto-warnings")
+        expect(warnings).to_contain_text("Размер словаря")
+        page.get_by_test_id("auto-use").click()
+        expect(page.locator("#m-vocab_size")).to_have_value(str(plan["model"]["vocab_size"]))
+        expect(page.locator("#m-d_model")).to_have_value(str(plan["model"]["d_model"]))
+        expect(warnings).to_be_hidden()
+        assert "--" not in box.inner_text()  # plain words, no command-line options
+        page.get_by_test_id("model-name").fill("avto-model")
+        page.get_by_test_id("auto-create").click()
+        expect(page.get_by_test_id("create-done")).to_be_visible()
+        created = studio.get("/api/models/avto-model")
+        assert created["config"] == plan["model"] and created["recipe"]["minutes"] == 2
+        assert created["recipe"]["books"] == ["avto"]
+        # The Training tab starts from the plan: its minutes, batch and learning rate.
+        tab(page, "training")
+        page.locator("#t-model").select_option("avto-model")
+        expect(page.locator("#t-minutes")).to_have_value("2")
+        expect(page.locator("#t-learning_rate")).to_have_value(str(plan["recipe"]["settings"]["learning_rate"]))
+        # The advanced settings stay empty (the server fills them from the plan) and say so.
+        expect(page.locator("#t-beta2")).to_have_value("")
+        expect(page.locator("#t-beta2")).to_have_attribute("placeholder", str(plan["recipe"]["settings"]["beta2"]))
+        assert not errors, errors
+    finally:
+        ctx.close()

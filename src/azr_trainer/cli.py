@@ -75,12 +75,38 @@ def _model_summary(info: store.ModelInfo) -> dict:
     return d
 
 
+def _create_auto(args, home, shape_given: list[str]):
+    """--auto: the shape and the training recipe from the books, the minutes and this machine."""
+    from . import recipe as recipe_mod
+    if shape_given:  # the plan decides the whole shape; half of one would break its balance
+        raise UserError("auto.shape_given", names=", ".join(shape_given))
+    if args.minutes is None:
+        raise UserError("auto.no_minutes")
+    books = [b.strip() for item in (args.books or []) for b in item.split(",") if b.strip()]
+    info, plan, rec = recipe_mod.create(home, args.name, books, args.minutes, args.threads)
+    if args.json:
+        return _print_json({**_model_summary(info), "plan": plan.to_dict()})
+    cfg, exp = info.config, rec["expected"]
+    print(f"Created model '{info.name}' for {args.minutes:g} minutes on {', '.join(books)} "
+          f"({_fmt_bytes(rec['book_bytes'])} of text): {exp['parameters']:,} parameters ({cfg.num_layers} layers × "
+          f"d_model {cfg.d_model}, {cfg.num_heads} heads, d_ff {cfg.d_ff}, {cfg.tokenizer} tokenizer, vocab "
+          f"{cfg.vocab_size}, windows of {plan.seq_len} tokens).")
+    print(f"Expected: about {exp['tokens_per_s']:,.0f} tokens/s, {exp['steps']:,} steps of batch {plan.batch_size}, "
+          f"{exp['tokens']:,} tokens, {exp['epochs']:g} passes over the books; learning rate {plan.learning_rate:g}, "
+          f"warm-up {plan.warmup_iters} steps, precision {plan.precision}.")
+    print(f"Next: azr train {info.name} --books {','.join(books)} --minutes {args.minutes:g}")
+
+
 def cmd_models_create(args, home):
     from .device import available_memory_bytes, pick_device
-    MODEL["tokenizer"].check(args.tokenizer)  # bpe or char: "hf" only comes with an imported model
-    cfg = ModelConfig(vocab_size=args.vocab_size, d_model=args.d_model, num_layers=args.num_layers,
-                      num_heads=args.num_heads, d_ff=args.d_ff, max_seq_len=args.max_seq_len,
-                      tie_embeddings=not args.untied, tokenizer=args.tokenizer)
+    shape = {s.name: getattr(args, s.name) for s in MODEL if getattr(args, s.name, None) is not None}
+    if args.auto:
+        return _create_auto(args, home, sorted(shape) + (["tie_embeddings"] if args.untied else []))
+    if args.books or args.minutes is not None or args.threads is not None:
+        raise UserError("auto.needs_auto")
+    shape = {**{s.name: s.default for s in MODEL}, **shape, "tie_embeddings": not args.untied}
+    MODEL["tokenizer"].check(shape["tokenizer"])  # bpe or char: "hf" only comes with an imported model
+    cfg = ModelConfig(**shape)
     info = store.create_model(home, args.name, cfg, max_memory=available_memory_bytes(pick_device("auto")))
     if args.json:
         return _print_json(_model_summary(info))
@@ -255,7 +281,9 @@ def cmd_train(args, home):
     from .train import TrainConfig, train
     args.nproc = args.nproc or TRAIN.default("nproc")
     processes = max(args.nproc * args.nnodes, int(os.environ.get("WORLD_SIZE", "1")))
-    params = settings_mod.time_budget("train", _given(TRAIN, args, skip=("nproc",)), processes=processes)
+    from .recipe import apply
+    given = apply(home, args.name, _given(TRAIN, args, skip=("nproc",)))  # an auto-sized model's recipe
+    params = settings_mod.time_budget("train", given, processes=processes)
     if args.nproc > 1 or args.nnodes > 1:
         return _run_torchrun(args, home)
     cfg = TrainConfig(books=[b.strip() for b in args.books.split(",") if b.strip()], **params)
@@ -496,10 +524,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = sub.add_parser("models", help="create, list, show, delete and export models").add_subparsers(
         dest="sub", required=True)
-    a = models.add_parser("create", help="create a transformer of the shape you choose")
+    a = models.add_parser("create", help="create a transformer of the shape you choose, or --auto: the best "
+                                         "for --books in --minutes on this machine")
     a.add_argument("name")
-    settings_mod.add_arguments(a, MODEL, skip=("tie_embeddings",))
+    settings_mod.add_arguments(a, MODEL, skip=("tie_embeddings",), defaults=False)
     a.add_argument("--untied", action="store_true", help="separate input and output embeddings")
+    a.add_argument("--auto", action="store_true",
+                   help="choose the shape and the training recipe from the books, the minutes and this machine's "
+                        "measured speed (then give no shape options)")
+    a.add_argument("--books", nargs="+", help="with --auto: the books the model will learn")
+    a.add_argument("--minutes", type=float, help="with --auto: the training time to plan for")
+    a.add_argument("--threads", type=int, help="with --auto: the CPU threads training will use (default: all)")
     a.add_argument("--json", action="store_true")
     a.set_defaults(func=cmd_models_create)
     a = models.add_parser("list")

@@ -48,7 +48,7 @@ from typing import IO
 from sqlalchemy import select
 
 from . import books as books_mod
-from . import store
+from . import recipe, store
 from .checkpoint import resolve_checkpoint
 from .events import read_events
 from .home import Conflict, NotFound, UserError
@@ -320,6 +320,8 @@ class JobRunner:
             raise UserError("settings.kind", kinds=list(KINDS), value=repr(kind))
         spec = KINDS[kind]
         given = {k: v for k, v in params.items() if v is not None}
+        if kind == "train":  # an auto-sized model's recipe fills in what the run leaves out
+            given = recipe.apply(self.home, model, given)
         defaults = spec.defaults
         if "minutes" in given and "max_iterations" not in given:
             defaults.pop("max_iterations", None)  # a time budget alone ends the run

@@ -49,6 +49,7 @@ from starlette.exceptions import HTTPException
 from . import __version__
 from . import books as books_mod
 from . import catalogue, reasoning, store
+from . import recipe as recipe_mod
 from . import settings as settings_mod
 from .checkpoint import build_model, checkpoint_dir, latest_run_checkpoint, list_step_checkpoints, \
     resolve_checkpoint, safe_load
@@ -96,6 +97,28 @@ class ModelShape(BaseModel):
         return ModelConfig(vocab_size=self.vocab_size, d_model=self.d_model, num_layers=self.num_layers,
                            num_heads=self.num_heads, d_ff=self.d_ff, max_seq_len=self.max_seq_len,
                            tokenizer=self.tokenizer, tie_embeddings=self.tie_embeddings)
+
+
+class AutoRequest(BaseModel):
+    """The best model for ``minutes`` of training on ``books`` on this machine (recipe.py)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    books: list[str]
+    minutes: float = Field(..., gt=0, le=10**6)
+    threads: int | None = Field(None, ge=1, le=1024)
+
+
+class PlanRequest(AutoRequest):
+    """``shape``: the manual fields, to hear whether they suit these books and minutes."""
+
+    shape: ModelShape | None = None
+
+
+class ModelCreateRequest(ModelShape):
+    """A model of the shape given, or with ``auto``: of the plan's shape, with its training recipe."""
+
+    auto: AutoRequest | None = None
 
 
 class _RunBase(BaseModel):
@@ -679,8 +702,16 @@ def create_app(home: Path, *, token: str | None = None, max_upload_bytes: int = 
         return [model_dict(m, training) for m in registry.sync_models()]
 
     @app.post("/api/models", status_code=201, tags=["models"])
-    def create_model(body: ModelShape):
+    def create_model(body: ModelCreateRequest):
         name = validate_name(body.name, "model name")
+        if body.auto is not None:
+            given = sorted(body.model_fields_set - {"name", "auto"})
+            if given:  # the plan decides the whole shape
+                raise UserError("auto.shape_given", names=", ".join(given))
+            info, _plan, _recipe = recipe_mod.create(home, name, body.auto.books, body.auto.minutes,
+                                                     body.auto.threads)
+            registry.sync_models()
+            return model_dict(info, set())
         # Checked against RAM on a CPU machine only: asking CUDA would keep a GPU context (hundreds of MB)
         # in this long-lived process; the trainer checks GPU memory itself when a run starts.
         device = pick_device("auto")
@@ -723,6 +754,16 @@ def create_app(home: Path, *, token: str | None = None, max_upload_bytes: int = 
         registry.sync_models()
         return {"model": model_dict(get_model_info(name), set()), "book": book,
                 "next": f"Train '{name}' on the book '{book}' (a train run), then start a reason run."}
+
+    @app.post("/api/models/plan", tags=["models"])
+    def plan_model(body: PlanRequest, request: Request):
+        """The best shape and training settings for ``minutes`` on ``books`` on this machine, with
+        the expected speed, tokens and passes over the books; with ``shape``, what is wrong with
+        those manual fields for the books and minutes (``warnings``). The first plan on a machine
+        measures its speed (a few seconds); later ones are instant."""
+        lang = catalogue.language_from_accept(request.headers.get("accept-language"))
+        return recipe_mod.answer(home, body.books, body.minutes, body.threads,
+                                 body.shape.config() if body.shape is not None else None, lang)
 
     @app.post("/api/models/estimate", tags=["models"])
     def estimate_model(body: ModelShape, request: Request):

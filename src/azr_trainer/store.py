@@ -32,11 +32,15 @@ class ModelInfo:
     best_val_bpb: float | None = None
     last_trained: str | None = None
     books: list[str] | None = None
+    recipe: dict | None = None  # the auto-sizing plan's training settings (recipe.py)
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "config": self.config.to_dict(), "created_at": self.created_at,
-                "parameters": self.parameters, "trained_steps": self.trained_steps,
-                "best_val_bpb": self.best_val_bpb, "last_trained": self.last_trained, "books": self.books}
+        d = {"name": self.name, "config": self.config.to_dict(), "created_at": self.created_at,
+             "parameters": self.parameters, "trained_steps": self.trained_steps,
+             "best_val_bpb": self.best_val_bpb, "last_trained": self.last_trained, "books": self.books}
+        if self.recipe is not None:
+            d["recipe"] = self.recipe
+        return d
 
 
 def model_dir(home: Path, name: str) -> Path:
@@ -47,10 +51,12 @@ def _info_from_json(d: dict) -> ModelInfo:
     cfg = ModelConfig.from_dict(d["config"])
     return ModelInfo(name=d["name"], config=cfg, created_at=d["created_at"], parameters=count_parameters(cfg),
                      trained_steps=d.get("trained_steps", 0), best_val_bpb=d.get("best_val_bpb"),
-                     last_trained=d.get("last_trained"), books=d.get("books"))
+                     last_trained=d.get("last_trained"), books=d.get("books"),
+                     recipe=d.get("recipe") if isinstance(d.get("recipe"), dict) else None)
 
 
-def create_model(home: Path, name: str, cfg: ModelConfig, *, max_memory: int | None = None) -> ModelInfo:
+def create_model(home: Path, name: str, cfg: ModelConfig, *, max_memory: int | None = None,
+                 recipe: dict | None = None) -> ModelInfo:
     d = model_dir(home, name)
     cfg.validate()
     if d.exists():
@@ -60,7 +66,7 @@ def create_model(home: Path, name: str, cfg: ModelConfig, *, max_memory: int | N
         need = estimate_training_memory(cfg, batch_size=1)
         if need > max_memory:
             raise UserError("model.memory", need_gib=round(need / 2**30, 1), have_gib=round(max_memory / 2**30, 1))
-    info = ModelInfo(name=name, config=cfg, created_at=now_iso(), parameters=count_parameters(cfg))
+    info = ModelInfo(name=name, config=cfg, created_at=now_iso(), parameters=count_parameters(cfg), recipe=recipe)
     # Build in a temp folder and rename, so a crash never leaves a half-made model.
     tmp = home / "models" / f".tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
@@ -78,6 +84,15 @@ def get_model(home: Path, name: str) -> ModelInfo:
     if not (d / "model.json").exists():
         raise NotFound("model.not_found", name=name)
     return _info_from_json(read_json(d / "model.json"))
+
+
+def read_recipe(home: Path, name: str) -> dict | None:
+    """The model's training recipe, or None (a model made by hand, or one that does not exist)."""
+    path = model_dir(home, name) / "model.json"
+    if not path.is_file():
+        return None
+    recipe = read_json(path).get("recipe")
+    return recipe if isinstance(recipe, dict) else None
 
 
 def list_models(home: Path) -> list[ModelInfo]:

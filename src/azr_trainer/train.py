@@ -52,9 +52,9 @@ class TrainConfig:
     schedule: str = "steps"         # cosine over max_iterations, or "time": over max_time (budget runs)
     max_time: float | None = TRAIN.default("max_time")  # seconds of wall clock for this invocation
     warmup_iters: int | None = TRAIN.default("warmup_iters")  # default: 5% of max_iterations, at most 200
-    min_lr_ratio: float = 0.1
-    weight_decay: float = 0.1
-    beta2: float = 0.95
+    min_lr_ratio: float = TRAIN.default("min_lr_ratio")
+    weight_decay: float = TRAIN.default("weight_decay")
+    beta2: float = TRAIN.default("beta2")
     grad_clip: float = 1.0
     grad_accum: int = TRAIN.default("grad_accum")
     seq_len: int | None = TRAIN.default("seq_len")  # default: the model's max_seq_len

@@ -5,6 +5,7 @@ import { api } from "./api.js";
 import { t, fmtInt, fmtCompact, fmtBytes, fmtApproxDuration, fmtPercent, onLanguageChange, setText, messageText } from "./i18n.js";
 import { $, h, toast, showError, setBusy, intValue, store, subscribe, refreshModels } from "./ui.js";
 import { setting, applySetting, settingProblem } from "./settings.js";
+import { initAutoPlan, schedule as schedulePlan } from "./autoplan.js";
 
 export const PARAMS = ["vocab_size", "d_model", "num_layers", "num_heads", "d_ff", "max_seq_len"];
 
@@ -282,6 +283,7 @@ export function initCreate() {
     showError($("create-error"), "");
     validateAll();
     if (e.target.name !== "name") scheduleEstimate();
+    if (PARAMS.includes(e.target.name) || e.target.name === "tokenizer") schedulePlan(); // its warnings
   });
   form.addEventListener("change", () => scheduleEstimate());
   form.addEventListener("submit", submit);
@@ -294,6 +296,33 @@ export function initCreate() {
   });
   scheduleEstimate();
   presetParams();
+  initAutoPlan({
+    shape: () => {
+      const { v, shapeOk } = validateAll();
+      if (!shapeOk) return null;
+      const body = { tokenizer: v.tokenizer };
+      for (const p of PARAMS) body[p] = v[p];
+      return body;
+    },
+    fill: (model) => {
+      setForm(model);
+      $("m-tokenizer").value = model.tokenizer;
+      validateAll();
+      scheduleEstimate();
+    },
+    name: () => {
+      touched.add("name");
+      const { v } = validateAll();
+      if ($("m-name-msg").textContent) { $("m-name").focus(); return null; }
+      return v.name;
+    },
+    done: (name) => {
+      renderDone(name);
+      $("m-name").value = "";
+      touched = new Set();
+      validateAll();
+    },
+  });
 }
 
 export function showCreate() {

@@ -514,6 +514,8 @@ let mode = "train"; // or "selfplay" or "reason": which run the form starts
 const MODES = ["train", "selfplay", "reason"];
 // Which settings each form shows; their defaults and bounds come from the server (settings.js).
 const TRAIN_FIELDS = ["max_iterations", "batch_size", "learning_rate", "save_every", "eval_every", "minutes"];
+// Under "Advanced": empty unless typed in, so the model's plan (or the default) applies.
+const ADVANCED_FIELDS = ["seq_len", "warmup_iters", "min_lr_ratio", "beta2", "weight_decay"];
 const SELFPLAY_FIELDS = ["reward", "max_iterations", "group_size", "temperature", "kl_weight", "lm_weight", "minutes"];
 const REASON_FIELDS = ["mode", "max_iterations", "batch_size", "n_samples", "temperature", "learning_rate", "minutes"];
 const MODE_PREFIX = { train: "train", selfplay: "train.sp", reason: "train.rs" };
@@ -555,9 +557,42 @@ function currentModel() {
   return store.models.find((m) => m.name === $("t-model").value) || null;
 }
 
+let recipeShown = null; // the model whose plan last filled the form
+
+/** An auto-sized model's plan fills the form once when the model is chosen (the server fills
+ * the settings the form does not show from the same plan). */
+function applyRecipe(m) {
+  const name = m && m.recipe ? m.name : null;
+  if (name === recipeShown) return;
+  recipeShown = name;
+  showAdvancedDefaults(name ? m.recipe.settings : null);
+  if (!name) return;
+  const s = m.recipe.settings || {};
+  if (s.batch_size) $("t-batch_size").value = s.batch_size;
+  if (s.learning_rate) $("t-learning_rate").value = s.learning_rate;
+  if (m.recipe.minutes) { $("t-minutes").value = m.recipe.minutes; $("t-max_iterations").value = ""; }
+}
+
+/** The advanced fields start empty; their placeholder says what an empty one means. */
+function showAdvancedDefaults(planned) {
+  for (const k of ADVANCED_FIELDS) {
+    const input = $(`t-${k}`);
+    const value = planned && planned[k] != null ? planned[k] : setting("train", k).default;
+    input.value = "";
+    if (value == null) {
+      input.dataset.i18nAttr = "placeholder:common.auto";
+      input.placeholder = t("common.auto");
+    } else {
+      delete input.dataset.i18nAttr;
+      input.placeholder = String(value);
+    }
+  }
+}
+
 function renderModelInfo() {
   const m = currentModel();
   const info = $("t-model-info");
+  applyRecipe(m);
   if (!m) {
     info.replaceChildren();
     if (!store.models.length && store.loaded.models) info.append(h("a", { href: "#create", i18n: "train.create_first" }));
@@ -567,7 +602,7 @@ function renderModelInfo() {
   info.textContent = t("train.model_info", {
     params: fmtCompact(m.parameters), layers: t("models.layers", { count: c.num_layers, n: c.num_layers }),
     d_model: c.d_model, seq: c.max_seq_len, steps: t("models.steps", { count: m.trained_steps || 0, n: fmtInt(m.trained_steps || 0) }),
-  });
+  }) + (m.recipe ? " " + t("train.recipe", { batch: m.recipe.settings.batch_size, lr: m.recipe.settings.learning_rate, minutes: m.recipe.minutes }) : "");
 }
 
 function renderBooks() {
@@ -577,7 +612,8 @@ function renderBooks() {
   if (!booksTouched) {
     selectedBooks.clear();
     const m = currentModel();
-    const previous = (m && Array.isArray(m.books) ? m.books : []).filter((n) => books.some((b) => b.name === n));
+    const planned = m && m.recipe && Array.isArray(m.recipe.books) ? m.recipe.books : [];
+    const previous = (m && Array.isArray(m.books) ? m.books : planned).filter((n) => books.some((b) => b.name === n));
     if (previous.length) previous.forEach((n) => selectedBooks.add(n));
     else if (books.length === 1) selectedBooks.add(books[0].name);
   }
@@ -666,6 +702,13 @@ function trainRequest() {
   if (!v.model) errors.push(t("train.err.model"));
   if (!v.books.length) { errors.push(t("train.err.books")); $("t-books-msg").textContent = t("train.err.books"); $("t-books-msg").className = "msg error"; }
   Object.assign(v, readSettings("train", "t", TRAIN_FIELDS, errors));
+  for (const k of ADVANCED_FIELDS) {
+    const s = setting("train", k);
+    const value = fieldValue($(`t-${k}`), s);
+    if (value == null) continue;
+    const problem = settingProblem(s, value);
+    if (problem) errors.push(problem); else v[k] = value;
+  }
   return { body: v, errors };
 }
 
@@ -775,6 +818,8 @@ function applySettings() {
     if (help && help.dataset.i18n) setText(help, help.dataset.i18n, { default: shown(s.default), min: shown(s.min), max: shown(s.max) });
   };
   for (const k of TRAIN_FIELDS) apply("train", "t", k);
+  for (const k of ADVANCED_FIELDS) apply("train", "t", k);
+  showAdvancedDefaults(null);
   for (const k of SELFPLAY_FIELDS) apply("selfplay", "sp", k);
   for (const k of REASON_FIELDS) apply("reason", "rs", k);
   applySetting($("rs-pretrain_steps"), setting("from_zero", "pretrain_steps"));

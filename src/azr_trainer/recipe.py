@@ -1,0 +1,154 @@
+"""A model's training recipe: the auto-sizing plan (autosize.py) kept with the model it made.
+
+``azr models create NAME --auto`` and the studio's "best model for N minutes" plan a shape and
+its training settings from the books' size, the minutes and this machine's measured speed, and
+store both: the shape as the model's config, the settings in model.json under ``recipe``.
+Every later train run of that model (the command line and the studio's worker alike) starts
+from the recipe: ``apply`` fills in each setting the run leaves out, so the plan's learning
+rate, batch and schedule are what a plain ``azr train NAME --books B`` gets.
+
+Training has no bf16 path on the CPU (it uses bf16 on CUDA by itself), so the plan is sized on
+the measured fp32 speed even where the probe found bf16 faster; the recipe keeps both
+measurements, as information.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from pathlib import Path
+
+from . import autosize, store
+from . import books as books_mod
+from .errors import UserError
+from .model import ModelConfig, count_parameters, training_flops_per_token
+from .settings import TRAIN
+
+# The settings a recipe holds, as TrainConfig names them (the time budget travels as minutes).
+SETTINGS = ("batch_size", "seq_len", "learning_rate", "warmup_iters", "min_lr_ratio", "beta2", "weight_decay")
+# Past these a shape is the wrong size for the books and the time (see ``warnings``).
+FEW_EPOCHS, MANY_EPOCHS = 0.3, 200.0
+# A BPE vocabulary wants a few hundred bytes of text per token to learn its merges from.
+BYTES_PER_VOCAB_ENTRY = 200
+
+
+def books_bytes(home: Path, books: list[str]) -> int:
+    """UTF-8 bytes of the chosen books' stored text."""
+    names = [b.strip() for b in books if b and b.strip()]
+    if not names:
+        raise UserError("auto.no_books")
+    if len(set(names)) != len(names):
+        raise UserError("auto.book_twice")
+    return sum(books_mod.get_book(home, n).text_bytes for n in names)
+
+
+def _memory() -> int | None:
+    from .device import available_memory_bytes, pick_device
+    device = pick_device("auto")
+    # RAM on a CPU machine only: asking CUDA would keep a GPU context in a long-lived server
+    return available_memory_bytes(device) if device.type == "cpu" else None
+
+
+def _threads(threads: int | None) -> int:
+    from .device import default_threads
+    if threads is not None:
+        TRAIN["threads"].check(threads)
+    return threads or default_threads()
+
+
+def make_plan(home: Path, books: list[str], minutes: float, threads: int | None = None) -> tuple:
+    """(plan, speed, book_bytes) for these books and minutes on this machine."""
+    TRAIN["minutes"].check(minutes)
+    size = books_bytes(home, books)
+    measured = autosize.machine_speed(home, _threads(threads))
+    # the speed training will get: fp32 (no bf16 on the CPU), whatever bf16 measured
+    speed = replace(measured, bf16_gflops=min(measured.bf16_gflops, measured.fp32_gflops))
+    return autosize.plan(size, minutes, speed, memory_bytes=_memory()), measured, size
+
+
+def describe(plan: autosize.Plan, minutes: float, book_bytes: int, threads: int | None = None,
+             measured: autosize.MachineSpeed | None = None) -> dict:
+    """The recipe as model.json keeps it and the API and command line show it."""
+    settings = {k: plan.train_settings()[k] for k in SETTINGS}
+    if threads is not None:
+        settings["threads"] = threads
+    out = {"minutes": minutes, "settings": settings, "precision": plan.precision, "book_bytes": book_bytes,
+            "expected": {"parameters": plan.parameters, "tokens_per_s": plan.expected_tokens_per_s,
+                         "tokens": plan.expected_tokens, "epochs": plan.epochs,
+                         "steps": int(plan.expected_tokens // (plan.batch_size * plan.seq_len))}}
+    if measured is not None:
+        out["measured_gflops"] = {"fp32": measured.fp32_gflops, "bf16": measured.bf16_gflops,
+                                  "threads": measured.threads}
+    return out
+
+
+def create(home: Path, name: str, books: list[str], minutes: float, threads: int | None = None) -> tuple:
+    """Plan and create the model ``name`` with its recipe: (ModelInfo, plan, recipe)."""
+    p, measured, size = make_plan(home, books, minutes, threads)
+    recipe = describe(p, minutes, size, threads, measured)
+    recipe["books"] = [b.strip() for b in books if b.strip()]
+    info = store.create_model(home, name, p.model, max_memory=_memory(), recipe=recipe)
+    return info, p, recipe
+
+
+def apply(home: Path, model: str, params: dict) -> dict:
+    """A train run's settings with the model's recipe filling in what ``params`` leaves out (a
+    setting given as None counts as left out). Without a time budget, step count or time limit
+    the run gets the recipe's minutes, so that its learning rate decays over the planned time."""
+    try:
+        recipe = store.read_recipe(home, model)
+    except (OSError, ValueError):
+        recipe = None
+    given = {k: v for k, v in params.items() if v is not None}
+    if not recipe:
+        return given
+    out = {**{k: v for k, v in recipe.get("settings", {}).items() if k in SETTINGS or k == "threads"}, **given}
+    if not any(k in given for k in ("minutes", "max_time", "max_iterations")) and recipe.get("minutes"):
+        out["minutes"] = recipe["minutes"]
+    return out
+
+
+def warnings(cfg: ModelConfig, book_bytes: int, minutes: float, speed: autosize.MachineSpeed,
+             recommended: autosize.Plan) -> list[UserError]:
+    """What is wrong with a hand-chosen shape for these books and minutes (cheap: no training)."""
+    out: list[UserError] = []
+    if cfg.tokenizer == "bpe":
+        most = max(recommended.model.vocab_size, book_bytes // BYTES_PER_VOCAB_ENTRY)
+        if cfg.vocab_size > most:
+            out.append(UserError("auto.vocab_large", vocab=cfg.vocab_size, most=most,
+                                 recommended=recommended.model.vocab_size))
+    seconds = 60.0 * minutes
+    tokens = speed.gflops * 1e9 * autosize.STEP_EFFICIENCY * seconds / training_flops_per_token(cfg)
+    book_tokens = book_bytes / (1.0 if cfg.tokenizer == "char" else autosize.BYTES_PER_TOKEN)
+    epochs = tokens / max(1.0, book_tokens)
+    shown = f"{epochs:.2g}" if epochs < 10 else str(round(epochs))
+    # relative to the plan too: where even the best shape reads a tiny book many times, a shape
+    # close to it is not to blame
+    if epochs < min(FEW_EPOCHS, recommended.epochs / 3):
+        out.append(UserError("auto.epochs_few", epochs=shown, minutes=_show(minutes),
+                             parameters=count_parameters(cfg), recommended=recommended.parameters))
+    elif epochs > max(MANY_EPOCHS, recommended.epochs * 3):
+        out.append(UserError("auto.epochs_many", epochs=shown, minutes=_show(minutes),
+                             parameters=count_parameters(cfg), recommended=recommended.parameters))
+    return out
+
+
+def _show(x: float) -> str:
+    return f"{x:g}" if not math.isnan(x) else "?"
+
+
+def answer(home: Path, books: list[str], minutes: float, threads: int | None = None,
+           shape: ModelConfig | None = None, lang: str = "en") -> dict:
+    """POST /api/models/plan: the plan for these books and minutes, and what is wrong with a
+    hand-chosen ``shape`` for them (``warnings``: sentences; ``problems``: the same, coded)."""
+    p, measured, size = make_plan(home, books, minutes, threads)
+    problems = []
+    if shape is not None:
+        try:
+            shape.validate()
+        except UserError:
+            pass  # the estimate endpoint says what is wrong with the shape itself
+        else:
+            problems = warnings(shape, size, minutes, replace(measured, bf16_gflops=0.0), p)
+    return {"model": p.model.to_dict(), "plan": p.to_dict(), "recipe": describe(p, minutes, size, threads, measured),
+            "warnings": [e.render(lang) for e in problems], "problems": [e.to_dict(lang) for e in problems]}

@@ -1,0 +1,148 @@
+"""The best model for N minutes: a plan's shape and training recipe, kept with the model and
+used by its train runs (the command line and the studio), and the plan endpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from azr_trainer import autosize, recipe, store
+from azr_trainer.server import create_app
+
+from conftest import make_text
+
+SLOW_CPU = autosize.MachineSpeed(threads=1, fp32_gflops=20.0, bf16_gflops=2.0)
+
+
+def azr(home: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "AZR_HOME": str(home), "PYTHONIOENCODING": "utf-8", "AZR_LANG": "en"}
+    p = subprocess.run([sys.executable, "-m", "azr_trainer.cli", *args], capture_output=True, text=True,
+                       encoding="utf-8", env=env, timeout=180)
+    if check and p.returncode != 0:
+        raise AssertionError(f"azr {' '.join(args)} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
+    return p
+
+
+def started(events: Path) -> dict:
+    with events.open(encoding="utf-8") as f:
+        return next(e for e in map(json.loads, f) if e["type"] == "status" and e["state"] == "started")
+
+
+def test_cli_creates_an_auto_sized_model_and_trains_it_with_its_recipe(tmp_path):
+    home = tmp_path / "home"
+    (tmp_path / "play.txt").write_text(make_text(), encoding="utf-8")
+    azr(home, "books", "add", str(tmp_path / "play.txt"), "--name", "play")
+    # Half a shape with the plan: refused, and nothing is made.
+    bad = azr(home, "models", "create", "m", "--auto", "--books", "play", "--minutes", "0.05", "--d-model", "64",
+              check=False)
+    assert bad.returncode == 2 and "d_model" in bad.stderr and "--" not in bad.stderr.split(":", 1)[1]
+    assert not (home / "models" / "m").exists()
+
+    out = json.loads(azr(home, "models", "create", "m", "--auto", "--books", "play", "--minutes", "0.05",
+                         "--threads", "1", "--json").stdout)
+    plan = out["plan"]
+    assert out["config"] == plan["model"] and out["parameters"] == plan["parameters"]
+    saved = json.loads((home / "models" / "m" / "model.json").read_text(encoding="utf-8"))
+    rec = saved["recipe"]
+    assert rec["minutes"] == 0.05 and rec["books"] == ["play"] and rec["settings"]["threads"] == 1
+    assert {k: rec["settings"][k] for k in recipe.SETTINGS} == {k: plan[k] for k in recipe.SETTINGS}
+    assert rec["expected"]["epochs"] == plan["epochs"] and rec["precision"] in ("fp32", "bf16")
+    # beta2 0.99 and lr 3e-3 are the plan's, not the command line's defaults (0.95, 3e-4)
+    assert plan["beta2"] != 0.95 and plan["learning_rate"] != 3e-4
+
+    # No settings given: the recipe's, and its minutes (the time schedule).
+    summary = json.loads(azr(home, "train", "m", "--books", "play", "--json").stdout)
+    cfg = started(Path(summary["events"]))["train_config"]
+    assert {k: cfg[k] for k in recipe.SETTINGS} == {k: plan[k] for k in recipe.SETTINGS}
+    assert cfg["schedule"] == "time" and cfg["max_time"] == pytest.approx(3.0) and cfg["threads"] == 1
+    # A setting given wins over the recipe; the rest still come from it.
+    summary = json.loads(azr(home, "train", "m", "--books", "play", "--minutes", "0.03", "--learning-rate", "1e-3",
+                             "--beta2", "0.9", "--json").stdout)
+    cfg = started(Path(summary["events"]))["train_config"]
+    assert (cfg["learning_rate"], cfg["beta2"], cfg["max_time"]) == (1e-3, 0.9, pytest.approx(1.8))
+    assert (cfg["batch_size"], cfg["warmup_iters"], cfg["min_lr_ratio"]) == \
+        (plan["batch_size"], plan["warmup_iters"], plan["min_lr_ratio"])
+
+
+def test_the_optimiser_settings_are_command_line_options(tmp_path):
+    """P1's recipe (benchmarks/pretrain_budget.py) with `azr models create` and `azr train` flags."""
+    home = tmp_path / "home"
+    (tmp_path / "play.txt").write_text(make_text(), encoding="utf-8")
+    azr(home, "books", "add", str(tmp_path / "play.txt"), "--name", "play")
+    azr(home, "models", "create", "p", "--vocab-size", "300", "--d-model", "32", "--num-layers", "1",
+        "--num-heads", "2", "--d-ff", "64", "--max-seq-len", "32", "--tokenizer", "char")
+    assert "recipe" not in json.loads((home / "models" / "p" / "model.json").read_text(encoding="utf-8"))
+    summary = json.loads(azr(home, "train", "p", "--books", "play", "--max-iterations", "2", "--learning-rate",
+                             "3e-3", "--warmup-iters", "1", "--min-lr-ratio", "0.05", "--weight-decay", "0.2",
+                             "--beta2", "0.99", "--threads", "1", "--json").stdout)
+    cfg = started(Path(summary["events"]))["train_config"]
+    assert (cfg["min_lr_ratio"], cfg["weight_decay"], cfg["beta2"], cfg["schedule"]) == (0.05, 0.2, 0.99, "steps")
+    bad = azr(home, "train", "p", "--books", "play", "--beta2", "1.5", check=False)
+    assert bad.returncode == 2 and "beta2" in bad.stderr
+
+
+@pytest.fixture
+def client(tmp_path, monkeypatch):
+    monkeypatch.setattr(autosize, "machine_speed", lambda home, threads: SLOW_CPU)  # no probe in the test
+    with TestClient(create_app(tmp_path / "home"), base_url="http://127.0.0.1:8000") as c:
+        r = c.post("/api/books", files={"file": ("play.txt", make_text().encode(), "text/plain")},
+                   data={"name": "play"})
+        assert r.status_code == 201, r.text
+        yield c
+
+
+def test_the_plan_endpoint_and_a_model_made_from_it(client):
+    r = client.post("/api/models/plan", json={"books": ["play"], "minutes": 10})
+    assert r.status_code == 200, r.text
+    answer = r.json()
+    expected = autosize.plan(len(make_text().encode()), 10, SLOW_CPU)
+    assert answer["model"] == expected.model.to_dict() and answer["warnings"] == []
+    assert answer["recipe"]["settings"]["learning_rate"] == expected.learning_rate
+    assert answer["recipe"]["expected"]["epochs"] == expected.epochs
+
+    # The manual fields' shape (the defaults: a vocabulary of 8,000) is too big for a small book.
+    shape = {"vocab_size": 8000, "d_model": 256, "num_layers": 6, "num_heads": 8, "d_ff": 1024, "max_seq_len": 256}
+    r = client.post("/api/models/plan", json={"books": ["play"], "minutes": 10, "shape": shape},
+                    headers={"Accept-Language": "ru"})
+    codes = [p["code"] for p in r.json()["problems"]]
+    assert "auto.vocab_large" in codes and "Размер словаря (8\u00a0000)" in " ".join(r.json()["warnings"])
+    r = client.post("/api/models/plan", json={"books": ["play"], "minutes": 10, "shape": answer["model"]})
+    assert r.json()["problems"] == []  # the recommended shape has nothing to warn about
+    assert client.post("/api/models/plan", json={"books": [], "minutes": 10}).json()["code"] == "auto.no_books"
+    assert client.post("/api/models/plan", json={"books": ["nope"], "minutes": 10}).status_code == 404
+
+    r = client.post("/api/models", json={"name": "best", "auto": {"books": ["play"], "minutes": 10}})
+    assert r.status_code == 201, r.text
+    assert r.json()["config"] == answer["model"] and r.json()["recipe"]["minutes"] == 10
+    r = client.post("/api/models", json={"name": "half", "d_model": 64, "auto": {"books": ["play"], "minutes": 10}})
+    assert r.status_code == 400 and r.json()["code"] == "auto.shape_given"
+
+    # A studio run of it: the recipe fills in what the run leaves out; what it gives wins.
+    r = client.post("/api/runs", json={"model": "best", "books": ["play"], "minutes": 0.05, "batch_size": 4})
+    assert r.status_code in (200, 201), r.text
+    params = r.json()["params"]
+    client.post(f"/api/runs/{r.json()['id']}/cancel")
+    deadline = time.time() + 60  # its worker is gone before the data folder is
+    while client.get(f"/api/runs/{r.json()['id']}").json()["state"] in ("queued", "running") and time.time() < deadline:
+        time.sleep(0.2)
+    assert params["batch_size"] == 4 and params["learning_rate"] == expected.learning_rate
+    assert (params["beta2"], params["seq_len"], params["warmup_iters"]) == \
+        (expected.beta2, expected.seq_len, expected.warmup_iters)
+
+
+def test_apply_leaves_a_hand_made_model_alone(tmp_path):
+    home = tmp_path / "home"
+    (home / "models").mkdir(parents=True)
+    assert recipe.apply(home, "nobody", {"learning_rate": 1e-3, "seq_len": None}) == {"learning_rate": 1e-3}
+    store.create_model(home, "r", autosize.plan(50_000, 5, SLOW_CPU).model,
+                       recipe={"minutes": 5, "settings": {"learning_rate": 2e-3, "batch_size": 8}})
+    assert recipe.apply(home, "r", {"max_iterations": 10}) == {"learning_rate": 2e-3, "batch_size": 8,
+                                                               "max_iterations": 10}
+    assert recipe.apply(home, "r", {})["minutes"] == 5
