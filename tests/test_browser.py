@@ -1045,6 +1045,7 @@ def test_a_runs_message_and_milestones_follow_the_page_language(browser, studio,
         expect(log).to_contain_text("Отменено на шаге 40.")
         expect(page.locator("#mon-message")).to_contain_text("Отменено на шаге 40.")
         expect(page.locator("#chart-bpb-legend")).to_contain_text("xz (архиватор)")
+        shot(page, artifacts, "monitor-milestone-ru")
 
         page.get_by_test_id("lang-en").click()
         expect(log).to_contain_text("milestone at step 40: 73% of the words it writes are real words")
