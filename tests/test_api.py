@@ -840,8 +840,12 @@ def test_milestones_and_quality_are_kept_with_the_run(tmp_path):
         {"type": "step", "step": 40, "loss": 2.0, "max_iterations": 100},
         {"type": "eval", "step": 40, "val_loss": 1.5, "val_bpb": 2.1, "xz_bpb": 2.4},
         {"type": "quality", "step": 40, "real_words": 0.73},
-        {"type": "milestone", "step": 40, "code": "milestone.beats_xz", "params": beats,
+        {"type": "milestone", "step": 20, "code": "milestone.beats_xz", "params": beats,
          "message": "It now compresses the held-out text better than xz does."},
+        {"type": "milestone", "step": 50, "code": "milestone.real_words", "params": {"percent": 60},
+         "message": "60% of the words it writes are real words from your books."},
+        {"type": "status", "state": "resumed", "step": 30},  # from a checkpoint before that milestone
+        {"type": "step", "step": 40, "loss": 2.0, "max_iterations": 100},
         {"type": "milestone", "step": 40, "code": "milestone.real_words", "params": {"percent": 73},
          "message": "73% of the words it writes are real words from your books."},
     ]
@@ -854,10 +858,11 @@ def test_milestones_and_quality_are_kept_with_the_run(tmp_path):
         assert run["message"].startswith("Студия остановилась") and run["message_params"] == {"step": 40}
         assert run["real_words"] == 0.73 and run["last_eval"]["xz_bpb"] == 2.4
         assert [(m["step"], m["code"], m["params"]) for m in run["milestones"]] == [
-            (40, "milestone.beats_xz", beats), (40, "milestone.real_words", {"percent": 73})]
+            (20, "milestone.beats_xz", beats), (40, "milestone.real_words", {"percent": 73})]
         assert run["milestones"][1]["message"] == "73% слов, которые она пишет, — настоящие слова из ваших книг."
         en = client.get("/api/runs", headers={"Accept-Language": "en-GB"}).json()[0]
         assert en["message"].startswith("The studio stopped while this run was training (at step 40)")
         assert en["milestones"][0]["message"].startswith("It now compresses the held-out text better than xz")
         kinds = [e["type"] for e in client.get("/api/runs/r1/events").json()["events"]]
-        assert kinds == ["step", "eval", "quality", "milestone", "milestone", "status"]
+        assert kinds == ["step", "eval", "quality", "milestone", "milestone", "status", "step", "milestone",
+                         "status"]

@@ -561,6 +561,8 @@ class JobRunner:
             run.step = step
         if state in ("started", "resumed"):
             run.started_at = run.started_at or _now()
+            if step is not None and run.milestones:  # the run goes on from its checkpoint: later ones are undone
+                run.milestones = [m for m in run.milestones if (m.get("step") or 0) <= step]
             return
         # Only the worker that owns the run decides how it ended: once the run was resumed or
         # cancelled, a late report from an earlier worker changes nothing.

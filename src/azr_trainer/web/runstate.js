@@ -159,6 +159,7 @@ export class RunState {
             const perTypeSeries = [this.acc, this.valid, this.solve].flatMap((o) => Object.values(o));
             for (const arr of [this.loss, this.lr, this.tps, this.valLoss, this.valBpb, this.reward, this.evalReward, this.kl, ...perTypeSeries]) cut(arr, e.step);
             this.samples = this.samples.filter((s) => s.step <= e.step);
+            this.milestones = this.milestones.filter((m) => !(m.step > e.step));
             if (this.lastStep && this.lastStep.step > e.step) this.lastStep = null;
             this.step = e.step;
           } else {
@@ -193,7 +194,6 @@ export class RunState {
         this.addLog(e, "log.message", { message: e.message ?? "" }, { msg: coded(e) });
         break;
       case "milestone":
-        this.milestones = this.milestones.filter((m) => !(m.step > (e.step ?? 0)));  // a resume rewrote what came after
         this.milestones.push({ step: e.step, code: e.code, params: e.params || {}, message: e.message ?? "" });
         this.addLog(e, "monitor.milestone_log", { step: e.step ?? this.step, message: e.message ?? "" }, { msg: coded(e) });
         break;
