@@ -19,7 +19,11 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
+from azr_trainer import store
+from azr_trainer.model import ModelConfig
+from azr_trainer.registry import Registry, Run
 from azr_trainer.server import create_app
+from azr_trainer.train import run_dir
 
 from conftest import WORDS_RU, make_text
 
@@ -476,6 +480,12 @@ def test_pause_resume_cancel(studio, play):
     cancelled = studio.wait(run["id"])
     assert cancelled["state"] == "cancelled" and paused["step"] <= cancelled["step"] < 20000
     assert studio.http.post(f"/api/runs/{run['id']}/cancel").status_code == 409
+    # The message is kept as a code: the API says it in the language the request asks for.
+    assert cancelled["message_code"] == "run.cancelled" and cancelled["message"].startswith("Cancelled at step")
+    ru = studio.http.get(f"/api/runs/{run['id']}", headers={"Accept-Language": "ru-RU,ru;q=0.9"}).json()
+    assert ru["message"].startswith("Отменено на шаге") and ru["message_params"]["step"] == cancelled["step"]
+    listed = studio.http.get("/api/runs", headers={"Accept-Language": "ru"}).json()
+    assert next(r for r in listed if r["id"] == run["id"])["message"] == ru["message"]
     # Cancelled releases the model.
     again = studio.http.post("/api/runs", json={"model": "long", "books": [play], "max_iterations": 20000, **FAST})
     assert again.status_code == 201
@@ -812,3 +822,47 @@ def resume_then_cancel(studio, run, paused, kind):
     assert studio.http.post(f"/api/runs/{run['id']}/cancel").status_code == 200
     cancelled = studio.wait(run["id"])
     assert cancelled["state"] == "cancelled" and cancelled["step"] >= paused["step"]
+
+
+def test_milestones_and_quality_are_kept_with_the_run(tmp_path):
+    """What a worker wrote before the studio stopped is read when it starts again: milestones,
+    the real-word share and xz's bpb beside the model's; every message in the asked language."""
+    home = tmp_path / "home"
+    store.create_model(home, "m", ModelConfig(**TINY))
+    reg = Registry(home)
+    with reg.session() as s:
+        s.add(Run(id="r1", model="m", books=["play"], params={"max_iterations": 100}, state="running",
+                  max_iterations=100, created_at="2026-01-01T00:00:00", step=0, events_offset=0, events_count=0))
+        s.commit()
+    reg.close()
+    beats = {"bpb": 2.1, "xz": 2.4}
+    events = [
+        {"type": "step", "step": 40, "loss": 2.0, "max_iterations": 100},
+        {"type": "eval", "step": 40, "val_loss": 1.5, "val_bpb": 2.1, "xz_bpb": 2.4},
+        {"type": "quality", "step": 40, "real_words": 0.73},
+        {"type": "milestone", "step": 20, "code": "milestone.beats_xz", "params": beats,
+         "message": "It now compresses the held-out text better than xz does."},
+        {"type": "milestone", "step": 50, "code": "milestone.real_words", "params": {"percent": 60},
+         "message": "60% of the words it writes are real words from your books."},
+        {"type": "status", "state": "resumed", "step": 30},  # from a checkpoint before that milestone
+        {"type": "step", "step": 40, "loss": 2.0, "max_iterations": 100},
+        {"type": "milestone", "step": 40, "code": "milestone.real_words", "params": {"percent": 73},
+         "message": "73% of the words it writes are real words from your books."},
+    ]
+    folder = run_dir(home, "m", "r1")
+    folder.mkdir(parents=True)
+    (folder / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events), encoding="utf-8")
+    with TestClient(create_app(home), base_url="http://127.0.0.1:8000") as client:
+        run = client.get("/api/runs/r1", headers={"Accept-Language": "ru"}).json()
+        assert run["state"] == "interrupted" and run["message_code"] == "jobs.studio_stopped_running"
+        assert run["message"].startswith("Студия остановилась") and run["message_params"] == {"step": 40}
+        assert run["real_words"] == 0.73 and run["last_eval"]["xz_bpb"] == 2.4
+        assert [(m["step"], m["code"], m["params"]) for m in run["milestones"]] == [
+            (20, "milestone.beats_xz", beats), (40, "milestone.real_words", {"percent": 73})]
+        assert run["milestones"][1]["message"] == "73% слов, которые она пишет, — настоящие слова из ваших книг."
+        en = client.get("/api/runs", headers={"Accept-Language": "en-GB"}).json()[0]
+        assert en["message"].startswith("The studio stopped while this run was training (at step 40)")
+        assert en["milestones"][0]["message"].startswith("It now compresses the held-out text better than xz")
+        kinds = [e["type"] for e in client.get("/api/runs/r1/events").json()["events"]]
+        assert kinds == ["step", "eval", "quality", "milestone", "milestone", "status", "step", "milestone",
+                         "status"]

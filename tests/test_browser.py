@@ -1045,3 +1045,60 @@ def test_the_best_model_for_n_minutes_in_russian(browser, studio, tmp_path):
         assert not errors, errors
     finally:
         ctx.close()
+
+
+def test_a_runs_message_and_milestones_follow_the_page_language(browser, studio, artifacts):
+    """A cancelled run's message and its milestones come as codes (stubbed answers): the Runs tab
+    and the monitor show them in Russian, the bpb chart gets xz's line, and English after the switch."""
+    milestone = {"step": 40, "code": "milestone.real_words", "params": {"percent": 73},
+                 "message": "73% of the words it writes are real words from your books."}
+    run = {"id": "r-said", "model": "m", "kind": "train", "state": "cancelled", "step": 40, "max_iterations": 100,
+           "books": ["play"], "params": {"max_iterations": 100},
+           "created_at": "2026-01-02T03:04:05+00:00", "started_at": "2026-01-02T03:04:06+00:00",
+           "message": "Cancelled at step 40.", "message_code": "run.cancelled", "message_params": {"step": 40},
+           "milestones": [milestone], "real_words": 0.73}
+    events = [
+        {"seq": 0, "type": "status", "run": "r-said", "time": 1767323046, "state": "started", "step": 0},
+        {"seq": 1, "type": "eval", "run": "r-said", "time": 1767323047, "step": 20, "val_loss": 2.0, "val_bpb": 3.0,
+         "xz_bpb": 2.5},
+        {"seq": 2, "type": "eval", "run": "r-said", "time": 1767323048, "step": 40, "val_loss": 1.5, "val_bpb": 2.2,
+         "xz_bpb": 2.5},
+        {"seq": 3, "type": "quality", "run": "r-said", "time": 1767323048, "step": 40, "real_words": 0.73},
+        {"seq": 4, "type": "milestone", "run": "r-said", "time": 1767323049, **milestone},
+        {"seq": 5, "type": "status", "run": "r-said", "time": 1767323050, "state": "cancelled", "step": 40,
+         "message": "stopped by cancel", "code": "run.cancelled", "params": {"step": 40}},
+    ]
+
+    def answer_events(route):
+        after = int(re.search(r"after=(\d+)", route.request.url).group(1)) if "after=" in route.request.url else 0
+        page_events = [e for e in events if e["seq"] >= after]
+        route.fulfill(json={"events": page_events, "next": after + len(page_events)})
+
+    ctx = browser.new_context(locale="ru-RU", viewport={"width": 1360, "height": 900})
+    try:
+        ctx.route(re.compile(r".*/api/runs(\?.*)?$"), lambda r: r.fulfill(json=[run]))
+        ctx.route(re.compile(r".*/api/runs/r-said$"), lambda r: r.fulfill(json=run))
+        ctx.route(re.compile(r".*/api/runs/r-said/events.*"), answer_events)
+        page = ctx.new_page()
+        page.goto(studio.url + "/#runs")
+        page.wait_for_selector("body[data-ready='1']")
+        row = page.get_by_test_id("run-row").filter(has_text="r-said")
+        expect(row.get_by_test_id("run-note")).to_have_text("Отменено на шаге 40.")
+        expect(row.get_by_test_id("run-milestone")).to_contain_text("73% слов, которые она пишет")
+        shot(page, artifacts, "runs-milestone-ru")
+
+        tab(page, "training")
+        log = page.get_by_test_id("log")
+        expect(log).to_contain_text("достижение на шаге 40: 73% слов, которые она пишет")
+        expect(log).to_contain_text("Отменено на шаге 40.")
+        expect(page.locator("#mon-message")).to_contain_text("Отменено на шаге 40.")
+        expect(page.locator("#chart-bpb-legend")).to_contain_text("xz (архиватор)")
+        shot(page, artifacts, "monitor-milestone-ru")
+
+        page.get_by_test_id("lang-en").click()
+        expect(log).to_contain_text("milestone at step 40: 73% of the words it writes are real words")
+        tab(page, "runs")
+        expect(row.get_by_test_id("run-note")).to_have_text("Cancelled at step 40.")
+        expect(row.get_by_test_id("run-milestone")).to_contain_text("73% of the words it writes")
+    finally:
+        ctx.close()

@@ -110,10 +110,11 @@ def test_schema_versions(home, monkeypatch):
         ran.append(1)
         conn.execute(text("ALTER TABLE books ADD COLUMN note TEXT"))
 
-    monkeypatch.setattr(registry, "MIGRATIONS", [add_column])
+    current = registry.latest_version()
+    monkeypatch.setattr(registry, "MIGRATIONS", [*registry.MIGRATIONS, add_column])
     reg = Registry(home)
     with reg.engine.connect() as conn:
-        assert conn.execute(select(registry.SchemaVersion.version)).scalar_one() == 2
+        assert conn.execute(select(registry.SchemaVersion.version)).scalar_one() == current + 1
         assert "note" in [row[1] for row in conn.execute(text("PRAGMA table_info(books)"))]
     reg.close()
     assert ran == [1]
@@ -123,6 +124,21 @@ def test_schema_versions(home, monkeypatch):
     monkeypatch.setattr(registry, "MIGRATIONS", [])
     with pytest.raises(UserError, match="newer AZR Trainer"):
         Registry(home)
+
+
+def test_a_folder_from_before_coded_run_messages_keeps_its_runs(home):
+    reg = Registry(home)
+    with reg.engine.begin() as conn:  # the runs table as version 1 had it, with one finished run
+        for column in ("message_code", "message_params", "milestones", "real_words"):
+            conn.execute(text(f"ALTER TABLE runs DROP COLUMN {column}"))
+        conn.execute(text("UPDATE schema_version SET version = 1"))
+        conn.execute(text("INSERT INTO runs (id, model, books, params, state, message, step, max_iterations, "
+                          "created_at, events_offset, events_count) VALUES ('old', 'm', '[]', '{}', 'cancelled', "
+                          "'Cancelled at step 5.', 5, 10, '2024-01-01T00:00:00', 0, 0)"))
+    reg.close()
+    run = JobRunner(home, Registry(home)).get_run("old")
+    assert run["message"] == "Cancelled at step 5." and run["message_code"] is None
+    assert run["milestones"] == [] and run["real_words"] is None
 
 
 # ---------------------------------------------------------------------------- job runner

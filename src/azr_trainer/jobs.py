@@ -48,7 +48,7 @@ from typing import IO
 from sqlalchemy import select
 
 from . import books as books_mod
-from . import recipe, store
+from . import catalogue, recipe, store
 from .checkpoint import resolve_checkpoint
 from .events import read_events
 from .home import Conflict, NotFound, UserError
@@ -100,20 +100,32 @@ def log_tail(path: Path, nbytes: int = LOG_TAIL_BYTES) -> str:
         return ""
 
 
-def crash_message(log_path: Path, returncode: int) -> str:
-    """Why a worker exited without reporting: a signal (out of memory, usually) or an error in its log."""
+def crash_reason(log_path: Path, returncode: int) -> tuple[str, dict]:
+    """Why a worker exited without reporting, as a message code and its params: a signal (out of
+    memory, usually) or an error in its log."""
     if returncode < 0:  # POSIX: killed by a signal
         try:
             name = signal.Signals(-returncode).name
         except ValueError:
             name = f"signal {-returncode}"
-        hint = (" This usually means the computer ran out of memory: lower batch_size (or the model's size) "
-                "and resume." if name == "SIGKILL" else "")
-        return f"The training process was killed by {name}.{hint}"
+        return ("jobs.killed_oom" if name == "SIGKILL" else "jobs.killed"), {"signal": name}
     # An error the worker could explain came as a failed event; this one it could not.
     lines = [line.strip() for line in log_tail(log_path).splitlines() if line.strip()]
-    last = lines[-1] if lines else "no output"
-    return f"The training process stopped unexpectedly (exit code {returncode}): {last[:500]}"
+    if not lines:
+        return "jobs.crashed_silent", {"exit_code": returncode}
+    return "jobs.crashed", {"exit_code": returncode, "line": lines[-1][:500]}
+
+
+def crash_message(log_path: Path, returncode: int) -> str:
+    code, params = crash_reason(log_path, returncode)
+    return catalogue.message(code, "en", **params)
+
+
+def _english(code: str | None, params: dict | None, fallback: str | None = None) -> str | None:
+    """The English text of a coded message (what the run's ``message`` keeps for older readers)."""
+    if code and catalogue.has(f"msg.{code}"):
+        return catalogue.message(code, "en", **(params or {}))
+    return fallback
 
 
 # ---------------------------------------------------------------------------- run kinds
@@ -278,9 +290,7 @@ class JobRunner:
                     # parent die): ask it to stop, and keep reading what it writes.
                     self._control_file(run).write_text("pause", encoding="utf-8")
                     self._orphans.add(run.id)
-                self._set_state(s, run, "interrupted",
-                                f"The studio stopped while this run was {was} (at step {run.step}). "
-                                "Resume it to continue from its last checkpoint.")
+                self._set_state(s, run, "interrupted", f"jobs.studio_stopped_{was}", {"step": run.step})
 
     def _loop(self) -> None:
         while not self._stop.wait(self.poll_interval):
@@ -357,7 +367,7 @@ class JobRunner:
             if run.state == "running":
                 self._request_stop(run, "pause")
             elif run.state == "queued":
-                self._set_state(s, run, "paused", "Paused before it started.")
+                self._set_state(s, run, "paused", "jobs.paused_before_start")
             else:
                 raise Conflict(f"Run {run_id} is {run.state}; only a running or queued run can be paused.")
             return self.run_dict(run)
@@ -368,7 +378,7 @@ class JobRunner:
             if run.state == "running":
                 self._request_stop(run, "cancel")
             elif run.state in ("queued", "paused", "interrupted"):
-                self._set_state(s, run, "cancelled", "Cancelled.")
+                self._set_state(s, run, "cancelled", "jobs.cancelled")
             else:
                 raise Conflict(f"Run {run_id} is already {run.state}; there is nothing to cancel.")
             return self.run_dict(run)
@@ -455,14 +465,15 @@ class JobRunner:
         last = run.last_metrics or {}
         return {
             "id": run.id, "kind": run_kind(run), "model": run.model, "books": run.books, "params": run.params,
-            "state": run.state, "message": run.message, "pid": run.pid, "step": run.step,
+            "state": run.state, "message": run.message, "message_code": run.message_code,
+            "message_params": run.message_params, "pid": run.pid, "step": run.step,
             "max_iterations": run.max_iterations,
             "progress": _progress(run, last),
             "elapsed": last.get("elapsed"), "eta": last.get("eta") if run.state == "running" else None,
             "created_at": run.created_at, "started_at": run.started_at, "finished_at": run.finished_at,
             "best_val_bpb": run.best_val_bpb, "last_step": run.last_metrics, "last_eval": run.last_eval,
             "last_checkpoint_step": run.last_checkpoint_step, "stop_requested": run.stop_requested,
-            "events": run.events_count,
+            "events": run.events_count, "milestones": run.milestones or [], "real_words": run.real_words,
         }
 
     # ------------------------------------------------------------------ internals
@@ -538,6 +549,10 @@ class JobRunner:
                          text=event.get("text", "")))
         elif kind == "checkpoint":
             run.last_checkpoint_step = event.get("step")
+        elif kind == "milestone":  # a new list: a JSON column saves only what is assigned
+            run.milestones = [*(run.milestones or []), {k: event.get(k) for k in ("step", "code", "params", "message")}]
+        elif kind == "quality" and event.get("real_words") is not None:
+            run.real_words = event["real_words"]
         elif kind == "status" and event.get("source") != "studio":
             self._apply_status(run, event)
         self._pending.append((run.id, event))
@@ -548,49 +563,64 @@ class JobRunner:
             run.step = step
         if state in ("started", "resumed"):
             run.started_at = run.started_at or _now()
+            if step is not None and run.milestones:  # the run goes on from its checkpoint: later ones are undone
+                run.milestones = [m for m in run.milestones if (m.get("step") or 0) <= step]
             return
         # Only the worker that owns the run decides how it ended: once the run was resumed or
         # cancelled, a late report from an earlier worker changes nothing.
-        if state == "failed" and run.state == "failed" and event.get("code"):
+        code, params = event.get("code"), event.get("params") or {}
+        if state == "failed" and run.state == "failed" and code:
             # The worker's own report of an error it could explain, after the loop's plain one.
-            run.message = event.get("message") or run.message
+            self._set_message(run, code, params, event.get("message") or run.message)
             return
         if run.state not in ("running", "interrupted"):
             return
         reason = event.get("message")
         if reason == "stopped by parent-exited":
             reason = "the studio stopped"
-        messages = {
-            "completed": None,
-            "stopped": reason,  # max_time reached: a finished run, with the reason
-            "paused": f"Paused at step {run.step}. Resume to continue.",
-            "cancelled": f"Cancelled at step {run.step}.",
-            "interrupted": f"Interrupted at step {run.step} ({reason or 'stopped'}). Resume to continue from the "
-                           "checkpoint it saved.",
-            "failed": reason or "Training failed.",
+        # A worker from before coded events: the same messages, coded here.
+        legacy = {
+            "completed": (None, {}),
+            "stopped": (None, {}),  # max_time reached: a finished run, with the reason
+            "paused": ("run.paused", {"step": run.step}),
+            "cancelled": ("run.cancelled", {"step": run.step}),
+            "interrupted": ("run.interrupted", {"step": run.step, "reason": reason or "stopped"}),
+            "failed": (None if reason else "jobs.failed", {}),
         }
-        if state not in messages:
+        if state not in legacy:
             return
+        if state == "completed":
+            code, params = None, {}
+        elif not code:
+            code, params = legacy[state]
         run.state = "completed" if state == "stopped" else state
-        run.message = messages[state]
+        self._set_message(run, code, params, None if state == "completed" else reason)
         run.finished_at = _now()
         run.stop_requested = None
 
-    def _set_state(self, s, run: Run, state: str, message: str | None) -> None:
+    @staticmethod
+    def _set_message(run: Run, code: str | None, params: dict | None, fallback: str | None = None) -> None:
+        run.message_code, run.message_params = (code, dict(params or {})) if code else (None, None)
+        run.message = _english(code, params, fallback)
+
+    def _set_state(self, s, run: Run, state: str, code: str | None = None, params: dict | None = None) -> None:
         """A change the studio makes (queued, started, crashed, interrupted…), recorded as an
-        event too, so that the charts' timeline and SSE streams show it."""
-        run.state, run.message = state, message
+        event too, so that the charts' timeline and SSE streams show it. ``code``: its message
+        in the catalogue (msg.jobs.*, msg.run.*)."""
+        run.state = state
+        self._set_message(run, code, params)
         if state not in ("queued", "running"):
             run.finished_at = _now()
             run.stop_requested = None
         self._record(s, run, {"type": "status", "run": run.id, "time": round(time.time(), 3), "state": state,
-                              "step": run.step, "message": message, "source": "studio"})
+                              "step": run.step, "message": run.message, "code": run.message_code,
+                              "params": run.message_params, "source": "studio"})
 
     def _finish(self, s, run: Run, returncode: int) -> None:
         run.pid = None
         if run.state != "running":
             return  # the worker reported how it ended
-        self._set_state(s, run, "failed", crash_message(self._run_dir(run) / "worker.log", returncode))
+        self._set_state(s, run, "failed", *crash_reason(self._run_dir(run) / "worker.log", returncode))
 
     def _schedule(self, s) -> None:
         if len(self._workers) >= self.max_concurrent:
@@ -628,7 +658,7 @@ class JobRunner:
                                     creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0))
         except OSError as e:
             log_file.close()
-            self._set_state(s, run, "failed", f"Could not start the training process: {e}")
+            self._set_state(s, run, "failed", "jobs.spawn_failed", {"error": str(e)})
             return
         self._workers[run.id] = _Worker(run.model, proc, log_file)
         self._orphans.discard(run.id)  # from now on its events are read as this worker's

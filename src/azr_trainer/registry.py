@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from sqlalchemy import JSON, URL, Connection, ForeignKey, create_engine, delete, event, select
+from sqlalchemy import JSON, URL, Connection, ForeignKey, create_engine, delete, event, select, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from . import books as books_mod
@@ -70,7 +70,9 @@ class Run(Base):
     params: Mapped[dict] = mapped_column(JSON)
     # queued, running, paused, completed, failed, cancelled, interrupted
     state: Mapped[str] = mapped_column(index=True)
-    message: Mapped[str | None]
+    message: Mapped[str | None]  # English, for readers that know no codes
+    message_code: Mapped[str | None]  # the same message as a catalogue code (msg.<code>) and its params,
+    message_params: Mapped[dict | None] = mapped_column(JSON)  # so the page shows it in its own language
     pid: Mapped[int | None]
     step: Mapped[int] = mapped_column(default=0)
     max_iterations: Mapped[int]
@@ -81,6 +83,8 @@ class Run(Base):
     best_val_bpb: Mapped[float | None]
     last_metrics: Mapped[dict | None] = mapped_column(JSON)  # the latest step event
     last_eval: Mapped[dict | None] = mapped_column(JSON)
+    milestones: Mapped[list | None] = mapped_column(JSON)  # the worker's milestone events, oldest first
+    real_words: Mapped[float | None]  # the latest share of written words found in the books
     last_checkpoint_step: Mapped[int | None]  # None: nothing to resume from, a resume starts over
     stop_requested: Mapped[str | None]  # "pause"/"cancel" written to the control file, not yet honoured
     events_offset: Mapped[int] = mapped_column(default=0)  # bytes of events.jsonl already ingested
@@ -121,7 +125,13 @@ class Sample(Base):
 
 # MIGRATIONS[i] upgrades a database at version i + 1 to version i + 2 (ALTER TABLE and the like).
 # A new database is created from the current tables directly and stamped with the latest version.
-MIGRATIONS: list[Callable[[Connection], None]] = []
+def _run_messages_and_milestones(conn: Connection) -> None:
+    # Version 2: a run's message as a code with params, its milestones and its real-word share.
+    for column in ("message_code VARCHAR", "message_params JSON", "milestones JSON", "real_words FLOAT"):
+        conn.execute(text(f"ALTER TABLE runs ADD COLUMN {column}"))
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_run_messages_and_milestones]
 
 
 def latest_version() -> int:

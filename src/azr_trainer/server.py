@@ -447,6 +447,20 @@ class _Generation:
 # ---------------------------------------------------------------------------- helpers
 
 
+def _coded_text(item: dict, lang: str, code_key: str, params_key: str) -> str | None:
+    code = item.get(code_key)
+    if code and catalogue.has(f"msg.{code}"):
+        return catalogue.message(code, lang, **(item.get(params_key) or {}))
+    return item.get("message")
+
+
+def run_in_language(run: dict, lang: str) -> dict:
+    """A run as the API answers it: ``message`` (and each milestone's) in the request's language;
+    ``message_code`` and ``message_params`` let a page render it in its own."""
+    milestones = [{**m, "message": _coded_text(m, lang, "code", "params")} for m in run.get("milestones") or []]
+    return {**run, "message": _coded_text(run, lang, "message_code", "message_params"), "milestones": milestones}
+
+
 def _error(status: int, detail: str, **extra) -> JSONResponse:
     return JSONResponse({"detail": detail, **extra}, status_code=status)
 
@@ -852,30 +866,36 @@ def create_app(home: Path, *, token: str | None = None, max_upload_bytes: int = 
 
     # ---- runs
 
+    def lang_of(request: Request) -> str:
+        return catalogue.language_from_accept(request.headers.get("accept-language"))
+
     @app.get("/api/runs", tags=["runs"])
-    def list_runs(model: str | None = None):
-        return runner.list_runs(model)
+    def list_runs(request: Request, model: str | None = None):
+        """Runs, newest first. ``message`` is in the request's language (Accept-Language);
+        ``message_code``/``message_params`` name it in the catalogue (msg.*)."""
+        return [run_in_language(r, lang_of(request)) for r in runner.list_runs(model)]
 
     @app.post("/api/runs", status_code=201, tags=["runs"])
-    def create_run(body: RunRequest):
+    def create_run(body: RunRequest, request: Request):
         get_model_info(body.model)  # a damaged model.json is a message, not a crash
-        return runner.create_run(body.model, body.books or [], body.params(), kind=body.kind)
+        return run_in_language(runner.create_run(body.model, body.books or [], body.params(), kind=body.kind),
+                               lang_of(request))
 
     @app.get("/api/runs/{run_id}", tags=["runs"])
-    def get_run(run_id: str):
-        return runner.get_run(run_id, detail=True)
+    def get_run(run_id: str, request: Request):
+        return run_in_language(runner.get_run(run_id, detail=True), lang_of(request))
 
     @app.post("/api/runs/{run_id}/pause", tags=["runs"])
-    def pause_run(run_id: str):
-        return runner.pause(run_id)
+    def pause_run(run_id: str, request: Request):
+        return run_in_language(runner.pause(run_id), lang_of(request))
 
     @app.post("/api/runs/{run_id}/resume", tags=["runs"])
-    def resume_run(run_id: str):
-        return runner.resume(run_id)
+    def resume_run(run_id: str, request: Request):
+        return run_in_language(runner.resume(run_id), lang_of(request))
 
     @app.post("/api/runs/{run_id}/cancel", tags=["runs"])
-    def cancel_run(run_id: str):
-        return runner.cancel(run_id)
+    def cancel_run(run_id: str, request: Request):
+        return run_in_language(runner.cancel(run_id), lang_of(request))
 
     @app.get("/api/runs/{run_id}/buffers", tags=["runs"])
     def run_buffers(run_id: str, limit: int | None = Query(None, ge=1, le=10_000)):

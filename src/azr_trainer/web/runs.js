@@ -3,9 +3,9 @@
 // so only a self-play run's validation loss is comparable). Finished runs keep their charts: rebuilt from stored events.
 
 import { api, enc } from "./api.js";
-import { t, fmtInt, fmtFixed, fmtNum, fmtCompact, fmtDate, onLanguageChange } from "./i18n.js";
+import { t, fmtInt, fmtFixed, fmtNum, fmtCompact, fmtDate, onLanguageChange, messageText } from "./i18n.js";
 import { LineChart, smooth, PALETTE } from "./charts.js";
-import { RunState } from "./runstate.js";
+import { RunState, runMessage } from "./runstate.js";
 import { $, h, toast, fillSelect, store, subscribe, refreshRuns, sortedRuns, stateBadge, LIVE_STATES } from "./ui.js";
 import { selectRun } from "./training.js";
 
@@ -54,7 +54,7 @@ function renderTable() {
       h("td", { text: r.model }),
       h("td", { dataset: { testid: "run-kind" }, i18n: `kind.${KIND_KEYS.includes(r.kind) ? r.kind : "train"}` }),
       h("td", { class: "ellipsis", text: (r.books || []).join(", "), title: (r.books || []).join(", ") }),
-      h("td", {}, badge),
+      h("td", {}, badge, ...runNotes(r)),
       h("td", { class: "num", text: total ? `${fmtInt(r.step || 0)} / ${fmtInt(total)}` : fmtInt(r.step || 0) }),
       h("td", { class: "num", text: Number.isFinite(r.best_val_bpb) ? fmtFixed(r.best_val_bpb, 3) : t("common.none") }),
       h("td", { text: fmtDate(r.started_at || r.created_at) }),
@@ -63,6 +63,22 @@ function renderTable() {
         onclick: () => { selectRun(r.id); location.hash = "#training"; },
       })));
   }));
+}
+
+/** Under a run's state: why it stopped (not for a running or finished one) and its newest
+ * milestone, both in the page's language. */
+function runNotes(r) {
+  const notes = [];
+  const text = ["running", "queued", "completed"].includes(r.state) ? "" : messageText(runMessage(r));
+  if (text) notes.push(h("div", { class: "muted ellipsis run-note", title: text, text, dataset: { testid: "run-note" } }));
+  const ms = r.milestones || [];
+  if (ms.length) {
+    const last = ms[ms.length - 1];
+    const said = t("runs.milestone", { step: fmtInt(last.step ?? 0), message: messageText(last) });
+    const all = ms.map((m) => messageText(m)).join("\n");
+    notes.push(h("div", { class: "ellipsis run-milestone", title: all, text: said, dataset: { testid: "run-milestone" } }));
+  }
+  return notes;
 }
 
 function colorMap() {

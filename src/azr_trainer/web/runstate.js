@@ -25,6 +25,15 @@ function coded(m) {
   return null;
 }
 
+/** A run record's message as {code, params, message} for i18n's messageText: the API names it
+ * message_code/message_params (a run's own ``params`` are its settings); code/params from older answers. */
+export function runMessage(run) {
+  if (!run) return "";
+  if (typeof run.message_code === "string") return { code: run.message_code, params: run.message_params || {}, message: run.message };
+  if (typeof run.code === "string") return { code: run.code, params: run.params || {}, message: run.message };
+  return { message: run.message ?? "" };
+}
+
 function eventKey(e) {
   if (Number.isInteger(e.seq)) return `#${e.seq}`;
   return [e.type, e.step ?? "", e.time ?? "", e.state ?? "", e.prompt ?? "", e.path ?? ""].join("|");
@@ -60,6 +69,9 @@ export class RunState {
     this.loss = [];
     this.valLoss = [];
     this.valBpb = [];
+    this.xzBpb = null;     // xz's bits per byte on the same held-out text: the bar a model should beat
+    this.milestones = [];  // {step, code, params, message}, oldest first
+    this.realWords = null; // the latest share of written words found in the books
     this.lr = [];
     this.tps = [];
     this.reward = [];      // self-play: mean reward of each step's rollouts
@@ -123,6 +135,7 @@ export class RunState {
         this.lastEval = e;
         pushPoint(this.valLoss, e.step, e.val_loss);
         pushPoint(this.valBpb, e.step, e.val_bpb);
+        if (Number.isFinite(e.xz_bpb)) this.xzBpb = e.xz_bpb;
         pushPoint(this.evalReward, e.step, e.sample_reward);
         if (Number.isFinite(e.val_bpb) && (this.bestBpb == null || e.val_bpb < this.bestBpb)) this.bestBpb = e.val_bpb;
         for (const k of TASK_TYPES) pushPoint(this.acc[k], e.step, e[`${k}_acc`]);
@@ -146,6 +159,7 @@ export class RunState {
             const perTypeSeries = [this.acc, this.valid, this.solve].flatMap((o) => Object.values(o));
             for (const arr of [this.loss, this.lr, this.tps, this.valLoss, this.valBpb, this.reward, this.evalReward, this.kl, ...perTypeSeries]) cut(arr, e.step);
             this.samples = this.samples.filter((s) => s.step <= e.step);
+            this.milestones = this.milestones.filter((m) => !(m.step > e.step));
             if (this.lastStep && this.lastStep.step > e.step) this.lastStep = null;
             this.step = e.step;
           } else {
@@ -178,6 +192,14 @@ export class RunState {
       }
       case "log":
         this.addLog(e, "log.message", { message: e.message ?? "" }, { msg: coded(e) });
+        break;
+      case "milestone":
+        this.milestones.push({ step: e.step, code: e.code, params: e.params || {}, message: e.message ?? "" });
+        this.addLog(e, "monitor.milestone_log", { step: e.step ?? this.step, message: e.message ?? "" }, { msg: coded(e) });
+        break;
+      case "quality":
+        if (Number.isFinite(e.real_words)) this.realWords = e.real_words;
+        this.addLog(e, "monitor.quality_log", { step: e.step ?? this.step, share: e.real_words });
         break;
       default:
         this.addLog(e, "log.other", { type: e.type, data: JSON.stringify(e) });

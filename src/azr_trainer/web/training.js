@@ -7,7 +7,7 @@
 import { api, enc, runStreamUrl, allRunEvents } from "./api.js";
 import { t, fmtInt, fmtNum, fmtFixed, fmtSci, fmtCompact, fmtClock, fmtApproxDuration, fmtTime, fmtPercent, onLanguageChange, setText, messageText } from "./i18n.js";
 import { LineChart, smooth, PALETTE } from "./charts.js";
-import { RunState, TASK_TYPES } from "./runstate.js";
+import { RunState, TASK_TYPES, runMessage } from "./runstate.js";
 import { roughSeconds } from "./create.js";
 import { setting, applySetting, settingProblem } from "./settings.js";
 import {
@@ -39,7 +39,7 @@ function makeCharts() {
     loss: new LineChart($("chart-loss"), { formatX: fmtStep, formatY: (v) => fmtNum(v, 3), emptyText: empty, xTitle: stepTitle, legendEl: $("chart-loss-legend") }),
     reward: new LineChart($("chart-reward"), { formatX: fmtStep, formatY: (v) => fmtNum(v, 3), emptyText: empty, xTitle: stepTitle, legendEl: $("chart-reward-legend") }),
     kl: new LineChart($("chart-kl"), { formatX: fmtStep, formatY: (v) => fmtSci(v), emptyText: empty }),
-    bpb: new LineChart($("chart-bpb"), { formatX: fmtStep, formatY: (v) => fmtNum(v, 3), emptyText: () => t("charts.no_eval") }),
+    bpb: new LineChart($("chart-bpb"), { formatX: fmtStep, formatY: (v) => fmtNum(v, 3), emptyText: () => t("charts.no_eval"), legendEl: $("chart-bpb-legend") }),
     lr: new LineChart($("chart-lr"), { formatX: fmtStep, formatY: (v) => fmtSci(v), emptyText: empty }),
     tps: new LineChart($("chart-tps"), { formatX: fmtStep, formatY: (v) => fmtCompact(v), emptyText: empty }),
     // Reasoning: rates per task type, on a fixed 0–100% axis so runs and moments compare by eye.
@@ -299,7 +299,12 @@ function renderCharts() {
     ...smoothedSeries(rs.reward, w, t("charts.reward"), t("charts.reward_raw"), c[2], "rgba(16,185,129,.25)"),
     { label: t("charts.eval_reward"), color: c[1], points: rs.evalReward, dash: [5, 4], markers: true, width: 2 },
   ]);
-  charts.bpb.setSeries([{ label: t("charts.val_bpb"), color: c[2], points: rs.valBpb, markers: true }]);
+  const bpbSeries = [{ label: t("charts.val_bpb"), color: c[2], points: rs.valBpb, markers: true }];
+  if (Number.isFinite(rs.xzBpb) && rs.valBpb.length) {  // xz's bpb: a flat dashed line across the evals
+    const xs = [rs.valBpb[0][0], rs.valBpb[rs.valBpb.length - 1][0]];
+    bpbSeries.push({ label: t("monitor.xz_bpb"), color: "#888", points: [...new Set(xs)].map((x) => [x, rs.xzBpb]), dash: [6, 4], width: 1.5 });
+  }
+  charts.bpb.setSeries(bpbSeries);
   charts.lr.setSeries([{ label: t("charts.lr"), color: c[3], points: rs.lr }]);
   charts.kl.setSeries([{ label: t("charts.kl"), color: c[4], points: rs.kl }]);
   charts.tps.setSeries([{ label: t("charts.tps"), color: c[5], points: smooth(rs.tps, 0.6) }]);
@@ -349,6 +354,8 @@ function renderSamples() {
 function logLine(entry) {
   const p = { ...entry.params };
   if (entry.msg) p.message = messageText(entry.msg);  // a coded message: in the page's language
+  if (entry.key === "monitor.milestone_log") p.step = fmtInt(p.step);
+  if (entry.key === "monitor.quality_log") { p.step = fmtInt(p.step); p.share = fmtPercent(p.share, 0); }
   if (entry.key === "log.step") {
     p.loss = fmtFixed(p.loss, 4); p.lr = fmtSci(p.lr); p.tps = fmtInt(p.tps); p.step = fmtInt(p.step);
   } else if (entry.key === "log.eval") {
@@ -395,7 +402,8 @@ function renderControls() {
   cancel.hidden = !["running", "queued", "paused", "interrupted"].includes(state);
   for (const b of [pause, resume, cancel]) setBusy(b, pendingAction != null);
   const msg = $("mon-message");
-  const text = run && (run.message || run.code) && !["running", "completed"].includes(state) ? messageText(run) : "";
+  const text = run && (run.message || run.message_code || run.code) && !["running", "completed"].includes(state)
+    ? messageText(runMessage(run)) : "";
   const hint = state === "interrupted" ? t("monitor.interrupted_hint") : state === "paused" ? t("monitor.paused_hint") : "";
   msg.textContent = [hint, text].filter(Boolean).join(" ");
   msg.hidden = !msg.textContent;
