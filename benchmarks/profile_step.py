@@ -22,24 +22,12 @@ import torch
 
 from azr_trainer.model import ModelConfig, Transformer, training_flops_per_token
 from azr_trainer.train import TrainConfig, make_optimizer
+from train_throughput import matmul_gflops  # the same peak as P2 (benchmarks/ is the script's folder)
 
 SHAPES = {
     "default": dict(vocab_size=8000, d_model=256, num_layers=6, num_heads=8, d_ff=1024, max_seq_len=256),
     "p1": dict(vocab_size=1024, d_model=192, num_layers=4, num_heads=6, d_ff=512, max_seq_len=128),
 }
-
-
-def matmul_gflops(n: int = 1024, reps: int = 30) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    for _ in range(5):
-        a @ b
-    rates = []
-    for _ in range(5):
-        t = time.perf_counter()
-        for _ in range(reps):
-            a @ b
-        rates.append(2 * n ** 3 * reps / (time.perf_counter() - t) / 1e9)
-    return statistics.median(rates)
 
 
 def main() -> int:
@@ -57,7 +45,8 @@ def main() -> int:
     cfg = ModelConfig(**SHAPES[args.shape])
     T, B = cfg.max_seq_len, args.batch_size
     model = Transformer(cfg)
-    opt = make_optimizer(model, TrainConfig(books=["-"]), torch.device("cpu"))
+    tc = TrainConfig(books=["-"])  # the trainer's own optimizer settings
+    opt = make_optimizer(model, tc.learning_rate, tc.weight_decay, tc.beta2, torch.device("cpu"))
     x = torch.randint(0, cfg.vocab_size, (B, T))
     y = torch.randint(0, cfg.vocab_size, (B, T))
 
@@ -68,7 +57,7 @@ def main() -> int:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    peak = matmul_gflops()
+    peak = matmul_gflops(args.threads)
     for _ in range(3):  # warm-up: allocator, first touch, kernel choice
         step()
     times = []

@@ -55,14 +55,10 @@ SPACE_SPM = "\u2581"  # "▁": how SentencePiece-style vocabularies write a spac
 # ---- which checkpoint ----------------------------------------------------------------------
 
 def training_pid(model_dir: Path) -> int | None:
-    """The process training this model right now (its lock file, train.TrainingLock), if any."""
-    from .train import _pid_alive
-    lock = model_dir / ".train.lock"
-    try:
-        pid = int(lock.read_text(encoding="utf-8").strip() or 0)
-    except (OSError, ValueError):
-        return None
-    return pid if pid and pid != os.getpid() and _pid_alive(pid) else None
+    """The process training this model right now (its lock file, runloop.TrainingLock), if any."""
+    from .runloop import lock_holder
+    pid = lock_holder(model_dir)
+    return pid if pid != os.getpid() else None
 
 
 def pick_checkpoint(home: Path, name: str, which: str = "best") -> tuple[dict, dict]:

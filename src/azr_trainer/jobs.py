@@ -48,7 +48,7 @@ from typing import IO
 from sqlalchemy import select
 
 from . import books as books_mod
-from . import catalogue, recipe, store
+from . import catalogue, recipe, runloop, store
 from .checkpoint import resolve_checkpoint
 from .events import read_events
 from .home import Conflict, NotFound, UserError
@@ -58,7 +58,7 @@ from .registry import Metric, Registry, Run, Sample
 from .rewards import PRESETS
 from .selfplay import SelfPlayConfig
 from .settings import REASON, RUN_GROUPS, SELFPLAY, TRAIN, Group, check_run, time_budget
-from .train import TrainConfig, TrainingLock, _pid_alive, run_dir
+from .train import TrainConfig, run_dir
 from .worker import write_run_file
 
 log = logging.getLogger("azr_trainer.jobs")
@@ -82,12 +82,7 @@ def _new_run_id() -> str:
 
 def lock_holder(home: Path, model: str) -> int | None:
     """The pid of a live process training ``model`` (a studio worker or the CLI), else None."""
-    path = TrainingLock(store.model_dir(home, model)).path
-    try:
-        pid = int(path.read_text(encoding="utf-8").strip() or 0)
-    except (OSError, ValueError):
-        return None
-    return pid if pid and _pid_alive(pid) else None
+    return runloop.lock_holder(store.model_dir(home, model))
 
 
 def log_tail(path: Path, nbytes: int = LOG_TAIL_BYTES) -> str:

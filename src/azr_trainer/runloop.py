@@ -30,7 +30,7 @@ import torch
 
 from .device import MemoryTrimmer, is_out_of_memory
 from .events import EventLog
-from .home import Conflict, UserError
+from .home import Conflict, UserError, process_alive
 
 LOCK_NAME = ".train.lock"
 FIRST_EVAL_SECONDS = 30.0  # quality is visible within the first minute of any run
@@ -79,15 +79,8 @@ def stop_status(reason: str | None, out_of_time: bool, max_time: float | None, s
 # ---- the model lock ---------------------------------------------------------------------------
 
 def _pid_alive(pid: int) -> bool:
-    if os.name != "posix":
-        return True  # no cheap check without extra packages; treat the lock as held
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    # On Windows there is no cheap check without extra packages: the lock counts as held.
+    return process_alive(pid)
 
 
 def process_start_time(pid: int) -> float | None:
