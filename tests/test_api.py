@@ -648,7 +648,7 @@ def reasoner(studio):
     r = studio.http.post("/api/reason/models", json={"name": "reasoner", **REASON_SHAPE, "corpus_docs": 600})
     assert r.status_code == 201, r.text
     made = r.json()
-    assert made["book"] == "reasoner-triplets" and "train run" in made["next"]
+    assert made["book"] == "reasoner-triplets" and "training run" in made["next"]
     assert made["model"]["config"]["tokenizer"] == "char" and made["model"]["config"]["max_seq_len"] == 320
     assert "reasoner-triplets" in [b["name"] for b in studio.http.get("/api/books").json()]
     run = studio.http.post("/api/runs", json={"model": "reasoner", "books": [made["book"]], "max_iterations": 20,
@@ -659,7 +659,7 @@ def reasoner(studio):
 
 def test_a_from_zero_reasoning_model_is_refused_readably(studio, reasoner):
     cases = [({"name": reasoner}, 409, "already exists"),
-             ({"name": "rz", **REASON_SHAPE, "max_seq_len": 128}, 400, "max_seq_len must be at least 264"),
+             ({"name": "rz", **REASON_SHAPE, "max_seq_len": 128}, 400, "(max_seq_len) of at least 264"),
              ({"name": "rz", **REASON_SHAPE, "num_heads": 3}, 400, "num_heads"),
              ({"name": "rz", "corpus_docs": 5}, 422, "corpus_docs"),
              ({"name": "rz", "tokenizer": "bpe"}, 422, "tokenizer: Extra inputs are not permitted")]
@@ -671,7 +671,7 @@ def test_a_from_zero_reasoning_model_is_refused_readably(studio, reasoner):
     # A book of that name is never overwritten.
     assert studio.upload("taken-triplets", b"Mine, not generated.\n" * 200).status_code == 201
     r = studio.http.post("/api/reason/models", json={"name": "taken", **REASON_SHAPE, "corpus_docs": 100})
-    assert r.status_code == 409 and "book named 'taken-triplets' already exists" in r.json()["detail"]
+    assert r.status_code == 409 and "book named “taken-triplets” already exists" in r.json()["detail"]
     assert studio.http.get("/api/books/taken-triplets").json()["preview"].startswith("Mine, not generated.")
 
 

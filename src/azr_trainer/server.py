@@ -735,7 +735,7 @@ def create_app(home: Path, *, token: str | None = None, max_upload_bytes: int = 
         return model_dict(info, set())
 
     @app.post("/api/reason/models", status_code=201, tags=["models"])
-    def create_reason_model(body: ReasonModelRequest):
+    def create_reason_model(body: ReasonModelRequest, request: Request):
         """Create a model for AZR reasoning from zero: writes the book ``<name>-triplets`` (programs
         with their inputs and outputs, from the random program generator) and the model (char
         tokenizer). Next: a train run on that book, then a reason run; ``next`` says so. What
@@ -743,31 +743,32 @@ def create_app(home: Path, *, token: str | None = None, max_upload_bytes: int = 
         name = validate_name(body.name, "model name")
         book = validate_name(f"{name}-triplets", "book name")
         if store.model_dir(home, name).exists():
-            raise Conflict(f"A model named '{name}' already exists; choose another name.")
+            raise Conflict("model.exists", name=name)
         try:
             books_mod.get_book(home, book)
         except NotFound:
             pass
         else:  # create_from_zero would overwrite it
-            raise Conflict(f"A book named '{book}' already exists; delete it or choose another model name.")
+            raise Conflict("reason_create.book_exists", book=book, name=name)
         shape = body.model_dump(include={"d_model", "num_layers", "num_heads", "d_ff", "max_seq_len"})
         # A char model gets the compact prompt format: its program budget plus room for the answer.
         need = reasoning.default_lengths(reasoning.ReasonConfig(), PROMPT_FORMATS["compact"])[1] + 64
         if body.max_seq_len < need:
-            raise UserError(f"max_seq_len must be at least {need} for reasoning prompts, got {body.max_seq_len}.")
+            raise UserError("reason_create.seq_len", min=need, value=body.max_seq_len)
         cfg = ModelConfig(**{**reasoning.FROM_ZERO_SHAPE, **shape, "tokenizer": "char"})
         cfg.validate()  # before the book is written: a wrong shape leaves nothing behind
         with reason_create_lock:  # two requests for one name: the second must not overwrite the first's book
             if store.model_dir(home, name).exists():
-                raise Conflict(f"A model named '{name}' already exists; choose another name.")
+                raise Conflict("model.exists", name=name)
             device = pick_device("auto")  # as create_model: RAM is checked on a CPU machine only
             max_memory = available_memory_bytes(device) if device.type == "cpu" else None
             reasoning.create_from_zero(home, name, shape=shape, n_docs=body.corpus_docs, seed=body.seed,
                                        max_memory=max_memory, log=log.info)
         registry.sync_books()
         registry.sync_models()
+        lang = catalogue.language_from_accept(request.headers.get("accept-language"))
         return {"model": model_dict(get_model_info(name), set()), "book": book,
-                "next": f"Train '{name}' on the book '{book}' (a train run), then start a reason run."}
+                "next": catalogue.message("reason_create.next", lang, name=name, book=book)}
 
     @app.post("/api/models/plan", tags=["models"])
     def plan_model(body: PlanRequest, request: Request):
