@@ -646,10 +646,11 @@ IDENTITY = "def f(x):\n    return x"
 def reasoner(studio):
     """A from-zero reasoning model made through the API, pretrained briefly on its triplets book."""
     r = studio.http.post("/api/reason/models", json={"name": "reasoner", **REASON_SHAPE, "corpus_docs": 600})
-    assert r.status_code == 201, r.text
+    assert r.status_code == 202, r.text
     made = r.json()
     assert made["book"] == "reasoner-triplets" and "training run" in made["next"]
     assert made["model"]["config"]["tokenizer"] == "char" and made["model"]["config"]["max_seq_len"] == 320
+    assert studio.wait(made["run"]["id"])["state"] == "completed"
     assert "reasoner-triplets" in [b["name"] for b in studio.http.get("/api/books").json()]
     run = studio.http.post("/api/runs", json={"model": "reasoner", "books": [made["book"]], "max_iterations": 20,
                                               **FAST}).json()
@@ -675,6 +676,31 @@ def test_a_from_zero_reasoning_model_is_refused_readably(studio, reasoner):
     assert studio.http.get("/api/books/taken-triplets").json()["preview"].startswith("Mine, not generated.")
 
 
+def test_a_from_zero_model_writes_its_book_in_a_run_that_keeps_its_name_taken(studio):
+    r = studio.http.post("/api/reason/models", json={"name": "zbook", **REASON_SHAPE, "corpus_docs": 2500, "seed": 3})
+    assert r.status_code == 202, r.text
+    run = r.json()["run"]
+    assert run["kind"] == "corpus" and run["model"] == "zbook" and run["books"] == []
+    assert run["params"]["corpus_docs"] == 2500 and run["params"]["seed"] == 3
+    # While (or after) its book is written, the name is taken and the model cannot train yet.
+    again = studio.http.post("/api/reason/models", json={"name": "zbook", **REASON_SHAPE, "corpus_docs": 100})
+    assert again.status_code == 409 and again.json()["code"] == "model.exists"
+    done = studio.wait(run["id"])
+    assert done["state"] == "completed" and done["step"] == 2500, done
+    steps = [e["step"] for e in studio.http.get(f"/api/runs/{run['id']}/events").json()["events"]
+             if e["type"] == "step"]
+    assert steps[0] < 2500 and steps[-1] == 2500  # the documents written, reported as they are made
+    book = studio.http.get("/api/books/zbook-triplets").json()
+    assert "def f(" in book["preview"]
+    model = studio.http.get("/api/models/zbook").json()
+    assert model["config"]["tokenizer"] == "char"
+    # The run kind refuses books, and never overwrites the book it would write.
+    r = studio.http.post("/api/runs", json={"model": "zbook", "kind": "corpus", "books": ["zbook-triplets"]})
+    assert r.status_code == 400 and r.json()["code"] == "reason_create.corpus_books"
+    r = studio.http.post("/api/runs", json={"model": "zbook", "kind": "corpus"})
+    assert r.status_code == 409 and r.json()["code"] == "reason_create.book_exists"
+
+
 def test_reason_needs_a_trained_model_with_a_long_window_and_sane_settings(studio, reasoner, player):
     new_model(studio, "rs_untrained", **REASON_SHAPE)
     r = studio.http.post("/api/runs", json={"model": "rs_untrained", **REASON, "max_iterations": 2})
@@ -695,7 +721,7 @@ def test_reason_needs_a_trained_model_with_a_long_window_and_sane_settings(studi
         r = studio.http.post("/api/runs", json={"model": reasoner, **REASON, **change})
         assert r.status_code == status and message in r.json()["detail"], (change, r.text)
     assert studio.http.get("/api/runs", params={"model": "rs_untrained"}).json() == []
-    assert [r["kind"] for r in studio.http.get("/api/runs", params={"model": reasoner}).json()] == ["train"]
+    assert [r["kind"] for r in studio.http.get("/api/runs", params={"model": reasoner}).json()] == ["train", "corpus"]
 
 
 def test_reason_run_completes_with_per_type_metrics_and_buffers(studio, reasoner):

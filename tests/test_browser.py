@@ -694,6 +694,7 @@ REASON_SHAPE = {"d_model": 32, "num_layers": 1, "num_heads": 2, "d_ff": 64, "max
 
 def test_reasoning_mode(browser, studio, artifacts):
     made = studio.request("POST", "/api/reason/models", {"name": "thinker", **REASON_SHAPE, "corpus_docs": 600})
+    assert wait_run(studio, made["run"]["id"])["state"] == "completed"
     pretrain = studio.request("POST", "/api/runs", {"model": "thinker", "books": [made["book"]], "max_iterations": 20,
                                                     "batch_size": 4, "learning_rate": 0.003, "threads": 1})
     assert wait_run(studio, pretrain["id"])["state"] == "completed"
@@ -765,7 +766,8 @@ def test_reasoning_mode(browser, studio, artifacts):
         row = page.locator(f"[data-testid=run-row][data-id='{run_id}']")
         expect(row.get_by_test_id("run-kind")).to_have_text("Reasoning")
 
-        # From zero: the button writes the triplets book, creates the model and queues its pretraining.
+        # From zero: the button creates the model, waits for the run that writes its triplets book,
+        # then queues its pretraining.
         tab(page, "training")
         expect(page.get_by_test_id("rs-mode")).to_be_visible()  # the mode is remembered
         page.get_by_test_id("rs-from-zero").locator("summary").click()
@@ -777,7 +779,9 @@ def test_reasoning_mode(browser, studio, artifacts):
         expect(page.get_by_test_id("rs-create-msg")).to_contain_text("started pretraining it on “fresh-triplets”",
                                                                       timeout=60_000)
         expect(page.locator("#mon-run option:checked")).to_contain_text("fresh")
-        fresh = next(r for r in studio.get("/api/runs") if r["model"] == "fresh")
+        book_run = next(r for r in studio.get("/api/runs") if r["model"] == "fresh" and r["kind"] == "corpus")
+        assert book_run["state"] == "completed" and book_run["step"] == 40_000
+        fresh = next(r for r in studio.get("/api/runs") if r["model"] == "fresh" and r["kind"] == "train")
         assert fresh["kind"] == "train" and fresh["books"] == ["fresh-triplets"] and fresh["max_iterations"] == 50
         model = next(m for m in studio.get("/api/models") if m["name"] == "fresh")
         assert model["config"]["tokenizer"] == "char" and model["config"]["max_seq_len"] == 512

@@ -57,7 +57,7 @@ from .reasoning import ReasonConfig, default_lengths, resolve_format
 from .registry import Metric, Registry, Run, Sample
 from .rewards import PRESETS
 from .selfplay import SelfPlayConfig
-from .settings import REASON, RUN_GROUPS, SELFPLAY, TRAIN, Group, check_run, time_budget
+from .settings import CORPUS, REASON, RUN_GROUPS, SELFPLAY, TRAIN, Group, check_run, time_budget
 from .train import TrainConfig, run_dir
 from .worker import write_run_file
 
@@ -189,6 +189,19 @@ def _check_reason(home: Path, model: str, books: list[str], params: dict) -> lis
     return []
 
 
+def _check_corpus(home: Path, model: str, books: list[str], params: dict) -> list[str]:
+    """The run that writes a new from-zero model's triplets book (POST /api/reason/models queues
+    it); it never overwrites a book."""
+    if books:
+        raise UserError("reason_create.corpus_books")
+    book = f"{model}-triplets"
+    try:
+        books_mod.get_book(home, book)
+    except NotFound:
+        return []
+    raise Conflict("reason_create.book_exists", book=book, name=model)
+
+
 @dataclass(frozen=True)
 class RunKind:
     """What a kind of run is: its settings (settings.py: the ones the studio offers, their
@@ -211,6 +224,7 @@ KINDS: dict[str, RunKind] = {
     "train": RunKind(TRAIN, _check_train),
     "selfplay": RunKind(SELFPLAY, _check_selfplay),
     "reason": RunKind(REASON, _check_reason),
+    "corpus": RunKind(CORPUS, _check_corpus),
 }
 assert set(KINDS) == set(RUN_GROUPS)
 

@@ -186,14 +186,17 @@ def arg_text(x) -> str:
     return repr(x)
 
 
-def pretraining_documents(gen: Generator, n: int, references: int = 2, induction_pairs: int = 6) -> list[str]:
+def pretraining_documents(gen: Generator, n: int, references: int = 2, induction_pairs: int = 6,
+                          progress: Callable[[int], None] | None = None) -> list[str]:
     """``n`` documents of the six kinds in the compact format (prompt + correct answer + its
     end), in equal shares. The proposer documents teach the format of a proposal; their
-    content is the generator's."""
+    content is the generator's. ``progress(done)`` is called every 1,000 documents."""
     from .formats import FORMATS, shown_count
     fmt = FORMATS["compact"]
     docs = []
     for i in range(n):
+        if progress is not None and i and i % 1000 == 0:
+            progress(i)
         prog = gen.program()
         code = prog.source
         x = gen.input()

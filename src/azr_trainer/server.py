@@ -734,12 +734,14 @@ def create_app(home: Path, *, token: str | None = None, max_upload_bytes: int = 
         registry.sync_models()
         return model_dict(info, set())
 
-    @app.post("/api/reason/models", status_code=201, tags=["models"])
+    @app.post("/api/reason/models", status_code=202, tags=["models"])
     def create_reason_model(body: ReasonModelRequest, request: Request):
-        """Create a model for AZR reasoning from zero: writes the book ``<name>-triplets`` (programs
-        with their inputs and outputs, from the random program generator) and the model (char
-        tokenizer). Next: a train run on that book, then a reason run; ``next`` says so. What
-        ``azr reason NAME`` does on its own for a model that does not exist."""
+        """Create a model for AZR reasoning from zero: the model (char tokenizer) at once, and a
+        ``corpus`` run that writes its book ``<name>-triplets`` (programs with their inputs and
+        outputs, from the random program generator; tens of seconds at the top) with the documents
+        written as its steps. Answers the model, the book's name and that ``run``. Next, once the
+        run completed: a train run on that book, then a reason run; ``next`` says so. What ``azr
+        reason NAME`` does on its own for a model that does not exist."""
         name = validate_name(body.name, "model name")
         book = validate_name(f"{name}-triplets", "book name")
         if store.model_dir(home, name).exists():
@@ -757,17 +759,20 @@ def create_app(home: Path, *, token: str | None = None, max_upload_bytes: int = 
             raise UserError("reason_create.seq_len", min=need, value=body.max_seq_len)
         cfg = ModelConfig(**{**reasoning.FROM_ZERO_SHAPE, **shape, "tokenizer": "char"})
         cfg.validate()  # before the book is written: a wrong shape leaves nothing behind
-        with reason_create_lock:  # two requests for one name: the second must not overwrite the first's book
+        with reason_create_lock:  # two requests for one name: the second must not overwrite the first's model
             if store.model_dir(home, name).exists():
                 raise Conflict("model.exists", name=name)
             device = pick_device("auto")  # as create_model: RAM is checked on a CPU machine only
             max_memory = available_memory_bytes(device) if device.type == "cpu" else None
-            reasoning.create_from_zero(home, name, shape=shape, n_docs=body.corpus_docs, seed=body.seed,
-                                       max_memory=max_memory, log=log.info)
-        registry.sync_books()
+            store.create_model(home, name, cfg, max_memory=max_memory)
+            try:  # the model, now existing, keeps its name taken while its book is written
+                run = runner.create_run(name, [], {"corpus_docs": body.corpus_docs, "seed": body.seed}, kind="corpus")
+            except BaseException:
+                store.delete_model(home, name)
+                raise
         registry.sync_models()
         lang = catalogue.language_from_accept(request.headers.get("accept-language"))
-        return {"model": model_dict(get_model_info(name), set()), "book": book,
+        return {"model": model_dict(get_model_info(name), set()), "book": book, "run": run,
                 "next": catalogue.message("reason_create.next", lang, name=name, book=book)}
 
     @app.post("/api/models/plan", tags=["models"])

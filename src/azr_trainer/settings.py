@@ -263,6 +263,14 @@ FROM_ZERO = Group(
     Setting("eval_every", int, 200, min=1, unit="steps"),
 )
 
+# The run that writes a from-zero model's triplets book (the studio's button): a job, since the
+# largest book takes tens of seconds, with the documents written as its steps.
+CORPUS = Group(
+    "corpus",
+    Setting("corpus_docs", int, 40_000, min=100, max=200_000, studio=True),
+    Setting("seed", int, 0, min=0, max=SEED_MAX, studio=True),
+)
+
 MODEL = Group(
     "model",
     Setting("vocab_size", int, 8000, min=260, max=1_000_000, typical=(5000, 15000), unit="tokens", studio=True,
@@ -291,7 +299,7 @@ GENERATE = Group(
     Setting("seed", int, None, min=0, max=SEED_MAX, studio=True, label="gen.seed"),
 )
 
-RUN_GROUPS = {"train": TRAIN, "selfplay": SELFPLAY, "reason": REASON}
+RUN_GROUPS = {"train": TRAIN, "selfplay": SELFPLAY, "reason": REASON, "corpus": CORPUS}
 GROUPS = {**RUN_GROUPS, "from_zero": FROM_ZERO, "model": MODEL, "generate": GENERATE}
 
 

@@ -110,12 +110,32 @@ def run(spec: dict, run_file: Path) -> None:
     elif kind == "selfplay":
         from .selfplay import SelfPlayConfig, selfplay
         summary = selfplay(home, model, SelfPlayConfig(**params), stop=stop, log=log, run_id=run_id)
+    elif kind == "corpus":
+        summary = _write_corpus(home, model, run_id, params, log)
     else:
         from .reasoning import ReasonConfig, reason
         summary = reason(home, model, ReasonConfig(**params), stop=stop, log=log, run_id=run_id)
     if _is_main_rank():
         print(json.dumps(summary, ensure_ascii=False, default=str))
     exit_torchrun_worker()
+
+
+def _write_corpus(home: Path, model: str, run_id: str, params: dict, log) -> dict:
+    """A from-zero model's triplets book, its documents reported as the run's steps."""
+    from .reasoning import write_from_zero_book
+    from .train import run_dir
+    total = params["corpus_docs"]
+    events = EventLog(run_dir(home, model, run_id) / "events.jsonl", run_id)
+    try:
+        events.emit("status", state="started", step=0)
+        book = write_from_zero_book(home, model, n_docs=total, seed=params["seed"],
+                                    progress=lambda done: events.emit("step", step=done, max_iterations=total))
+        events.emit("step", step=total, max_iterations=total)
+        log(f"Wrote book '{book}': {total:,} generator documents.")
+        events.emit("status", state="completed", step=total)
+    finally:
+        events.close()
+    return {"book": book, "documents": total}
 
 
 def main(argv: list[str] | None = None) -> int:

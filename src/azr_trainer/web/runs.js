@@ -10,7 +10,7 @@ import { $, h, toast, fillSelect, store, subscribe, refreshRuns, sortedRuns, sta
 import { selectRun } from "./training.js";
 
 const COMPARE_KEY = "azr.compare";
-const KIND_KEYS = ["train", "selfplay", "reason"];
+const KIND_KEYS = ["train", "selfplay", "reason", "corpus"];
 let chart = null;
 let compare = new Set();
 const loaded = new Map(); // run id -> {rs, next, loading}

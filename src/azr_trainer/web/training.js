@@ -746,8 +746,19 @@ function reasonRequest() {
   return { body: v, errors };
 }
 
-/** A model for reasoning from zero: the server writes its triplets book and the model; then a
- * training run on that book is queued here, so the next step is only "wait, then reason". */
+/** The run ``id`` once it has ended, asking every half second; ``onUpdate`` sees each answer. */
+async function runEnded(id, onUpdate) {
+  for (;;) {
+    const run = await api(`/api/runs/${enc(id)}`);
+    onUpdate(run);
+    if (!["queued", "running"].includes(run.state)) return run;
+    await new Promise((resolve) => setTimeout(resolve, 500));
+  }
+}
+
+/** A model for reasoning from zero: the server makes the model and queues the run that writes
+ * its triplets book; once that run completed, a training run on that book is queued here, so
+ * the next step is only "wait, then reason". */
 async function createFromZero() {
   const msg = $("rs-create-msg");
   const name = $("rs-new-name").value.trim();
@@ -762,7 +773,13 @@ async function createFromZero() {
   msg.className = "msg";
   try {
     const made = await api("/api/reason/models", { method: "POST", json: { name } });
+    upsertRun(made.run);
+    const written = await runEnded(made.run.id, (run) => {
+      upsertRun(run);
+      msg.textContent = t("train.rs.zero.writing", { done: fmtInt(run.step || 0), total: fmtInt(run.params.corpus_docs) });
+    });
     await Promise.all([refreshModels(), refreshBooks()]).catch(() => {});
+    if (written.state !== "completed") return fail(messageText(runMessage(written)) || t("train.rs.zero.failed"));
     // The CLI's from-zero pretraining: batch 16 at a high learning rate, evaluated now and then.
     const r = await api("/api/runs", { method: "POST", json: {
       model: name, books: [made.book], max_iterations: steps, save_every: steps,

@@ -167,6 +167,7 @@ export function runLabel(run) {
   const shortId = String(run.id).length > 10 ? String(run.id).slice(-8) : String(run.id);
   if (run.kind === "selfplay") return `${run.model} · ${t("kind.selfplay")} · #${shortId}`;
   if (run.kind === "reason") return `${run.model} · ${t("kind.reason")} · #${shortId}`;
+  if (run.kind === "corpus") return `${run.model} · ${t("kind.corpus")} · #${shortId}`;
   return `${run.model} · #${shortId}`;
 }
 
