@@ -1,6 +1,7 @@
 """The studio's pieces without HTTP: memorisation meter, registry, job runner."""
 
 import json
+import signal
 import time
 
 import pytest
@@ -255,3 +256,27 @@ def test_the_studio_starts_a_two_process_run(home, book):
     started = [e for e in runner.events(run["id"]) if e["type"] == "status" and e.get("state") == "started"]
     assert started and started[0]["processes"] == 2 and started[0]["train_config"]["batch_size"] == 4
     assert run["step"] == RUN_PARAMS["max_iterations"]
+
+
+def test_a_cancelled_corpus_run_stops_and_writes_no_book(home):
+    from azr_trainer import worker
+    from azr_trainer.events import read_events
+    store.create_model(home, "z", ModelConfig(vocab_size=260, d_model=16, num_layers=1, num_heads=2, d_ff=32,
+                                              max_seq_len=320, tokenizer="char"))
+    folder = run_dir(home, "z", "r1")
+    folder.mkdir(parents=True)
+    (folder / "control").write_text("cancel", encoding="utf-8")  # asked before its first report
+    path = worker.write_run_file(folder, home=home, kind="corpus", model="z", run_id="r1", books=[],
+                                 settings={"corpus_docs": 5000, "seed": 0}, resume=False)
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    try:
+        assert worker.main([str(path)]) == 0
+    finally:  # the worker takes over Ctrl-C, as in its own process
+        signal.signal(signal.SIGINT, handlers[0])
+        signal.signal(signal.SIGTERM, handlers[1])
+    events, _ = read_events(folder / "events.jsonl")
+    last = events[-1]
+    assert last["type"] == "status" and last["state"] == "cancelled" and last["code"] == "run.cancelled"
+    assert last["step"] == 1000 and not any(e["type"] == "step" for e in events)
+    with pytest.raises(UserError):
+        books.get_book(home, "z-triplets")

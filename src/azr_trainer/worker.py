@@ -111,7 +111,7 @@ def run(spec: dict, run_file: Path) -> None:
         from .selfplay import SelfPlayConfig, selfplay
         summary = selfplay(home, model, SelfPlayConfig(**params), stop=stop, log=log, run_id=run_id)
     elif kind == "corpus":
-        summary = _write_corpus(home, model, run_id, params, log)
+        summary = _write_corpus(home, model, run_id, params, stop, log)
     else:
         from .reasoning import ReasonConfig, reason
         summary = reason(home, model, ReasonConfig(**params), stop=stop, log=log, run_id=run_id)
@@ -120,16 +120,32 @@ def run(spec: dict, run_file: Path) -> None:
     exit_torchrun_worker()
 
 
-def _write_corpus(home: Path, model: str, run_id: str, params: dict, log) -> dict:
-    """A from-zero model's triplets book, its documents reported as the run's steps."""
+class _CorpusStopped(Exception):
+    pass
+
+
+def _write_corpus(home: Path, model: str, run_id: str, params: dict, stop, log) -> dict:
+    """A from-zero model's triplets book, its documents reported as the run's steps. Paused or
+    cancelled, it writes no book; resumed, it starts over (it has no checkpoint)."""
     from .reasoning import write_from_zero_book
+    from .runloop import stop_status
     from .train import run_dir
     total = params["corpus_docs"]
     events = EventLog(run_dir(home, model, run_id) / "events.jsonl", run_id)
+
+    def progress(done: int) -> None:
+        if stop.check():
+            raise _CorpusStopped(done)
+        events.emit("step", step=done, max_iterations=total)
+
     try:
         events.emit("status", state="started", step=0)
-        book = write_from_zero_book(home, model, n_docs=total, seed=params["seed"],
-                                    progress=lambda done: events.emit("step", step=done, max_iterations=total))
+        try:
+            book = write_from_zero_book(home, model, n_docs=total, seed=params["seed"], progress=progress)
+        except _CorpusStopped as e:
+            state, message, code, status_params = stop_status(stop.reason, False, None, e.args[0])
+            events.emit("status", state=state, step=e.args[0], message=message, code=code, params=status_params)
+            return {"state": state, "documents": e.args[0]}
         events.emit("step", step=total, max_iterations=total)
         log(f"Wrote book '{book}': {total:,} generator documents.")
         events.emit("status", state="completed", step=total)
