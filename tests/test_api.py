@@ -570,7 +570,7 @@ def test_selfplay_needs_a_trained_model_and_sane_settings(studio):
            ({"temperature": 0}, 400, "temperature must be above 0"),
            ({"books": ["play"]}, 400, "leave books empty"),
            ({"group_size": 100_000}, 422, "group_size: Input should be less than or equal to"),
-           ({"kind": "dream"}, 422, "kind: Input should be 'train', 'selfplay' or 'reason'"),
+           ({"kind": "dream"}, 422, "kind: Input should be 'train', 'selfplay', 'reason' or 'corpus'"),
            ({"rewards": "default"}, 422, "rewards: Extra inputs are not permitted")]
     for change, status, message in bad:
         r = studio.http.post("/api/runs", json={"model": "untrained", **SELFPLAY, **change})
@@ -772,10 +772,11 @@ def test_reason_run_completes_with_per_type_metrics_and_buffers(studio, reasoner
 
 
 def test_buffers_of_other_runs_are_refused(studio, reasoner):
-    train_run = studio.http.get("/api/runs", params={"model": reasoner}).json()[-1]
-    assert train_run["kind"] == "train"
-    r = studio.http.get(f"/api/runs/{train_run['id']}/buffers")
-    assert r.status_code == 400 and "only reasoning runs have task buffers" in r.json()["detail"]
+    runs = studio.http.get("/api/runs", params={"model": reasoner}).json()
+    assert {"train", "corpus"} <= {r["kind"] for r in runs}  # the triplets book's run, then pretraining
+    for other in (r for r in runs if r["kind"] in ("train", "corpus")):
+        r = studio.http.get(f"/api/runs/{other['id']}/buffers")
+        assert r.status_code == 400 and "only reasoning runs have task buffers" in r.json()["detail"]
     assert studio.http.get("/api/runs/run-nope/buffers").status_code == 404
 
 
