@@ -58,3 +58,11 @@ def route(*statuses: int, params: bool = True) -> dict[int | str, dict[str, Any]
 def content(*media_types: str, description: str) -> dict[int | str, dict[str, Any]]:
     """A 200 that is not JSON: a file download or an event stream."""
     return {200: {"description": description, "content": {m: {} for m in media_types}}}
+
+
+# What a book's or model's name looks like, declared for the document only (home.validate_name
+# decides, with its own messages): a plain-ASCII subset of what it accepts, so that a request
+# made from the document is not refused for its name. Windows device names (CON, NUL, ...) match
+# it and are still refused.
+NAME_PATTERN = r"^[A-Za-z0-9]+([_-]+[A-Za-z0-9]+|\.[A-Za-z0-9]+)*$"
+NAME_SCHEMA = {"pattern": NAME_PATTERN, "maxLength": 64}

@@ -34,10 +34,10 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path, PureWindowsPath
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import parse_qs, quote, urlsplit
 
-from fastapi import FastAPI, File, Form, Query, Request, UploadFile
+from fastapi import FastAPI, File, Form, Path as PathParam, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
@@ -75,6 +75,13 @@ TOKEN_COOKIE = "azr_token"
 KEEPALIVE_SECONDS = 15.0
 BOOK_PREVIEW_CHARS = 2000
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+# A book's or model's name in a path or query: any string reaches validate_name (its messages);
+# the document shows what is accepted.
+# best, latest or a step number (resolve_checkpoint decides); the dtypes of every format (pt: f32 only).
+CHECKPOINT_PATTERN = r"^(best|latest|[0-9]+)$"
+DTYPES = sorted({"f32", *HF_DTYPES, *GGUF_DTYPES})
+NamePath = Annotated[str, PathParam(json_schema_extra=answers.NAME_SCHEMA)]
+NameQuery = Annotated[str | None, Query(json_schema_extra=answers.NAME_SCHEMA)]
 
 
 # ---------------------------------------------------------------------------- request bodies
@@ -104,7 +111,7 @@ class AutoRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    books: list[str]
+    books: list[str] = Field(json_schema_extra={"minItems": 1, "items": {"type": "string", **answers.NAME_SCHEMA}})
     minutes: float = Field(..., gt=0, le=10**6)
     threads: int | None = Field(None, ge=1, le=1024)
 
@@ -178,7 +185,7 @@ class ReasonModelRequest(BaseModel):
 
 
 class GenerateRequest(BaseModel):
-    model: str
+    model: str = Field(json_schema_extra=answers.NAME_SCHEMA)
     prompt: str = ""
     checkpoint: str | int = "best"  # best, latest or a step number
     # defaults and bounds: settings.GENERATE (checked by SamplingParams)
@@ -674,12 +681,12 @@ def create_app(home: Path, *, token: str | None = None, max_upload_bytes: int = 
         return info.to_dict()
 
     @app.get("/api/books/{name}", tags=["books"], responses=answers.route(404))
-    def get_book(name: str):
+    def get_book(name: NamePath):
         info = books_mod.get_book(home, name)
         return {**info.to_dict(), "preview": _read_start(books_mod.book_text_path(home, name), BOOK_PREVIEW_CHARS)}
 
     @app.get("/api/books/{name}/tokens", tags=["books"], responses=answers.route(404, 409))
-    def book_tokens(name: str, model: str | None = None, limit: int = Query(200, ge=1, le=5000)):
+    def book_tokens(name: NamePath, model: NameQuery = None, limit: int = Query(200, ge=1, le=5000)):
         """How the start of a book splits into tokens: with a model's tokenizer, or into characters
         (each with its Unicode code point as id) when no model is given."""
         books_mod.get_book(home, name)
@@ -698,7 +705,7 @@ def create_app(home: Path, *, token: str | None = None, max_upload_bytes: int = 
                 "tokens": _token_pieces(text, enc.ids, enc.offsets)[:limit]}
 
     @app.delete("/api/books/{name}", status_code=204, tags=["books"], responses=answers.route(404, 409))
-    def delete_book(name: str):
+    def delete_book(name: NamePath):
         """Refused (409) while a queued or running run needs the book."""
         books_mod.get_book(home, name)
         for run in runner.list_runs():
@@ -807,11 +814,11 @@ def create_app(home: Path, *, token: str | None = None, max_upload_bytes: int = 
                 "errors": errors, "problems": [p.to_dict(lang) for p in problems]}
 
     @app.get("/api/models/{name}", tags=["models"], responses=answers.route(404))
-    def get_model(name: str):
+    def get_model(name: NamePath):
         return model_dict(get_model_info(name), runner.training_models())
 
     @app.delete("/api/models/{name}", status_code=204, tags=["models"], responses=answers.route(404, 409))
-    def delete_model(name: str):
+    def delete_model(name: NamePath):
         if not store.model_dir(home, name).is_dir():
             raise NotFound("model.not_found", name=name)
         runner.check_model_idle(name)
@@ -820,7 +827,7 @@ def create_app(home: Path, *, token: str | None = None, max_upload_bytes: int = 
         return Response(status_code=204)
 
     @app.get("/api/models/{name}/checkpoints", tags=["models"], responses=answers.route(404))
-    def model_checkpoints(name: str):
+    def model_checkpoints(name: NamePath):
         """Each checkpoint: ``checkpoint`` is what to pass to download or generate."""
         get_model_info(name)
         rows = registry.sync_checkpoints(name)
@@ -840,7 +847,10 @@ def create_app(home: Path, *, token: str | None = None, max_upload_bytes: int = 
     @app.get("/api/models/{name}/download", tags=["models"], response_class=Response,
              responses={**answers.content("application/octet-stream", "application/zip", description="The file."),
                         **answers.route(404, 409)})
-    def download_model(name: str, format: str = "pt", checkpoint: str = "best", dtype: str | None = None):
+    def download_model(name: NamePath,
+                       format: Annotated[str, Query(json_schema_extra={"enum": list(EXPORT_FORMATS)})] = "pt",
+                       checkpoint: Annotated[str, Query(json_schema_extra={"pattern": CHECKPOINT_PATTERN})] = "best",
+                       dtype: Annotated[str | None, Query(json_schema_extra={"enum": DTYPES})] = None):
         """The model as one file: ``pt`` (what ``torch.load(f, weights_only=True)`` reads), ``hf``
         (a zip of the Hugging Face folder that ``LlamaForCausalLM`` loads) or ``gguf`` (llama.cpp,
         Ollama; ``dtype`` f16 by default, or f32, q8_0). ``checkpoint``: best (default), latest or a
@@ -872,7 +882,7 @@ def create_app(home: Path, *, token: str | None = None, max_upload_bytes: int = 
         return catalogue.language_from_accept(request.headers.get("accept-language"))
 
     @app.get("/api/runs", tags=["runs"], responses=answers.route())
-    def list_runs(request: Request, model: str | None = None):
+    def list_runs(request: Request, model: NameQuery = None):
         """Runs, newest first. ``message`` is in the request's language (Accept-Language);
         ``message_code``/``message_params`` name it in the catalogue (msg.*)."""
         return [run_in_language(r, lang_of(request)) for r in runner.list_runs(model)]
