@@ -8,6 +8,7 @@ limit; a bug is a 500. Routes add their own 404/409 (and 422 when they take para
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -66,3 +67,28 @@ def content(*media_types: str, description: str) -> dict[int | str, dict[str, An
 # it and are still refused.
 NAME_PATTERN = r"^[A-Za-z0-9]+([_-]+[A-Za-z0-9]+|\.[A-Za-z0-9]+)*$"
 NAME_SCHEMA = {"pattern": NAME_PATTERN, "maxLength": 64}
+
+
+def use_studio_422(app) -> None:
+    """Make every operation's 422 the studio's own {detail, fields}: FastAPI declares its default
+    (a list of pydantic errors) on any route with parameters that does not say otherwise, which is
+    not what the studio's RequestValidationError handler sends."""
+    make = app.openapi
+
+    def openapi() -> dict:
+        fresh = app.openapi_schema is None
+        schema = make()  # FastAPI keeps it in app.openapi_schema: patched once
+        if fresh:
+            ref = "#/components/schemas/InvalidBody"
+            for operation in (op for item in schema.get("paths", {}).values() for op in item.values()):
+                answer = operation.get("responses", {}).get("422")
+                if answer is not None:
+                    answer["content"] = {"application/json": {"schema": {"$ref": ref}}}
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components.setdefault("InvalidBody", InvalidBody.model_json_schema())
+            for name in ("HTTPValidationError", "ValidationError"):
+                if f'"#/components/schemas/{name}"' not in json.dumps(schema["paths"]):
+                    components.pop(name, None)
+        return schema
+
+    app.openapi = openapi

@@ -559,6 +559,7 @@ def create_app(home: Path, *, token: str | None = None, max_upload_bytes: int = 
                   description="Grow a language model from your own books: books, models, training runs, "
                               "generation and downloads. The same library as the `azr` command.")
     app.state.home, app.state.registry, app.state.runner = home, registry, runner
+    answers.use_studio_422(app)
 
     # ---- errors
 
