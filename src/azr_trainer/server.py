@@ -34,10 +34,10 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path, PureWindowsPath
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import parse_qs, quote, urlsplit
 
-from fastapi import FastAPI, File, Form, Query, Request, UploadFile
+from fastapi import FastAPI, File, Form, Path as PathParam, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
@@ -48,7 +48,7 @@ from starlette.exceptions import HTTPException
 
 from . import __version__
 from . import books as books_mod
-from . import catalogue, reasoning, store
+from . import answers, catalogue, reasoning, store
 from . import recipe as recipe_mod
 from . import settings as settings_mod
 from .checkpoint import build_model, checkpoint_dir, latest_run_checkpoint, list_step_checkpoints, \
@@ -75,6 +75,13 @@ TOKEN_COOKIE = "azr_token"
 KEEPALIVE_SECONDS = 15.0
 BOOK_PREVIEW_CHARS = 2000
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+# A book's or model's name in a path or query: any string reaches validate_name (its messages);
+# the document shows what is accepted.
+# best, latest or a step number (resolve_checkpoint decides); the dtypes of every format (pt: f32 only).
+CHECKPOINT_PATTERN = r"^(best|latest|[0-9]+)$"
+DTYPES = sorted({"f32", *HF_DTYPES, *GGUF_DTYPES})
+NamePath = Annotated[str, PathParam(json_schema_extra=answers.NAME_SCHEMA)]
+NameQuery = Annotated[str | None, Query(json_schema_extra=answers.NAME_SCHEMA)]
 
 
 # ---------------------------------------------------------------------------- request bodies
@@ -104,7 +111,7 @@ class AutoRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    books: list[str]
+    books: list[str] = Field(json_schema_extra={"minItems": 1, "items": {"type": "string", **answers.NAME_SCHEMA}})
     minutes: float = Field(..., gt=0, le=10**6)
     threads: int | None = Field(None, ge=1, le=1024)
 
@@ -178,7 +185,7 @@ class ReasonModelRequest(BaseModel):
 
 
 class GenerateRequest(BaseModel):
-    model: str
+    model: str = Field(json_schema_extra=answers.NAME_SCHEMA)
     prompt: str = ""
     checkpoint: str | int = "best"  # best, latest or a step number
     # defaults and bounds: settings.GENERATE (checked by SamplingParams)
@@ -548,10 +555,11 @@ def create_app(home: Path, *, token: str | None = None, max_upload_bytes: int = 
         finally:
             runner.close()
 
-    app = FastAPI(title="AZR Trainer", version=__version__, lifespan=lifespan,
+    app = FastAPI(title="AZR Trainer", version=__version__, lifespan=lifespan, responses=answers.EVERY_ROUTE,
                   description="Grow a language model from your own books: books, models, training runs, "
                               "generation and downloads. The same library as the `azr` command.")
     app.state.home, app.state.registry, app.state.runner = home, registry, runner
+    answers.use_studio_422(app)
 
     # ---- errors
 
@@ -650,7 +658,7 @@ def create_app(home: Path, *, token: str | None = None, max_upload_bytes: int = 
     def list_books():
         return [b.to_dict() for b in registry.sync_books()]
 
-    @app.post("/api/books", status_code=201, tags=["books"])
+    @app.post("/api/books", status_code=201, tags=["books"], responses=answers.route(409))
     def upload_book(file: UploadFile = File(...), name: str | None = Form(None), encoding: str | None = Form(None)):
         """Upload a .txt book in any encoding; it is detected unless ``encoding`` is given."""
         filename = _safe_filename(file.filename)
@@ -673,13 +681,13 @@ def create_app(home: Path, *, token: str | None = None, max_upload_bytes: int = 
         registry.sync_books()
         return info.to_dict()
 
-    @app.get("/api/books/{name}", tags=["books"])
-    def get_book(name: str):
+    @app.get("/api/books/{name}", tags=["books"], responses=answers.route(404))
+    def get_book(name: NamePath):
         info = books_mod.get_book(home, name)
         return {**info.to_dict(), "preview": _read_start(books_mod.book_text_path(home, name), BOOK_PREVIEW_CHARS)}
 
-    @app.get("/api/books/{name}/tokens", tags=["books"])
-    def book_tokens(name: str, model: str | None = None, limit: int = Query(200, ge=1, le=5000)):
+    @app.get("/api/books/{name}/tokens", tags=["books"], responses=answers.route(404, 409))
+    def book_tokens(name: NamePath, model: NameQuery = None, limit: int = Query(200, ge=1, le=5000)):
         """How the start of a book splits into tokens: with a model's tokenizer, or into characters
         (each with its Unicode code point as id) when no model is given."""
         books_mod.get_book(home, name)
@@ -697,8 +705,8 @@ def create_app(home: Path, *, token: str | None = None, max_upload_bytes: int = 
         return {"model": model, "tokenizer": tokenizer.kind,
                 "tokens": _token_pieces(text, enc.ids, enc.offsets)[:limit]}
 
-    @app.delete("/api/books/{name}", status_code=204, tags=["books"])
-    def delete_book(name: str):
+    @app.delete("/api/books/{name}", status_code=204, tags=["books"], responses=answers.route(404, 409))
+    def delete_book(name: NamePath):
         """Refused (409) while a queued or running run needs the book."""
         books_mod.get_book(home, name)
         for run in runner.list_runs():
@@ -715,7 +723,7 @@ def create_app(home: Path, *, token: str | None = None, max_upload_bytes: int = 
         training = runner.training_models()
         return [model_dict(m, training) for m in registry.sync_models()]
 
-    @app.post("/api/models", status_code=201, tags=["models"])
+    @app.post("/api/models", status_code=201, tags=["models"], responses=answers.route(404, 409))
     def create_model(body: ModelCreateRequest):
         name = validate_name(body.name, "model name")
         if body.auto is not None:
@@ -775,7 +783,7 @@ def create_app(home: Path, *, token: str | None = None, max_upload_bytes: int = 
         return {"model": model_dict(get_model_info(name), set()), "book": book, "run": run,
                 "next": catalogue.message("reason_create.next", lang, name=name, book=book)}
 
-    @app.post("/api/models/plan", tags=["models"])
+    @app.post("/api/models/plan", tags=["models"], responses=answers.route(404))
     def plan_model(body: PlanRequest, request: Request):
         """The best shape and training settings for ``minutes`` on ``books`` on this machine, with
         the expected speed, tokens and passes over the books; with ``shape``, what is wrong with
@@ -785,7 +793,7 @@ def create_app(home: Path, *, token: str | None = None, max_upload_bytes: int = 
         return recipe_mod.answer(home, body.books, body.minutes, body.threads,
                                  body.shape.config() if body.shape is not None else None, lang)
 
-    @app.post("/api/models/estimate", tags=["models"])
+    @app.post("/api/models/estimate", tags=["models"], responses=answers.route())
     def estimate_model(body: ModelShape, request: Request):
         """Size, memory and compute of a shape, with what is wrong with it: for validating as the
         user types, so an invalid shape is a 200 with ``errors`` (sentences in the request's
@@ -812,12 +820,12 @@ def create_app(home: Path, *, token: str | None = None, max_upload_bytes: int = 
                 "flops_per_token": training_flops_per_token(cfg) if positive else None,
                 "errors": errors, "problems": [p.to_dict(lang) for p in problems]}
 
-    @app.get("/api/models/{name}", tags=["models"])
-    def get_model(name: str):
+    @app.get("/api/models/{name}", tags=["models"], responses=answers.route(404))
+    def get_model(name: NamePath):
         return model_dict(get_model_info(name), runner.training_models())
 
-    @app.delete("/api/models/{name}", status_code=204, tags=["models"])
-    def delete_model(name: str):
+    @app.delete("/api/models/{name}", status_code=204, tags=["models"], responses=answers.route(404, 409))
+    def delete_model(name: NamePath):
         if not store.model_dir(home, name).is_dir():
             raise NotFound("model.not_found", name=name)
         runner.check_model_idle(name)
@@ -825,8 +833,8 @@ def create_app(home: Path, *, token: str | None = None, max_upload_bytes: int = 
         registry.forget_model(name)
         return Response(status_code=204)
 
-    @app.get("/api/models/{name}/checkpoints", tags=["models"])
-    def model_checkpoints(name: str):
+    @app.get("/api/models/{name}/checkpoints", tags=["models"], responses=answers.route(404))
+    def model_checkpoints(name: NamePath):
         """Each checkpoint: ``checkpoint`` is what to pass to download or generate."""
         get_model_info(name)
         rows = registry.sync_checkpoints(name)
@@ -843,8 +851,13 @@ def create_app(home: Path, *, token: str | None = None, max_upload_bytes: int = 
                         "checkpoint": "best"})
         return sorted(out, key=lambda c: (c["step"] is None, c["step"] or 0))
 
-    @app.get("/api/models/{name}/download", tags=["models"])
-    def download_model(name: str, format: str = "pt", checkpoint: str = "best", dtype: str | None = None):
+    @app.get("/api/models/{name}/download", tags=["models"], response_class=Response,
+             responses={**answers.content("application/octet-stream", "application/zip", description="The file."),
+                        **answers.route(404, 409)})
+    def download_model(name: NamePath,
+                       format: Annotated[str, Query(json_schema_extra={"enum": list(EXPORT_FORMATS)})] = "pt",
+                       checkpoint: Annotated[str, Query(json_schema_extra={"pattern": CHECKPOINT_PATTERN})] = "best",
+                       dtype: Annotated[str | None, Query(json_schema_extra={"enum": DTYPES})] = None):
         """The model as one file: ``pt`` (what ``torch.load(f, weights_only=True)`` reads), ``hf``
         (a zip of the Hugging Face folder that ``LlamaForCausalLM`` loads) or ``gguf`` (llama.cpp,
         Ollama; ``dtype`` f16 by default, or f32, q8_0). ``checkpoint``: best (default), latest or a
@@ -875,35 +888,35 @@ def create_app(home: Path, *, token: str | None = None, max_upload_bytes: int = 
     def lang_of(request: Request) -> str:
         return catalogue.language_from_accept(request.headers.get("accept-language"))
 
-    @app.get("/api/runs", tags=["runs"])
-    def list_runs(request: Request, model: str | None = None):
+    @app.get("/api/runs", tags=["runs"], responses=answers.route())
+    def list_runs(request: Request, model: NameQuery = None):
         """Runs, newest first. ``message`` is in the request's language (Accept-Language);
         ``message_code``/``message_params`` name it in the catalogue (msg.*)."""
         return [run_in_language(r, lang_of(request)) for r in runner.list_runs(model)]
 
-    @app.post("/api/runs", status_code=201, tags=["runs"])
+    @app.post("/api/runs", status_code=201, tags=["runs"], responses=answers.route(404, 409))
     def create_run(body: RunRequest, request: Request):
         get_model_info(body.model)  # a damaged model.json is a message, not a crash
         return run_in_language(runner.create_run(body.model, body.books or [], body.params(), kind=body.kind),
                                lang_of(request))
 
-    @app.get("/api/runs/{run_id}", tags=["runs"])
+    @app.get("/api/runs/{run_id}", tags=["runs"], responses=answers.route(404))
     def get_run(run_id: str, request: Request):
         return run_in_language(runner.get_run(run_id, detail=True), lang_of(request))
 
-    @app.post("/api/runs/{run_id}/pause", tags=["runs"])
+    @app.post("/api/runs/{run_id}/pause", tags=["runs"], responses=answers.route(404, 409))
     def pause_run(run_id: str, request: Request):
         return run_in_language(runner.pause(run_id), lang_of(request))
 
-    @app.post("/api/runs/{run_id}/resume", tags=["runs"])
+    @app.post("/api/runs/{run_id}/resume", tags=["runs"], responses=answers.route(404, 409))
     def resume_run(run_id: str, request: Request):
         return run_in_language(runner.resume(run_id), lang_of(request))
 
-    @app.post("/api/runs/{run_id}/cancel", tags=["runs"])
+    @app.post("/api/runs/{run_id}/cancel", tags=["runs"], responses=answers.route(404, 409))
     def cancel_run(run_id: str, request: Request):
         return run_in_language(runner.cancel(run_id), lang_of(request))
 
-    @app.get("/api/runs/{run_id}/buffers", tags=["runs"])
+    @app.get("/api/runs/{run_id}/buffers", tags=["runs"], responses=answers.route(404, 409))
     def run_buffers(run_id: str, limit: int | None = Query(None, ge=1, le=10_000)):
         """A reasoning run's task buffers (deduction, abduction, induction) as of its newest
         checkpoint, oldest task first; ``limit``: only the newest N of each. ``sizes`` are the
@@ -923,14 +936,16 @@ def create_app(home: Path, *, token: str | None = None, max_upload_bytes: int = 
         return {"run": run_id, "step": step, "sizes": {k: len(v) for k, v in buffers.items()},
                 "buffers": {k: v[-limit:] if limit else v for k, v in buffers.items()}}
 
-    @app.get("/api/runs/{run_id}/events", tags=["runs"])
+    @app.get("/api/runs/{run_id}/events", tags=["runs"], responses=answers.route(404))
     def run_events(run_id: str, after: int = Query(0, ge=0), limit: int | None = Query(None, ge=1)):
         """Events number ``after`` onwards (each has its number as ``seq``); pass ``next`` back to
         get only newer ones."""
         events = runner.events(run_id, after, limit)
         return {"events": events, "next": after + len(events)}
 
-    @app.get("/api/runs/{run_id}/stream", tags=["runs"])
+    @app.get("/api/runs/{run_id}/stream", tags=["runs"], response_class=StreamingResponse,
+             responses={**answers.content("text/event-stream", description="Server-sent events."),
+                        **answers.route(404)})
     async def run_stream(run_id: str, request: Request, after: int = Query(0, ge=0)):
         """Server-sent events: every event so far, then live ones; ``id:`` is the event's number,
         so a reconnecting browser (Last-Event-ID) gets only what it missed."""
@@ -967,7 +982,7 @@ def create_app(home: Path, *, token: str | None = None, max_upload_bytes: int = 
 
     # ---- generation
 
-    @app.post("/api/generate", tags=["generate"])
+    @app.post("/api/generate", tags=["generate"], responses=answers.route(404, 409))
     def generate(body: GenerateRequest):
         """Continue ``prompt``; ``tokens`` is the number of new tokens, ``memorisation`` the
         stretches of ``text`` found verbatim in the model's books."""
@@ -976,7 +991,9 @@ def create_app(home: Path, *, token: str | None = None, max_upload_bytes: int = 
             pass
         return finish_generation(gen)
 
-    @app.post("/api/generate/stream", tags=["generate"])
+    @app.post("/api/generate/stream", tags=["generate"], response_class=StreamingResponse,
+              responses={**answers.content("text/event-stream", description="Server-sent events."),
+                         **answers.route(404, 409)})
     async def generate_stream(body: GenerateRequest, request: Request):
         """Server-sent events: ``{"delta": "…"}`` per piece of text, then ``{"done": true, "text",
         "tokens", "memorisation"}``. Close the connection to stop."""
