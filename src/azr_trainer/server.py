@@ -742,7 +742,7 @@ def create_app(home: Path, *, token: str | None = None, max_upload_bytes: int = 
         registry.sync_models()
         return model_dict(info, set())
 
-    @app.post("/api/reason/models", status_code=202, tags=["models"])
+    @app.post("/api/reason/models", status_code=202, tags=["models"], responses=answers.route(409))
     def create_reason_model(body: ReasonModelRequest, request: Request):
         """Create a model for AZR reasoning from zero: the model (char tokenizer) at once, and a
         ``corpus`` run that writes its book ``<name>-triplets`` (programs with their inputs and
