@@ -956,6 +956,21 @@ def test_server_errors_follow_the_page_language(browser, studio, artifacts, tmp_
         ctx.close()
 
 
+def stubbed_run(browser, run, events):
+    """A Russian browser context whose studio answers know one run (``run``) and its ``events``."""
+    def answer_events(route):
+        after = int(re.search(r"after=(\d+)", route.request.url).group(1)) if "after=" in route.request.url else 0
+        page_events = [e for e in events if e["seq"] >= after]
+        route.fulfill(json={"events": page_events, "next": after + len(page_events)})
+
+    ctx = browser.new_context(locale="ru-RU", viewport={"width": 1360, "height": 900})
+    rid = re.escape(run["id"])
+    ctx.route(re.compile(r".*/api/runs(\?.*)?$"), lambda r: r.fulfill(json=[run]))
+    ctx.route(re.compile(rf".*/api/runs/{rid}$"), lambda r: r.fulfill(json=run))
+    ctx.route(re.compile(rf".*/api/runs/{rid}/events.*"), answer_events)
+    return ctx
+
+
 def test_coded_run_messages_follow_the_page_language(browser, studio, artifacts):
     """A run's status, warnings and log lines that carry a code are shown from the catalogue
     (stubbed answers): in Russian, and in English after the switch; plain texts stay as sent."""
@@ -974,16 +989,8 @@ def test_coded_run_messages_follow_the_page_language(browser, studio, artifacts)
          "message": run["message"], "code": run["code"], "params": run["params"]},
     ]
 
-    def answer_events(route):
-        after = int(re.search(r"after=(\d+)", route.request.url).group(1)) if "after=" in route.request.url else 0
-        page_events = [e for e in events if e["seq"] >= after]
-        route.fulfill(json={"events": page_events, "next": after + len(page_events)})
-
-    ctx = browser.new_context(locale="ru-RU", viewport={"width": 1360, "height": 900})
+    ctx = stubbed_run(browser, run, events)
     try:
-        ctx.route(re.compile(r".*/api/runs(\?.*)?$"), lambda r: r.fulfill(json=[run]))
-        ctx.route(re.compile(r".*/api/runs/r-coded$"), lambda r: r.fulfill(json=run))
-        ctx.route(re.compile(r".*/api/runs/r-coded/events.*"), answer_events)
         page = ctx.new_page()
         page.goto(studio.url + "/#training")
         page.wait_for_selector("body[data-ready='1']")
@@ -1073,16 +1080,8 @@ def test_a_runs_message_and_milestones_follow_the_page_language(browser, studio,
          "message": "stopped by cancel", "code": "run.cancelled", "params": {"step": 40}},
     ]
 
-    def answer_events(route):
-        after = int(re.search(r"after=(\d+)", route.request.url).group(1)) if "after=" in route.request.url else 0
-        page_events = [e for e in events if e["seq"] >= after]
-        route.fulfill(json={"events": page_events, "next": after + len(page_events)})
-
-    ctx = browser.new_context(locale="ru-RU", viewport={"width": 1360, "height": 900})
+    ctx = stubbed_run(browser, run, events)
     try:
-        ctx.route(re.compile(r".*/api/runs(\?.*)?$"), lambda r: r.fulfill(json=[run]))
-        ctx.route(re.compile(r".*/api/runs/r-said$"), lambda r: r.fulfill(json=run))
-        ctx.route(re.compile(r".*/api/runs/r-said/events.*"), answer_events)
         page = ctx.new_page()
         page.goto(studio.url + "/#runs")
         page.wait_for_selector("body[data-ready='1']")
