@@ -86,24 +86,18 @@ NameQuery = Annotated[str | None, Query(json_schema_extra=answers.NAME_SCHEMA)]
 
 # ---------------------------------------------------------------------------- request bodies
 
-class ModelShape(BaseModel):
-    """A model's shape, in the words of the original description (defaults: settings.MODEL).
+class _ShapeBase(BaseModel):
+    """A model's shape, in the words of the original description (fields and defaults: settings.MODEL).
     Numbers are checked by ModelConfig.validate (messages that say what to change), not here."""
 
     name: str | None = None
-    vocab_size: int = MODEL.default("vocab_size")
-    d_model: int = MODEL.default("d_model")
-    num_layers: int = MODEL.default("num_layers")
-    num_heads: int = MODEL.default("num_heads")
-    d_ff: int = MODEL.default("d_ff")
-    max_seq_len: int = MODEL.default("max_seq_len")
-    tokenizer: str = MODEL.default("tokenizer")
-    tie_embeddings: bool = MODEL.default("tie_embeddings")
 
     def config(self) -> ModelConfig:
-        return ModelConfig(vocab_size=self.vocab_size, d_model=self.d_model, num_layers=self.num_layers,
-                           num_heads=self.num_heads, d_ff=self.d_ff, max_seq_len=self.max_seq_len,
-                           tokenizer=self.tokenizer, tie_embeddings=self.tie_embeddings)
+        return ModelConfig(**self.model_dump(include=set(MODEL.settings)))
+
+
+ModelShape = create_model("ModelShape", __base__=_ShapeBase, __doc__=_ShapeBase.__doc__,
+                          **{s.name: (s.type, s.default) for s in MODEL})
 
 
 class AutoRequest(BaseModel):
