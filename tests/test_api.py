@@ -445,7 +445,7 @@ def test_download_as_hugging_face_zip_and_gguf(studio, play, tmp_path):
 
 
 def test_a_download_note_is_an_ascii_header():
-    from azr_trainer.server import _header_safe
+    from azr_trainer.routes.models import _header_safe
     assert _header_safe("'tiny' is still training: 100%") == "'tiny' is still training: 100%25"
     assert _header_safe("'модель' ok") == "'%D0%BC%D0%BE%D0%B4%D0%B5%D0%BB%D1%8C' ok"
 

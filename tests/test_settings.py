@@ -18,9 +18,10 @@ from azr_trainer.cli import build_parser
 from azr_trainer.errors import UserError
 from azr_trainer.model import ModelConfig
 from azr_trainer.reasoning import ReasonConfig
+from azr_trainer.routes.requests import RunRequest
 from azr_trainer.sample import SamplingParams
 from azr_trainer.selfplay import SelfPlayConfig
-from azr_trainer.server import RunRequest, create_app
+from azr_trainer.server import create_app
 from azr_trainer.train import TrainConfig, run_dir
 from azr_trainer.worker import main as worker_main
 from azr_trainer.worker import write_run_file
@@ -35,7 +36,7 @@ def test_generation_defaults_are_declared_once():
     actions = _actions(["generate"])
     for s in settings.GENERATE:
         assert actions[s.name].default == s.default and actions[s.name].type is s.type, s.name
-    from azr_trainer.server import GenerateRequest
+    from azr_trainer.routes.requests import GenerateRequest
     assert {k: v for k, v in GenerateRequest(model="m").model_dump().items() if k in settings.GENERATE.settings} \
         == {s.name: s.default for s in settings.GENERATE}
     with pytest.raises(UserError, match="temperature must be at most 10"):

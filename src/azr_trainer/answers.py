@@ -1,7 +1,7 @@
 """What the studio's API answers besides success, for its OpenAPI document: the error body every
 refusal has, the shape of a malformed request's 422, and which statuses each route can give.
 
-The guards (server._Guard, _BodyLimit) answer every route: 400 for a non-loopback Host, 401
+The guards (routes.guard: Guard, BodyLimit) answer every route: 400 for a non-loopback Host, 401
 without the token when one is required, 403 for another site's request, 413 for a body over the
 limit; a bug is a 500. Routes add their own 404/409 (and 422 when they take parameters).
 """

@@ -172,7 +172,7 @@ def _check_reason(home: Path, model: str, books: list[str], params: dict) -> lis
     try:
         resolve_checkpoint(mdir, "latest")
     except UserError:
-        # The CLI would make the model from zero; the studio has a step for that (see server.py).
+        # The CLI would make the model from zero; the studio has a step for that (see routes/models.py).
         raise UserError(f"Model '{model}' has no trained checkpoint yet: a reasoning run starts from one. Create a "
                         "model for reasoning from zero (POST /api/reason/models, or the Training page's button), "
                         "train it on its triplets book, then start the reasoning run; or run "

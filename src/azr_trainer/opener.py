@@ -34,9 +34,9 @@ def open_when_listening(host: str, port: int, token: str | None) -> str | None:
     """Start a thread that opens the studio's page once ``host:port`` accepts connections.
     Returns the token the server must use: one is made up here (as ``serve`` would) when the
     address is not loopback, so that the opened link carries it."""
-    from .server import _is_loopback
+    from .routes.guard import is_loopback
 
-    if token is None and not _is_loopback(host):
+    if token is None and not is_loopback(host):
         token = secrets.token_urlsafe(24)
     if not has_display():
         return token
