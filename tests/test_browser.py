@@ -278,7 +278,7 @@ def test_translations_cover_every_key():
 
 # ---------------------------------------------------------------------------- settings
 
-FORM_FIELDS = {"train": ("t", ["max_iterations", "batch_size", "learning_rate", "save_every", "eval_every"]),
+FORM_FIELDS = {"train": ("t", ["minutes", "max_iterations", "batch_size", "learning_rate", "save_every", "eval_every"]),
                "selfplay": ("sp", ["max_iterations", "group_size", "temperature", "kl_weight", "lm_weight"]),
                "reason": ("rs", ["max_iterations", "batch_size", "n_samples", "temperature", "learning_rate"]),
                "model": ("m", ["vocab_size", "d_model", "num_layers", "num_heads", "d_ff", "max_seq_len"])}
@@ -302,7 +302,12 @@ def test_train_and_create_forms_show_the_declared_defaults_and_bounds(browser, s
                 shown = {"value": _number(field.input_value()), "min": _number(field.get_attribute("min")),
                          "max": _number(field.get_attribute("max"))}
                 assert shown == {"value": s["default"], "min": s["min"], "max": s["max"]}, (kind, name, shown, s)
-        assert page.locator("#t-max_iterations").input_value() == "1000"  # the page once started at 10000
+        # Training starts from ten minutes, the time the first field; its steps are optional.
+        assert page.locator("#t-minutes").input_value() == "10"  # the page once started at 10,000 steps
+        assert page.locator("#t-max_iterations").input_value() == ""
+        expect(page.locator("#t-max_iterations")).to_have_attribute("placeholder", "until the time is up")
+        fields = page.locator("[data-for-mode=train] input[type=number]")
+        assert fields.first.get_attribute("id") == "t-minutes"
         tab(page, "generation")
         gen = declared["generate"]
         for name, field in (("max_length", "g-max_length"), ("top_k", "g-top_k")):
@@ -341,6 +346,7 @@ LANGS = {
         "completed": "Завершён",
         "download": "Скачать .pt",
         "prompt": "Старый ",
+        "ten_minutes": "около 10 минут — бюджет времени",
     },
     "en": {
         "locale": "en-US",
@@ -355,6 +361,7 @@ LANGS = {
         "completed": "Completed",
         "download": "Download .pt",
         "prompt": "The old ",
+        "ten_minutes": "about 10 minutes: the time budget",
     },
 }
 
@@ -433,6 +440,7 @@ def test_five_steps(browser, studio, artifacts, tmp_path, lang):
         page.get_by_test_id("train-model").select_option(model)
         box = page.locator(f"[data-testid=train-book][data-name='{book_name}'] input")
         box.check()
+        expect(page.get_by_test_id("train-estimate")).to_contain_text(L["ten_minutes"])  # the form's default
         page.get_by_test_id("train-max_iterations").fill("120")
         page.get_by_test_id("train-batch_size").fill("8")
         page.get_by_test_id("train-learning_rate").fill("0.003")

@@ -147,6 +147,8 @@ function renderRunPicker() {
 }
 
 function totalSteps() {
+  // A time budget without steps of its own: no step count (its trainer counts to a billion).
+  if (budgetSeconds() && !(run && run.params && run.params.max_iterations)) return null;
   return (run && run.max_iterations) || rs.maxIterations || (run && run.params && run.params.max_iterations) || null;
 }
 
@@ -175,7 +177,8 @@ function renderProgress() {
   const text = $("mon-progress-text");
   text.dataset.step = String(step);
   text.dataset.total = String(total || "");
-  if (budget) setText(text, "monitor.progress_time", { step: fmtInt(step), elapsed: fmtClock(elapsed), budget: fmtClock(budget) });
+  if (budget && total) setText(text, "monitor.progress_both", { step: fmtInt(step), total: fmtInt(total), elapsed: fmtClock(elapsed), budget: fmtClock(budget) });
+  else if (budget) setText(text, "monitor.progress_time", { step: fmtInt(step), elapsed: fmtClock(elapsed), budget: fmtClock(budget) });
   else setText(text, total ? "monitor.progress_text" : "monitor.progress_text_nototal", { step: fmtInt(step), total: fmtInt(total), pct: fmtPercent(frac, frac < 0.1 ? 1 : 0) });
   renderTime();
 }

@@ -24,7 +24,8 @@ const flopsCache = new Map();
 let mode = "train"; // or "selfplay" or "reason": which run the form starts
 const MODES = ["train", "selfplay", "reason"];
 // Which settings each form shows; their defaults and bounds come from the server (settings.js).
-const TRAIN_FIELDS = ["max_iterations", "batch_size", "learning_rate", "save_every", "eval_every", "minutes"];
+// Training: the time first (the studio starts from ten minutes), the steps optional.
+const TRAIN_FIELDS = ["minutes", "max_iterations", "batch_size", "learning_rate", "save_every", "eval_every"];
 // Under "Advanced": empty unless typed in, so the model's plan (or the default) applies.
 const ADVANCED_FIELDS = ["seq_len", "warmup_iters", "min_lr_ratio", "beta2", "weight_decay"];
 const SELFPLAY_FIELDS = ["reward", "max_iterations", "group_size", "temperature", "kl_weight", "lm_weight", "minutes"];
@@ -156,24 +157,42 @@ async function modelFlops(m) {
 }
 
 let estimateSeq = 0;
+/** What the run will cost: its time (the budget, or its steps at the model's speed), steps and tokens. */
 async function renderEstimate() {
   const el = $("t-estimate");
   const m = currentModel();
   const iters = intValue($("t-max_iterations"));
+  const minutes = floatValue($("t-minutes"));
+  const budget = minutes > 0 ? 60 * minutes : null;
   const batch = intValue($("t-batch_size"));
-  if (mode !== "train" || !m || !(iters > 0) || !(batch > 0)) { el.textContent = ""; estimateSeq++; return; }
+  if (mode !== "train" || !m || !(iters > 0 || budget) || !(batch > 0)) { el.textContent = ""; estimateSeq++; return; }
   const seq = (m.config && m.config.max_seq_len) || setting("model", "max_seq_len").default;
-  const tokens = iters * batch * seq;
   const seqNo = ++estimateSeq;
   let flops = null;
   try { flops = await modelFlops(m); } catch { flops = null; }
   if (seqNo !== estimateSeq) return;
   const chars = store.books.filter((b) => selectedBooks.has(b.name)).reduce((n, b) => n + (b.chars || 0), 0);
-  const parts = [t("train.estimate_tokens", { tokens: fmtCompact(tokens) })];
   // The speed this model really reached in its latest run beats any formula.
   const measured = sortedRuns().find((r) => r.model === m.name && r.last_step && r.last_step.tokens_per_s > 0);
-  if (measured) parts.push(t("train.estimate_measured", { time: fmtApproxDuration(tokens / measured.last_step.tokens_per_s), tps: fmtInt(measured.last_step.tokens_per_s) }));
-  else if (flops) parts.push(t("train.estimate_time", { time: fmtApproxDuration(roughSeconds(flops, batch * seq, iters)) }));
+  const tps = measured ? measured.last_step.tokens_per_s : null;
+  const stepSeconds = tps ? (batch * seq) / tps : flops ? roughSeconds(flops, batch * seq, 1) : null;
+  const parts = [];
+  if (iters > 0 && (!budget || (stepSeconds && iters * stepSeconds < budget))) {
+    // the steps end the run
+    const tokens = iters * batch * seq;
+    parts.push(t("train.estimate_tokens", { tokens: fmtCompact(tokens) }));
+    if (tps) parts.push(t("train.estimate_measured", { time: fmtApproxDuration(tokens / tps), tps: fmtInt(tps) }));
+    else if (stepSeconds) parts.push(t("train.estimate_time", { time: fmtApproxDuration(iters * stepSeconds) }));
+  } else {
+    // the time ends it: how many steps and tokens fit in it
+    parts.push(t("train.estimate_budget", { time: fmtApproxDuration(budget) }));
+    if (stepSeconds) {
+      const n = Math.max(1, Math.round(Math.min(iters > 0 ? iters : Infinity, budget / stepSeconds)));
+      const steps = t("models.steps", { count: n, n: fmtInt(n) });
+      parts.push(tps ? t("train.estimate_steps_measured", { steps, tps: fmtInt(tps) }) : t("train.estimate_steps", { steps }));
+      parts.push(t("train.estimate_tokens", { tokens: fmtCompact(n * batch * seq) }));
+    }
+  }
   if (chars) parts.push(t("train.estimate_books", { chars: fmtCompact(chars) }));
   el.textContent = parts.join(" · ");
 }
@@ -191,16 +210,22 @@ function fieldValue(input, s) {
   return input.value;
 }
 
+// A run ends at its time budget or after its steps, whichever comes first.
+const ENDS = ["minutes", "max_iterations"];
+
 /** The settings a form shows, checked against their declarations; an empty one is left out
  * (the server's default). */
 function readSettings(kind, prefix, names, errors) {
   const v = {};
-  // With a time budget the number of steps may be left empty: the time ends the run.
-  const budget = names.includes("minutes") && String($(`${prefix}-minutes`).value).trim() !== "";
+  // Either end may be left empty while the other is given. A training run with neither would
+  // get the studio's default time from the server: say instead that one is needed.
+  const ends = ENDS.filter((k) => names.includes(k) && String($(`${prefix}-${k}`).value).trim() !== "");
+  if (kind === "train" && !ends.length) errors.push(t("train.err.no_end"));
   for (const k of names) {
     const s = setting(kind, k);
     const value = fieldValue($(`${prefix}-${k}`), s);
-    const problem = value == null && k === "max_iterations" && budget ? null : settingProblem(s, value);
+    const either = ENDS.includes(k) && (ends.length || kind === "train");
+    const problem = value == null && either ? null : settingProblem(s, value);
     if (problem) errors.push(problem);
     if (value != null) v[k] = value;
   }
@@ -336,6 +361,9 @@ function applySettings() {
     if (help && help.dataset.i18n) setText(help, help.dataset.i18n, { default: shown(s.default), min: shown(s.min), max: shown(s.max) });
   };
   for (const k of TRAIN_FIELDS) apply("train", "t", k);
+  const iters = $("t-max_iterations");  // empty: the time ends the run
+  iters.dataset.i18nAttr = "placeholder:train.until_time";
+  iters.placeholder = t("train.until_time");
   for (const k of ADVANCED_FIELDS) apply("train", "t", k);
   showAdvancedDefaults(null);
   for (const k of SELFPLAY_FIELDS) apply("selfplay", "sp", k);
