@@ -19,7 +19,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from azr_trainer import store
+from azr_trainer import autosize, store
 from azr_trainer.model import ModelConfig
 from azr_trainer.registry import Registry, Run
 from azr_trainer.server import create_app
@@ -268,6 +268,29 @@ def test_malformed_requests_are_422_with_readable_messages(studio):
 
 
 # ---------------------------------------------------------------------------- models
+
+
+def test_the_estimates_times_are_at_this_machines_measured_speed(tmp_path):
+    """The Create page's times (and the Training page's before a run has its own speed) come
+    from this machine's probe, measured once and cached like the auto-sizing plan's, never from
+    a fixed laptop figure."""
+    home = tmp_path / "home"
+    with TestClient(create_app(home), base_url="http://127.0.0.1") as client:
+        est = client.post("/api/models/estimate", json=TINY).json()  # measures the machine once
+        first = est["speed"]
+        cache = json.loads((home / autosize.SPEED_FILE).read_text(encoding="utf-8"))
+        (key, entry), = cache.items()
+        assert (first["gflops"], first["threads"]) == (entry["fp32_gflops"], entry["threads"])
+        assert first["seconds_per_token"] == pytest.approx(
+            est["flops_per_token"] / (first["gflops"] * 1e9 * autosize.STEP_EFFICIENCY))
+        assert first["step_overhead_s"] > 0
+        # Later estimates read the cache: a machine measured twice as fast trains twice as fast.
+        cache[key] = {**entry, "fp32_gflops": 2 * entry["fp32_gflops"]}
+        (home / autosize.SPEED_FILE).write_text(json.dumps(cache), encoding="utf-8")
+        second = client.post("/api/models/estimate", json=TINY).json()["speed"]
+        assert second["gflops"] == 2 * first["gflops"]
+        assert second["seconds_per_token"] == pytest.approx(first["seconds_per_token"] / 2)
+        assert client.post("/api/models/estimate", json={"num_layers": 0}).json()["speed"] is None
 
 
 def test_models_create_estimate_show_delete(studio):

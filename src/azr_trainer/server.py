@@ -812,6 +812,7 @@ def create_app(home: Path, *, token: str | None = None, max_upload_bytes: int = 
         return {"parameters": count_parameters(cfg) if positive else None,
                 "memory_bytes": estimate_training_memory(cfg, batch_size=16) if positive else None,
                 "flops_per_token": training_flops_per_token(cfg) if positive else None,
+                "speed": recipe_mod.training_speed(home, cfg) if positive else None,
                 "errors": errors, "problems": [p.to_dict(lang) for p in problems]}
 
     @app.get("/api/models/{name}", tags=["models"], responses=answers.route(404))

@@ -20,7 +20,7 @@ const TRAIN_PREFS = "azr.trainForm";
 
 const selectedBooks = new Set();
 let booksTouched = false; // until the user ticks a box, the choice follows the model (or the only book)
-const flopsCache = new Map();
+const speedCache = new Map();
 let mode = "train"; // or "selfplay" or "reason": which run the form starts
 const MODES = ["train", "selfplay", "reason"];
 // Which settings each form shows; their defaults and bounds come from the server (settings.js).
@@ -147,13 +147,14 @@ function renderBooks() {
     h("span", { class: "muted", text: t("books.chars_n", { n: fmtCompact(b.chars) }) }))));
 }
 
-async function modelFlops(m) {
-  if (flopsCache.has(m.name)) return flopsCache.get(m.name);
+/** How fast this computer should train model `m` (its measured speed, from the server). */
+async function modelSpeed(m) {
+  if (speedCache.has(m.name)) return speedCache.get(m.name);
   const c = m.config || {};
   const body = { vocab_size: c.vocab_size, d_model: c.d_model, num_layers: c.num_layers, num_heads: c.num_heads, d_ff: c.d_ff, max_seq_len: c.max_seq_len, tokenizer: c.tokenizer || "bpe" };
   const est = await api("/api/models/estimate", { method: "POST", json: body });
-  flopsCache.set(m.name, est.flops_per_token);
-  return est.flops_per_token;
+  speedCache.set(m.name, est.speed);
+  return est.speed;
 }
 
 let estimateSeq = 0;
@@ -168,14 +169,14 @@ async function renderEstimate() {
   if (mode !== "train" || !m || !(iters > 0 || budget) || !(batch > 0)) { el.textContent = ""; estimateSeq++; return; }
   const seq = (m.config && m.config.max_seq_len) || setting("model", "max_seq_len").default;
   const seqNo = ++estimateSeq;
-  let flops = null;
-  try { flops = await modelFlops(m); } catch { flops = null; }
+  let speed = null;
+  try { speed = await modelSpeed(m); } catch { speed = null; }
   if (seqNo !== estimateSeq) return;
   const chars = store.books.filter((b) => selectedBooks.has(b.name)).reduce((n, b) => n + (b.chars || 0), 0);
   // The speed this model really reached in its latest run beats any formula.
   const measured = sortedRuns().find((r) => r.model === m.name && r.last_step && r.last_step.tokens_per_s > 0);
   const tps = measured ? measured.last_step.tokens_per_s : null;
-  const stepSeconds = tps ? (batch * seq) / tps : flops ? roughSeconds(flops, batch * seq, 1) : null;
+  const stepSeconds = tps ? (batch * seq) / tps : speed ? roughSeconds(speed, batch * seq, 1) : null;
   const parts = [];
   if (iters > 0 && (!budget || (stepSeconds && iters * stepSeconds < budget))) {
     // the steps end the run
