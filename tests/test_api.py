@@ -634,10 +634,14 @@ def test_selfplay_run_completes_with_rewards_and_a_checkpoint(studio, play, play
     path = Path(saved[-1]["path"])
     assert path == studio.home / "models" / player / "checkpoints" / "selfplay" / run["id"] / "step_0000003.pt"
     assert path.is_file() and done["last_checkpoint_step"] == 3
-    # Pretraining's checkpoints are untouched, and the new one generates.
+    # Pretraining's checkpoints are untouched, the model's list offers the new one, and it generates.
     assert studio.http.get(f"/api/models/{player}").json()["trained_steps"] == 20
+    listed = studio.http.get(f"/api/models/{player}/checkpoints").json()
+    assert listed[-1] == {"kind": "selfplay", "checkpoint": "selfplay", "step": 3, "best": False,
+                          "bytes": path.stat().st_size, "val_bpb": None, "run": run["id"]}
+    assert {c["kind"] for c in listed[:-1]} <= {"best", "step"} and max(c["step"] for c in listed[:-1]) == 20
     out = studio.http.post("/api/generate", json={"model": player, "prompt": "The king", "max_length": 8, "seed": 1,
-                                                 "checkpoint": "selfplay"})
+                                                 "checkpoint": listed[-1]["checkpoint"]})
     assert out.status_code == 200 and out.json()["tokens"] == 8
     kinds = {r["id"]: r["kind"] for r in studio.http.get("/api/runs", params={"model": player}).json()}
     assert sorted(kinds.values()) == ["selfplay", "train"] and kinds[run["id"]] == "selfplay"

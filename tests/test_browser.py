@@ -694,6 +694,23 @@ def test_selfplay_mode(browser, studio, artifacts, tmp_path):
         page.get_by_test_id("train-mode-train").click()
         expect(page.get_by_test_id("train-books")).to_be_visible()
         expect(page.get_by_test_id("train-start")).to_have_text("Start training")
+
+        # The Generation page offers the self-play checkpoint beside pretraining's, and generates from it.
+        tab(page, "generation")
+        page.get_by_test_id("gen-model").select_option("player")
+        choice = page.get_by_test_id("gen-checkpoint")
+        expect(choice.locator("option[value=selfplay]")).to_have_text(re.compile(r"^self-play, newest \(step 12 · "))
+        expect(choice.locator("option[value=latest]")).to_have_text("latest (step 20)")
+        choice.select_option("selfplay")
+        page.get_by_test_id("gen-prompt").fill("The ")
+        page.get_by_test_id("gen-max_length").fill("8")
+        page.get_by_test_id("gen-seed").fill("1")
+        with page.expect_request("**/api/generate/stream") as sent:
+            page.get_by_test_id("gen-go").click()
+        assert sent.value.post_data_json["checkpoint"] == "selfplay"
+        expect(page.get_by_test_id("gen-output")).to_have_attribute("data-done", "1")
+        expect(page.get_by_test_id("gen-stats")).to_contain_text("8 tokens")
+        expect(page.get_by_test_id("gen-error")).to_be_hidden()
         assert not errors, errors
     finally:
         ctx.close()

@@ -53,6 +53,7 @@ from . import recipe as recipe_mod
 from . import settings as settings_mod
 from .checkpoint import build_model, checkpoint_dir, latest_run_checkpoint, list_step_checkpoints, \
     resolve_checkpoint, safe_load
+from .checkpoint import choices as checkpoint_choices
 from .device import available_memory_bytes, pick_device
 from .export import DEFAULT_DTYPE, GGUF_DTYPES, HF_DTYPES, export_model
 from .export import FORMATS as EXPORT_FORMATS
@@ -181,7 +182,7 @@ class ReasonModelRequest(BaseModel):
 class GenerateRequest(BaseModel):
     model: str = Field(json_schema_extra=answers.NAME_SCHEMA)
     prompt: str = ""
-    checkpoint: str | int = "best"  # best, latest or a step number
+    checkpoint: str | int = "best"  # best, latest, selfplay, reason or a step number
     # defaults and bounds: settings.GENERATE (checked by SamplingParams)
     max_length: int = GENERATE.default("max_length")
     temperature: float = GENERATE.default("temperature")
@@ -830,21 +831,10 @@ def create_app(home: Path, *, token: str | None = None, max_upload_bytes: int = 
 
     @app.get("/api/models/{name}/checkpoints", tags=["models"], responses=answers.route(404))
     def model_checkpoints(name: NamePath):
-        """Each checkpoint: ``checkpoint`` is what to pass to download or generate."""
+        """Each checkpoint, pretraining's (oldest step first) then the newest self-play and
+        reasoning ones: ``checkpoint`` is what to pass to generate."""
         get_model_info(name)
-        rows = registry.sync_checkpoints(name)
-        best = next((r for r in rows if r.file == "best.pt"), None)
-        out = []
-        for r in rows:
-            if r.file == "best.pt":
-                continue
-            is_best = best is not None and best.step is not None and best.step == r.step
-            out.append({"step": r.step, "best": is_best, "bytes": r.bytes, "val_bpb": r.val_bpb,
-                        "checkpoint": "best" if is_best else str(r.step)})
-        if best is not None and not any(c["best"] for c in out):  # its step file was pruned
-            out.append({"step": best.step, "best": True, "bytes": best.bytes, "val_bpb": best.val_bpb,
-                        "checkpoint": "best"})
-        return sorted(out, key=lambda c: (c["step"] is None, c["step"] or 0))
+        return checkpoint_choices(store.model_dir(home, name), registry.sync_checkpoints(name))
 
     @app.get("/api/models/{name}/download", tags=["models"], response_class=Response,
              responses={**answers.content("application/octet-stream", "application/zip", description="The file."),
