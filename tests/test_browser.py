@@ -325,6 +325,16 @@ def test_train_and_create_forms_show_the_declared_defaults_and_bounds(browser, s
         page.locator("#sp-group_size").fill("1")
         page.get_by_test_id("train-start").click()
         expect(page.get_by_test_id("train-error")).to_contain_text("group_size must be at least 2, got 1.")
+        # Training needs an end: the time, the steps or both.
+        page.get_by_test_id("train-mode-train").click()
+        page.locator("#t-minutes").fill("")
+        page.get_by_test_id("train-start").click()
+        expect(page.get_by_test_id("train-error")).to_contain_text("Give a training time, a number of steps, or both.")
+        page.locator("#t-max_iterations").fill("50")
+        page.locator("#t-batch_size").fill("0")  # so that nothing is started
+        page.get_by_test_id("train-start").click()
+        expect(page.get_by_test_id("train-error")).to_contain_text("batch_size must be at least 1, got 0.")
+        expect(page.get_by_test_id("train-error")).not_to_contain_text("training time")
         assert not errors, errors
     finally:
         ctx.close()
