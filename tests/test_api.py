@@ -19,7 +19,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from azr_trainer import store
+from azr_trainer import autosize, store
 from azr_trainer.model import ModelConfig
 from azr_trainer.registry import Registry, Run
 from azr_trainer.server import create_app
@@ -268,6 +268,29 @@ def test_malformed_requests_are_422_with_readable_messages(studio):
 
 
 # ---------------------------------------------------------------------------- models
+
+
+def test_the_estimates_times_are_at_this_machines_measured_speed(tmp_path):
+    """The Create page's times (and the Training page's before a run has its own speed) come
+    from this machine's probe, measured once and cached like the auto-sizing plan's, never from
+    a fixed laptop figure."""
+    home = tmp_path / "home"
+    with TestClient(create_app(home), base_url="http://127.0.0.1") as client:
+        est = client.post("/api/models/estimate", json=TINY).json()  # measures the machine once
+        first = est["speed"]
+        cache = json.loads((home / autosize.SPEED_FILE).read_text(encoding="utf-8"))
+        (key, entry), = cache.items()
+        assert (first["gflops"], first["threads"]) == (entry["fp32_gflops"], entry["threads"])
+        assert first["seconds_per_token"] == pytest.approx(
+            est["flops_per_token"] / (first["gflops"] * 1e9 * autosize.STEP_EFFICIENCY))
+        assert first["step_overhead_s"] > 0
+        # Later estimates read the cache: a machine measured twice as fast trains twice as fast.
+        cache[key] = {**entry, "fp32_gflops": 2 * entry["fp32_gflops"]}
+        (home / autosize.SPEED_FILE).write_text(json.dumps(cache), encoding="utf-8")
+        second = client.post("/api/models/estimate", json=TINY).json()["speed"]
+        assert second["gflops"] == 2 * first["gflops"]
+        assert second["seconds_per_token"] == pytest.approx(first["seconds_per_token"] / 2)
+        assert client.post("/api/models/estimate", json={"num_layers": 0}).json()["speed"] is None
 
 
 def test_models_create_estimate_show_delete(studio):
@@ -611,10 +634,14 @@ def test_selfplay_run_completes_with_rewards_and_a_checkpoint(studio, play, play
     path = Path(saved[-1]["path"])
     assert path == studio.home / "models" / player / "checkpoints" / "selfplay" / run["id"] / "step_0000003.pt"
     assert path.is_file() and done["last_checkpoint_step"] == 3
-    # Pretraining's checkpoints are untouched, and the new one generates.
+    # Pretraining's checkpoints are untouched, the model's list offers the new one, and it generates.
     assert studio.http.get(f"/api/models/{player}").json()["trained_steps"] == 20
+    listed = studio.http.get(f"/api/models/{player}/checkpoints").json()
+    assert listed[-1] == {"kind": "selfplay", "checkpoint": "selfplay", "step": 3, "best": False,
+                          "bytes": path.stat().st_size, "val_bpb": None, "run": run["id"]}
+    assert {c["kind"] for c in listed[:-1]} <= {"best", "step"} and max(c["step"] for c in listed[:-1]) == 20
     out = studio.http.post("/api/generate", json={"model": player, "prompt": "The king", "max_length": 8, "seed": 1,
-                                                 "checkpoint": "selfplay"})
+                                                 "checkpoint": listed[-1]["checkpoint"]})
     assert out.status_code == 200 and out.json()["tokens"] == 8
     kinds = {r["id"]: r["kind"] for r in studio.http.get("/api/runs", params={"model": player}).json()}
     assert sorted(kinds.values()) == ["selfplay", "train"] and kinds[run["id"]] == "selfplay"

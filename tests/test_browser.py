@@ -278,7 +278,7 @@ def test_translations_cover_every_key():
 
 # ---------------------------------------------------------------------------- settings
 
-FORM_FIELDS = {"train": ("t", ["max_iterations", "batch_size", "learning_rate", "save_every", "eval_every"]),
+FORM_FIELDS = {"train": ("t", ["minutes", "max_iterations", "batch_size", "learning_rate", "save_every", "eval_every"]),
                "selfplay": ("sp", ["max_iterations", "group_size", "temperature", "kl_weight", "lm_weight"]),
                "reason": ("rs", ["max_iterations", "batch_size", "n_samples", "temperature", "learning_rate"]),
                "model": ("m", ["vocab_size", "d_model", "num_layers", "num_heads", "d_ff", "max_seq_len"])}
@@ -302,7 +302,12 @@ def test_train_and_create_forms_show_the_declared_defaults_and_bounds(browser, s
                 shown = {"value": _number(field.input_value()), "min": _number(field.get_attribute("min")),
                          "max": _number(field.get_attribute("max"))}
                 assert shown == {"value": s["default"], "min": s["min"], "max": s["max"]}, (kind, name, shown, s)
-        assert page.locator("#t-max_iterations").input_value() == "1000"  # the page once started at 10000
+        # Training starts from ten minutes, the time the first field; its steps are optional.
+        assert page.locator("#t-minutes").input_value() == "10"  # the page once started at 10,000 steps
+        assert page.locator("#t-max_iterations").input_value() == ""
+        expect(page.locator("#t-max_iterations")).to_have_attribute("placeholder", "until the time is up")
+        fields = page.locator("[data-for-mode=train] input[type=number]")
+        assert fields.first.get_attribute("id") == "t-minutes"
         tab(page, "generation")
         gen = declared["generate"]
         for name, field in (("max_length", "g-max_length"), ("top_k", "g-top_k")):
@@ -320,6 +325,16 @@ def test_train_and_create_forms_show_the_declared_defaults_and_bounds(browser, s
         page.locator("#sp-group_size").fill("1")
         page.get_by_test_id("train-start").click()
         expect(page.get_by_test_id("train-error")).to_contain_text("group_size must be at least 2, got 1.")
+        # Training needs an end: the time, the steps or both.
+        page.get_by_test_id("train-mode-train").click()
+        page.locator("#t-minutes").fill("")
+        page.get_by_test_id("train-start").click()
+        expect(page.get_by_test_id("train-error")).to_contain_text("Give a training time, a number of steps, or both.")
+        page.locator("#t-max_iterations").fill("50")
+        page.locator("#t-batch_size").fill("0")  # so that nothing is started
+        page.get_by_test_id("train-start").click()
+        expect(page.get_by_test_id("train-error")).to_contain_text("batch_size must be at least 1, got 0.")
+        expect(page.get_by_test_id("train-error")).not_to_contain_text("training time")
         assert not errors, errors
     finally:
         ctx.close()
@@ -341,6 +356,8 @@ LANGS = {
         "completed": "Завершён",
         "download": "Скачать .pt",
         "prompt": "Старый ",
+        "ten_minutes": "около 10 минут — бюджет времени",
+        "measured": "по процессору этого компьютера: измерено",
     },
     "en": {
         "locale": "en-US",
@@ -355,6 +372,8 @@ LANGS = {
         "completed": "Completed",
         "download": "Download .pt",
         "prompt": "The old ",
+        "ten_minutes": "about 10 minutes: the time budget",
+        "measured": "this computer's processor, measured at",
     },
 }
 
@@ -385,14 +404,17 @@ def test_five_steps(browser, studio, artifacts, tmp_path, lang):
         expect(page.locator("#m-num_heads-msg")).to_contain_text(L["heads_error"])
         page.get_by_test_id("model-num_heads").fill(str(TINY["num_heads"]))
         expect(page.locator("#m-num_heads-msg")).not_to_contain_text(L["heads_error"])
-        expected = studio.request("POST", "/api/models/estimate", TINY)["parameters"]
-        expect(page.get_by_test_id("est-params")).to_have_text(number_re(expected))
+        expected = studio.request("POST", "/api/models/estimate", TINY)
+        expect(page.get_by_test_id("est-params")).to_have_text(number_re(expected["parameters"]))
+        # The times are at this computer's measured speed, and the note says which.
+        expect(page.get_by_test_id("est-note")).to_contain_text(L["measured"])
+        expect(page.get_by_test_id("est-note")).to_contain_text(number_re(round(expected["speed"]["gflops"])))
         shot(page, artifacts, f"{lang}-1-create")
         page.get_by_test_id("create-submit").click()
         expect(page.get_by_test_id("create-done")).to_be_visible()
         expect(page.get_by_test_id("create-done")).to_contain_text(model)
         created = studio.get(f"/api/models/{model}")
-        assert created["parameters"] == expected
+        assert created["parameters"] == expected["parameters"]
         assert created["config"]["d_model"] == TINY["d_model"]
 
         # 2. Upload a book (the page detects its encoding).
@@ -433,6 +455,7 @@ def test_five_steps(browser, studio, artifacts, tmp_path, lang):
         page.get_by_test_id("train-model").select_option(model)
         box = page.locator(f"[data-testid=train-book][data-name='{book_name}'] input")
         box.check()
+        expect(page.get_by_test_id("train-estimate")).to_contain_text(L["ten_minutes"])  # the form's default
         page.get_by_test_id("train-max_iterations").fill("120")
         page.get_by_test_id("train-batch_size").fill("8")
         page.get_by_test_id("train-learning_rate").fill("0.003")
@@ -681,6 +704,23 @@ def test_selfplay_mode(browser, studio, artifacts, tmp_path):
         page.get_by_test_id("train-mode-train").click()
         expect(page.get_by_test_id("train-books")).to_be_visible()
         expect(page.get_by_test_id("train-start")).to_have_text("Start training")
+
+        # The Generation page offers the self-play checkpoint beside pretraining's, and generates from it.
+        tab(page, "generation")
+        page.get_by_test_id("gen-model").select_option("player")
+        choice = page.get_by_test_id("gen-checkpoint")
+        expect(choice.locator("option[value=selfplay]")).to_have_text(re.compile(r"^self-play, newest \(step 12 · "))
+        expect(choice.locator("option[value=latest]")).to_have_text("latest (step 20)")
+        choice.select_option("selfplay")
+        page.get_by_test_id("gen-prompt").fill("The ")
+        page.get_by_test_id("gen-max_length").fill("8")
+        page.get_by_test_id("gen-seed").fill("1")
+        with page.expect_request("**/api/generate/stream") as sent:
+            page.get_by_test_id("gen-go").click()
+        assert sent.value.post_data_json["checkpoint"] == "selfplay"
+        expect(page.get_by_test_id("gen-output")).to_have_attribute("data-done", "1")
+        expect(page.get_by_test_id("gen-stats")).to_contain_text("8 tokens")
+        expect(page.get_by_test_id("gen-error")).to_be_hidden()
         assert not errors, errors
     finally:
         ctx.close()

@@ -109,6 +109,23 @@ def test_imported_model_generates_and_exports_through_the_cli(source, tmp_path, 
     assert "already exists" in capsys.readouterr().err
 
 
+def test_the_studio_offers_an_imported_models_weights_for_generation(source, tmp_path):
+    """Before it has trained here, an imported model's one checkpoint is the weights it came
+    with: listed as what "latest" gives, and generating from the listed choice works."""
+    from fastapi.testclient import TestClient
+
+    from azr_trainer.server import create_app
+    _, files, _ = source
+    dest = fresh_home(tmp_path)
+    import_model(dest, files["pt"], "came")
+    with TestClient(create_app(dest), base_url="http://127.0.0.1") as client:
+        (listed,) = client.get("/api/models/came/checkpoints").json()
+        assert (listed["kind"], listed["checkpoint"], listed["step"]) == ("init", "latest", 0)
+        r = client.post("/api/generate", json={"model": "came", "prompt": PROMPT, "max_length": 4, "seed": 1,
+                                               "checkpoint": listed["checkpoint"]})
+        assert r.status_code == 200 and r.json()["tokens"] == 4, r.text
+
+
 def test_fine_tuning_an_import_starts_from_its_weights_and_keeps_its_tokenizer(source, tmp_path):
     home, files, summary = source
     dest = fresh_home(tmp_path)

@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from dataclasses import fields
 from pathlib import Path
 
@@ -122,7 +123,11 @@ def test_get_settings_is_what_the_page_builds_its_forms_from(tmp_path):
             assert d["help"].startswith("settings.help.")
     # A studio run has an end where the CLI runs until stopped; it starts where the page does.
     assert got["selfplay"]["max_iterations"]["default"] == 150 and SelfPlayConfig().max_iterations is None
-    assert got["train"]["max_iterations"]["default"] == TrainConfig(books=[]).max_iterations
+    # Training in the studio starts from ten minutes with the steps left empty (until the time is
+    # up); the command line keeps its 1,000 steps.
+    assert got["train"]["minutes"]["default"] == 10 and got["train"]["max_iterations"]["default"] is None
+    assert got["train"]["max_iterations"]["cli_default"] == TrainConfig(books=[]).max_iterations == 1000
+    assert TrainConfig(books=[]).max_time is None
     assert got["selfplay"]["reward"]["choices"] == ["default", "original"]
 
 
@@ -143,6 +148,47 @@ def test_no_default_or_bound_is_written_in_the_page():
     assert "LIMITS" not in create and "RECOMMENDED" not in create and "< 260" not in create
     for literal in ("batch_size: 16", "learning_rate: 0.001", "|| 256", "v.group_size < 2", "v.n_samples < 2"):
         assert literal not in training, literal
+
+
+def _events_until(client, run_id: str, found, timeout: float = 120) -> list[dict]:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        events = client.get(f"/api/runs/{run_id}/events").json()["events"]
+        if found(events):
+            return events
+        time.sleep(0.1)
+    raise AssertionError(f"not seen in {timeout} s: {events}")
+
+
+def test_the_training_forms_defaults_start_a_run_the_time_ends(home, book):
+    """What the Training form sends as it loads (the declared page defaults: ten minutes, no
+    steps) makes a run that ten minutes end, its learning rate decaying over them; a request with
+    steps of its own gets no default time on top, one with neither gets the ten minutes."""
+    for name in ("m", "n", "o"):
+        store.create_model(home, name, ModelConfig(vocab_size=300, d_model=32, num_layers=1, num_heads=2, d_ff=64,
+                                                   max_seq_len=32, tokenizer="char"))
+    with TestClient(create_app(home), base_url="http://127.0.0.1") as client:
+        declared = client.get("/api/settings").json()["train"]
+        form = ("minutes", "max_iterations", "batch_size", "learning_rate", "save_every", "eval_every")
+        page = {k: declared[k]["default"] for k in form if declared[k]["default"] is not None}
+        assert page["minutes"] == 10 and "max_iterations" not in page
+        r = client.post("/api/runs", json={"model": "m", "books": [book], "threads": 1, **page})
+        assert r.status_code == 201, r.text
+        run = r.json()
+        assert run["params"]["minutes"] == 10 and "max_iterations" not in run["params"]
+        assert run["max_iterations"] == 0  # no step count: the page shows the time instead
+        # Queued behind it (one run at a time): steps of their own, and nothing at all.
+        steps = client.post("/api/runs", json={"model": "n", "books": [book], "max_iterations": 20}).json()
+        assert steps["params"]["max_iterations"] == 20 and "minutes" not in steps["params"]
+        bare = client.post("/api/runs", json={"model": "o", "books": [book]}).json()
+        assert bare["params"]["minutes"] == 10 and "max_iterations" not in bare["params"]
+        for queued in (steps, bare):
+            assert client.post(f"/api/runs/{queued['id']}/cancel").status_code == 200
+        events = _events_until(client, run["id"], lambda evs: any(e.get("state") == "started" for e in evs))
+        cfg = next(e for e in events if e.get("state") == "started")["train_config"]
+        assert (cfg["max_time"], cfg["schedule"]) == (600.0, "time") and cfg["max_iterations"] == 10**9
+        assert client.post(f"/api/runs/{run['id']}/cancel").status_code == 200
+        _events_until(client, run["id"], lambda evs: any(e.get("state") == "cancelled" for e in evs))
 
 
 def test_threads_are_bounded_by_the_cores_with_a_coded_error(home, book):

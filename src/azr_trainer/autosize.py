@@ -24,6 +24,7 @@ import json
 import math
 import os
 import platform
+import threading
 import time
 from dataclasses import asdict, dataclass
 
@@ -44,6 +45,9 @@ MAX_PARAMS_PER_BOOK_TOKEN = 4.0
 HEAD_DIM = 32
 MIN_LAYERS, MAX_LAYERS = 2, 16
 SPEED_FILE = "machine-speed.json"
+# One probe at a time: the studio's pages ask for estimates at once, and probes that ran side by
+# side would each measure a share of the cores (and write the cache over each other).
+_PROBE_LOCK = threading.Lock()
 
 
 @dataclass
@@ -126,6 +130,11 @@ def _machine_key(threads: int) -> str:
 
 def machine_speed(home, threads: int) -> MachineSpeed:
     """This machine's speed at ``threads``, measured once and cached in the data folder."""
+    with _PROBE_LOCK:
+        return _machine_speed(home, threads)
+
+
+def _machine_speed(home, threads: int) -> MachineSpeed:
     from .home import atomic_write_json
     path = home / SPEED_FILE
     key = _machine_key(threads)

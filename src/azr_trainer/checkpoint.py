@@ -170,6 +170,45 @@ def latest_selfplay_checkpoint(model_dir: Path, run_id: str | None = None) -> Pa
 _RUN_KINDS = ("selfplay", "reason")
 
 
+def choices(model_dir: Path, rows) -> list[dict]:
+    """Every checkpoint a model can generate from (GET /api/models/{name}/checkpoints), each
+    with ``kind`` and ``checkpoint``, what resolve_checkpoint takes for it: pretraining's step
+    checkpoints, oldest first, the best flagged ("best"); the weights an imported model came with
+    while it has no steps ("latest"); then the newest self-play and reasoning checkpoints
+    ("selfplay", "reason", with their run). ``rows``: the registry's rows for the files in
+    checkpoints/ (file, step, val_bpb, bytes)."""
+    def choice(kind, which, step, size, bpb=None, run=None):
+        return {"kind": kind, "checkpoint": which, "step": step, "best": kind == "best", "bytes": size,
+                "val_bpb": bpb, "run": run}
+
+    has_steps = bool(list_step_checkpoints(model_dir))
+    best = next((r for r in rows if r.file == "best.pt"), None)
+    best_step = best.step if best is not None else None
+    out = []
+    for r in rows:
+        if r.file == "best.pt":
+            continue
+        if r.file == init_checkpoint(model_dir).name:
+            if not has_steps:  # superseded (and not addressable) once training has saved a step
+                out.append(choice("init", "latest", r.step, r.bytes, r.val_bpb))
+            continue
+        is_best = best_step is not None and best_step == r.step
+        out.append(choice("best" if is_best else "step", "best" if is_best else str(r.step), r.step, r.bytes,
+                          r.val_bpb))
+    if best is not None and not any(c["best"] for c in out):  # its step file was pruned
+        out.append(choice("best", "best", best.step, best.bytes, best.val_bpb))
+    out.sort(key=lambda c: (c["step"] is None, c["step"] or 0))
+    for kind in _RUN_KINDS:
+        path = latest_run_checkpoint(model_dir, kind)
+        try:
+            size = path.stat().st_size if path is not None else None
+        except OSError:  # pruned by its run just now
+            continue
+        if path is not None:
+            out.append(choice(kind, kind, int(_STEP_RE.match(path.name).group(1)), size, run=path.parent.name))
+    return out
+
+
 def resolve_checkpoint(model_dir: Path, which: str = "best") -> Path:
     """'best', 'latest', 'selfplay' / 'reason' (the newest self-play / reasoning checkpoint) or
     a step number → a checkpoint path, with a hint when there is none."""

@@ -344,6 +344,8 @@ class JobRunner:
         defaults = spec.defaults
         if "minutes" in given and "max_iterations" not in given:
             defaults.pop("max_iterations", None)  # a time budget alone ends the run
+        if "minutes" not in given and ("max_iterations" in given or "max_time" in given):
+            defaults.pop("minutes", None)  # so do steps or a time of the run's own: no default budget on top
         params = {**defaults, **given}
         if "checkpoint" in params:
             params["checkpoint"] = str(params["checkpoint"])  # a step number may come as a number

@@ -30,6 +30,9 @@ SETTINGS = ("batch_size", "seq_len", "learning_rate", "warmup_iters", "min_lr_ra
 FEW_EPOCHS, MANY_EPOCHS = 0.3, 200.0
 # A BPE vocabulary wants a few hundred bytes of text per token to learn its merges from.
 BYTES_PER_VOCAB_ENTRY = 200
+# A training step also costs about this much whatever the model's size (optimizer, Python, small
+# kernels): it is what the time of a tiny model's step is made of.
+STEP_OVERHEAD_S = 0.02
 
 
 def books_bytes(home: Path, books: list[str]) -> int:
@@ -64,6 +67,18 @@ def make_plan(home: Path, books: list[str], minutes: float, threads: int | None 
     # the speed training will get: fp32 (no bf16 on the CPU), whatever bf16 measured
     speed = replace(measured, bf16_gflops=min(measured.bf16_gflops, measured.fp32_gflops))
     return autosize.plan(size, minutes, speed, memory_bytes=_memory()), measured, size
+
+
+def training_speed(home: Path, cfg: ModelConfig, threads: int | None = None) -> dict:
+    """How fast this machine should train ``cfg``, for times shown before a run has measured its
+    own (POST /api/models/estimate: the Create page's times, the Training page's estimate). From
+    the cached probe (the first call on a machine measures it, a few seconds), at fp32 like
+    ``make_plan`` and at the share of it a whole step reaches; a step of ``n`` tokens takes
+    ``n * seconds_per_token + step_overhead_s`` seconds."""
+    measured = autosize.machine_speed(home, _threads(threads))
+    rate = measured.fp32_gflops * 1e9 * autosize.STEP_EFFICIENCY
+    return {"gflops": measured.fp32_gflops, "threads": measured.threads,
+            "seconds_per_token": training_flops_per_token(cfg) / rate, "step_overhead_s": STEP_OVERHEAD_S}
 
 
 def describe(plan: autosize.Plan, minutes: float, book_bytes: int, threads: int | None = None,

@@ -8,7 +8,8 @@ ReasonConfig, ModelConfig) take their defaults from here and check their values 
 same declarations. Help texts live in the message catalogue under ``settings.help``.
 
 ``studio`` marks the settings the studio offers for a kind of run; ``studio_default`` is where
-the studio differs from the command line on purpose (a studio run always has an end).
+the studio differs from the command line on purpose (a studio run always has an end: a
+training run's is ten minutes unless it is given steps or a time of its own).
 """
 
 from __future__ import annotations
@@ -164,14 +165,17 @@ def _s(base: Setting, default=_UNSET, **changes) -> Setting:
 
 TRAIN = Group(
     "train",
-    _s(_ITERS, 1000, studio=True, recorded=True, label="train.max_iterations"),
+    # The studio's pretraining is a time budget (ten minutes) with the steps optional: a person
+    # knows how long they will wait, not how many steps that is. The command line keeps its
+    # step count, which repeats exactly on any machine (a time budget does not).
+    _s(_ITERS, 1000, studio=True, studio_default=None, label="train.max_iterations"),
     # No upper bound: the trainer says how much memory a batch would need.
     Setting("batch_size", int, 16, min=1, studio=True, recorded=True, label="train.batch_size"),
     _s(_LR, 3e-4, studio=True, recorded=True, label="train.learning_rate"),
     _s(_SAVE, 1000, studio=True, recorded=True, label="train.save_every"),
     _s(_EVERY, 200, studio=True, label="train.eval_every", studio_default=None),
     _s(_TIME, studio=True),
-    _MINUTES,
+    _s(_MINUTES, studio_default=10.0),
     Setting("grad_accum", int, 1, min=1),
     Setting("seq_len", int, None, min=2, unit="tokens", studio=True),
     Setting("warmup_iters", int, None, min=0, unit="steps", studio=True),

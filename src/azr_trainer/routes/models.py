@@ -14,6 +14,7 @@ from starlette.background import BackgroundTask
 from .. import answers, catalogue, reasoning, store
 from .. import books as books_mod
 from .. import recipe as recipe_mod
+from ..checkpoint import choices as checkpoint_choices
 from ..device import available_memory_bytes, pick_device
 from ..errors import Conflict, NotFound, UserError
 from ..export import DEFAULT_DTYPE, GGUF_DTYPES, HF_DTYPES, export_model
@@ -149,6 +150,7 @@ def estimate_model(studio: StudioDep, body: ModelShape, request: Request):
     return {"parameters": count_parameters(cfg) if positive else None,
             "memory_bytes": estimate_training_memory(cfg, batch_size=16) if positive else None,
             "flops_per_token": training_flops_per_token(cfg) if positive else None,
+            "speed": recipe_mod.training_speed(studio.home, cfg) if positive else None,
             "errors": errors, "problems": [p.to_dict(lang) for p in problems]}
 
 
@@ -169,21 +171,10 @@ def delete_model(studio: StudioDep, name: NamePath):
 
 @router.get("/api/models/{name}/checkpoints", tags=["models"], responses=answers.route(404))
 def model_checkpoints(studio: StudioDep, name: NamePath):
-    """Each checkpoint: ``checkpoint`` is what to pass to download or generate."""
+    """Each checkpoint, pretraining's (oldest step first) then the newest self-play and
+    reasoning ones: ``checkpoint`` is what to pass to generate."""
     studio.model_info(name)
-    rows = studio.registry.sync_checkpoints(name)
-    best = next((r for r in rows if r.file == "best.pt"), None)
-    out = []
-    for r in rows:
-        if r.file == "best.pt":
-            continue
-        is_best = best is not None and best.step is not None and best.step == r.step
-        out.append({"step": r.step, "best": is_best, "bytes": r.bytes, "val_bpb": r.val_bpb,
-                    "checkpoint": "best" if is_best else str(r.step)})
-    if best is not None and not any(c["best"] for c in out):  # its step file was pruned
-        out.append({"step": best.step, "best": True, "bytes": best.bytes, "val_bpb": best.val_bpb,
-                    "checkpoint": "best"})
-    return sorted(out, key=lambda c: (c["step"] is None, c["step"] or 0))
+    return checkpoint_choices(store.model_dir(studio.home, name), studio.registry.sync_checkpoints(name))
 
 
 @router.get("/api/models/{name}/download", tags=["models"], response_class=Response,

@@ -121,7 +121,7 @@ class ReasonModelRequest(BaseModel):
 class GenerateRequest(BaseModel):
     model: str = Field(json_schema_extra=answers.NAME_SCHEMA)
     prompt: str = ""
-    checkpoint: str | int = "best"  # best, latest or a step number
+    checkpoint: str | int = "best"  # best, latest, selfplay, reason or a step number
     # defaults and bounds: settings.GENERATE (checked by SamplingParams)
     max_length: int = GENERATE.default("max_length")
     temperature: float = GENERATE.default("temperature")

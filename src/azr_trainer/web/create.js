@@ -16,14 +16,10 @@ export const PRESETS = {
   large: { vocab_size: 15000, d_model: 512, num_layers: 12, num_heads: 8, d_ff: 2048, max_seq_len: 512 },
 };
 
-// A laptop CPU sustains very roughly this many FLOP/s in PyTorch training.
-export const CPU_FLOPS = 50e9;
-// ...and spends at least this long on each step whatever the size (optimizer, Python, small kernels).
-export const STEP_OVERHEAD_S = 0.02;
-
-/** Rough seconds for `iters` training steps of `tokensPerIter` tokens on a laptop CPU. */
-export function roughSeconds(flopsPerToken, tokensPerIter, iters) {
-  return iters * ((flopsPerToken * tokensPerIter) / CPU_FLOPS + STEP_OVERHEAD_S);
+/** Rough seconds for `iters` training steps of `tokensPerIter` tokens at `speed`, this
+ * computer's measured speed for a model (the `speed` of POST /api/models/estimate). */
+export function roughSeconds(speed, tokensPerIter, iters) {
+  return iters * (tokensPerIter * speed.seconds_per_token + speed.step_overhead_s);
 }
 const NAME_RE = /^[\p{L}\p{N}_][\p{L}\p{N}_.\- ]{0,63}$/u;
 const RESERVED = new Set(["CON", "PRN", "AUX", "NUL", ...Array.from({ length: 10 }, (_, i) => `COM${i}`), ...Array.from({ length: 10 }, (_, i) => `LPT${i}`)]);
@@ -160,6 +156,7 @@ function renderEstimate(est) {
   const status = $("est-status");
   if (!est) {
     for (const id of ["est-params", "est-memory", "est-weights", "est-flops", "est-time-1k", "est-time-10k"]) $(id).textContent = t("common.none");
+    renderSpeedNote(null);
     $("est-breakdown").replaceChildren();
     return;
   }
@@ -170,9 +167,10 @@ function renderEstimate(est) {
   $("est-weights").textContent = fmtBytes(est.parameters * 4);
   $("est-flops").textContent = t("create.estimate.flops_value", { value: fmtCompact(est.flops_per_token) });
   const tokensPerIter = 16 * v.max_seq_len;
-  const secs = (iters) => roughSeconds(est.flops_per_token, tokensPerIter, iters);
+  const secs = (iters) => (est.speed ? roughSeconds(est.speed, tokensPerIter, iters) : null);
   $("est-time-1k").textContent = fmtApproxDuration(secs(1000));
   $("est-time-10k").textContent = fmtApproxDuration(secs(10000));
+  renderSpeedNote(est.speed);
   // the server's problems by code, so a language switch shows them in the new language
   const errs = est.problems ? est.problems.map(messageText) : est.errors || [];
   status.textContent = errs.join(" ");
@@ -187,6 +185,16 @@ function renderEstimate(est) {
   const legend = h("div", { class: "stack-legend" }, parts.map(([k, n]) =>
     h("span", { class: "legend-item" }, h("span", { class: `legend-swatch seg-${k}` }), `${t(`create.estimate.part_${k}`)} ${fmtPercent(n / total)}`)));
   $("est-breakdown").replaceChildren(h("div", { class: "note", text: t("create.estimate.breakdown") }), bar, legend);
+}
+
+let speedShown = null; // the last measured speed, kept while a wrong shape has none
+
+/** The times' note names this computer's measured speed once an estimate brought it. */
+function renderSpeedNote(speed) {
+  if (speed) speedShown = speed;
+  const note = $("est-note");
+  if (speedShown) setText(note, "create.estimate.note", { gflops: fmtInt(speedShown.gflops), threads: fmtInt(speedShown.threads) });
+  else setText(note, "create.estimate.note_pending");
 }
 
 async function presetParams() {

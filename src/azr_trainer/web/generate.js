@@ -40,7 +40,8 @@ function renderModels() {
 
 function signature(name) {
   const m = store.models.find((x) => x.name === name);
-  return m ? `${name}|${(m.checkpoints || []).join(",")}|${m.best_val_bpb ?? ""}` : `${name}|`;
+  // a run ending (training true → false) may have left a self-play or reasoning checkpoint
+  return m ? `${name}|${(m.checkpoints || []).join(",")}|${m.best_val_bpb ?? ""}|${m.training}` : `${name}|`;
 }
 
 async function loadCheckpoints() {
@@ -58,12 +59,22 @@ async function loadCheckpoints() {
   if (name !== checkpointsFor) return;
   cps = Array.isArray(cps) ? cps : [];
   const opts = [];
-  const best = cps.find((c) => c.best);
+  const kind = (c) => c.kind || (c.best ? "best" : "step");
+  const bpb = (c) => (Number.isFinite(c.val_bpb) ? fmtFixed(c.val_bpb, 3) : t("common.none"));
   const value = (c) => (c.checkpoint != null ? String(c.checkpoint) : String(c.step));
-  if (best) opts.push({ value: "best", label: t("gen.cp_best", { step: fmtInt(best.step), bpb: Number.isFinite(best.val_bpb) ? fmtFixed(best.val_bpb, 3) : t("common.none") }) });
-  for (const c of [...cps].sort((a, b) => b.step - a.step)) {
+  // pretraining's best, then its newest (which follows a run still training), then the newest
+  // self-play and reasoning checkpoints, then every step
+  const pretraining = cps.filter((c) => ["best", "step"].includes(kind(c))).sort((a, b) => b.step - a.step);
+  const best = cps.find((c) => c.best);
+  if (best) opts.push({ value: "best", label: t("gen.cp_best", { step: fmtInt(best.step), bpb: bpb(best) }) });
+  if (pretraining.length) opts.push({ value: "latest", label: t("gen.cp_latest", { step: fmtInt(pretraining[0].step) }) });
+  for (const c of cps) {
+    if (kind(c) === "init") opts.push({ value: value(c), label: t("gen.cp_init", { size: fmtBytes(c.bytes) }) });
+    else if (["selfplay", "reason"].includes(kind(c))) opts.push({ value: value(c), label: t(`gen.cp_${kind(c)}`, { step: fmtInt(c.step), size: fmtBytes(c.bytes) }) });
+  }
+  for (const c of pretraining) {
     if (c.best && value(c) === "best") continue;
-    opts.push({ value: String(c.step), label: t("gen.cp_step", { step: fmtInt(c.step), size: fmtBytes(c.bytes), bpb: Number.isFinite(c.val_bpb) ? fmtFixed(c.val_bpb, 3) : t("common.none") }) });
+    opts.push({ value: String(c.step), label: t("gen.cp_step", { step: fmtInt(c.step), size: fmtBytes(c.bytes), bpb: bpb(c) }) });
   }
   // unique values (best may also be listed as a step)
   const seen = new Set();

@@ -7,7 +7,7 @@ import { t, fmtInt, fmtFixed, fmtNum, fmtCompact, fmtDate, onLanguageChange, mes
 import { LineChart, smooth, PALETTE } from "./charts.js";
 import { RunState, runMessage } from "./runstate.js";
 import { $, h, toast, fillSelect, store, subscribe, refreshRuns, sortedRuns, stateBadge, LIVE_STATES } from "./ui.js";
-import { selectRun } from "./training.js";
+import { selectRun } from "./runmonitor.js";
 
 const COMPARE_KEY = "azr.compare";
 const KIND_KEYS = ["train", "selfplay", "reason", "corpus"];
