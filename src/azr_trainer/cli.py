@@ -383,7 +383,7 @@ def _reason_config(args):
 
 
 def cmd_reason(args, home):
-    from . import reasoning
+    from . import from_zero, reasoning
     from .train import TrainConfig, train
     quiet = args.json or args.quiet
     log = (lambda m: print(m, file=sys.stderr)) if quiet else print
@@ -396,7 +396,7 @@ def cmd_reason(args, home):
         shape = {k: getattr(args, k) for k in ("d_model", "num_layers", "num_heads", "d_ff", "max_seq_len")
                  if getattr(args, k) is not None}
         from .device import available_memory_bytes, pick_device
-        book = reasoning.create_from_zero(home, args.name, shape=shape, n_docs=args.corpus_docs, seed=args.seed or 0,
+        book = from_zero.create_from_zero(home, args.name, shape=shape, n_docs=args.corpus_docs, seed=args.seed or 0,
                                           max_memory=available_memory_bytes(pick_device(args.device or "auto")),
                                           log=log)
         log(f"Pretraining '{args.name}' from zero on generator triplets for {args.pretrain_time:g} s …")
@@ -644,7 +644,7 @@ def _add_output(p) -> None:
 
 
 def reasoning_shape_default(dim: str) -> int:
-    from .reasoning import FROM_ZERO_SHAPE
+    from .from_zero import FROM_ZERO_SHAPE
     return FROM_ZERO_SHAPE[dim]
 
 

@@ -48,7 +48,7 @@ from starlette.exceptions import HTTPException
 
 from . import __version__
 from . import books as books_mod
-from . import answers, catalogue, reasoning, store
+from . import answers, catalogue, from_zero, reasoning, store
 from . import recipe as recipe_mod
 from . import settings as settings_mod
 from .checkpoint import build_model, checkpoint_dir, latest_run_checkpoint, list_step_checkpoints, \
@@ -158,7 +158,7 @@ def _run_fields() -> dict:
 RunRequest = create_model("RunRequest", __base__=_RunBase, __doc__=_RunBase.__doc__, **_run_fields())
 
 
-_FROM_ZERO = reasoning.FROM_ZERO_SHAPE
+_FROM_ZERO = from_zero.FROM_ZERO_SHAPE
 
 
 class ReasonModelRequest(BaseModel):
@@ -759,7 +759,7 @@ def create_app(home: Path, *, token: str | None = None, max_upload_bytes: int = 
         need = reasoning.default_lengths(reasoning.ReasonConfig(), PROMPT_FORMATS["compact"])[1] + 64
         if body.max_seq_len < need:
             raise UserError("reason_create.seq_len", min=need, value=body.max_seq_len)
-        cfg = ModelConfig(**{**reasoning.FROM_ZERO_SHAPE, **shape, "tokenizer": "char"})
+        cfg = ModelConfig(**{**from_zero.FROM_ZERO_SHAPE, **shape, "tokenizer": "char"})
         cfg.validate()  # before the book is written: a wrong shape leaves nothing behind
         with reason_create_lock:  # two requests for one name: the second must not overwrite the first's model
             if store.model_dir(home, name).exists():

@@ -127,7 +127,7 @@ class _CorpusStopped(Exception):
 def _write_corpus(home: Path, model: str, run_id: str, params: dict, stop, log) -> dict:
     """A from-zero model's triplets book, its documents reported as the run's steps. Paused or
     cancelled, it writes no book; resumed, it starts over (it has no checkpoint)."""
-    from .reasoning import write_from_zero_book
+    from .from_zero import write_from_zero_book
     from .runloop import stop_status
     from .train import run_dir
     total = params["corpus_docs"]
