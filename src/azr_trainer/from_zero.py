@@ -6,6 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from . import programs, store
+from .errors import Notice
 from .home import UserError
 
 FROM_ZERO_SHAPE = dict(vocab_size=384, d_model=128, num_layers=4, num_heads=4, d_ff=512, max_seq_len=512)
@@ -41,7 +42,7 @@ def create_from_zero(home: Path, name: str, *, shape: dict | None = None, n_docs
     except BaseException:
         store.delete_model(home, name)
         raise
-    log(f"Wrote book '{book}': {n_docs:,} generator documents.")
+    log(Notice("reason.book_written", book=book, count=n_docs))
     return book
 
 

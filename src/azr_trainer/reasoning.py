@@ -501,8 +501,7 @@ def read_buffers(model_dir: Path, run_id: str | None = None) -> dict:
     """The task buffers of a reasoning run's newest checkpoint (for ``azr reason --show-buffers``)."""
     path = latest_run_checkpoint(model_dir, "reason", run_id)
     if path is None:
-        raise UserError(f"Model '{model_dir.name}' has no reasoning run yet: start one with azr reason "
-                        f"{model_dir.name}.")
+        raise UserError("reason.no_run", name=model_dir.name)
     if (path.parent / "buffers.json").exists():
         return read_json(path.parent / "buffers.json")["buffers"]
     return safe_load(path)["buffers"]

@@ -30,6 +30,7 @@ import torch
 
 from .device import MemoryTrimmer, is_out_of_memory
 from .events import EventLog
+from .errors import Notice
 from .home import Conflict, UserError, process_alive
 
 LOCK_NAME = ".train.lock"
@@ -179,7 +180,7 @@ class _Locked(TrainingLock):
         super().__enter__()
         removed = remove_leftovers(self.path.parent)
         if removed:
-            self.log(f"Removed {len(removed)} temporary file(s) left by an interrupted save.")
+            self.log(Notice("cli.leftovers_removed", count=len(removed)))
         return self
 
 
