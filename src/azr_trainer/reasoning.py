@@ -40,7 +40,7 @@ from .formats import FORMATS
 from .home import UserError, atomic_write_json, read_json
 from .settings import REASON
 from .rewards import pack_rows
-from .runloop import Job, StopRequested, check_finite, checkpoint_obj, locked, make_optimizer, run_loop
+from .runloop import Job, StepStopped, StopRequested, check_finite, checkpoint_obj, locked, make_optimizer, run_loop
 from .selfplay import exact_kl
 from .reasoning_tasks import (TASK_TYPES, Task, evaluate_tasks, grade_answers, heldout_tasks, learnability,
                               program_complexity, program_task, sample_until_end, seed_buffers, task_text,
@@ -50,6 +50,7 @@ from .reasoning_tasks import constant_solvable  # noqa: F401
 from .from_zero import MAX_CORPUS_DOCS, create_from_zero  # noqa: F401
 
 MODES = REASON["mode"].choices  # azr, frozen_proposer, solver_only, pretrain
+STOP_EVAL_TASKS = 4  # per task type, in the eval a paused or cancelled run ends with
 
 
 @dataclass
@@ -263,7 +264,8 @@ class _Run(Job):
         else:
             prompts = [self._proposer_prompt(kind) for _ in range(n)]
         samples = sample_until_end(self.model, self.tokenizer, prompts, max_new_tokens=cfg.max_program_tokens,
-                                   temperature=cfg.temperature, generator=gen, stop=self.fmt.proposal_stops)
+                                   temperature=cfg.temperature, generator=gen, stop=self.fmt.proposal_stops,
+                                   interrupt=self.stop_requested)
         if kind == "induction":
             parsed = [self.fmt.parse_induction_proposal(t, cfg.induction_inputs) for _, _, t in samples]
             jobs = [(code, inp) for code, p in zip(codes, parsed) if p for inp in p[1]]
@@ -271,7 +273,7 @@ class _Run(Job):
             parsed = [self.fmt.parse_proposal(t) for _, _, t in samples]
             jobs = [p for p in parsed if p]
         # Every (program, input) of the step in one sandbox batch, each run twice (determinism).
-        results = iter(executor.validate_many(jobs, self.limits) if jobs else [])
+        results = iter(executor.validate_many(jobs, self.limits, interrupt=self.stop_requested) if jobs else [])
         self.programs_checked += 2 * len(jobs)
         tasks: list[Task | None] = []
         for i, p in enumerate(parsed):
@@ -339,8 +341,8 @@ class _Run(Job):
             n_new = cfg.max_program_tokens if kind == "induction" else cfg.max_answer_tokens
             samples = sample_until_end(self.model, self.tokenizer, [t.solver_prompt(self.fmt) for t in solve_rows],
                                        max_new_tokens=n_new, temperature=cfg.temperature, generator=gen,
-                                       stop=self.fmt.stop)
-            graded = grade_answers(solve_rows, [s[2] for s in samples], self.limits, self.fmt)
+                                       stop=self.fmt.stop, interrupt=self.stop_requested)
+            graded = grade_answers(solve_rows, [s[2] for s in samples], self.limits, self.fmt, self.stop_requested)
             # Sandbox runs of this grading: one per well-formed abduction, one per held-out pair of a
             # well-formed induction program (deduction answers are compared as values).
             self.programs_checked += sum((len(t.held_out()) if t.kind == "induction" else t.kind == "abduction")
@@ -391,6 +393,8 @@ class _Run(Job):
         loss_sum, kl_sum = 0.0, 0.0
         order = list(range(len(rows)))
         for i in range(0, len(order), 16):  # micro-batches keep memory flat
+            if i:
+                self._stop_between_micro_batches()
             idx = order[i:i + 16]
             x, y, mask = pack_rows([rows[j] for j in idx], self.mcfg.max_seq_len)
             x, y, mask = x.to(self.device), y.to(self.device), mask.to(self.device)
@@ -410,6 +414,13 @@ class _Run(Job):
         self._optimizer_step()
         check_finite(loss_sum, self.step + 1, cfg.learning_rate)
         return loss_sum, (kl_sum if self.ref is not None else None)
+
+    def _stop_between_micro_batches(self) -> None:
+        try:
+            self.stop_requested()
+        except StepStopped:
+            self.optimizer.zero_grad(set_to_none=True)  # the step is given up: so is its gradient
+            raise
 
     def _optimizer_step(self) -> None:
         lr = self.cfg.learning_rate * min(1.0, (self.step + 1) / max(1, self.cfg.warmup_iters))
@@ -436,9 +447,18 @@ class _Run(Job):
         return path
 
     def evaluate(self, full: bool = False, tasks: list[Task] | None = None) -> dict:
-        res = evaluate_tasks(self.model, self.tokenizer, tasks or self.eval_set, self.limits,
+        """The held-out tasks' accuracies. A stop (pause, cancel) cuts an eval short; the eval a
+        paused or cancelled run ends with takes the first STOP_EVAL_TASKS tasks of each type, so
+        that the run answers within seconds."""
+        tasks = tasks or self.eval_set
+        stopping = self.stop is not None and self.stop.reason is not None
+        if stopping:
+            tasks = [t for kind in TASK_TYPES for t in [t for t in tasks if t.kind == kind][:STOP_EVAL_TASKS]]
+        res = evaluate_tasks(self.model, self.tokenizer, tasks, self.limits,
                              max_answer_tokens=self.cfg.max_answer_tokens,
-                             max_program_tokens=self.cfg.max_program_tokens, fmt=self.fmt)
+                             max_program_tokens=self.cfg.max_program_tokens, fmt=self.fmt,
+                             interrupt=None if stopping else self.stop_requested)
+        res["tasks_per_type"] = max(sum(t.kind == kind for t in tasks) for kind in TASK_TYPES)
         res["buffer_sizes"] = {k: len(v) for k, v in self.buffers.items()}
         self.events.emit("eval", step=self.step, **res)
         return res

@@ -14,6 +14,7 @@ group. Every program an answer names runs in the sandbox (executor.py), the only
 from __future__ import annotations
 
 import ast
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -101,9 +102,10 @@ class Graded:
 
 
 def grade_answers(tasks: list[Task], texts: list[str], limits: executor.Limits,
-                  fmt=FORMATS["compact"]) -> list[Graded]:
+                  fmt=FORMATS["compact"], interrupt: Callable[[], None] | None = None) -> list[Graded]:
     """Grade solver answers (``texts[i]`` answers ``tasks[i]``); every program run is sandboxed,
-    and all of them go to the executor in one batch."""
+    and all of them go to the executor in one batch (in pieces with ``interrupt``, a stop check
+    that raises)."""
     out: list[Graded | None] = [None] * len(tasks)
     jobs, owners = [], []  # (code, input) runs and which answer each belongs to
     for i, (task, text) in enumerate(zip(tasks, texts)):
@@ -126,7 +128,7 @@ def grade_answers(tasks: list[Task], texts: list[str], limits: executor.Limits,
                 for inp, _ in task.held_out():
                     jobs.append((code, inp))
                     owners.append(i)
-    results = executor.run_many(jobs, limits) if jobs else []
+    results = executor.run_many(jobs, limits, interrupt=interrupt) if jobs else []
     verdict: dict[int, bool] = {}
     held_index: dict[int, int] = {}
     for owner, res in zip(owners, results):
@@ -172,21 +174,48 @@ def program_complexity(code: str) -> int:
 
 # ---- sampling ------------------------------------------------------------------------------------
 
+# A stop request is seen between pieces of a generation: every few new tokens, and, on a CPU,
+# between groups of rows whose prompts add up to about this many tokens (the prompts' first pass
+# is one forward that cannot be cut; hundreds of rows of it took a slow CPU over ten seconds).
+# A GPU gets all rows at once: small batches would waste it, and its first pass is quick.
+STOP_EVERY_TOKENS = 8
+CPU_PROMPT_TOKENS = 4096
+
+
 @torch.no_grad()
 def sample_until_end(model, tokenizer, prompts: list[str], *, max_new_tokens: int, temperature: float,
-                     generator: torch.Generator | None, stop: str | tuple[str, ...] = CompactFormat.stop
-                     ) -> list[tuple[list[int], list[int], str]]:
+                     generator: torch.Generator | None, stop: str | tuple[str, ...] = CompactFormat.stop,
+                     interrupt: Callable[[], None] | None = None) -> list[tuple[list[int], list[int], str]]:
     """Continue each prompt until it writes ``stop`` (or one of several) or ``max_new_tokens``;
     returns (prompt ids, new ids up to and including the stop, new text) per prompt.
-    Temperature 0: greedy."""
-    stops = (stop,) if isinstance(stop, str) else tuple(stop)
-    tail = max(map(len, stops)) + 2
+    Temperature 0: greedy. ``interrupt``: a stop check that raises, called between pieces of the
+    work (see STOP_EVERY_TOKENS)."""
     max_prompt = model.cfg.max_seq_len - max_new_tokens
     ids = [tokenizer.encode(p)[-max_prompt:] for p in prompts]
-    outs: list[list[int]] = [[] for _ in prompts]
-    done = [False] * len(prompts)
+    groups = [ids]
+    if interrupt is not None and next(model.parameters()).device.type == "cpu" and ids:
+        rows = max(1, CPU_PROMPT_TOKENS * len(ids) // max(1, sum(map(len, ids))))
+        groups = [ids[i:i + rows] for i in range(0, len(ids), rows)]
+    outs: list[list[int]] = []
+    for group in groups:
+        if interrupt is not None:
+            interrupt()
+        outs += _continue(model, tokenizer, group, max_new_tokens, temperature, generator, stop, interrupt)
+    return [(p, o, tokenizer.decode(o)) for p, o in zip(ids, outs)]
+
+
+def _continue(model, tokenizer, ids: list[list[int]], max_new_tokens: int, temperature: float,
+              generator: torch.Generator | None, stop: str | tuple[str, ...],
+              interrupt: Callable[[], None] | None) -> list[list[int]]:
+    """The new ids of each row, up to and including its stop string."""
+    stops = (stop,) if isinstance(stop, str) else tuple(stop)
+    tail = max(map(len, stops)) + 2
+    outs: list[list[int]] = [[] for _ in ids]
+    done = [False] * len(ids)
     params = SamplingParams(max_new_tokens, temperature, None, None, 1.0, None)
-    for step in stream_generate(model, ids, params, eot_id=tokenizer.eot_id, generator=generator):
+    for n, step in enumerate(stream_generate(model, ids, params, eot_id=tokenizer.eot_id, generator=generator)):
+        if interrupt is not None and n % STOP_EVERY_TOKENS == STOP_EVERY_TOKENS - 1:
+            interrupt()
         for i, t in enumerate(step):
             if t is None or done[i]:
                 done[i] = done[i] or t is None
@@ -197,14 +226,15 @@ def sample_until_end(model, tokenizer, prompts: list[str], *, max_new_tokens: in
                 done[i] = True
         if all(done):
             break
-    return [(p, o, tokenizer.decode(o)) for p, o in zip(ids, outs)]
+    return outs
 
 
 def evaluate_tasks(model, tokenizer, tasks: list[Task], limits: executor.Limits, *, k: int = 1,
                    temperature: float = 0.0, seed: int = 0, max_answer_tokens: int = 48,
-                   max_program_tokens: int = 200, fmt=FORMATS["compact"]) -> dict:
+                   max_program_tokens: int = 200, fmt=FORMATS["compact"],
+                   interrupt: Callable[[], None] | None = None) -> dict:
     """Accuracy per task type: greedy exact match (k=1, temperature 0) or pass@k (k samples at
-    ``temperature``, a task passes when any is correct)."""
+    ``temperature``, a task passes when any is correct). ``interrupt``: see sample_until_end."""
     gen = torch.Generator().manual_seed(seed)
     res = {}
     for kind in TASK_TYPES:
@@ -218,8 +248,8 @@ def evaluate_tasks(model, tokenizer, tasks: list[Task], limits: executor.Limits,
             chunk = rows[i:i + 64]
             texts += [s[2] for s in sample_until_end(model, tokenizer, [t.solver_prompt(fmt) for t in chunk],
                                                      max_new_tokens=n_new, temperature=temperature, generator=gen,
-                                                     stop=fmt.stop)]
-        graded = grade_answers(rows, texts, limits, fmt)
+                                                     stop=fmt.stop, interrupt=interrupt)]
+        graded = grade_answers(rows, texts, limits, fmt, interrupt)
         passed = [any(g.correct for g in graded[j * k:(j + 1) * k]) for j in range(len(ts))]
         metric = "acc" if k == 1 else f"pass@{k}"
         res[f"{kind}_{metric}"] = float(np.mean(passed))
