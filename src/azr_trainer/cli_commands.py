@@ -23,16 +23,23 @@ def _fmt_bytes(n: float) -> str:
     return str(n)
 
 
+def _shape(cfg: ModelConfig) -> str:
+    """A model's shape in words: layers × width, heads, feed-forward, window, vocabulary, tokenizer."""
+    kv = say("shape_kv_heads", kv_heads=cfg.kv_heads) if cfg.kv_heads != cfg.num_heads else ""
+    return say("shape", layers=cfg.num_layers, d_model=cfg.d_model, heads=cfg.num_heads, kv=kv, d_ff=cfg.d_ff,
+               max_seq_len=cfg.max_seq_len, vocab=cfg.vocab_size, tokenizer=cfg.tokenizer)
+
+
 # ---- books ---------------------------------------------------------------------------------
 
 def cmd_books_add(args, home):
     info = books_mod.add_book(home, args.path, name=args.name, encoding=args.encoding, overwrite=args.overwrite)
     if args.json:
         return print_json(info.to_dict())
-    how = "detected" if info.detected else "given"
-    print(f"Added book '{info.name}': encoding {info.encoding} ({how}), {_fmt_bytes(info.source_bytes)} on disk, "
-          f"{info.chars:,} characters, {info.lines:,} lines.")
-    print("Preview: " + info.preview[:200].replace("\n", " ⏎ "))
+    how = say("encoding_detected" if info.detected else "encoding_given")
+    print(say("book_added", name=info.name, encoding=info.encoding, how=how, size=_fmt_bytes(info.source_bytes),
+              chars=info.chars, lines=info.lines))
+    print(say("preview", text=info.preview[:200].replace("\n", " ⏎ ")))
 
 
 def cmd_books_list(args, home):
@@ -40,9 +47,9 @@ def cmd_books_list(args, home):
     if args.json:
         return print_json([b.to_dict() for b in items])
     if not items:
-        print("No books yet. Add one with: azr books add PATH")
+        print(say("no_books", command="azr books add PATH"))
     for b in items:
-        print(f"{b.name:30s} {b.encoding:12s} {b.chars:>12,} chars  {b.created_at}")
+        print(f"{b.name:30s} {b.encoding:12s} {b.chars:>12,} {say('chars')}  {b.created_at}")
 
 
 def cmd_books_cat(args, home):
@@ -80,14 +87,13 @@ def _create_auto(args, home, shape_given: list[str]):
     if args.json:
         return print_json({**_model_summary(info), "plan": plan.to_dict()})
     cfg, exp = info.config, rec["expected"]
-    print(f"Created model '{info.name}' for {args.minutes:g} minutes on {', '.join(books)} "
-          f"({_fmt_bytes(rec['book_bytes'])} of text): {exp['parameters']:,} parameters ({cfg.num_layers} layers × "
-          f"d_model {cfg.d_model}, {cfg.num_heads} heads, d_ff {cfg.d_ff}, {cfg.tokenizer} tokenizer, vocab "
-          f"{cfg.vocab_size}, windows of {plan.seq_len} tokens).")
-    print(f"Expected: about {exp['tokens_per_s']:,.0f} tokens/s, {exp['steps']:,} steps of batch {plan.batch_size}, "
-          f"{exp['tokens']:,} tokens, {exp['epochs']:g} passes over the books; learning rate {plan.learning_rate:g}, "
-          f"warm-up {plan.warmup_iters} steps, precision {plan.precision}.")
-    print(f"Next: azr train {info.name} --books {','.join(books)} --minutes {args.minutes:g}")
+    print(say("model_created_auto", name=info.name, minutes=f"{args.minutes:g}", books=", ".join(books),
+              size=_fmt_bytes(rec["book_bytes"]), parameters=exp["parameters"], shape=_shape(cfg),
+              seq_len=plan.seq_len))
+    print(say("plan_expected", tokens_s=round(exp["tokens_per_s"]), steps=exp["steps"], batch=plan.batch_size,
+              tokens=exp["tokens"], epochs=f"{exp['epochs']:g}", lr=f"{plan.learning_rate:g}",
+              warmup=plan.warmup_iters, precision=plan.precision))
+    print(say("next", command=f"azr train {info.name} --books {','.join(books)} --minutes {args.minutes:g}"))
 
 
 def cmd_models_create(args, home):
@@ -104,10 +110,8 @@ def cmd_models_create(args, home):
     if args.json:
         return print_json(_model_summary(info))
     mem = estimate_training_memory(cfg, batch_size=16)
-    print(f"Created model '{info.name}': {count_parameters(cfg):,} parameters "
-          f"({cfg.num_layers} layers × d_model {cfg.d_model}, {cfg.num_heads} heads, d_ff {cfg.d_ff}, "
-          f"max_seq_len {cfg.max_seq_len}, vocab {cfg.vocab_size}, {cfg.tokenizer} tokenizer).")
-    print(f"Training memory estimate at batch_size 16: about {_fmt_bytes(mem)} (fp32).")
+    print(say("model_created", name=info.name, parameters=count_parameters(cfg), shape=_shape(cfg)))
+    print(say("memory_estimate", size=_fmt_bytes(mem)))
 
 
 def cmd_models_list(args, home):
@@ -115,10 +119,11 @@ def cmd_models_list(args, home):
     if args.json:
         return print_json([m.to_dict() for m in items])
     if not items:
-        print("No models yet. Create one with: azr models create NAME")
+        print(say("no_models", command="azr models create NAME"))
     for m in items:
         bpb = f"{m.best_val_bpb:.3f}" if m.best_val_bpb is not None else "-"
-        print(f"{m.name:30s} {m.parameters:>12,} params  steps {m.trained_steps:<8} best val bpb {bpb}")
+        print(say("model_row", name=f"{m.name:30s}", parameters=f"{m.parameters:>12,}",
+                  steps=f"{m.trained_steps:<8}", bpb=bpb))
 
 
 def cmd_models_show(args, home):
@@ -153,7 +158,7 @@ def cmd_models_export(args, home):
         notes = [catalogue.message(n["code"], language(), **n["params"]) for n in result.get("notes") or []]
         print(say("note", note=" ".join(notes) or result["note"]), file=sys.stderr)
     src = Path(result["checkpoint"]).name
-    print(f"Exported '{info.name}' ({src}) to {out} ({_fmt_bytes(result['bytes'])}).")
+    print(say("exported", name=info.name, checkpoint=src, path=str(out), size=_fmt_bytes(result["bytes"])))
     if args.format == "gguf":
         modelfile = Path(result["files"][-1]).name
         print(f"Ollama: cd {Path(result['path']).parent} && ollama create {info.name.lower().replace(' ', '-')} "
@@ -170,15 +175,12 @@ def cmd_models_import(args, home):
         return print_json(result)
     cfg = ModelConfig.from_dict(result["config"])
     src = result["imported_from"]
-    print(f"Imported '{result['name']}' from {src['format']} ({src['path']}): {result['parameters']:,} parameters "
-          f"({cfg.num_layers} layers × d_model {cfg.d_model}, {cfg.num_heads} heads"
-          f"{f' / {cfg.kv_heads} kv heads' if cfg.kv_heads != cfg.num_heads else ''}, d_ff {cfg.d_ff}, "
-          f"max_seq_len {cfg.max_seq_len}, vocab {cfg.vocab_size}, {cfg.tokenizer} tokenizer, "
-          f"end of text {result['eos_token']!r}).")
+    print(say("imported", name=result["name"], format=src["format"], path=src["path"],
+              parameters=result["parameters"], shape=_shape(cfg), eos=repr(result["eos_token"])))
     if result["note"]:
         print(say("note", note=result["note"]))
     q = shlex.quote(result["name"])
-    print(f"Try it: azr generate {q} \"Once upon a time\"   ·   fine-tune: azr train {q} --books BOOK")
+    print(say("try_it", generate=f"azr generate {q} \"Once upon a time\"", train=f"azr train {q} --books BOOK"))
 
 
 # ---- generate ------------------------------------------------------------------------------

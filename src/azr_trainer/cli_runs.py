@@ -168,7 +168,7 @@ def cmd_reason(args, home):
                                                  eval_every=FROM_ZERO.default("eval_every"), save_every=10**7,
                                                  threads=args.threads, device=args.device or TRAIN.default("device")),
                     listeners=[ProgressBar(not quiet)], stop=stop, log=log)
-        log(say("pretrained", steps=str(pre["step"]), bpb=str(pre["val_bpb"])))
+        log(say("pretrained", steps=str(pre["step"]), bpb="-" if pre["val_bpb"] is None else f"{pre['val_bpb']:.4f}"))
         if stop.reason:
             return
     if args.pretrain_only:
