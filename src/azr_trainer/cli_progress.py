@@ -12,9 +12,8 @@ import sys
 
 from . import catalogue
 from .errors import Notice
+from .reasoning_tasks import TASK_TYPES
 from .settings import TRAIN
-
-TASK_TYPES = ("deduction", "abduction", "induction")
 
 
 def language() -> str:
