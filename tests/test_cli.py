@@ -155,3 +155,25 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(tmp_path):
     resumed = json.loads(azr(home, "train", "m", "--books", "play", "--resume", "--batch-size", "4",
                              "--max-iterations", str(summary["step"] + 5), "--threads", "1", "--json").stdout)
     assert resumed["step"] == summary["step"] + 5 and resumed["run"] == summary["run"]
+
+
+def test_a_training_run_reports_its_progress_in_russian(tmp_path):
+    """Under a Russian locale every line a training run prints (log, bar, evals, samples, summary)
+    is Russian; the numbers keep their decimal point."""
+    from test_messages import russian_problem
+    home = tmp_path / "home"
+    (tmp_path / "kashtanka.txt").write_text(RUSSIAN, encoding="utf-8")
+    azr(home, "books", "add", str(tmp_path / "kashtanka.txt"))
+    azr(home, "models", "create", "m", *TINY, "--tokenizer", "char")
+    env = {**os.environ, "AZR_HOME": str(home), "PYTHONIOENCODING": "utf-8", "AZR_LANG": "ru"}
+    p = subprocess.run([sys.executable, "-m", "azr_trainer.cli", "train", "m", "--books", "kashtanka",
+                        "--max-iterations", "6", "--eval-every", "3", "--batch-size", "4", "--threads", "1"],
+                       capture_output=True, text=True, encoding="utf-8", env=env, timeout=120)
+    assert p.returncode == 0, p.stderr
+    lines = [line.strip() for line in (p.stdout + p.stderr).replace("\r", "\n").splitlines() if line.strip()]
+    for line in lines:
+        assert russian_problem(line) is None, (russian_problem(line), line)
+    assert any(line.startswith("шаг 3: потеря на проверке ") for line in lines), lines
+    summary = next(line for line in lines if line.startswith("завершено: шаг 6/6"))
+    assert float(summary.split("бит на байт ")[1].split(",")[0]) > 0
+    assert any(line.startswith("Контрольная точка: ") for line in lines), lines

@@ -97,7 +97,7 @@ def test_imported_model_generates_and_exports_through_the_cli(source, tmp_path, 
     _, files, _ = source
     dest = fresh_home(tmp_path)
     assert cli.main(["--home", str(dest), "models", "import", files["gguf-f32"], "--name", "g"]) == 0
-    assert "Imported 'g'" in capsys.readouterr().out
+    assert "Imported “g”" in capsys.readouterr().out
     assert cli.main(["--home", str(dest), "generate", "g", PROMPT, "--temperature", "0", "--max-length", "8"]) == 0
     assert capsys.readouterr().out.startswith(PROMPT)
     assert cli.main(["--home", str(dest), "models", "export", "g", "--format", "hf", "-o", str(tmp_path / "g-hf"),

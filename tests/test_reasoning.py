@@ -1,6 +1,8 @@
 """AZR reasoning self-play: the program generator, parsing and grading through the sandbox, the
 paper's rewards and TRR++ advantages, and tiny end-to-end runs through the CLI."""
 import json
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -211,3 +213,44 @@ def test_constant_answers_are_flagged_as_trivial():
                                                            ("[4]", "[4]")])]
     from azr_trainer.reasoning import constant_solvable
     assert constant_solvable(tasks, LIMITS) == [False, True, False, True, True, False]
+
+
+def test_a_cancel_in_the_middle_of_a_long_step_ends_the_run_within_seconds(home, monkeypatch):
+    """A studio run whose step is minutes long (many rollouts of a slowish model) answers a cancel
+    between rollout chunks: it ends cancelled at the last whole step, with its checkpoint saved,
+    long before the step would have ended (the old loop checked the stop only after a step)."""
+    from azr_trainer.from_zero import create_from_zero
+    from azr_trainer.jobs import JobRunner
+    from azr_trainer.registry import Registry
+    from azr_trainer.train import TrainConfig, run_dir, train
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # the worker's step is long on a CPU only
+    create_from_zero(home, "z", shape=dict(d_model=192, num_layers=3, num_heads=4, d_ff=768, max_seq_len=272),
+                     n_docs=600, log=lambda m: None)
+    train(home, "z", TrainConfig(books=["z-triplets"], max_iterations=1, batch_size=2, eval_every=1000,
+                                 save_every=1000, threads=1), log=lambda m: None)
+    runner = JobRunner(home, Registry(home))  # polled by hand: no monitor thread
+    # 3 × 256 rollouts of up to 48 or 200 tokens, then their update: minutes on one thread.
+    run = runner.create_run("z", [], dict(mode="solver_only", max_iterations=100, batch_size=16, n_samples=16,
+                                          eval_tasks=1, threads=1, seed=3), kind="reason")
+    path = run_dir(home, "z", run["id"]) / "events.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline:  # the start eval is done: the first step has begun
+        runner.poll()
+        if path.exists() and any(e["type"] == "eval" for e in read_events(path)[0]):
+            break
+        time.sleep(0.1)
+    time.sleep(1.0)
+    runner.cancel(run["id"])
+    deadline = time.time() + 30  # generous: the answer comes within a few tokens of the rollouts
+    while time.time() < deadline and runner.get_run(run["id"])["state"] == "running":
+        runner.poll()
+        time.sleep(0.1)
+    run = runner.get_run(run["id"])
+    assert run["state"] == "cancelled", run
+    events, _ = read_events(path)
+    assert not any(e["type"] == "step" for e in events)  # the step was given up, not finished
+    last = events[-1]
+    assert last["type"] == "status" and last["state"] == "cancelled" and last["code"] == "run.cancelled"
+    saved = [e for e in events if e["type"] == "checkpoint"]
+    assert saved and saved[-1]["kind"] == "final" and Path(saved[-1]["path"]).exists()
+    assert last["summary"]["checkpoint"] == saved[-1]["path"] and last["summary"]["step"] == 0

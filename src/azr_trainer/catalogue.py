@@ -44,6 +44,8 @@ def _plural_ru(n: int) -> str:
 
 
 def _format_value(value, lang: str) -> str:
+    if callable(getattr(value, "render", None)):  # a Notice inside a message: in the same language
+        return value.render(lang)
     if isinstance(value, bool) or value is None:
         return "" if value is None else str(value)
     if isinstance(value, int):

@@ -57,6 +57,20 @@ class Notice(str):
         return {"message": self.render(lang), "code": self.code, "params": self.params}
 
 
+# The operating system's errors a person meets most, by errno name: their own words in the catalogue.
+_OS_REASONS = ("EACCES", "EPERM", "EROFS", "ENOSPC", "EDQUOT", "ENAMETOOLONG", "ENOENT", "EIO")
+
+
+def os_reason(exc: OSError) -> str:
+    """Why an OSError happened, for a message's ``{reason}``: a Notice in the person's language
+    for the common causes, else the system's own words."""
+    import errno
+    name = errno.errorcode.get(exc.errno or 0)
+    if name in _OS_REASONS:
+        return Notice(f"reason.os.{name}")
+    return exc.strerror or type(exc).__name__
+
+
 def _notice(code: str, params: dict) -> Notice:
     return Notice(code, **params)
 

@@ -89,6 +89,8 @@ memory limits on a loaded machine make verdicts near the limits nondeterministic
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from .sandbox.codecheck import (  # noqa: F401
     FORBIDDEN_NAMES,
     MAX_CODE_CHARS,
@@ -137,19 +139,36 @@ def _prepare(jobs, _unsafe: bool) -> tuple[list[RunResult | None], list[dict], l
     return early, todo, where
 
 
+def _pieces(todo: list[dict], workers: int, interrupt: Callable[[], None] | None):
+    """The batch whole, or, with an ``interrupt`` check (it raises to stop), in pieces of a few
+    rounds of the workers with the check before each: a piece of programs that all run out of
+    time takes seconds, so a run that is asked to stop is not held for the whole batch."""
+    if interrupt is None:
+        yield todo
+        return
+    size = 4 * workers
+    for i in range(0, len(todo), size):
+        interrupt()
+        yield todo[i:i + size]
+
+
 def run_many(jobs: list[tuple[str, str]], limits: Limits = Limits(), workers: int | None = None, *,
-             _unsafe: bool = False, _flags: tuple[str, ...] = ()) -> list[RunResult]:
+             interrupt: Callable[[], None] | None = None, _unsafe: bool = False,
+             _flags: tuple[str, ...] = ()) -> list[RunResult]:
     """Run ``f(*input)`` for each ``(code, input_text)``, each in its own sandboxed process,
-    ``workers`` at a time (default: the usable CPUs). Results are in job order.
+    ``workers`` at a time (default: the usable CPUs). Results are in job order. ``interrupt``:
+    called between pieces of the batch (see _pieces).
 
     ``_unsafe`` (tests only) skips the AST check and gives the program the real builtins, to show
     that the process-level layers contain it on their own; ``_flags=("no-seccomp",)`` (tests only)
     uses a server without the seccomp filter, to show what rlimits, uid drop and kill do alone."""
     workers = workers or _default_workers()
     early, todo, where = _prepare(jobs, _unsafe)
-    if todo:
-        for i, res in zip(where, _run_on_servers([(SEEDS[0], todo)], limits, workers, _flags)[0]):
-            early[i] = res
+    results: list[RunResult] = []
+    for piece in _pieces(todo, workers, interrupt) if todo else ():
+        results += _run_on_servers([(SEEDS[0], piece)], limits, workers, _flags)[0]
+    for i, res in zip(where, results):
+        early[i] = res
     return early  # type: ignore[return-value]
 
 
@@ -159,13 +178,18 @@ def run_program(code: str, input_text: str, limits: Limits = Limits(), *, _unsaf
     return run_many([(code, input_text)], limits, workers=1, _unsafe=_unsafe, _flags=_flags)[0]
 
 
-def validate_many(jobs: list[tuple[str, str]], limits: Limits = Limits(),
-                  workers: int | None = None) -> list[RunResult]:
-    """``validate_task`` for a batch: both seeds' servers run the whole batch at the same time."""
+def validate_many(jobs: list[tuple[str, str]], limits: Limits = Limits(), workers: int | None = None, *,
+                  interrupt: Callable[[], None] | None = None) -> list[RunResult]:
+    """``validate_task`` for a batch: both seeds' servers run the whole batch (or each piece of
+    it, with ``interrupt``: see _pieces) at the same time."""
     workers = workers or _default_workers()
     early, todo, where = _prepare(jobs, False)
     if todo:
-        first, second = _run_on_servers([(SEEDS[0], todo), (SEEDS[1], todo)], limits, workers)
+        first, second = [], []
+        for piece in _pieces(todo, workers, interrupt):
+            a, b = _run_on_servers([(SEEDS[0], piece), (SEEDS[1], piece)], limits, workers)
+            first += a
+            second += b
         for i, a, b in zip(where, first, second):
             if not a.ok:
                 early[i] = a

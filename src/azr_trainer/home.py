@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-from .errors import Conflict, NotFound, UserError  # noqa: F401 - re-exported for the modules that use them
+from .errors import Conflict, NotFound, UserError, os_reason  # noqa: F401 - re-exported for the modules that use them
 
 DEFAULT_HOME_NAME = "azr-home"
 
@@ -55,7 +55,7 @@ def home_dir(explicit: str | os.PathLike | None = None) -> Path:
         except PermissionError:
             raise UserError("input.home_denied", path=path) from None
         except OSError as e:  # a read-only disk, /proc, a name too long, ...
-            raise UserError("input.home_unusable", path=path, reason=e.strerror or type(e).__name__) from None
+            raise UserError("input.home_unusable", path=path, reason=os_reason(e)) from None
     return path
 
 

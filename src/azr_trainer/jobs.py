@@ -587,15 +587,16 @@ class JobRunner:
         if run.state not in ("running", "interrupted"):
             return
         reason = event.get("message")
-        if reason == "stopped by parent-exited":
-            reason = "the studio stopped"
-        # A worker from before coded events: the same messages, coded here.
+        # A worker from before coded events: the same messages, coded here ("stopped by SIGTERM":
+        # the signal's name is the reason; the studio going away has its own message).
+        interrupted = ("run.parent_exited", {"step": run.step}) if reason == "stopped by parent-exited" else \
+            ("run.interrupted", {"step": run.step, "reason": (reason or "").removeprefix("stopped by ") or "stopped"})
         legacy = {
             "completed": (None, {}),
             "stopped": (None, {}),  # max_time reached: a finished run, with the reason
             "paused": ("run.paused", {"step": run.step}),
             "cancelled": ("run.cancelled", {"step": run.step}),
-            "interrupted": ("run.interrupted", {"step": run.step, "reason": reason or "stopped"}),
+            "interrupted": interrupted,
             "failed": (None if reason else "jobs.failed", {}),
         }
         if state not in legacy:

@@ -1,10 +1,6 @@
 """Absolute Zero reasoning self-play (Zhao et al., 2025): one model proposes programming tasks
-and solves them; a sandboxed executor (executor.py) is the only judge.
-
-Tasks are triplets (program p, input i, output o = p(i)) of three types:
-- deduction: given p and i, predict o;
-- abduction: given p and o, give any i with p(i) = o;
-- induction: given a message and some (i, o) pairs, write p; graded on held-out pairs.
+and solves them; a sandboxed executor (executor.py) is the only judge. The tasks, their grading
+and rewards are in reasoning_tasks.py; a from-zero model and its triplets book in from_zero.py.
 
 Each step, for every task type: the proposer (the model, prompted with K reference triplets
 from the type's buffer; for induction, with a program from the buffers) proposes B tasks at
@@ -25,7 +21,6 @@ documents).
 """
 from __future__ import annotations
 
-import ast
 import math
 import random
 import time
@@ -41,16 +36,21 @@ from .checkpoint import build_model, checkpoint_dir, export_pt, latest_run_check
     save_step
 from .device import pick_device, set_threads
 from .events import EventLog, Listener, new_run_id
-from .formats import FORMATS, CompactFormat, is_arguments, is_literal, shown_count, triplet_text
+from .formats import FORMATS
 from .home import UserError, atomic_write_json, read_json
 from .settings import REASON
 from .rewards import pack_rows
-from .runloop import Job, StopRequested, check_finite, checkpoint_obj, locked, make_optimizer, run_loop
-from .sample import SamplingParams, stream_generate
+from .runloop import Job, StepStopped, StopRequested, check_finite, checkpoint_obj, locked, make_optimizer, run_loop
 from .selfplay import exact_kl
+from .reasoning_tasks import (TASK_TYPES, Task, evaluate_tasks, grade_answers, heldout_tasks, learnability,
+                              program_complexity, program_task, sample_until_end, seed_buffers, task_text,
+                              trr_advantages)
+# Names tests and scripts import from here since before the tasks and the from-zero corpus had modules of their own.
+from .reasoning_tasks import constant_solvable  # noqa: F401
+from .from_zero import MAX_CORPUS_DOCS, create_from_zero  # noqa: F401
 
-TASK_TYPES = ("deduction", "abduction", "induction")
 MODES = REASON["mode"].choices  # azr, frozen_proposer, solver_only, pretrain
+STOP_EVAL_TASKS = 4  # per task type, in the eval a paused or cancelled run ends with
 
 
 @dataclass
@@ -117,141 +117,6 @@ class ReasonConfig:
                                memory_mb=self.memory_mb)
 
 
-# ---- tasks ---------------------------------------------------------------------------------------
-
-@dataclass
-class Task:
-    kind: str
-    code: str
-    input: str = ""                     # deduction/abduction: the argument, as source text
-    output: str = ""                    # its repr
-    message: str = ""                   # induction
-    pairs: list = None                  # induction: [(input, output)], the first half shown
-
-    def shown(self) -> list:
-        return self.pairs[:shown_count(len(self.pairs))]
-
-    def held_out(self) -> list:
-        return self.pairs[shown_count(len(self.pairs)):]
-
-    def solver_prompt(self, fmt=FORMATS["compact"]) -> str:
-        if self.kind == "deduction":
-            return fmt.deduction(self.code, self.input)
-        if self.kind == "abduction":
-            return fmt.abduction(self.code, self.output)
-        return fmt.induction(self.message, self.shown())
-
-    def to_dict(self) -> dict:
-        d = {"kind": self.kind, "code": self.code, "input": self.input, "output": self.output}
-        if self.kind == "induction":
-            d.update(message=self.message, pairs=[list(p) for p in self.pairs])
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Task":
-        pairs = [tuple(p) for p in d["pairs"]] if d.get("pairs") is not None else None
-        return cls(d["kind"], d["code"], d.get("input", ""), d.get("output", ""), d.get("message", ""), pairs)
-
-
-def program_task(kind: str, prog: programs.Program, gen: programs.Generator, n_inputs: int) -> Task:
-    """A task made by the random generator (outputs from the primitives' Python twins)."""
-    if kind == "induction":
-        xs = gen.inputs(n_inputs)
-        return Task(kind, prog.source, message=prog.describe(),
-                    pairs=[(programs.arg_text(x), repr(prog(x))) for x in xs])
-    x = gen.input()
-    return Task(kind, prog.source, programs.arg_text(x), repr(prog(x)))
-
-
-def heldout_tasks(n_per_type: int, seed: int = 4242, n_inputs: int = 6, split: str = "test") -> list[Task]:
-    """The evaluation set: tasks from the generator's shifted ``test`` distribution."""
-    gen = programs.Generator(split, seed)
-    return [program_task(kind, gen.program(), gen, n_inputs) for kind in TASK_TYPES for _ in range(n_per_type)]
-
-
-def seed_buffers() -> dict[str, list[dict]]:
-    """The paper's start: the identity function on one input."""
-    ident = programs.IDENTITY
-    return {"deduction": [Task("deduction", ident, "[1, 2, 3]", "[1, 2, 3]").to_dict()],
-            "abduction": [Task("abduction", ident, "[1, 2, 3]", "[1, 2, 3]").to_dict()],
-            "induction": [Task("induction", ident, message="identity",
-                               pairs=[("[1, 2, 3]", "[1, 2, 3]"), ("[]", "[]"), ("[5]", "[5]"),
-                                      ("[0, -4]", "[0, -4]")]).to_dict()]}
-
-
-# ---- parsing and grading -------------------------------------------------------------------------
-
-@dataclass
-class Graded:
-    correct: bool
-    well_formed: bool
-
-    @property
-    def reward(self) -> float:
-        return 1.0 if self.correct else -0.5 if self.well_formed else -1.0
-
-
-def grade_answers(tasks: list[Task], texts: list[str], limits: executor.Limits,
-                  fmt=FORMATS["compact"]) -> list[Graded]:
-    """Grade solver answers (``texts[i]`` answers ``tasks[i]``); every program run is sandboxed,
-    and all of them go to the executor in one batch."""
-    out: list[Graded | None] = [None] * len(tasks)
-    jobs, owners = [], []  # (code, input) runs and which answer each belongs to
-    for i, (task, text) in enumerate(zip(tasks, texts)):
-        raw, finished = fmt.answer(text)
-        ans = raw.strip()
-        if task.kind == "deduction":
-            ok = is_literal(ans)
-            out[i] = Graded(ok and executor.outputs_equal(ans, task.output), ok)
-        elif task.kind == "abduction":
-            if not is_arguments(ans):
-                out[i] = Graded(False, False)
-            else:
-                jobs.append((task.code, ans))
-                owners.append(i)
-        else:
-            code = fmt.induction_program(raw)
-            if not finished or executor.check_program(code) is not None:
-                out[i] = Graded(False, False)
-            else:
-                for inp, _ in task.held_out():
-                    jobs.append((code, inp))
-                    owners.append(i)
-    results = executor.run_many(jobs, limits) if jobs else []
-    verdict: dict[int, bool] = {}
-    held_index: dict[int, int] = {}
-    for owner, res in zip(owners, results):
-        task = tasks[owner]
-        if task.kind == "abduction":
-            gold = task.output
-        else:
-            k = held_index.get(owner, 0)
-            held_index[owner] = k + 1
-            gold = task.held_out()[k][1]
-        good = bool(res.ok and executor.outputs_equal(res.output, gold))
-        verdict[owner] = verdict.get(owner, True) and good
-    for owner, good in verdict.items():
-        out[owner] = Graded(good, True)
-    return out
-
-
-def learnability(rbar: float) -> float:
-    """The proposer's reward: tasks the solver sometimes solves are worth the most."""
-    return 1.0 - rbar if 0.0 < rbar < 1.0 else 0.0
-
-
-def trr_advantages(rewards: list[float], groups: list[tuple[str, str]], eps: float = 1e-6) -> torch.Tensor:
-    """TRR++: (r − mean) / std within each (task type, role) group of the batch; a group whose
-    rewards are all equal teaches nothing (advantage 0)."""
-    r = torch.tensor(rewards, dtype=torch.float64)
-    adv = torch.zeros_like(r)
-    for g in set(groups):
-        idx = torch.tensor([i for i, gg in enumerate(groups) if gg == g])
-        vals = r[idx]
-        std = vals.std(unbiased=False)
-        if len(idx) > 1 and std > 1e-8:
-            adv[idx] = (vals - vals.mean()) / (std + eps)
-    return adv.float()
 
 
 def resolve_format(choice: str, mcfg) -> str:
@@ -267,98 +132,6 @@ def default_lengths(cfg: ReasonConfig, fmt) -> tuple[int, int]:
     which needs room; the compact format answers at once."""
     compact = fmt.name == "compact"
     return cfg.max_answer_tokens or (48 if compact else 384), cfg.max_program_tokens or (200 if compact else 512)
-
-
-def program_complexity(code: str) -> int:
-    """AST nodes in a program: a rough size of what the proposer writes."""
-    try:
-        return sum(1 for _ in ast.walk(ast.parse(code)))
-    except (SyntaxError, ValueError, RecursionError, MemoryError):
-        return 0
-
-
-# ---- sampling ------------------------------------------------------------------------------------
-
-@torch.no_grad()
-def sample_until_end(model, tokenizer, prompts: list[str], *, max_new_tokens: int, temperature: float,
-                     generator: torch.Generator | None, stop: str | tuple[str, ...] = CompactFormat.stop
-                     ) -> list[tuple[list[int], list[int], str]]:
-    """Continue each prompt until it writes ``stop`` (or one of several) or ``max_new_tokens``;
-    returns (prompt ids, new ids up to and including the stop, new text) per prompt.
-    Temperature 0: greedy."""
-    stops = (stop,) if isinstance(stop, str) else tuple(stop)
-    tail = max(map(len, stops)) + 2
-    max_prompt = model.cfg.max_seq_len - max_new_tokens
-    ids = [tokenizer.encode(p)[-max_prompt:] for p in prompts]
-    outs: list[list[int]] = [[] for _ in prompts]
-    done = [False] * len(prompts)
-    params = SamplingParams(max_new_tokens, temperature, None, None, 1.0, None)
-    for step in stream_generate(model, ids, params, eot_id=tokenizer.eot_id, generator=generator):
-        for i, t in enumerate(step):
-            if t is None or done[i]:
-                done[i] = done[i] or t is None
-                continue
-            outs[i].append(t)
-            last = tokenizer.decode(outs[i][-tail:])
-            if any(s in last for s in stops):
-                done[i] = True
-        if all(done):
-            break
-    return [(p, o, tokenizer.decode(o)) for p, o in zip(ids, outs)]
-
-
-def evaluate_tasks(model, tokenizer, tasks: list[Task], limits: executor.Limits, *, k: int = 1,
-                   temperature: float = 0.0, seed: int = 0, max_answer_tokens: int = 48,
-                   max_program_tokens: int = 200, fmt=FORMATS["compact"]) -> dict:
-    """Accuracy per task type: greedy exact match (k=1, temperature 0) or pass@k (k samples at
-    ``temperature``, a task passes when any is correct)."""
-    gen = torch.Generator().manual_seed(seed)
-    res = {}
-    for kind in TASK_TYPES:
-        ts = [t for t in tasks if t.kind == kind]
-        if not ts:
-            continue
-        rows = [t for t in ts for _ in range(k)]
-        n_new = max_program_tokens if kind == "induction" else max_answer_tokens
-        texts = []
-        for i in range(0, len(rows), 64):
-            chunk = rows[i:i + 64]
-            texts += [s[2] for s in sample_until_end(model, tokenizer, [t.solver_prompt(fmt) for t in chunk],
-                                                     max_new_tokens=n_new, temperature=temperature, generator=gen,
-                                                     stop=fmt.stop)]
-        graded = grade_answers(rows, texts, limits, fmt)
-        passed = [any(g.correct for g in graded[j * k:(j + 1) * k]) for j in range(len(ts))]
-        metric = "acc" if k == 1 else f"pass@{k}"
-        res[f"{kind}_{metric}"] = float(np.mean(passed))
-        hard = [not t for t in constant_solvable(ts, limits)]
-        if any(hard):
-            res[f"nontrivial_{kind}_{metric}"] = float(np.mean([p for p, h in zip(passed, hard) if h]))
-        res[f"nontrivial_{kind}_tasks"] = sum(hard)
-    for prefix in ("", "nontrivial_"):
-        vals = [res[f"{prefix}{kind}_{metric}"] for kind in TASK_TYPES if f"{prefix}{kind}_{metric}" in res]
-        res[f"{prefix}mean_{metric}"] = float(np.mean(vals)) if vals else 0.0
-    return res
-
-
-CONSTANT_ANSWERS = {"deduction": ("[]", "0", "1"), "abduction": ("[]", "[0]", "[1]")}
-
-
-def constant_solvable(tasks: list[Task], limits: executor.Limits) -> list[bool]:
-    """Which tasks one fixed answer solves, whatever the program: an output of [] or 0, an
-    abduction that [] satisfies, an induction whose held-out outputs are all the same. A solver
-    that learns to always say "[]" scores on these without reading the program, so the
-    evaluation reports accuracy on the rest too."""
-    fmt = FORMATS["compact"]
-    out = []
-    for t in tasks:
-        if t.kind == "induction":
-            outs = {o for _, o in t.held_out()}
-            out.append(len(outs) == 1)
-            continue
-        answers = CONSTANT_ANSWERS[t.kind]
-        out.append(any(g.correct for g in grade_answers([t] * len(answers), [a + fmt.stop for a in answers],
-                                                        limits, fmt)))
-    return out
 
 
 def evaluate_checkpoint(home: Path, name: str, cfg: ReasonConfig, *, split: str = "test", pass_k: int = 1) -> dict:
@@ -491,7 +264,8 @@ class _Run(Job):
         else:
             prompts = [self._proposer_prompt(kind) for _ in range(n)]
         samples = sample_until_end(self.model, self.tokenizer, prompts, max_new_tokens=cfg.max_program_tokens,
-                                   temperature=cfg.temperature, generator=gen, stop=self.fmt.proposal_stops)
+                                   temperature=cfg.temperature, generator=gen, stop=self.fmt.proposal_stops,
+                                   interrupt=self.stop_requested)
         if kind == "induction":
             parsed = [self.fmt.parse_induction_proposal(t, cfg.induction_inputs) for _, _, t in samples]
             jobs = [(code, inp) for code, p in zip(codes, parsed) if p for inp in p[1]]
@@ -499,7 +273,7 @@ class _Run(Job):
             parsed = [self.fmt.parse_proposal(t) for _, _, t in samples]
             jobs = [p for p in parsed if p]
         # Every (program, input) of the step in one sandbox batch, each run twice (determinism).
-        results = iter(executor.validate_many(jobs, self.limits) if jobs else [])
+        results = iter(executor.validate_many(jobs, self.limits, interrupt=self.stop_requested) if jobs else [])
         self.programs_checked += 2 * len(jobs)
         tasks: list[Task | None] = []
         for i, p in enumerate(parsed):
@@ -557,7 +331,7 @@ class _Run(Job):
                 if tasks:
                     m[f"{kind}_complexity"] = float(np.mean([program_complexity(t.code) for t in tasks]))
                     self.events.emit("sample", step=self.step + 1, prompt=f"proposed {kind} task",
-                                     text=_task_text(tasks[0]), rank=kind)
+                                     text=task_text(tasks[0]), rank=kind)
             # The solver answers each proposed task n times (r̄), plus buffer tasks up to the batch size.
             extra = [Task.from_dict(d) for d in self.rng.sample(self.buffers[kind],
                                                                 min(len(self.buffers[kind]),
@@ -567,8 +341,8 @@ class _Run(Job):
             n_new = cfg.max_program_tokens if kind == "induction" else cfg.max_answer_tokens
             samples = sample_until_end(self.model, self.tokenizer, [t.solver_prompt(self.fmt) for t in solve_rows],
                                        max_new_tokens=n_new, temperature=cfg.temperature, generator=gen,
-                                       stop=self.fmt.stop)
-            graded = grade_answers(solve_rows, [s[2] for s in samples], self.limits, self.fmt)
+                                       stop=self.fmt.stop, interrupt=self.stop_requested)
+            graded = grade_answers(solve_rows, [s[2] for s in samples], self.limits, self.fmt, self.stop_requested)
             # Sandbox runs of this grading: one per well-formed abduction, one per held-out pair of a
             # well-formed induction program (deduction answers are compared as values).
             self.programs_checked += sum((len(t.held_out()) if t.kind == "induction" else t.kind == "abduction")
@@ -619,6 +393,8 @@ class _Run(Job):
         loss_sum, kl_sum = 0.0, 0.0
         order = list(range(len(rows)))
         for i in range(0, len(order), 16):  # micro-batches keep memory flat
+            if i:
+                self._stop_between_micro_batches()
             idx = order[i:i + 16]
             x, y, mask = pack_rows([rows[j] for j in idx], self.mcfg.max_seq_len)
             x, y, mask = x.to(self.device), y.to(self.device), mask.to(self.device)
@@ -638,6 +414,13 @@ class _Run(Job):
         self._optimizer_step()
         check_finite(loss_sum, self.step + 1, cfg.learning_rate)
         return loss_sum, (kl_sum if self.ref is not None else None)
+
+    def _stop_between_micro_batches(self) -> None:
+        try:
+            self.stop_requested()
+        except StepStopped:
+            self.optimizer.zero_grad(set_to_none=True)  # the step is given up: so is its gradient
+            raise
 
     def _optimizer_step(self) -> None:
         lr = self.cfg.learning_rate * min(1.0, (self.step + 1) / max(1, self.cfg.warmup_iters))
@@ -664,9 +447,18 @@ class _Run(Job):
         return path
 
     def evaluate(self, full: bool = False, tasks: list[Task] | None = None) -> dict:
-        res = evaluate_tasks(self.model, self.tokenizer, tasks or self.eval_set, self.limits,
+        """The held-out tasks' accuracies. A stop (pause, cancel) cuts an eval short; the eval a
+        paused or cancelled run ends with takes the first STOP_EVAL_TASKS tasks of each type, so
+        that the run answers within seconds."""
+        tasks = tasks or self.eval_set
+        stopping = self.stop is not None and self.stop.reason is not None
+        if stopping:
+            tasks = [t for kind in TASK_TYPES for t in [t for t in tasks if t.kind == kind][:STOP_EVAL_TASKS]]
+        res = evaluate_tasks(self.model, self.tokenizer, tasks, self.limits,
                              max_answer_tokens=self.cfg.max_answer_tokens,
-                             max_program_tokens=self.cfg.max_program_tokens, fmt=self.fmt)
+                             max_program_tokens=self.cfg.max_program_tokens, fmt=self.fmt,
+                             interrupt=None if stopping else self.stop_requested)
+        res["tasks_per_type"] = max(sum(t.kind == kind for t in tasks) for kind in TASK_TYPES)
         res["buffer_sizes"] = {k: len(v) for k, v in self.buffers.items()}
         self.events.emit("eval", step=self.step, **res)
         return res
@@ -716,12 +508,6 @@ class _Run(Job):
         }
 
 
-def _task_text(task: Task) -> str:
-    if task.kind == "induction":
-        return f"{task.code}\n# {task.message}\n" + "\n".join(f"f({i}) = {o}" for i, o in task.pairs)
-    return triplet_text(task.code, task.input, task.output)
-
-
 def _list_state(state) -> list:
     """random.Random state as nested lists (a checkpoint loads with weights_only=True)."""
     return [state[0], list(state[1]), state[2]]
@@ -735,71 +521,7 @@ def read_buffers(model_dir: Path, run_id: str | None = None) -> dict:
     """The task buffers of a reasoning run's newest checkpoint (for ``azr reason --show-buffers``)."""
     path = latest_run_checkpoint(model_dir, "reason", run_id)
     if path is None:
-        raise UserError(f"Model '{model_dir.name}' has no reasoning run yet: start one with azr reason "
-                        f"{model_dir.name}.")
+        raise UserError("reason.no_run", name=model_dir.name)
     if (path.parent / "buffers.json").exists():
         return read_json(path.parent / "buffers.json")["buffers"]
     return safe_load(path)["buffers"]
-
-
-# ---- a tiny model from zero ----------------------------------------------------------------------
-
-FROM_ZERO_SHAPE = dict(vocab_size=384, d_model=128, num_layers=4, num_heads=4, d_ff=512, max_seq_len=512)
-
-
-def write_triplet_book(path: Path, n_docs: int, seed: int = 0, progress: Callable[[int], None] | None = None) -> int:
-    """The from-zero pretraining text: ``n_docs`` documents of the six prompt kinds, every one
-    made by the random program generator (train distribution); returns its size in characters."""
-    docs = programs.pretraining_documents(programs.Generator("train", seed), n_docs, progress=progress)
-    text = "".join(docs)
-    path.write_text(text, encoding="utf-8")
-    return len(text)
-
-
-# The triplets book: 40,000 documents (the default) are ~1.2 MB and take seconds to write; the
-# bound keeps one request from writing tens of MB (1,000,000 documents took ~50 s and 30 MB).
-MIN_CORPUS_DOCS, MAX_CORPUS_DOCS = 100, 200_000
-
-
-def create_from_zero(home: Path, name: str, *, shape: dict | None = None, n_docs: int = 40000, seed: int = 0,
-                     max_memory: int | None = None, log: Callable[[str], None] = print) -> str:
-    """Create model ``name`` (a char tokenizer, FROM_ZERO_SHAPE unless ``shape``; refused when
-    training it would need more than ``max_memory`` bytes) and its book of generator triplets,
-    ``<name>-triplets``; returns the book's name. Train it with train.train (the CLI's
-    ``azr reason NAME`` does both). The model is made first, so a refused shape writes nothing;
-    a failed book removes the model again."""
-    from .model import ModelConfig
-    _check_corpus_docs(n_docs)
-    cfg = ModelConfig(**{**FROM_ZERO_SHAPE, **(shape or {}), "tokenizer": "char"})
-    store.create_model(home, name, cfg, max_memory=max_memory)
-    try:
-        book = write_from_zero_book(home, name, n_docs=n_docs, seed=seed, overwrite=True)
-    except BaseException:
-        store.delete_model(home, name)
-        raise
-    log(f"Wrote book '{book}': {n_docs:,} generator documents.")
-    return book
-
-
-def _check_corpus_docs(n_docs) -> None:
-    if isinstance(n_docs, bool) or not isinstance(n_docs, int) or not MIN_CORPUS_DOCS <= n_docs <= MAX_CORPUS_DOCS:
-        raise UserError("input.corpus_docs", min=MIN_CORPUS_DOCS, max=MAX_CORPUS_DOCS, count=str(n_docs))
-
-
-def write_from_zero_book(home: Path, name: str, *, n_docs: int, seed: int = 0, overwrite: bool = False,
-                         progress: Callable[[int], None] | None = None) -> str:
-    """Write model ``name``'s book of ``n_docs`` generator triplets, ``<name>-triplets`` (the
-    studio's corpus run: the model exists already; ``progress(done)`` as documents are made)."""
-    import os
-    import tempfile
-
-    from . import books
-    from .home import TMP_DIR
-    _check_corpus_docs(n_docs)
-    book = f"{name}-triplets"
-    (home / TMP_DIR).mkdir(exist_ok=True)  # on the data's disk; a killed process's is cleaned at start
-    with tempfile.TemporaryDirectory(prefix=f"triplets-{os.getpid()}-", dir=home / TMP_DIR) as tmp:
-        path = Path(tmp) / f"{book}.txt"
-        write_triplet_book(path, n_docs, seed, progress=progress)
-        books.add_book(home, path, name=book, overwrite=overwrite)
-    return book

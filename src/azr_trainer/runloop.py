@@ -12,7 +12,8 @@ same for every kind:
   the first step, then about every tenth of ``max_time`` when there is one; a checkpoint every
   ``save_every`` steps;
 - the ends: max_iterations, max_time, the control file (pause/cancel), a signal, the studio
-  going away, out of memory; then a final eval (the whole validation split on a normal end, the
+  going away, out of memory; a job whose step is long checks the stop between its pieces
+  (:meth:`Job.stop_requested`) and gives the step up; then a final eval (the whole validation split on a normal end, the
   quick subset on pause/cancel), the final checkpoint, and the ``status`` event with the summary.
 
 Status events keep their English ``message`` (what earlier readers parse) and carry ``code``
@@ -30,6 +31,7 @@ import torch
 
 from .device import MemoryTrimmer, is_out_of_memory
 from .events import EventLog
+from .errors import Notice
 from .home import Conflict, UserError, process_alive
 
 LOCK_NAME = ".train.lock"
@@ -58,6 +60,11 @@ class StopRequested:
         if self.reason is None and self.parent is not None and os.getppid() != self.parent:
             self.reason = "parent-exited"
         return self.reason
+
+
+class StepStopped(Exception):
+    """A job's step (or its work before the loop) saw a stop request between two pieces of its
+    work and gave up the step: the run ends as the stop asks, at the last whole step."""
 
 
 def stop_status(reason: str | None, out_of_time: bool, max_time: float | None, step: int) -> tuple[str, str, str, dict]:
@@ -179,7 +186,7 @@ class _Locked(TrainingLock):
         super().__enter__()
         removed = remove_leftovers(self.path.parent)
         if removed:
-            self.log(f"Removed {len(removed)} temporary file(s) left by an interrupted save.")
+            self.log(Notice("cli.leftovers_removed", count=len(removed)))
         return self
 
 
@@ -238,6 +245,13 @@ class Job:
     log_every: int = 1
     sample_every: int | None = None  # extra sample cadence (None: samples come with evals only)
     t_start: float = 0.0
+    stop: StopRequested | None = None  # set by run_loop
+
+    def stop_requested(self) -> None:
+        """Between pieces of a long step: raise StepStopped when a stop has been asked for (the
+        step is given up; the run ends at the last whole step, saved)."""
+        if self.stop is not None and self.stop.check():
+            raise StepStopped
 
     def start_fields(self) -> dict:
         """Fields of the "started"/"resumed" status event besides state and step."""
@@ -279,6 +293,7 @@ class Job:
 def run_loop(job: Job, stop: StopRequested, *, kind: str | None = None) -> dict:  # noqa: C901 - the one loop: every stop reason and cadence of every run kind meets here, on purpose
     """Run ``job`` to its end (see the module doc); returns its summary."""
     events = job.events
+    job.stop = stop
     kind_field = {"kind": kind} if kind else {}
     events.emit("status", state="resumed" if job.resuming else "started", **kind_field,
                 step=job.step, **job.start_fields())
@@ -333,6 +348,8 @@ def run_loop(job: Job, stop: StopRequested, *, kind: str | None = None) -> dict:
                 path = job.save("periodic", last_eval)
                 if path is not None:
                     checkpoints.append(str(path))
+    except StepStopped:  # asked to stop in the middle of a step: it is given up
+        status, message, code, params = stop_status(stop.check(), False, job.max_time, job.step)
     except BaseException as e:  # noqa: BLE001 - Ctrl-C saves and stops; the rest is reported
         if not isinstance(e, KeyboardInterrupt):
             _fail(job, e)
@@ -341,7 +358,10 @@ def run_loop(job: Job, stop: StopRequested, *, kind: str | None = None) -> dict:
     # The final eval: the whole validation split when the run ended as planned, the quick subset
     # on pause/cancel (the person sees where it stopped); none on a signal, which must be quick.
     if status in ("completed", "stopped") or (status in ("paused", "cancelled") and job.step > job.resumed_at):
-        last_eval = eval_and_sample(full=status in ("completed", "stopped")) or last_eval
+        try:
+            last_eval = eval_and_sample(full=status in ("completed", "stopped")) or last_eval
+        except StepStopped:  # asked to stop during the final eval: the run is saved without it
+            pass
     final_path = job.save("final", last_eval)
     if final_path is not None:
         checkpoints.append(str(final_path))

@@ -72,6 +72,7 @@ from .checkpoint import build_model, checkpoint_dir, export_pt, latest_selfplay_
 from .data import BatchSampler, PreparedData, prepare_data
 from .device import pick_device, set_threads
 from .events import EventLog, Listener, new_run_id
+from .errors import Notice
 from .home import NotFound, UserError, read_json
 from .rewards import Coherence, Composite, build_reward, load_reward_file, pack_rows, parse_weights, preset_weights, \
     sample_metrics, words
@@ -262,7 +263,7 @@ def _load_data(home: Path, mdir: Path, book_names: list[str], mcfg, tokenizer, l
             raise
         meta = read_json(meta_path)
         dtype = np.dtype(meta["dtype"])
-        log("Warning: a book of this model was deleted; using its tokenized copy in the model folder.")
+        log(Notice("cli.warning", warning=Notice("cli.book_gone_tokens_kept")))
         return PreparedData(np.memmap(mdir / "data" / "train.bin", dtype=dtype, mode="r"),
                             np.memmap(mdir / "data" / "val.bin", dtype=dtype, mode="r"),
                             meta["val_bytes"], meta["train_bytes"], tokenizer, [])

@@ -231,8 +231,11 @@ REASON = Group(
     Setting("mode", str, "azr", choices=("azr", "frozen_proposer", "solver_only", "pretrain"), studio=True,
             label="train.rs.mode"),
     Setting("prompt_format", str, "auto", choices=("auto", "compact", "paper")),
-    # Unlike the CLI, always with an end: 200 steps of the default batch is a few minutes of a from-zero model.
-    _s(_ITERS, studio=True, studio_default=200, label="train.rs.max_iterations", help="settings.help.until_stopped"),
+    # Unlike the CLI, always with an end that a 2-core machine reaches within 15 minutes: a default step
+    # of a from-zero model took 2.5 s on one idle core (BENCHMARKS R1) and 1.7–3.1 s of CPU here with
+    # the buffers filling, each eval of the 3 × 32 held-out tasks 3.5 s; 150 steps and their ~8 evals
+    # are 7–9 min on one idle core, with room for a loaded machine.
+    _s(_ITERS, studio=True, studio_default=150, label="train.rs.max_iterations", help="settings.help.until_stopped"),
     _s(_TIME, studio=True),
     _MINUTES,
     Setting("batch_size", int, 4, min=1, max=65536, studio=True, label="train.rs.batch_size",

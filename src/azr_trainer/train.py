@@ -25,6 +25,7 @@ from .checkpoint import atomic_torch_save, checkpoint_dir, init_checkpoint, list
 from .data import BatchSampler, prepare_data, validation_windows
 from .device import available_memory_bytes, pick_device, set_threads
 from .events import EventLog, Listener, new_run_id, utc_now
+from .errors import Notice
 from .home import UserError
 from .milestones import Baselines, real_word_share
 from .model import Transformer, estimate_training_memory, training_flops_per_token
@@ -255,7 +256,7 @@ class _Pretraining(Job):
         if dist.is_main:
             dist.barrier()
             for w in data.warnings:
-                log(f"Warning: {w}")
+                log(Notice("cli.warning", warning=w))
         self.tokenizer = data.tokenizer
         # the milestones' yardsticks: xz on the held-out text, and the words of the books
         self.milestones = self.last_bpb = None

@@ -19,7 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .errors import UserError
+from .errors import Notice, UserError
 from .events import EventLog
 
 RUN_FILE = "run.json"
@@ -84,7 +84,7 @@ def torchrun_env(nproc: int, threads: int | None) -> dict:
 
 
 def run(spec: dict, run_file: Path) -> None:
-    from .cli import exit_torchrun_worker, stop_on_signals
+    from .cli_runs import exit_torchrun_worker, stop_on_signals
     from .settings import RUN_GROUPS, time_budget
     home, kind, model, run_id = Path(spec["home"]), spec["kind"], spec["model"], spec["run_id"]
     params = dict(spec["settings"])
@@ -127,7 +127,7 @@ class _CorpusStopped(Exception):
 def _write_corpus(home: Path, model: str, run_id: str, params: dict, stop, log) -> dict:
     """A from-zero model's triplets book, its documents reported as the run's steps. Paused or
     cancelled, it writes no book; resumed, it starts over (it has no checkpoint)."""
-    from .reasoning import write_from_zero_book
+    from .from_zero import write_from_zero_book
     from .runloop import stop_status
     from .train import run_dir
     total = params["corpus_docs"]
@@ -147,7 +147,7 @@ def _write_corpus(home: Path, model: str, run_id: str, params: dict, stop, log) 
             events.emit("status", state=state, step=e.args[0], message=message, code=code, params=status_params)
             return {"state": state, "documents": e.args[0]}
         events.emit("step", step=total, max_iterations=total)
-        log(f"Wrote book '{book}': {total:,} generator documents.")
+        log(Notice("reason.book_written", book=book, count=total))
         events.emit("status", state="completed", step=total)
     finally:
         events.close()

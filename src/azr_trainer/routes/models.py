@@ -11,7 +11,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, Response
 from starlette.background import BackgroundTask
 
-from .. import answers, catalogue, reasoning, store
+from .. import answers, catalogue, from_zero, reasoning, store
 from .. import books as books_mod
 from .. import recipe as recipe_mod
 from ..checkpoint import choices as checkpoint_choices
@@ -98,7 +98,7 @@ def create_reason_model(studio: StudioDep, body: ReasonModelRequest, request: Re
     need = reasoning.default_lengths(reasoning.ReasonConfig(), PROMPT_FORMATS["compact"])[1] + 64
     if body.max_seq_len < need:
         raise UserError("reason_create.seq_len", min=need, value=body.max_seq_len)
-    cfg = ModelConfig(**{**reasoning.FROM_ZERO_SHAPE, **shape, "tokenizer": "char"})
+    cfg = ModelConfig(**{**from_zero.FROM_ZERO_SHAPE, **shape, "tokenizer": "char"})
     cfg.validate()  # before the book is written: a wrong shape leaves nothing behind
     with studio.reason_create_lock:  # two requests for one name: the second must not overwrite the first's model
         if store.model_dir(home, name).exists():

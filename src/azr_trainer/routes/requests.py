@@ -9,7 +9,7 @@ from fastapi import Path as PathParam, Query
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, create_model, field_validator
 from pydantic_core import PydanticCustomError
 
-from .. import answers, reasoning
+from .. import answers, from_zero
 from .. import settings as settings_mod
 from ..export import GGUF_DTYPES, HF_DTYPES
 from ..jobs import KINDS
@@ -98,7 +98,7 @@ def _run_fields() -> dict:
 RunRequest = create_model("RunRequest", __base__=_RunBase, __doc__=_RunBase.__doc__, **_run_fields())
 
 
-_FROM_ZERO = reasoning.FROM_ZERO_SHAPE
+_FROM_ZERO = from_zero.FROM_ZERO_SHAPE
 
 
 class ReasonModelRequest(BaseModel):
