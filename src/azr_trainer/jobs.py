@@ -48,7 +48,7 @@ from typing import IO
 from sqlalchemy import select
 
 from . import books as books_mod
-from . import catalogue, recipe, runloop, store
+from . import catalogue, layout, recipe, runloop, store
 from .checkpoint import resolve_checkpoint
 from .events import read_events
 from .home import Conflict, NotFound, UserError
@@ -58,7 +58,7 @@ from .registry import Metric, Registry, Run, Sample
 from .rewards import PRESETS
 from .selfplay import SelfPlayConfig
 from .settings import CORPUS, REASON, RUN_GROUPS, SELFPLAY, TRAIN, Group, check_run, time_budget
-from .train import TrainConfig, run_dir
+from .train import TrainConfig
 from .worker import write_run_file
 
 log = logging.getLogger("azr_trainer.jobs")
@@ -436,7 +436,7 @@ class JobRunner:
             if detail:
                 samples = s.scalars(select(Sample).where(Sample.run_id == run_id).order_by(Sample.id.desc()).limit(12))
                 d["samples"] = [{"step": x.step, "prompt": x.prompt, "text": x.text} for x in reversed(list(samples))]
-                d["log_tail"] = log_tail(self._run_dir(run) / "worker.log")
+                d["log_tail"] = log_tail(layout.worker_log(self._run_dir(run)))
             return d
 
     def list_runs(self, model: str | None = None) -> list[dict]:
@@ -517,10 +517,10 @@ class JobRunner:
         return run
 
     def _run_dir(self, run: Run) -> Path:
-        return run_dir(self.home, run.model, run.id)
+        return layout.run_dir(self.home, run.model, run.id)
 
     def _control_file(self, run: Run) -> Path:
-        path = self._run_dir(run) / "control"
+        path = layout.control_file(self._run_dir(run))
         path.parent.mkdir(parents=True, exist_ok=True)
         return path
 
@@ -530,7 +530,7 @@ class JobRunner:
 
     def _ingest(self, s, run: Run) -> None:
         try:
-            events, offset = read_events(self._run_dir(run) / "events.jsonl", run.events_offset)
+            events, offset = read_events(layout.events_file(self._run_dir(run)), run.events_offset)
         except OSError:  # unreadable for now (e.g. a virus scanner holds it on Windows): next poll
             log.warning("Could not read the events of run %s", run.id, exc_info=True)
             return
@@ -629,7 +629,7 @@ class JobRunner:
         run.pid = None
         if run.state != "running":
             return  # the worker reported how it ended
-        self._set_state(s, run, "failed", *crash_reason(self._run_dir(run) / "worker.log", returncode))
+        self._set_state(s, run, "failed", *crash_reason(layout.worker_log(self._run_dir(run)), returncode))
 
     def _schedule(self, s) -> None:
         if len(self._workers) >= self.max_concurrent:
@@ -645,7 +645,7 @@ class JobRunner:
     def _spawn(self, s, run: Run) -> None:
         folder = self._run_dir(run)
         folder.mkdir(parents=True, exist_ok=True)
-        control = folder / "control"
+        control = layout.control_file(folder)
         control.unlink(missing_ok=True)  # a stale "pause" would stop the new worker at once
         kind = run_kind(run)
         resume = run.last_checkpoint_step is not None
@@ -657,7 +657,7 @@ class JobRunner:
         # The worker imports this very package, even from a source tree that is not installed.
         package_root = str(Path(__file__).resolve().parent.parent)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
-        log_file = (folder / "worker.log").open("ab")
+        log_file = layout.worker_log(folder).open("ab")
         log_file.write(f"--- {_now()} {'resuming' if resume else 'starting'} run {run.id}\n".encode())
         log_file.flush()
         try:

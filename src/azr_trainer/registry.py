@@ -25,10 +25,11 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 
 from . import books as books_mod
 from . import store
+from . import layout
 from .checkpoint import checkpoint_dir
 from .home import UserError
 
-DB_FILE = "azr.sqlite"
+DB_FILE = layout.DB_FILE
 
 
 class Base(DeclarativeBase):
@@ -150,7 +151,7 @@ class Registry:
     def __init__(self, home: Path):
         self.home = Path(home)
         # URL.create rather than an f-string: the path may hold spaces or non-ASCII letters.
-        url = URL.create("sqlite", database=str(self.home / DB_FILE))
+        url = URL.create("sqlite", database=str(layout.registry_file(self.home)))
         self.engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         event.listen(self.engine, "connect", _sqlite_pragmas)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
@@ -212,13 +213,13 @@ class Registry:
                               last_trained=info.last_trained)
                 if row is None or any(getattr(row, k) != v for k, v in values.items()):
                     s.merge(Model(name=info.name, **values))
-            gone = [name for name in rows if not (self.home / "models" / name).is_dir()]
+            gone = [name for name in rows if not layout.model_dir(self.home, name).is_dir()]
             if gone:
                 s.execute(delete(Model).where(Model.name.in_(gone)))
                 s.execute(delete(Checkpoint).where(Checkpoint.model.in_(gone)))
             # Runs of models whose folder has vanished (deleted by hand or with the CLI).
             orphan_runs = set(s.scalars(select(Run.model).distinct())) - {i.name for i in infos}
-            orphan_runs = [name for name in orphan_runs if not (self.home / "models" / name).is_dir()]
+            orphan_runs = [name for name in orphan_runs if not layout.model_dir(self.home, name).is_dir()]
             if orphan_runs:
                 s.execute(delete(Run).where(Run.model.in_(orphan_runs)))
         return infos

@@ -48,16 +48,16 @@ from starlette.exceptions import HTTPException
 
 from . import __version__
 from . import books as books_mod
-from . import answers, catalogue, reasoning, store
+from . import answers, catalogue, layout, reasoning, store
 from . import recipe as recipe_mod
 from . import settings as settings_mod
-from .checkpoint import build_model, checkpoint_dir, latest_run_checkpoint, list_step_checkpoints, \
+from .checkpoint import build_model, latest_run_checkpoint, list_step_checkpoints, \
     resolve_checkpoint, safe_load
 from .device import available_memory_bytes, pick_device
 from .export import DEFAULT_DTYPE, GGUF_DTYPES, HF_DTYPES, export_model
 from .export import FORMATS as EXPORT_FORMATS
 from .formats import FORMATS as PROMPT_FORMATS
-from .home import TMP_DIR, Conflict, NotFound, UserError, clean_leftovers, home_dir, owned_tmp_name, read_json, \
+from .home import Conflict, NotFound, UserError, clean_leftovers, home_dir, owned_tmp_name, read_json, \
     validate_name
 from .jobs import KINDS, JobRunner, lock_holder
 from .memorisation import IndexCache, find_copies
@@ -396,7 +396,7 @@ class _BuffersCache:
         self._lock = threading.Lock()
 
     def get(self, path: Path) -> tuple[int, dict]:
-        side = path.parent / "buffers.json"  # written with every reasoning checkpoint: no weights to load
+        side = layout.buffers_file(path.parent)  # written with every reasoning checkpoint: no weights to load
         if side.exists():
             d = read_json(side)
             return d["step"], d["buffers"]
@@ -539,7 +539,7 @@ def create_app(home: Path, *, token: str | None = None, max_upload_bytes: int = 
     buffers_cache = _BuffersCache()
     reason_create_lock = threading.Lock()
     copies_index = IndexCache()
-    tmp_root = home / TMP_DIR  # uploads and downloads in progress, on the same disk as the data
+    tmp_root = layout.tmp_dir(home)  # uploads and downloads in progress, on the same disk as the data
 
     @asynccontextmanager
     async def lifespan(_app):
@@ -593,7 +593,7 @@ def create_app(home: Path, *, token: str | None = None, max_upload_bytes: int = 
     def model_dict(info: store.ModelInfo, training: set[str]) -> dict:
         folder = store.model_dir(home, info.name)
         steps = list_step_checkpoints(folder)
-        best = checkpoint_dir(folder) / "best.pt"
+        best = layout.best_checkpoint(folder)
         newest = best if best.exists() else (steps[-1][1] if steps else None)
         try:
             file_bytes = newest.stat().st_size if newest is not None else None
@@ -691,7 +691,7 @@ def create_app(home: Path, *, token: str | None = None, max_upload_bytes: int = 
             return {"model": None, "tokenizer": "characters",
                     "tokens": [{"id": ord(ch), "text": ch} for ch in text[:limit]]}
         get_model_info(model)
-        path = store.model_dir(home, model) / "tokenizer.json"
+        path = layout.tokenizer_file(store.model_dir(home, model))
         if not path.is_file():
             raise Conflict("model.no_tokenizer_yet", name=model)
         tokenizer = _load_tokenizer(str(path), path.stat().st_mtime_ns)
@@ -832,10 +832,10 @@ def create_app(home: Path, *, token: str | None = None, max_upload_bytes: int = 
         """Each checkpoint: ``checkpoint`` is what to pass to download or generate."""
         get_model_info(name)
         rows = registry.sync_checkpoints(name)
-        best = next((r for r in rows if r.file == "best.pt"), None)
+        best = next((r for r in rows if r.file == layout.BEST_FILE), None)
         out = []
         for r in rows:
-            if r.file == "best.pt":
+            if r.file == layout.BEST_FILE:
                 continue
             is_best = best is not None and best.step is not None and best.step == r.step
             out.append({"step": r.step, "best": is_best, "bytes": r.bytes, "val_bpb": r.val_bpb,
