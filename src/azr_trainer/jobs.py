@@ -440,6 +440,7 @@ class JobRunner:
             return d
 
     def list_runs(self, model: str | None = None) -> list[dict]:
+        self.registry.forget_missing_models()  # a model deleted with the CLI takes its runs along
         with self.registry.session() as s:
             query = select(Run).order_by(Run.created_at.desc(), Run.id.desc())
             if model is not None:

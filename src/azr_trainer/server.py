@@ -603,7 +603,7 @@ def create_app(home: Path, *, token: str | None = None, max_upload_bytes: int = 
                 "training": info.name in training or lock_holder(home, info.name) is not None}
 
     def memorisation(books_names: list[str] | None, text: str) -> dict:
-        infos = [b for b in registry.sync_books() if b.name in set(books_names or [])]
+        infos = [b for b in books_mod.list_books(home) if b.name in set(books_names or [])]
         if not infos:
             return {"spans": [], "copied_fraction": 0.0, "books": []}
         key = tuple((b.name, b.text_bytes, b.created_at) for b in infos)
@@ -650,7 +650,7 @@ def create_app(home: Path, *, token: str | None = None, max_upload_bytes: int = 
 
     @app.get("/api/books", tags=["books"])
     def list_books():
-        return [b.to_dict() for b in registry.sync_books()]
+        return [b.to_dict() for b in books_mod.list_books(home)]
 
     @app.post("/api/books", status_code=201, tags=["books"], responses=answers.route(409))
     def upload_book(file: UploadFile = File(...), name: str | None = Form(None), encoding: str | None = Form(None)):
@@ -672,7 +672,6 @@ def create_app(home: Path, *, token: str | None = None, max_upload_bytes: int = 
             info = books_mod.add_book(home, source, name=name, encoding=(encoding or "").strip() or None)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        registry.sync_books()
         return info.to_dict()
 
     @app.get("/api/books/{name}", tags=["books"], responses=answers.route(404))
@@ -707,7 +706,6 @@ def create_app(home: Path, *, token: str | None = None, max_upload_bytes: int = 
             if run["state"] in ("queued", "running") and name in (run["books"] or []):
                 raise Conflict("guard.book_in_use", name=name, run=run["id"], state=run["state"])
         books_mod.delete_book(home, name)
-        registry.sync_books()
         return Response(status_code=204)
 
     # ---- models
@@ -715,7 +713,7 @@ def create_app(home: Path, *, token: str | None = None, max_upload_bytes: int = 
     @app.get("/api/models", tags=["models"])
     def list_models():
         training = runner.training_models()
-        return [model_dict(m, training) for m in registry.sync_models()]
+        return [model_dict(m, training) for m in store.list_models(home)]
 
     @app.post("/api/models", status_code=201, tags=["models"], responses=answers.route(404, 409))
     def create_model(body: ModelCreateRequest):
@@ -726,14 +724,12 @@ def create_app(home: Path, *, token: str | None = None, max_upload_bytes: int = 
                 raise UserError("auto.shape_given", names=", ".join(given))
             info, _plan, _recipe = recipe_mod.create(home, name, body.auto.books, body.auto.minutes,
                                                      body.auto.threads)
-            registry.sync_models()
             return model_dict(info, set())
         # Checked against RAM on a CPU machine only: asking CUDA would keep a GPU context (hundreds of MB)
         # in this long-lived process; the trainer checks GPU memory itself when a run starts.
         device = pick_device("auto")
         max_memory = available_memory_bytes(device) if device.type == "cpu" else None
         info = store.create_model(home, name, body.config(), max_memory=max_memory)
-        registry.sync_models()
         return model_dict(info, set())
 
     @app.post("/api/reason/models", status_code=202, tags=["models"], responses=answers.route(409))
@@ -772,7 +768,6 @@ def create_app(home: Path, *, token: str | None = None, max_upload_bytes: int = 
             except BaseException:
                 store.delete_model(home, name)
                 raise
-        registry.sync_models()
         lang = catalogue.language_from_accept(request.headers.get("accept-language"))
         return {"model": model_dict(get_model_info(name), set()), "book": book, "run": run,
                 "next": catalogue.message("reason_create.next", lang, name=name, book=book)}
