@@ -4,7 +4,7 @@ leave in $AZR_HOME, and that layout.py is the one place that names those paths."
 import re
 from pathlib import Path
 
-from azr_trainer import books, layout, store
+from azr_trainer import layout, store
 from azr_trainer.export import default_output, export_model
 from azr_trainer.home import home_dir
 from azr_trainer.model import ModelConfig

@@ -5,7 +5,7 @@ import sqlite3
 
 from sqlalchemy import select, text
 
-from azr_trainer import registry, store
+from azr_trainer import layout, registry, store
 from azr_trainer.jobs import JobRunner
 from azr_trainer.model import ModelConfig
 from azr_trainer.registry import Registry
@@ -71,17 +71,41 @@ def schema_2_folder(home):
     db.close()
 
 
-def test_a_schema_2_registry_drops_its_book_and_model_copies_and_keeps_its_runs(home):
+def test_a_schema_2_registry_drops_its_copies_and_keeps_its_runs(home):
     schema_2_folder(home)
     reg = Registry(home)
     with reg.engine.connect() as conn:
         assert conn.execute(select(registry.SchemaVersion.version)).scalar_one() == registry.latest_version()
         tables = {row[0] for row in conn.execute(text("SELECT name FROM sqlite_master WHERE type = 'table'"))}
-    assert not tables & {"books", "models"}
+    assert not tables & {"books", "models", "samples"}
     runner = JobRunner(home, reg)
     run = runner.get_run("r1", detail=True)
     assert (run["state"], run["step"], run["best_val_bpb"], run["events"]) == ("completed", 20, 4.2, len(EVENTS))
+    assert run["samples"] == [{"step": 10, "prompt": "\n", "text": "the king"},
+                              {"step": 10, "prompt": "KING:", "text": "KING: said"}]  # from its events
     assert [e["type"] for e in runner.events("r1")] == [e["type"] for e in EVENTS]
     assert [r["id"] for r in runner.list_runs()] == ["r1"]
     reg.close()
     Registry(home).close()  # opened again: already current
+
+
+def test_a_runs_samples_are_its_sample_events(home):
+    """Samples are kept once, as the run's events; the run shows its newest twelve, oldest first."""
+    store.create_model(home, "m", TINY)
+    reg = Registry(home)
+    runner = JobRunner(home, reg)
+    with reg.session() as s:
+        s.add(registry.Run(id="r1", model="m", books=[], params={}, state="running", max_iterations=20,
+                           created_at="2025-01-01T00:00:00", step=0, events_offset=0, events_count=0))
+        s.commit()
+    events = [{"type": "sample", "step": i, "prompt": "KING:", "text": f"text {i}"} for i in range(15)]
+    events.insert(5, {"type": "step", "step": 4, "loss": 3.0, "max_iterations": 20})
+    folder = layout.run_dir(home, "m", "r1")
+    folder.mkdir(parents=True)
+    layout.events_file(folder).write_text("".join(json.dumps(e) + "\n" for e in events), encoding="utf-8")
+    runner.recover()  # reads what the worker wrote
+    run = runner.get_run("r1", detail=True)
+    assert [x["text"] for x in run["samples"]] == [f"text {i}" for i in range(3, 15)]
+    stored = [e for e in runner.events("r1") if e["type"] == "sample"]
+    assert [e["text"] for e in stored] == [f"text {i}" for i in range(15)]
+    reg.close()

@@ -13,11 +13,11 @@ and this module reads them; an error it can explain is a ``failed`` status event
   a new worker on the run file with ``resume`` set and the same run id, which continues exactly from that
   checkpoint (or starts over if the run never saved one).
 - Monitor: a thread polls every ``poll_interval`` seconds. It ingests new events into the
-  registry (metrics, samples, the run's summary) and hands them to SSE subscribers, notices
-  workers that exited, and starts queued runs. The final state comes from the worker's last
-  ``status`` event; a worker that exits without one crashed (killed for memory, say), and
-  the run becomes ``failed`` with a message made from the end of its log. Every
-  poll is guarded, so a broken run can never stop the monitor or the server.
+  registry (the events, samples among them, folded into the run's summary) and hands them to
+  SSE subscribers, notices workers that exited, and starts queued runs. The final state
+  comes from the worker's last ``status`` event; a worker that exits without one crashed
+  (killed for memory, say), and the run becomes ``failed`` with a message made from the end
+  of its log. Every poll is guarded, so a broken run can never stop the monitor or the server.
 - Restart: when the studio starts, runs left ``running`` or ``queued`` by the previous
   studio become ``interrupted``. Resuming them is one call (POST /api/runs/{id}/resume) and
   deliberately not automatic: a studio usually restarts because the machine rebooted, ran
@@ -54,7 +54,7 @@ from .events import read_events
 from .home import Conflict, NotFound, UserError
 from .formats import FORMATS
 from .reasoning import ReasonConfig, default_lengths, resolve_format
-from .registry import Metric, Registry, Run, Sample
+from .registry import Metric, Registry, Run
 from .rewards import PRESETS
 from .selfplay import SelfPlayConfig
 from .settings import CORPUS, REASON, RUN_GROUPS, SELFPLAY, TRAIN, Group, check_run, time_budget
@@ -238,6 +238,14 @@ def _progress(run: Run, last: dict) -> float:
     if minutes and last.get("elapsed") is not None:
         done = max(done, min(1.0, last["elapsed"] / (60.0 * minutes)))
     return done
+
+
+def latest_samples(s, run_id: str, n: int = 12) -> list[dict]:
+    """The run's ``n`` newest samples, oldest first: read from its "sample" events, where they are kept."""
+    newest = s.scalars(select(Metric.data).where(Metric.run_id == run_id, Metric.kind == "sample")
+                       .order_by(Metric.seq.desc()).limit(n))
+    return [{"step": e.get("step", 0), "prompt": e.get("prompt", ""), "text": e.get("text", "")}
+            for e in reversed(list(newest))]
 
 
 def run_kind(run: Run) -> str:
@@ -434,8 +442,7 @@ class JobRunner:
             run = self._get(s, run_id)
             d = self.run_dict(run)
             if detail:
-                samples = s.scalars(select(Sample).where(Sample.run_id == run_id).order_by(Sample.id.desc()).limit(12))
-                d["samples"] = [{"step": x.step, "prompt": x.prompt, "text": x.text} for x in reversed(list(samples))]
+                d["samples"] = latest_samples(s, run_id)
                 d["log_tail"] = log_tail(layout.worker_log(self._run_dir(run)))
             return d
 
@@ -554,9 +561,6 @@ class JobRunner:
             bpb = event.get("val_bpb")
             if bpb is not None and (run.best_val_bpb is None or bpb < run.best_val_bpb):
                 run.best_val_bpb = bpb
-        elif kind == "sample":
-            s.add(Sample(run_id=run.id, step=event.get("step", 0), prompt=event.get("prompt", ""),
-                         text=event.get("text", "")))
         elif kind == "checkpoint":
             run.last_checkpoint_step = event.get("step")
         elif kind == "milestone":  # a new list: a JSON column saves only what is assigned

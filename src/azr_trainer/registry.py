@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from sqlalchemy import JSON, URL, Connection, ForeignKey, create_engine, delete, event, select, text
+from sqlalchemy import JSON, URL, Connection, ForeignKey, Index, create_engine, delete, event, select, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from . import layout, store
@@ -82,23 +82,16 @@ class Checkpoint(Base):
 
 
 class Metric(Base):
-    """Every event of a run, numbered from 0 (``seq``): the charts and the SSE replay read these."""
+    """Every event of a run, numbered from 0 (``seq``): the charts, the SSE replay and the run's
+    latest samples (its "sample" events) read these."""
 
     __tablename__ = "metrics"
+    __table_args__ = (Index("ix_metrics_run_kind", "run_id", "kind", "seq"),)
     run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
     seq: Mapped[int] = mapped_column(primary_key=True)
     step: Mapped[int | None]
     kind: Mapped[str]
     data: Mapped[dict] = mapped_column(JSON)
-
-
-class Sample(Base):
-    __tablename__ = "samples"
-    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
-    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
-    step: Mapped[int]
-    prompt: Mapped[str]
-    text: Mapped[str]
 
 
 # MIGRATIONS[i] upgrades a database at version i + 1 to version i + 2 (ALTER TABLE and the like).
@@ -115,7 +108,14 @@ def _drop_book_and_model_rows(conn: Connection) -> None:
     conn.execute(text("DROP TABLE IF EXISTS models"))
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_run_messages_and_milestones, _drop_book_and_model_rows]
+def _samples_from_events(conn: Connection) -> None:
+    # Version 4: a run's samples are its "sample" events (in metrics); their copy is gone.
+    conn.execute(text("DROP TABLE IF EXISTS samples"))
+    conn.execute(text("CREATE INDEX IF NOT EXISTS ix_metrics_run_kind ON metrics (run_id, kind, seq)"))
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_run_messages_and_milestones, _drop_book_and_model_rows,
+                                                  _samples_from_events]
 
 
 def latest_version() -> int:
@@ -126,7 +126,7 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cur = dbapi_connection.cursor()
     cur.execute("PRAGMA journal_mode=WAL")  # readers never block the writer, nor the other way round
     cur.execute("PRAGMA synchronous=NORMAL")  # safe with WAL; a power cut may lose the last commit only
-    cur.execute("PRAGMA foreign_keys=ON")  # deleting a run deletes its metrics and samples
+    cur.execute("PRAGMA foreign_keys=ON")  # deleting a run deletes its events
     cur.close()
 
 
