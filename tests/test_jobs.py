@@ -73,33 +73,41 @@ def test_index_cache_builds_once_per_key():
 # ---------------------------------------------------------------------------- registry
 
 
-def test_reconcile_follows_the_files(home, book, tmp_path):
-    reg = Registry(home)
-    store.create_model(home, "m", TINY)  # made "with the CLI": files only
-    reg.reconcile()
+def add_finished_run(reg, run_id, model):
     with reg.session() as s:
-        assert s.scalars(select(registry.Book.name)).all() == ["play"]
-        assert s.scalars(select(registry.Model.name)).all() == ["m"]
-        s.add(Run(id="r1", model="m", books=["play"], params={}, state="completed", max_iterations=1,
+        s.add(Run(id=run_id, model=model, books=["play"], params={}, state="completed", max_iterations=1,
                   created_at="2024-01-01T00:00:00", step=0, events_offset=0, events_count=0))
         s.commit()
-    books.delete_book(home, "play")
+
+
+def test_runs_follow_their_model_folder(home, book):
+    """Books and models are their folders (no copies in the registry); the runs of a model
+    deleted with the CLI go with it, when the studio starts and when runs are listed."""
+    reg = Registry(home)
+    with reg.engine.connect() as conn:
+        tables = {row[0] for row in conn.execute(text("SELECT name FROM sqlite_master WHERE type = 'table'"))}
+    assert not tables & {"books", "models"}
+    for name in ("m", "kept"):
+        store.create_model(home, name, TINY)  # made "with the CLI": files only
+        add_finished_run(reg, f"run-{name}", name)
+    runner = JobRunner(home, reg)
+    assert {r["id"] for r in runner.list_runs()} == {"run-m", "run-kept"}
     store.delete_model(home, "m")
+    assert [r["id"] for r in runner.list_runs()] == ["run-kept"]
+    add_finished_run(reg, "run-gone", "gone")  # a model deleted while no studio was running
     reg.reconcile()
     with reg.session() as s:
-        assert s.scalars(select(registry.Book)).all() == []
-        assert s.scalars(select(registry.Model)).all() == []
-        assert s.scalars(select(Run)).all() == []  # its model folder is gone, so is its history
+        assert s.scalars(select(Run.id)).all() == ["run-kept"]  # their folders are gone, so is their history
 
 
-def test_a_damaged_model_json_keeps_its_rows(home):
+def test_a_damaged_model_json_keeps_its_runs(home):
     reg = Registry(home)
     store.create_model(home, "m", TINY)
-    reg.reconcile()
+    add_finished_run(reg, "r1", "m")
     (home / "models" / "m" / "model.json").write_text("{broken", encoding="utf-8")
     reg.reconcile()
-    with reg.session() as s:
-        assert s.scalars(select(registry.Model.name)).all() == ["m"]
+    assert [r["id"] for r in JobRunner(home, reg).list_runs()] == ["r1"]
+    assert store.list_models(home) == []  # left out of the listing, never fatal for it
 
 
 def test_schema_versions(home, monkeypatch):
@@ -109,14 +117,14 @@ def test_schema_versions(home, monkeypatch):
 
     def add_column(conn):
         ran.append(1)
-        conn.execute(text("ALTER TABLE books ADD COLUMN note TEXT"))
+        conn.execute(text("ALTER TABLE runs ADD COLUMN note TEXT"))
 
     current = registry.latest_version()
     monkeypatch.setattr(registry, "MIGRATIONS", [*registry.MIGRATIONS, add_column])
     reg = Registry(home)
     with reg.engine.connect() as conn:
         assert conn.execute(select(registry.SchemaVersion.version)).scalar_one() == current + 1
-        assert "note" in [row[1] for row in conn.execute(text("PRAGMA table_info(books)"))]
+        assert "note" in [row[1] for row in conn.execute(text("PRAGMA table_info(runs)"))]
     reg.close()
     assert ran == [1]
     Registry(home).close()  # already current: nothing runs again

@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from . import layout
 from .model import ModelConfig, count_parameters, estimate_training_memory, training_flops_per_token
 
 # The anchor: P1's best shape and the tokens 190 s bought on one quiet core.
@@ -44,7 +45,7 @@ BYTES_PER_TOKEN = 2.3
 MAX_PARAMS_PER_BOOK_TOKEN = 4.0
 HEAD_DIM = 32
 MIN_LAYERS, MAX_LAYERS = 2, 16
-SPEED_FILE = "machine-speed.json"
+SPEED_FILE = layout.SPEED_FILE
 # One probe at a time: the studio's pages ask for estimates at once, and probes that ran side by
 # side would each measure a share of the cores (and write the cache over each other).
 _PROBE_LOCK = threading.Lock()
@@ -136,7 +137,7 @@ def machine_speed(home, threads: int) -> MachineSpeed:
 
 def _machine_speed(home, threads: int) -> MachineSpeed:
     from .home import atomic_write_json
-    path = home / SPEED_FILE
+    path = layout.speed_file(home)
     key = _machine_key(threads)
     try:
         cache = json.loads(path.read_text(encoding="utf-8"))

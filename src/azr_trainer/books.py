@@ -1,7 +1,7 @@
 """Books: the .txt files a person uploads, stored decoded in the data folder.
 
-    home/books/<name>/text.txt    UTF-8, NFC, "\\n" newlines, no BOM
-    home/books/<name>/book.json   BookInfo (encoding, sizes, preview)
+    home/books/<name>/text.txt    UTF-8, NFC, "\\n" newlines, no BOM (layout.book_text)
+    home/books/<name>/book.json   BookInfo (encoding, sizes, preview) (layout.book_info)
 
 Adding a book streams the file through an incremental decoder in CHUNK_SIZE pieces,
 so a 100 MB+ book never sits in memory more than a chunk at a time. Everything is
@@ -25,14 +25,12 @@ import charset_normalizer
 
 from .home import (Conflict, NotFound, UserError, atomic_write_json, check_new_name, fsync_dir, owned_tmp_name,
                    read_json, validate_name)
+from .layout import TMP_PREFIX, book_dir, book_info, book_text, books_dir
 
 CHUNK_SIZE = 4 * 1024 * 1024  # bytes read and decoded at a time
 SAMPLE_SIZE = 2 * 1024 * 1024  # bytes from the start of the file used to detect the encoding
 PREVIEW_CHARS = 300
 
-TEXT_FILE = "text.txt"
-INFO_FILE = "book.json"
-_TMP_PREFIX = ".tmp-"  # book names cannot start with a dot, so these never collide with a book
 
 # Longest first: the UTF-32 LE BOM starts with the UTF-16 LE one.
 _BOMS = (
@@ -347,17 +345,9 @@ def _decode_error(source: Path, codec: str, detected: bool, at: int) -> UserErro
 # --------------------------------------------------------------------------- the books folder
 
 
-def _books_dir(home: Path) -> Path:
-    return Path(home) / "books"
-
-
-def _book_dir(home: Path, name: str) -> Path:
-    return _books_dir(home) / validate_name(name, "book name")
-
-
 def _new_tmp_dir(books: Path) -> Path:
     # Not tempfile.mkdtemp: its 0700 mode would stay on the book folder after the rename.
-    path = books / owned_tmp_name(_TMP_PREFIX)  # the owner's pid: see home.clean_leftovers
+    path = books / owned_tmp_name(TMP_PREFIX)  # the owner's pid: see home.clean_leftovers
     path.mkdir()
     return path
 
@@ -388,9 +378,9 @@ def add_book(
     else:
         name = validate_name(name, "book name")
 
-    books = _books_dir(home)
+    books = books_dir(home)
     books.mkdir(parents=True, exist_ok=True)
-    final = books / name
+    final = book_dir(home, name)
     if final.exists() and not overwrite:
         raise _conflict(name)
     check_new_name(books, name)
@@ -412,7 +402,7 @@ def add_book(
 
     tmp = _new_tmp_dir(books)
     try:
-        with (tmp / TEXT_FILE).open("wb") as out:  # bytes: UTF-8 with "\n" on every OS
+        with book_text(tmp).open("wb") as out:  # bytes: UTF-8 with "\n" on every OS
             stats = _decode_to(source, codec, detected, out)
             out.flush()
             os.fsync(out.fileno())
@@ -430,7 +420,7 @@ def add_book(
             created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             original_filename=source.name,
         )
-        atomic_write_json(tmp / INFO_FILE, info.to_dict())
+        atomic_write_json(book_info(tmp), info.to_dict())
         fsync_dir(tmp)
         _move_into_place(tmp, final, overwrite)
     except BaseException:
@@ -462,14 +452,14 @@ def _move_into_place(tmp: Path, final: Path, overwrite: bool) -> None:
 
 
 def _read_info(folder: Path) -> BookInfo:
-    info = BookInfo.from_dict(read_json(folder / INFO_FILE))
+    info = BookInfo.from_dict(read_json(book_info(folder)))
     info.name = folder.name  # the folder is the source of truth for the name
     return info
 
 
 def list_books(home: Path) -> list[BookInfo]:
     """All books, sorted by name; folders without a readable book.json are skipped."""
-    books = _books_dir(home)
+    books = books_dir(home)
     if not books.is_dir():
         return []
     found = []
@@ -484,8 +474,8 @@ def list_books(home: Path) -> list[BookInfo]:
 
 
 def _existing_book_dir(home: Path, name: str) -> Path:
-    folder = _book_dir(home, name)
-    if not (folder / INFO_FILE).is_file():
+    folder = book_dir(home, name)
+    if not book_info(folder).is_file():
         raise NotFound("book.not_found", name=name)
     return folder
 
@@ -499,7 +489,7 @@ def get_book(home: Path, name: str) -> BookInfo:
 
 
 def book_text_path(home: Path, name: str) -> Path:
-    return _existing_book_dir(home, name) / TEXT_FILE
+    return book_text(_existing_book_dir(home, name))
 
 
 def read_book_text(home: Path, name: str) -> str:
@@ -509,7 +499,7 @@ def read_book_text(home: Path, name: str) -> str:
 
 
 def delete_book(home: Path, name: str) -> None:
-    folder = _book_dir(home, name)
+    folder = book_dir(home, name)
     if not folder.is_dir():
         raise NotFound("book.not_found", name=name)
     # Rename first so the book disappears at once and is never seen half-deleted.

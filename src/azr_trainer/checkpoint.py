@@ -11,18 +11,18 @@ from __future__ import annotations
 
 import io
 import pickle
-import re
 from pathlib import Path
 
 import torch
 
+from . import layout
 from .home import UserError, atomic_write
 from .model import ModelConfig, Transformer, count_parameters
 from .tokenizer import Tokenizer
 
 FORMAT = "azr-trainer"
 FORMAT_VERSION = 1
-_STEP_RE = re.compile(r"^step_(\d+)\.pt$")
+_STEP_RE = layout.STEP_FILE_RE
 
 
 def atomic_torch_save(obj, path: Path) -> None:
@@ -118,14 +118,11 @@ def build_model(obj: dict) -> tuple[Transformer, ModelConfig, Tokenizer]:
     return model, cfg, tokenizer
 
 
-def checkpoint_dir(model_dir: Path) -> Path:
-    return model_dir / "checkpoints"
-
-
-def init_checkpoint(model_dir: Path) -> Path:
-    """The weights an imported model came with (importer.py): generation and export use them
-    until the model has checkpoints of its own, and every new training run starts from them."""
-    return checkpoint_dir(model_dir) / "init.pt"
+# checkpoint_dir: where a model's checkpoints are. init_checkpoint: the weights an imported model
+# came with (importer.py): generation and export use them until the model has checkpoints of its
+# own, and every new training run starts from them.
+checkpoint_dir = layout.checkpoints_dir
+init_checkpoint = layout.init_checkpoint
 
 
 def step_files(folder: Path) -> list[tuple[int, Path]]:
@@ -142,7 +139,7 @@ def list_step_checkpoints(model_dir: Path) -> list[tuple[int, Path]]:
 
 def save_step(obj: dict, folder: Path, keep_last: int) -> Path:
     """Write ``obj`` as ``folder``/step_NNNNNNN.pt (atomically), keeping the newest ``keep_last``."""
-    path = folder / f"step_{obj['step']:07d}.pt"
+    path = layout.step_file(folder, obj["step"])
     atomic_torch_save(obj, path)
     prune_steps(folder, keep_last)
     return path
@@ -157,8 +154,8 @@ def latest_run_checkpoint(model_dir: Path, kind: str, run_id: str | None = None)
     """The newest checkpoint of a self-play (``kind`` "selfplay") or reasoning ("reason") run,
     kept in checkpoints/<kind>/<run>/: the last step of ``run_id``, or of the run that saved
     most recently."""
-    root = checkpoint_dir(model_dir) / kind
-    folders = [root / run_id] if run_id else ([p for p in root.iterdir() if p.is_dir()] if root.is_dir() else [])
+    root = layout.run_checkpoints_root(model_dir, kind)
+    folders = [layout.run_checkpoints_dir(model_dir, kind, run_id)] if run_id else ([p for p in root.iterdir() if p.is_dir()] if root.is_dir() else [])
     last = [found[-1][1] for found in map(step_files, folders) if found]
     return max(last, key=lambda p: p.stat().st_mtime_ns) if last else None
 
@@ -167,7 +164,7 @@ def latest_selfplay_checkpoint(model_dir: Path, run_id: str | None = None) -> Pa
     return latest_run_checkpoint(model_dir, "selfplay", run_id)
 
 
-_RUN_KINDS = ("selfplay", "reason")
+_RUN_KINDS = layout.RUN_KINDS
 
 
 def choices(model_dir: Path, rows) -> list[dict]:
@@ -182,11 +179,11 @@ def choices(model_dir: Path, rows) -> list[dict]:
                 "val_bpb": bpb, "run": run}
 
     has_steps = bool(list_step_checkpoints(model_dir))
-    best = next((r for r in rows if r.file == "best.pt"), None)
+    best = next((r for r in rows if r.file == layout.BEST_FILE), None)
     best_step = best.step if best is not None else None
     out = []
     for r in rows:
-        if r.file == "best.pt":
+        if r.file == layout.BEST_FILE:
             continue
         if r.file == init_checkpoint(model_dir).name:
             if not has_steps:  # superseded (and not addressable) once training has saved a step
@@ -220,7 +217,7 @@ def resolve_checkpoint(model_dir: Path, which: str = "best") -> Path:
         return found
     steps = list_step_checkpoints(model_dir)
     if which == "best":
-        best = checkpoint_dir(model_dir) / "best.pt"
+        best = layout.best_checkpoint(model_dir)
         if best.exists():
             return best
         which = "latest"

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from . import books as books_mod
+from . import layout
 from .errors import Notice
 from .home import UserError, atomic_write_bytes, atomic_write_json, read_json
 from .tokenizer import Tokenizer, text_chunks, train_tokenizer, vocab_size_warning
@@ -59,7 +60,7 @@ def prepare_data(home: Path, model_dir: Path, book_names: list[str], kind: str, 
     for name in book_names:
         books_mod.get_book(home, name)  # raises NotFound with the right hint
     warnings: list[str] = []
-    tok_path = model_dir / "tokenizer.json"
+    tok_path = layout.tokenizer_file(model_dir)
     if tok_path.exists():
         tokenizer = Tokenizer.load(tok_path)
     else:
@@ -76,9 +77,8 @@ def prepare_data(home: Path, model_dir: Path, book_names: list[str], kind: str, 
     if tokenizer.vocab_size > vocab_size:
         raise UserError("data.tokenizer_too_big", tokens=tokenizer.vocab_size, vocab_size=vocab_size)
 
-    data_dir = model_dir / "data"
     key = _data_key(home, book_names, val_fraction, tokenizer.to_json())
-    meta_path = data_dir / "data.json"
+    meta_path = layout.data_info(model_dir)
     if meta_path.exists() and read_json(meta_path).get("key") == key:
         meta = read_json(meta_path)
     else:
@@ -94,15 +94,15 @@ def prepare_data(home: Path, model_dir: Path, book_names: list[str], kind: str, 
         dtype = np.uint16 if tokenizer.vocab_size <= 65535 else np.uint32
         train_ids = np.concatenate(train_parts).astype(dtype)
         val_ids = np.concatenate(val_parts).astype(dtype)
-        atomic_write_bytes(data_dir / "train.bin", train_ids.tobytes())
-        atomic_write_bytes(data_dir / "val.bin", val_ids.tobytes())
+        atomic_write_bytes(layout.data_file(model_dir, "train"), train_ids.tobytes())
+        atomic_write_bytes(layout.data_file(model_dir, "val"), val_ids.tobytes())
         meta = {"key": key, "books": book_names, "val_fraction": val_fraction, "dtype": np.dtype(dtype).name,
                 "train_tokens": int(train_ids.size), "val_tokens": int(val_ids.size),
                 "train_bytes": train_bytes, "val_bytes": val_bytes}
         atomic_write_json(meta_path, meta)
     dtype = np.dtype(meta["dtype"])
-    train_ids = np.memmap(data_dir / "train.bin", dtype=dtype, mode="r")
-    val_ids = np.memmap(data_dir / "val.bin", dtype=dtype, mode="r")
+    train_ids = np.memmap(layout.data_file(model_dir, "train"), dtype=dtype, mode="r")
+    val_ids = np.memmap(layout.data_file(model_dir, "val"), dtype=dtype, mode="r")
     w = vocab_size_warning(kind, vocab_size, meta["train_bytes"])
     if w:
         warnings.append(w)

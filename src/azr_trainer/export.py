@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import store
+from . import layout, store
 from .checkpoint import build_model, export_pt, init_checkpoint, resolve_checkpoint, safe_load
 from .errors import Notice
 from .home import UserError, atomic_path, atomic_write_bytes, fsync_dir, read_json
@@ -74,20 +74,22 @@ def pick_checkpoint(home: Path, name: str, which: str = "best") -> tuple[dict, d
             if path.exists() or attempt == 2:
                 raise
             # a training run pruned this checkpoint between choosing it and reading it: choose again
-    kind = ("best" if path.name == "best.pt" else "imported" if path == init_checkpoint(mdir)
-            else f"self-play step {obj.get('step')}" if "selfplay" in path.parts else f"step {obj.get('step')}")
-    val_bpb = obj.get("best_val_bpb") if path.name == "best.pt" else (obj.get("meta") or {}).get("val_bpb")
-    source = read_json(mdir / "model.json").get("imported_from")
+    best = path == layout.best_checkpoint(mdir)
+    kind = ("best" if best else "imported" if path == init_checkpoint(mdir)
+            else f"self-play step {obj.get('step')}" if layout.run_checkpoints_root(mdir, "selfplay") in path.parents
+            else f"step {obj.get('step')}")
+    val_bpb = obj.get("best_val_bpb") if best else (obj.get("meta") or {}).get("val_bpb")
+    source = read_json(layout.model_file(mdir)).get("imported_from")
     if source and not _imported_from(obj):
         # checkpoints written by training do not repeat where an imported model came from; the
         # tokenizer's pre-tokenizer name and chat template for GGUF/HF come from there
         obj["meta"] = {**(obj.get("meta") or {}), "imported_from": source}
     pid = training_pid(mdir)
     notes = []
-    if which == "best" and path.name != "best.pt" and kind != "imported":
+    if which == "best" and not best and kind != "imported":
         notes.append(Notice("export.note_no_best", name=name, step=obj.get("step")))
     if pid is not None:
-        if path.name != "best.pt":
+        if not best:
             notes.append(Notice("export.note_training_chosen", name=name, pid=str(pid), step=obj.get("step")))
         elif isinstance(val_bpb, (int, float)):
             notes.append(Notice("export.note_training_best_bpb", name=name, pid=str(pid), step=obj.get("step"),
@@ -102,7 +104,7 @@ def pick_checkpoint(home: Path, name: str, which: str = "best") -> tuple[dict, d
 
 def default_output(home: Path, name: str, fmt: str, dtype: str, as_zip: bool = False) -> Path:
     """Where the studio keeps downloads: $AZR_HOME/exports/<model>/…"""
-    base = home / "exports" / name
+    base = layout.exports_dir(home, name)
     if fmt == "pt":
         return base / f"{name}.pt"
     if fmt == "hf":

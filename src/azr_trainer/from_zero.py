@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from . import programs, store
+from . import layout, programs, store
 from .errors import Notice
 from .home import UserError
 
@@ -59,11 +59,10 @@ def write_from_zero_book(home: Path, name: str, *, n_docs: int, seed: int = 0, o
     import tempfile
 
     from . import books
-    from .home import TMP_DIR
     _check_corpus_docs(n_docs)
     book = f"{name}-triplets"
-    (home / TMP_DIR).mkdir(exist_ok=True)  # on the data's disk; a killed process's is cleaned at start
-    with tempfile.TemporaryDirectory(prefix=f"triplets-{os.getpid()}-", dir=home / TMP_DIR) as tmp:
+    layout.tmp_dir(home).mkdir(exist_ok=True)  # on the data's disk; a killed process's is cleaned at start
+    with tempfile.TemporaryDirectory(prefix=f"triplets-{os.getpid()}-", dir=layout.tmp_dir(home)) as tmp:
         path = Path(tmp) / f"{book}.txt"
         write_triplet_book(path, n_docs, seed, progress=progress)
         books.add_book(home, path, name=book, overwrite=overwrite)

@@ -1,16 +1,5 @@
-"""The data folder ($AZR_HOME): where books, models, checkpoints and runs live.
-
-Layout (kept close to the original description's books/, models/, checkpoints/):
-
-    $AZR_HOME/
-      books/<book>/text.txt      the book, decoded to UTF-8 (NFC, \\n newlines)
-      books/<book>/book.json     what we know about it (encoding, sizes, preview)
-      models/<model>/model.json  the shape the user chose
-      models/<model>/tokenizer.json            frozen when the model first trains
-      models/<model>/data/{train,val}.bin      the tokenized books (memory-mapped)
-      models/<model>/checkpoints/step_*.pt, best.pt
-      models/<model>/runs/<run>/events.jsonl   everything a run reported
-      azr.sqlite                  the registry the studio reads (see store.py)
+"""The data folder ($AZR_HOME): opening it, names, atomic writes, and clearing what killed
+processes left behind. Where things live inside it is layout.py (re-exported here).
 
 Default: ``~/azr-home``. Override with the AZR_HOME environment variable or ``--home``.
 """
@@ -29,7 +18,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
+from . import layout
 from .errors import Conflict, NotFound, UserError, os_reason  # noqa: F401 - re-exported for the modules that use them
+from .layout import *  # noqa: F401,F403 - the layout's paths, for the modules that import them from here
+from .layout import TMP_PREFIX
 
 DEFAULT_HOME_NAME = "azr-home"
 
@@ -46,11 +38,11 @@ def home_dir(explicit: str | os.PathLike | None = None) -> Path:
     else:
         path = Path.home() / DEFAULT_HOME_NAME
     path = path.expanduser().resolve()
-    for sub in ("books", "models"):
+    for top in (layout.books_dir(path), layout.models_dir(path)):
         try:
-            (path / sub).mkdir(parents=True, exist_ok=True)
+            top.mkdir(parents=True, exist_ok=True)
         except (FileExistsError, NotADirectoryError):  # a file where a folder should be
-            where = next((p for p in (path / sub, *(path / sub).parents) if p.exists() and not p.is_dir()), path)
+            where = next((p for p in (top, *top.parents) if p.exists() and not p.is_dir()), path)
             raise UserError("input.home_not_folder", path=path, where=where) from None
         except PermissionError:
             raise UserError("input.home_denied", path=path) from None
@@ -70,8 +62,6 @@ DEEPEST_INSIDE = 90
 
 # ---- temporary files of live processes, and what a killed one left behind
 
-TMP_DIR = ".tmp"  # $AZR_HOME/.tmp: uploads and downloads in progress
-TMP_PREFIX = ".tmp-"  # books/.tmp-*, models/.tmp-*: a book or model being written (names cannot start with ".")
 STALE_AFTER = 3600.0  # seconds untouched after which a temp entry with no owner in its name is abandoned
 _OWNER_RE = re.compile(r"-(\d+)-[0-9a-z_]+$")
 
@@ -113,11 +103,11 @@ def clean_leftovers(home: Path, *, now: float | None = None) -> list[Path]:
     folder, so entries of live processes are never removed. Returns what was removed."""
     now = time.time() if now is None else now
     candidates = []
-    if (home / TMP_DIR).is_dir():
-        candidates += list((home / TMP_DIR).iterdir())
-    for sub in ("books", "models"):
-        if (home / sub).is_dir():
-            candidates += [p for p in (home / sub).iterdir() if p.name.startswith(TMP_PREFIX)]
+    if layout.tmp_dir(home).is_dir():
+        candidates += list(layout.tmp_dir(home).iterdir())
+    for top in (layout.books_dir(home), layout.models_dir(home)):
+        if top.is_dir():
+            candidates += [p for p in top.iterdir() if p.name.startswith(TMP_PREFIX)]
     removed = []
     for entry in candidates:
         owner = _OWNER_RE.search(entry.name)

@@ -41,10 +41,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import store
+from . import layout, store
 from .checkpoint import FORMAT, FORMAT_VERSION, atomic_torch_save, build_model, init_checkpoint, safe_load
 from .errors import Notice
-from .home import TMP_DIR, TMP_PREFIX, Conflict, UserError, atomic_write_json, fsync_dir, owned_tmp_name, \
+from .home import TMP_PREFIX, Conflict, UserError, atomic_write_json, fsync_dir, owned_tmp_name, \
     check_new_name, validate_name
 from .model import ModelConfig, Transformer, count_parameters
 from .tokenizer import EOT, Tokenizer
@@ -529,9 +529,9 @@ def import_model(home: Path, path: Path | str, name: str | None = None, *, max_s
     name = validate_name(name or _default_name(path), "model name")
     if store.model_dir(home, name).exists():
         raise Conflict("model.exists", name=name)
-    check_new_name(home / "models", name)
+    check_new_name(layout.models_dir(home), name)
     log(Notice("import.reading", path=str(path)))
-    loaded = read_any(path, max_seq_len, fmt, work_dir=home / TMP_DIR)  # on the data's disk, cleaned at start
+    loaded = read_any(path, max_seq_len, fmt, work_dir=layout.tmp_dir(home))  # on the data's disk, cleaned at start
     cfg = loaded.config.validate()
     source = {**loaded.source, "imported_at": store.now_iso()}
     obj = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": cfg.to_dict(),
@@ -541,13 +541,13 @@ def import_model(home: Path, path: Path | str, name: str | None = None, *, max_s
     # _state_for checked every tensor's name and shape against this config; the tokenizer must load back too
     Tokenizer.from_json(obj["tokenizer"])
     info = store.ModelInfo(name=name, config=cfg, created_at=source["imported_at"], parameters=count_parameters(cfg))
-    models = home / "models"
+    models = layout.models_dir(home)
     tmp = models / owned_tmp_name(TMP_PREFIX)
     tmp.mkdir(parents=True)
     try:
-        loaded.tokenizer.save(tmp / "tokenizer.json")
+        loaded.tokenizer.save(layout.tokenizer_file(tmp))
         atomic_torch_save(obj, init_checkpoint(tmp))
-        atomic_write_json(tmp / "model.json", {**info.to_dict(), "imported_from": source})
+        atomic_write_json(layout.model_file(tmp), {**info.to_dict(), "imported_from": source})
         target = store.model_dir(home, name)
         if target.exists():
             raise Conflict("import.appeared", name=name)

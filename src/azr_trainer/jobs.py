@@ -1,6 +1,6 @@
 """The job runner: each training run in its own worker process, a queue, and live events.
 
-A worker is ``python -m azr_trainer.worker RUNFILE``: the run's kind (see ``KINDS``) and its
+A worker is ``python -m azr_trainer.worker RUNFILE``: the run's kind (see runkinds.py) and its
 validated settings are written to ``run.json`` in the run's folder, and the worker runs the same
 library functions as ``azr train`` / ``selfplay`` / ``reason``, its output going to ``worker.log``
 beside it. Nothing here knows how training works: the worker writes events to ``events.jsonl``
@@ -13,11 +13,11 @@ and this module reads them; an error it can explain is a ``failed`` status event
   a new worker on the run file with ``resume`` set and the same run id, which continues exactly from that
   checkpoint (or starts over if the run never saved one).
 - Monitor: a thread polls every ``poll_interval`` seconds. It ingests new events into the
-  registry (metrics, samples, the run's summary) and hands them to SSE subscribers, notices
-  workers that exited, and starts queued runs. The final state comes from the worker's last
-  ``status`` event; a worker that exits without one crashed (killed for memory, say), and
-  the run becomes ``failed`` with a message made from the end of its log. Every
-  poll is guarded, so a broken run can never stop the monitor or the server.
+  registry (the events, samples among them, folded into the run's summary) and hands them to
+  SSE subscribers, notices workers that exited, and starts queued runs. The final state
+  comes from the worker's last ``status`` event; a worker that exits without one crashed
+  (killed for memory, say), and the run becomes ``failed`` with a message made from the end
+  of its log. Every poll is guarded, so a broken run can never stop the monitor or the server.
 - Restart: when the studio starts, runs left ``running`` or ``queued`` by the previous
   studio become ``interrupted``. Resuming them is one call (POST /api/runs/{id}/resume) and
   deliberately not automatic: a studio usually restarts because the machine rebooted, ran
@@ -38,7 +38,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -47,18 +46,12 @@ from typing import IO
 
 from sqlalchemy import select
 
-from . import books as books_mod
-from . import catalogue, recipe, runloop, store
-from .checkpoint import resolve_checkpoint
+from . import catalogue, layout, recipe, runloop, store
 from .events import read_events
 from .home import Conflict, NotFound, UserError
-from .formats import FORMATS
-from .reasoning import ReasonConfig, default_lengths, resolve_format
-from .registry import Metric, Registry, Run, Sample
-from .rewards import PRESETS
-from .selfplay import SelfPlayConfig
-from .settings import CORPUS, REASON, RUN_GROUPS, SELFPLAY, TRAIN, Group, check_run, time_budget
-from .train import TrainConfig, run_dir
+from .registry import Metric, Registry, Run
+from .runkinds import KINDS, RunKind  # noqa: F401 - the API imports them from here
+from .settings import check_run
 from .worker import write_run_file
 
 log = logging.getLogger("azr_trainer.jobs")
@@ -123,112 +116,6 @@ def _english(code: str | None, params: dict | None, fallback: str | None = None)
     return fallback
 
 
-# ---------------------------------------------------------------------------- run kinds
-
-
-def _check_train(home: Path, model: str, books: list[str], params: dict) -> list[str]:
-    if not books:
-        raise UserError("Choose at least one book to train on.")
-    for name in books:
-        books_mod.get_book(home, name)
-    if len(set(books)) != len(books):
-        raise UserError("Each book can be chosen only once.")
-    nproc = params.get("nproc")
-    if nproc and params["batch_size"] % nproc:
-        raise UserError("settings.nproc_batch", batch_size=params["batch_size"], nproc=nproc)
-    rest = {k: v for k, v in params.items() if k != "nproc"}
-    TrainConfig(books=list(books), **time_budget("train", rest, processes=nproc or 1)).validate()
-    return list(books)
-
-
-def _check_selfplay(home: Path, model: str, books: list[str], params: dict) -> list[str]:
-    """Self-play starts from a trained checkpoint and reads the books that model learned."""
-    if books:
-        raise UserError("A self-play run reads the books its model was trained on; leave books empty.")
-    if params.get("reward", SELFPLAY.default("reward")) not in PRESETS:  # never a file: that would run code
-        raise UserError("settings.choice", name="reward", choices=list(PRESETS), value=repr(params["reward"]))
-    SelfPlayConfig(**time_budget("selfplay", params)).validate()
-    mdir = store.model_dir(home, model)
-    try:
-        resolve_checkpoint(mdir, "latest")
-    except UserError:
-        raise UserError(f"Model '{model}' has no trained checkpoint yet: self-play starts from one. Train it on "
-                        "a book first.") from None
-    resolve_checkpoint(mdir, str(params.get("checkpoint", "best")))  # a wrong step number says which exist
-    own_books = store.get_model(home, model).books or []
-    if not own_books:  # imported and never trained here
-        raise UserError(f"Self-play needs the books model '{model}' was trained on (for its prompts, book loss and "
-                        "validation bpb); train it on a book first.")
-    return list(own_books)
-
-
-def _check_reason(home: Path, model: str, books: list[str], params: dict) -> list[str]:
-    """AZR reasoning starts from a trained checkpoint; its tasks come from the model itself and
-    the sandbox, never from books."""
-    if books:
-        raise UserError("A reasoning run needs no books (the model writes its own tasks); leave books empty.")
-    cfg = ReasonConfig(**time_budget("reason", params)).validate()
-    mdir = store.model_dir(home, model)
-    try:
-        resolve_checkpoint(mdir, "latest")
-    except UserError:
-        # The CLI would make the model from zero; the studio has a step for that (see routes/models.py).
-        raise UserError(f"Model '{model}' has no trained checkpoint yet: a reasoning run starts from one. Create a "
-                        "model for reasoning from zero (POST /api/reason/models, or the Training page's button), "
-                        "train it on its triplets book, then start the reasoning run; or run "
-                        f"`azr reason {model}` on the command line, which does all three.") from None
-    resolve_checkpoint(mdir, cfg.checkpoint)  # a wrong step number or a missing selfplay/reason run says so
-    # Checked by the worker too, but only once it has loaded the model: say it before queuing.
-    mcfg = store.get_model(home, model).config
-    fmt = FORMATS[resolve_format(cfg.prompt_format, mcfg)]
-    program = default_lengths(cfg, fmt)[1]
-    if mcfg.max_seq_len < program + 64:
-        raise UserError(f"Model '{model}' reads at most {mcfg.max_seq_len} tokens, too few for reasoning prompts "
-                        f"({fmt.name} format) with {program}-token programs: use a model with max_seq_len of "
-                        f"{program + 64} or more (a from-zero reasoning model has 512).")
-    return []
-
-
-def _check_corpus(home: Path, model: str, books: list[str], params: dict) -> list[str]:
-    """The run that writes a new from-zero model's triplets book (POST /api/reason/models queues
-    it); it never overwrites a book."""
-    if books:
-        raise UserError("reason_create.corpus_books")
-    book = f"{model}-triplets"
-    try:
-        books_mod.get_book(home, book)
-    except NotFound:
-        return []
-    raise Conflict("reason_create.book_exists", book=book, name=model)
-
-
-@dataclass(frozen=True)
-class RunKind:
-    """What a kind of run is: its settings (settings.py: the ones the studio offers, their
-    defaults and bounds) and the check made before it is queued, which returns the books to
-    record for the run."""
-    group: Group
-    check: Callable[[Path, str, list[str], dict], list[str]]
-
-    @property
-    def settings(self) -> tuple[str, ...]:
-        return self.group.studio_names()
-
-    @property
-    def defaults(self) -> dict:
-        return self.group.studio_defaults()
-
-
-# A new kind is one entry here and its group in settings.py; the API and the page follow.
-KINDS: dict[str, RunKind] = {
-    "train": RunKind(TRAIN, _check_train),
-    "selfplay": RunKind(SELFPLAY, _check_selfplay),
-    "reason": RunKind(REASON, _check_reason),
-    "corpus": RunKind(CORPUS, _check_corpus),
-}
-assert set(KINDS) == set(RUN_GROUPS)
-
-
 def _progress(run: Run, last: dict) -> float:
     """The share done: of the steps, or of the time budget when that comes first."""
     done = min(1.0, run.step / run.max_iterations) if run.max_iterations else 0.0
@@ -238,6 +125,14 @@ def _progress(run: Run, last: dict) -> float:
     if minutes and last.get("elapsed") is not None:
         done = max(done, min(1.0, last["elapsed"] / (60.0 * minutes)))
     return done
+
+
+def latest_samples(s, run_id: str, n: int = 12) -> list[dict]:
+    """The run's ``n`` newest samples, oldest first: read from its "sample" events, where they are kept."""
+    newest = s.scalars(select(Metric.data).where(Metric.run_id == run_id, Metric.kind == "sample")
+                       .order_by(Metric.seq.desc()).limit(n))
+    return [{"step": e.get("step", 0), "prompt": e.get("prompt", ""), "text": e.get("text", "")}
+            for e in reversed(list(newest))]
 
 
 def run_kind(run: Run) -> str:
@@ -436,12 +331,12 @@ class JobRunner:
             run = self._get(s, run_id)
             d = self.run_dict(run)
             if detail:
-                samples = s.scalars(select(Sample).where(Sample.run_id == run_id).order_by(Sample.id.desc()).limit(12))
-                d["samples"] = [{"step": x.step, "prompt": x.prompt, "text": x.text} for x in reversed(list(samples))]
-                d["log_tail"] = log_tail(self._run_dir(run) / "worker.log")
+                d["samples"] = latest_samples(s, run_id)
+                d["log_tail"] = log_tail(layout.worker_log(self._run_dir(run)))
             return d
 
     def list_runs(self, model: str | None = None) -> list[dict]:
+        self.registry.forget_missing_models()  # a model deleted with the CLI takes its runs along
         with self.registry.session() as s:
             query = select(Run).order_by(Run.created_at.desc(), Run.id.desc())
             if model is not None:
@@ -519,10 +414,10 @@ class JobRunner:
         return run
 
     def _run_dir(self, run: Run) -> Path:
-        return run_dir(self.home, run.model, run.id)
+        return layout.run_dir(self.home, run.model, run.id)
 
     def _control_file(self, run: Run) -> Path:
-        path = self._run_dir(run) / "control"
+        path = layout.control_file(self._run_dir(run))
         path.parent.mkdir(parents=True, exist_ok=True)
         return path
 
@@ -532,7 +427,7 @@ class JobRunner:
 
     def _ingest(self, s, run: Run) -> None:
         try:
-            events, offset = read_events(self._run_dir(run) / "events.jsonl", run.events_offset)
+            events, offset = read_events(layout.events_file(self._run_dir(run)), run.events_offset)
         except OSError:  # unreadable for now (e.g. a virus scanner holds it on Windows): next poll
             log.warning("Could not read the events of run %s", run.id, exc_info=True)
             return
@@ -555,9 +450,6 @@ class JobRunner:
             bpb = event.get("val_bpb")
             if bpb is not None and (run.best_val_bpb is None or bpb < run.best_val_bpb):
                 run.best_val_bpb = bpb
-        elif kind == "sample":
-            s.add(Sample(run_id=run.id, step=event.get("step", 0), prompt=event.get("prompt", ""),
-                         text=event.get("text", "")))
         elif kind == "checkpoint":
             run.last_checkpoint_step = event.get("step")
         elif kind == "milestone":  # a new list: a JSON column saves only what is assigned
@@ -632,7 +524,7 @@ class JobRunner:
         run.pid = None
         if run.state != "running":
             return  # the worker reported how it ended
-        self._set_state(s, run, "failed", *crash_reason(self._run_dir(run) / "worker.log", returncode))
+        self._set_state(s, run, "failed", *crash_reason(layout.worker_log(self._run_dir(run)), returncode))
 
     def _schedule(self, s) -> None:
         if len(self._workers) >= self.max_concurrent:
@@ -648,7 +540,7 @@ class JobRunner:
     def _spawn(self, s, run: Run) -> None:
         folder = self._run_dir(run)
         folder.mkdir(parents=True, exist_ok=True)
-        control = folder / "control"
+        control = layout.control_file(folder)
         control.unlink(missing_ok=True)  # a stale "pause" would stop the new worker at once
         kind = run_kind(run)
         resume = run.last_checkpoint_step is not None
@@ -660,7 +552,7 @@ class JobRunner:
         # The worker imports this very package, even from a source tree that is not installed.
         package_root = str(Path(__file__).resolve().parent.parent)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
-        log_file = (folder / "worker.log").open("ab")
+        log_file = layout.worker_log(folder).open("ab")
         log_file.write(f"--- {_now()} {'resuming' if resume else 'starting'} run {run.id}\n".encode())
         log_file.flush()
         try:

@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import executor, programs, store
-from .checkpoint import build_model, checkpoint_dir, export_pt, latest_run_checkpoint, resolve_checkpoint, safe_load, \
+from . import executor, layout, programs, store
+from .checkpoint import build_model, export_pt, latest_run_checkpoint, resolve_checkpoint, safe_load, \
     save_step
 from .device import pick_device, set_threads
 from .events import EventLog, Listener, new_run_id
@@ -158,7 +158,7 @@ def evaluate_checkpoint(home: Path, name: str, cfg: ReasonConfig, *, split: str 
 # ---- the run -------------------------------------------------------------------------------------
 
 def reason_root(model_dir: Path) -> Path:
-    return checkpoint_dir(model_dir) / "reason"
+    return layout.run_checkpoints_root(model_dir, "reason")
 
 
 def reason(home: Path, name: str, cfg: ReasonConfig, listeners: list[Listener] | None = None,
@@ -188,7 +188,7 @@ class _Run(Job):
             saved = {k: v for k, v in resume_obj["reason_config"].items() if k in known}
             cfg = ReasonConfig(**{**saved, **{k: getattr(cfg, k) for k in ReasonConfig.RUN_CONTROL}}).validate()
             run_id = resume_obj["run_id"]
-            start_obj = safe_load(path.parent / "reference.pt")
+            start_obj = safe_load(layout.reference_checkpoint(path.parent))
             self.start_info = resume_obj["start"]
         else:
             cfg = replace(cfg)
@@ -211,7 +211,7 @@ class _Run(Job):
             raise UserError("run.reason.window", max_seq_len=self.mcfg.max_seq_len,
                             max_program_tokens=cfg.max_program_tokens)
         self.optimizer = make_optimizer(self.model, cfg.learning_rate, cfg.weight_decay, cfg.beta2, self.device)
-        self.folder = reason_root(mdir) / run_id
+        self.folder = layout.run_checkpoints_dir(mdir, "reason", run_id)
         self.buffers = seed_buffers()
         self.step, self.elapsed_before, self.programs_checked = 0, 0.0, 0
         self.rng = random.Random(cfg.seed)
@@ -227,10 +227,10 @@ class _Run(Job):
             self.rng.setstate(_tuple_state(resume_obj["rng"]["python"]))
             self.gen.rng.setstate(_tuple_state(resume_obj["rng"]["generator"]))
         else:
-            export_pt(start_obj, self.folder / "reference.pt")
+            export_pt(start_obj, layout.reference_checkpoint(self.folder))
         self.limits = cfg.limits()
         self.eval_set = heldout_tasks(cfg.eval_tasks, seed=4242, n_inputs=cfg.induction_inputs)
-        self.events = EventLog(mdir / "runs" / run_id / "events.jsonl", run_id, listeners)
+        self.events = EventLog(layout.events_file(layout.run_dir(home, name, run_id)), run_id, listeners)
         self.meta_books = store.get_model(home, name).books
         self.max_iterations, self.max_time = cfg.max_iterations, cfg.max_time
         self.eval_every, self.save_every, self.log_every = cfg.eval_every, cfg.save_every, cfg.log_every
@@ -442,7 +442,7 @@ class _Run(Job):
                                   "generator": _list_state(self.gen.rng.getstate())})
         path = save_step(obj, self.folder, self.cfg.keep_last)
         # The buffers on their own too: the studio shows them without loading the weights.
-        atomic_write_json(self.folder / "buffers.json", {"step": self.step, "buffers": self.buffers})
+        atomic_write_json(layout.buffers_file(self.folder), {"step": self.step, "buffers": self.buffers})
         self.events.emit("checkpoint", step=self.step, path=str(path), best=False, kind=kind)
         return path
 
@@ -522,6 +522,6 @@ def read_buffers(model_dir: Path, run_id: str | None = None) -> dict:
     path = latest_run_checkpoint(model_dir, "reason", run_id)
     if path is None:
         raise UserError("reason.no_run", name=model_dir.name)
-    if (path.parent / "buffers.json").exists():
-        return read_json(path.parent / "buffers.json")["buffers"]
+    if layout.buffers_file(path.parent).exists():
+        return read_json(layout.buffers_file(path.parent))["buffers"]
     return safe_load(path)["buffers"]

@@ -1,11 +1,11 @@
-"""The studio's registry: an SQLite index of books, models, runs, checkpoints, metrics and samples.
+"""The studio's registry: an SQLite store of runs and their events, and an index of checkpoints.
 
-Files are the source of truth for books (``books/<name>/book.json``), models
-(``models/<name>/model.json``) and checkpoints; their rows are an index that
-``sync_*`` brings up to date, so books and models made with the CLI show up in the studio
-and the other way round, and a crash between writing a file and writing its row is
-repaired the next time anyone looks. Runs, their metrics and samples exist only here
-(plus each run's events.jsonl, which the job runner ingests).
+Books and models are their folders (books.py, store.py) and are listed from them; nothing
+here copies them, so the CLI and the studio always see the same ones. What lives only here
+is the runs (state, summary, queue order) and their events, ingested from each run's
+events.jsonl by the job runner. The checkpoint rows are a cache: each file's step and bpb,
+read once, and read again when the file's size or time changes. Rows of a model whose
+folder is gone (deleted with the CLI or by hand) are dropped by ``forget_missing_models``.
 
 The database is ``$AZR_HOME/azr.sqlite`` in WAL mode, so the page's reads never wait for
 the job runner's writes. ``schema_version`` holds one row; ``MIGRATIONS`` upgrades an
@@ -20,15 +20,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from sqlalchemy import JSON, URL, Connection, ForeignKey, create_engine, delete, event, select, text
+from sqlalchemy import JSON, URL, Connection, ForeignKey, Index, create_engine, delete, event, select, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-from . import books as books_mod
-from . import store
+from . import layout, store
 from .checkpoint import checkpoint_dir
 from .home import UserError
 
-DB_FILE = "azr.sqlite"
+DB_FILE = layout.DB_FILE
 
 
 class Base(DeclarativeBase):
@@ -39,27 +38,6 @@ class SchemaVersion(Base):
     __tablename__ = "schema_version"
     id: Mapped[int] = mapped_column(primary_key=True)  # always 1: a single row
     version: Mapped[int]
-
-
-class Book(Base):
-    __tablename__ = "books"
-    name: Mapped[str] = mapped_column(primary_key=True)
-    encoding: Mapped[str]
-    chars: Mapped[int]
-    text_bytes: Mapped[int]
-    source_bytes: Mapped[int]
-    created_at: Mapped[str]
-
-
-class Model(Base):
-    __tablename__ = "models"
-    name: Mapped[str] = mapped_column(primary_key=True)
-    config: Mapped[dict] = mapped_column(JSON)
-    parameters: Mapped[int]
-    created_at: Mapped[str]
-    trained_steps: Mapped[int]
-    best_val_bpb: Mapped[float | None]
-    last_trained: Mapped[str | None]
 
 
 class Run(Base):
@@ -104,23 +82,16 @@ class Checkpoint(Base):
 
 
 class Metric(Base):
-    """Every event of a run, numbered from 0 (``seq``): the charts and the SSE replay read these."""
+    """Every event of a run, numbered from 0 (``seq``): the charts, the SSE replay and the run's
+    latest samples (its "sample" events) read these."""
 
     __tablename__ = "metrics"
+    __table_args__ = (Index("ix_metrics_run_kind", "run_id", "kind", "seq"),)
     run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
     seq: Mapped[int] = mapped_column(primary_key=True)
     step: Mapped[int | None]
     kind: Mapped[str]
     data: Mapped[dict] = mapped_column(JSON)
-
-
-class Sample(Base):
-    __tablename__ = "samples"
-    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
-    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
-    step: Mapped[int]
-    prompt: Mapped[str]
-    text: Mapped[str]
 
 
 # MIGRATIONS[i] upgrades a database at version i + 1 to version i + 2 (ALTER TABLE and the like).
@@ -131,7 +102,20 @@ def _run_messages_and_milestones(conn: Connection) -> None:
         conn.execute(text(f"ALTER TABLE runs ADD COLUMN {column}"))
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_run_messages_and_milestones]
+def _drop_book_and_model_rows(conn: Connection) -> None:
+    # Version 3: books and models are listed from their folders; their copies here are gone.
+    conn.execute(text("DROP TABLE IF EXISTS books"))
+    conn.execute(text("DROP TABLE IF EXISTS models"))
+
+
+def _samples_from_events(conn: Connection) -> None:
+    # Version 4: a run's samples are its "sample" events (in metrics); their copy is gone.
+    conn.execute(text("DROP TABLE IF EXISTS samples"))
+    conn.execute(text("CREATE INDEX IF NOT EXISTS ix_metrics_run_kind ON metrics (run_id, kind, seq)"))
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_run_messages_and_milestones, _drop_book_and_model_rows,
+                                                  _samples_from_events]
 
 
 def latest_version() -> int:
@@ -142,7 +126,7 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cur = dbapi_connection.cursor()
     cur.execute("PRAGMA journal_mode=WAL")  # readers never block the writer, nor the other way round
     cur.execute("PRAGMA synchronous=NORMAL")  # safe with WAL; a power cut may lose the last commit only
-    cur.execute("PRAGMA foreign_keys=ON")  # deleting a run deletes its metrics and samples
+    cur.execute("PRAGMA foreign_keys=ON")  # deleting a run deletes its events
     cur.close()
 
 
@@ -150,11 +134,11 @@ class Registry:
     def __init__(self, home: Path):
         self.home = Path(home)
         # URL.create rather than an f-string: the path may hold spaces or non-ASCII letters.
-        url = URL.create("sqlite", database=str(self.home / DB_FILE))
+        url = URL.create("sqlite", database=str(layout.registry_file(self.home)))
         self.engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         event.listen(self.engine, "connect", _sqlite_pragmas)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
-        # Two list requests at once would both insert the same new row: syncs take turns.
+        # Two checkpoint listings at once would both insert the same new row: they take turns.
         self._sync_lock = threading.Lock()
         self._migrate()
 
@@ -177,58 +161,29 @@ class Registry:
                 migrate(conn)
             conn.execute(SchemaVersion.__table__.update().values(version=latest_version()))
 
-    # ------------------------------------------------------------------ files → rows
+    # ------------------------------------------------------------------ rows of models that are gone
 
     def reconcile(self) -> None:
-        """Start-up check: rows for folders without rows, no rows for folders that are gone."""
-        self.sync_books()
-        self.sync_models()
+        """Start-up check: no rows for models whose folder is gone."""
+        self.forget_missing_models()
 
-    def sync_books(self) -> list[books_mod.BookInfo]:
-        """The books on disk (cheap: one small book.json each), with their rows brought up to date."""
-        infos = books_mod.list_books(self.home)
+    def forget_missing_models(self) -> list[str]:
+        """Drop the runs and checkpoint rows of models whose folder is gone (deleted with the CLI
+        or by hand); returns their names. Only a missing folder counts: a damaged model.json
+        alone must not erase a model's history. One query and a stat per model with rows."""
         with self._sync_lock, self.session() as s, s.begin():
-            rows = {b.name: b for b in s.scalars(select(Book))}
-            for info in infos:
-                row = rows.pop(info.name, None)
-                if row is None or row.created_at != info.created_at:  # new, or replaced with --overwrite
-                    s.merge(Book(name=info.name, encoding=info.encoding, chars=info.chars,
-                                 text_bytes=info.text_bytes, source_bytes=info.source_bytes,
-                                 created_at=info.created_at))
-            for gone in rows.values():
-                s.delete(gone)
-        return infos
-
-    def sync_models(self) -> list[store.ModelInfo]:
-        """The models on disk, with their rows brought up to date. Rows (and runs) of a model go
-        only when its folder is gone: a damaged model.json alone must not erase its history."""
-        infos = store.list_models(self.home)
-        with self._sync_lock, self.session() as s, s.begin():
-            rows = {m.name: m for m in s.scalars(select(Model))}
-            for info in infos:
-                row = rows.pop(info.name, None)
-                values = dict(config=info.config.to_dict(), parameters=info.parameters, created_at=info.created_at,
-                              trained_steps=info.trained_steps, best_val_bpb=info.best_val_bpb,
-                              last_trained=info.last_trained)
-                if row is None or any(getattr(row, k) != v for k, v in values.items()):
-                    s.merge(Model(name=info.name, **values))
-            gone = [name for name in rows if not (self.home / "models" / name).is_dir()]
+            named = set(s.scalars(select(Run.model).distinct())) | set(s.scalars(select(Checkpoint.model).distinct()))
+            gone = sorted(name for name in named if not _folder_exists(self.home, name))
             if gone:
-                s.execute(delete(Model).where(Model.name.in_(gone)))
+                s.execute(delete(Run).where(Run.model.in_(gone)))
                 s.execute(delete(Checkpoint).where(Checkpoint.model.in_(gone)))
-            # Runs of models whose folder has vanished (deleted by hand or with the CLI).
-            orphan_runs = set(s.scalars(select(Run.model).distinct())) - {i.name for i in infos}
-            orphan_runs = [name for name in orphan_runs if not (self.home / "models" / name).is_dir()]
-            if orphan_runs:
-                s.execute(delete(Run).where(Run.model.in_(orphan_runs)))
-        return infos
+        return gone
 
     def forget_model(self, name: str) -> None:
         """Drop every row of a model whose folder was just deleted."""
         with self._sync_lock, self.session() as s, s.begin():
             s.execute(delete(Run).where(Run.model == name))
             s.execute(delete(Checkpoint).where(Checkpoint.model == name))
-            s.execute(delete(Model).where(Model.name == name))
 
     def sync_checkpoints(self, model: str) -> list[Checkpoint]:
         """Rows for the checkpoint files of a model. A file not seen before (or rewritten) is
@@ -253,6 +208,13 @@ class Registry:
             for gone in rows.values():
                 s.delete(gone)
         return out
+
+
+def _folder_exists(home: Path, name: str) -> bool:
+    try:
+        return layout.model_dir(home, name).is_dir()
+    except UserError:  # not a name a model can have: no folder can be its
+        return False
 
 
 def _checkpoint_meta(path: Path) -> tuple[int | None, float | None]:

@@ -29,12 +29,12 @@ from pathlib import Path
 
 import torch
 
+from . import layout
 from .device import MemoryTrimmer, is_out_of_memory
 from .events import EventLog
 from .errors import Notice
 from .home import Conflict, UserError, process_alive
 
-LOCK_NAME = ".train.lock"
 FIRST_EVAL_SECONDS = 30.0  # quality is visible within the first minute of any run
 EVAL_SHARE = 10            # with a time budget: about one eval per tenth of it
 
@@ -110,7 +110,7 @@ def lock_holder(model_dir: Path) -> int | None:
     is when the owner wrote it. A pid that is alive but whose process started after that time
     is a reused pid (the owner died, a reboot, another program): the lock is stale. Where start
     times are unknown (not Linux) the pid alone decides."""
-    path = Path(model_dir) / LOCK_NAME
+    path = layout.lock_file(model_dir)
     try:
         pid = int(path.read_text(encoding="utf-8").strip() or 0)
         written = path.stat().st_mtime
@@ -128,7 +128,7 @@ class TrainingLock:
     """One training process per model: a lock file holding the owner's pid (see lock_holder)."""
 
     def __init__(self, model_dir: Path):
-        self.path = Path(model_dir) / LOCK_NAME
+        self.path = layout.lock_file(model_dir)
 
     def __enter__(self):
         for _ in range(3):
@@ -160,8 +160,9 @@ def remove_leftovers(model_dir: Path) -> list[Path]:
     folders), the tokenized data and the tokenizer. Call it holding the model's lock: then no
     live run can own them."""
     model_dir = Path(model_dir)
-    found = list(model_dir.glob(".tokenizer.json.*.tmp"))
-    for folder in (model_dir / "checkpoints", model_dir / "data"):
+    tokenizer = layout.tokenizer_file(model_dir)
+    found = list(tokenizer.parent.glob(f".{tokenizer.name}.*.tmp"))
+    for folder in (layout.checkpoints_dir(model_dir), layout.data_dir(model_dir)):
         if folder.is_dir():
             found += folder.rglob(".*.tmp")
     removed = []

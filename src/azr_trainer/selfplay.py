@@ -66,8 +66,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import store
-from .checkpoint import build_model, checkpoint_dir, export_pt, latest_selfplay_checkpoint, resolve_checkpoint, \
+from . import layout, store
+from .checkpoint import build_model, export_pt, latest_selfplay_checkpoint, resolve_checkpoint, \
     safe_load, save_step
 from .data import BatchSampler, PreparedData, prepare_data
 from .device import pick_device, set_threads
@@ -250,7 +250,7 @@ def prime_coherence(coherence: Coherence, rows, outs, texts, prompt_texts, ref_l
 
 
 def selfplay_root(model_dir: Path) -> Path:
-    return checkpoint_dir(model_dir) / "selfplay"
+    return layout.run_checkpoints_root(model_dir, "selfplay")
 
 
 def _load_data(home: Path, mdir: Path, book_names: list[str], mcfg, tokenizer, log) -> PreparedData:
@@ -258,14 +258,14 @@ def _load_data(home: Path, mdir: Path, book_names: list[str], mcfg, tokenizer, l
     try:
         return prepare_data(home, mdir, book_names, mcfg.tokenizer, mcfg.vocab_size, log=log)
     except NotFound:
-        meta_path = mdir / "data" / "data.json"
+        meta_path = layout.data_info(mdir)
         if not meta_path.exists():
             raise
         meta = read_json(meta_path)
         dtype = np.dtype(meta["dtype"])
         log(Notice("cli.warning", warning=Notice("cli.book_gone_tokens_kept")))
-        return PreparedData(np.memmap(mdir / "data" / "train.bin", dtype=dtype, mode="r"),
-                            np.memmap(mdir / "data" / "val.bin", dtype=dtype, mode="r"),
+        return PreparedData(np.memmap(layout.data_file(mdir, "train"), dtype=dtype, mode="r"),
+                            np.memmap(layout.data_file(mdir, "val"), dtype=dtype, mode="r"),
                             meta["val_bytes"], meta["train_bytes"], tokenizer, [])
 
 
@@ -310,7 +310,7 @@ class _SelfPlay(Job):
             cfg = SelfPlayConfig(**{**{k: v for k, v in saved.items() if k in known},
                                     **{k: getattr(cfg, k) for k in SelfPlayConfig.RUN_CONTROL}}).validate()
             run_id = resume_obj["run_id"]
-            start_obj = safe_load(path.parent / "reference.pt")
+            start_obj = safe_load(layout.reference_checkpoint(path.parent))
             start_info = resume_obj["start"]
         else:
             start_path = resolve_checkpoint(mdir, cfg.checkpoint)
@@ -376,7 +376,7 @@ class _SelfPlay(Job):
                         if cfg.lm_weight > 0 else None)
         self.pool: list[list[int]] = []
         self.tokens_seen = 0
-        self.folder = selfplay_root(mdir) / run_id
+        self.folder = layout.run_checkpoints_dir(mdir, "selfplay", run_id)
         if resume_obj is not None:
             model.load_state_dict(resume_obj["state_dict"])
             self.optimizer.load_state_dict(resume_obj["optimizer"])
@@ -388,8 +388,8 @@ class _SelfPlay(Job):
             self.elapsed_before = resume_obj.get("elapsed", 0.0)
             self.resuming = True
         else:
-            export_pt(start_obj, self.folder / "reference.pt")
-        self.events = EventLog(mdir / "runs" / run_id / "events.jsonl", run_id, listeners)
+            export_pt(start_obj, layout.reference_checkpoint(self.folder))
+        self.events = EventLog(layout.events_file(layout.run_dir(home, name, run_id)), run_id, listeners)
         self.eval_prompts = validation_prompts(data, tokenizer, cfg.eval_prompts, cfg.prompt_tokens)
         use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
         self.autocast = lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16)

@@ -14,7 +14,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .checkpoint import list_step_checkpoints
-from .home import Conflict, NotFound, UserError, atomic_write_json, check_new_name, read_json, validate_name
+from .home import Conflict, NotFound, UserError, atomic_write_json, check_new_name, owned_tmp_name, read_json
+from .layout import TMP_PREFIX, model_dir, model_file, models_dir
 from .model import ModelConfig, count_parameters, estimate_training_memory
 
 
@@ -43,10 +44,6 @@ class ModelInfo:
         return d
 
 
-def model_dir(home: Path, name: str) -> Path:
-    return home / "models" / validate_name(name, "model name")
-
-
 def _info_from_json(d: dict) -> ModelInfo:
     cfg = ModelConfig.from_dict(d["config"])
     return ModelInfo(name=d["name"], config=cfg, created_at=d["created_at"], parameters=count_parameters(cfg),
@@ -61,17 +58,17 @@ def create_model(home: Path, name: str, cfg: ModelConfig, *, max_memory: int | N
     cfg.validate()
     if d.exists():
         raise Conflict("model.exists", name=name)
-    check_new_name(home / "models", name)
+    check_new_name(models_dir(home), name)
     if max_memory is not None:
         need = estimate_training_memory(cfg, batch_size=1)
         if need > max_memory:
             raise UserError("model.memory", need_gib=round(need / 2**30, 1), have_gib=round(max_memory / 2**30, 1))
     info = ModelInfo(name=name, config=cfg, created_at=now_iso(), parameters=count_parameters(cfg), recipe=recipe)
     # Build in a temp folder and rename, so a crash never leaves a half-made model.
-    tmp = home / "models" / f".tmp-{uuid.uuid4().hex[:8]}"
+    tmp = models_dir(home) / owned_tmp_name(TMP_PREFIX)  # the owner's pid: see home.clean_leftovers
     tmp.mkdir(parents=True)
     try:
-        atomic_write_json(tmp / "model.json", info.to_dict())
+        atomic_write_json(model_file(tmp), info.to_dict())
         tmp.rename(d)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -81,14 +78,14 @@ def create_model(home: Path, name: str, cfg: ModelConfig, *, max_memory: int | N
 
 def get_model(home: Path, name: str) -> ModelInfo:
     d = model_dir(home, name)
-    if not (d / "model.json").exists():
+    if not model_file(d).exists():
         raise NotFound("model.not_found", name=name)
-    return _info_from_json(read_json(d / "model.json"))
+    return _info_from_json(read_json(model_file(d)))
 
 
 def read_recipe(home: Path, name: str) -> dict | None:
     """The model's training recipe, or None (a model made by hand, or one that does not exist)."""
-    path = model_dir(home, name) / "model.json"
+    path = model_file(model_dir(home, name))
     if not path.is_file():
         return None
     recipe = read_json(path).get("recipe")
@@ -97,11 +94,11 @@ def read_recipe(home: Path, name: str) -> dict | None:
 
 def list_models(home: Path) -> list[ModelInfo]:
     out = []
-    for d in sorted((home / "models").iterdir()):
-        if d.name.startswith(".") or not (d / "model.json").exists():
+    for d in sorted(models_dir(home).iterdir()):
+        if d.name.startswith(".") or not model_file(d).exists():
             continue
         try:
-            out.append(_info_from_json(read_json(d / "model.json")))
+            out.append(_info_from_json(read_json(model_file(d))))
         except (ValueError, KeyError, TypeError):
             continue  # a damaged folder is skipped, never fatal for the listing
     return out
@@ -109,9 +106,9 @@ def list_models(home: Path) -> list[ModelInfo]:
 
 def update_model(home: Path, name: str, **changes) -> ModelInfo:
     d = model_dir(home, name)
-    data = read_json(d / "model.json")
+    data = read_json(model_file(d))
     data.update(changes)
-    atomic_write_json(d / "model.json", data)
+    atomic_write_json(model_file(d), data)
     return _info_from_json(data)
 
 
@@ -120,7 +117,7 @@ def delete_model(home: Path, name: str) -> None:
     if not d.exists():
         raise NotFound("model.not_found", name=name)
     # Rename first so the name disappears at once and a crash mid-delete leaves only a hidden folder.
-    trash = home / "models" / f".deleted-{uuid.uuid4().hex[:8]}"
+    trash = models_dir(home) / f".deleted-{uuid.uuid4().hex[:8]}"
     d.rename(trash)
     shutil.rmtree(trash, ignore_errors=True)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from . import catalogue, store
+from . import catalogue, layout, store
 from .checkpoint import atomic_torch_save, checkpoint_dir, init_checkpoint, list_step_checkpoints, safe_load, \
     save_step
 from .data import BatchSampler, prepare_data, validation_windows
@@ -287,8 +287,8 @@ class _Pretraining(Job):
             self.resuming = True
             # The schedule is defined by max_iterations; a resumed run may extend it.
         self.tokens_before = self.tokens_seen
-        self.events = EventLog(mdir / "runs" / self.run_id / "events.jsonl" if dist.is_main else None, self.run_id,
-                               listeners)
+        self.events = EventLog(layout.events_file(run_dir(home, name, self.run_id)) if dist.is_main else None,
+                               self.run_id, listeners)
         self.max_iterations, self.max_time = cfg.max_iterations, cfg.max_time
         self.eval_every, self.save_every, self.log_every = cfg.eval_every, cfg.save_every, cfg.log_every
         self.sample_every = cfg.sample_every if cfg.sample_every and cfg.sample_every != cfg.eval_every else None
@@ -405,7 +405,7 @@ class _Pretraining(Job):
         is_best = bpb is not None and (self.best_bpb is None or bpb <= self.best_bpb)
         if is_best:
             self.best_bpb = obj["best_val_bpb"] = bpb
-            atomic_torch_save(obj, folder / "best.pt")
+            atomic_torch_save(obj, layout.best_checkpoint(self.mdir))
         store.update_model(self.home, self.name, trained_steps=self.step, best_val_bpb=self.best_bpb,
                            last_trained=utc_now(), books=cfg.books)
         self.events.emit("checkpoint", step=self.step, path=str(path), best=is_best, kind=kind)
@@ -417,7 +417,7 @@ class _Pretraining(Job):
                          d_model=self.mcfg.d_model, smaller=max(1, cfg.batch_size // 2))
 
     def summary(self, status, message, last_eval, start_eval, wall, checkpoints) -> dict:
-        final, best = last_eval or {}, checkpoint_dir(self.mdir) / "best.pt"
+        final, best = last_eval or {}, layout.best_checkpoint(self.mdir)
         return {
             "model": self.name, "run": self.run_id, "status": status, "message": message, "step": self.step,
             "max_iterations": self.cfg.max_iterations, "train_loss": self.train_loss,
@@ -430,5 +430,4 @@ class _Pretraining(Job):
         }
 
 
-def run_dir(home: Path, name: str, run_id: str) -> Path:
-    return store.model_dir(home, name) / "runs" / run_id
+run_dir = layout.run_dir  # where a run's events (and a studio run's files) are

@@ -19,10 +19,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from . import layout
 from .errors import Notice, UserError
 from .events import EventLog
 
-RUN_FILE = "run.json"
 FORMAT = 1
 
 
@@ -30,10 +30,9 @@ def write_run_file(folder: Path, *, home: Path, kind: str, model: str, run_id: s
                    settings: dict, resume: bool) -> Path:
     """The run file the studio starts a worker on (written atomically: a worker never reads half)."""
     from .home import atomic_write_json
-    path = Path(folder) / RUN_FILE
+    path = layout.run_file(folder)
     atomic_write_json(path, {"format": FORMAT, "home": str(home), "kind": kind, "model": model, "run_id": run_id,
-                             "books": list(books), "settings": dict(settings), "resume": bool(resume),
-                             "control_file": "control"})
+                             "books": list(books), "settings": dict(settings), "resume": bool(resume)})
     return path
 
 
@@ -55,10 +54,10 @@ def _is_main_rank() -> bool:
 
 def report_failure(spec: dict, error: UserError) -> None:
     """A failed status event with the error's code, where the studio reads the run's events."""
-    from .train import run_dir
     if not _is_main_rank():
         return
-    events = EventLog(run_dir(Path(spec["home"]), spec["model"], spec["run_id"]) / "events.jsonl", spec["run_id"])
+    events = EventLog(layout.events_file(layout.run_dir(Path(spec["home"]), spec["model"], spec["run_id"])),
+                      spec["run_id"])
     try:
         events.emit("status", state="failed", message=error.render("en"), code=error.code, params=error.params)
     finally:
@@ -98,8 +97,7 @@ def run(spec: dict, run_file: Path) -> None:
         if rc != 0:
             raise SystemExit(rc)
         return
-    from .train import run_dir
-    control = run_dir(home, model, run_id) / spec.get("control_file", "control")
+    control = layout.control_file(layout.run_dir(home, model, run_id))
     stop = stop_on_signals(control, watch_parent=True)
     log = (lambda m: print(m, file=sys.stderr)) if _is_main_rank() else (lambda m: None)
     params["resume"] = bool(spec.get("resume"))
@@ -129,9 +127,8 @@ def _write_corpus(home: Path, model: str, run_id: str, params: dict, stop, log) 
     cancelled, it writes no book; resumed, it starts over (it has no checkpoint)."""
     from .from_zero import write_from_zero_book
     from .runloop import stop_status
-    from .train import run_dir
     total = params["corpus_docs"]
-    events = EventLog(run_dir(home, model, run_id) / "events.jsonl", run_id)
+    events = EventLog(layout.events_file(layout.run_dir(home, model, run_id)), run_id)
 
     def progress(done: int) -> None:
         if stop.check():

@@ -11,7 +11,7 @@ from fastapi.responses import Response
 
 from .. import answers
 from .. import books as books_mod
-from .. import store
+from .. import layout, store
 from ..errors import Conflict, UserError
 from ..home import owned_tmp_name, validate_name
 from .caches import load_tokenizer
@@ -48,7 +48,7 @@ def _read_start(path: Path, chars: int) -> str:
 
 @router.get("/api/books", tags=["books"])
 def list_books(studio: StudioDep):
-    return [b.to_dict() for b in studio.registry.sync_books()]
+    return [b.to_dict() for b in books_mod.list_books(studio.home)]
 
 
 @router.post("/api/books", status_code=201, tags=["books"], responses=answers.route(409))
@@ -72,7 +72,6 @@ def upload_book(studio: StudioDep, file: UploadFile = File(...), name: str | Non
         info = books_mod.add_book(studio.home, source, name=name, encoding=(encoding or "").strip() or None)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    studio.registry.sync_books()
     return info.to_dict()
 
 
@@ -95,7 +94,7 @@ def book_tokens(studio: StudioDep, name: NamePath, model: NameQuery = None,
         return {"model": None, "tokenizer": "characters",
                 "tokens": [{"id": ord(ch), "text": ch} for ch in text[:limit]]}
     studio.model_info(model)
-    path = store.model_dir(studio.home, model) / "tokenizer.json"
+    path = layout.tokenizer_file(store.model_dir(studio.home, model))
     if not path.is_file():
         raise Conflict("model.no_tokenizer_yet", name=model)
     tokenizer = load_tokenizer(str(path), path.stat().st_mtime_ns)
@@ -112,5 +111,4 @@ def delete_book(studio: StudioDep, name: NamePath):
         if run["state"] in ("queued", "running") and name in (run["books"] or []):
             raise Conflict("guard.book_in_use", name=name, run=run["id"], state=run["state"])
     books_mod.delete_book(studio.home, name)
-    studio.registry.sync_books()
     return Response(status_code=204)

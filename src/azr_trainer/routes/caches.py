@@ -9,6 +9,7 @@ from collections import OrderedDict
 from functools import lru_cache
 from pathlib import Path
 
+from .. import layout
 from ..checkpoint import build_model, safe_load
 from ..home import read_json
 from ..tokenizer import Tokenizer
@@ -45,7 +46,7 @@ class BuffersCache:
         self._lock = threading.Lock()
 
     def get(self, path: Path) -> tuple[int, dict]:
-        side = path.parent / "buffers.json"  # written with every reasoning checkpoint: no weights to load
+        side = layout.buffers_file(path.parent)  # written with every reasoning checkpoint: no weights to load
         if side.exists():
             d = read_json(side)
             return d["step"], d["buffers"]

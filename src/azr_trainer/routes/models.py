@@ -55,7 +55,7 @@ def _header_safe(text: str) -> str:
 @router.get("/api/models", tags=["models"])
 def list_models(studio: StudioDep):
     training = studio.runner.training_models()
-    return [studio.model_dict(m, training) for m in studio.registry.sync_models()]
+    return [studio.model_dict(m, training) for m in store.list_models(studio.home)]
 
 
 @router.post("/api/models", status_code=201, tags=["models"], responses=answers.route(404, 409))
@@ -67,10 +67,8 @@ def create_model(studio: StudioDep, body: ModelCreateRequest):
             raise UserError("auto.shape_given", names=", ".join(given))
         info, _plan, _recipe = recipe_mod.create(studio.home, name, body.auto.books, body.auto.minutes,
                                                  body.auto.threads)
-        studio.registry.sync_models()
         return studio.model_dict(info, set())
     info = store.create_model(studio.home, name, body.config(), max_memory=_max_memory())
-    studio.registry.sync_models()
     return studio.model_dict(info, set())
 
 
@@ -110,7 +108,6 @@ def create_reason_model(studio: StudioDep, body: ReasonModelRequest, request: Re
         except BaseException:
             store.delete_model(home, name)
             raise
-    studio.registry.sync_models()
     return {"model": studio.model_dict(studio.model_info(name), set()), "book": book, "run": run,
             "next": catalogue.message("reason_create.next", language(request), name=name, book=book)}
 

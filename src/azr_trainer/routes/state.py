@@ -11,10 +11,9 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from .. import books as books_mod
-from .. import catalogue, store
-from ..checkpoint import checkpoint_dir, list_step_checkpoints
+from .. import catalogue, layout, store
+from ..checkpoint import list_step_checkpoints
 from ..errors import UserError
-from ..home import TMP_DIR
 from ..jobs import JobRunner, lock_holder
 from ..memorisation import IndexCache, find_copies
 from ..registry import Registry
@@ -35,7 +34,7 @@ class Studio:
     @property
     def tmp_root(self) -> Path:
         """Uploads and downloads in progress, on the same disk as the data."""
-        return self.home / TMP_DIR
+        return layout.tmp_dir(self.home)
 
     def model_info(self, name: str) -> store.ModelInfo:
         try:
@@ -46,7 +45,7 @@ class Studio:
     def model_dict(self, info: store.ModelInfo, training: set[str]) -> dict:
         folder = store.model_dir(self.home, info.name)
         steps = list_step_checkpoints(folder)
-        best = checkpoint_dir(folder) / "best.pt"
+        best = layout.best_checkpoint(folder)
         newest = best if best.exists() else (steps[-1][1] if steps else None)
         try:
             file_bytes = newest.stat().st_size if newest is not None else None
@@ -56,7 +55,7 @@ class Studio:
                 "training": info.name in training or lock_holder(self.home, info.name) is not None}
 
     def memorisation(self, books_names: list[str] | None, text: str) -> dict:
-        infos = [b for b in self.registry.sync_books() if b.name in set(books_names or [])]
+        infos = [b for b in books_mod.list_books(self.home) if b.name in set(books_names or [])]
         if not infos:
             return {"spans": [], "copied_fraction": 0.0, "books": []}
         key = tuple((b.name, b.text_bytes, b.created_at) for b in infos)

@@ -1,0 +1,122 @@
+"""The kinds of run the studio queues (train, selfplay, reason, corpus): each kind's settings
+and the check made before a run of it is queued, which says what is wrong while the person is
+still at the page instead of in a worker's log later. jobs.py queues and runs them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import books as books_mod
+from . import store
+from .checkpoint import resolve_checkpoint
+from .formats import FORMATS
+from .home import Conflict, NotFound, UserError
+from .reasoning import ReasonConfig, default_lengths, resolve_format
+from .rewards import PRESETS
+from .selfplay import SelfPlayConfig
+from .settings import CORPUS, REASON, RUN_GROUPS, SELFPLAY, TRAIN, Group, time_budget
+from .train import TrainConfig
+
+def _check_train(home: Path, model: str, books: list[str], params: dict) -> list[str]:
+    if not books:
+        raise UserError("Choose at least one book to train on.")
+    for name in books:
+        books_mod.get_book(home, name)
+    if len(set(books)) != len(books):
+        raise UserError("Each book can be chosen only once.")
+    nproc = params.get("nproc")
+    if nproc and params["batch_size"] % nproc:
+        raise UserError("settings.nproc_batch", batch_size=params["batch_size"], nproc=nproc)
+    rest = {k: v for k, v in params.items() if k != "nproc"}
+    TrainConfig(books=list(books), **time_budget("train", rest, processes=nproc or 1)).validate()
+    return list(books)
+
+
+def _check_selfplay(home: Path, model: str, books: list[str], params: dict) -> list[str]:
+    """Self-play starts from a trained checkpoint and reads the books that model learned."""
+    if books:
+        raise UserError("A self-play run reads the books its model was trained on; leave books empty.")
+    if params.get("reward", SELFPLAY.default("reward")) not in PRESETS:  # never a file: that would run code
+        raise UserError("settings.choice", name="reward", choices=list(PRESETS), value=repr(params["reward"]))
+    SelfPlayConfig(**time_budget("selfplay", params)).validate()
+    mdir = store.model_dir(home, model)
+    try:
+        resolve_checkpoint(mdir, "latest")
+    except UserError:
+        raise UserError(f"Model '{model}' has no trained checkpoint yet: self-play starts from one. Train it on "
+                        "a book first.") from None
+    resolve_checkpoint(mdir, str(params.get("checkpoint", "best")))  # a wrong step number says which exist
+    own_books = store.get_model(home, model).books or []
+    if not own_books:  # imported and never trained here
+        raise UserError(f"Self-play needs the books model '{model}' was trained on (for its prompts, book loss and "
+                        "validation bpb); train it on a book first.")
+    return list(own_books)
+
+
+def _check_reason(home: Path, model: str, books: list[str], params: dict) -> list[str]:
+    """AZR reasoning starts from a trained checkpoint; its tasks come from the model itself and
+    the sandbox, never from books."""
+    if books:
+        raise UserError("A reasoning run needs no books (the model writes its own tasks); leave books empty.")
+    cfg = ReasonConfig(**time_budget("reason", params)).validate()
+    mdir = store.model_dir(home, model)
+    try:
+        resolve_checkpoint(mdir, "latest")
+    except UserError:
+        # The CLI would make the model from zero; the studio has a step for that (see routes/models.py).
+        raise UserError(f"Model '{model}' has no trained checkpoint yet: a reasoning run starts from one. Create a "
+                        "model for reasoning from zero (POST /api/reason/models, or the Training page's button), "
+                        "train it on its triplets book, then start the reasoning run; or run "
+                        f"`azr reason {model}` on the command line, which does all three.") from None
+    resolve_checkpoint(mdir, cfg.checkpoint)  # a wrong step number or a missing selfplay/reason run says so
+    # Checked by the worker too, but only once it has loaded the model: say it before queuing.
+    mcfg = store.get_model(home, model).config
+    fmt = FORMATS[resolve_format(cfg.prompt_format, mcfg)]
+    program = default_lengths(cfg, fmt)[1]
+    if mcfg.max_seq_len < program + 64:
+        raise UserError(f"Model '{model}' reads at most {mcfg.max_seq_len} tokens, too few for reasoning prompts "
+                        f"({fmt.name} format) with {program}-token programs: use a model with max_seq_len of "
+                        f"{program + 64} or more (a from-zero reasoning model has 512).")
+    return []
+
+
+def _check_corpus(home: Path, model: str, books: list[str], params: dict) -> list[str]:
+    """The run that writes a new from-zero model's triplets book (POST /api/reason/models queues
+    it); it never overwrites a book."""
+    if books:
+        raise UserError("reason_create.corpus_books")
+    book = f"{model}-triplets"
+    try:
+        books_mod.get_book(home, book)
+    except NotFound:
+        return []
+    raise Conflict("reason_create.book_exists", book=book, name=model)
+
+
+@dataclass(frozen=True)
+class RunKind:
+    """What a kind of run is: its settings (settings.py: the ones the studio offers, their
+    defaults and bounds) and the check made before it is queued, which returns the books to
+    record for the run."""
+    group: Group
+    check: Callable[[Path, str, list[str], dict], list[str]]
+
+    @property
+    def settings(self) -> tuple[str, ...]:
+        return self.group.studio_names()
+
+    @property
+    def defaults(self) -> dict:
+        return self.group.studio_defaults()
+
+
+# A new kind is one entry here and its group in settings.py; the API and the page follow.
+KINDS: dict[str, RunKind] = {
+    "train": RunKind(TRAIN, _check_train),
+    "selfplay": RunKind(SELFPLAY, _check_selfplay),
+    "reason": RunKind(REASON, _check_reason),
+    "corpus": RunKind(CORPUS, _check_corpus),
+}
+assert set(KINDS) == set(RUN_GROUPS)
