@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from . import books as books_mod
-from . import catalogue, store
+from . import catalogue, osdeps, store
 from . import settings as settings_mod
 from .checkpoint import build_model, resolve_checkpoint, safe_load
 from .home import UserError, home_dir
@@ -390,6 +390,7 @@ def cmd_reason(args, home):
     mdir = store.model_dir(home, args.name)
     if args.show_buffers:
         return _print_json(reasoning.read_buffers(mdir, args.run_id))
+    osdeps.require_reasoning()  # off Linux: refused before a model is made or trained
     cfg = _reason_config(args).validate()
     stop = stop_on_signals()
     if not mdir.exists():

@@ -48,7 +48,7 @@ from typing import IO
 from sqlalchemy import select
 
 from . import books as books_mod
-from . import catalogue, recipe, runloop, store
+from . import catalogue, osdeps, recipe, runloop, store
 from .checkpoint import resolve_checkpoint
 from .events import read_events
 from .home import Conflict, NotFound, UserError
@@ -334,6 +334,8 @@ class JobRunner:
 
     def create_run(self, model: str, books: list[str], params: dict, kind: str = "train") -> dict:
         """Queue a new run of ``kind`` (see KINDS); it starts at once when a slot is free."""
+        if kind == "reason":
+            osdeps.require_reasoning()  # off Linux: refused before anything is checked or queued
         store.get_model(self.home, model)
         if kind not in KINDS:
             raise UserError("settings.kind", kinds=list(KINDS), value=repr(kind))

@@ -48,7 +48,7 @@ from starlette.exceptions import HTTPException
 
 from . import __version__
 from . import books as books_mod
-from . import answers, catalogue, reasoning, store
+from . import answers, catalogue, osdeps, reasoning, store
 from . import recipe as recipe_mod
 from . import settings as settings_mod
 from .checkpoint import build_model, checkpoint_dir, latest_run_checkpoint, list_step_checkpoints, \
@@ -638,7 +638,9 @@ def create_app(home: Path, *, token: str | None = None, max_upload_bytes: int = 
 
     @app.get("/api/health", tags=["studio"])
     def health():
-        return {"ok": True, "version": __version__}
+        """``reasoning``: whether reasoning mode runs here; off Linux, why not (code, params)."""
+        refusal = osdeps.reasoning_refusal()
+        return {"ok": True, "version": __version__, "reasoning": {"available": refusal is None, **(refusal or {})}}
 
     # ---- books
 
@@ -744,6 +746,7 @@ def create_app(home: Path, *, token: str | None = None, max_upload_bytes: int = 
         written as its steps. Answers the model, the book's name and that ``run``. Next, once the
         run completed: a train run on that book, then a reason run; ``next`` says so. What ``azr
         reason NAME`` does on its own for a model that does not exist."""
+        osdeps.require_reasoning()
         name = validate_name(body.name, "model name")
         book = validate_name(f"{name}-triplets", "book name")
         if store.model_dir(home, name).exists():
