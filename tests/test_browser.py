@@ -692,6 +692,7 @@ def test_selfplay_mode(browser, studio, artifacts, tmp_path):
 REASON_SHAPE = {"d_model": 32, "num_layers": 1, "num_heads": 2, "d_ff": 64, "max_seq_len": 320}
 
 
+@pytest.mark.sandbox
 def test_reasoning_mode(browser, studio, artifacts):
     made = studio.request("POST", "/api/reason/models", {"name": "thinker", **REASON_SHAPE, "corpus_docs": 600})
     assert wait_run(studio, made["run"]["id"])["state"] == "completed"

@@ -47,7 +47,7 @@ def windows() -> bool:
 
 def posix() -> bool:
     """POSIX calls (signals to a pid, process groups, directory fsync) in use."""
-    return os.name == "posix" and not portable()
+    return os.name == "posix" and not windows() and not portable()
 
 
 def system_name() -> str:
