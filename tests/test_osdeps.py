@@ -228,8 +228,8 @@ def test_replace_waits_out_a_moment_of_another_programs_hold(tmp_path, monkeypat
     monkeypatch.setattr(time, "sleep", pauses.append)
     osdeps.replace(src, dst)
     assert dst.read_text() == "new" and len(pauses) == 3
-    held[0] = 100  # held for good: the error comes back after a few seconds of tries
+    held[0] = 100  # held for good: the error comes back after a couple of seconds of tries
     src.write_text("newer")
     with pytest.raises(PermissionError):
         osdeps.replace(src, dst)
-    assert sum(pauses[3:]) < 5 and dst.read_text() == "new"
+    assert 1 < sum(pauses[3:]) < 3 and dst.read_text() == "new"

@@ -313,7 +313,7 @@ def cpu_name() -> str | None:
 
 # ---- files -------------------------------------------------------------------------------------
 
-REPLACE_PAUSES = (0.05, 0.1, 0.2, 0.4, 0.8, 1.0)  # seconds between tries: about 2.5 s in all
+REPLACE_PAUSES = (0.1, 0.25, 0.5, 1.0)  # seconds between the 5 tries: a virus scan of a big checkpoint
 
 
 def replace(src: str | os.PathLike, dst: str | os.PathLike) -> None:
