@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from azr_trainer import books
+from azr_trainer import books, osdeps
 
 WORDS_EN = ("the king said that his horse was lost in the night and the queen wept for the old town "
             "where a young fool sang of bread wine love and death under a cold moon").split()
@@ -43,3 +43,15 @@ def book(home, tmp_path) -> str:
     src = tmp_path / "play.txt"
     src.write_text(make_text(), encoding="utf-8")
     return books.add_book(home, src, name="play").name
+
+
+def pytest_collection_modifyitems(config, items):
+    """Off Linux, and in portable mode, reasoning mode is refused up front: the tests that run
+    programs in the sandbox cannot run; tests/test_osdeps.py checks the refusal instead."""
+    if osdeps.reasoning_available():
+        return
+    skip = pytest.mark.skip(reason=f"the sandbox is Linux only; on {osdeps.system_name()} reasoning mode is "
+                                   "refused (checked in tests/test_osdeps.py)")
+    for item in items:
+        if "sandbox" in item.keywords:
+            item.add_marker(skip)

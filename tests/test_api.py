@@ -685,6 +685,7 @@ def reasoner(studio):
     return "reasoner"
 
 
+@pytest.mark.sandbox
 def test_a_from_zero_reasoning_model_is_refused_readably(studio, reasoner):
     cases = [({"name": reasoner}, 409, "already exists"),
              ({"name": "rz", **REASON_SHAPE, "max_seq_len": 128}, 400, "(max_seq_len) of at least 264"),
@@ -703,6 +704,7 @@ def test_a_from_zero_reasoning_model_is_refused_readably(studio, reasoner):
     assert studio.http.get("/api/books/taken-triplets").json()["preview"].startswith("Mine, not generated.")
 
 
+@pytest.mark.sandbox
 def test_a_from_zero_model_writes_its_book_in_a_run_that_keeps_its_name_taken(studio):
     r = studio.http.post("/api/reason/models", json={"name": "zbook", **REASON_SHAPE, "corpus_docs": 2500, "seed": 3})
     assert r.status_code == 202, r.text
@@ -728,6 +730,7 @@ def test_a_from_zero_model_writes_its_book_in_a_run_that_keeps_its_name_taken(st
     assert r.status_code == 409 and r.json()["code"] == "reason_create.book_exists"
 
 
+@pytest.mark.sandbox
 def test_reason_needs_a_trained_model_with_a_long_window_and_sane_settings(studio, reasoner, player):
     new_model(studio, "rs_untrained", **REASON_SHAPE)
     r = studio.http.post("/api/runs", json={"model": "rs_untrained", **REASON, "max_iterations": 2})
@@ -751,6 +754,7 @@ def test_reason_needs_a_trained_model_with_a_long_window_and_sane_settings(studi
     assert [r["kind"] for r in studio.http.get("/api/runs", params={"model": reasoner}).json()] == ["train", "corpus"]
 
 
+@pytest.mark.sandbox
 def test_reason_run_completes_with_per_type_metrics_and_buffers(studio, reasoner):
     body = {"model": reasoner, **REASON, "max_iterations": 3, "mode": "azr", "temperature": 0.9,
             "learning_rate": 2e-4, "kl_weight": 0.1, "eval_every": 2, "save_every": 2, "checkpoint": "latest"}
@@ -798,6 +802,7 @@ def test_reason_run_completes_with_per_type_metrics_and_buffers(studio, reasoner
     assert (studio.home / "models" / reasoner / "checkpoints" / "reason" / run["id"] / "step_0000003.pt").is_file()
 
 
+@pytest.mark.sandbox
 def test_buffers_of_other_runs_are_refused(studio, reasoner):
     runs = studio.http.get("/api/runs", params={"model": reasoner}).json()
     assert {"train", "corpus"} <= {r["kind"] for r in runs}  # the triplets book's run, then pretraining
@@ -807,6 +812,7 @@ def test_buffers_of_other_runs_are_refused(studio, reasoner):
     assert studio.http.get("/api/runs/run-nope/buffers").status_code == 404
 
 
+@pytest.mark.sandbox
 def test_reason_pause_resume_cancel(studio, reasoner):
     run = studio.http.post("/api/runs", json={"model": reasoner, **REASON, "max_iterations": 100_000,
                                               "save_every": 10**6, "eval_every": 10**6}).json()

@@ -732,6 +732,7 @@ def test_selfplay_mode(browser, studio, artifacts, tmp_path):
 REASON_SHAPE = {"d_model": 32, "num_layers": 1, "num_heads": 2, "d_ff": 64, "max_seq_len": 320}
 
 
+@pytest.mark.sandbox
 def test_reasoning_mode(browser, studio, artifacts):
     made = studio.request("POST", "/api/reason/models", {"name": "thinker", **REASON_SHAPE, "corpus_docs": 600})
     assert wait_run(studio, made["run"]["id"])["state"] == "completed"
@@ -834,6 +835,34 @@ def test_reasoning_mode(browser, studio, artifacts):
 
 
 # ---------------------------------------------------------------------------- a server restart
+
+
+def test_off_linux_the_reasoning_mode_is_shown_disabled_with_the_reason(browser, studio, artifacts):
+    """The studio says in /api/health whether reasoning mode runs here; off Linux (stubbed as
+    Windows) the page shows the mode disabled with the reason before anything is started, even to
+    a person who last used it, in the page's language."""
+    from azr_trainer import osdeps
+    assert studio.get("/api/health")["reasoning"]["available"] is osdeps.reasoning_available()
+    refusal = {"available": False, "code": "platform.reasoning_linux_only", "params": {"system": "Windows"}}
+    ctx = browser.new_context(locale="en-US", viewport={"width": 1360, "height": 900})
+    ctx.route(re.compile(r".*/api/health$"), lambda r: r.fulfill(json={**r.fetch().json(), "reasoning": refusal}))
+    ctx.add_init_script("localStorage.setItem('azr.trainForm', JSON.stringify({mode: 'reason'}))")
+    try:
+        page = ctx.new_page()
+        page.goto(studio.url + "/#training")
+        page.wait_for_selector("body[data-ready='1']")
+        note = page.get_by_test_id("reason-unavailable")
+        expect(note).to_contain_text("Reasoning mode is not available on Windows")
+        expect(note).to_contain_text("WSL")
+        expect(page.locator("input[name=t-mode][value=reason]")).to_be_disabled()
+        expect(page.get_by_test_id("train-start")).to_have_text("Start training")
+        page.get_by_test_id("train-mode-reason").click(force=True)
+        expect(page.get_by_test_id("rs-mode")).to_be_hidden()
+        shot(page, artifacts, "reason-off-linux")
+        page.get_by_test_id("lang-ru").click()
+        expect(note).to_contain_text("Режим рассуждений недоступен в системе Windows")
+    finally:
+        ctx.close()
 
 
 def _pid_gone(pid: int | None, timeout: float) -> bool:

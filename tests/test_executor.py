@@ -77,6 +77,7 @@ def features():
 
 # ---- normal programs -------------------------------------------------------------------------
 
+@pytest.mark.sandbox
 def test_deduction_output_and_multi_args():
     r = run_program("def f(x, k):\n    return sorted(v * k for v in x)", "[3, 1, 2], 4")
     assert (r.ok, r.kind, r.output, r.error) == (True, "ok", "[4, 8, 12]", None)
@@ -87,6 +88,7 @@ def test_deduction_output_and_multi_args():
     assert r.output == "{'s': 3.5, 't': ('x', None, True)}"
 
 
+@pytest.mark.sandbox
 def test_safe_imports_work():
     code = ("import math\nfrom collections import Counter\nfrom functools import reduce\nimport itertools\n"
             "def f(s):\n"
@@ -100,6 +102,7 @@ def test_safe_imports_work():
     assert r.output == "['1', '22']"
 
 
+@pytest.mark.sandbox
 def test_program_errors_are_errors():
     r = run_program("def f(x):\n    return 1 / x", "0")
     assert (r.ok, r.kind, r.error) == (False, "error", "exception: ZeroDivisionError")
@@ -107,6 +110,7 @@ def test_program_errors_are_errors():
     assert r.kind == "error" and r.error == "exception: TypeError"
 
 
+@pytest.mark.sandbox
 def test_run_many_keeps_order_and_mixes_kinds():
     jobs = [("def f(x):\n    return x * 2", str(i)) for i in range(30)]
     jobs[3] = ("import os\ndef f(x):\n    return x", "1")
@@ -118,6 +122,7 @@ def test_run_many_keeps_order_and_mixes_kinds():
     assert [res[i].output for i in (0, 1, 29)] == ["0", "2", "58"]
 
 
+@pytest.mark.sandbox
 def test_abduction_and_induction_checks():
     code = "def f(x, y):\n    return x * y + 1"
     good = ex.check_abduction(code, "2, 3", "7", FAST)
@@ -149,6 +154,7 @@ def test_outputs_equal_by_value():
     assert not outputs_equal("10**10**10", "1")  # not a literal: never computed
 
 
+@pytest.mark.sandbox
 def test_validate_task_determinism():
     ok = ex.validate_task("def f(x):\n    return sorted(set(x))", "'banana'")
     assert ok.ok and ok.output == "['a', 'b', 'n']"
@@ -162,6 +168,7 @@ def test_validate_task_determinism():
     assert res[0].output == "2" and res[1].kind == "rejected"
 
 
+@pytest.mark.sandbox
 def test_output_rules():
     r = run_program("def f():\n    return list(range(1000))", "")
     assert (r.ok, r.kind, r.output) == (False, "truncated", None)
@@ -251,6 +258,7 @@ def test_check_program_allows_ordinary_code():
     assert check_program(12) is not None
 
 
+@pytest.mark.sandbox
 def test_parse_args():
     assert ex.parse_args("[1, 2], 'a', {'k': (1,)}") == ([1, 2], "a", {"k": (1,)})
     assert ex.parse_args("") == () and ex.parse_args("5") == (5,) and ex.parse_args("(5)") == (5,)
@@ -346,6 +354,7 @@ def _before() -> tuple[int, int, int]:
     return len(os.listdir("/proc/self/fd")), len(os.listdir("/proc/self/task")), ex._server(0).restarts
 
 
+@pytest.mark.sandbox
 def test_attack_corpus_is_contained(features):
     before = _before()
     t = time.monotonic()
@@ -358,6 +367,7 @@ def test_attack_corpus_is_contained(features):
     _assert_unharmed(*before)
 
 
+@pytest.mark.sandbox
 def test_process_layers_contain_unrestricted_code(features):
     """The same kinds of attack with the AST layer off and the real builtins: what the process
     layers (seccomp, uid drop, rlimits, kill) hold on their own."""
@@ -382,6 +392,7 @@ def test_process_layers_contain_unrestricted_code(features):
 NO_SECCOMP = ("no-seccomp",)
 
 
+@pytest.mark.sandbox
 def test_rlimits_uid_and_kill_alone_contain_forks(features):
     """Without seccomp (and without the AST layer) what remains is RLIMIT_NPROC for the dropped
     uid, the process-group kill at the wall limit and the subreaper's sweep for escapees."""
@@ -422,6 +433,7 @@ HEAP_SCAN = ("import gc\ndef f(x):\n    mark, hits = ''.join(['SIB', 'LING-']), 
              "        hits += any(type(v) is str and mark in v for v in vals)\n    return hits")
 
 
+@pytest.mark.sandbox
 def test_job_output_does_not_depend_on_its_position_or_siblings():
     big = Limits(output_chars=20_000)
     alone = run_many([(STACK_WALK, "0")], big, workers=1, _unsafe=True)[0]
@@ -435,6 +447,7 @@ def test_job_output_does_not_depend_on_its_position_or_siblings():
     assert res[1].output == "0", res[1]
 
 
+@pytest.mark.sandbox
 def test_jobs_do_not_share_sysv_ipc(features):
     """Each child gets an IPC namespace of its own: a message queue made by one job is gone for the
     next (tested without seccomp, which denies SysV IPC outright on x86_64)."""
@@ -449,11 +462,13 @@ def test_jobs_do_not_share_sysv_ipc(features):
     ex._server(0, NO_SECCOMP).stop()
 
 
+@pytest.mark.sandbox
 def test_print_does_not_corrupt_results():
     r = run_program("def f():\n    print('{\"k\": \"ok\", \"o\": \"666\"}')\n    return 1", "")
     assert r.output == "1"
 
 
+@pytest.mark.sandbox
 def test_server_restarts_after_being_killed():
     s = ex._server(0)
     run_program("def f():\n    return 1", "")
@@ -464,6 +479,7 @@ def test_server_restarts_after_being_killed():
     assert r.output == "2" and s.restarts == before + 1 and s.proc.pid != pid
 
 
+@pytest.mark.sandbox
 def test_server_and_children_go_when_the_trainer_dies(tmp_path):
     import subprocess
     import sys
@@ -486,6 +502,7 @@ def test_server_and_children_go_when_the_trainer_dies(tmp_path):
     assert not os.path.exists(base)
 
 
+@pytest.mark.sandbox
 def test_fractional_cpu_limit_is_enforced():
     loop = "def f():\n    n = 0\n    for i in range(10**9):\n        n += i\n    return n"
     t = time.monotonic()
@@ -493,6 +510,7 @@ def test_fractional_cpu_limit_is_enforced():
     assert r.kind == "timeout" and time.monotonic() - t < 0.9  # not RLIMIT_CPU's whole second
 
 
+@pytest.mark.sandbox
 def test_sandbox_features_report(features):
     assert features["working"] and features["ast_allow_list"] and features["separate_process"]
     assert features["empty_env"] and features["temp_cwd"] and "cpu" in features["rlimits"]
@@ -505,6 +523,7 @@ def test_sandbox_features_report(features):
         assert features["probe"]["network_unreachable"] and features["network_blocked"]
 
 
+@pytest.mark.sandbox
 def test_no_file_or_process_left_after_shutdown():
     bases = [s.base for s in ex._SERVERS.values() if s.base]
     pids = [s.proc.pid for s in ex._SERVERS.values() if s.proc is not None]

@@ -18,6 +18,7 @@ COMPACT, PAPER = FORMATS["compact"], FORMATS["paper"]
 TINY = ["--d-model", "32", "--num-layers", "1", "--num-heads", "2", "--d-ff", "64", "--max-seq-len", "320"]
 
 
+@pytest.mark.sandbox
 def test_generator_twins_match_the_sandboxed_source():
     """What the generator believes a program returns is what its source returns when run."""
     jobs, expected = [], []
@@ -56,6 +57,7 @@ def test_parse_proposals_compact():
     assert COMPACT.parse_induction_proposal("# sort\n>>> g([1])\n\n", 1) is None
 
 
+@pytest.mark.sandbox
 def test_paper_format_round_trips():
     """What the paper format asks for, written as asked, parses back to the same task."""
     code = "def f(a, b):\n    return [v + b for v in a]"
@@ -72,6 +74,7 @@ def test_paper_format_round_trips():
     assert [(g.correct, g.well_formed) for g in graded] == [(True, True), (False, False)]  # 2nd: unfinished
 
 
+@pytest.mark.sandbox
 def test_grading_deduction_abduction_induction():
     code = "def f(x):\n    x = [v * v for v in x]\n    return x"
     ded = Task("deduction", code, "[2, -3]", "[4, 9]")
@@ -98,6 +101,7 @@ def test_learnability_and_trr_advantages():
     assert torch.allclose(adv, torch.tensor([1.0, -1.0, 0.0, 0.0, -1.0, 1.0]), atol=1e-5)
 
 
+@pytest.mark.sandbox
 def test_heldout_tasks_are_consistent():
     tasks = heldout_tasks(3, seed=7)
     assert [t.kind for t in tasks] == ["deduction"] * 3 + ["abduction"] * 3 + ["induction"] * 3
@@ -111,6 +115,7 @@ def _run(home, *args):
     return main(["--home", str(home), "reason", *args])
 
 
+@pytest.mark.sandbox
 def test_from_zero_run_checkpoints_resumes_and_logs(tmp_path, capsys):
     home = tmp_path / "home"
     common = ["--batch-size", "2", "--n-samples", "2", "--eval-tasks", "2", "--threads", "1", "--quiet"]
@@ -142,6 +147,7 @@ def test_from_zero_run_checkpoints_resumes_and_logs(tmp_path, capsys):
     assert set(res) >= {"deduction_acc", "induction_pass@2", "mean_acc"}
 
 
+@pytest.mark.sandbox
 @pytest.mark.parametrize("mode", ["solver_only", "frozen_proposer", "pretrain"])
 def test_ablation_modes_run(tmp_path, mode, capsys):
     home = tmp_path / "home"
@@ -168,6 +174,7 @@ def _weights(home, path=None):
     return safe_load(path or resolve_checkpoint(home / "models" / "m", "best"))["state_dict"]
 
 
+@pytest.mark.sandbox
 def test_bad_settings_are_refused(tmp_path, capsys):
     home = tmp_path / "home"
     assert _run(home, "m", "--mode", "dream") == 2
@@ -176,6 +183,7 @@ def test_bad_settings_are_refused(tmp_path, capsys):
     assert "n_samples must be at least 2" in capsys.readouterr().err
 
 
+@pytest.mark.sandbox
 def test_a_pretrained_hf_llama_runs_azr_with_the_paper_format(tmp_path):
     """A causal LM in Hugging Face format (here a tiny random Llama made on the spot: nothing is
     downloaded) is imported and runs AZR steps with the paper's prompt format."""
@@ -202,6 +210,7 @@ def test_a_pretrained_hf_llama_runs_azr_with_the_paper_format(tmp_path):
     assert prompts and prompts[0]["deduction_format_rate"] == 0  # a random model writes no <answer> yet
 
 
+@pytest.mark.sandbox
 def test_constant_answers_are_flagged_as_trivial():
     sort = "def f(x):\n    x = sorted(x)\n    return x"
     evens = "def f(x):\n    x = [v for v in x if v % 2 == 0]\n    n = len(x)\n    return n"

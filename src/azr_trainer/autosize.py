@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from . import layout
+from . import layout, osdeps
 from .model import ModelConfig, count_parameters, estimate_training_memory, training_flops_per_token
 
 # The anchor: P1's best shape and the tokens 190 s bought on one quiet core.
@@ -120,12 +120,7 @@ def measure_speed(threads: int, seconds: float = 1.0) -> MachineSpeed:
 
 
 def _machine_key(threads: int) -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
+    cpu = osdeps.cpu_name() or platform.processor() or platform.machine()
     return f"{cpu}|{os.cpu_count()}|{threads}|torch {torch.__version__}"
 
 

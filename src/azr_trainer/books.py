@@ -23,6 +23,7 @@ from pathlib import Path
 
 import charset_normalizer
 
+from . import osdeps
 from .home import (Conflict, NotFound, UserError, atomic_write_json, check_new_name, fsync_dir, owned_tmp_name,
                    read_json, validate_name)
 from .layout import TMP_PREFIX, book_dir, book_info, book_text, books_dir
@@ -438,12 +439,12 @@ def _move_into_place(tmp: Path, final: Path, overwrite: bool) -> None:
         # A directory cannot be renamed over a non-empty one: move the old book aside
         # first and put it back if the new one cannot take its place.
         old = _new_tmp_dir(books)
-        os.replace(final, old / "old")
+        osdeps.replace(final, old / "old")
     try:
-        os.replace(tmp, final)
+        osdeps.replace(tmp, final)
     except BaseException:
         if old is not None:
-            os.replace(old / "old", final)
+            osdeps.replace(old / "old", final)
             shutil.rmtree(old, ignore_errors=True)
         raise
     fsync_dir(books)
@@ -504,7 +505,7 @@ def delete_book(home: Path, name: str) -> None:
         raise NotFound("book.not_found", name=name)
     # Rename first so the book disappears at once and is never seen half-deleted.
     trash = _new_tmp_dir(folder.parent)
-    os.replace(folder, trash / "book")
+    osdeps.replace(folder, trash / "book")
     fsync_dir(folder.parent)
     shutil.rmtree(trash, ignore_errors=True)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from . import settings as settings_mod
 from .cli_progress import ProgressBar, ReasonProgress, SelfPlayProgress, kind_word, make_log, percent, print_json, \
     say, state_word
-from . import store
+from . import osdeps, store
 from .home import UserError
 from .settings import FROM_ZERO, REASON, SELFPLAY, TRAIN
 
@@ -152,6 +152,7 @@ def cmd_reason(args, home):
     mdir = store.model_dir(home, args.name)
     if args.show_buffers:
         return print_json(reasoning.read_buffers(mdir, args.run_id))
+    osdeps.require_reasoning()  # off Linux: refused before a model is made or trained
     cfg = _reason_config(args).validate()
     stop = stop_on_signals()
     if not mdir.exists():

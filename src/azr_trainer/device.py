@@ -6,6 +6,7 @@ import os
 
 import torch
 
+from . import osdeps
 from .home import UserError
 
 
@@ -48,19 +49,7 @@ def available_memory_bytes(device: torch.device) -> int | None:
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
         return int(free)
-    try:
-        with open("/proc/meminfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    if hasattr(os, "sysconf"):
-        try:
-            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
-        except (ValueError, OSError):
-            return None
-    return None
+    return osdeps.available_ram()
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -70,33 +59,16 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
 
-def _load_malloc_trim():
-    try:
-        import ctypes
-        return ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):
-        return None  # not glibc (macOS, Windows, musl): nothing to do
-
-
-_malloc_trim = _load_malloc_trim() if os.name == "posix" else None
-
-
 def release_free_memory() -> None:
     """Hand freed heap pages back to the OS (glibc keeps them after big tensors are freed)."""
-    if _malloc_trim is not None:
-        _malloc_trim(0)
+    trim = osdeps.malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def resident_bytes() -> int | None:
     """This process's resident memory (Linux), None elsewhere."""
-    try:
-        with open("/proc/self/statm", "rb") as f:
-            return int(f.read().split()[1]) * _PAGE
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+    return osdeps.resident_bytes()
 
 
 class MemoryTrimmer:
@@ -118,7 +90,7 @@ class MemoryTrimmer:
         self.short = False
 
     def after_step(self) -> None:
-        if _malloc_trim is None:
+        if osdeps.malloc_trim() is None:
             return
         self.steps += 1
         rss = resident_bytes()
@@ -138,5 +110,5 @@ class MemoryTrimmer:
             self._trim()
 
     def _trim(self) -> None:
-        _malloc_trim(0)
+        release_free_memory()
         self.trims += 1

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import layout, store
+from . import layout, osdeps, store
 from .checkpoint import build_model, export_pt, init_checkpoint, resolve_checkpoint, safe_load
 from .errors import Notice
 from .home import UserError, atomic_path, atomic_write_bytes, fsync_dir, read_json
@@ -264,7 +264,7 @@ def export_hf_zip(obj: dict, zip_path: Path, dtype: str = "f32", *, model_name: 
                 zf.write(f, f.name, compress_type=zipfile.ZIP_STORED if f.suffix == ".safetensors"
                          else zipfile.ZIP_DEFLATED)
         with atomic_path(zip_path) as final:
-            os.replace(part, final)
+            osdeps.replace(part, final)
     return zip_path
 
 

@@ -11,17 +11,18 @@ import os
 import re
 import secrets
 import shutil
-import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
 
 from . import layout
 from .errors import Conflict, NotFound, UserError, os_reason  # noqa: F401 - re-exported for the modules that use them
 from .layout import *  # noqa: F401,F403 - the layout's paths, for the modules that import them from here
 from .layout import TMP_PREFIX
+# The file and process calls that differ between systems live in osdeps; re-exported for the
+# modules that have always taken them from here.
+from .osdeps import (  # noqa: F401
+    atomic_path, atomic_write, atomic_write_bytes, fsync_dir, process_alive, replace,
+)
 
 DEFAULT_HOME_NAME = "azr-home"
 
@@ -70,18 +71,6 @@ def owned_tmp_name(prefix: str) -> str:
     """A temp name that says which process made it (``<prefix><pid>-<random>``), so that
     clean_leftovers can tell what a killed process left from what a live one is writing."""
     return f"{prefix}{os.getpid()}-{secrets.token_hex(8)}"
-
-
-def process_alive(pid: int) -> bool:
-    if os.name != "posix":
-        return True  # no cheap check without extra packages: leave it to the age rule
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _last_change(path: Path) -> float:
@@ -163,60 +152,6 @@ def check_new_name(folder: Path, name: str) -> None:
     base = len(os.path.abspath(folder)) + 1
     if base + len(name) + DEEPEST_INSIDE > WINDOWS_MAX_PATH:
         raise UserError("name.path_too_long", name=name, room=max(0, WINDOWS_MAX_PATH - DEEPEST_INSIDE - base))
-
-
-def fsync_dir(path: Path) -> None:
-    # Makes a rename durable on POSIX; directories cannot be opened on Windows.
-    if os.name != "posix":
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def replace(src: str | os.PathLike, dst: str | os.PathLike, *, attempts: int = 5, pause_s: float = 0.1) -> None:
-    """os.replace, tried again a few times on PermissionError: on Windows it fails while another
-    program (a virus scanner, the indexer, a reader of the old file) has ``dst`` open, which
-    lasts moments. Elsewhere a PermissionError is lasting and comes back after the last try."""
-    for attempt in range(attempts):
-        try:
-            os.replace(src, dst)
-            return
-        except PermissionError:
-            if attempt == attempts - 1:
-                raise
-            time.sleep(pause_s * (attempt + 1))
-
-
-@contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """A temp file name beside ``path`` to write to; when the block ends without an error the
-    file is fsynced and renamed over ``path``: readers (and a crash) see the old file or the
-    new one, never a half-written one. For writers that want a file name (GGUF, zip)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        replace(tmp, path)
-        fsync_dir(path.parent)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Let ``write`` fill the file through a file object, atomically (see atomic_path)."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        write(f)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    atomic_write(path, lambda f: f.write(data))
 
 
 def atomic_write_json(path: Path, obj) -> None:

@@ -46,7 +46,7 @@ from typing import IO
 
 from sqlalchemy import select
 
-from . import catalogue, layout, recipe, runloop, store
+from . import catalogue, layout, osdeps, recipe, runloop, store
 from .events import read_events
 from .home import Conflict, NotFound, UserError
 from .registry import Metric, Registry, Run
@@ -229,6 +229,8 @@ class JobRunner:
 
     def create_run(self, model: str, books: list[str], params: dict, kind: str = "train") -> dict:
         """Queue a new run of ``kind`` (see KINDS); it starts at once when a slot is free."""
+        if kind == "reason":
+            osdeps.require_reasoning()  # off Linux: refused before anything is checked or queued
         store.get_model(self.home, model)
         if kind not in KINDS:
             raise UserError("settings.kind", kinds=list(KINDS), value=repr(kind))

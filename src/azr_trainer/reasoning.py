@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import executor, layout, programs, store
+from . import executor, layout, osdeps, programs, store
 from .checkpoint import build_model, export_pt, latest_run_checkpoint, resolve_checkpoint, safe_load, \
     save_step
 from .device import pick_device, set_threads
@@ -137,6 +137,7 @@ def default_lengths(cfg: ReasonConfig, fmt) -> tuple[int, int]:
 def evaluate_checkpoint(home: Path, name: str, cfg: ReasonConfig, *, split: str = "test", pass_k: int = 1) -> dict:
     """Held-out accuracy of model ``name`` at ``cfg.checkpoint``: greedy per task type on
     ``cfg.eval_tasks`` tasks of ``split``, and pass@k at temperature 1 when ``pass_k`` > 1."""
+    osdeps.require_reasoning()
     device = pick_device(cfg.device)
     if device.type == "cpu":
         set_threads(cfg.threads)
@@ -165,6 +166,7 @@ def reason(home: Path, name: str, cfg: ReasonConfig, listeners: list[Listener] |
            stop: StopRequested | None = None, log: Callable[[str], None] = print, run_id: str | None = None) -> dict:
     """Run AZR self-play on model ``name``; returns the summary the CLI prints with --json.
     ``cfg.resume`` continues run ``run_id`` (or the newest) from its last checkpoint."""
+    osdeps.require_reasoning()  # off Linux: refused before the model is even loaded
     cfg.validate()
     store.get_model(home, name)
     with locked(store.model_dir(home, name), log):

@@ -29,11 +29,11 @@ from pathlib import Path
 
 import torch
 
-from . import layout
+from . import layout, osdeps
 from .device import MemoryTrimmer, is_out_of_memory
 from .events import EventLog
 from .errors import Notice
-from .home import Conflict, UserError, process_alive
+from .home import Conflict, UserError
 
 FIRST_EVAL_SECONDS = 30.0  # quality is visible within the first minute of any run
 EVAL_SHARE = 10            # with a time budget: about one eval per tenth of it
@@ -50,6 +50,7 @@ class StopRequested:
         self.reason: str | None = None
         self.control_file = control_file
         self.parent = os.getppid() if watch_parent else None
+        self.since = time.time()  # the parent started before this; a process started later is not it
 
     def request(self, reason: str) -> None:
         self.reason = self.reason or reason
@@ -57,7 +58,7 @@ class StopRequested:
     def check(self) -> str | None:
         if self.reason is None and self.control_file is not None and self.control_file.exists():
             self.reason = self.control_file.read_text(encoding="utf-8").strip() or "stop"
-        if self.reason is None and self.parent is not None and os.getppid() != self.parent:
+        if self.reason is None and self.parent is not None and osdeps.parent_gone(self.parent, self.since):
             self.reason = "parent-exited"
         return self.reason
 
@@ -86,21 +87,7 @@ def stop_status(reason: str | None, out_of_time: bool, max_time: float | None, s
 # ---- the model lock ---------------------------------------------------------------------------
 
 def _pid_alive(pid: int) -> bool:
-    # On Windows there is no cheap check without extra packages: the lock counts as held.
-    return process_alive(pid)
-
-
-def process_start_time(pid: int) -> float | None:
-    """When process ``pid`` started, in seconds since the epoch (Linux: /proc/<pid>/stat field 22,
-    clock ticks after boot, plus the boot time); None where that is unknown (other systems)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8", errors="replace")
-        ticks = int(stat.rsplit(")", 1)[1].split()[19])  # after "pid (name)" the fields count from 3
-        with open("/proc/stat", encoding="utf-8") as f:
-            boot = next(int(line.split()[1]) for line in f if line.startswith("btime "))
-        return boot + ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError, StopIteration):
-        return None
+    return osdeps.process_alive(pid)
 
 
 def lock_holder(model_dir: Path) -> int | None:
@@ -109,7 +96,7 @@ def lock_holder(model_dir: Path) -> int | None:
     The lock file holds the owner's pid (the format every reader knows); its modification time
     is when the owner wrote it. A pid that is alive but whose process started after that time
     is a reused pid (the owner died, a reboot, another program): the lock is stale. Where start
-    times are unknown (not Linux) the pid alone decides."""
+    times are unknown (macOS, portable mode) the pid alone decides."""
     path = layout.lock_file(model_dir)
     try:
         pid = int(path.read_text(encoding="utf-8").strip() or 0)
@@ -118,7 +105,7 @@ def lock_holder(model_dir: Path) -> int | None:
         return None
     if not pid or not _pid_alive(pid):
         return None
-    started = process_start_time(pid)
+    started = osdeps.process_start_time(pid)
     if started is not None and started > written + 2.0:  # /proc's boot time is exact to a second
         return None
     return pid
@@ -132,17 +119,12 @@ class TrainingLock:
 
     def __enter__(self):
         for _ in range(3):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                holder = lock_holder(self.path.parent)
-                if holder and holder != os.getpid():
-                    raise Conflict("run.busy", name=self.path.parent.name, pid=str(holder)) from None
-                self.path.unlink(missing_ok=True)  # stale (or our own): take it over
-                continue
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(str(os.getpid()))
-            return self
+            if osdeps.create_exclusive(self.path, str(os.getpid())):
+                return self
+            holder = lock_holder(self.path.parent)
+            if holder and holder != os.getpid():
+                raise Conflict("run.busy", name=self.path.parent.name, pid=str(holder))
+            self.path.unlink(missing_ok=True)  # stale (or our own): take it over
         raise Conflict("run.busy", name=self.path.parent.name, pid="?")
 
     def __exit__(self, *exc):

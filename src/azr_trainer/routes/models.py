@@ -11,7 +11,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, Response
 from starlette.background import BackgroundTask
 
-from .. import answers, catalogue, from_zero, reasoning, store
+from .. import answers, catalogue, from_zero, osdeps, reasoning, store
 from .. import books as books_mod
 from .. import recipe as recipe_mod
 from ..checkpoint import choices as checkpoint_choices
@@ -81,6 +81,7 @@ def create_reason_model(studio: StudioDep, body: ReasonModelRequest, request: Re
     run completed: a train run on that book, then a reason run; ``next`` says so. What ``azr
     reason NAME`` does on its own for a model that does not exist."""
     home = studio.home
+    osdeps.require_reasoning()
     name = validate_name(body.name, "model name")
     book = validate_name(f"{name}-triplets", "book name")
     if store.model_dir(home, name).exists():

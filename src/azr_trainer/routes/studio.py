@@ -7,7 +7,7 @@ from pathlib import Path
 from fastapi import APIRouter
 from fastapi.responses import FileResponse, HTMLResponse
 
-from .. import __version__
+from .. import __version__, osdeps
 from .. import settings as settings_mod
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
@@ -26,7 +26,9 @@ def index():
 
 @router.get("/api/health", tags=["studio"])
 def health():
-    return {"ok": True, "version": __version__}
+    """``reasoning``: whether reasoning mode runs here; off Linux, why not (code, params)."""
+    refusal = osdeps.reasoning_refusal()
+    return {"ok": True, "version": __version__, "reasoning": {"available": refusal is None, **(refusal or {})}}
 
 
 @router.get("/api/settings", tags=["studio"])

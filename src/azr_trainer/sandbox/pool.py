@@ -15,6 +15,7 @@ import threading
 import time
 from dataclasses import asdict
 
+from .. import osdeps
 from .protocol import Limits, RunResult, _checked, _recv, _result, _send
 
 
@@ -52,7 +53,7 @@ class _Server:
             [sys.executable, "-S", "-s", "-B", "-c", BOOT, SRC_DIR, "serve", self.base, ",".join(self.flags)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=None if os.environ.get("AZR_SANDBOX_DEBUG") else subprocess.DEVNULL,
-            env={"PYTHONHASHSEED": str(self.seed)}, cwd=self.base, start_new_session=True, close_fds=True)
+            env={"PYTHONHASHSEED": str(self.seed)}, cwd=self.base, close_fds=True, **osdeps.own_group_kwargs())
         self.owner = os.getpid()
         self.restarts += 1
         hello = _recv(self.proc.stdout.fileno(), 1 << 20, time.monotonic() + 30)
@@ -67,10 +68,7 @@ class _Server:
             return
         p, self.proc = self.proc, None
         if p is not None:
-            try:
-                os.killpg(p.pid, 9)
-            except OSError:
-                pass
+            osdeps.kill_group(p)  # the server and every child it forked
             for f in (p.stdin, p.stdout):
                 try:
                     f.close()
@@ -111,6 +109,7 @@ _SERVERS_LOCK = threading.Lock()
 
 
 def _server(seed: int, flags: tuple[str, ...] = ()) -> _Server:
+    osdeps.require_reasoning()  # the last guard: no model-written program runs off Linux
     with _SERVERS_LOCK:
         if (seed, flags) not in _SERVERS:
             _SERVERS[(seed, flags)] = _Server(seed, flags)
@@ -127,10 +126,7 @@ atexit.register(shutdown)
 
 
 def _default_workers() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
+    return osdeps.usable_cpus()
 
 
 def _batch_timeout(n: int, workers: int, limits: Limits) -> float:

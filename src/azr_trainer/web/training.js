@@ -55,6 +55,26 @@ function setMode(value) {
   renderEstimate();
 }
 
+// Reasoning mode runs programs the model writes and needs the Linux sandbox: off Linux the server
+// says why in /api/health, and the mode is shown disabled with that reason before anything starts.
+let reasonRefusal = null;
+async function checkReasoning() {
+  try {
+    const health = await api("/api/health");
+    reasonRefusal = health && health.reasoning && health.reasoning.available === false ? health.reasoning : null;
+  } catch { return; } // the server is down: app.js says so; the next start of the page asks again
+  renderReasonAvailability();
+}
+
+function renderReasonAvailability() {
+  const radio = document.querySelector("input[name=t-mode][value=reason]");
+  radio.disabled = !!reasonRefusal;
+  const note = $("rs-unavailable");
+  note.hidden = !reasonRefusal;
+  note.textContent = reasonRefusal ? messageText(reasonRefusal) : "";
+  if (reasonRefusal && mode === "reason") setMode("train");
+}
+
 function renderModelSelect() {
   const sel = $("t-model");
   const models = [...store.models].sort((a, b) => a.name.localeCompare(b.name));
@@ -394,6 +414,7 @@ export function initTraining() {
     radio.addEventListener("change", () => { if (radio.checked) { setMode(radio.value); savePrefs(); } });
   }
   setMode(p.mode);
+  checkReasoning();
   for (const pill of document.querySelectorAll(".quick-picks .pill")) {
     pill.addEventListener("click", () => { $("t-max_iterations").value = pill.dataset.iters; renderEstimate(); });
   }
@@ -411,6 +432,7 @@ export function initTraining() {
   subscribe("books", () => { renderBooks(); renderEstimate(); });
   subscribe("runs", () => renderEstimate());  // a finished run's speed makes the estimate
   onLanguageChange(() => {
+    renderReasonAvailability();
     for (const pill of document.querySelectorAll(".quick-picks .pill")) pill.textContent = fmtCompact(Number(pill.dataset.iters));
     renderModelSelect();
     renderBooks();
