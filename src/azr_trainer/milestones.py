@@ -8,7 +8,9 @@
   words.
 
 The numbers are computed once per run (``Baselines``) and checked at every evaluation;
-``reached`` returns the codes of the milestones a new evaluation passes, each once.
+``reached`` returns the codes of the milestones a new evaluation passes, each once per run:
+``passed`` is saved in the run's checkpoints and restored on resume, so a paused and resumed
+run does not announce again what it already reached.
 """
 
 from __future__ import annotations

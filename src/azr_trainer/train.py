@@ -284,6 +284,8 @@ class _Pretraining(Job):
             self.best_bpb, self.elapsed_before = resume_obj.get("best_val_bpb"), resume_obj.get("elapsed", 0.0)
             self.run_id = run_id or resume_obj["run_id"]
             self.resuming = True
+            if self.milestones is not None:  # each milestone is announced once per run, not once per worker
+                self.milestones.passed.update(resume_obj.get("milestones_passed") or [])
             # The schedule is defined by max_iterations; a resumed run may extend it.
         self.tokens_before = self.tokens_seen
         self.events = EventLog(mdir / "runs" / self.run_id / "events.jsonl" if dist.is_main else None, self.run_id,
@@ -399,7 +401,8 @@ class _Pretraining(Job):
         obj = checkpoint_obj(self, self.model, self.mcfg, self.tokenizer, self.optimizer, self.run_id,
                              {"model": self.name, "books": cfg.books, "kind": kind, "val_bpb": bpb},
                              tokens_seen=self.tokens_seen, train_config=asdict(cfg), best_val_bpb=self.best_bpb,
-                             rng={"torch": torch.get_rng_state(), "data": self.sampler.state()})
+                             rng={"torch": torch.get_rng_state(), "data": self.sampler.state()},
+                             milestones_passed=sorted(self.milestones.passed) if self.milestones else [])
         path = save_step(obj, folder, cfg.keep_last)
         is_best = bpb is not None and (self.best_bpb is None or bpb <= self.best_bpb)
         if is_best:
