@@ -40,6 +40,7 @@ import torch
 from azr_trainer import books, store
 from azr_trainer.checkpoint import build_model, export_pt, safe_load
 from azr_trainer.data import prepare_data
+from azr_trainer.milestones import book_vocabulary, split_text
 from azr_trainer.model import ModelConfig
 from azr_trainer.rewards import Coherence, build_reward, preset_weights, repeated_ngram_rate, words
 from azr_trainer.selfplay import SelfPlayConfig, default_length_target, evaluate_samples, selfplay, \
@@ -53,6 +54,7 @@ from pretrain_budget import RECIPE, TRAIN  # noqa: E402
 BOOK = "tinyshakespeare"
 CONFIGS = {
     "default": {},
+    "norealwords": {"real_words_weight": 0.0},  # the default before its real-word term
     "nokl": {"kl_weight": 0.0, "lm_weight": 0.0},
     "original": {"reward": "original"},
     "original_nokl": {"reward": "original", "kl_weight": 0.0, "lm_weight": 0.0},
@@ -93,9 +95,10 @@ class FixedEval:
         # coherence is reported whether or not the default reward uses it (capped as in self-play)
         self.coherence = Coherence(self.ref, self.tok, cap=SelfPlayConfig().coherence_cap)
         self.weights = preset_weights("default")
-        self.reward = build_reward(self.weights, length_target=target, coherence=self.coherence)
         train_text = self.tok.decode(np.asarray(self.data.train, dtype=np.int64).tolist())
         self.vocab = set(words(train_text))
+        self.reward = build_reward(self.weights, length_target=target, coherence=self.coherence,
+                                   vocabulary=book_vocabulary(split_text(self.tok, self.data.train)))
 
     def __call__(self, model) -> dict:
         model.eval()

@@ -209,6 +209,9 @@ SELFPLAY = Group(
     # A preset of rewards.PRESETS; on the command line also a FILE.py (never from the studio).
     Setting("reward", str, "default", studio=True, label="train.sp.reward"),
     Setting("reward_file", str, None),
+    # The default reward's real-word term: without it, self-play cut loops but wrote more made-up
+    # words (BENCHMARKS.md, S1).
+    Setting("real_words_weight", float, 1.0, min=0, max=100),
     Setting("length_target", float, None, min=0, min_open=True, unit="words"),
     Setting("prompt_source", str, "book"),
     _s(_EVERY, 50, studio=True),

@@ -26,15 +26,12 @@ from .data import BatchSampler, prepare_data, validation_windows
 from .device import available_memory_bytes, pick_device, set_threads
 from .events import EventLog, Listener, new_run_id, utc_now
 from .home import UserError
-from .milestones import Baselines, real_word_share
+from .milestones import Baselines, real_word_share, split_text
 from .model import Transformer, estimate_training_memory, training_flops_per_token
 from .runloop import Job, StopRequested, TrainingLock, _pid_alive, check_finite, checkpoint_obj, locked, \
     make_optimizer, run_loop
 from .sample import generate
 from .settings import TRAIN
-
-# tokens of each split decoded for the milestones' yardsticks (bounded: xz and a word set)
-MILESTONE_TOKENS = 400_000
 
 _REEXPORTED = (StopRequested, TrainingLock, _pid_alive)  # the CLI, jobs and export import them from here
 
@@ -260,9 +257,8 @@ class _Pretraining(Job):
         # the milestones' yardsticks: xz on the held-out text, and the words of the books
         self.milestones = self.last_bpb = None
         if dist.is_main and data.val_bytes:
-            self.milestones = Baselines.from_texts(
-                self.tokenizer.decode(data.train[:MILESTONE_TOKENS].tolist()),
-                self.tokenizer.decode(data.val[:MILESTONE_TOKENS].tolist()))
+            self.milestones = Baselines.from_texts(split_text(self.tokenizer, data.train),
+                                                   split_text(self.tokenizer, data.val))
         if cfg.sample_prompts is None:
             cfg.sample_prompts = default_sample_prompts(self.tokenizer.decode(data.train[1:200].tolist()))
 
