@@ -658,6 +658,7 @@ async function renderEstimate() {
   const m = currentModel();
   const iters = intValue($("t-max_iterations"));
   const batch = intValue($("t-batch_size"));
+  if (mode === "selfplay" && m) { renderSelfPlayEstimate(el, m); return; }
   if (mode !== "train" || !m || !(iters > 0) || !(batch > 0)) { el.textContent = ""; estimateSeq++; return; }
   const seq = (m.config && m.config.max_seq_len) || setting("model", "max_seq_len").default;
   const tokens = iters * batch * seq;
@@ -668,10 +669,48 @@ async function renderEstimate() {
   const chars = store.books.filter((b) => selectedBooks.has(b.name)).reduce((n, b) => n + (b.chars || 0), 0);
   const parts = [t("train.estimate_tokens", { tokens: fmtCompact(tokens) })];
   // The speed this model really reached in its latest run beats any formula.
-  const measured = sortedRuns().find((r) => r.model === m.name && r.last_step && r.last_step.tokens_per_s > 0);
+  const measured = sortedRuns().find((r) => r.model === m.name && (r.kind || "train") === "train" && r.last_step && r.last_step.tokens_per_s > 0);
   if (measured) parts.push(t("train.estimate_measured", { time: fmtApproxDuration(tokens / measured.last_step.tokens_per_s), tps: fmtInt(measured.last_step.tokens_per_s) }));
   else if (flops) parts.push(t("train.estimate_time", { time: fmtApproxDuration(roughSeconds(flops, batch * seq, iters)) }));
   if (chars) parts.push(t("train.estimate_books", { chars: fmtCompact(chars) }));
+  el.textContent = parts.join(" · ");
+}
+
+// Seconds per decoded position of a self-play rollout on a CPU, beyond its arithmetic (the
+// KV-cache generator's small kernels and Python, one position at a time).
+const GEN_POSITION_S = 0.008;
+
+/** How long a self-play run takes: its steps at the seconds per step this model's last
+ * self-play run took, else a rough figure from its size; a time budget ends it sooner. */
+async function renderSelfPlayEstimate(el, m) {
+  const seqNo = ++estimateSeq;
+  const iters = intValue($("sp-max_iterations"));
+  const minutes = floatValue($("sp-minutes"));
+  const measured = sortedRuns().find((r) => r.model === m.name && r.kind === "selfplay" && r.last_step && r.last_step.step_seconds > 0);
+  let perStep = measured ? measured.last_step.step_seconds : null;
+  if (!perStep && iters > 0) {
+    let flops = null;
+    try { flops = await modelFlops(m); } catch { flops = null; }
+    if (seqNo !== estimateSeq) return;
+    if (flops) {
+      // One step in training-token equivalents (forward 2, backward 4 per token): its rollouts
+      // (prompt + continuation) generated, scored by the starting model and trained on, and a
+      // batch of 8 windows of the book. Defaults as in selfplay.SelfPlayConfig.
+      const seq = (m.config && m.config.max_seq_len) || setting("model", "max_seq_len").default;
+      const rollout = Math.min(96, seq - Math.min(32, Math.floor(seq / 4)));
+      const rows = setting("selfplay", "prompts_per_step").default * (intValue($("sp-group_size")) || setting("selfplay", "group_size").default);
+      const tokens = (rows * Math.min(seq, rollout + 32) * 10) / 6 + 8 * seq;
+      perStep = roughSeconds(flops, tokens, 1) + rollout * GEN_POSITION_S;
+    }
+  }
+  if (seqNo !== estimateSeq) return;
+  const budget = minutes > 0 ? minutes * 60 : Infinity;
+  const parts = [];
+  if (perStep && iters > 0) {
+    const key = measured ? "train.sp.estimate_measured" : "train.sp.estimate_rough";
+    parts.push(t(key, { time: fmtApproxDuration(Math.min(iters * perStep, budget)), steps: fmtInt(iters), seconds: fmtFixed(perStep, 1) }));
+  }
+  if (budget < Infinity) parts.push(t("train.sp.estimate_budget", { minutes: fmtNum(minutes) }));
   el.textContent = parts.join(" · ");
 }
 
