@@ -16,7 +16,10 @@ fixed evaluation:
   where a small model's loops show;
 - val bpb over the whole validation split.
 
-Configurations: ``default`` (the shipped defaults), ``nokl`` (same, KL weight 0 and no book
+Each run also reports its wall time (``selfplay_seconds``) and seconds per step.
+
+Configurations: ``default`` (the shipped defaults), ``norealwords`` (the default before its
+real-word term: ``real_words_weight`` 0), ``nokl`` (same, KL weight 0 and no book
 loss), ``original`` (the originally described reward: diversity + length, default KL and book
 loss), ``original_nokl`` (that reward with KL 0 and no book loss: the loop as first described).
 
@@ -158,7 +161,7 @@ def report(paths: list[str]) -> str:
     weights = preset_weights("default")
     for r in [start] + [r for rs in results.values() for r in rs]:
         if "components" in r:  # the reward as the default defines it now, whatever it was when measured
-            r["reward"] = sum(w * r["components"][k] for k, w in weights.items())
+            r["reward"] = sum(w * r["components"].get(k, float("nan")) for k, w in weights.items())
     cols = [("reward", "reward", ".3f"), ("rep4", "rep-4 (T 0.8)", ".4f"), ("distinct2", "distinct-2", ".3f"),
             ("distinct2_corpus", "distinct-2 all", ".3f"), ("unknown_words", "unknown words", ".3f"),
             ("greedy_rep4", "rep-4 greedy", ".3f"), ("greedy_char_rep20", "char-rep-20 greedy", ".3f"),
