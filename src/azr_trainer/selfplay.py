@@ -308,7 +308,8 @@ class _SelfPlay(Job):
                 raise (UserError("run.nothing_to_resume_run", run=run_id) if run_id else
                        UserError("run.nothing_to_resume_selfplay", name=name))
             resume_obj = safe_load(path)
-            saved = resume_obj["selfplay_config"]
+            # a run saved before the real-word term resumes with the reward it had
+            saved = {"real_words_weight": 0.0, **resume_obj["selfplay_config"]}
             known = {f.name for f in fields(SelfPlayConfig)}
             cfg = SelfPlayConfig(**{**{k: v for k, v in saved.items() if k in known},
                                     **{k: getattr(cfg, k) for k in SelfPlayConfig.RUN_CONTROL}}).validate()
