@@ -357,27 +357,7 @@ class _SelfPlay(Job):
             self.file_prompts = [tokenizer.encode(p)[-max_prompt:] or [tokenizer.eot_id]
                                  for p in read_prompt_file(cfg.prompt_source[5:])]
 
-        # The reward. Coherence is scored by the frozen starting model.
-        weights = {} if cfg.reward == "file" else preset_weights(cfg.reward)
-        if "real_words" in weights:
-            weights["real_words"] = cfg.real_words_weight
-        custom = None
-        if cfg.reward_file:
-            custom = load_reward_file(cfg.reward_file)
-            weights.setdefault("custom", 1.0)
-        weights.update(parse_weights(cfg.reward_weights))
-        if cfg.reward == "file" and not custom:
-            raise UserError("run.selfplay.reward_file_needed")
-        self.length_target = length_target = (cfg.length_target
-                                              or default_length_target(data, tokenizer, cfg.rollout_tokens))
-        self.coherence = Coherence(ref, tokenizer, device, cap=cfg.coherence_cap)
-        # what counts as a real word: the words of the books, as for the "real words" milestone
-        self.vocabulary = book_vocabulary(split_text(tokenizer, data.train))
-        self.reward = build_reward(weights, length_target=length_target, coherence=self.coherence, custom=custom,
-                                   vocabulary=self.vocabulary)
-        # Evals sample eval_length tokens: the same reward, its length target scaled to that length.
-        self.eval_reward = build_reward(weights, length_target=length_target * cfg.eval_length / cfg.rollout_tokens,
-                                        coherence=self.coherence, custom=custom, vocabulary=self.vocabulary)
+        self._make_rewards(cfg, data, tokenizer, ref, device)
 
         self.optimizer = make_optimizer(model, cfg.learning_rate, cfg.weight_decay, cfg.beta2, device)
         self.seq_len = mcfg.max_seq_len
@@ -405,6 +385,30 @@ class _SelfPlay(Job):
         self.max_iterations, self.max_time = cfg.max_iterations, cfg.max_time
         self.eval_every, self.save_every, self.log_every = cfg.eval_every, cfg.save_every, cfg.log_every
         self.metrics: dict = {}
+
+    def _make_rewards(self, cfg: SelfPlayConfig, data: PreparedData, tokenizer, ref, device) -> None:
+        """The reward of the rollouts and of the eval samples. Coherence is scored by the frozen
+        starting model; what counts as a real word are the words of the books, as for the
+        "real words" milestone."""
+        weights = {} if cfg.reward == "file" else preset_weights(cfg.reward)
+        if "real_words" in weights:
+            weights["real_words"] = cfg.real_words_weight
+        custom = None
+        if cfg.reward_file:
+            custom = load_reward_file(cfg.reward_file)
+            weights.setdefault("custom", 1.0)
+        weights.update(parse_weights(cfg.reward_weights))
+        if cfg.reward == "file" and not custom:
+            raise UserError("run.selfplay.reward_file_needed")
+        self.length_target = length_target = (cfg.length_target
+                                              or default_length_target(data, tokenizer, cfg.rollout_tokens))
+        self.coherence = Coherence(ref, tokenizer, device, cap=cfg.coherence_cap)
+        self.vocabulary = book_vocabulary(split_text(tokenizer, data.train))
+        self.reward = build_reward(weights, length_target=length_target, coherence=self.coherence, custom=custom,
+                                   vocabulary=self.vocabulary)
+        # Evals sample eval_length tokens: the same reward, its length target scaled to that length.
+        self.eval_reward = build_reward(weights, length_target=length_target * cfg.eval_length / cfg.rollout_tokens,
+                                        coherence=self.coherence, custom=custom, vocabulary=self.vocabulary)
 
     def start_fields(self) -> dict:
         cfg = self.cfg
