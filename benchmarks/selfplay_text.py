@@ -16,7 +16,10 @@ fixed evaluation:
   where a small model's loops show;
 - val bpb over the whole validation split.
 
-Configurations: ``default`` (the shipped defaults), ``nokl`` (same, KL weight 0 and no book
+Each run also reports its wall time (``selfplay_seconds``) and seconds per step.
+
+Configurations: ``default`` (the shipped defaults), ``norealwords`` (the default before its
+real-word term: ``real_words_weight`` 0), ``nokl`` (same, KL weight 0 and no book
 loss), ``original`` (the originally described reward: diversity + length, default KL and book
 loss), ``original_nokl`` (that reward with KL 0 and no book loss: the loop as first described).
 
@@ -40,6 +43,7 @@ import torch
 from azr_trainer import books, store
 from azr_trainer.checkpoint import build_model, export_pt, safe_load
 from azr_trainer.data import prepare_data
+from azr_trainer.milestones import book_vocabulary, split_text
 from azr_trainer.model import ModelConfig
 from azr_trainer.rewards import Coherence, build_reward, preset_weights, repeated_ngram_rate, words
 from azr_trainer.selfplay import SelfPlayConfig, default_length_target, evaluate_samples, selfplay, \
@@ -53,6 +57,7 @@ from pretrain_budget import RECIPE, TRAIN  # noqa: E402
 BOOK = "tinyshakespeare"
 CONFIGS = {
     "default": {},
+    "norealwords": {"real_words_weight": 0.0},  # the default before its real-word term
     "nokl": {"kl_weight": 0.0, "lm_weight": 0.0},
     "original": {"reward": "original"},
     "original_nokl": {"reward": "original", "kl_weight": 0.0, "lm_weight": 0.0},
@@ -93,9 +98,10 @@ class FixedEval:
         # coherence is reported whether or not the default reward uses it (capped as in self-play)
         self.coherence = Coherence(self.ref, self.tok, cap=SelfPlayConfig().coherence_cap)
         self.weights = preset_weights("default")
-        self.reward = build_reward(self.weights, length_target=target, coherence=self.coherence)
         train_text = self.tok.decode(np.asarray(self.data.train, dtype=np.int64).tolist())
         self.vocab = set(words(train_text))
+        self.reward = build_reward(self.weights, length_target=target, coherence=self.coherence,
+                                   vocabulary=book_vocabulary(split_text(self.tok, self.data.train)))
 
     def __call__(self, model) -> dict:
         model.eval()
@@ -155,7 +161,7 @@ def report(paths: list[str]) -> str:
     weights = preset_weights("default")
     for r in [start] + [r for rs in results.values() for r in rs]:
         if "components" in r:  # the reward as the default defines it now, whatever it was when measured
-            r["reward"] = sum(w * r["components"][k] for k, w in weights.items())
+            r["reward"] = sum(w * r["components"].get(k, float("nan")) for k, w in weights.items())
     cols = [("reward", "reward", ".3f"), ("rep4", "rep-4 (T 0.8)", ".4f"), ("distinct2", "distinct-2", ".3f"),
             ("distinct2_corpus", "distinct-2 all", ".3f"), ("unknown_words", "unknown words", ".3f"),
             ("greedy_rep4", "rep-4 greedy", ".3f"), ("greedy_char_rep20", "char-rep-20 greedy", ".3f"),

@@ -665,6 +665,14 @@ def test_selfplay_mode(browser, studio, artifacts, tmp_path):
         page.get_by_test_id("sp-temperature").fill("0.5")
         page.get_by_test_id("sp-kl_weight").fill("0.2")
         page.get_by_test_id("sp-lm_weight").fill("0.3")
+        # The studio's default run has a time budget that fits a sitting; here a shorter one.
+        minutes = studio.get("/api/settings")["selfplay"]["minutes"]["default"]
+        expect(page.get_by_test_id("sp-minutes")).to_have_value(f"{minutes:g}")
+        page.get_by_test_id("sp-minutes").fill("10")
+        # Before the start: how long it will take (rough for a model without a self-play run yet).
+        estimate = page.get_by_test_id("train-estimate")
+        expect(estimate).to_contain_text("12 steps at about")
+        expect(estimate).to_contain_text("(rough) · ends after 10 min at the latest")
         shot(page, artifacts, "selfplay-1-form")
         page.get_by_test_id("train-start").click()
         expect(page.locator("#mon-run option:checked")).to_contain_text("Self-play")
@@ -701,6 +709,10 @@ def test_selfplay_mode(browser, studio, artifacts, tmp_path):
         page.wait_for_selector("body[data-ready='1']")
         tab(page, "training")
         expect(page.get_by_test_id("sp-max_iterations")).to_have_value("12")
+        # Now the estimate uses the seconds per step that run took.
+        seconds = f"{run['last_step']['step_seconds']:.1f}"
+        expect(page.get_by_test_id("train-estimate")).to_contain_text(
+            f"12 steps at {seconds} s each, as in its last self-play run")
         page.get_by_test_id("train-mode-train").click()
         expect(page.get_by_test_id("train-books")).to_be_visible()
         expect(page.get_by_test_id("train-start")).to_have_text("Start training")

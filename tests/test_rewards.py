@@ -5,7 +5,9 @@ import math
 import pytest
 import torch
 
+from azr_trainer import settings
 from azr_trainer.home import UserError
+from azr_trainer.milestones import book_vocabulary
 from azr_trainer.model import ModelConfig, Transformer
 from azr_trainer.rewards import (Coherence, Length, build_reward, check_rewards, corpus_distinct_n, distinct_n,
                                  diversity, load_reward_file, pack_rows, parse_weights, preset_weights,
@@ -125,6 +127,32 @@ def test_composite_weights_presets_and_parsing():
         build_reward({"coherence": 1.0})
     with pytest.raises(UserError, match="no component"):
         build_reward({"repetition": 0.0})
+
+
+BOOKS = ("The king said that his horse was lost in the night, and the queen wept for the old town. "
+         "Король сказал, что его конь пропал ночью.")
+
+
+def test_made_up_words_lower_the_default_reward():
+    vocabulary = book_vocabulary(BOOKS)
+    assert "king" in vocabulary and "конь" in vocabulary
+    reward = build_reward(preset_weights("default"), length_target=8, vocabulary=vocabulary)
+    assert reward.weights["real_words"] == settings.SELFPLAY.default("real_words_weight") > 0
+    real = " the queen said that the old horse was lost in town."
+    made_up = " the quorn saith thet the olb hurse was lost in town."  # the same shape, five made-up words
+    comps = reward.components([real, made_up], ["KING:", "KING:"])
+    assert comps["real_words"] == [1.0, pytest.approx(6 / 11)]
+    total = reward([real, made_up], ["KING:", "KING:"])
+    assert total[0] - total[1] == pytest.approx(5 / 11 * reward.weights["real_words"])
+    # Russian counts the same way; a word the rollout cut off at its end is not held against it,
+    # and one that goes on from the prompt's last letters is read whole
+    assert reward.components([" пропал ночью конь пропа"], ["Король сказал"])["real_words"] == [1.0]
+    assert reward.components(["ng said that the horse"], ["The ki"])["real_words"] == [1.0]
+    assert reward.components(["rk horse said"], ["The ki"])["real_words"] == [0.5]
+    assert reward.components(["...", ""], ["", ""])["real_words"] == [0.0, 0.0]  # no word is no credit
+    with pytest.raises(UserError) as e:
+        build_reward({"real_words": 1.0}, vocabulary=set())
+    assert e.value.code == "quality.no_vocabulary" and "books" in str(e.value)
 
 
 def test_check_rewards_accepts_numbers_and_refuses_the_rest():

@@ -137,13 +137,17 @@ def test_selfplay_runs_checkpoints_and_reports_everything(home, trained):
     steps = [e for e in events if e["type"] == "step"]
     assert [e["step"] for e in steps] == [1, 2, 3, 4, 5, 6]
     for k in ("reward_mean", "reward_std", "reward_repetition", "reward_diversity", "reward_coherence",
-              "reward_length", "kl", "entropy", "policy_loss", "lm_loss", "rollouts_per_s", "tokens_per_s"):
+              "reward_length", "reward_real_words", "kl", "entropy", "policy_loss", "lm_loss", "rollouts_per_s", "tokens_per_s"):
         assert all(math.isfinite(e[k]) for e in steps), k
     assert steps[0]["kl"] < 1e-6 and steps[-1]["kl"] > 0  # starts at the reference, then moves
     evals = [e for e in events if e["type"] == "eval"]
     assert [e["step"] for e in evals] == [0, 3, 6] and evals[-1]["full"]
-    for k in ("val_bpb", "sample_rep4", "sample_distinct2", "sample_reward"):
+    for k in ("val_bpb", "sample_rep4", "sample_distinct2", "sample_reward", "sample_real_words"):
         assert math.isfinite(evals[-1][k]), k
+    # the default reward scores real words against the books; the run reports their share as training does
+    assert 0 <= steps[0]["reward_real_words"] <= 1 and s["sample_real_words"] == evals[-1]["sample_real_words"]
+    quality = [e for e in events if e["type"] == "quality"]
+    assert [e["step"] for e in quality] == [0, 3, 6] and quality[-1]["real_words"] == round(s["sample_real_words"], 4)
     samples = [e for e in events if e["type"] == "sample"]
     assert {e["rank"] for e in samples} == {"best", "worst"} and all("prompt" in e and "text" in e for e in samples)
     assert all(e["run"] == "sp-a" for e in events)

@@ -243,6 +243,16 @@ def test_minutes_are_a_time_budget():
         settings.time_budget("reason", {"minutes": 0})
 
 
+def test_the_studios_default_self_play_run_ends_within_a_sitting():
+    # what the studio queues when nothing is changed: its steps, or a time budget that leaves
+    # room for the start, the final eval and the save within a quarter of an hour
+    defaults = settings.SELFPLAY.studio_defaults()
+    assert defaults["max_iterations"] == 150
+    config = SelfPlayConfig(**settings.time_budget("selfplay", defaults)).validate()
+    assert config.max_iterations == 150 and 0 < config.max_time <= 13 * 60
+    assert SelfPlayConfig().max_time is None  # the command line runs until stopped, as before
+
+
 def test_the_cli_trains_for_a_number_of_minutes(home, book):
     store.create_model(home, "m", ModelConfig(vocab_size=300, d_model=32, num_layers=1, num_heads=2, d_ff=64,
                                               max_seq_len=32, tokenizer="char"))

@@ -8,7 +8,9 @@
   words.
 
 The numbers are computed once per run (``Baselines``) and checked at every evaluation;
-``reached`` returns the codes of the milestones a new evaluation passes, each once.
+``reached`` returns the codes of the milestones a new evaluation passes, each once per run:
+``passed`` is saved in the run's checkpoints and restored on resume, so a paused and resumed
+run does not announce again what it already reached.
 """
 
 from __future__ import annotations
@@ -17,15 +19,30 @@ import lzma
 import re
 from dataclasses import dataclass, field
 
+import numpy as np
+
 # Letters only (any script): punctuation and digits are not words a person would call made up.
 _WORD_RE = re.compile(r"[^\W\d_]+(?:['’-][^\W\d_]+)*")
 # Enough text for a stable compressor figure and a word list, at a bounded cost on huge books.
 MAX_SAMPLE_CHARS = 1_000_000
+# Tokens of a split decoded for them (a word set and xz need text, not tokens).
+MAX_TOKENS = 400_000
 REAL_WORDS_STEPS = (50, 70, 85, 95)
 
 
 def words(text: str) -> list[str]:
     return _WORD_RE.findall(text.casefold())
+
+
+def split_text(tokenizer, ids) -> str:
+    """The first MAX_TOKENS tokens of a split (train or val) as text."""
+    return tokenizer.decode(np.asarray(ids[:MAX_TOKENS], dtype=np.int64).tolist())
+
+
+def book_vocabulary(train_text: str) -> set[str]:
+    """The words of the model's books: what counts as a real word, in the milestone and in the
+    self-play reward alike."""
+    return set(words(train_text[:MAX_SAMPLE_CHARS * 5]))
 
 
 def xz_bits_per_byte(text: str) -> float | None:
@@ -54,7 +71,7 @@ class Baselines:
 
     @classmethod
     def from_texts(cls, train_text: str, val_text: str) -> "Baselines":
-        return cls(xz_bpb=xz_bits_per_byte(val_text), vocabulary=set(words(train_text[:MAX_SAMPLE_CHARS * 5])))
+        return cls(xz_bpb=xz_bits_per_byte(val_text), vocabulary=book_vocabulary(train_text))
 
     def measure(self, val_bpb: float | None, samples: list[str]) -> dict:
         """The figures an evaluation reports beside its loss."""

@@ -24,6 +24,11 @@ The components (each in [0, 1] except coherence, which is in nats):
   already had as repeats too (so copying the prompt earns nothing).
 - ``length``: closeness to a target number of words, 1 at the target and falling linearly
   to 0 at 0 and at twice the target; *not* "longer is better".
+- ``real_words``: the share of the continuation's words that occur in the model's books (the
+  words of its training split, as the "real words" milestone counts them: ``milestones.words``,
+  letters only). Diversity alone pays for made-up words (each one is new); this term is what
+  makes self-play cut loops without writing more nonsense. A word the rollout cut off at its
+  end is not counted, and one that continues the prompt's last word is read whole.
 - ``coherence``: mean per-token log-likelihood (nats, ≤ 0) of the continuation given its
   prompt under the *frozen* starting model (``Coherence``), each token's counted at most
   ``cap`` (−1.4 nats in self-play). It is what stops a policy from buying diversity with word
@@ -49,6 +54,8 @@ from pathlib import Path
 import torch
 
 from .home import UserError
+from .milestones import words as book_words
+from .settings import SELFPLAY
 
 RewardFn = Callable[[list[str], list[str]], list[float]]
 
@@ -152,6 +159,30 @@ class Length:
         return [max(0.0, 1.0 - abs(len(words(t)) - self.target) / self.target) for t in texts]
 
 
+_LETTERS_AT_END = re.compile(r"[^\W\d_]+$")
+_WORD_GOES_ON = re.compile(r"['’-]?[^\W\d_]")
+
+
+class RealWords:
+    """Share of each continuation's words found in ``vocabulary`` (the model's books, see
+    ``milestones.book_vocabulary``), in [0, 1]; 0 for a continuation without a word."""
+
+    def __init__(self, vocabulary: set[str]):
+        if not vocabulary:
+            raise UserError("quality.no_vocabulary")
+        self.vocabulary = vocabulary
+
+    def __call__(self, texts: list[str], prompts: list[str]) -> list[float]:
+        return [self.share(t, p) for t, p in zip(texts, prompts)]
+
+    def share(self, text: str, prompt: str = "") -> float:
+        head = _LETTERS_AT_END.search(prompt) if prompt and _WORD_GOES_ON.match(text) else None
+        ws = book_words((head.group() if head else "") + text)
+        if ws and text[-1:].isalpha():
+            ws.pop()  # cut off mid-word by the rollout's length, most likely: not the model's word
+        return sum(w in self.vocabulary for w in ws) / len(ws) if ws else 0.0
+
+
 class Coherence:
     """Mean per-token log-likelihood (nats) of each continuation given its prompt, under a frozen
     language model (the model as it was when self-play started).
@@ -239,12 +270,14 @@ PRESETS: dict[str, dict[str, float]] = {
     # Chosen with the self-play benchmark (BENCHMARKS.md, S1): diversity and repetition push
     # against loops, length is a small nudge. Coherence is left out: at weights 0.25 and 0.5
     # it made loops worse (it pays for likely text, and loops are likely); the KL leash and
-    # the book loss are what keep the words real (val bpb, made-up words).
-    "default": {"diversity": 1.0, "repetition": 1.0, "length": 0.1},
+    # the book loss keep val bpb.
+    # Real words (weight: the setting real_words_weight) keep that from costing made-up words.
+    "default": {"diversity": 1.0, "repetition": 1.0, "length": 0.1,
+                "real_words": SELFPLAY.default("real_words_weight")},
     # The product's first description taken literally: token uniqueness and length.
     "original": {"diversity": 0.5, "length": 0.5},
 }
-COMPONENTS = ("diversity", "repetition", "length", "coherence", "custom")
+COMPONENTS = ("diversity", "repetition", "length", "real_words", "coherence", "custom")
 
 
 def preset_weights(name: str) -> dict[str, float]:
@@ -302,9 +335,10 @@ class Composite:
 
 
 def build_reward(weights: dict[str, float], *, length_target: float | None = None,
-                 coherence: Coherence | None = None, custom: RewardFn | None = None) -> Composite:
+                 coherence: Coherence | None = None, custom: RewardFn | None = None,
+                 vocabulary: set[str] | None = None) -> Composite:
     """Assemble a Composite from weights; components that need something (a length target, the
-    frozen model, a reward file) get it here."""
+    frozen model, a reward file, the books' words) get it here."""
     parts: dict[str, tuple[float, RewardFn]] = {}
     for name, w in weights.items():
         if w == 0:
@@ -315,6 +349,8 @@ def build_reward(weights: dict[str, float], *, length_target: float | None = Non
             parts[name] = (w, repetition)
         elif name == "length":
             parts[name] = (w, Length(length_target or 0))
+        elif name == "real_words":
+            parts[name] = (w, RealWords(vocabulary or set()))
         elif name == "coherence":
             if coherence is None:
                 raise UserError("reward.coherence_needs_model")

@@ -26,7 +26,8 @@ Each step:
    then a constant learning rate (self-play runs until stopped).
 
 Defaults, and why (numbers in BENCHMARKS.md, "S1"): the reward is ``rewards.PRESETS["default"]``
-— diversity ×1, repetition ×1 (word 4-grams and character 20-grams), length ×0.1; rollouts at
+— diversity ×1, repetition ×1 (word 4-grams and character 20-grams), real words ×1 (words found in
+the model's books; the setting ``real_words_weight``), length ×0.1; rollouts at
 temperature 0.3, 4 prompts × 8 continuations of 96 tokens; KL 0.1; book loss 0.5; learning rate
 1e-4. At the usual sampling temperature (0.8) a small book model almost never repeats a 4-gram
 within a continuation, so rollouts there carry no repetition signal; at 0.3 its loops show up
@@ -74,6 +75,7 @@ from .device import pick_device, set_threads
 from .events import EventLog, Listener, new_run_id
 from .errors import Notice
 from .home import NotFound, UserError, read_json
+from .milestones import book_vocabulary, real_word_share, split_text
 from .rewards import Coherence, Composite, build_reward, load_reward_file, pack_rows, parse_weights, preset_weights, \
     sample_metrics, words
 from .runloop import Job, StopRequested, check_finite, checkpoint_obj, locked, make_optimizer, run_loop
@@ -107,6 +109,8 @@ class SelfPlayConfig:
     # a .py with compute_reward(texts, prompts); its weight is "custom"
     reward_file: str | None = SELFPLAY.default("reward_file")
     reward_weights: dict | None = None  # override preset weights, e.g. {"coherence": 0.5}
+    # the weight of real words (from the model's books) where the preset has that term
+    real_words_weight: float = SELFPLAY.default("real_words_weight")
     # words; default: what rollout_tokens of the book usually hold
     length_target: float | None = SELFPLAY.default("length_target")
     coherence_cap: float | None = -1.4  # nats; a token likelier than e^cap earns no more coherence (None: off)
@@ -305,7 +309,8 @@ class _SelfPlay(Job):
                 raise (UserError("run.nothing_to_resume_run", run=run_id) if run_id else
                        UserError("run.nothing_to_resume_selfplay", name=name))
             resume_obj = safe_load(path)
-            saved = resume_obj["selfplay_config"]
+            # a run saved before the real-word term resumes with the reward it had
+            saved = {"real_words_weight": 0.0, **resume_obj["selfplay_config"]}
             known = {f.name for f in fields(SelfPlayConfig)}
             cfg = SelfPlayConfig(**{**{k: v for k, v in saved.items() if k in known},
                                     **{k: getattr(cfg, k) for k in SelfPlayConfig.RUN_CONTROL}}).validate()
@@ -353,22 +358,7 @@ class _SelfPlay(Job):
             self.file_prompts = [tokenizer.encode(p)[-max_prompt:] or [tokenizer.eot_id]
                                  for p in read_prompt_file(cfg.prompt_source[5:])]
 
-        # The reward. Coherence is scored by the frozen starting model.
-        weights = {} if cfg.reward == "file" else preset_weights(cfg.reward)
-        custom = None
-        if cfg.reward_file:
-            custom = load_reward_file(cfg.reward_file)
-            weights.setdefault("custom", 1.0)
-        weights.update(parse_weights(cfg.reward_weights))
-        if cfg.reward == "file" and not custom:
-            raise UserError("run.selfplay.reward_file_needed")
-        self.length_target = length_target = (cfg.length_target
-                                              or default_length_target(data, tokenizer, cfg.rollout_tokens))
-        self.coherence = Coherence(ref, tokenizer, device, cap=cfg.coherence_cap)
-        self.reward = build_reward(weights, length_target=length_target, coherence=self.coherence, custom=custom)
-        # Evals sample eval_length tokens: the same reward, its length target scaled to that length.
-        self.eval_reward = build_reward(weights, length_target=length_target * cfg.eval_length / cfg.rollout_tokens,
-                                        coherence=self.coherence, custom=custom)
+        self._make_rewards(cfg, data, tokenizer, ref, device)
 
         self.optimizer = make_optimizer(model, cfg.learning_rate, cfg.weight_decay, cfg.beta2, device)
         self.seq_len = mcfg.max_seq_len
@@ -396,6 +386,30 @@ class _SelfPlay(Job):
         self.max_iterations, self.max_time = cfg.max_iterations, cfg.max_time
         self.eval_every, self.save_every, self.log_every = cfg.eval_every, cfg.save_every, cfg.log_every
         self.metrics: dict = {}
+
+    def _make_rewards(self, cfg: SelfPlayConfig, data: PreparedData, tokenizer, ref, device) -> None:
+        """The reward of the rollouts and of the eval samples. Coherence is scored by the frozen
+        starting model; what counts as a real word are the words of the books, as for the
+        "real words" milestone."""
+        weights = {} if cfg.reward == "file" else preset_weights(cfg.reward)
+        if "real_words" in weights:
+            weights["real_words"] = cfg.real_words_weight
+        custom = None
+        if cfg.reward_file:
+            custom = load_reward_file(cfg.reward_file)
+            weights.setdefault("custom", 1.0)
+        weights.update(parse_weights(cfg.reward_weights))
+        if cfg.reward == "file" and not custom:
+            raise UserError("run.selfplay.reward_file_needed")
+        self.length_target = length_target = (cfg.length_target
+                                              or default_length_target(data, tokenizer, cfg.rollout_tokens))
+        self.coherence = Coherence(ref, tokenizer, device, cap=cfg.coherence_cap)
+        self.vocabulary = book_vocabulary(split_text(tokenizer, data.train))
+        self.reward = build_reward(weights, length_target=length_target, coherence=self.coherence, custom=custom,
+                                   vocabulary=self.vocabulary)
+        # Evals sample eval_length tokens: the same reward, its length target scaled to that length.
+        self.eval_reward = build_reward(weights, length_target=length_target * cfg.eval_length / cfg.rollout_tokens,
+                                        coherence=self.coherence, custom=custom, vocabulary=self.vocabulary)
 
     def start_fields(self) -> dict:
         cfg = self.cfg
@@ -515,7 +529,11 @@ class _SelfPlay(Job):
         res.update({k: v for k, v in sm.items() if k not in ("texts", "prompts")})
         res.update({"greedy_rep4": greedy["sample_rep4"], "greedy_char_rep20": greedy["sample_char_rep20"],
                     "greedy_distinct2": greedy["sample_distinct2"]})
+        share = real_word_share("\n".join(sm["texts"]), self.vocabulary)
+        res["sample_real_words"] = share
         self.events.emit("eval", step=self.step, **res)
+        if share is not None:  # the run's "real words" figure, as a training run reports it
+            self.events.emit("quality", step=self.step, real_words=round(share, 4))
         model.train()
         return res
 
@@ -546,9 +564,9 @@ class _SelfPlay(Job):
             "reward_mean": m.get("reward_mean"), "kl": m.get("kl"),
             "val_bpb": final.get("val_bpb"), "sample_rep4": final.get("sample_rep4"),
             "sample_distinct2": final.get("sample_distinct2"), "sample_reward": final.get("sample_reward"),
-            "greedy_rep4": final.get("greedy_rep4"),
+            "greedy_rep4": final.get("greedy_rep4"), "sample_real_words": final.get("sample_real_words"),
             "start_eval": {k: start_eval.get(k) for k in ("val_bpb", "sample_rep4", "sample_distinct2",
-                                                          "sample_reward", "greedy_rep4")}
+                                                          "sample_reward", "greedy_rep4", "sample_real_words")}
             if start_eval else None,
             "tokens_seen": self.tokens_seen,
             "rollouts": (self.step - self.resumed_at) * cfg.prompts_per_step * cfg.group_size,

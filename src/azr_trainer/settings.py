@@ -200,7 +200,10 @@ SELFPLAY = Group(
     # A studio run always has an end (its progress bar): 150 steps is the benchmark's run.
     _s(_ITERS, studio=True, studio_default=150, label="train.sp.max_iterations", help="settings.help.until_stopped"),
     _s(_TIME, studio=True),
-    _MINUTES,
+    # ...and ends within a sitting whatever the model: a default step of the default model shape
+    # takes ~5-10 s on one thread (more on a busy machine), so 150 of them may not fit; 12 minutes
+    # leave room for the start, the final eval and the save within 15 (BENCHMARKS.md, S1).
+    _s(_MINUTES, studio_default=12),
     Setting("prompts_per_step", int, 4, min=1, max=1024, studio=True),
     Setting("group_size", int, 8, min=2, max=1024, studio=True, label="train.sp.group_size"),
     Setting("rollout_tokens", int, None, min=1, unit="tokens"),
@@ -213,6 +216,9 @@ SELFPLAY = Group(
     # A preset of rewards.PRESETS; on the command line also a FILE.py (never from the studio).
     Setting("reward", str, "default", studio=True, label="train.sp.reward"),
     Setting("reward_file", str, None),
+    # The default reward's real-word term: without it, self-play cut loops but wrote more made-up
+    # words (BENCHMARKS.md, S1).
+    Setting("real_words_weight", float, 1.0, min=0, max=100),
     Setting("length_target", float, None, min=0, min_open=True, unit="words"),
     Setting("prompt_source", str, "book"),
     _s(_EVERY, 50, studio=True),

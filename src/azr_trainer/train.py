@@ -27,15 +27,12 @@ from .device import available_memory_bytes, pick_device, set_threads
 from .events import EventLog, Listener, new_run_id, utc_now
 from .errors import Notice
 from .home import UserError
-from .milestones import Baselines, real_word_share
+from .milestones import Baselines, real_word_share, split_text
 from .model import Transformer, estimate_training_memory, training_flops_per_token
 from .runloop import Job, StopRequested, TrainingLock, _pid_alive, check_finite, checkpoint_obj, locked, \
     make_optimizer, run_loop
 from .sample import generate
 from .settings import TRAIN
-
-# tokens of each split decoded for the milestones' yardsticks (bounded: xz and a word set)
-MILESTONE_TOKENS = 400_000
 
 _REEXPORTED = (StopRequested, TrainingLock, _pid_alive)  # the CLI, jobs and export import them from here
 
@@ -261,9 +258,8 @@ class _Pretraining(Job):
         # the milestones' yardsticks: xz on the held-out text, and the words of the books
         self.milestones = self.last_bpb = None
         if dist.is_main and data.val_bytes:
-            self.milestones = Baselines.from_texts(
-                self.tokenizer.decode(data.train[:MILESTONE_TOKENS].tolist()),
-                self.tokenizer.decode(data.val[:MILESTONE_TOKENS].tolist()))
+            self.milestones = Baselines.from_texts(split_text(self.tokenizer, data.train),
+                                                   split_text(self.tokenizer, data.val))
         if cfg.sample_prompts is None:
             cfg.sample_prompts = default_sample_prompts(self.tokenizer.decode(data.train[1:200].tolist()))
 
@@ -285,6 +281,8 @@ class _Pretraining(Job):
             self.best_bpb, self.elapsed_before = resume_obj.get("best_val_bpb"), resume_obj.get("elapsed", 0.0)
             self.run_id = run_id or resume_obj["run_id"]
             self.resuming = True
+            if self.milestones is not None:  # each milestone is announced once per run, not once per worker
+                self.milestones.passed.update(resume_obj.get("milestones_passed") or [])
             # The schedule is defined by max_iterations; a resumed run may extend it.
         self.tokens_before = self.tokens_seen
         self.events = EventLog(layout.events_file(run_dir(home, name, self.run_id)) if dist.is_main else None,
@@ -400,7 +398,8 @@ class _Pretraining(Job):
         obj = checkpoint_obj(self, self.model, self.mcfg, self.tokenizer, self.optimizer, self.run_id,
                              {"model": self.name, "books": cfg.books, "kind": kind, "val_bpb": bpb},
                              tokens_seen=self.tokens_seen, train_config=asdict(cfg), best_val_bpb=self.best_bpb,
-                             rng={"torch": torch.get_rng_state(), "data": self.sampler.state()})
+                             rng={"torch": torch.get_rng_state(), "data": self.sampler.state()},
+                             milestones_passed=sorted(self.milestones.passed) if self.milestones else [])
         path = save_step(obj, folder, cfg.keep_last)
         is_best = bpb is not None and (self.best_bpb is None or bpb <= self.best_bpb)
         if is_best:

@@ -186,6 +186,7 @@ async function renderEstimate() {
   const minutes = floatValue($("t-minutes"));
   const budget = minutes > 0 ? 60 * minutes : null;
   const batch = intValue($("t-batch_size"));
+  if (mode === "selfplay" && m) { renderSelfPlayEstimate(el, m); return; }
   if (mode !== "train" || !m || !(iters > 0 || budget) || !(batch > 0)) { el.textContent = ""; estimateSeq++; return; }
   const seq = (m.config && m.config.max_seq_len) || setting("model", "max_seq_len").default;
   const seqNo = ++estimateSeq;
@@ -194,7 +195,7 @@ async function renderEstimate() {
   if (seqNo !== estimateSeq) return;
   const chars = store.books.filter((b) => selectedBooks.has(b.name)).reduce((n, b) => n + (b.chars || 0), 0);
   // The speed this model really reached in its latest run beats any formula.
-  const measured = sortedRuns().find((r) => r.model === m.name && r.last_step && r.last_step.tokens_per_s > 0);
+  const measured = sortedRuns().find((r) => r.model === m.name && (r.kind || "train") === "train" && r.last_step && r.last_step.tokens_per_s > 0);
   const tps = measured ? measured.last_step.tokens_per_s : null;
   const stepSeconds = tps ? (batch * seq) / tps : speed ? roughSeconds(speed, batch * seq, 1) : null;
   const parts = [];
@@ -215,6 +216,44 @@ async function renderEstimate() {
     }
   }
   if (chars) parts.push(t("train.estimate_books", { chars: fmtCompact(chars) }));
+  el.textContent = parts.join(" · ");
+}
+
+// Seconds per decoded position of a self-play rollout on a CPU, beyond its arithmetic (the
+// KV-cache generator's small kernels and Python, one position at a time).
+const GEN_POSITION_S = 0.008;
+
+/** How long a self-play run takes: its steps at the seconds per step this model's last
+ * self-play run took, else a rough figure from its size; a time budget ends it sooner. */
+async function renderSelfPlayEstimate(el, m) {
+  const seqNo = ++estimateSeq;
+  const iters = intValue($("sp-max_iterations"));
+  const minutes = floatValue($("sp-minutes"));
+  const measured = sortedRuns().find((r) => r.model === m.name && r.kind === "selfplay" && r.last_step && r.last_step.step_seconds > 0);
+  let perStep = measured ? measured.last_step.step_seconds : null;
+  if (!perStep && iters > 0) {
+    let speed = null;
+    try { speed = await modelSpeed(m); } catch { speed = null; }
+    if (seqNo !== estimateSeq) return;
+    if (speed) {
+      // One step in training-token equivalents (forward 2, backward 4 per token): its rollouts
+      // (prompt + continuation) generated, scored by the starting model and trained on, and a
+      // batch of 8 windows of the book. Defaults as in selfplay.SelfPlayConfig.
+      const seq = (m.config && m.config.max_seq_len) || setting("model", "max_seq_len").default;
+      const rollout = Math.min(96, seq - Math.min(32, Math.floor(seq / 4)));
+      const rows = setting("selfplay", "prompts_per_step").default * (intValue($("sp-group_size")) || setting("selfplay", "group_size").default);
+      const tokens = (rows * Math.min(seq, rollout + 32) * 10) / 6 + 8 * seq;
+      perStep = roughSeconds(speed, tokens, 1) + rollout * GEN_POSITION_S;
+    }
+  }
+  if (seqNo !== estimateSeq) return;
+  const budget = minutes > 0 ? minutes * 60 : Infinity;
+  const parts = [];
+  if (perStep && iters > 0) {
+    const key = measured ? "train.sp.estimate_measured" : "train.sp.estimate_rough";
+    parts.push(t(key, { time: fmtApproxDuration(Math.min(iters * perStep, budget)), steps: fmtInt(iters), seconds: fmtFixed(perStep, 1) }));
+  }
+  if (budget < Infinity) parts.push(t("train.sp.estimate_budget", { minutes: fmtNum(minutes) }));
   el.textContent = parts.join(" · ");
 }
 
