@@ -48,7 +48,7 @@ from starlette.exceptions import HTTPException
 
 from . import __version__
 from . import books as books_mod
-from . import answers, catalogue, reasoning, store
+from . import answers, catalogue, decode, reasoning, store
 from . import recipe as recipe_mod
 from . import settings as settings_mod
 from .checkpoint import build_model, checkpoint_dir, latest_run_checkpoint, list_step_checkpoints, \
@@ -421,6 +421,7 @@ class _Generation:
     prompt_ids: list[int]
     params: SamplingParams
     books: tuple[str, ...]  # the model's books, for the memorisation meter
+    precision: str = "fp32"  # the decode weights' (decode.py), measured fastest on this machine
     text: str = ""
     tokens: int = 0
 
@@ -429,7 +430,8 @@ class _Generation:
         for the rest of it."""
         ids: list[int] = []
         shown = ""
-        for step in stream_generate(self.model, [self.prompt_ids], self.params, eot_id=self.tokenizer.eot_id):
+        for step in stream_generate(self.model, [self.prompt_ids], self.params, eot_id=self.tokenizer.eot_id,
+                                    precision=self.precision):
             if stop is not None and stop.is_set():
                 break
             if step[0] is None:
@@ -530,6 +532,7 @@ def _read_start(path: Path, chars: int) -> str:
 def create_app(home: Path, *, token: str | None = None, max_upload_bytes: int = 200 * MiB,  # noqa: C901 - routes are closures over one app's state; splitting them by page is next
                max_concurrent_runs: int = 1) -> FastAPI:
     home = home_dir(home)
+    decode.remember_in(home)
     for path in clean_leftovers(home):  # what a killed studio or command left in the temp folders
         log.info("Removed the leftover %s", path)
     registry = Registry(home)
@@ -616,11 +619,11 @@ def create_app(home: Path, *, token: str | None = None, max_upload_bytes: int = 
         path = resolve_checkpoint(store.model_dir(home, info.name), str(body.checkpoint))
         model, _cfg, tokenizer = models_cache.get(path)
         return _Generation(model, tokenizer, body.prompt, tokenizer.encode(body.prompt), params,
-                           tuple(info.books or []))
+                           tuple(info.books or []), precision=decode.choose(model, 1))
 
     def finish_generation(gen: _Generation) -> dict:
         return {"text": gen.text, "prompt": gen.prompt, "tokens": gen.tokens,
-                "memorisation": memorisation(list(gen.books), gen.text)}
+                "memorisation": memorisation(list(gen.books), gen.text), "decode_precision": gen.precision}
 
     # ---- the page
 

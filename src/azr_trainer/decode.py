@@ -1,0 +1,239 @@
+"""Decode weights: a model's matrices for cached generation steps, in the fastest precision.
+
+A cached decode step multiplies a few rows of activations by every weight matrix, so on a
+CPU it is bound by reading the weights (and, for small models, by per-call overhead), not by
+arithmetic. Fewer bytes per weight read faster:
+
+- ``fp32``: the model's own weights (q/k/v and gate/up packed into one matrix each).
+- ``bf16``: bf16 weights and activations (fast where the CPU multiplies bf16 natively).
+- ``int8``: int8 weights with one scale per output channel, bf16 activations
+  (``torch._weight_int8pack_mm``; it needs input widths that are multiples of 16).
+- ``int8dyn``: the same int8 weights multiplied by activations quantized to int8 per step
+  (fbgemm's dynamic linear; fastest for many rows on CPUs with VNNI, least exact).
+
+``auto`` times a few decode steps of the model itself in each available precision, at the
+batch size asked (rounded up to a power of 4), and keeps the fastest; the choice is cached per
+machine, thread count, model shape and batch size (in memory, and in a file when one is
+given). Training never sees these weights: they are made from the model's parameters and
+remade when a parameter changes (each tensor's version counter), e.g. between self-play's
+rollout batches. Force a precision with the ``precision`` argument or the environment variable
+``AZR_DECODE_PRECISION`` (``fp32`` for exact comparisons).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+PRECISIONS = ("fp32", "bf16", "int8", "int8dyn")
+ENV = "AZR_DECODE_PRECISION"
+PROBE_FILE = "decode-speed.json"  # in the data folder, next to autosize's machine-speed.json
+_ACT = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.bfloat16, "int8dyn": torch.float32}
+
+
+def requested(precision: str | None = None) -> str:
+    """``precision`` if given, else the environment's, else ``auto``."""
+    p = precision or os.environ.get(ENV) or "auto"
+    if p != "auto" and p not in PRECISIONS:
+        raise ValueError(f"decode precision {p!r}: one of auto, {', '.join(PRECISIONS)}")
+    return p
+
+
+def available(model: nn.Module) -> list[str]:
+    """The precisions this model can decode in on its device."""
+    if next(model.parameters()).device.type != "cpu":
+        return ["fp32"]  # the quantized kernels here are CPU ones
+    out = ["fp32", "bf16"]
+    widths = {model.cfg.d_model, model.cfg.d_ff}
+    if all(w % 16 == 0 for w in widths):  # _weight_int8pack_mm crashes on other widths
+        out.append("int8")
+    if _dynamic_ok():
+        out.append("int8dyn")
+    return out
+
+
+@functools.cache
+def _dynamic_ok() -> bool:
+    """Whether this PyTorch has fbgemm's dynamic int8 linear (deprecated; may go away)."""
+    try:
+        f = _linear(torch.ones(16, 16), "int8dyn")
+        return bool(torch.allclose(f(torch.ones(1, 16)), torch.full((1, 16), 16.0), rtol=0.05))
+    except (RuntimeError, AttributeError, NotImplementedError):
+        return False
+
+
+def _quantize(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """int8 weights and per-output-channel scales (symmetric: the largest |w| of a row maps to 127)."""
+    scale = w.abs().amax(1).clamp(min=1e-12) / 127
+    return torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8), scale
+
+
+def _linear(w: torch.Tensor, precision: str):
+    """A function x → x·wᵀ for one (out, in) weight matrix in the given precision."""
+    w = w.detach()
+    if precision == "fp32":
+        return lambda x: F.linear(x, w)
+    if precision == "bf16":
+        wb = w.to(torch.bfloat16)
+        return lambda x: F.linear(x, wb)
+    q, scale = _quantize(w.float())
+    if precision == "int8":
+        s, n = scale.to(torch.bfloat16), q.shape[0]
+
+        def int8(x):
+            return torch._weight_int8pack_mm(x.reshape(-1, x.shape[-1]), q, s).view(*x.shape[:-1], n)
+        return int8
+    with warnings.catch_warnings():  # quantized tensors are deprecated; _dynamic_ok checks they still work
+        warnings.simplefilter("ignore")
+        qw = torch.quantize_per_channel(q.float() * scale[:, None], scale.double(),
+                                        torch.zeros_like(scale, dtype=torch.long), 0, torch.qint8)
+        packed = torch.ops.quantized.linear_prepack(qw, None)
+    return lambda x: torch.ops.quantized.linear_dynamic(x, packed, True)
+
+
+class DecodeWeights:
+    """One model's weights for cached steps, in one precision; activations (the residual
+    stream, the KV cache) are in ``dtype``, logits come out in fp32."""
+
+    def __init__(self, model: nn.Module, precision: str):
+        self.precision = precision
+        # fp32 means the model's own weights, whatever their type (bf16 on an accelerator)
+        self.dtype = next(model.parameters()).dtype if precision == "fp32" else _ACT[precision]
+        self.versions = _versions(model)
+        self._linears: dict[tuple[int, tuple[str, ...]], object] = {}
+        self._model = model
+        dt = self.dtype
+        self.embed = model.model.embed_tokens.weight.detach().to(dt)
+        self.rope = (model.rope_cos.to(dt), model.rope_sin.to(dt))
+        self.norms = {id(m): m.weight.detach().to(dt) for m in model.modules() if type(m).__name__ == "RMSNorm"}
+
+    def linear(self, owner: nn.Module, names: tuple[str, ...], x: torch.Tensor) -> torch.Tensor:
+        """x times owner's linear layers ``names`` stacked into one matrix (made on first use)."""
+        f = self._linears.get((id(owner), names))
+        if f is None:
+            w = torch.cat([getattr(owner, n).weight for n in names]) if len(names) > 1 else getattr(owner, names[0]).weight
+            f = self._linears[(id(owner), names)] = _linear(w, self.precision)
+        return f(x)
+
+    def norm(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, (x.shape[-1],), self.norms[id(module)], module.eps)
+
+
+def _versions(model: nn.Module) -> tuple:
+    # in-place updates (an optimizer step, load_state_dict) bump a tensor's version
+    return tuple((p.data_ptr(), p._version) for p in model.parameters())
+
+
+_LOCK = threading.Lock()
+
+
+def weights_for(model: nn.Module, precision: str) -> DecodeWeights:
+    """The model's decode weights in ``precision``, kept on the model until a parameter changes."""
+    with _LOCK:
+        held: dict = model.__dict__.setdefault("_decode_weights", {})
+        w = held.get(precision)
+        if w is None or w.versions != _versions(model):
+            w = held[precision] = DecodeWeights(model, precision)
+        return w
+
+
+# ---- choosing a precision by measuring
+
+
+_CHOICES: dict[str, str] = {}
+probe_path: Path | None = None  # where choices are kept across processes (the data folder's file)
+
+
+def remember_in(home: Path) -> None:
+    """Keep measured choices in this data folder (the CLI, the studio and run workers call it)."""
+    global probe_path
+    probe_path = Path(home) / PROBE_FILE
+
+
+def _bucket(rows: int) -> int:
+    b = 1
+    while b < rows and b < 256:
+        b *= 4
+    return b
+
+
+def _key(model: nn.Module, rows: int) -> str:
+    from .autosize import _machine_key
+    c = model.cfg
+    shape = f"d{c.d_model} L{c.num_layers} h{c.num_heads}/{c.kv_heads} ff{c.d_ff} v{c.vocab_size}"
+    return f"{_machine_key(torch.get_num_threads())}|{shape}|rows {_bucket(rows)}"
+
+
+def _read_file() -> dict:
+    try:
+        d = json.loads(probe_path.read_text(encoding="utf-8")) if probe_path else {}
+        return d if isinstance(d, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _step_seconds(model, precision: str, rows: int, steps: int) -> float:
+    from .model import KVCache
+    cfg = model.cfg
+    w = weights_for(model, precision)
+    cache = KVCache(cfg, rows, next(model.parameters()).device, w.dtype, weights=w)
+    prompt = min(16, cfg.max_seq_len - steps - 1)
+    ids = torch.zeros(rows, max(1, prompt), dtype=torch.long)
+    model(ids, cache=cache)
+    nxt = torch.zeros(rows, 1, dtype=torch.long)
+    t = time.perf_counter()
+    for _ in range(steps):
+        model(nxt, cache=cache)
+    return (time.perf_counter() - t) / steps
+
+
+@torch.no_grad()
+def measure(model: nn.Module, rows: int, seconds: float = 0.6) -> dict[str, float]:
+    """Seconds per decode step of this model at ``rows`` rows (rounded up to a power of 4), per
+    available precision: the best of interleaved rounds, within about ``seconds``."""
+    rows = _bucket(rows)
+    steps = max(2, min(8, model.cfg.max_seq_len // 4 - 1))
+    names = available(model)
+    best = {p: float("inf") for p in names}
+    t0 = time.perf_counter()
+    for p in names:  # warm-up (and the weights are made)
+        _step_seconds(model, p, rows, 1)
+    rounds = 0
+    while rounds < 2 or (rounds < 6 and time.perf_counter() - t0 < seconds):
+        for p in (names if rounds % 2 == 0 else names[::-1]):
+            best[p] = min(best[p], _step_seconds(model, p, rows, steps))
+        rounds += 1
+    return best
+
+
+def choose(model: nn.Module, rows: int, precision: str | None = None) -> str:
+    """The precision to decode ``rows`` rows with: the one asked, or (``auto``) the fastest
+    measured on this machine, measured once per machine, threads, shape and batch size."""
+    p = requested(precision)
+    names = available(model)
+    if p != "auto":
+        return p if p in names else "fp32"
+    key = _key(model, rows)
+    got = _CHOICES.get(key) or _read_file().get(key)
+    if got not in names:
+        times = measure(model, rows)
+        got = min(times, key=times.get)
+        if probe_path is not None:
+            from .home import atomic_write_json
+            d = _read_file()
+            d[key] = got
+            try:
+                atomic_write_json(probe_path, d)
+            except OSError:
+                pass  # a read-only data folder: measured again next time
+    _CHOICES[key] = got
+    return got
