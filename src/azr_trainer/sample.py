@@ -140,10 +140,11 @@ class Batch:
         self.length, self.next_pos = L + 1, self.next_pos + 1
 
 
-def _steps(model: Transformer, prompts: list[list[int]], params: SamplingParams, eot_id: int | None,
-           generator: torch.Generator | None, use_cache: bool,
-           precision: str | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Per step, each row's new token and whether the row is still going (both (B,) tensors)."""
+def steps(model: Transformer, prompts: list[list[int]], params: SamplingParams, eot_id: int | None = None,
+          generator: torch.Generator | None = None, use_cache: bool = True,
+          precision: str | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Per step, each row's new token and whether the row is still going (both (B,) tensors):
+    for callers that follow many rows without per-row Python work. Run under no_grad."""
     params.validate()
     if not prompts:
         return
@@ -176,7 +177,7 @@ def stream_generate(model: Transformer, prompts: list[list[int]], params: Sampli
                     use_cache: bool = True, precision: str | None = None) -> Iterator[list[int | None]]:
     """Yield, per step, the new token of each row (None once a row has ended). precision:
     the decode weights' (see Batch)."""
-    for nxt, going in _steps(model, prompts, params, eot_id, generator, use_cache, precision):
+    for nxt, going in steps(model, prompts, params, eot_id, generator, use_cache, precision):
         yield [t if g else None for t, g in zip(nxt.tolist(), going.tolist())]
 
 
@@ -189,9 +190,9 @@ def generate(model: Transformer, prompts: list[list[int]], *, max_new_tokens: in
     """The new tokens for each prompt (the prompt itself is not repeated). precision: the
     decode weights' (see Batch)."""
     params = SamplingParams(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed)
-    steps = list(_steps(model, prompts, params, eot_id, generator, use_cache, precision))
-    if not steps:
+    done = list(steps(model, prompts, params, eot_id, generator, use_cache, precision))
+    if not done:
         return [[] for _ in prompts]
-    tokens = torch.stack([t for t, _ in steps], 1).tolist()
-    lengths = torch.stack([g for _, g in steps], 1).sum(1).tolist()  # a row stops for good at its end
+    tokens = torch.stack([t for t, _ in done], 1).tolist()
+    lengths = torch.stack([g for _, g in done], 1).sum(1).tolist()  # a row stops for good at its end
     return [row[:n] for row, n in zip(tokens, lengths)]
