@@ -113,11 +113,11 @@ def test_auto_measures_once_keeps_the_fastest_and_reports_it(monkeypatch, tmp_pa
         return {p: (0.001 if p == "bf16" else 0.002) for p in decode.available(m)}
     monkeypatch.setattr(decode, "measure", measured)
     batch = Batch(model, [[1, 2, 3]] * 3)
-    assert batch.precision == "bf16" and batch.cache.k[0].dtype == torch.bfloat16 and calls == [3]
+    assert batch.precision == "bf16" and batch.cache.weights.dtype == torch.bfloat16 and calls == [3]
     assert list(json.loads((tmp_path / decode.PROBE_FILE).read_text()).values()) == ["bf16"]
     assert Batch(model, [[1]] * 4).precision == "bf16" and calls == [3]  # same batch size class: not measured again
     monkeypatch.setattr(decode, "_CHOICES", {})  # a new process reads the file
-    assert decode.choose(model, 2) == "bf16" and calls == [3]
+    assert decode.choose(model, 4) == "bf16" and calls == [3]
     assert Batch(model, [[1]] * 5).precision == "bf16" and calls == [3, 5]  # more rows: measured
 
 

@@ -12,7 +12,7 @@ arithmetic. Fewer bytes per weight read faster:
   (fbgemm's dynamic linear; fastest for many rows on CPUs with VNNI, least exact).
 
 ``auto`` times a few decode steps of the model itself in each available precision, at the
-batch size asked (rounded up to a power of 4), and keeps the fastest; the choice is cached per
+batch size asked (rounded up to a power of 2), and keeps the fastest; the choice is cached per
 machine, thread count, model shape and batch size (in memory, and in a file when one is
 given). Training never sees these weights: they are made from the model's parameters and
 remade when a parameter changes (each tensor's version counter), e.g. between self-play's
@@ -102,12 +102,16 @@ def _linear(w: torch.Tensor, precision: str):
 
 class DecodeWeights:
     """One model's weights for cached steps, in one precision; activations (the residual
-    stream, the KV cache) are in ``dtype``, logits come out in fp32."""
+    stream) are in ``dtype``, the KV cache and attention in ``cache_dtype``, logits come out
+    in fp32."""
 
     def __init__(self, model: nn.Module, precision: str):
         self.precision = precision
         # fp32 means the model's own weights, whatever their type (bf16 on an accelerator)
-        self.dtype = next(model.parameters()).dtype if precision == "fp32" else _ACT[precision]
+        own = next(model.parameters()).dtype
+        self.dtype = own if precision == "fp32" else _ACT[precision]
+        # keys, values and attention stay in the model's type: CPU attention over bf16 is slower
+        self.cache_dtype = own
         self.versions = _versions(model)
         self._linears: dict[tuple[int, tuple[str, ...]], object] = {}
         self._model = model
@@ -162,7 +166,7 @@ def remember_in(home: Path) -> None:
 def _bucket(rows: int) -> int:
     b = 1
     while b < rows and b < 256:
-        b *= 4
+        b *= 2
     return b
 
 
@@ -181,36 +185,38 @@ def _read_file() -> dict:
         return {}
 
 
-def _step_seconds(model, precision: str, rows: int, steps: int) -> float:
-    from .model import KVCache
-    cfg = model.cfg
-    w = weights_for(model, precision)
-    cache = KVCache(cfg, rows, next(model.parameters()).device, w.dtype, weights=w)
-    prompt = min(16, cfg.max_seq_len - steps - 1)
-    ids = torch.zeros(rows, max(1, prompt), dtype=torch.long)
-    model(ids, cache=cache)
-    nxt = torch.zeros(rows, 1, dtype=torch.long)
-    t = time.perf_counter()
-    for _ in range(steps):
-        model(nxt, cache=cache)
-    return (time.perf_counter() - t) / steps
+class _Probe:
+    """A filled cache of ``rows`` rows in one precision, to time decode steps from."""
+
+    def __init__(self, model, precision: str, rows: int, steps: int):
+        from .model import KVCache
+        self.model, self.steps = model, steps
+        w = weights_for(model, precision)
+        self.cache = KVCache(model.cfg, rows, next(model.parameters()).device, weights=w)
+        self.prompt = max(1, min(16, model.cfg.max_seq_len - steps - 1))
+        model(torch.zeros(rows, self.prompt, dtype=torch.long), cache=self.cache)
+        self.next = torch.zeros(rows, 1, dtype=torch.long)
+
+    def seconds(self) -> float:
+        self.cache.length = self.prompt
+        t = time.perf_counter()
+        for _ in range(self.steps):
+            self.model(self.next, cache=self.cache)
+        return (time.perf_counter() - t) / self.steps
 
 
 @torch.no_grad()
-def measure(model: nn.Module, rows: int, seconds: float = 0.6) -> dict[str, float]:
-    """Seconds per decode step of this model at ``rows`` rows (rounded up to a power of 4), per
-    available precision: the best of interleaved rounds, within about ``seconds``."""
+def measure(model: nn.Module, rows: int, seconds: float = 0.5) -> dict[str, float]:
+    """Seconds per decode step of this model at ``rows`` rows (rounded up to a power of 2), per
+    available precision: the best of interleaved rounds (at least 2), within about ``seconds``."""
     rows = _bucket(rows)
-    steps = max(2, min(8, model.cfg.max_seq_len // 4 - 1))
-    names = available(model)
-    best = {p: float("inf") for p in names}
-    t0 = time.perf_counter()
-    for p in names:  # warm-up (and the weights are made)
-        _step_seconds(model, p, rows, 1)
-    rounds = 0
-    while rounds < 2 or (rounds < 6 and time.perf_counter() - t0 < seconds):
-        for p in (names if rounds % 2 == 0 else names[::-1]):
-            best[p] = min(best[p], _step_seconds(model, p, rows, steps))
+    steps = max(1, min(4, model.cfg.max_seq_len // 4 - 1))
+    probes = {p: _Probe(model, p, rows, steps) for p in available(model)}
+    best = {p: float("inf") for p in probes}
+    t0, rounds = time.perf_counter(), 0
+    while rounds < 2 or (rounds < 8 and time.perf_counter() - t0 < seconds):
+        for p in (list(probes) if rounds % 2 == 0 else list(probes)[::-1]):
+            best[p] = min(best[p], probes[p].seconds())
         rounds += 1
     return best
 

@@ -200,11 +200,11 @@ class KVCache:
     products per layer instead of 7. At batch 1 on a CPU the per-call overhead and the bytes
     of weights read, not arithmetic, are most of a decode step's time. Weights must not
     change while a cache is in use (its keys and values would be stale anyway). ``dtype`` is
-    the activations' (and keys' and values') type; with weights given, theirs."""
+    the keys' and values' type; with weights given, theirs."""
 
     def __init__(self, cfg: ModelConfig, batch_size: int, device, dtype=None, weights=None):
         self.weights = weights
-        dtype = weights.dtype if weights is not None else dtype
+        dtype = weights.cache_dtype if weights is not None else dtype
         shape = (batch_size, cfg.kv_heads, cfg.max_seq_len, cfg.head_dim)
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.num_layers)]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.num_layers)]
@@ -251,10 +251,11 @@ class Attention(nn.Module):
             cache.k[layer][:, :, start:start + T] = k
             cache.v[layer][:, :, start:start + T] = v
             k, v = cache.k[layer][:, :, :start + T], cache.v[layer][:, :, :start + T]
+            q = q.to(k.dtype)  # attention in the cache's type (decode.DecodeWeights.cache_dtype)
         if H != KV:  # grouped-query attention: each k/v head serves H // KV q heads
             k, v = k.repeat_interleave(H // KV, dim=1), v.repeat_interleave(H // KV, dim=1)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=cache is None and attn_mask is None)
-        y = y.transpose(1, 2).reshape(B, T, C)
+        y = y.transpose(1, 2).reshape(B, T, C).to(x.dtype)
         return F.linear(y, self.o_proj.weight) if cache is None else cache.weights.linear(self, self.O, y)
 
 
