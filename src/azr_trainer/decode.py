@@ -141,13 +141,22 @@ _LOCK = threading.Lock()
 
 
 def weights_for(model: nn.Module, precision: str) -> DecodeWeights:
-    """The model's decode weights in ``precision``, kept on the model until a parameter changes."""
+    """The model's decode weights in ``precision``, kept on the model (one precision at a time:
+    they are a copy of its weights) until a parameter changes or ``release``."""
     with _LOCK:
         held: dict = model.__dict__.setdefault("_decode_weights", {})
         w = held.get(precision)
         if w is None or w.versions != _versions(model):
+            held.clear()
             w = held[precision] = DecodeWeights(model, precision)
         return w
+
+
+def release(model: nn.Module) -> None:
+    """Drop the model's decode weights: training is about to change its parameters, and the
+    copy would only take memory until the next generation remakes it."""
+    with _LOCK:
+        model.__dict__.pop("_decode_weights", None)
 
 
 # ---- choosing a precision by measuring
@@ -170,11 +179,16 @@ def _bucket(rows: int) -> int:
     return b
 
 
-def _key(model: nn.Module, rows: int) -> str:
+@functools.cache
+def _machine(threads: int) -> str:
     from .autosize import _machine_key
+    return _machine_key(threads)  # reads /proc/cpuinfo: once, not per generation
+
+
+def _key(model: nn.Module, rows: int) -> str:
     c = model.cfg
     shape = f"d{c.d_model} L{c.num_layers} h{c.num_heads}/{c.kv_heads} ff{c.d_ff} v{c.vocab_size}"
-    return f"{_machine_key(torch.get_num_threads())}|{shape}|rows {_bucket(rows)}"
+    return f"{_machine(torch.get_num_threads())}|{shape}|rows {_bucket(rows)}"
 
 
 def _read_file() -> dict:
