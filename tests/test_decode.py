@@ -121,6 +121,18 @@ def test_auto_measures_once_keeps_the_fastest_and_reports_it(monkeypatch, tmp_pa
     assert Batch(model, [[1]] * 5).precision == "bf16" and calls == [3, 5]  # more rows: measured
 
 
+def test_auto_prefers_the_more_exact_precision_unless_a_less_exact_one_is_clearly_faster(monkeypatch):
+    monkeypatch.setattr(decode, "_CHOICES", {})
+    monkeypatch.setattr(decode, "probe_path", None)
+    model = _random_model()
+    times = {"fp32": 1.0, "bf16": 0.95, "int8": 0.5, "int8dyn": 0.47}
+    monkeypatch.setattr(decode, "measure", lambda m, rows, seconds=0.6: {p: times[p] for p in decode.available(m)})
+    assert decode.choose(model, 1, "auto") == ("int8" if "int8" in decode.available(model) else "int8dyn")
+    times.update(int8dyn=0.3)
+    if "int8dyn" in decode.available(model):
+        assert decode.choose(model, 300, "auto") == "int8dyn"
+
+
 def test_int8_is_not_offered_for_widths_its_kernel_cannot_take():
     model = _random_model(d_model=40, num_heads=4, d_ff=72)
     assert "int8" not in decode.available(model)

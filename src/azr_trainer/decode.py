@@ -12,7 +12,8 @@ arithmetic. Fewer bytes per weight read faster:
   (fbgemm's dynamic linear; fastest for many rows on CPUs with VNNI, least exact).
 
 ``auto`` times a few decode steps of the model itself in each available precision, at the
-batch size asked (rounded up to a power of 2), and keeps the fastest; the choice is cached per
+batch size asked (rounded up to a power of 2), and keeps the fastest (a less exact precision
+only when it is at least 10% faster than a more exact one); the choice is cached per
 machine, thread count, model shape and batch size (in memory, and in a file when one is
 given). Training never sees these weights: they are made from the model's parameters and
 remade when a parameter changes (each tensor's version counter), e.g. between self-play's
@@ -36,6 +37,7 @@ import torch.nn.functional as F
 
 PRECISIONS = ("fp32", "bf16", "int8", "int8dyn")
 ENV = "AZR_DECODE_PRECISION"
+MARGIN = 0.1  # how much faster a less exact precision must measure to be chosen
 PROBE_FILE = "decode-speed.json"  # in the data folder, next to autosize's machine-speed.json
 _ACT = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.bfloat16, "int8dyn": torch.float32}
 
@@ -235,6 +237,17 @@ def measure(model: nn.Module, rows: int, seconds: float = 0.5) -> dict[str, floa
     return best
 
 
+def _fastest(times: dict[str, float]) -> str:
+    """The fastest precision, where a less exact one (PRECISIONS' order) must be at least
+    MARGIN faster than the more exact one it replaces: a tie goes to exactness (and the
+    choice does not flip with noise)."""
+    got = "fp32"
+    for p in PRECISIONS:
+        if p in times and times[p] < times[got] * (1 - MARGIN):
+            got = p
+    return got
+
+
 def choose(model: nn.Module, rows: int, precision: str | None = None) -> str:
     """The precision to decode ``rows`` rows with: the one asked, or (``auto``) the fastest
     measured on this machine, measured once per machine, threads, shape and batch size."""
@@ -245,8 +258,7 @@ def choose(model: nn.Module, rows: int, precision: str | None = None) -> str:
     key = _key(model, rows)
     got = _CHOICES.get(key) or _read_file().get(key)
     if got not in names:
-        times = measure(model, rows)
-        got = min(times, key=times.get)
+        got = _fastest(measure(model, rows))
         if probe_path is not None:
             from .home import atomic_write_json
             d = _read_file()
