@@ -116,7 +116,6 @@ class DecodeWeights:
         self.cache_dtype = own
         self.versions = _versions(model)
         self._linears: dict[tuple[int, tuple[str, ...]], object] = {}
-        self._model = model
         dt = self.dtype
         self.embed = model.model.embed_tokens.weight.detach().to(dt)
         self.rope = (model.rope_cos.to(dt), model.rope_sin.to(dt))

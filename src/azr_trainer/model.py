@@ -255,8 +255,10 @@ class Attention(nn.Module):
         if H != KV:  # grouped-query attention: each k/v head serves H // KV q heads
             k, v = k.repeat_interleave(H // KV, dim=1), v.repeat_interleave(H // KV, dim=1)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=cache is None and attn_mask is None)
-        y = y.transpose(1, 2).reshape(B, T, C).to(x.dtype)
-        return F.linear(y, self.o_proj.weight) if cache is None else cache.weights.linear(self, self.O, y)
+        y = y.transpose(1, 2).reshape(B, T, C)
+        if cache is None:
+            return F.linear(y, self.o_proj.weight)
+        return cache.weights.linear(self, self.O, y.to(x.dtype))
 
 
 class MLP(nn.Module):
