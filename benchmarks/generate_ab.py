@@ -10,6 +10,8 @@ that is the computation's own time, steadier on a busy machine).
     OMP_NUM_THREADS=1 python benchmarks/generate_ab.py --src /tmp/base/src --src src --batch 1 8
     OMP_NUM_THREADS=1 python benchmarks/generate_ab.py --src /tmp/base/src --src src --batch 32 \\
         --new 64 --top-k 0 --temperature 1.0     # batched rollouts, as self-play makes them
+
+Precisions of one version side by side (and transformers): benchmarks/rollouts_ab.py.
 """
 
 from __future__ import annotations
@@ -50,10 +52,13 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--top-k", type=int, default=40, help="0: off (as self-play's rollouts)")
     ap.add_argument("--temperature", type=float, default=0.8)
+    ap.add_argument("--precision", help="decode precision for the versions that have a choice (fp32, bf16, int8, "
+                                        "int8dyn; default: each measures its own): fp32 compares code at equal precision")
     args = ap.parse_args()
     workers = []
     for src in args.src:
-        env = {"PYTHONPATH": src, "OMP_NUM_THREADS": str(args.threads), "PATH": "/usr/bin:/bin"}
+        env = {"PYTHONPATH": src, "OMP_NUM_THREADS": str(args.threads), "PATH": "/usr/bin:/bin",
+               **({"AZR_DECODE_PRECISION": args.precision} if args.precision else {})}
         p = subprocess.Popen([sys.executable, "-c", WORKER, str(args.threads)], stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, text=True, env=env)
         assert p.stdout.readline().strip() == "ready"

@@ -29,6 +29,13 @@ def make_text(words=WORDS_EN, n_lines: int = 400, seed: int = 0) -> str:
     return "\n".join(lines) + "\n"
 
 
+@pytest.fixture(autouse=True)
+def exact_decoding(monkeypatch):
+    """Generation decodes from the model's own fp32 weights, so that outputs are exact and the
+    same in every process; tests of the faster precisions ask for them (tests/test_decode.py)."""
+    monkeypatch.setenv("AZR_DECODE_PRECISION", "fp32")
+
+
 @pytest.fixture
 def home(tmp_path, monkeypatch) -> Path:
     h = tmp_path / "home"

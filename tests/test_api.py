@@ -397,7 +397,7 @@ def test_train_watch_generate_download(studio, play, tmp_path):
     out = studio.http.post("/api/generate", json=body).json()
     assert out["prompt"] == "The king" and out["tokens"] == 30 and len(out["text"]) > 0
     assert set(out["memorisation"]) == {"spans", "copied_fraction", "books"}
-    assert out["memorisation"]["books"] == ["play"]
+    assert out["memorisation"]["books"] == ["play"] and out["decode_precision"] == "fp32"  # as the tests ask
     assert studio.http.post("/api/generate", json=body).json()["text"] == out["text"]  # seeded
     with studio.http.stream("POST", "/api/generate/stream", json=body) as stream:
         pieces = sse_events(stream, lambda e: e.get("done"))

@@ -263,3 +263,40 @@ def test_a_cancel_in_the_middle_of_a_long_step_ends_the_run_within_seconds(home,
     saved = [e for e in events if e["type"] == "checkpoint"]
     assert saved and saved[-1]["kind"] == "final" and Path(saved[-1]["path"]).exists()
     assert last["summary"]["checkpoint"] == saved[-1]["path"] and last["summary"]["step"] == 0
+
+
+def test_rollouts_stop_each_row_at_its_first_stop_string():
+    """sample_until_end follows the rows with tensors and decodes only rows that may have just
+    finished a stop: the same cuts as decoding every row's tail at every step."""
+    from azr_trainer.model import ModelConfig, Transformer
+    from azr_trainer.reasoning import sample_until_end
+    from azr_trainer.sample import SamplingParams, stream_generate
+    from azr_trainer.tokenizer import train_bpe
+    torch.manual_seed(0)
+    tok = train_bpe([COMPACT.deduction("def f(x):\n    return sorted(x)", "[3, 1]") * 50 + "é ü\n\n"], 300)
+    model = Transformer(ModelConfig(vocab_size=300, d_model=32, num_layers=1, num_heads=2, d_ff=64,
+                                    max_seq_len=64).validate()).eval()
+    prompts = ["def f(x):", "return", "[3, 1]", "", "sorted", "x"] * 2
+    stops = ("]", "x)")
+    got = sample_until_end(model, tok, prompts, max_new_tokens=20, temperature=1.5,
+                           generator=torch.Generator().manual_seed(7), stop=stops)
+    ids = [tok.encode(p)[-44:] for p in prompts]
+    want, done = [[] for _ in prompts], [False] * len(prompts)
+    for step in stream_generate(model, ids, SamplingParams(20, 1.5, None, None, 1.0, None), eot_id=tok.eot_id,
+                                generator=torch.Generator().manual_seed(7)):
+        for i, t in enumerate(step):
+            if t is None or done[i]:
+                done[i] = True
+                continue
+            want[i].append(t)
+            done[i] = any(s in tok.decode(want[i][-4:]) for s in stops)
+    assert [g[1] for g in got] == want and [g[0] for g in got] == ids
+    assert [g[2] for g in got] == [tok.decode(w) for w in want]
+    assert 0 < sum(any(s in g[2] for s in stops) for g in got) < len(prompts)  # some rows stopped, some did not
+
+    calls = []
+    decode = tok.decode
+    tok.decode = lambda ids: calls.append(1) or decode(ids)
+    again = sample_until_end(model, tok, prompts, max_new_tokens=20, temperature=1.5,
+                             generator=torch.Generator().manual_seed(7), stop=stops)
+    assert again == got and len(calls) < sum(map(len, want)) // 2  # not a decode per row per step

@@ -174,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         home = home_dir(args.home)
+        from . import decode
+        decode.remember_in(home)
         args.func(args, home)
         return 0
     except UserError as e:

@@ -37,6 +37,7 @@ from pathlib import Path
 
 DB_FILE = "azr.sqlite"
 SPEED_FILE = "machine-speed.json"
+DECODE_SPEED_FILE = "decode-speed.json"
 TMP_DIR = ".tmp"
 TMP_PREFIX = ".tmp-"  # books/.tmp-*, models/.tmp-*: a book or model being written (names cannot start with ".")
 LOCK_FILE = ".train.lock"
@@ -56,6 +57,11 @@ def registry_file(home: Path) -> Path:
 
 def speed_file(home: Path) -> Path:
     return Path(home) / SPEED_FILE
+
+
+def decode_speed_file(home: Path) -> Path:
+    """The decode precision measured fastest, per machine, threads, shape and batch (decode.py)."""
+    return Path(home) / DECODE_SPEED_FILE
 
 
 def tmp_dir(home: Path) -> Path:

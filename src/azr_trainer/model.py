@@ -194,34 +194,36 @@ def swiglu(gate, up):
 class KVCache:
     """Preallocated keys and values for every layer; ``length`` tokens are filled.
 
-    A cache belongs to the weights that filled it, so it also keeps each layer's q/k/v and
-    gate/up weights packed into one matrix each (built on first use): a cached step then makes
-    4 matrix products per layer instead of 7. At batch 1 on a CPU the per-call overhead, not
-    arithmetic, is most of a decode step's time for small models. Weights must not change
-    while a cache is in use (its keys and values would be stale anyway)."""
+    A cache belongs to the weights that filled it, so it also holds them as decode weights
+    (decode.DecodeWeights): each layer's q/k/v and gate/up weights packed into one matrix
+    each, in the chosen precision (fp32, bf16 or int8), so a cached step makes 4 matrix
+    products per layer instead of 7. At batch 1 on a CPU the per-call overhead and the bytes
+    of weights read, not arithmetic, are most of a decode step's time. Weights must not
+    change while a cache is in use (its keys and values would be stale anyway). ``dtype`` is
+    the keys' and values' type; with weights given, theirs."""
 
-    def __init__(self, cfg: ModelConfig, batch_size: int, device, dtype):
+    def __init__(self, cfg: ModelConfig, batch_size: int, device, dtype=None, weights=None):
+        self.weights = weights
+        dtype = weights.cache_dtype if weights is not None else dtype
         shape = (batch_size, cfg.kv_heads, cfg.max_seq_len, cfg.head_dim)
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.num_layers)]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.num_layers)]
         self.length = 0
-        self._packed: dict[int, torch.Tensor] = {}
 
-    def packed(self, owner: nn.Module, names: tuple[str, ...]) -> torch.Tensor:
-        """The weights of owner's linear layers ``names`` stacked into one (out_total, in) matrix,
-        made once per cache."""
-        w = self._packed.get(id(owner))
-        if w is None:
-            w = self._packed[id(owner)] = torch.cat([getattr(owner, n).weight for n in names]).detach()
-        return w
+    def bind(self, model: "Transformer"):
+        """The decode weights (fp32 unless chosen before), made on the first step."""
+        if self.weights is None:
+            from .decode import weights_for
+            self.weights = weights_for(model, "fp32")
+        return self.weights
 
     def reset(self):
-        """Empty the cache for a new context (the buffers and packed weights are kept)."""
+        """Empty the cache for a new context (the buffers and decode weights are kept)."""
         self.length = 0
 
 
 class Attention(nn.Module):
-    QKV = ("q_proj", "k_proj", "v_proj")
+    QKV, O = ("q_proj", "k_proj", "v_proj"), ("o_proj",)
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -242,21 +244,25 @@ class Attention(nn.Module):
             k = apply_rotary(self.k_proj(x).view(B, T, KV, hd).transpose(1, 2), cos, sin)
             v = self.v_proj(x).view(B, T, KV, hd).transpose(1, 2)
         else:  # one product for q, k and v, one rotation for q and k together
-            qkv = F.linear(x, cache.packed(self, self.QKV)).view(B, T, H + 2 * KV, hd)
+            qkv = cache.weights.linear(self, self.QKV, x).view(B, T, H + 2 * KV, hd)
             qk = apply_rotary(qkv[:, :, :H + KV].transpose(1, 2), cos, sin)
             q, k, v = qk[:, :H], qk[:, H:], qkv[:, :, H + KV:].transpose(1, 2)
             start = cache.length
             cache.k[layer][:, :, start:start + T] = k
             cache.v[layer][:, :, start:start + T] = v
             k, v = cache.k[layer][:, :, :start + T], cache.v[layer][:, :, :start + T]
+            q = q.to(k.dtype)  # attention in the cache's type (decode.DecodeWeights.cache_dtype)
         if H != KV:  # grouped-query attention: each k/v head serves H // KV q heads
             k, v = k.repeat_interleave(H // KV, dim=1), v.repeat_interleave(H // KV, dim=1)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=cache is None and attn_mask is None)
-        return F.linear(y.transpose(1, 2).reshape(B, T, C), self.o_proj.weight)
+        y = y.transpose(1, 2).reshape(B, T, C)
+        if cache is None:
+            return F.linear(y, self.o_proj.weight)
+        return cache.weights.linear(self, self.O, y.to(x.dtype))
 
 
 class MLP(nn.Module):
-    GATE_UP = ("gate_proj", "up_proj")
+    GATE_UP, DOWN = ("gate_proj", "up_proj"), ("down_proj",)
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -267,9 +273,9 @@ class MLP(nn.Module):
     def forward(self, x, cache: KVCache | None = None):
         if cache is None:
             gate, up = self.gate_proj(x), self.up_proj(x)
-        else:  # one product for both
-            gate, up = F.linear(x, cache.packed(self, self.GATE_UP)).chunk(2, -1)
-        return F.linear(swiglu(gate, up), self.down_proj.weight)
+            return F.linear(swiglu(gate, up), self.down_proj.weight)
+        gate, up = cache.weights.linear(self, self.GATE_UP, x).chunk(2, -1)  # one product for both
+        return cache.weights.linear(self, self.DOWN, swiglu(gate, up))
 
 
 class DecoderLayer(nn.Module):
@@ -282,8 +288,12 @@ class DecoderLayer(nn.Module):
 
     def forward(self, x, cos, sin, cache=None, layer=0, attn_mask=None):
         # .forward, not __call__: nn.Module's call machinery costs more than a small model's decode arithmetic
-        x = x + self.self_attn.forward(self.input_layernorm.forward(x), cos, sin, cache, layer, attn_mask)
-        return x + self.mlp.forward(self.post_attention_layernorm.forward(x), cache)
+        if cache is None:
+            x = x + self.self_attn.forward(self.input_layernorm.forward(x), cos, sin, cache, layer, attn_mask)
+            return x + self.mlp.forward(self.post_attention_layernorm.forward(x), cache)
+        w = cache.weights  # norms in the decode weights' type
+        x = x + self.self_attn.forward(w.norm(self.input_layernorm, x), cos, sin, cache, layer, attn_mask)
+        return x + self.mlp.forward(w.norm(self.post_attention_layernorm, x), cache)
 
 
 class Backbone(nn.Module):
@@ -297,6 +307,8 @@ class Backbone(nn.Module):
 
 
 class Transformer(nn.Module):
+    HEAD = ("lm_head",)
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
@@ -333,23 +345,26 @@ class Transformer(nn.Module):
         """
         B, T = idx.shape
         start = cache.length if cache is not None else 0
+        dw = cache.bind(self) if cache is not None else None
+        rope_cos, rope_sin = dw.rope if dw is not None else (self.rope_cos, self.rope_sin)
         if positions is None:
             if start + T > self.cfg.max_seq_len:
                 raise ValueError(f"sequence of {start + T} tokens is longer than max_seq_len {self.cfg.max_seq_len}")
-            cos, sin = self.rope_cos[start:start + T], self.rope_sin[start:start + T]
+            cos, sin = rope_cos[start:start + T], rope_sin[start:start + T]
         else:
-            cos, sin = self.rope_cos[positions].unsqueeze(1), self.rope_sin[positions].unsqueeze(1)
+            cos, sin = rope_cos[positions].unsqueeze(1), rope_sin[positions].unsqueeze(1)
         if cache is not None and attn_mask is None and T > 1:
             # causal within the new tokens, every cached token visible (one new token sees them all: no mask)
             attn_mask = torch.ones(T, start + T, dtype=torch.bool, device=idx.device).tril(diagonal=start)
         backbone = self.model
-        x = F.embedding(idx, backbone.embed_tokens.weight)
+        x = F.embedding(idx, backbone.embed_tokens.weight if dw is None else dw.embed)
         for i, layer in enumerate(backbone.layers):
             x = layer.forward(x, cos, sin, cache, i, attn_mask)
-        x = backbone.norm.forward(x)
-        if cache is not None:
+        if cache is None:
+            logits = F.linear(backbone.norm.forward(x), self.lm_head.weight)
+        else:
             cache.length += T
-        logits = F.linear(x, self.lm_head.weight)
+            logits = dw.linear(self, self.HEAD, dw.norm(backbone.norm, x)).float()
         if targets is None:
             return logits, None
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1),

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import executor, layout, osdeps, programs, store
+from . import decode, executor, layout, osdeps, programs, store
 from .checkpoint import build_model, export_pt, latest_run_checkpoint, resolve_checkpoint, safe_load, \
     save_step
 from .device import pick_device, set_threads
@@ -390,6 +390,7 @@ class _Run(Job):
     def _policy_update(self, rows, adv: torch.Tensor) -> tuple[float, float | None]:
         """REINFORCE with a token-mean loss over every row of the step (and the KL term)."""
         cfg = self.cfg
+        decode.release(self.model)  # the rollouts' decode weights: stale after this update
         self.model.train()
         total_tokens = sum(len(o) for _, o in rows)
         loss_sum, kl_sum = 0.0, 0.0

@@ -22,7 +22,7 @@ import torch
 
 from . import executor, programs
 from .formats import FORMATS, CompactFormat, is_arguments, is_literal, shown_count, triplet_text
-from .sample import SamplingParams, stream_generate
+from .sample import SamplingParams, steps
 
 TASK_TYPES = ("deduction", "abduction", "induction")
 
@@ -204,29 +204,59 @@ def sample_until_end(model, tokenizer, prompts: list[str], *, max_new_tokens: in
     return [(p, o, tokenizer.decode(o)) for p, o in zip(ids, outs)]
 
 
+def _stop_tokens(tokenizer, stops: tuple[str, ...], vocab_size: int) -> torch.Tensor:
+    """Which token ids can complete one of ``stops`` (vocab_size,): those whose text holds a
+    stop's last character, or, when that character is not ASCII, part of a character (a
+    byte-level piece: ASCII bytes decode to themselves even next to broken ones), or that do
+    not decode. Kept on the tokenizer per stop strings."""
+    held = tokenizer.__dict__.setdefault("_stop_tokens", {})
+    key = (stops, vocab_size)
+    if key not in held:
+        lasts = {s[-1] for s in stops}
+        if any(c.isspace() and c != "\n" for c in lasts):  # a decoder may drop a token's leading space
+            held[key] = torch.ones(vocab_size, dtype=torch.bool)
+            return held[key]
+        ends = torch.ones(vocab_size, dtype=torch.bool)
+        ascii_ends = all(c.isascii() for c in lasts)
+        for i in range(vocab_size):
+            try:
+                text = tokenizer.decode([i])
+            except Exception:  # noqa: BLE001 - ids past the tokenizer's own vocabulary: checked by text
+                continue
+            ends[i] = any(c in text for c in lasts) or (not ascii_ends and "\ufffd" in text)
+        held[key] = ends
+    return held[key]
+
+
 def _continue(model, tokenizer, ids: list[list[int]], max_new_tokens: int, temperature: float,
               generator: torch.Generator | None, stop: str | tuple[str, ...],
               interrupt: Callable[[], None] | None) -> list[list[int]]:
-    """The new ids of each row, up to and including its stop string."""
+    """The new ids of each row, up to and including its stop string. A step's bookkeeping is
+    tensor operations over the batch; text is decoded only for the rows whose new token can
+    complete a stop."""
     stops = (stop,) if isinstance(stop, str) else tuple(stop)
     tail = max(map(len, stops)) + 2
-    outs: list[list[int]] = [[] for _ in ids]
-    done = [False] * len(ids)
+    B = len(ids)
+    can_stop = _stop_tokens(tokenizer, stops, model.cfg.vocab_size)
+    tokens = torch.zeros(B, max_new_tokens, dtype=torch.long)
+    count = torch.zeros(B, dtype=torch.long)  # a row's tokens so far (they are a prefix of its steps)
+    done = torch.zeros(B, dtype=torch.bool)
     params = SamplingParams(max_new_tokens, temperature, None, None, 1.0, None)
-    for n, step in enumerate(stream_generate(model, ids, params, eot_id=tokenizer.eot_id, generator=generator)):
+    for n, (nxt, going) in enumerate(steps(model, ids, params, eot_id=tokenizer.eot_id, generator=generator)):
         if interrupt is not None and n % STOP_EVERY_TOKENS == STOP_EVERY_TOKENS - 1:
             interrupt()
-        for i, t in enumerate(step):
-            if t is None or done[i]:
-                done[i] = done[i] or t is None
-                continue
-            outs[i].append(t)
-            last = tokenizer.decode(outs[i][-tail:])
-            if any(s in last for s in stops):
+        nxt, going = nxt.cpu(), going.cpu()
+        active = going & ~done
+        tokens[:, n] = nxt
+        count += active
+        done |= ~going
+        for i in (active & can_stop[nxt]).nonzero().flatten().tolist():
+            c = int(count[i])
+            if any(s in tokenizer.decode(tokens[i, max(0, c - tail):c].tolist()) for s in stops):
                 done[i] = True
-        if all(done):
+        if bool(done.all()):
             break
-    return outs
+    return [row[:c] for row, c in zip(tokens.tolist(), count.tolist())]
 
 
 def evaluate_tasks(model, tokenizer, tasks: list[Task], limits: executor.Limits, *, k: int = 1,

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from . import decode
 from .model import KVCache, Transformer
 from .settings import GENERATE
 
@@ -75,10 +76,12 @@ class Batch:
     ``logits`` holds each row's next-token logits. The window (ids and which of them are real,
     not padding) is preallocated once at max_seq_len, and so is the KV cache; a step is a few
     tensor operations whatever the batch size. With the cache, a step runs the model on the
-    new tokens only; without it (the reference), on the whole window again."""
+    new tokens only, from decode weights in ``precision`` (decode.py: None or "auto" measures
+    which is fastest here; "fp32" is exact); without it (the reference), on the whole window
+    again, in the model's own weights."""
 
     def __init__(self, model: Transformer, prompts: list[list[int]], *, use_cache: bool = True,
-                 empty_id: int = 0):
+                 empty_id: int = 0, precision: str | None = None):
         self.model, self.max_len = model, model.cfg.max_seq_len
         p = next(model.parameters())
         rows = [list(r[-(self.max_len - 1):]) or [empty_id] for r in prompts]
@@ -89,7 +92,9 @@ class Batch:
             ids[i, T - len(r):T] = torch.tensor(r, dtype=torch.long)
             keys[i, T - len(r):T] = True
         self.ids, self.keys = ids.to(p.device), keys.to(p.device)
-        self.cache = KVCache(model.cfg, B, p.device, p.dtype) if use_cache else None
+        self.precision = decode.choose(model, B, precision) if use_cache else "fp32"
+        self.cache = KVCache(model.cfg, B, p.device, weights=decode.weights_for(model, self.precision)) \
+            if use_cache else None
         self._prefill(T)
 
     @property
@@ -135,16 +140,19 @@ class Batch:
         self.length, self.next_pos = L + 1, self.next_pos + 1
 
 
-def _steps(model: Transformer, prompts: list[list[int]], params: SamplingParams, eot_id: int | None,
-           generator: torch.Generator | None, use_cache: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Per step, each row's new token and whether the row is still going (both (B,) tensors)."""
+def steps(model: Transformer, prompts: list[list[int]], params: SamplingParams, eot_id: int | None = None,
+          generator: torch.Generator | None = None, use_cache: bool = True,
+          precision: str | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Per step, each row's new token and whether the row is still going (both (B,) tensors):
+    for callers that follow many rows without per-row Python work. Run under no_grad."""
     params.validate()
     if not prompts:
         return
     model.eval()
     if generator is None and params.seed is not None:
         generator = torch.Generator(device="cpu").manual_seed(params.seed)
-    batch = Batch(model, prompts, use_cache=use_cache, empty_id=eot_id if eot_id is not None else 0)
+    batch = Batch(model, prompts, use_cache=use_cache, empty_id=eot_id if eot_id is not None else 0,
+                  precision=precision)
     going = torch.ones(len(prompts), dtype=torch.bool, device=batch.ids.device)
     for _ in range(params.max_length):
         logits = batch.logits.float()
@@ -166,9 +174,10 @@ def _steps(model: Transformer, prompts: list[list[int]], params: SamplingParams,
 @torch.no_grad()
 def stream_generate(model: Transformer, prompts: list[list[int]], params: SamplingParams, *,
                     eot_id: int | None = None, generator: torch.Generator | None = None,
-                    use_cache: bool = True) -> Iterator[list[int | None]]:
-    """Yield, per step, the new token of each row (None once a row has ended)."""
-    for nxt, going in _steps(model, prompts, params, eot_id, generator, use_cache):
+                    use_cache: bool = True, precision: str | None = None) -> Iterator[list[int | None]]:
+    """Yield, per step, the new token of each row (None once a row has ended). precision:
+    the decode weights' (see Batch)."""
+    for nxt, going in steps(model, prompts, params, eot_id, generator, use_cache, precision):
         yield [t if g else None for t, g in zip(nxt.tolist(), going.tolist())]
 
 
@@ -177,12 +186,13 @@ def generate(model: Transformer, prompts: list[list[int]], *, max_new_tokens: in
              temperature: float = GENERATE.default("temperature"), top_k: int | None = GENERATE.default("top_k"),
              top_p: float | None = None, repetition_penalty: float = GENERATE.default("repetition_penalty"),
              seed: int | None = None, generator: torch.Generator | None = None, eot_id: int | None = None,
-             use_cache: bool = True) -> list[list[int]]:
-    """The new tokens for each prompt (the prompt itself is not repeated)."""
+             use_cache: bool = True, precision: str | None = None) -> list[list[int]]:
+    """The new tokens for each prompt (the prompt itself is not repeated). precision: the
+    decode weights' (see Batch)."""
     params = SamplingParams(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed)
-    steps = list(_steps(model, prompts, params, eot_id, generator, use_cache))
-    if not steps:
+    done = list(steps(model, prompts, params, eot_id, generator, use_cache, precision))
+    if not done:
         return [[] for _ in prompts]
-    tokens = torch.stack([t for t, _ in steps], 1).tolist()
-    lengths = torch.stack([g for _, g in steps], 1).sum(1).tolist()  # a row stops for good at its end
+    tokens = torch.stack([t for t, _ in done], 1).tolist()
+    lengths = torch.stack([g for _, g in done], 1).sum(1).tolist()  # a row stops for good at its end
     return [row[:n] for row, n in zip(tokens, lengths)]

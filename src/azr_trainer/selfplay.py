@@ -67,7 +67,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import layout, store
+from . import decode, layout, store
 from .checkpoint import build_model, export_pt, latest_selfplay_checkpoint, resolve_checkpoint, \
     safe_load, save_step
 from .data import BatchSampler, PreparedData, prepare_data
@@ -448,6 +448,7 @@ class _SelfPlay(Job):
         gen = torch.Generator(device="cpu").manual_seed(cfg.seed * 1_000_003 + 2 * step + 1)
         outs = generate(model, rows, max_new_tokens=cfg.rollout_tokens, temperature=cfg.temperature, top_k=None,
                         generator=gen, eot_id=tokenizer.eot_id)
+        decode.release(model)  # the update below changes the weights
         gen_s = time.time() - t0
         n_new = sum(len(o) for o in outs)
         texts = [tokenizer.decode(o) for o in outs]

@@ -30,7 +30,7 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from . import __version__, answers
+from . import __version__, answers, decode
 from .home import clean_leftovers, home_dir
 from .jobs import JobRunner
 from .registry import Registry
@@ -48,6 +48,7 @@ log = logging.getLogger("azr_trainer.server")
 def create_app(home: Path, *, token: str | None = None, max_upload_bytes: int = 200 * MiB,
                max_concurrent_runs: int = 1) -> FastAPI:
     home = home_dir(home)
+    decode.remember_in(home)  # the decode precision is measured once per machine and kept there
     for path in clean_leftovers(home):  # what a killed studio or command left in the temp folders
         log.info("Removed the leftover %s", path)
     registry = Registry(home)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from . import catalogue, layout, store
+from . import catalogue, decode, layout, store
 from .checkpoint import atomic_torch_save, checkpoint_dir, init_checkpoint, list_step_checkpoints, safe_load, \
     save_step
 from .data import BatchSampler, prepare_data, validation_windows
@@ -376,6 +376,7 @@ class _Pretraining(Job):
                            eot_id=tokenizer.eot_id)[0]
             texts.append(tokenizer.decode(out))
             self.events.emit("sample", step=self.step, prompt=prompt, text=texts[-1])
+        decode.release(self.model)
         self.model.train()
         self._report_milestones(texts)
 

@@ -83,9 +83,11 @@ def torchrun_env(nproc: int, threads: int | None) -> dict:
 
 
 def run(spec: dict, run_file: Path) -> None:
+    from . import decode
     from .cli_runs import exit_torchrun_worker, stop_on_signals
     from .settings import RUN_GROUPS, time_budget
     home, kind, model, run_id = Path(spec["home"]), spec["kind"], spec["model"], spec["run_id"]
+    decode.remember_in(home)  # rollouts' decode precision is measured once per machine
     params = dict(spec["settings"])
     if kind not in RUN_GROUPS:
         raise UserError("settings.kind", kinds=list(RUN_GROUPS), value=repr(kind))

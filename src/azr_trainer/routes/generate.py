@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from .. import answers, store
+from .. import answers, decode, store
 from ..checkpoint import resolve_checkpoint
 from ..errors import UserError
 from ..sample import SamplingParams, stream_generate
@@ -37,6 +37,7 @@ class _Generation:
     prompt_ids: list[int]
     params: SamplingParams
     books: tuple[str, ...]  # the model's books, for the memorisation meter
+    precision: str = "fp32"  # the decode weights' (decode.py), measured fastest on this machine
     text: str = ""
     tokens: int = 0
 
@@ -45,7 +46,8 @@ class _Generation:
         for the rest of it."""
         ids: list[int] = []
         shown = ""
-        for step in stream_generate(self.model, [self.prompt_ids], self.params, eot_id=self.tokenizer.eot_id):
+        for step in stream_generate(self.model, [self.prompt_ids], self.params, eot_id=self.tokenizer.eot_id,
+                                    precision=self.precision):
             if stop is not None and stop.is_set():
                 break
             if step[0] is None:
@@ -67,12 +69,12 @@ def _prepare(studio: Studio, body: GenerateRequest) -> _Generation:
     path = resolve_checkpoint(store.model_dir(studio.home, info.name), str(body.checkpoint))
     model, _cfg, tokenizer = studio.models_cache.get(path)
     return _Generation(model, tokenizer, body.prompt, tokenizer.encode(body.prompt), params,
-                       tuple(info.books or []))
+                       tuple(info.books or []), precision=decode.choose(model, 1))
 
 
 def _finish(studio: Studio, gen: _Generation) -> dict:
     return {"text": gen.text, "prompt": gen.prompt, "tokens": gen.tokens,
-            "memorisation": studio.memorisation(list(gen.books), gen.text)}
+            "memorisation": studio.memorisation(list(gen.books), gen.text), "decode_precision": gen.precision}
 
 
 @router.post("/api/generate", tags=["generate"], responses=answers.route(404, 409))

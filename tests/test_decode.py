@@ -1,0 +1,140 @@
+"""Decoding from lower-precision weights (decode.py): close to fp32, remade when the weights
+change, chosen by measuring, reported, and fp32 when asked."""
+
+import json
+
+import pytest
+import torch
+
+from azr_trainer import decode
+from azr_trainer.model import ModelConfig, Transformer
+from azr_trainer.sample import Batch, generate
+
+# max |logit − fp32 logit| as a share of the fp32 logits' largest |value|
+TOLERANCE = {"fp32": 0.0, "bf16": 0.02, "int8": 0.03, "int8dyn": 0.06}
+FAST = [p for p in decode.PRECISIONS if p != "fp32"]
+
+
+def _random_model(**kw):
+    torch.manual_seed(0)
+    cfg = dict(vocab_size=300, d_model=64, num_layers=2, num_heads=4, d_ff=128, max_seq_len=48)
+    return Transformer(ModelConfig(**{**cfg, **kw}).validate()).eval()
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """A tiny model that has learned a 40-token cycle by heart: confident, like a trained one."""
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=260, d_model=64, num_layers=2, num_heads=4, d_ff=128,
+                                    max_seq_len=64, tokenizer="char").validate())
+    cycle = torch.randint(0, 260, (40,), generator=torch.Generator().manual_seed(1))
+    data = cycle.repeat(4)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(40):
+        starts = torch.randint(0, 40, (4,))
+        x = torch.stack([data[s:s + 32] for s in starts])
+        y = torch.stack([data[s + 1:s + 33] for s in starts])
+        _, loss = model(x, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval(), data
+
+
+def _first_logits(model, prompts, precision):
+    return Batch(model, prompts, precision=precision).logits
+
+
+@pytest.mark.parametrize("precision", FAST)
+def test_lower_precision_logits_are_close_to_fp32(precision):
+    model = _random_model()
+    if precision not in decode.available(model):
+        pytest.skip(f"{precision} is not available with this PyTorch")
+    prompts = [[5, 6, 7, 8], [9] * 11, [1]]  # left-padded rows too
+    ref = _first_logits(model, prompts, "fp32")
+    got = _first_logits(model, prompts, precision)
+    assert got.dtype == torch.float32
+    assert 0 < (got - ref).abs().max() <= TOLERANCE[precision] * ref.abs().max()
+
+
+@pytest.mark.parametrize("precision", FAST)
+def test_greedy_text_of_a_trained_model_is_the_same_as_fp32(trained, precision):
+    model, data = trained
+    if precision not in decode.available(model):
+        pytest.skip(f"{precision} is not available with this PyTorch")
+    prompts = [data[:10].tolist(), data[5:20].tolist()]
+    ref = generate(model, prompts, max_new_tokens=60, temperature=0, precision="fp32")  # past the window too
+    assert generate(model, prompts, max_new_tokens=60, temperature=0, precision=precision) == ref
+    logits, fp32 = _first_logits(model, prompts, precision), _first_logits(model, prompts, "fp32")
+    assert (logits - fp32).abs().max() <= TOLERANCE[precision] * fp32.abs().max()
+
+
+def test_decode_weights_are_remade_when_the_model_changes():
+    """Self-play updates the weights between rollout batches: the next batch must see them."""
+    model = _random_model()
+    precision = "int8" if "int8" in decode.available(model) else "bf16"
+    prompts = [[3, 4, 5]]
+    before = _first_logits(model, prompts, precision)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(3.0)  # in place, as an optimizer step
+    ref = _first_logits(model, prompts, "fp32")
+    got = _first_logits(model, prompts, precision)
+    assert (got - before).abs().max() > 0.1 * ref.abs().max()
+    assert (got - ref).abs().max() <= TOLERANCE[precision] * ref.abs().max()
+
+
+def test_fp32_is_forced_by_the_argument_and_by_the_environment(monkeypatch):
+    model = _random_model()
+    monkeypatch.setenv(decode.ENV, "int8dyn")
+    assert Batch(model, [[1, 2]], precision="fp32").precision == "fp32"
+    monkeypatch.setenv(decode.ENV, "fp32")
+    batch = Batch(model, [[1, 2]])
+    assert batch.precision == "fp32" and batch.cache.k[0].dtype == torch.float32
+    full, _ = model(torch.tensor([[1, 2]]))
+    assert torch.equal(batch.logits, full[:, -1])  # exact
+    monkeypatch.setenv(decode.ENV, "fp8")
+    with pytest.raises(ValueError, match="fp8"):
+        Batch(model, [[1, 2]])
+
+
+def test_auto_measures_once_keeps_the_fastest_and_reports_it(monkeypatch, tmp_path):
+    monkeypatch.setenv(decode.ENV, "auto")
+    monkeypatch.setattr(decode, "probe_path", tmp_path / "decode-speed.json")
+    monkeypatch.setattr(decode, "_CHOICES", {})
+    model = _random_model()
+    times = decode.measure(model, 3)
+    assert set(times) == set(decode.available(model)) and all(t > 0 for t in times.values())
+
+    calls = []
+
+    def measured(m, rows, seconds=0.6):
+        calls.append(rows)
+        return {p: (0.001 if p == "bf16" else 0.002) for p in decode.available(m)}
+    monkeypatch.setattr(decode, "measure", measured)
+    batch = Batch(model, [[1, 2, 3]] * 3)
+    assert batch.precision == "bf16" and batch.cache.weights.dtype == torch.bfloat16 and calls == [3]
+    assert list(json.loads((tmp_path / "decode-speed.json").read_text()).values()) == ["bf16"]
+    assert Batch(model, [[1]] * 4).precision == "bf16" and calls == [3]  # same batch size class: not measured again
+    monkeypatch.setattr(decode, "_CHOICES", {})  # a new process reads the file
+    assert decode.choose(model, 4) == "bf16" and calls == [3]
+    assert Batch(model, [[1]] * 5).precision == "bf16" and calls == [3, 5]  # more rows: measured
+
+
+def test_auto_prefers_the_more_exact_precision_unless_a_less_exact_one_is_clearly_faster(monkeypatch):
+    monkeypatch.setattr(decode, "_CHOICES", {})
+    monkeypatch.setattr(decode, "probe_path", None)
+    model = _random_model()
+    times = {"fp32": 1.0, "bf16": 0.95, "int8": 0.5, "int8dyn": 0.47}
+    monkeypatch.setattr(decode, "measure", lambda m, rows, seconds=0.6: {p: times[p] for p in decode.available(m)})
+    assert decode.choose(model, 1, "auto") == ("int8" if "int8" in decode.available(model) else "int8dyn")
+    times.update(int8dyn=0.3)
+    if "int8dyn" in decode.available(model):
+        assert decode.choose(model, 300, "auto") == "int8dyn"
+
+
+def test_int8_is_not_offered_for_widths_its_kernel_cannot_take():
+    model = _random_model(d_model=40, num_heads=4, d_ff=72)
+    assert "int8" not in decode.available(model)
+    assert generate(model, [[1, 2]], max_new_tokens=3, temperature=0, precision="int8") == \
+        generate(model, [[1, 2]], max_new_tokens=3, temperature=0, precision="fp32")
