@@ -4,7 +4,7 @@
 // (runmonitor.js).
 
 import { api, enc } from "./api.js";
-import { t, fmtInt, fmtCompact, fmtApproxDuration, onLanguageChange, setText, messageText } from "./i18n.js";
+import { t, fmtInt, fmtNum, fmtFixed, fmtCompact, fmtApproxDuration, onLanguageChange, setText, messageText } from "./i18n.js";
 import { runMessage } from "./runstate.js";
 import { roughSeconds } from "./create.js";
 import { setting, applySetting, settingProblem } from "./settings.js";
