@@ -6,7 +6,8 @@ from azr_trainer import books, catalogue, store
 from azr_trainer.events import iter_events
 from azr_trainer.milestones import Baselines, real_word_share, xz_bits_per_byte
 from azr_trainer.model import ModelConfig
-from azr_trainer.train import StopRequested, TrainConfig, train
+from azr_trainer.train import TrainConfig, train
+from test_train import StopAt  # stops at an exact step; "pause" as the studio pauses
 
 BOOK = ("Жила-была на свете собака. Она любила гулять по лесу и слушать, как поют птицы. "
         "Однажды утром собака увидела в лесу маленького ежика. ") * 40
@@ -41,20 +42,6 @@ def test_milestones_are_reported_once_each_in_both_languages():
         assert ru != en and "{" not in ru and "{" not in en and any("а" <= c <= "я" for c in ru.lower())
 
 
-class PauseAt(StopRequested):
-    """The studio's pause, at an exact step."""
-
-    def __init__(self, steps):
-        super().__init__()
-        self.left = steps
-
-    def check(self):
-        self.left -= 1
-        if self.left <= 0:
-            self.request("pause")
-        return self.reason
-
-
 def test_a_paused_and_resumed_run_announces_each_milestone_once(home, tmp_path):
     # a few words repeated: the small model passes real-word milestones before the pause; the
     # resumed worker (a new process in the studio, a new trainer here) must not announce them again
@@ -65,7 +52,7 @@ def test_a_paused_and_resumed_run_announces_each_milestone_once(home, tmp_path):
                                               max_seq_len=32, tokenizer="char"))
     cfg = dict(books=["words"], max_iterations=300, batch_size=4, learning_rate=1e-2, eval_every=100,
                save_every=100, threads=1, sample_length=24)
-    first = train(home, "m", TrainConfig(**cfg), stop=PauseAt(200), log=lambda m: None)
+    first = train(home, "m", TrainConfig(**cfg), stop=StopAt(200, "pause"), log=lambda m: None)
     assert first["status"] == "paused" and first["step"] == 200
     before = [e for e in iter_events(first["events"]) if e["type"] == "milestone"]
     assert ("milestone.real_words", 50) in [(e["code"], e["params"].get("percent")) for e in before]

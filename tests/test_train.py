@@ -32,16 +32,18 @@ def cfg(book, **kw):
 
 
 class StopAt(StopRequested):
-    """Stops after a given number of steps, as Ctrl-C would, but at an exact step."""
+    """Stops after a given number of steps, as Ctrl-C would (or as ``reason`` says: "pause" is
+    the studio's pause), but at an exact step."""
 
-    def __init__(self, steps):
+    def __init__(self, steps, reason: str = "SIGINT"):
         super().__init__()
         self.left = steps
+        self.why = reason
 
     def check(self):
         self.left -= 1
         if self.left <= 0:
-            self.request("SIGINT")
+            self.request(self.why)
         return self.reason
 
 
