@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import layout, store
+from . import layout, osdeps, store
 from .checkpoint import FORMAT, FORMAT_VERSION, atomic_torch_save, build_model, init_checkpoint, safe_load
 from .errors import Notice
 from .home import TMP_PREFIX, Conflict, UserError, atomic_write_json, fsync_dir, owned_tmp_name, \
@@ -551,10 +551,13 @@ def import_model(home: Path, path: Path | str, name: str | None = None, *, max_s
         target = store.model_dir(home, name)
         if target.exists():
             raise Conflict("import.appeared", name=name)
-        os.rename(tmp, target)
+        try:
+            osdeps.rename(tmp, target)
+        except PermissionError:  # a virus scanner still reading the new checkpoint
+            raise osdeps.in_use(target) from None
         fsync_dir(models)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        osdeps.remove_tree(tmp)
         raise
     return {**info.to_dict(), "imported_from": source, "checkpoint": str(init_checkpoint(target)),
             "tokenizer_vocab": loaded.tokenizer.vocab_size, "eos_token": loaded.tokenizer.eos_token,

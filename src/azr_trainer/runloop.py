@@ -149,8 +149,7 @@ def remove_leftovers(model_dir: Path) -> list[Path]:
             found += folder.rglob(".*.tmp")
     removed = []
     for p in found:
-        if p.is_file():
-            p.unlink(missing_ok=True)
+        if p.is_file() and osdeps.remove_file(p):
             removed.append(p)
     return removed
 
