@@ -1,18 +1,19 @@
 """Files another program holds open, as Windows treats them: a rename, replace or delete fails
 while a virus scanner, the indexer, an editor or a memory map holds the file (here: the os calls
 made to fail the way Windows does). Moments of holding are waited out; a lasting hold changes
-nothing and says what to do."""
+nothing and says what to do. Also the other Windows-only details: Ctrl-Break, torchrun's store."""
 
 from __future__ import annotations
 
 import os
+import signal
 import stat
 import time
 
 import numpy as np
 import pytest
 
-from azr_trainer import books, layout, osdeps, store
+from azr_trainer import books, cli_runs, layout, osdeps, store, worker
 from azr_trainer.data import prepare_data
 from azr_trainer.errors import Conflict, NotFound
 from azr_trainer.model import ModelConfig
@@ -159,3 +160,31 @@ def test_new_books_tokenize_beside_the_data_a_run_still_has_mapped(home, tmp_pat
     assert again.train.filename == second.train.filename and np.array_equal(again.train, second.train)
     assert sorted(p.name for p in layout.data_dir(mdir).glob("*.bin")) == sorted(
         os.path.basename(p) for p in (second.train.filename, second.val.filename))
+
+
+# ---- Ctrl-Break, torchrun
+
+
+def test_ctrl_break_saves_and_stops_like_ctrl_c(monkeypatch):
+    # Windows' SIGBREAK, played by a signal this system has
+    monkeypatch.setattr(signal, "SIGBREAK", signal.SIGUSR1, raising=False)
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
+    try:
+        stop = cli_runs.stop_on_signals()
+        assert signal.getsignal(signal.SIGUSR1) is signal.getsignal(signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert stop.reason  # the loop checks this flag: checkpoint, then stop
+    finally:
+        for s, handler in saved.items():
+            signal.signal(s, handler)
+
+
+@pytest.mark.parametrize("system", ["windows", "linux", "portable"])
+def test_torchrun_gets_the_store_this_system_has(monkeypatch, system):
+    monkeypatch.delenv("USE_LIBUV", raising=False)
+    monkeypatch.setenv("AZR_PORTABLE", "1" if system == "portable" else "0")
+    monkeypatch.setattr(osdeps, "windows", lambda: system == "windows")
+    env = worker.torchrun_env(2, None)
+    assert env.get("USE_LIBUV") == (None if system == "linux" else "0")
+    monkeypatch.setenv("USE_LIBUV", "1")  # a person's own choice wins
+    assert worker.torchrun_env(2, None)["USE_LIBUV"] == "1"

@@ -223,6 +223,14 @@ def kill_group(proc) -> None:
         pass
 
 
+def torchrun_env() -> dict:
+    """Environment variables torchrun (PyTorch's launcher) needs here, beyond this process's.
+    Its rendezvous store asks for libuv by default since PyTorch 2.4, and PyTorch's Windows
+    builds have none ("use_libuv was requested but PyTorch was built without libuv support"):
+    there, and in portable mode (to prove that path), the older store. A value already set wins."""
+    return {"USE_LIBUV": "0"} if windows() or portable() else {}
+
+
 def usable_cpus() -> int:
     """CPUs this process may run on (Linux: its affinity mask), at least 1."""
     if linux() and hasattr(os, "sched_getaffinity"):
