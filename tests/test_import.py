@@ -310,3 +310,24 @@ def test_an_import_waits_out_a_scanner_holding_its_new_folder_and_says_so_when_i
         import_model(dest, files["pt"], "again")
     assert e.value.code == "platform.in_use" and "try again" in e.value.render("en")
     assert sorted(p.name for p in layout.models_dir(dest).iterdir()) == ["back"]  # nothing half-made left
+
+
+def test_an_unpacked_file_still_held_after_a_zip_import_does_not_fail_it(source, tmp_path, monkeypatch):
+    # Windows: a file a scanner still reads cannot be deleted; the import is done all the same,
+    # and the temp folder (named for this process) goes at a later start
+    import os
+
+    from azr_trainer import layout
+    home, files, _ = source
+    dest = fresh_home(tmp_path)
+    real = os.unlink
+
+    def unlink_unless_scanned(path, *args, **kwargs):
+        if os.path.basename(path) == "model.safetensors":
+            raise PermissionError(13, "The process cannot access the file", str(path))
+        real(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "unlink", unlink_unless_scanned)
+    assert import_model(dest, files["hf-zip"], "back")["name"] == "back"
+    (left,) = layout.tmp_dir(dest).iterdir()
+    assert left.name.startswith(f"import-{os.getpid()}-")

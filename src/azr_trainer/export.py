@@ -261,7 +261,7 @@ def export_hf_zip(obj: dict, zip_path: Path, dtype: str = "f32", *, model_name: 
     """The Hugging Face folder as one .zip for download (files at the top level); returns its path."""
     zip_path = Path(zip_path)
     zip_path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=zip_path.parent, prefix=".hfzip-") as tmp:
+    with tempfile.TemporaryDirectory(dir=zip_path.parent, prefix=".hfzip-", ignore_cleanup_errors=True) as tmp:
         files = _write_hf_folder(obj, Path(tmp) / "hf", dtype, model_name)
         part = Path(tmp) / "out.zip"
         with zipfile.ZipFile(part, "w") as zf:

@@ -479,7 +479,8 @@ def read_hf_zip(path: Path, max_seq_len: int | None = None, *, work_dir: Path | 
         zf = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError):
         raise UserError("import.zip_damaged", path=path) from None
-    with zf, tempfile.TemporaryDirectory(prefix=f"import-{os.getpid()}-", dir=work_dir) as tmp:  # see clean_leftovers
+    with zf, tempfile.TemporaryDirectory(prefix=f"import-{os.getpid()}-", dir=work_dir,
+                                            ignore_cleanup_errors=True) as tmp:  # held: see clean_leftovers
         entries = _zip_plan(path, zf, max_seq_len)
         need = sum(i.file_size for i in entries)
         free = shutil.disk_usage(tmp).free

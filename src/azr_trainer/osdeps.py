@@ -1,9 +1,9 @@
 """What differs between operating systems, in one place.
 
 Every call the product makes that only some systems have (process liveness and start times,
-process groups, the C library's ``malloc_trim``, ``/proc``, replacing a file another program
-holds open, directory fsync) is here with a fallback for the others; the rest of the package
-calls these functions instead. The sandbox's own internals (sandbox/child.py, server.py:
+process groups, the C library's ``malloc_trim``, ``/proc``, renaming, replacing or deleting a
+file another program holds open, directory fsync, torchrun's rendezvous store) is here with a
+fallback for the others; the rest of the package calls these functions instead. The sandbox's own internals (sandbox/child.py, server.py:
 seccomp, namespaces, the fork server) stay Linux-only; reasoning mode, the only user of the
 sandbox, is refused elsewhere (:func:`require_reasoning`).
 

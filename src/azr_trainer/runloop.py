@@ -124,7 +124,7 @@ class TrainingLock:
             holder = lock_holder(self.path.parent)
             if holder and holder != os.getpid():
                 raise Conflict("run.busy", name=self.path.parent.name, pid=str(holder))
-            self.path.unlink(missing_ok=True)  # stale (or our own): take it over
+            osdeps.remove_file(self.path)  # stale (or our own): take it over
         raise Conflict("run.busy", name=self.path.parent.name, pid="?")
 
     def __exit__(self, *exc):
@@ -133,7 +133,7 @@ class TrainingLock:
                 return  # someone took over a lock they judged stale: it is theirs now
         except (OSError, ValueError):
             return
-        self.path.unlink(missing_ok=True)
+        osdeps.remove_file(self.path)  # never raises: a run that ends well must not fail here
 
 
 def remove_leftovers(model_dir: Path) -> list[Path]:
