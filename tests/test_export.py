@@ -123,6 +123,32 @@ def test_hf_export_refuses_to_overwrite_a_foreign_folder(trained, tmp_path):
     assert (tmp_path / "again" / "config.json").exists()
 
 
+
+def test_an_earlier_export_held_open_stays_whole(trained, tmp_path, monkeypatch):
+    # Windows: a folder cannot be renamed while a program (an explorer window's preview, a
+    # loader) has a file in it open; here os.rename is made to fail that way
+    import time
+    home, name = trained
+    target = tmp_path / "held"
+    export_model(home, name, "hf", target)
+    before = {p.name: p.read_bytes() for p in target.iterdir()}
+    real, held = os.rename, []
+
+    def rename_unless_held(a, b):
+        if any(os.path.basename(a).startswith(h) for h in held):
+            raise PermissionError(13, "The process cannot access the file", str(a))
+        real(a, b)
+
+    monkeypatch.setattr(os, "rename", rename_unless_held)
+    monkeypatch.setattr(time, "sleep", lambda s: None)
+    for held[:] in (["held"], [".held.tmp-"]):  # the earlier export, then the new one, held
+        with pytest.raises(UserError) as e:
+            export_model(home, name, "hf", target, dtype="f16")
+        assert e.value.code == "platform.in_use"
+        assert {p.name: p.read_bytes() for p in target.iterdir()} == before  # not half replaced
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["held"]  # nothing hidden left behind
+
+
 # ---- GGUF ---------------------------------------------------------------------------------
 
 def _field(reader, key):

@@ -282,3 +282,52 @@ def test_gqa_config_counts_and_validates():
     assert "num_kv_heads" not in ModelConfig().to_dict()  # models made here keep their keys
     with pytest.raises(UserError, match="divisible by the number of key/value heads"):
         ModelConfig(num_heads=8, num_kv_heads=3).validate()
+
+
+def test_an_import_waits_out_a_scanner_holding_its_new_folder_and_says_so_when_it_lasts(source, tmp_path,
+                                                                                         monkeypatch):
+    # Windows: a rename fails while a virus scanner reads a file in the folder (here made to)
+    import os
+    import time
+
+    from azr_trainer import layout
+    from azr_trainer.errors import Conflict
+    home, files, _ = source
+    dest = fresh_home(tmp_path)
+    real, held, pauses = os.rename, [2], []
+
+    def rename_while_scanned(a, b):
+        if held[0] and os.path.basename(a).startswith(layout.TMP_PREFIX):
+            held[0] -= 1
+            raise PermissionError(13, "The process cannot access the file", str(a))
+        real(a, b)
+
+    monkeypatch.setattr(os, "rename", rename_while_scanned)
+    monkeypatch.setattr(time, "sleep", pauses.append)
+    assert import_model(dest, files["pt"], "back")["name"] == "back" and len(pauses) == 2
+    held[0] = 10**6
+    with pytest.raises(Conflict) as e:
+        import_model(dest, files["pt"], "again")
+    assert e.value.code == "platform.in_use" and "try again" in e.value.render("en")
+    assert sorted(p.name for p in layout.models_dir(dest).iterdir()) == ["back"]  # nothing half-made left
+
+
+def test_an_unpacked_file_still_held_after_a_zip_import_does_not_fail_it(source, tmp_path, monkeypatch):
+    # Windows: a file a scanner still reads cannot be deleted; the import is done all the same,
+    # and the temp folder (named for this process) goes at a later start
+    import os
+
+    from azr_trainer import layout
+    home, files, _ = source
+    dest = fresh_home(tmp_path)
+    real = os.unlink
+
+    def unlink_unless_scanned(path, *args, **kwargs):
+        if os.path.basename(path) == "model.safetensors":
+            raise PermissionError(13, "The process cannot access the file", str(path))
+        real(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "unlink", unlink_unless_scanned)
+    assert import_model(dest, files["hf-zip"], "back")["name"] == "back"
+    (left,) = layout.tmp_dir(dest).iterdir()
+    assert left.name.startswith(f"import-{os.getpid()}-")

@@ -1,6 +1,7 @@
 """The data folder's layout: what a book, a model, a training run, an export and the registry
 leave in $AZR_HOME, and that layout.py is the one place that names those paths."""
 
+import json
 import re
 from pathlib import Path
 
@@ -29,14 +30,16 @@ def test_a_book_a_model_a_run_and_an_export_make_this_tree(tmp_path, book):
     Registry(home).close()
 
     files = tree(home) - {"azr.sqlite-wal", "azr.sqlite-shm"}  # SQLite's own, while it is open
+    mdir = layout.model_dir(home, "m")
+    version = json.loads(layout.data_info(mdir).read_text(encoding="utf-8"))["version"]  # each tokenization's own
     assert files == {
         "azr.sqlite",
         f"books/{book}/text.txt",
         f"books/{book}/book.json",
         "models/m/model.json",
         "models/m/tokenizer.json",
-        "models/m/data/train.bin",
-        "models/m/data/val.bin",
+        f"models/m/data/train-{version}.bin",
+        f"models/m/data/val-{version}.bin",
         "models/m/data/data.json",
         "models/m/checkpoints/step_0000004.pt",
         "models/m/checkpoints/best.pt",
@@ -44,10 +47,9 @@ def test_a_book_a_model_a_run_and_an_export_make_this_tree(tmp_path, book):
         "exports/m/m.pt",
     }
     # ... and each of them is what layout.py calls it
-    mdir = layout.model_dir(home, "m")
     named = {layout.registry_file(home), layout.book_text(layout.book_dir(home, book)),
              layout.book_info(layout.book_dir(home, book)), layout.model_file(mdir), layout.tokenizer_file(mdir),
-             layout.data_file(mdir, "train"), layout.data_file(mdir, "val"), layout.data_info(mdir),
+             layout.data_file(mdir, "train", version), layout.data_file(mdir, "val", version), layout.data_info(mdir),
              layout.step_file(layout.checkpoints_dir(mdir), 4), layout.best_checkpoint(mdir),
              layout.events_file(layout.run_dir(home, "m", run)), default_output(home, "m", "pt", "float32")}
     assert {p.relative_to(home).as_posix() for p in named} == files

@@ -15,7 +15,6 @@ import codecs
 import math
 import os
 import re
-import shutil
 import unicodedata
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
@@ -425,7 +424,7 @@ def add_book(
         fsync_dir(tmp)
         _move_into_place(tmp, final, overwrite)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        osdeps.remove_tree(tmp)
         raise
     return info
 
@@ -439,17 +438,23 @@ def _move_into_place(tmp: Path, final: Path, overwrite: bool) -> None:
         # A directory cannot be renamed over a non-empty one: move the old book aside
         # first and put it back if the new one cannot take its place.
         old = _new_tmp_dir(books)
-        osdeps.replace(final, old / "old")
+        try:
+            osdeps.replace(final, old / "old")
+        except PermissionError:  # Windows: a file of the old book is open elsewhere
+            osdeps.remove_tree(old)
+            raise osdeps.in_use(final) from None
     try:
         osdeps.replace(tmp, final)
-    except BaseException:
+    except BaseException as e:
         if old is not None:
             osdeps.replace(old / "old", final)
-            shutil.rmtree(old, ignore_errors=True)
+            osdeps.remove_tree(old)
+        if isinstance(e, PermissionError):
+            raise osdeps.in_use(final) from None
         raise
     fsync_dir(books)
     if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        osdeps.remove_tree(old)  # what stays (held open) is cleaned at a later start
 
 
 def _read_info(folder: Path) -> BookInfo:
@@ -503,11 +508,16 @@ def delete_book(home: Path, name: str) -> None:
     folder = book_dir(home, name)
     if not folder.is_dir():
         raise NotFound("book.not_found", name=name)
-    # Rename first so the book disappears at once and is never seen half-deleted.
+    # Rename first so the book disappears at once and is never seen half-deleted; Windows
+    # refuses the rename while a file of the book is open, and then nothing has changed.
     trash = _new_tmp_dir(folder.parent)
-    osdeps.replace(folder, trash / "book")
+    try:
+        osdeps.replace(folder, trash / "book")
+    except PermissionError:
+        osdeps.remove_tree(trash)
+        raise osdeps.in_use(folder) from None
     fsync_dir(folder.parent)
-    shutil.rmtree(trash, ignore_errors=True)
+    osdeps.remove_tree(trash)  # what stays (held open) is cleaned at a later start
 
 
 # --------------------------------------------------------------------------- training split

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from . import layout
+from . import layout, osdeps
 from .home import UserError, atomic_write
 from .model import ModelConfig, Transformer, count_parameters
 from .tokenizer import Tokenizer
@@ -147,7 +147,7 @@ def save_step(obj: dict, folder: Path, keep_last: int) -> Path:
 
 def prune_steps(folder: Path, keep: int) -> None:
     for _, p in step_files(folder)[:-keep] if keep > 0 else []:
-        p.unlink(missing_ok=True)
+        osdeps.remove_file(p)  # one held open (Windows) goes at a later prune
 
 
 def latest_run_checkpoint(model_dir: Path, kind: str, run_id: str | None = None) -> Path | None:

@@ -18,7 +18,7 @@ from .settings import FROM_ZERO, REASON, SELFPLAY, TRAIN
 
 def stop_on_signals(control_file: Path | None = None, watch_parent: bool = False):
     """The stop flag a training or self-play loop checks: the studio's control file, the studio
-    exiting, or the first Ctrl-C / SIGTERM (checkpoint and stop). A second Ctrl-C aborts at once."""
+    exiting, or the first Ctrl-C, Ctrl-Break (Windows) or SIGTERM (checkpoint and stop). A second Ctrl-C aborts at once."""
     from .train import StopRequested
     stop = StopRequested(control_file, watch_parent=watch_parent)
 
@@ -26,9 +26,10 @@ def stop_on_signals(control_file: Path | None = None, watch_parent: bool = False
         if stop.reason:
             raise KeyboardInterrupt
         stop.request(signal.Signals(signum).name)
-    signal.signal(signal.SIGINT, on_signal)
-    if hasattr(signal, "SIGTERM"):
-        signal.signal(signal.SIGTERM, on_signal)
+    # SIGBREAK: Ctrl-Break in a Windows console, the key that stops a program there
+    for name in ("SIGINT", "SIGTERM", "SIGBREAK"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), on_signal)
     return stop
 
 

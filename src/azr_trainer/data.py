@@ -9,6 +9,7 @@ neither the tokenizer nor training ever sees it. Token ids live in memory-mapped
 from __future__ import annotations
 
 import hashlib
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 
 from . import books as books_mod
-from . import layout
+from . import layout, osdeps
 from .errors import Notice
 from .home import UserError, atomic_write_bytes, atomic_write_json, read_json
 from .tokenizer import Tokenizer, text_chunks, train_tokenizer, vocab_size_warning
@@ -94,21 +95,42 @@ def prepare_data(home: Path, model_dir: Path, book_names: list[str], kind: str, 
         dtype = np.uint16 if tokenizer.vocab_size <= 65535 else np.uint32
         train_ids = np.concatenate(train_parts).astype(dtype)
         val_ids = np.concatenate(val_parts).astype(dtype)
-        atomic_write_bytes(layout.data_file(model_dir, "train"), train_ids.tobytes())
-        atomic_write_bytes(layout.data_file(model_dir, "val"), val_ids.tobytes())
-        meta = {"key": key, "books": book_names, "val_fraction": val_fraction, "dtype": np.dtype(dtype).name,
-                "train_tokens": int(train_ids.size), "val_tokens": int(val_ids.size),
+        # A new tokenization gets files of its own, never written over the old ones: Windows
+        # cannot replace a file while a process has it memory-mapped (the old data of a run
+        # still going, or of an earlier run in this process), and a reader keeps a whole set.
+        # A fresh name each time, even for books chosen again: an old set may still be mapped.
+        version = secrets.token_hex(6)
+        atomic_write_bytes(layout.data_file(model_dir, "train", version), train_ids.tobytes())
+        atomic_write_bytes(layout.data_file(model_dir, "val", version), val_ids.tobytes())
+        meta = {"key": key, "version": version, "books": book_names, "val_fraction": val_fraction,
+                "dtype": np.dtype(dtype).name, "train_tokens": int(train_ids.size), "val_tokens": int(val_ids.size),
                 "train_bytes": train_bytes, "val_bytes": val_bytes}
         atomic_write_json(meta_path, meta)
-    dtype = np.dtype(meta["dtype"])
-    train_ids = np.memmap(layout.data_file(model_dir, "train"), dtype=dtype, mode="r")
-    val_ids = np.memmap(layout.data_file(model_dir, "val"), dtype=dtype, mode="r")
+    remove_old_versions(model_dir, meta)
+    train_ids, val_ids = open_data(model_dir, meta)
     w = vocab_size_warning(kind, vocab_size, meta["train_bytes"])
     if w:
         warnings.append(w)
     if meta["val_bytes"] == 0:
         warnings.append(Notice("data.no_validation"))
     return PreparedData(train_ids, val_ids, meta["val_bytes"], meta["train_bytes"], tokenizer, warnings)
+
+
+def open_data(model_dir: Path, meta: dict) -> tuple[np.ndarray, np.ndarray]:
+    """The train and val token ids that data.json (``meta``) names, memory-mapped."""
+    dtype, version = np.dtype(meta["dtype"]), meta.get("version")
+    return tuple(np.memmap(layout.data_file(model_dir, split, version), dtype=dtype, mode="r")
+                 for split in ("train", "val"))
+
+
+def remove_old_versions(model_dir: Path, meta: dict) -> None:
+    """Delete the token files data.json no longer names. One still mapped by a process stays
+    (Windows refuses to delete it) and goes at a later call; POSIX deletes it at once while the
+    mapping lives on."""
+    keep = {layout.data_file(model_dir, split, meta.get("version")).name for split in ("train", "val")}
+    for path in layout.data_dir(model_dir).glob("*.bin"):
+        if path.name not in keep:
+            osdeps.remove_file(path)
 
 
 class BatchSampler:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 import uuid
 import zipfile
@@ -238,16 +237,23 @@ def export_hf(obj: dict, folder: Path, dtype: str = "f32", *, model_name: str | 
     tmp = folder.parent / f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
         _write_hf_folder(obj, tmp, dtype, model_name)
-        if folder.exists():
-            trash = folder.parent / f".{folder.name}.old-{uuid.uuid4().hex[:8]}"
-            folder.rename(trash)
-            tmp.rename(folder)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            tmp.rename(folder)
+        try:
+            if folder.exists():
+                trash = folder.parent / f".{folder.name}.old-{uuid.uuid4().hex[:8]}"
+                osdeps.rename(folder, trash)  # held open (Windows): nothing has changed yet
+                try:
+                    osdeps.rename(tmp, folder)
+                except BaseException:
+                    osdeps.rename(trash, folder)  # the earlier export back in its place
+                    raise
+                osdeps.remove_tree(trash)
+            else:
+                osdeps.rename(tmp, folder)
+        except PermissionError:
+            raise osdeps.in_use(folder) from None
         fsync_dir(folder.parent)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        osdeps.remove_tree(tmp)
     return sorted(folder.iterdir())
 
 
@@ -255,7 +261,7 @@ def export_hf_zip(obj: dict, zip_path: Path, dtype: str = "f32", *, model_name: 
     """The Hugging Face folder as one .zip for download (files at the top level); returns its path."""
     zip_path = Path(zip_path)
     zip_path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=zip_path.parent, prefix=".hfzip-") as tmp:
+    with tempfile.TemporaryDirectory(dir=zip_path.parent, prefix=".hfzip-", ignore_cleanup_errors=True) as tmp:
         files = _write_hf_folder(obj, Path(tmp) / "hf", dtype, model_name)
         part = Path(tmp) / "out.zip"
         with zipfile.ZipFile(part, "w") as zf:

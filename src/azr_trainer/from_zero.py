@@ -62,7 +62,8 @@ def write_from_zero_book(home: Path, name: str, *, n_docs: int, seed: int = 0, o
     _check_corpus_docs(n_docs)
     book = f"{name}-triplets"
     layout.tmp_dir(home).mkdir(exist_ok=True)  # on the data's disk; a killed process's is cleaned at start
-    with tempfile.TemporaryDirectory(prefix=f"triplets-{os.getpid()}-", dir=layout.tmp_dir(home)) as tmp:
+    with tempfile.TemporaryDirectory(prefix=f"triplets-{os.getpid()}-", dir=layout.tmp_dir(home),
+                                     ignore_cleanup_errors=True) as tmp:
         path = Path(tmp) / f"{book}.txt"
         write_triplet_book(path, n_docs, seed, progress=progress)
         books.add_book(home, path, name=book, overwrite=overwrite)

@@ -10,7 +10,6 @@ import json
 import os
 import re
 import secrets
-import shutil
 import time
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from .layout import TMP_PREFIX
 # The file and process calls that differ between systems live in osdeps; re-exported for the
 # modules that have always taken them from here.
 from .osdeps import (  # noqa: F401
-    atomic_path, atomic_write, atomic_write_bytes, fsync_dir, process_alive, replace,
+    atomic_path, atomic_write, atomic_write_bytes, fsync_dir, process_alive, remove_file, remove_tree, replace,
 )
 
 DEFAULT_HOME_NAME = "azr-home"
@@ -107,11 +106,7 @@ def clean_leftovers(home: Path, *, now: float | None = None) -> list[Path]:
                 stale = not owner and now - _last_change(entry) > STALE_AFTER
         except OSError:  # gone meanwhile
             continue
-        if stale:
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry, ignore_errors=True)
-            else:
-                entry.unlink(missing_ok=True)
+        if stale and remove_tree(entry):  # one still held open stays for a later start
             removed.append(entry)
     return removed
 

@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import layout, store
+from . import layout, osdeps, store
 from .checkpoint import FORMAT, FORMAT_VERSION, atomic_torch_save, build_model, init_checkpoint, safe_load
 from .errors import Notice
 from .home import TMP_PREFIX, Conflict, UserError, atomic_write_json, fsync_dir, owned_tmp_name, \
@@ -479,7 +479,8 @@ def read_hf_zip(path: Path, max_seq_len: int | None = None, *, work_dir: Path | 
         zf = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError):
         raise UserError("import.zip_damaged", path=path) from None
-    with zf, tempfile.TemporaryDirectory(prefix=f"import-{os.getpid()}-", dir=work_dir) as tmp:  # see clean_leftovers
+    with zf, tempfile.TemporaryDirectory(prefix=f"import-{os.getpid()}-", dir=work_dir,
+                                            ignore_cleanup_errors=True) as tmp:  # held: see clean_leftovers
         entries = _zip_plan(path, zf, max_seq_len)
         need = sum(i.file_size for i in entries)
         free = shutil.disk_usage(tmp).free
@@ -551,10 +552,13 @@ def import_model(home: Path, path: Path | str, name: str | None = None, *, max_s
         target = store.model_dir(home, name)
         if target.exists():
             raise Conflict("import.appeared", name=name)
-        os.rename(tmp, target)
+        try:
+            osdeps.rename(tmp, target)
+        except PermissionError:  # a virus scanner still reading the new checkpoint
+            raise osdeps.in_use(target) from None
         fsync_dir(models)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        osdeps.remove_tree(tmp)
         raise
     return {**info.to_dict(), "imported_from": source, "checkpoint": str(init_checkpoint(target)),
             "tokenizer_vocab": loaded.tokenizer.vocab_size, "eos_token": loaded.tokenizer.eos_token,

@@ -116,9 +116,10 @@ def data_dir(mdir: Path) -> Path:
     return Path(mdir) / "data"
 
 
-def data_file(mdir: Path, split: str) -> Path:
-    """The tokenized ``split`` ("train" or "val")."""
-    return data_dir(mdir) / f"{split}.bin"
+def data_file(mdir: Path, split: str, version: str | None = None) -> Path:
+    """The tokenized ``split`` ("train" or "val"), of the tokenization ``version`` (data.json
+    names it; homes from before versions have a single, unversioned one)."""
+    return data_dir(mdir) / (f"{split}-{version}.bin" if version else f"{split}.bin")
 
 
 def data_info(mdir: Path) -> Path:

@@ -1,9 +1,9 @@
 """What differs between operating systems, in one place.
 
 Every call the product makes that only some systems have (process liveness and start times,
-process groups, the C library's ``malloc_trim``, ``/proc``, replacing a file another program
-holds open, directory fsync) is here with a fallback for the others; the rest of the package
-calls these functions instead. The sandbox's own internals (sandbox/child.py, server.py:
+process groups, the C library's ``malloc_trim``, ``/proc``, renaming, replacing or deleting a
+file another program holds open, directory fsync, torchrun's rendezvous store) is here with a
+fallback for the others; the rest of the package calls these functions instead. The sandbox's own internals (sandbox/child.py, server.py:
 seccomp, namespaces, the fork server) stay Linux-only; reasoning mode, the only user of the
 sandbox, is refused elsewhere (:func:`require_reasoning`).
 
@@ -21,6 +21,8 @@ tests may set it for one test, and the worker processes a studio starts inherit 
 from __future__ import annotations
 
 import os
+import shutil
+import stat
 import sys
 import tempfile
 import time
@@ -221,6 +223,14 @@ def kill_group(proc) -> None:
         pass
 
 
+def torchrun_env() -> dict:
+    """Environment variables torchrun (PyTorch's launcher) needs here, beyond this process's.
+    Its rendezvous store asks for libuv by default since PyTorch 2.4, and PyTorch's Windows
+    builds have none ("use_libuv was requested but PyTorch was built without libuv support"):
+    there, and in portable mode (to prove that path), the older store. A value already set wins."""
+    return {"USE_LIBUV": "0"} if windows() or portable() else {}
+
+
 def usable_cpus() -> int:
     """CPUs this process may run on (Linux: its affinity mask), at least 1."""
     if linux() and hasattr(os, "sched_getaffinity"):
@@ -314,6 +324,18 @@ def cpu_name() -> str | None:
 # ---- files -------------------------------------------------------------------------------------
 
 REPLACE_PAUSES = (0.1, 0.25, 0.5, 1.0)  # seconds between the 5 tries: a virus scan of a big checkpoint
+REMOVE_PAUSES = (0.1, 0.25, 0.5)  # seconds between the 4 tries of a delete
+
+
+def _retried(call: Callable[[], object], pauses: tuple, retry_on: tuple = (PermissionError,)) -> None:
+    for pause in (*pauses, None):
+        try:
+            call()
+            return
+        except retry_on:
+            if pause is None:
+                raise
+            time.sleep(pause)
 
 
 def replace(src: str | os.PathLike, dst: str | os.PathLike) -> None:
@@ -321,14 +343,96 @@ def replace(src: str | os.PathLike, dst: str | os.PathLike) -> None:
     program (a virus scanner, the indexer, a reader of the old file) has ``dst`` (or something
     in a folder being renamed) open, which lasts moments. A lasting PermissionError (POSIX
     permissions) comes back after the last try."""
-    for pause in (*REPLACE_PAUSES, None):
-        try:
-            os.replace(src, dst)
+    _retried(lambda: os.replace(src, dst), REPLACE_PAUSES)
+
+
+def rename(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """os.rename with replace's tries. Unlike replace, on Windows it never takes the place of an
+    existing ``dst``: for a new folder whose name must still be free (a model, a trash folder)."""
+    _retried(lambda: os.rename(src, dst), REPLACE_PAUSES)
+
+
+def in_use(path: str | os.PathLike):
+    """The error for a file or folder that another program keeps open past the tries above
+    (409: the same request succeeds once that program lets go)."""
+    from .errors import Conflict
+    return Conflict("platform.in_use", path=str(path))
+
+
+def _writable_again(path: str) -> None:
+    # Windows refuses to delete a read-only file (a book copied from a CD, a file git made)
+    try:
+        os.chmod(path, stat.S_IWRITE | stat.S_IREAD | (stat.S_IEXEC if os.path.isdir(path) else 0))
+    except OSError:
+        pass
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except PermissionError:
+        _writable_again(path)
+        os.unlink(path)
+
+
+def _rmtree(path: str) -> None:
+    """shutil.rmtree that goes on past what it cannot delete (so everything else goes), clearing
+    read-only marks on the way; then raises the first failure, for _retried to try again."""
+    failed: list[OSError] = []
+
+    def on_error(func, p, error):
+        if isinstance(error, FileNotFoundError):
             return
-        except PermissionError:
-            if pause is None:
-                raise
-            time.sleep(pause)
+        if func in (os.unlink, os.remove, os.rmdir):
+            _writable_again(p)
+            try:
+                func(p)
+                return
+            except FileNotFoundError:
+                return
+            except OSError as again:
+                error = again
+        failed.append(error)
+
+    if sys.version_info >= (3, 12):  # onerror is deprecated there
+        shutil.rmtree(path, onexc=on_error)
+    else:
+        shutil.rmtree(path, onerror=lambda func, p, info: on_error(func, p, info[1]))
+    if failed:
+        raise failed[0]
+
+
+def remove_file(path: str | os.PathLike) -> bool:
+    """Delete a file (a missing one is fine), clearing a read-only mark, and trying again for a
+    moment while another program holds it (Windows refuses to delete an open or memory-mapped
+    file). True when it is gone; False when it is still held after the tries."""
+    try:
+        _retried(lambda: _unlink(os.fspath(path)), REMOVE_PAUSES, (OSError,))
+    except OSError:
+        pass
+    return not os.path.lexists(path)
+
+
+def remove_tree(path: str | os.PathLike) -> bool:
+    """Delete a folder and everything in it like remove_file deletes a file (a file or a link
+    given: only it). True when it is gone. False when something in it is still held after the
+    tries: what could go is gone, the rest stays (call it on hidden or temp folders only, or
+    after renaming the folder out of sight, so nobody sees it half-deleted)."""
+    path = os.fspath(path)
+
+    def once():
+        if os.path.islink(path) or not os.path.isdir(path):
+            _unlink(path)
+        else:
+            _rmtree(path)
+
+    try:
+        _retried(once, REMOVE_PAUSES, (OSError,))
+    except OSError:
+        pass
+    return not os.path.lexists(path)
 
 
 def fsync_dir(path: Path) -> None:
@@ -369,7 +473,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
         replace(tmp, path)
         fsync_dir(path.parent)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        remove_file(tmp)  # never raises: the error that stopped the write is the one to see
         raise
 
 

@@ -124,7 +124,7 @@ class TrainingLock:
             holder = lock_holder(self.path.parent)
             if holder and holder != os.getpid():
                 raise Conflict("run.busy", name=self.path.parent.name, pid=str(holder))
-            self.path.unlink(missing_ok=True)  # stale (or our own): take it over
+            osdeps.remove_file(self.path)  # stale (or our own): take it over
         raise Conflict("run.busy", name=self.path.parent.name, pid="?")
 
     def __exit__(self, *exc):
@@ -133,7 +133,7 @@ class TrainingLock:
                 return  # someone took over a lock they judged stale: it is theirs now
         except (OSError, ValueError):
             return
-        self.path.unlink(missing_ok=True)
+        osdeps.remove_file(self.path)  # never raises: a run that ends well must not fail here
 
 
 def remove_leftovers(model_dir: Path) -> list[Path]:
@@ -149,8 +149,7 @@ def remove_leftovers(model_dir: Path) -> list[Path]:
             found += folder.rglob(".*.tmp")
     removed = []
     for p in found:
-        if p.is_file():
-            p.unlink(missing_ok=True)
+        if p.is_file() and osdeps.remove_file(p):
             removed.append(p)
     return removed
 

@@ -70,7 +70,7 @@ import torch
 from . import decode, layout, store
 from .checkpoint import build_model, export_pt, latest_selfplay_checkpoint, resolve_checkpoint, \
     safe_load, save_step
-from .data import BatchSampler, PreparedData, prepare_data
+from .data import BatchSampler, PreparedData, open_data, prepare_data
 from .device import pick_device, set_threads
 from .events import EventLog, Listener, new_run_id
 from .errors import Notice
@@ -266,11 +266,8 @@ def _load_data(home: Path, mdir: Path, book_names: list[str], mcfg, tokenizer, l
         if not meta_path.exists():
             raise
         meta = read_json(meta_path)
-        dtype = np.dtype(meta["dtype"])
         log(Notice("cli.warning", warning=Notice("cli.book_gone_tokens_kept")))
-        return PreparedData(np.memmap(layout.data_file(mdir, "train"), dtype=dtype, mode="r"),
-                            np.memmap(layout.data_file(mdir, "val"), dtype=dtype, mode="r"),
-                            meta["val_bytes"], meta["train_bytes"], tokenizer, [])
+        return PreparedData(*open_data(mdir, meta), meta["val_bytes"], meta["train_bytes"], tokenizer, [])
 
 
 def default_length_target(data: PreparedData, tokenizer, rollout_tokens: int) -> float:

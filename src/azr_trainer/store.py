@@ -7,12 +7,11 @@ SQLite registry indexes them.
 
 from __future__ import annotations
 
-import shutil
-import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from . import osdeps
 from .checkpoint import list_step_checkpoints
 from .home import Conflict, NotFound, UserError, atomic_write_json, check_new_name, owned_tmp_name, read_json
 from .layout import TMP_PREFIX, model_dir, model_file, models_dir
@@ -69,9 +68,12 @@ def create_model(home: Path, name: str, cfg: ModelConfig, *, max_memory: int | N
     tmp.mkdir(parents=True)
     try:
         atomic_write_json(model_file(tmp), info.to_dict())
-        tmp.rename(d)
+        try:
+            osdeps.rename(tmp, d)
+        except PermissionError:
+            raise osdeps.in_use(d) from None
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        osdeps.remove_tree(tmp)
         raise
     return info
 
@@ -116,10 +118,15 @@ def delete_model(home: Path, name: str) -> None:
     d = model_dir(home, name)
     if not d.exists():
         raise NotFound("model.not_found", name=name)
-    # Rename first so the name disappears at once and a crash mid-delete leaves only a hidden folder.
-    trash = models_dir(home) / f".deleted-{uuid.uuid4().hex[:8]}"
-    d.rename(trash)
-    shutil.rmtree(trash, ignore_errors=True)
+    # Rename first, so the model goes at once or not at all: Windows refuses the rename while a
+    # file in the folder is open, and then nothing has changed. What a program still holds in the
+    # renamed folder stays there, hidden, until the next start's clean_leftovers (its owner's pid).
+    trash = models_dir(home) / owned_tmp_name(TMP_PREFIX)
+    try:
+        osdeps.rename(d, trash)
+    except PermissionError:
+        raise osdeps.in_use(d) from None
+    osdeps.remove_tree(trash)
 
 
 def checkpoint_steps(home: Path, name: str) -> list[int]:

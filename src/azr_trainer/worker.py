@@ -19,7 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from . import layout
+from . import layout, osdeps
 from .errors import Notice, UserError
 from .events import EventLog
 
@@ -75,7 +75,7 @@ def torchrun_command(nproc: int, target: list[str], nnodes: int = 1, endpoint: s
 
 
 def torchrun_env(nproc: int, threads: int | None) -> dict:
-    env = dict(os.environ)
+    env = {**osdeps.torchrun_env(), **os.environ}
     if threads is None:
         # share the cores between the processes instead of oversubscribing them
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))

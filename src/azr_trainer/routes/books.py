@@ -11,7 +11,7 @@ from fastapi.responses import Response
 
 from .. import answers
 from .. import books as books_mod
-from .. import layout, store
+from .. import layout, osdeps, store
 from ..errors import Conflict, UserError
 from ..home import owned_tmp_name, validate_name
 from .caches import load_tokenizer
@@ -71,7 +71,7 @@ def upload_book(studio: StudioDep, file: UploadFile = File(...), name: str | Non
             shutil.copyfileobj(file.file, out, 1024 * 1024)
         info = books_mod.add_book(studio.home, source, name=name, encoding=(encoding or "").strip() or None)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        osdeps.remove_tree(tmp)
     return info.to_dict()
 
 

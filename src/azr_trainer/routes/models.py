@@ -3,7 +3,6 @@ shape, list, show, delete, checkpoints and downloads."""
 
 from __future__ import annotations
 
-import shutil
 from typing import Annotated
 from urllib.parse import quote
 
@@ -200,9 +199,9 @@ def download_model(studio: StudioDep, name: NamePath,
         result = export_model(studio.home, info.name, format, folder / filename, dtype=dtype,
                               checkpoint=checkpoint, as_zip=format == "hf")
     except BaseException:
-        shutil.rmtree(folder, ignore_errors=True)
+        osdeps.remove_tree(folder)
         raise
     headers = {"X-AZR-Note": _header_safe(result["note"])} if result.get("note") else None
     media = "application/zip" if format == "hf" else "application/octet-stream"
     return FileResponse(result["path"], filename=filename, media_type=media, headers=headers,
-                        background=BackgroundTask(shutil.rmtree, folder, ignore_errors=True))
+                        background=BackgroundTask(osdeps.remove_tree, folder))
