@@ -513,7 +513,9 @@ def test_export_runs_beside_training_and_its_file_downloads_and_loads(studio, pl
                        ({"format": "hf", "checkpoint": "12345"}, "There is no checkpoint at step 12345;")):
         r = studio.http.post("/api/models/portable/exports", json=body)
         assert r.status_code == 400 and text in r.json()["detail"], (body, r.text)
+    assert (studio.home / "exports" / "portable").is_dir()
     assert studio.http.delete("/api/models/portable").status_code == 204
+    assert not (studio.home / "exports" / "portable").exists()  # its exports went with it
 
 
 def test_a_download_note_is_an_ascii_header():
@@ -642,7 +644,7 @@ def test_selfplay_needs_a_trained_model_and_sane_settings(studio):
            ({"temperature": 0}, 400, "temperature must be above 0"),
            ({"books": ["play"]}, 400, "leave books empty"),
            ({"group_size": 100_000}, 422, "group_size: Input should be less than or equal to"),
-           ({"kind": "dream"}, 422, "kind: Input should be 'train', 'selfplay', 'reason' or 'corpus'"),
+           ({"kind": "dream"}, 422, "kind: Input should be 'train', 'selfplay', 'reason', 'corpus' or 'export'"),
            ({"rewards": "default"}, 422, "rewards: Extra inputs are not permitted")]
     for change, status, message in bad:
         r = studio.http.post("/api/runs", json={"model": "untrained", **SELFPLAY, **change})

@@ -168,7 +168,21 @@ def delete_model(studio: StudioDep, name: NamePath):
     studio.runner.check_model_idle(name)
     store.delete_model(studio.home, name)
     studio.registry.forget_model(name)
+    _delete_export_runs(studio.home, name)
     return Response(status_code=204)
+
+
+def _delete_export_runs(home, name: str) -> None:
+    """The files the model's export runs made go with its runs (files made with ``azr export`` stay)."""
+    base = layout.exports_dir(home, name)
+    if base.is_dir():
+        for folder in base.iterdir():
+            if folder.is_dir() and folder.name.startswith("run-"):
+                shutil.rmtree(folder, ignore_errors=True)
+        try:
+            base.rmdir()  # only when nothing else is left
+        except OSError:
+            pass
 
 
 @router.get("/api/models/{name}/checkpoints", tags=["models"], responses=answers.route(404))
