@@ -322,7 +322,7 @@ def test_models_create_estimate_show_delete(studio):
     assert studio.http.get("/api/models/shape/checkpoints").json() == []
     r = studio.http.get("/api/models/shape/download")
     assert r.status_code == 400 and "no checkpoint yet" in r.json()["detail"]
-    r = studio.http.get("/api/models/shape/download", params={"format": "gguf"})
+    r = studio.http.post("/api/models/shape/exports", json={"format": "gguf"})
     assert r.status_code == 400 and "no checkpoint yet" in r.json()["detail"]
     r = studio.http.get("/api/books/play/tokens", params={"model": "shape"})
     assert r.status_code == 409 and "no tokenizer yet" in r.json()["detail"]
@@ -423,48 +423,99 @@ def test_train_watch_generate_download(studio, play, tmp_path):
     assert studio.http.post(f"/api/runs/{run['id']}/resume").status_code == 409
 
 
-def test_download_as_hugging_face_zip_and_gguf(studio, play, tmp_path):
+def _export(studio, model: str, **body) -> dict:
+    r = studio.http.post(f"/api/models/{model}/exports", json=body)
+    assert r.status_code == 202, r.text
+    return r.json()["run"]
+
+
+def test_export_runs_beside_training_and_its_file_downloads_and_loads(studio, play, tmp_path):
     gguf = pytest.importorskip("gguf")
     new_model(studio, "portable")
-    r = studio.http.post("/api/runs", json={"model": "portable", "books": [play], "max_iterations": 10, **FAST,
-                                            "eval_every": 10})
-    assert r.status_code == 201, r.text
-    assert studio.wait(r.json()["id"])["state"] == "completed"
+    train = studio.http.post("/api/runs", json={"model": "portable", "books": [play], "max_iterations": 20000,
+                                                **FAST}).json()
+    studio.wait_for_step(train["id"])
+    assert studio.http.post(f"/api/runs/{train['id']}/pause").status_code == 200
+    paused = studio.wait(train["id"])
+    assert paused["state"] == "paused" and paused["last_checkpoint_step"] == paused["step"], paused
 
-    r = studio.http.get("/api/models/portable/download", params={"format": "hf"})
+    # A paused training run holds the model, yet an export (which only reads a checkpoint) starts.
+    run = _export(studio, "portable", format="hf")
+    assert run["kind"] == "export" and run["state"] in ("queued", "running")
+    assert run["params"]["dtype"] == "f32" and run["params"]["zip"] is True and run["params"]["checkpoint"] == "best"
+    r = studio.http.get(f"/api/models/portable/exports/{run['id']}")
+    if r.status_code != 200:  # not finished yet (it almost never is this soon)
+        assert r.status_code == 409 and r.json()["code"] == "export.not_ready", r.text
+    done = studio.wait(run["id"])
+    assert done["state"] == "completed", done
+    steps = [e for e in studio.http.get(f"/api/runs/{run['id']}/events").json()["events"] if e["type"] == "step"]
+    assert [e["step"] for e in steps] == [0, 1, 2] and steps[-1]["max_iterations"] == 2
+    # It never showed the model as training, and the paused run can still be resumed.
+    assert studio.http.get("/api/models/portable").json()["training"] is False
+    assert studio.http.get(f"/api/runs/{train['id']}").json()["state"] == "paused"
+
+    r = studio.http.get(f"/api/models/portable/exports/{run['id']}")
     assert r.status_code == 200, r.text
-    assert 'filename="portable-hf.zip"' in r.headers["content-disposition"]
-    assert "x-azr-note" not in r.headers  # finished, with a best checkpoint: nothing to say
+    assert 'filename="portable-hf-f32.zip"' in r.headers["content-disposition"]
+    made = [e for e in studio.http.get(f"/api/runs/{run['id']}/events").json()["events"] if e["type"] == "export"]
+    assert made[0]["file"] == "portable-hf-f32.zip" and made[0]["bytes"] == len(r.content), made
     path = tmp_path / "portable-hf.zip"
     path.write_bytes(r.content)
     with zipfile.ZipFile(path) as zf:
         names = set(zf.namelist())
         assert {"config.json", "model.safetensors", "tokenizer.json"} <= names
         config = json.loads(zf.read("config.json"))
+        zf.extractall(tmp_path / "hf")
     assert config["model_type"] == "llama" and config["hidden_size"] == 32
+    transformers = pytest.importorskip("transformers")
+    loaded = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "hf")
+    assert loaded.config.num_hidden_layers == 1
 
-    r = studio.http.get("/api/models/portable/download", params={"format": "gguf", "checkpoint": "best"})
-    assert r.status_code == 200, r.text
-    assert 'filename="portable-f16.gguf"' in r.headers["content-disposition"]
+    resumed = studio.http.post(f"/api/runs/{train['id']}/resume")
+    assert resumed.status_code == 200, resumed.text
+    studio.wait(train["id"], states=("running",))
+    # While it trains (the studio runs one training run at a time), a GGUF export still starts.
+    first = _export(studio, "portable", format="gguf", checkpoint="latest")
+    assert studio.wait(first["id"])["state"] == "completed"
+    assert studio.http.get("/api/models/portable").json()["training"] is True  # the training run, not the export
+    r = studio.http.get(f"/api/models/portable/exports/{first['id']}")
+    assert r.status_code == 200 and 'filename="portable-f16.gguf"' in r.headers["content-disposition"]
     path = tmp_path / "portable-f16.gguf"
     path.write_bytes(r.content)
-    reader = gguf.GGUFReader(path)
-    arch = reader.fields["general.architecture"]
+    arch = gguf.GGUFReader(path).fields["general.architecture"]
     assert bytes(arch.parts[arch.data[0]]).decode() == "llama"
-    r = studio.http.get("/api/models/portable/download", params={"format": "gguf", "dtype": "q8_0"})
+    assert studio.http.post(f"/api/runs/{train['id']}/cancel").status_code == 200
+    assert studio.wait(train["id"])["state"] == "cancelled"
+
+    # Only the newest export of a format and number format is kept; other number formats stay.
+    q8 = _export(studio, "portable", format="gguf", dtype="q8_0")
+    second = _export(studio, "portable", format="gguf")
+    assert studio.wait(q8["id"])["state"] == studio.wait(second["id"])["state"] == "completed"
+    r = studio.http.get(f"/api/models/portable/exports/{first['id']}")
+    assert r.status_code == 404 and r.json()["code"] == "export.gone"
+    assert studio.http.get(f"/api/models/portable/exports/{second['id']}").status_code == 200
+    r = studio.http.get(f"/api/models/portable/exports/{q8['id']}")
     assert r.status_code == 200 and 'filename="portable-q8_0.gguf"' in r.headers["content-disposition"]
 
+    # Unknown runs, and runs that are not exports, are not found.
+    assert studio.http.get("/api/models/portable/exports/run-nope").json()["code"] == "export.not_found"
+    assert studio.http.get(f"/api/models/portable/exports/{train['id']}").status_code == 404
+    # The old download sends .pt only, and says where the other formats are made.
+    r = studio.http.get("/api/models/portable/download", params={"format": "hf"})
+    assert r.status_code == 400 and r.json()["code"] == "export.use_run"
+    assert "POST /api/models/portable/exports" in r.json()["detail"]
     r = studio.http.get("/api/models/portable/download", params={"format": "onnx"})
     assert r.status_code == 400 and "must be one of pt, hf, gguf" in r.json()["detail"]
-    r = studio.http.get("/api/models/portable/download", params={"format": "gguf", "dtype": "q4_k"})
-    assert r.status_code == 400 and "f32, f16, q8_0" in r.json()["detail"]
-    r = studio.http.get("/api/models/portable/download", params={"format": "hf", "checkpoint": "12345"})
-    assert r.status_code == 400 and "There is no checkpoint at step 12345;" in r.json()["detail"]
-    deadline = time.time() + 5
-    while list((studio.home / ".tmp").iterdir()) and time.time() < deadline:
-        time.sleep(0.05)
-    assert not list((studio.home / ".tmp").iterdir())  # exports are removed once sent, or when they fail
+    # Wrong settings are refused before anything is queued.
+    for body, text in (({"format": "onnx"}, "format"), ({"format": "gguf", "dtype": "q4_k"}, "q4_k"),
+                       ({"format": "hf", "dtype": "q8_0"}, "f32, f16, bf16"),
+                       ({"format": "gguf", "zip": True}, "Only the Hugging Face folder"),
+                       ({"format": "hf", "checkpoint": "12345"}, "There is no checkpoint at step 12345;")):
+        r = studio.http.post("/api/models/portable/exports", json=body)
+        assert r.status_code == 400 and text in r.json()["detail"], (body, r.text)
+    assert (studio.home / "exports" / "portable").is_dir()
     assert studio.http.delete("/api/models/portable").status_code == 204
+    assert not (studio.home / "exports" / "portable").exists()  # its exports went with it
 
 
 def test_a_download_note_is_an_ascii_header():
@@ -593,7 +644,7 @@ def test_selfplay_needs_a_trained_model_and_sane_settings(studio):
            ({"temperature": 0}, 400, "temperature must be above 0"),
            ({"books": ["play"]}, 400, "leave books empty"),
            ({"group_size": 100_000}, 422, "group_size: Input should be less than or equal to"),
-           ({"kind": "dream"}, 422, "kind: Input should be 'train', 'selfplay', 'reason' or 'corpus'"),
+           ({"kind": "dream"}, 422, "kind: Input should be 'train', 'selfplay', 'reason', 'corpus' or 'export'"),
            ({"rewards": "default"}, 422, "rewards: Extra inputs are not permitted")]
     for change, status, message in bad:
         r = studio.http.post("/api/runs", json={"model": "untrained", **SELFPLAY, **change})

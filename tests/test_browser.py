@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -565,6 +566,37 @@ def test_five_steps(browser, studio, artifacts, tmp_path, lang):
 
 
 # ---------------------------------------------------------------------------- pause and resume
+
+
+def test_the_hf_download_button_makes_an_export_and_downloads_it(browser, studio, tmp_path):
+    """The Hugging Face button starts an export run, shows it going, then the browser receives the zip."""
+    setup_model_and_book(studio, tmp_path, "exportable", "export_book")
+    run = studio.request("POST", "/api/runs", {"model": "exportable", "books": ["export_book"], "max_iterations": 6,
+                                               "batch_size": 4, "eval_every": 6, "save_every": 6, "threads": 1})
+    deadline = time.time() + 120
+    while studio.get(f"/api/runs/{run['id']}")["state"] in ("queued", "running") and time.time() < deadline:
+        time.sleep(0.2)
+    assert studio.get(f"/api/runs/{run['id']}")["state"] == "completed"
+    ctx, page, errors = open_page(browser, studio.url + "/#models", "en-US")
+    try:
+        row = page.locator("[data-testid=model-row][data-name='exportable']")
+        button = row.get_by_test_id("model-download-hf")
+        expect(button).to_be_enabled()
+        with page.expect_download(timeout=120_000) as info:
+            button.click()
+            expect(row.get_by_test_id("model-export-status")).to_contain_text("Hugging Face")
+        target = tmp_path / info.value.suggested_filename
+        info.value.save_as(target)
+        assert target.name == "exportable-hf-f32.zip"
+        with zipfile.ZipFile(target) as zf:
+            assert json.loads(zf.read("config.json"))["hidden_size"] == TINY["d_model"]
+        expect(row.get_by_test_id("model-export-status")).to_have_count(0)
+        expect(button).to_be_enabled()
+        runs = studio.get("/api/runs?model=exportable")
+        assert [r["kind"] for r in runs][0] == "export" and runs[0]["state"] == "completed"
+        assert not errors, errors
+    finally:
+        ctx.close()
 
 
 def test_pause_resume(browser, studio, artifacts, tmp_path):

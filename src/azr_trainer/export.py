@@ -112,13 +112,15 @@ def default_output(home: Path, name: str, fmt: str, dtype: str, as_zip: bool = F
 
 
 def export_model(home: Path, name: str, fmt: str, output: Path | str | None = None, *, dtype: str | None = None,
-                 checkpoint: str = "best", as_zip: bool = False) -> dict:
+                 checkpoint: str = "best", as_zip: bool = False, on_loaded=None) -> dict:
     """Export model ``name`` (its best checkpoint by default; 'latest' or a step number too).
 
     Returns what was written: ``path`` (a file, or the HF folder), ``files``, ``bytes``, the
     checkpoint used, and ``note`` — a sentence to show the user when the model is still
     training or has no best checkpoint yet (otherwise None); ``notes`` has the same as
-    ``{message, code, params}`` for showing it in another language."""
+    ``{message, code, params}`` for showing it in another language. ``on_loaded(facts)`` is
+    called once the checkpoint is read, before anything is written (a studio run reports it,
+    and may stop there)."""
     if fmt not in FORMATS:
         raise UserError("export.format", value=fmt, options=list(FORMATS))
     dtype = dtype or DEFAULT_DTYPE[fmt]
@@ -128,6 +130,8 @@ def export_model(home: Path, name: str, fmt: str, output: Path | str | None = No
     if as_zip and fmt != "hf":
         raise UserError("export.zip_only_hf")
     obj, facts = pick_checkpoint(home, name, checkpoint)
+    if on_loaded is not None:
+        on_loaded(facts)
     out = Path(output) if output is not None else default_output(home, name, fmt, dtype, as_zip)
     if fmt == "pt":
         export_pt(obj, out)
@@ -276,7 +280,7 @@ def export_hf_zip(obj: dict, zip_path: Path, dtype: str = "f32", *, model_name: 
 
 # ---- GGUF ----------------------------------------------------------------------------------
 
-def _require_gguf():
+def require_gguf():
     try:
         import gguf
     except ImportError:
@@ -316,7 +320,7 @@ def gguf_tensor_names(cfg: ModelConfig) -> dict[str, str]:
 def gguf_tokenizer(tok: Tokenizer, vocab_size: int, meta: dict | None = None) -> dict:
     """The tokenizer as llama.cpp reads it: model, one token and type per embedding row, and
     merges (byte-level BPE) or scores (byte-fallback vocabularies such as our char tokenizer)."""
-    gguf = _require_gguf()
+    gguf = require_gguf()
     T = gguf.TokenType
     spec = json.loads(tok.hf.to_str())
     model = spec.get("model") or {}
@@ -366,7 +370,7 @@ def export_gguf(obj: dict, path: Path, dtype: str = "f16", *, model_name: str | 
 
     ``embed_tokenizer_json=False`` leaves out the exact tokenizer.json, as foreign files do
     (tests use it to exercise the import path that rebuilds a tokenizer from the vocabulary)."""
-    gguf = _require_gguf()
+    gguf = require_gguf()
     if dtype not in GGUF_DTYPES:
         raise UserError("export.gguf_dtype", value=dtype, options=list(GGUF_DTYPES))
     path = Path(path)

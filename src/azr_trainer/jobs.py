@@ -7,7 +7,8 @@ beside it. Nothing here knows how training works: the worker writes events to ``
 and this module reads them; an error it can explain is a ``failed`` status event with its code.
 
 - Queue: at most ``max_concurrent`` workers at once (default 1) and one per model; other
-  runs wait as ``queued``, oldest first.
+  runs wait as ``queued``, oldest first. A kind that does not train its model (an export, see
+  runkinds.RunKind) neither takes a slot nor holds the model: it starts at once, beside training.
 - Control: pause and cancel write "pause"/"cancel" into the run's control file; the
   trainer saves a checkpoint and exits, reporting ``paused``/``cancelled``. Resume starts
   a new worker on the run file with ``resume`` set and the same run id, which continues exactly from that
@@ -139,11 +140,22 @@ def run_kind(run: Run) -> str:
     return (run.params or {}).get("kind", "train")  # runs from before kinds existed trained
 
 
+def _spec(run: Run) -> RunKind:
+    return KINDS.get(run_kind(run), KINDS["train"])
+
+
+def _holds(run: Run) -> bool:
+    """Whether ``run`` trains its model (runkinds.RunKind.holds_model)."""
+    return _spec(run).holds_model
+
+
 @dataclass
 class _Worker:
     model: str
     proc: subprocess.Popen
     log: IO[bytes]
+    holds_model: bool = True
+    takes_slot: bool = True
 
 
 class JobRunner:
@@ -189,7 +201,7 @@ class JobRunner:
                 if run.state not in ACTIVE:
                     continue  # it finished on its own; its last status event says how
                 was = run.state
-                if was == "running" and lock_holder(self.home, run.model) is not None:
+                if was == "running" and _holds(run) and lock_holder(self.home, run.model) is not None:
                     # Still alive (still saving, or on Windows, where workers cannot see their
                     # parent die): ask it to stop, and keep reading what it writes.
                     self._control_file(run).write_text("pause", encoding="utf-8")
@@ -250,12 +262,12 @@ class JobRunner:
         books = spec.check(self.home, model, list(books or []), params)
         params["kind"] = kind  # in params, so the runs table needs no new column
         with self._transaction() as s:
-            held = s.scalars(select(Run).where(Run.model == model, Run.state.in_(HOLDS_MODEL))).first()
+            held = next(self._holding(s, model, HOLDS_MODEL), None) if spec.holds_model else None
             if held is not None:
                 raise Conflict(f"Model '{model}' already has a {held.state} run ({held.id}). "
                                f"{'Resume or cancel' if held.state in RESUMABLE else 'Pause or cancel'} it "
                                "before starting a new one.")
-            pid = lock_holder(self.home, model)
+            pid = lock_holder(self.home, model) if spec.holds_model else None
             if pid is not None:
                 raise Conflict(f"Model '{model}' is already being trained (process {pid}), perhaps with the "
                                "command line. Wait for it, or stop it first.")
@@ -297,15 +309,16 @@ class JobRunner:
             if run.state not in RESUMABLE:
                 raise Conflict(f"Run {run_id} is {run.state}; only a paused, interrupted or failed run can be resumed.")
             store.get_model(self.home, run.model)
-            newer = s.scalars(select(Run).where(Run.model == run.model, Run.created_at > run.created_at)).first()
+            holds = _holds(run)  # an export starts over, beside anything
+            newer = next((r for r in self._holding(s, run.model) if r.created_at > run.created_at), None) \
+                if holds else None
             if newer is not None:
                 raise Conflict(f"Model '{run.model}' was trained by a newer run ({newer.id}) since; resuming this "
                                "one would continue from that run's checkpoint. Start a new run instead.")
-            busy = s.scalars(select(Run).where(Run.model == run.model, Run.id != run.id,
-                                               Run.state.in_(ACTIVE))).first()
+            busy = next((r for r in self._holding(s, run.model, ACTIVE) if r.id != run.id), None) if holds else None
             if busy is not None:
                 raise Conflict(f"Model '{run.model}' is busy with run {busy.id} ({busy.state}).")
-            pid = lock_holder(self.home, run.model)
+            pid = lock_holder(self.home, run.model) if holds else None
             if pid is not None and run.id not in self._workers:
                 raise Conflict(f"Model '{run.model}' is still held by process {pid} (the previous worker may "
                                "still be saving its checkpoint). Try again in a few seconds.")
@@ -326,7 +339,7 @@ class JobRunner:
 
     def training_models(self) -> set[str]:
         with self.registry.session() as s:
-            return set(s.scalars(select(Run.model).where(Run.state == "running")))
+            return {r.model for r in s.scalars(select(Run).where(Run.state == "running")) if _holds(r)}
 
     def get_run(self, run_id: str, detail: bool = False) -> dict:
         with self.registry.session() as s:
@@ -407,6 +420,14 @@ class JobRunner:
                     loop.call_soon_threadsafe(queue.put_nowait, event)
                 except RuntimeError:  # that event loop has closed; its stream is gone
                     pass
+
+    @staticmethod
+    def _holding(s, model: str, states: tuple[str, ...] | None = None):
+        """The model's runs that train it (in ``states``), oldest first."""
+        query = select(Run).where(Run.model == model).order_by(Run.created_at, Run.id)
+        if states is not None:
+            query = query.where(Run.state.in_(states))
+        return (r for r in s.scalars(query) if _holds(r))
 
     @staticmethod
     def _get(s, run_id: str) -> Run:
@@ -529,14 +550,14 @@ class JobRunner:
         self._set_state(s, run, "failed", *crash_reason(layout.worker_log(self._run_dir(run)), returncode))
 
     def _schedule(self, s) -> None:
-        if len(self._workers) >= self.max_concurrent:
-            return
         queued = s.scalars(select(Run).where(Run.state == "queued").order_by(Run.queued_at, Run.created_at))
         for run in list(queued):
-            if len(self._workers) >= self.max_concurrent:
-                break
-            if run.id in self._workers or any(w.model == run.model for w in self._workers.values()):
-                continue  # its previous worker, or another run of its model, has not exited yet
+            spec = _spec(run)
+            if spec.takes_slot and sum(w.takes_slot for w in self._workers.values()) >= self.max_concurrent:
+                continue  # a run that takes no slot (an export) may still start
+            if run.id in self._workers or (spec.holds_model and any(
+                    w.holds_model and w.model == run.model for w in self._workers.values())):
+                continue  # its previous worker, or another run training its model, has not exited yet
             self._spawn(s, run)
 
     def _spawn(self, s, run: Run) -> None:
@@ -566,7 +587,8 @@ class JobRunner:
             log_file.close()
             self._set_state(s, run, "failed", "jobs.spawn_failed", {"error": str(e)})
             return
-        self._workers[run.id] = _Worker(run.model, proc, log_file)
+        spec = _spec(run)
+        self._workers[run.id] = _Worker(run.model, proc, log_file, spec.holds_model, spec.takes_slot)
         self._orphans.discard(run.id)  # from now on its events are read as this worker's
         run.pid = proc.pid
         run.finished_at = None

@@ -21,7 +21,8 @@ never join folder names themselves, so this file is the whole layout:
       models/<model>/runs/<run>/run.json        a studio run's settings, for its worker
       models/<model>/runs/<run>/worker.log      the worker's output
       models/<model>/runs/<run>/control         "pause"/"cancel" from the studio
-      exports/<model>/<model>[-<dtype>].{pt,gguf,zip}   files made for download
+      exports/<model>/<model>[-<dtype>].{pt,gguf,zip}   files made with `azr export`
+      exports/<model>/<run>/<model>-hf-<dtype>.zip, <model>-<dtype>.gguf   a studio export run's file
 
 Names in the top folders that start with "." are never books or models: temp folders
 (``.tmp-<pid>-<random>``) and folders being deleted.
@@ -78,6 +79,18 @@ def models_dir(home: Path) -> Path:
 
 def exports_dir(home: Path, model: str) -> Path:
     return Path(home) / "exports" / _valid(model)
+
+
+def export_run_dir(home: Path, model: str, run_id: str) -> Path:
+    """The folder of one studio export run's file (its run id orders them by time)."""
+    return exports_dir(home, model) / run_id
+
+
+def export_file(folder: Path, model: str, fmt: str, dtype: str, as_zip: bool) -> Path:
+    """An export run's file in its folder: the name says model, format and number format."""
+    if fmt == "hf":
+        return Path(folder) / (f"{model}-hf-{dtype}.zip" if as_zip else f"{model}-hf-{dtype}")
+    return Path(folder) / f"{model}-{dtype}.gguf"
 
 
 # ---- a book

@@ -1,6 +1,7 @@
-"""The kinds of run the studio queues (train, selfplay, reason, corpus): each kind's settings
-and the check made before a run of it is queued, which says what is wrong while the person is
-still at the page instead of in a worker's log later. jobs.py queues and runs them."""
+"""The kinds of run the studio queues (train, selfplay, reason, corpus, export): each kind's
+settings, the check made before a run of it is queued, which says what is wrong while the
+person is still at the page instead of in a worker's log later, and whether a run of it trains
+its model (holds it, takes a slot). jobs.py queues and runs them."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from .home import Conflict, NotFound, UserError
 from .reasoning import ReasonConfig, default_lengths, resolve_format
 from .rewards import PRESETS
 from .selfplay import SelfPlayConfig
-from .settings import CORPUS, REASON, RUN_GROUPS, SELFPLAY, TRAIN, Group, time_budget
+from .settings import CORPUS, EXPORT, REASON, RUN_GROUPS, SELFPLAY, TRAIN, Group, time_budget
 from .train import TrainConfig
 
 def _check_train(home: Path, model: str, books: list[str], params: dict) -> list[str]:
@@ -95,13 +96,42 @@ def _check_corpus(home: Path, model: str, books: list[str], params: dict) -> lis
     raise Conflict("reason_create.book_exists", book=book, name=model)
 
 
+def _check_export(home: Path, model: str, books: list[str], params: dict) -> list[str]:
+    """A Hugging Face zip or GGUF file made from a finished checkpoint. Fills in the format's
+    own dtype and zip where they were left out, so the run's params name its file."""
+    from .export import DEFAULT_DTYPE, GGUF_DTYPES, HF_DTYPES, require_gguf
+    if books:
+        raise UserError("export.run_books")
+    fmt = params["format"]
+    params["dtype"] = dtype = params.get("dtype") or DEFAULT_DTYPE[fmt]
+    allowed = list(HF_DTYPES) if fmt == "hf" else list(GGUF_DTYPES)
+    if dtype not in allowed:
+        raise UserError("export.dtype", format=fmt, value=dtype, options=allowed)
+    if params.get("zip") is None:
+        params["zip"] = fmt == "hf"
+    if params["zip"] and fmt != "hf":
+        raise UserError("export.zip_only_hf")
+    if fmt == "gguf":
+        require_gguf()  # a missing package is said now, not by a failed run
+    resolve_checkpoint(store.model_dir(home, model), str(params["checkpoint"]))  # none yet, or a wrong step
+    return []
+
+
 @dataclass(frozen=True)
 class RunKind:
     """What a kind of run is: its settings (settings.py: the ones the studio offers, their
     defaults and bounds) and the check made before it is queued, which returns the books to
-    record for the run."""
+    record for the run.
+
+    ``holds_model``: a run of it trains its model, so while it is queued, running, paused or
+    interrupted no other such run of the model may start (it would overwrite the checkpoints
+    a resume needs), the model shows as training, and a newer one stops an older one's resume.
+    ``takes_slot``: it counts against the studio's runs at once. An export does neither: it only
+    reads a checkpoint file, which training writes atomically."""
     group: Group
     check: Callable[[Path, str, list[str], dict], list[str]]
+    holds_model: bool = True
+    takes_slot: bool = True
 
     @property
     def settings(self) -> tuple[str, ...]:
@@ -118,5 +148,6 @@ KINDS: dict[str, RunKind] = {
     "selfplay": RunKind(SELFPLAY, _check_selfplay),
     "reason": RunKind(REASON, _check_reason),
     "corpus": RunKind(CORPUS, _check_corpus),
+    "export": RunKind(EXPORT, _check_export, holds_model=False, takes_slot=False),
 }
 assert set(KINDS) == set(RUN_GROUPS)

@@ -284,6 +284,18 @@ CORPUS = Group(
     Setting("seed", int, 0, min=0, max=SEED_MAX, studio=True),
 )
 
+# Making a Hugging Face zip or a GGUF file for download (the studio's buttons on My models): a
+# job, since converting a large model takes a while; it reads a finished checkpoint and writes
+# under the data folder's exports. dtype None: the format's own default (f32 for hf, f16 for
+# gguf); zip None: a zip for hf (a download is one file).
+EXPORT = Group(
+    "export",
+    Setting("format", str, "hf", choices=("hf", "gguf"), studio=True, recorded=True),
+    Setting("dtype", str, None, choices=("f32", "f16", "bf16", "q8_0"), studio=True),
+    Setting("checkpoint", str, "best", studio=True, recorded=True),
+    Setting("zip", bool, None, studio=True),
+)
+
 MODEL = Group(
     "model",
     Setting("vocab_size", int, 8000, min=260, max=1_000_000, typical=(5000, 15000), unit="tokens", studio=True,
@@ -312,7 +324,7 @@ GENERATE = Group(
     Setting("seed", int, None, min=0, max=SEED_MAX, studio=True, label="gen.seed"),
 )
 
-RUN_GROUPS = {"train": TRAIN, "selfplay": SELFPLAY, "reason": REASON, "corpus": CORPUS}
+RUN_GROUPS = {"train": TRAIN, "selfplay": SELFPLAY, "reason": REASON, "corpus": CORPUS, "export": EXPORT}
 GROUPS = {**RUN_GROUPS, "from_zero": FROM_ZERO, "model": MODEL, "generate": GENERATE}
 
 

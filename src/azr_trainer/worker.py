@@ -112,6 +112,8 @@ def run(spec: dict, run_file: Path) -> None:
         summary = selfplay(home, model, SelfPlayConfig(**params), stop=stop, log=log, run_id=run_id)
     elif kind == "corpus":
         summary = _write_corpus(home, model, run_id, params, stop, log)
+    elif kind == "export":
+        summary = _export(home, model, run_id, params, stop)
     else:
         from .reasoning import ReasonConfig, reason
         summary = reason(home, model, ReasonConfig(**params), stop=stop, log=log, run_id=run_id)
@@ -120,7 +122,7 @@ def run(spec: dict, run_file: Path) -> None:
     exit_torchrun_worker()
 
 
-class _CorpusStopped(Exception):
+class _Stopped(Exception):
     pass
 
 
@@ -134,14 +136,14 @@ def _write_corpus(home: Path, model: str, run_id: str, params: dict, stop, log) 
 
     def progress(done: int) -> None:
         if stop.check():
-            raise _CorpusStopped(done)
+            raise _Stopped(done)
         events.emit("step", step=done, max_iterations=total)
 
     try:
         events.emit("status", state="started", step=0)
         try:
             book = write_from_zero_book(home, model, n_docs=total, seed=params["seed"], progress=progress)
-        except _CorpusStopped as e:
+        except _Stopped as e:
             state, message, code, status_params = stop_status(stop.reason, False, None, e.args[0])
             events.emit("status", state=state, step=e.args[0], message=message, code=code, params=status_params)
             return {"state": state, "documents": e.args[0]}
@@ -151,6 +153,66 @@ def _write_corpus(home: Path, model: str, run_id: str, params: dict, stop, log) 
     finally:
         events.close()
     return {"book": book, "documents": total}
+
+
+EXPORT_STEPS = 2  # the checkpoint read, the file written
+
+
+def _export(home: Path, model: str, run_id: str, params: dict, stop) -> dict:
+    """A Hugging Face zip (or folder) or a GGUF file in the run's own folder under exports. Its
+    steps: the checkpoint read, the file written; an ``export`` event says what was made (the
+    file, its size, the checkpoint and a note if the model is still training). Then the earlier
+    exports of the same model, format and number format are deleted: only the newest is kept.
+    Paused or cancelled it keeps nothing; resumed, it starts over."""
+
+    from .export import export_model
+    from .runloop import stop_status
+    fmt, dtype, as_zip = params["format"], params["dtype"], bool(params["zip"])
+    folder = layout.export_run_dir(home, model, run_id)
+    out = layout.export_file(folder, model, fmt, dtype, as_zip)
+    events = EventLog(layout.events_file(layout.run_dir(home, model, run_id)), run_id)
+
+    def loaded(facts: dict) -> None:
+        events.emit("step", step=1, max_iterations=EXPORT_STEPS, checkpoint_step=facts.get("step"))
+        if stop.check():
+            raise _Stopped(1)
+
+    done = False
+    try:
+        events.emit("status", state="started", step=0)
+        events.emit("step", step=0, max_iterations=EXPORT_STEPS)
+        osdeps.remove_tree(folder)  # what an earlier attempt of this run left
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            result = export_model(home, model, fmt, out, dtype=dtype, checkpoint=str(params["checkpoint"]),
+                                  as_zip=as_zip, on_loaded=loaded)
+        except _Stopped as e:
+            state, message, code, status_params = stop_status(stop.reason, False, None, e.args[0])
+            events.emit("status", state=state, step=e.args[0], message=message, code=code, params=status_params)
+            return {"state": state}
+        events.emit("step", step=EXPORT_STEPS, max_iterations=EXPORT_STEPS)
+        facts = {k: result.get(k) for k in ("format", "dtype", "zip", "bytes", "checkpoint_kind", "step", "val_bpb",
+                                            "training", "note", "notes")}
+        events.emit("export", file=out.name, **facts)
+        _keep_newest(home, model, run_id, fmt, dtype, as_zip)
+        events.emit("status", state="completed", step=EXPORT_STEPS)
+        done = True
+    finally:
+        if not done:
+            osdeps.remove_tree(folder)
+        events.close()
+    return {"file": str(out), "bytes": result["bytes"]}
+
+
+def _keep_newest(home: Path, model: str, run_id: str, fmt: str, dtype: str, as_zip: bool) -> None:
+    """Delete the exports of earlier runs that made the same kind of file (model, format,
+    number format, zip or not). Run ids sort by time. A file being downloaded stays readable where the
+    system allows it; where it does not, it stays, and the next export tries again."""
+    base = layout.exports_dir(home, model)
+    for other in base.iterdir():
+        if other.is_dir() and other.name.startswith("run-") and other.name < run_id \
+                and layout.export_file(other, model, fmt, dtype, as_zip).exists():
+            osdeps.remove_tree(other)
 
 
 def main(argv: list[str] | None = None) -> int:

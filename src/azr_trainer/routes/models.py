@@ -1,5 +1,7 @@
 """The models page: create (by shape, by plan, or from zero for reasoning), plan and estimate a
-shape, list, show, delete, checkpoints and downloads."""
+shape, list, show, delete, checkpoints and downloads: the .pt file at once, Hugging Face and GGUF
+files through an export run (a worker converts; the request only starts it and later sends the
+file)."""
 
 from __future__ import annotations
 
@@ -10,19 +12,19 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, Response
 from starlette.background import BackgroundTask
 
-from .. import answers, catalogue, from_zero, osdeps, reasoning, store
+from .. import answers, catalogue, from_zero, layout, osdeps, reasoning, store
 from .. import books as books_mod
 from .. import recipe as recipe_mod
 from ..checkpoint import choices as checkpoint_choices
 from ..device import available_memory_bytes, pick_device
 from ..errors import Conflict, NotFound, UserError
-from ..export import DEFAULT_DTYPE, GGUF_DTYPES, HF_DTYPES, export_model
+from ..export import DEFAULT_DTYPE, export_model
 from ..export import FORMATS as EXPORT_FORMATS
 from ..formats import FORMATS as PROMPT_FORMATS
 from ..home import owned_tmp_name, validate_name
 from ..model import ModelConfig, count_parameters, estimate_training_memory, training_flops_per_token
-from .requests import CHECKPOINT_PATTERN, DTYPES, ModelCreateRequest, ModelShape, NamePath, PlanRequest, \
-    ReasonModelRequest
+from .requests import CHECKPOINT_PATTERN, DTYPES, ExportRequest, ModelCreateRequest, ModelShape, NamePath, \
+    PlanRequest, ReasonModelRequest
 from .state import StudioDep, language
 
 router = APIRouter()
@@ -35,14 +37,16 @@ def _max_memory() -> int | None:
     return available_memory_bytes(device) if device.type == "cpu" else None
 
 
-def _check_download_format(fmt: str, dtype: str | None) -> str:
-    """The dtype to export a download with, or a 400 that says what is allowed."""
+def _check_download_format(name: str, fmt: str, dtype: str | None) -> str:
+    """The dtype of a direct download (.pt), or a 400 that says what is allowed, or where the
+    Hugging Face and GGUF files are made now."""
     if fmt not in EXPORT_FORMATS:
-        raise UserError(f"Download format must be one of {', '.join(EXPORT_FORMATS)}, got {fmt!r}.")
-    allowed = {"pt": ("f32",), "hf": tuple(HF_DTYPES), "gguf": GGUF_DTYPES}[fmt]
+        raise UserError("export.format", value=fmt, options=list(EXPORT_FORMATS))
+    if fmt != "pt":
+        raise UserError("export.use_run", name=name, format=fmt)
     dtype = dtype or DEFAULT_DTYPE[fmt]
-    if dtype not in allowed:
-        raise UserError(f"dtype for the {fmt} format must be one of {', '.join(allowed)}, got {dtype!r}.")
+    if dtype != "f32":
+        raise UserError("export.dtype", format=fmt, value=dtype, options=["f32"])
     return dtype
 
 
@@ -163,7 +167,21 @@ def delete_model(studio: StudioDep, name: NamePath):
     studio.runner.check_model_idle(name)
     store.delete_model(studio.home, name)
     studio.registry.forget_model(name)
+    _delete_export_runs(studio.home, name)
     return Response(status_code=204)
+
+
+def _delete_export_runs(home, name: str) -> None:
+    """The files the model's export runs made go with its runs (files made with ``azr export`` stay)."""
+    base = layout.exports_dir(home, name)
+    if base.is_dir():
+        for folder in base.iterdir():
+            if folder.is_dir() and folder.name.startswith("run-"):
+                osdeps.remove_tree(folder)
+        try:
+            base.rmdir()  # only when nothing else is left
+        except OSError:
+            pass
 
 
 @router.get("/api/models/{name}/checkpoints", tags=["models"], responses=answers.route(404))
@@ -181,27 +199,71 @@ def download_model(studio: StudioDep, name: NamePath,
                    format: Annotated[str, Query(json_schema_extra={"enum": list(EXPORT_FORMATS)})] = "pt",
                    checkpoint: Annotated[str, Query(json_schema_extra={"pattern": CHECKPOINT_PATTERN})] = "best",
                    dtype: Annotated[str | None, Query(json_schema_extra={"enum": DTYPES})] = None):
-    """The model as one file: ``pt`` (what ``torch.load(f, weights_only=True)`` reads), ``hf``
-    (a zip of the Hugging Face folder that ``LlamaForCausalLM`` loads) or ``gguf`` (llama.cpp,
-    Ollama; ``dtype`` f16 by default, or f32, q8_0). ``checkpoint``: best (default), latest or a
-    step. When the model is still training, or has no best checkpoint yet, the header
-    ``X-AZR-Note`` says which checkpoint was exported (ASCII; anything else percent-encoded UTF-8).
+    """The model as a ``pt`` file (what ``torch.load(f, weights_only=True)`` reads), a copy of
+    ``checkpoint``: best (default), latest or a step. When the model is still training, or has
+    no best checkpoint yet, the header ``X-AZR-Note`` says which checkpoint was exported (ASCII;
+    anything else percent-encoded UTF-8). ``hf`` and ``gguf`` answer 400 with where they are
+    made now: an export run (POST /api/models/{name}/exports), whose file
+    GET /api/models/{name}/exports/{run_id} sends.
 
-    A plain ``def``: FastAPI runs it in its thread pool, so a long export never blocks the server."""
-    dtype = _check_download_format(format, dtype)
+    A plain ``def``: FastAPI runs it in its thread pool, so copying a large file never blocks the server."""
     info = studio.model_info(name)
+    dtype = _check_download_format(info.name, format, dtype)
     studio.tmp_root.mkdir(exist_ok=True)
     folder = studio.tmp_root / owned_tmp_name("download-")
     folder.mkdir()
-    filename = {"pt": f"{info.name}.pt", "hf": f"{info.name}-hf.zip",
-                "gguf": f"{info.name}-{dtype}.gguf"}[format]
+    filename = f"{info.name}.pt"
     try:
         result = export_model(studio.home, info.name, format, folder / filename, dtype=dtype,
-                              checkpoint=checkpoint, as_zip=format == "hf")
+                              checkpoint=checkpoint)
     except BaseException:
         osdeps.remove_tree(folder)
         raise
     headers = {"X-AZR-Note": _header_safe(result["note"])} if result.get("note") else None
-    media = "application/zip" if format == "hf" else "application/octet-stream"
-    return FileResponse(result["path"], filename=filename, media_type=media, headers=headers,
+    return FileResponse(result["path"], filename=filename, media_type="application/octet-stream", headers=headers,
                         background=BackgroundTask(osdeps.remove_tree, folder))
+
+
+@router.post("/api/models/{name}/exports", status_code=202, tags=["models"], responses=answers.route(404))
+def start_export(studio: StudioDep, name: NamePath, body: ExportRequest):
+    """Start making a Hugging Face zip or a GGUF file of the model: an ``export`` run, which
+    runs at once, beside training (it reads a finished checkpoint). Answers ``{run}``; its
+    events (GET /api/runs/{id}/stream) report its two steps, then an ``export`` event with the
+    file's name and size and the checkpoint used (``note``: whether the model was still
+    training), then its end. Once it completed, GET /api/models/{name}/exports/{run_id} sends
+    the file. Only the newest export of each format and number format is kept."""
+    info = studio.model_info(name)
+    run = studio.runner.create_run(info.name, [], body.model_dump(exclude_none=True), kind="export")
+    return {"run": run}
+
+
+@router.get("/api/models/{name}/exports/{run_id}", tags=["models"], response_class=Response,
+            responses={**answers.content("application/zip", "application/octet-stream", description="The file."),
+                       **answers.route(404, 409)})
+def export_file(studio: StudioDep, name: NamePath, run_id: str):
+    """The file an export run made: 409 while it is queued or running, or when it ended
+    without one (failed, cancelled); 404 for an unknown run, or an export since replaced by a
+    newer one of the same format and number format. ``X-AZR-Note`` as for the .pt download."""
+    info = studio.model_info(name)
+    try:
+        run = studio.runner.get_run(run_id)
+    except NotFound:
+        run = None
+    if run is None or run["model"] != info.name or run["kind"] != "export":
+        raise NotFound("export.not_found", name=info.name, run=run_id)
+    if run["state"] in ("queued", "running"):
+        raise Conflict("export.not_ready", run=run_id)
+    if run["state"] != "completed":
+        raise Conflict("export.not_made", run=run_id)
+    p = run["params"]
+    path = layout.export_file(layout.export_run_dir(studio.home, info.name, run_id), info.name, p["format"],
+                              p["dtype"], p["zip"])
+    if path.is_dir():
+        raise Conflict("export.folder", path=str(path))
+    if not path.is_file():
+        raise NotFound("export.gone", run=run_id)
+    made = [e for e in studio.runner.events(run_id) if e.get("type") == "export"]
+    note = made[-1].get("note") if made else None
+    headers = {"X-AZR-Note": _header_safe(note)} if note else None
+    media = "application/zip" if path.suffix == ".zip" else "application/octet-stream"
+    return FileResponse(path, filename=path.name, media_type=media, headers=headers)

@@ -15,7 +15,7 @@ from ..export import GGUF_DTYPES, HF_DTYPES
 from ..jobs import KINDS
 from ..model import ModelConfig
 from ..sample import SamplingParams
-from ..settings import FROM_ZERO, GENERATE, MODEL, RUN_GROUPS
+from ..settings import EXPORT, FROM_ZERO, GENERATE, MODEL, RUN_GROUPS
 
 # A book's or model's name in a path or query: any string reaches validate_name (its messages);
 # the document shows what is accepted.
@@ -96,6 +96,18 @@ def _run_fields() -> dict:
 
 
 RunRequest = create_model("RunRequest", __base__=_RunBase, __doc__=_RunBase.__doc__, **_run_fields())
+
+
+class _ExportBase(BaseModel):
+    """A Hugging Face zip (``format`` hf; ``dtype`` f32 by default, or f16, bf16) or a GGUF file
+    (gguf; f16 by default, or f32, q8_0) of ``checkpoint`` (best by default, latest or a step).
+    Fields: settings.py's export group; one left out takes its default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+ExportRequest = create_model("ExportRequest", __base__=_ExportBase, __doc__=_ExportBase.__doc__,
+                             **{s.name: settings_mod.pydantic_field(s) for s in EXPORT if s.studio})
 
 
 _FROM_ZERO = from_zero.FROM_ZERO_SHAPE

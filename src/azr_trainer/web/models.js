@@ -1,9 +1,11 @@
-// "My models": name, shape, parameters, file size, best val bpb, last trained; download as .pt,
-// as a Hugging Face folder (.zip) or as GGUF (f16, q8_0 or f32); delete with confirmation.
+// "My models": name, shape, parameters, file size, best val bpb, last trained; download as .pt
+// (a direct link), as a Hugging Face folder (.zip) or as GGUF (f16, q8_0 or f32): those two are
+// made by an export run, followed through its event stream, then downloaded; delete with confirmation.
 
-import { api, enc, withToken } from "./api.js";
-import { t, fmtInt, fmtCompact, fmtBytes, fmtFixed, fmtDate, onLanguageChange } from "./i18n.js";
-import { $, h, toast, confirmDialog, store, subscribe, refreshModels, downloadUrl } from "./ui.js";
+import { api, enc, withToken, runStreamUrl } from "./api.js";
+import { t, fmtInt, fmtCompact, fmtBytes, fmtFixed, fmtDate, onLanguageChange, messageText } from "./i18n.js";
+import { $, h, toast, confirmDialog, store, subscribe, refreshModels, downloadUrl, upsertRun } from "./ui.js";
+import { runMessage } from "./runstate.js";
 
 export function shapeText(c = {}) {
   return t("models.shape", {
@@ -22,47 +24,96 @@ function downloadTarget(m) {
 const GGUF_DTYPES = ["f16", "q8_0", "f32"];
 const ggufDtype = new Map(); // model name → the GGUF precision picked, kept across re-renders
 
-function exportUrl(name, checkpoint, format, dtype) {
-  const q = new URLSearchParams({ format });
-  if (checkpoint != null && checkpoint !== "") q.set("checkpoint", checkpoint);
-  if (dtype) q.set("dtype", dtype);
-  return withToken(`/api/models/${enc(name)}/download?${q}`);
+const ENDED = new Set(["completed", "failed", "cancelled", "paused", "interrupted"]);
+const exporting = new Map(); // "model|format" → what its export run is doing, kept across re-renders
+
+function setExporting(key, text) {
+  if (text == null) exporting.delete(key); else exporting.set(key, text);
+  render();
 }
 
-// The Hugging Face and GGUF buttons: links while there is a checkpoint, disabled buttons before.
+/** The export run ``id`` once it has ended: its events from the run stream (steps as progress),
+ * or, where the stream breaks, the run asked for every second. */
+function exportEnded(id, onStep) {
+  return new Promise((resolve) => {
+    let made = null;
+    let finished = false;
+    const finish = async () => {
+      if (finished) return;
+      finished = true;
+      es.close();
+      for (;;) {
+        const run = await api(`/api/runs/${enc(id)}`).catch(() => null);
+        if (run && !["queued", "running"].includes(run.state)) return resolve({ run, made });
+        await new Promise((r) => setTimeout(r, 1000));
+      }
+    };
+    const es = new EventSource(runStreamUrl(id));
+    es.onmessage = (msg) => {
+      let e;
+      try { e = JSON.parse(msg.data); } catch { return; }
+      if (e.type === "step") onStep(e.step || 0);
+      else if (e.type === "export") made = e;
+      else if (e.type === "status" && ENDED.has(e.state)) finish();
+    };
+    es.onerror = () => { finish(); };
+  });
+}
+
+/** Make a Hugging Face zip or a GGUF file with an export run, show how far it is, then download it. */
+async function exportAndDownload(m, target, format, dtype) {
+  const key = `${m.name}|${format}`;
+  if (exporting.has(key)) return;
+  const what = t(format === "hf" ? "models.download_hf" : "models.download_gguf");
+  setExporting(key, t("msg.export.page_waiting", { what }));
+  try {
+    const body = { format, checkpoint: target };
+    if (dtype) body.dtype = dtype;
+    const { run } = await api(`/api/models/${enc(m.name)}/exports`, { method: "POST", json: body });
+    upsertRun(run);
+    const { run: ended, made } = await exportEnded(run.id, (step) => {
+      setExporting(key, t(step >= 1 ? "msg.export.page_writing" : "msg.export.page_reading", { what }));
+    });
+    upsertRun(ended);
+    if (ended.state !== "completed") throw new Error(messageText(runMessage(ended)) || ended.state);
+    toast(t("msg.export.page_ready", { what }), "success");
+    if (made && made.note) toast((made.notes || []).map(messageText).join(" ") || made.note, "info");
+    const a = h("a", { href: withToken(`/api/models/${enc(m.name)}/exports/${enc(run.id)}`), download: (made && made.file) || "", hidden: true });
+    document.body.append(a);
+    a.click();
+    a.remove();
+  } catch (e) {
+    toast(t("msg.export.page_failed", { what, reason: e.message }), "error");
+  } finally {
+    setExporting(key, null);
+  }
+}
+
+// The Hugging Face and GGUF buttons: each starts an export run while there is a checkpoint; disabled before.
 function exportButtons(m, target, targetTitle) {
   const dtype = ggufDtype.get(m.name) || GGUF_DTYPES[0];
-  const preparing = (what) => () => toast(t("models.download_preparing", { what }), "info");
   const hfTitle = `${t("models.download_hf_title")} ${targetTitle}`;
   const ggufTitle = `${t("models.download_gguf_title")} ${targetTitle}`;
-  const hf = target
-    ? h("a", {
-      class: "btn small", href: exportUrl(m.name, target, "hf"), download: `${m.name}-hf.zip`, title: hfTitle, style: "margin-left: 0;",
-      dataset: { testid: "model-download-hf", name: m.name }, i18n: "models.download_hf",
-      onclick: preparing(t("models.download_hf")),
-    })
-    : h("button", { type: "button", class: "btn small", disabled: true, title: targetTitle, style: "margin-left: 0;", i18n: "models.download_hf", dataset: { testid: "model-download-hf", name: m.name } });
-  const gguf = target
-    ? h("a", {
-      class: "btn small", href: exportUrl(m.name, target, "gguf", dtype), download: `${m.name}-${dtype}.gguf`, title: ggufTitle,
-      dataset: { testid: "model-download-gguf", name: m.name }, i18n: "models.download_gguf",
-      onclick: preparing(t("models.download_gguf")),
-    })
-    : h("button", { type: "button", class: "btn small", disabled: true, title: targetTitle, i18n: "models.download_gguf", dataset: { testid: "model-download-gguf", name: m.name } });
+  const busy = (format) => exporting.has(`${m.name}|${format}`);
+  const hf = h("button", {
+    type: "button", class: "btn small", disabled: !target || busy("hf"), title: target ? hfTitle : targetTitle,
+    style: "margin-left: 0;", i18n: "models.download_hf", dataset: { testid: "model-download-hf", name: m.name },
+    onclick: () => exportAndDownload(m, target, "hf"),
+  });
+  const gguf = h("button", {
+    type: "button", class: "btn small", disabled: !target || busy("gguf"), title: target ? ggufTitle : targetTitle,
+    i18n: "models.download_gguf", dataset: { testid: "model-download-gguf", name: m.name },
+    onclick: () => exportAndDownload(m, target, "gguf", ggufDtype.get(m.name) || GGUF_DTYPES[0]),
+  });
   const select = h("select", {
     "aria-label": t("models.gguf_dtype"), title: t("models.gguf_dtype"), disabled: !target,
     style: "width: auto; padding: 3px 6px; font-size: .82rem;",
     dataset: { testid: "model-gguf-dtype", name: m.name },
-    onchange: (e) => {
-      const v = e.target.value;
-      ggufDtype.set(m.name, v);
-      if (target) {
-        gguf.href = exportUrl(m.name, target, "gguf", v);
-        gguf.download = `${m.name}-${v}.gguf`;
-      }
-    },
+    onchange: (e) => { ggufDtype.set(m.name, e.target.value); },
   }, GGUF_DTYPES.map((d) => h("option", { value: d, selected: d === dtype, text: d }))); // codes, the same in every language
-  return [hf, h("span", { style: "display: inline-flex; align-items: center; gap: 4px;" }, gguf, select)];
+  const status = [...exporting].filter(([k]) => k.startsWith(`${m.name}|`)).map(([, v]) => v).join(" ");
+  return [hf, h("span", { style: "display: inline-flex; align-items: center; gap: 4px;" }, gguf, select),
+    status ? h("span", { class: "muted small", role: "status", dataset: { testid: "model-export-status", name: m.name }, text: status }) : null];
 }
 
 function render() {

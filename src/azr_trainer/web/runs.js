@@ -10,7 +10,7 @@ import { $, h, toast, fillSelect, store, subscribe, refreshRuns, sortedRuns, sta
 import { selectRun } from "./runmonitor.js";
 
 const COMPARE_KEY = "azr.compare";
-const KIND_KEYS = ["train", "selfplay", "reason", "corpus"];
+const KIND_KEYS = ["train", "selfplay", "reason", "corpus", "export"];
 let chart = null;
 let compare = new Set();
 const loaded = new Map(); // run id -> {rs, next, loading}

@@ -168,6 +168,7 @@ export function runLabel(run) {
   if (run.kind === "selfplay") return `${run.model} · ${t("kind.selfplay")} · #${shortId}`;
   if (run.kind === "reason") return `${run.model} · ${t("kind.reason")} · #${shortId}`;
   if (run.kind === "corpus") return `${run.model} · ${t("kind.corpus")} · #${shortId}`;
+  if (run.kind === "export") return `${run.model} · ${t("kind.export")} · #${shortId}`;
   return `${run.model} · #${shortId}`;
 }
 
