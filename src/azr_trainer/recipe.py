@@ -158,27 +158,23 @@ def warnings(cfg: ModelConfig, book_bytes: int, minutes: float, speed: autosize.
             b * cfg.max_seq_len * training_flops_per_token(cfg) / flops_per_s + STEP_OVERHEAD_S) >= FEW_STEPS]
         run = {"batch_size": max(smaller)} if smaller else {"minutes": math.ceil(FEW_STEPS * step_s / 60)}
         out.append((UserError("plan.step_slow", step_minutes=float(f"{step_s / 60:.2g}"), steps=int(seconds // step_s),
-                              minutes=_show(minutes), batch_size=batch), {"model": planned, "run": run}))
+                              minutes=float(minutes), batch_size=batch), {"model": planned, "run": run}))
     tokens = flops_per_s * seconds / training_flops_per_token(cfg)
     book_tokens = book_bytes / (1.0 if cfg.tokenizer == "char" else autosize.BYTES_PER_TOKEN)
     epochs = tokens / max(1.0, book_tokens)
-    shown = f"{epochs:.2g}" if epochs < 10 else str(round(epochs))
+    shown = float(f"{epochs:.2g}") if epochs < 10 else round(epochs)  # a number: each language writes it its way
     # relative to the plan too: where even the best shape reads a tiny book many times, a shape
     # close to it is not to blame
     if epochs < min(FEW_EPOCHS, recommended.epochs / 3):
         # the made model's fix: the time for one pass over the books
-        out.append((UserError("auto.epochs_few", epochs=shown, minutes=_show(minutes),
+        out.append((UserError("auto.epochs_few", epochs=shown, minutes=float(minutes),
                               parameters=count_parameters(cfg), recommended=recommended.parameters),
                     {"model": planned, "run": {"minutes": math.ceil(minutes / epochs)}}))
     elif epochs > max(MANY_EPOCHS, recommended.epochs * 3):
-        out.append((UserError("auto.epochs_many", epochs=shown, minutes=_show(minutes),
+        out.append((UserError("auto.epochs_many", epochs=shown, minutes=float(minutes),
                               parameters=count_parameters(cfg), recommended=recommended.parameters),
                     {"model": planned, "run": {"minutes": max(1, math.floor(minutes * MANY_EPOCHS / epochs))}}))
     return out
-
-
-def _show(x: float) -> str:
-    return f"{x:g}" if not math.isnan(x) else "?"
 
 
 def answer(home: Path, books: list[str], minutes: float, threads: int | None = None,

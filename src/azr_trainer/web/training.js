@@ -9,6 +9,7 @@ import { runMessage } from "./runstate.js";
 import { roughSeconds } from "./create.js";
 import { setting, applySetting, settingProblem } from "./settings.js";
 import { initMonitor, showMonitor, selectRun } from "./runmonitor.js";
+import { checkRun } from "./trainwarn.js";
 import {
   $, h, toast, showError, fillSelect, setBusy, intValue, store, subscribe, refreshModels, refreshBooks,
   upsertRun, sortedRuns,
@@ -190,6 +191,8 @@ async function renderEstimate() {
   const minutes = floatValue($("t-minutes"));
   const budget = minutes > 0 ? 60 * minutes : null;
   const batch = intValue($("t-batch_size"));
+  const books = [...selectedBooks];
+  checkRun(mode === "train" && m && books.length && budget ? { model: m, books, minutes, batch_size: batch } : null, applyFix);
   if (mode === "selfplay" && m) { renderSelfPlayEstimate(el, m); return; }
   if (mode === "reason") { renderReasonEstimate(el, m); return; }
   if (mode !== "train" || !m || !(iters > 0 || budget) || !(batch > 0)) { el.textContent = ""; estimateSeq++; return; }
@@ -312,6 +315,13 @@ async function renderReasonEstimate(el, m) {
   el.textContent = parts.join(" · ");
   $("rs-zero-estimate").textContent = zeroStep ? t("train.rs.zero.estimate", {
     time: fmtApproxDuration(zeroSteps * zeroStep), steps: fmtInt(zeroSteps), seconds: fmtFixed(zeroStep, 1) }) : "";
+}
+
+/** A fix from the check before the start: the field takes the value, and the page rechecks. */
+function applyFix(field, value) {
+  const input = $(`t-${field}`);
+  input.value = value;
+  input.dispatchEvent(new Event("input", { bubbles: true }));
 }
 
 /** A decimal from a number field ("0,3" too); NaN when empty. */
