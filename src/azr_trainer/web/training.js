@@ -277,11 +277,11 @@ function canReason(m) {
 
 /** How long a reasoning run takes: its steps at the seconds per step of this model's last
  * reasoning run, else a rough figure from its size; and how long the from-zero pretraining
- * takes. Where the chosen model cannot reason, the from-zero box opens by itself. */
+ * takes. The from-zero box is open while the chosen model cannot reason. */
 async function renderReasonEstimate(el, m) {
   const seqNo = ++estimateSeq;
   const box = $("rs-from-zero");
-  if (!canReason(m) && !box.dataset.touched) box.open = true;
+  if (!box.dataset.touched) box.open = !canReason(m); // until the person opens or closes it
   const iters = intValue($("rs-max_iterations"));
   const minutes = floatValue($("rs-minutes"));
   const budget = minutes > 0 ? minutes * 60 : Infinity;
