@@ -1180,7 +1180,8 @@ def test_a_runs_message_and_milestones_follow_the_page_language(browser, studio,
            "books": ["play"], "params": {"max_iterations": 100},
            "created_at": "2026-01-02T03:04:05+00:00", "started_at": "2026-01-02T03:04:06+00:00",
            "message": "Cancelled at step 40.", "message_code": "run.cancelled", "message_params": {"step": 40},
-           "milestones": [milestone], "real_words": 0.73}
+           "milestones": [milestone], "real_words": 0.73,
+           "last_eval": {"step": 40, "val_loss": 1.5, "val_bpb": 2.2, "xz_bpb": 2.5}}
     events = [
         {"seq": 0, "type": "status", "run": "r-said", "time": 1767323046, "state": "started", "step": 0},
         {"seq": 1, "type": "eval", "run": "r-said", "time": 1767323047, "step": 20, "val_loss": 2.0, "val_bpb": 3.0,
@@ -1201,6 +1202,8 @@ def test_a_runs_message_and_milestones_follow_the_page_language(browser, studio,
         row = page.get_by_test_id("run-row").filter(has_text="r-said")
         expect(row.get_by_test_id("run-note")).to_have_text("Отменено на шаге 40.")
         expect(row.get_by_test_id("run-milestone")).to_contain_text("73% слов, которые она пишет")
+        # how the text reads and the bar it should beat, in the row itself
+        expect(row.get_by_test_id("run-quality")).to_have_text("настоящих слов: 73% · bpb 2,20, лучше xz (2,50)")
         shot(page, artifacts, "runs-milestone-ru")
 
         tab(page, "training")
@@ -1216,5 +1219,86 @@ def test_a_runs_message_and_milestones_follow_the_page_language(browser, studio,
         tab(page, "runs")
         expect(row.get_by_test_id("run-note")).to_have_text("Cancelled at step 40.")
         expect(row.get_by_test_id("run-milestone")).to_contain_text("73% of the words it writes")
+        expect(row.get_by_test_id("run-quality")).to_have_text("real words: 73% · bpb 2.20, better than xz (2.50)")
+    finally:
+        ctx.close()
+
+
+# ---------------------------------------------------------------------------- before the start
+
+MEDIUM = {"vocab_size": 10000, "d_model": 384, "num_layers": 8, "num_heads": 6, "d_ff": 1536, "max_seq_len": 256}
+
+
+def only_book(page, testid: str, name: str) -> None:
+    """Tick book ``name`` alone in a book list (the module's studio holds other tests' books)."""
+    for box in page.locator(f"[data-testid={testid}] input[type=checkbox]").all():
+        if (box.get_attribute("value") == name) != box.is_checked():
+            box.click()
+
+
+def test_create_and_training_pages_warn_before_the_start_each_with_a_fix(browser, studio, tmp_path):
+    """A vocabulary too big for the book on the Create page, and on the Training page a made model
+    whose step is too slow for the minutes: said in Russian before anything starts, each with a
+    button that sets the value that fixes it."""
+    path = tmp_path / "warnbook.txt"
+    path.write_text(book_text(RU_SENTENCES, 80), encoding="utf-8")
+    with open(path, "rb") as f:
+        studio.request("POST", "/api/books", files={"file": (path.name, f, "text/plain")})
+    studio.request("POST", "/api/models", {"name": "warn-medium", **MEDIUM})
+    ctx, page, errors = open_page(browser, studio.url, "ru-RU")
+    try:
+        tab(page, "create")
+        only_book(page, "auto-books", "warnbook")
+        page.get_by_test_id("auto-minutes").fill("2")
+        plan = studio.request("POST", "/api/models/plan", {"books": ["warnbook"], "minutes": 2})
+        page.get_by_test_id("preset-small").click()  # a vocabulary of 8,000 for a few kilobytes
+        vocab = page.locator("[data-testid=plan-problem][data-code='auto.vocab_large']")
+        expect(vocab).to_contain_text("Размер словаря (8", timeout=60_000)
+        vocab.get_by_test_id("plan-fix").click()
+        expect(page.locator("#m-vocab_size")).to_have_value(str(plan["model"]["vocab_size"]))
+        expect(page.locator("#m-d_model")).to_have_value("256")  # only the vocabulary changes
+        expect(vocab).to_have_count(0)
+
+        tab(page, "training")
+        page.get_by_test_id("train-mode-train").click()
+        page.locator("#t-model").select_option("warn-medium")
+        only_book(page, "train-books", "warnbook")
+        page.locator("#t-max_iterations").fill("")
+        page.locator("#t-batch_size").fill("16")
+        page.locator("#t-minutes").fill("0.5")
+        slow = page.locator("[data-testid=train-problem][data-code='plan.step_slow']")
+        expect(slow).to_contain_text(re.compile(r"за 0,5 мин успеет пройти шагов: \d+\."), timeout=60_000)
+        expect(page.locator("[data-testid=train-problem][data-code='auto.vocab_large'] [data-testid=train-fix-create]"))\
+            .to_have_attribute("href", "#create")  # only another shape helps there
+        shot(page, ARTIFACTS, "train-warn-ru")
+        slow.get_by_test_id("train-fix").click()
+        expect(slow).to_have_count(0, timeout=60_000)
+        assert page.locator("#t-minutes").input_value() != "0.5" or page.locator("#t-batch_size").input_value() != "16"
+        assert not errors, errors
+    finally:
+        ctx.close()
+
+
+def test_reasoning_shows_the_from_zero_path_first_and_every_mode_an_estimate(browser, studio):
+    """A model that cannot reason yet: the from-zero box opens at the top of the reasoning form,
+    in view, with its pretraining's time; the reasoning and self-play forms show their time too."""
+    if studio.get("/api/health").get("reasoning", {}).get("available") is False:
+        pytest.skip("reasoning needs the Linux sandbox")
+    studio.request("POST", "/api/models", {"name": "rs-blank", **TINY})
+    ctx, page, errors = open_page(browser, studio.url, "en-US")
+    try:
+        tab(page, "training")
+        page.locator("#t-model").select_option("rs-blank")
+        page.get_by_test_id("train-mode-reason").click()
+        box = page.get_by_test_id("rs-from-zero")
+        expect(box).to_have_attribute("open", "")
+        page.evaluate("window.scrollTo(0, 0)")
+        page.screenshot(path=str(ARTIFACTS / "reason-from-zero-first.png"))
+        expect(page.get_by_test_id("rs-new-name")).to_be_in_viewport()  # the first thing to fill in
+        expect(page.get_by_test_id("rs-zero-estimate")).to_contain_text(re.compile(r"Pretraining: (about .+|under a minute) \(600 steps at about"))
+        expect(page.get_by_test_id("train-estimate")).to_contain_text(re.compile(r"150 steps at about [\d.]+ s each on this computer"))
+        page.get_by_test_id("train-mode-selfplay").click()
+        expect(page.get_by_test_id("train-estimate")).to_contain_text(re.compile(r"steps at about [\d.]+ s each"))
+        assert not errors, errors
     finally:
         ctx.close()

@@ -146,3 +146,33 @@ def test_apply_leaves_a_hand_made_model_alone(tmp_path):
     assert recipe.apply(home, "r", {"max_iterations": 10}) == {"learning_rate": 2e-3, "batch_size": 8,
                                                                "max_iterations": 10}
     assert recipe.apply(home, "r", {})["minutes"] == 5
+
+
+def test_the_plan_says_what_a_shape_and_batch_cost_here_each_with_its_fix(client, monkeypatch):
+    """Before the start: a vocabulary too big for the book, a shape that does not fit memory and
+    one whose step takes longer than the time allows, each with the values that fix it."""
+    monkeypatch.setattr(recipe, "_memory", lambda: 2 * 2**30)
+    plan = client.post("/api/models/plan", json={"books": ["play"], "minutes": 1}).json()
+    large = {"vocab_size": 15000, "d_model": 512, "num_layers": 12, "num_heads": 8, "d_ff": 2048, "max_seq_len": 512}
+    r = client.post("/api/models/plan", json={"books": ["play"], "minutes": 1, "shape": large, "batch_size": 16},
+                    headers={"Accept-Language": "ru"})
+    assert r.status_code == 200, r.text
+    problems = {p["code"]: p for p in r.json()["problems"]}
+    assert set(problems) >= {"auto.vocab_large", "plan.memory", "plan.step_slow"}, problems
+    assert problems["auto.vocab_large"]["fix"] == {"model": {"vocab_size": plan["model"]["vocab_size"]}}
+    shape = {k: plan["model"][k] for k in (*large, "tokenizer")}
+    for code in ("plan.memory", "plan.step_slow"):
+        assert problems[code]["fix"]["model"] == shape, code  # the recommended shape
+    assert "ГиБ" in problems["plan.memory"]["detail"]
+    # the fixes for a model already made: a batch that fits, and time for the steps and a pass
+    batch = problems["plan.memory"]["fix"]["run"]["batch_size"]
+    assert 1 <= batch < 16
+    fits = client.post("/api/models/plan", json={"books": ["play"], "minutes": 1, "shape": large,
+                                                  "batch_size": batch}).json()["problems"]
+    assert "plan.memory" not in {p["code"] for p in fits}
+    slow = problems["plan.step_slow"]["fix"]["run"]
+    assert slow.get("minutes", 0) > 1 or slow.get("batch_size", 16) < 16
+    # the recommended shape at the recommended batch: nothing to fix
+    r = client.post("/api/models/plan", json={"books": ["play"], "minutes": 1, "shape": plan["model"],
+                                              "batch_size": plan["plan"]["batch_size"]})
+    assert r.json()["problems"] == []

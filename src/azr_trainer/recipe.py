@@ -21,7 +21,7 @@ from pathlib import Path
 from . import autosize, store
 from . import books as books_mod
 from .errors import UserError
-from .model import ModelConfig, count_parameters, training_flops_per_token
+from .model import ModelConfig, count_parameters, estimate_training_memory, training_flops_per_token
 from .settings import TRAIN
 
 # The settings a recipe holds, as TrainConfig names them (the time budget travels as minutes).
@@ -30,6 +30,10 @@ SETTINGS = ("batch_size", "seq_len", "learning_rate", "warmup_iters", "min_lr_ra
 FEW_EPOCHS, MANY_EPOCHS = 0.3, 200.0
 # A BPE vocabulary wants a few hundred bytes of text per token to learn its merges from.
 BYTES_PER_VOCAB_ENTRY = 200
+# Fewer steps than this in the time: the run ends before it has learned anything worth reading.
+FEW_STEPS = 20
+# The fields of a shape a fix may set.
+SHAPE_FIELDS = ("vocab_size", "d_model", "num_layers", "num_heads", "d_ff", "max_seq_len", "tokenizer")
 # A training step also costs about this much whatever the model's size (optimizer, Python, small
 # kernels): it is what the time of a tiny model's step is made of.
 STEP_OVERHEAD_S = 0.02
@@ -124,46 +128,69 @@ def apply(home: Path, model: str, params: dict) -> dict:
 
 
 def warnings(cfg: ModelConfig, book_bytes: int, minutes: float, speed: autosize.MachineSpeed,
-             recommended: autosize.Plan) -> list[UserError]:
-    """What is wrong with a hand-chosen shape for these books and minutes (cheap: no training)."""
-    out: list[UserError] = []
+             recommended: autosize.Plan, batch_size: int | None = None,
+             memory_bytes: int | None = None) -> list[tuple[UserError, dict]]:
+    """What is wrong with a hand-chosen shape (and batch) for these books, minutes and this
+    machine (cheap: no training), each with its fix: ``model``, the shape fields to set (the
+    plan's), and ``run``, the run settings that help a model whose shape is already made."""
+    out: list[tuple[UserError, dict]] = []
+    planned = {k: v for k, v in recommended.model.to_dict().items() if k in SHAPE_FIELDS}
+    batch = batch_size or TRAIN.default("batch_size")
     if cfg.tokenizer == "bpe":
         most = max(recommended.model.vocab_size, book_bytes // BYTES_PER_VOCAB_ENTRY)
         if cfg.vocab_size > most:
-            out.append(UserError("auto.vocab_large", vocab=cfg.vocab_size, most=most,
-                                 recommended=recommended.model.vocab_size))
+            out.append((UserError("auto.vocab_large", vocab=cfg.vocab_size, most=most,
+                                  recommended=recommended.model.vocab_size),
+                        {"model": {"vocab_size": recommended.model.vocab_size}}))
+    if memory_bytes is not None:
+        need = estimate_training_memory(cfg, batch_size=batch)
+        if need > memory_bytes:
+            fits = [b for b in (2 ** i for i in range(16)) if b < batch
+                    and estimate_training_memory(cfg, batch_size=b) <= memory_bytes]
+            out.append((UserError("plan.memory", need_gib=round(need / 2**30, 1),
+                                  have_gib=round(memory_bytes / 2**30, 1), batch_size=batch),
+                        {"model": planned, "run": {"batch_size": max(fits)} if fits else {}}))
     seconds = 60.0 * minutes
-    tokens = speed.gflops * 1e9 * autosize.STEP_EFFICIENCY * seconds / training_flops_per_token(cfg)
+    flops_per_s = speed.gflops * 1e9 * autosize.STEP_EFFICIENCY
+    step_s = batch * cfg.max_seq_len * training_flops_per_token(cfg) / flops_per_s + STEP_OVERHEAD_S
+    if seconds / step_s < FEW_STEPS:
+        smaller = [b for b in (2 ** i for i in range(16)) if b < batch and seconds / (
+            b * cfg.max_seq_len * training_flops_per_token(cfg) / flops_per_s + STEP_OVERHEAD_S) >= FEW_STEPS]
+        run = {"batch_size": max(smaller)} if smaller else {"minutes": math.ceil(FEW_STEPS * step_s / 60)}
+        out.append((UserError("plan.step_slow", step_minutes=float(f"{step_s / 60:.2g}"), steps=int(seconds // step_s),
+                              minutes=float(minutes), batch_size=batch), {"model": planned, "run": run}))
+    tokens = flops_per_s * seconds / training_flops_per_token(cfg)
     book_tokens = book_bytes / (1.0 if cfg.tokenizer == "char" else autosize.BYTES_PER_TOKEN)
     epochs = tokens / max(1.0, book_tokens)
-    shown = f"{epochs:.2g}" if epochs < 10 else str(round(epochs))
+    shown = float(f"{epochs:.2g}") if epochs < 10 else round(epochs)  # a number: each language writes it its way
     # relative to the plan too: where even the best shape reads a tiny book many times, a shape
     # close to it is not to blame
     if epochs < min(FEW_EPOCHS, recommended.epochs / 3):
-        out.append(UserError("auto.epochs_few", epochs=shown, minutes=_show(minutes),
-                             parameters=count_parameters(cfg), recommended=recommended.parameters))
+        # the made model's fix: the time for one pass over the books
+        out.append((UserError("auto.epochs_few", epochs=shown, minutes=float(minutes),
+                              parameters=count_parameters(cfg), recommended=recommended.parameters),
+                    {"model": planned, "run": {"minutes": math.ceil(minutes / epochs)}}))
     elif epochs > max(MANY_EPOCHS, recommended.epochs * 3):
-        out.append(UserError("auto.epochs_many", epochs=shown, minutes=_show(minutes),
-                             parameters=count_parameters(cfg), recommended=recommended.parameters))
+        out.append((UserError("auto.epochs_many", epochs=shown, minutes=float(minutes),
+                              parameters=count_parameters(cfg), recommended=recommended.parameters),
+                    {"model": planned, "run": {"minutes": max(1, math.floor(minutes * MANY_EPOCHS / epochs))}}))
     return out
 
 
-def _show(x: float) -> str:
-    return f"{x:g}" if not math.isnan(x) else "?"
-
-
 def answer(home: Path, books: list[str], minutes: float, threads: int | None = None,
-           shape: ModelConfig | None = None, lang: str = "en") -> dict:
+           shape: ModelConfig | None = None, lang: str = "en", batch_size: int | None = None) -> dict:
     """POST /api/models/plan: the plan for these books and minutes, and what is wrong with a
-    hand-chosen ``shape`` for them (``warnings``: sentences; ``problems``: the same, coded)."""
+    hand-chosen ``shape`` (trained at ``batch_size``) for them (``warnings``: sentences;
+    ``problems``: the same, coded, each with its ``fix``)."""
     p, measured, size = make_plan(home, books, minutes, threads)
-    problems = []
+    problems: list[tuple[UserError, dict]] = []
     if shape is not None:
         try:
             shape.validate()
         except UserError:
             pass  # the estimate endpoint says what is wrong with the shape itself
         else:
-            problems = warnings(shape, size, minutes, replace(measured, bf16_gflops=0.0), p)
+            problems = warnings(shape, size, minutes, replace(measured, bf16_gflops=0.0), p, batch_size, _memory())
     return {"model": p.model.to_dict(), "plan": p.to_dict(), "recipe": describe(p, minutes, size, threads, measured),
-            "warnings": [e.render(lang) for e in problems], "problems": [e.to_dict(lang) for e in problems]}
+            "warnings": [e.render(lang) for e, _ in problems],
+            "problems": [{**e.to_dict(lang), "fix": fix} for e, fix in problems]}

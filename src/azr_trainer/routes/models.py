@@ -120,10 +120,12 @@ def create_reason_model(studio: StudioDep, body: ReasonModelRequest, request: Re
 def plan_model(studio: StudioDep, body: PlanRequest, request: Request):
     """The best shape and training settings for ``minutes`` on ``books`` on this machine, with
     the expected speed, tokens and passes over the books; with ``shape``, what is wrong with
-    those manual fields for the books and minutes (``warnings``). The first plan on a machine
+    those manual fields for the books and minutes (``warnings``; ``problems``, each with its
+    ``fix``: the shape fields or, with ``batch_size``, the run settings to set). The first plan on a machine
     measures its speed (a few seconds); later ones are instant."""
     return recipe_mod.answer(studio.home, body.books, body.minutes, body.threads,
-                             body.shape.config() if body.shape is not None else None, language(request))
+                             body.shape.config() if body.shape is not None else None, language(request),
+                             body.batch_size)
 
 
 @router.post("/api/models/estimate", tags=["models"], responses=answers.route())

@@ -51,9 +51,11 @@ class AutoRequest(BaseModel):
 
 
 class PlanRequest(AutoRequest):
-    """``shape``: the manual fields, to hear whether they suit these books and minutes."""
+    """``shape``: the manual fields (or a made model's), to hear whether they suit these books,
+    minutes and this machine; ``batch_size``: the run's, for its memory and step time."""
 
     shape: ModelShape | None = None
+    batch_size: int | None = Field(None, ge=1, le=65536)
 
 
 class ModelCreateRequest(ModelShape):

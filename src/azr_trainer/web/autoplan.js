@@ -105,10 +105,21 @@ function render(key, error) {
   warn.hidden = !problems.length;
   warn.replaceChildren(...(problems.length ? [
     h("p", { text: t("create.auto.manual") }),
-    ...problems.map((p) => h("p", { text: messageText(p) })),
+    ...problems.map((p) => h("p", { class: "plan-problem", dataset: { testid: "plan-problem", code: p.code } },
+      messageText(p), " ", partialFix(p))),
     h("button", { type: "button", class: "btn small", dataset: { testid: "auto-use" }, text: t("create.auto.use"),
       onclick: () => { hooks.fill(model); schedule(); } }),
   ] : []));
+}
+
+/** A problem's own button where its fix sets fewer fields than the whole plan (the vocabulary
+ * alone); the others are fixed by the plan's shape, the button under the list. */
+function partialFix(p) {
+  const fix = (p.fix && p.fix.model) || {};
+  if (Object.keys(fix).length !== 1 || fix.vocab_size == null) return null;
+  return h("button", { type: "button", class: "btn small ghost", dataset: { testid: "plan-fix", code: p.code },
+    text: t("msg.plan.fix_vocab", { vocab_size: fmtInt(fix.vocab_size) }),
+    onclick: () => { hooks.fill({ ...(hooks.shape() || {}), ...fix }); schedule(); } });
 }
 
 async function create() {

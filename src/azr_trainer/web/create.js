@@ -314,7 +314,7 @@ export function initCreate() {
     },
     fill: (model) => {
       setForm(model);
-      $("m-tokenizer").value = model.tokenizer;
+      if (model.tokenizer) $("m-tokenizer").value = model.tokenizer;
       validateAll();
       scheduleEstimate();
     },

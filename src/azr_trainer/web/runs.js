@@ -78,6 +78,15 @@ function runNotes(r) {
     const all = ms.map((m) => messageText(m)).join("\n");
     notes.push(h("div", { class: "ellipsis run-milestone", title: all, text: said, dataset: { testid: "run-milestone" } }));
   }
+  // how the text reads and the bar it should beat: the share of real words in its samples, and
+  // its val bpb against xz's on the same held-out text
+  const quality = [];
+  if (Number.isFinite(r.real_words)) quality.push(t("runs.real_words", { percent: fmtNum(100 * r.real_words, 0) }));
+  const ev = r.last_eval || {};
+  if (Number.isFinite(ev.xz_bpb) && Number.isFinite(ev.val_bpb)) {
+    quality.push(t(ev.val_bpb < ev.xz_bpb ? "runs.xz_beaten" : "runs.xz_behind", { bpb: fmtFixed(ev.val_bpb, 2), xz: fmtFixed(ev.xz_bpb, 2) }));
+  }
+  if (quality.length) notes.push(h("div", { class: "muted ellipsis run-quality", text: quality.join(" · "), dataset: { testid: "run-quality" } }));
   return notes;
 }
 

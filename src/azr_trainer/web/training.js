@@ -9,6 +9,7 @@ import { runMessage } from "./runstate.js";
 import { roughSeconds } from "./create.js";
 import { setting, applySetting, settingProblem } from "./settings.js";
 import { initMonitor, showMonitor, selectRun } from "./runmonitor.js";
+import { checkRun } from "./trainwarn.js";
 import {
   $, h, toast, showError, fillSelect, setBusy, intValue, store, subscribe, refreshModels, refreshBooks,
   upsertRun, sortedRuns,
@@ -169,11 +170,15 @@ function renderBooks() {
 
 /** How fast this computer should train model `m` (its measured speed, from the server). */
 async function modelSpeed(m) {
-  if (speedCache.has(m.name)) return speedCache.get(m.name);
   const c = m.config || {};
-  const body = { vocab_size: c.vocab_size, d_model: c.d_model, num_layers: c.num_layers, num_heads: c.num_heads, d_ff: c.d_ff, max_seq_len: c.max_seq_len, tokenizer: c.tokenizer || "bpe" };
-  const est = await api("/api/models/estimate", { method: "POST", json: body });
-  speedCache.set(m.name, est.speed);
+  return shapeSpeed(m.name, { vocab_size: c.vocab_size, d_model: c.d_model, num_layers: c.num_layers, num_heads: c.num_heads, d_ff: c.d_ff, max_seq_len: c.max_seq_len, tokenizer: c.tokenizer || "bpe" });
+}
+
+/** This computer's training speed for a shape, asked once per `key`. */
+async function shapeSpeed(key, shape) {
+  if (speedCache.has(key)) return speedCache.get(key);
+  const est = await api("/api/models/estimate", { method: "POST", json: shape });
+  speedCache.set(key, est.speed);
   return est.speed;
 }
 
@@ -186,7 +191,10 @@ async function renderEstimate() {
   const minutes = floatValue($("t-minutes"));
   const budget = minutes > 0 ? 60 * minutes : null;
   const batch = intValue($("t-batch_size"));
+  const books = [...selectedBooks];
+  checkRun(mode === "train" && m && books.length && budget ? { model: m, books, minutes, batch_size: batch } : null, applyFix);
   if (mode === "selfplay" && m) { renderSelfPlayEstimate(el, m); return; }
+  if (mode === "reason") { renderReasonEstimate(el, m); return; }
   if (mode !== "train" || !m || !(iters > 0 || budget) || !(batch > 0)) { el.textContent = ""; estimateSeq++; return; }
   const seq = (m.config && m.config.max_seq_len) || setting("model", "max_seq_len").default;
   const seqNo = ++estimateSeq;
@@ -255,6 +263,65 @@ async function renderSelfPlayEstimate(el, m) {
   }
   if (budget < Infinity) parts.push(t("train.sp.estimate_budget", { minutes: fmtNum(minutes) }));
   el.textContent = parts.join(" · ");
+}
+
+// The from-zero model's shape (from_zero.FROM_ZERO_SHAPE): its speed gives the pretraining's time.
+const FROM_ZERO_SHAPE = { vocab_size: 384, d_model: 128, num_layers: 4, num_heads: 4, d_ff: 512, max_seq_len: 512, tokenizer: "char" };
+// Seconds the sandbox takes to run one program a step proposes or solves (a fresh process each).
+const SANDBOX_RUN_S = 0.05;
+
+/** Whether model ``m`` can start a reasoning run (trained, with a long enough context). */
+function canReason(m) {
+  return !!m && (m.trained_steps > 0 || (m.checkpoints || []).length > 0) && !!m.config && m.config.max_seq_len >= reasonMinSeq(m);
+}
+
+/** How long a reasoning run takes: its steps at the seconds per step of this model's last
+ * reasoning run, else a rough figure from its size; and how long the from-zero pretraining
+ * takes. The from-zero box is open while the chosen model cannot reason. */
+async function renderReasonEstimate(el, m) {
+  const seqNo = ++estimateSeq;
+  const box = $("rs-from-zero");
+  if (!box.dataset.touched) box.open = !canReason(m); // until the person opens or closes it
+  const iters = intValue($("rs-max_iterations"));
+  const minutes = floatValue($("rs-minutes"));
+  const budget = minutes > 0 ? minutes * 60 : Infinity;
+  const measured = m && sortedRuns().find((r) => r.model === m.name && r.kind === "reason" && r.last_step && r.last_step.step_seconds > 0);
+  let perStep = measured ? measured.last_step.step_seconds : null;
+  let zeroStep = null;
+  const zeroSteps = intValue($("rs-pretrain_steps"));
+  try {
+    if (!perStep && m && m.config && iters > 0) {
+      const speed = await modelSpeed(m);
+      // One step: tasks of three types, each proposed once and tried n_samples times; every
+      // rollout reads its prompt and writes up to 64 tokens, then is trained on; each program
+      // runs in the sandbox.
+      const tasks = 3 * (intValue($("rs-batch_size")) || setting("reason", "batch_size").default);
+      const rollouts = tasks * (1 + (intValue($("rs-n_samples")) || setting("reason", "n_samples").default));
+      const prompt = reasonMinSeq(m);
+      perStep = roughSeconds(speed, (rollouts * prompt * 10) / 6, 1) + 2 * 64 * GEN_POSITION_S + rollouts * SANDBOX_RUN_S;
+    }
+    if (zeroSteps > 0) {
+      const speed = await shapeSpeed(" from zero", FROM_ZERO_SHAPE);
+      zeroStep = roughSeconds(speed, setting("from_zero", "batch_size").default * FROM_ZERO_SHAPE.max_seq_len, 1);
+    }
+  } catch { /* the estimate endpoint is busy: the next change asks again */ }
+  if (seqNo !== estimateSeq) return;
+  const parts = [];
+  if (m && perStep && iters > 0) {
+    const key = measured ? "train.rs.estimate_measured" : "train.rs.estimate_rough";
+    parts.push(t(key, { time: fmtApproxDuration(Math.min(iters * perStep, budget)), steps: fmtInt(iters), seconds: fmtFixed(perStep, 1) }));
+  }
+  if (m && budget < Infinity) parts.push(t("train.sp.estimate_budget", { minutes: fmtNum(minutes) }));
+  el.textContent = parts.join(" · ");
+  $("rs-zero-estimate").textContent = zeroStep ? t("train.rs.zero.estimate", {
+    time: fmtApproxDuration(zeroSteps * zeroStep), steps: fmtInt(zeroSteps), seconds: fmtFixed(zeroStep, 1) }) : "";
+}
+
+/** A fix from the check before the start: the field takes the value, and the page rechecks. */
+function applyFix(field, value) {
+  const input = $(`t-${field}`);
+  input.value = value;
+  input.dispatchEvent(new Event("input", { bubbles: true }));
 }
 
 /** A decimal from a number field ("0,3" too); NaN when empty. */
@@ -449,6 +516,8 @@ export function initTraining() {
     if (p[`rs_${k}`] != null && p[`rs_${k}`] !== "") $(`rs-${k}`).value = p[`rs_${k}`];
   }
   $("rs-create").addEventListener("click", createFromZero);
+  // once the person opens or closes the from-zero box, it stays as they left it
+  $("rs-from-zero").querySelector("summary").addEventListener("click", () => { $("rs-from-zero").dataset.touched = "1"; });
   for (const radio of document.querySelectorAll("input[name=t-mode]")) {
     radio.addEventListener("change", () => { if (radio.checked) { setMode(radio.value); savePrefs(); } });
   }
