@@ -220,7 +220,7 @@ def test_a_cp1251_book_is_detected_and_an_override_is_honoured(studio):
     (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(300), "p.png", "png", "binary"),
     (b"some text", "a.txt", "../evil", "not allowed"),
     (b"some text", "a.txt", "a/b", "not allowed"),
-    (b"some text", "-x.txt", "", "Give the book a name"),
+    (b"some text", "-x.txt", "", "give the book a name yourself"),
 ], ids=["empty", "binary", "dotdot", "slash", "bad-filename"])
 def test_bad_uploads_are_400_and_leave_nothing(studio, data, filename, name, message):
     before = studio.http.get("/api/books").json()
@@ -591,7 +591,7 @@ def test_selfplay_needs_a_trained_model_and_sane_settings(studio):
            ({"batch_size": 8}, 400, "no setting batch_size"),
            ({"group_size": 1}, 400, "group_size must be at least 2"),
            ({"temperature": 0}, 400, "temperature must be above 0"),
-           ({"books": ["play"]}, 400, "leave books empty"),
+           ({"books": ["play"]}, 400, "leave the list of books empty"),
            ({"group_size": 100_000}, 422, "group_size: Input should be less than or equal to"),
            ({"kind": "dream"}, 422, "kind: Input should be 'train', 'selfplay', 'reason' or 'corpus'"),
            ({"rewards": "default"}, 422, "rewards: Extra inputs are not permitted")]
@@ -735,11 +735,11 @@ def test_reason_needs_a_trained_model_with_a_long_window_and_sane_settings(studi
     new_model(studio, "rs_untrained", **REASON_SHAPE)
     r = studio.http.post("/api/runs", json={"model": "rs_untrained", **REASON, "max_iterations": 2})
     detail = r.json()["detail"]
-    assert r.status_code == 400 and "no trained checkpoint yet" in detail and "POST /api/reason/models" in detail
-    assert "azr reason rs_untrained" in detail
+    assert r.status_code == 400 and "no trained checkpoint yet" in detail and "on the Training page" in detail
+    assert r.json()["code"] == "runs.reason_untrained" and r.json()["params"] == {"name": "rs_untrained"}
     r = studio.http.post("/api/runs", json={"model": player, **REASON, "max_iterations": 2})  # max_seq_len 32
     assert r.status_code == 400 and "reads at most 32 tokens" in r.json()["detail"]
-    bad = [({"books": ["play"]}, 400, "leave books empty"),
+    bad = [({"books": ["play"]}, 400, "leave the list of books empty"),
            ({"mode": "dream"}, 400, "mode must be one of azr, frozen_proposer, solver_only, pretrain"),
            ({"n_samples": 1}, 400, "n_samples must be at least 2"),
            ({"temperature": 0}, 400, "temperature must be above 0"),

@@ -257,7 +257,8 @@ def test_unsupported_configs_are_refused_with_reasons(tmp_path):
     base = dict(model_type="llama", hidden_size=64, num_attention_heads=4, num_hidden_layers=2,
                 intermediate_size=128, vocab_size=300, max_position_embeddings=8192)
     cfg, facts = config_from_hf(base)
-    assert cfg.max_seq_len == 2048 and "8192" in facts["note"]
+    assert cfg.max_seq_len == 2048 and facts["note"].code == "codes.import_context_cut"
+    assert facts["note"].params == {"max_seq_len": 2048, "context": 8192} and "8,192" in facts["note"]
     for change, message in [
         (dict(model_type="gpt2", architectures=["GPT2LMHeadModel"]), "Only Llama"),
         (dict(attention_bias=True), "biases"),

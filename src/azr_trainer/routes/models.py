@@ -39,11 +39,11 @@ def _max_memory() -> int | None:
 def _check_download_format(fmt: str, dtype: str | None) -> str:
     """The dtype to export a download with, or a 400 that says what is allowed."""
     if fmt not in EXPORT_FORMATS:
-        raise UserError(f"Download format must be one of {', '.join(EXPORT_FORMATS)}, got {fmt!r}.")
+        raise UserError("export.format", options=list(EXPORT_FORMATS), value=fmt)
     allowed = {"pt": ("f32",), "hf": tuple(HF_DTYPES), "gguf": GGUF_DTYPES}[fmt]
     dtype = dtype or DEFAULT_DTYPE[fmt]
     if dtype not in allowed:
-        raise UserError(f"dtype for the {fmt} format must be one of {', '.join(allowed)}, got {dtype!r}.")
+        raise UserError("export.dtype", format=fmt, options=list(allowed), value=dtype)
     return dtype
 
 
