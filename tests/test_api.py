@@ -419,8 +419,9 @@ def test_train_watch_generate_download(studio, play, tmp_path):
         time.sleep(0.05)
     assert not list((studio.home / ".tmp").iterdir())  # the export is removed once sent
     # A finished run can be neither paused nor resumed.
-    assert studio.http.post(f"/api/runs/{run['id']}/pause").status_code == 409
-    assert studio.http.post(f"/api/runs/{run['id']}/resume").status_code == 409
+    ended = [studio.http.post(f"/api/runs/{run['id']}/{action}") for action in ("pause", "resume")]
+    assert [(r.status_code, r.json()["code"]) for r in ended] == [(409, "runs.cannot_pause"),
+                                                                   (409, "runs.cannot_resume")]
 
 
 def test_download_as_hugging_face_zip_and_gguf(studio, play, tmp_path):
@@ -486,23 +487,27 @@ def test_pause_resume_cancel(studio, play):
     assert "Paused at step" in paused["message"]
     # While it is paused the model is held: a new run would overwrite what resume needs.
     r = studio.http.post("/api/runs", json={"model": "long", "books": [play], **FAST})
-    assert r.status_code == 409 and "paused run" in r.json()["detail"]
+    assert r.status_code == 409 and "paused or interrupted run" in r.json()["detail"]
+    assert r.json()["code"] == "runs.has_stopped_run" and r.json()["params"]["state"] == "paused"
 
     resumed = studio.http.post(f"/api/runs/{run['id']}/resume").json()
     assert resumed["state"] in ("queued", "running")
-    assert studio.http.post(f"/api/runs/{run['id']}/resume").status_code == 409
+    again = studio.http.post(f"/api/runs/{run['id']}/resume")
+    assert again.status_code == 409 and again.json()["code"] == "runs.cannot_resume"
     studio.wait(run["id"], states=("running",))
     starts = studio.wait_for_resumed(run["id"])
     assert [e["state"] for e in starts] == ["started", "resumed"]
     assert starts[1]["step"] == paused["step"]  # continues where it stopped
     assert studio.http.get("/api/models/long").json()["training"] is True
-    assert studio.http.delete("/api/models/long").status_code == 409
+    busy = studio.http.delete("/api/models/long")
+    assert busy.status_code == 409 and busy.json()["code"] == "runs.model_busy"
 
     r = studio.http.post(f"/api/runs/{run['id']}/cancel")
     assert r.status_code == 200
     cancelled = studio.wait(run["id"])
     assert cancelled["state"] == "cancelled" and paused["step"] <= cancelled["step"] < 20000
-    assert studio.http.post(f"/api/runs/{run['id']}/cancel").status_code == 409
+    ended = studio.http.post(f"/api/runs/{run['id']}/cancel")
+    assert ended.status_code == 409 and ended.json()["code"] == "runs.cannot_cancel"
     # The message is kept as a code: the API says it in the language the request asks for.
     assert cancelled["message_code"] == "run.cancelled" and cancelled["message"].startswith("Cancelled at step")
     ru = studio.http.get(f"/api/runs/{run['id']}", headers={"Accept-Language": "ru-RU,ru;q=0.9"}).json()
@@ -655,7 +660,8 @@ def test_selfplay_pause_resume_cancel(studio, player):
     assert paused["state"] == "paused", paused
     assert 0 < paused["step"] < 100_000 and paused["last_checkpoint_step"] == paused["step"]
     r = studio.http.post("/api/runs", json={"model": player, **SELFPLAY})
-    assert r.status_code == 409 and "paused run" in r.json()["detail"]
+    assert r.status_code == 409 and "paused or interrupted run" in r.json()["detail"]
+    assert r.json()["code"] == "runs.has_stopped_run" and r.json()["params"]["state"] == "paused"
 
     resume_then_cancel(studio, run, paused, "selfplay")
     assert (studio.home / "models" / player / "checkpoints" / "selfplay" / run["id"]).is_dir()
