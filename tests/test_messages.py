@@ -134,6 +134,33 @@ def test_bad_inputs_through_the_api_are_answered_in_russian(client):
     assert r.json()["detail"].startswith("The model width")
 
 
+def test_a_bug_is_owned_up_to_in_the_asked_language(home):
+    app = create_app(home)
+
+    def broken():
+        raise RuntimeError("something inside went wrong")
+
+    app.add_api_route("/api/broken", broken)
+    with TestClient(app, base_url="http://127.0.0.1:8000", raise_server_exceptions=False) as c:
+        r = c.get("/api/broken", headers=RU)
+    assert r.status_code == 500 and r.json()["code"] == "codes.internal"
+    assert r.json()["params"] == {"error": "RuntimeError: something inside went wrong"}
+    assert_russian(r.json())
+
+
+def test_the_studio_says_where_it_is_in_the_locale_language(home, monkeypatch, capsys):
+    import torch
+    import uvicorn
+    from azr_trainer.server import serve
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: None)
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
+    monkeypatch.setenv("AZR_LANG", "ru")
+    serve("0.0.0.0", 8123, home, token="s3cret")
+    out = capsys.readouterr().out
+    assert out.startswith("Студия AZR Trainer: http://0.0.0.0:8123/?token=s3cret\nПапка данных: ")
+    assert "нужен ключ доступа" in out and all(russian_problem(line) is None for line in out.splitlines()), out
+
+
 def test_estimate_explains_a_shape_in_the_asked_language(client):
     est = client.post("/api/models/estimate", json={"name": "../x", "d_model": 250, "num_heads": 8},
                       headers=RU).json()
