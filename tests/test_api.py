@@ -220,7 +220,7 @@ def test_a_cp1251_book_is_detected_and_an_override_is_honoured(studio):
     (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(300), "p.png", "png", "binary"),
     (b"some text", "a.txt", "../evil", "not allowed"),
     (b"some text", "a.txt", "a/b", "not allowed"),
-    (b"some text", "-x.txt", "", "Give the book a name"),
+    (b"some text", "-x.txt", "", "give the book a name yourself"),
 ], ids=["empty", "binary", "dotdot", "slash", "bad-filename"])
 def test_bad_uploads_are_400_and_leave_nothing(studio, data, filename, name, message):
     before = studio.http.get("/api/books").json()
@@ -419,8 +419,9 @@ def test_train_watch_generate_download(studio, play, tmp_path):
         time.sleep(0.05)
     assert not list((studio.home / ".tmp").iterdir())  # the export is removed once sent
     # A finished run can be neither paused nor resumed.
-    assert studio.http.post(f"/api/runs/{run['id']}/pause").status_code == 409
-    assert studio.http.post(f"/api/runs/{run['id']}/resume").status_code == 409
+    ended = [studio.http.post(f"/api/runs/{run['id']}/{action}") for action in ("pause", "resume")]
+    assert [(r.status_code, r.json()["code"]) for r in ended] == [(409, "runs.cannot_pause"),
+                                                                   (409, "runs.cannot_resume")]
 
 
 def _export(studio, model: str, **body) -> dict:
@@ -537,23 +538,27 @@ def test_pause_resume_cancel(studio, play):
     assert "Paused at step" in paused["message"]
     # While it is paused the model is held: a new run would overwrite what resume needs.
     r = studio.http.post("/api/runs", json={"model": "long", "books": [play], **FAST})
-    assert r.status_code == 409 and "paused run" in r.json()["detail"]
+    assert r.status_code == 409 and "paused or interrupted run" in r.json()["detail"]
+    assert r.json()["code"] == "runs.has_stopped_run" and r.json()["params"]["state"] == "paused"
 
     resumed = studio.http.post(f"/api/runs/{run['id']}/resume").json()
     assert resumed["state"] in ("queued", "running")
-    assert studio.http.post(f"/api/runs/{run['id']}/resume").status_code == 409
+    again = studio.http.post(f"/api/runs/{run['id']}/resume")
+    assert again.status_code == 409 and again.json()["code"] == "runs.cannot_resume"
     studio.wait(run["id"], states=("running",))
     starts = studio.wait_for_resumed(run["id"])
     assert [e["state"] for e in starts] == ["started", "resumed"]
     assert starts[1]["step"] == paused["step"]  # continues where it stopped
     assert studio.http.get("/api/models/long").json()["training"] is True
-    assert studio.http.delete("/api/models/long").status_code == 409
+    busy = studio.http.delete("/api/models/long")
+    assert busy.status_code == 409 and busy.json()["code"] == "runs.model_busy"
 
     r = studio.http.post(f"/api/runs/{run['id']}/cancel")
     assert r.status_code == 200
     cancelled = studio.wait(run["id"])
     assert cancelled["state"] == "cancelled" and paused["step"] <= cancelled["step"] < 20000
-    assert studio.http.post(f"/api/runs/{run['id']}/cancel").status_code == 409
+    ended = studio.http.post(f"/api/runs/{run['id']}/cancel")
+    assert ended.status_code == 409 and ended.json()["code"] == "runs.cannot_cancel"
     # The message is kept as a code: the API says it in the language the request asks for.
     assert cancelled["message_code"] == "run.cancelled" and cancelled["message"].startswith("Cancelled at step")
     ru = studio.http.get(f"/api/runs/{run['id']}", headers={"Accept-Language": "ru-RU,ru;q=0.9"}).json()
@@ -642,7 +647,7 @@ def test_selfplay_needs_a_trained_model_and_sane_settings(studio):
            ({"batch_size": 8}, 400, "no setting batch_size"),
            ({"group_size": 1}, 400, "group_size must be at least 2"),
            ({"temperature": 0}, 400, "temperature must be above 0"),
-           ({"books": ["play"]}, 400, "leave books empty"),
+           ({"books": ["play"]}, 400, "leave the list of books empty"),
            ({"group_size": 100_000}, 422, "group_size: Input should be less than or equal to"),
            ({"kind": "dream"}, 422, "kind: Input should be 'train', 'selfplay', 'reason', 'corpus' or 'export'"),
            ({"rewards": "default"}, 422, "rewards: Extra inputs are not permitted")]
@@ -706,7 +711,8 @@ def test_selfplay_pause_resume_cancel(studio, player):
     assert paused["state"] == "paused", paused
     assert 0 < paused["step"] < 100_000 and paused["last_checkpoint_step"] == paused["step"]
     r = studio.http.post("/api/runs", json={"model": player, **SELFPLAY})
-    assert r.status_code == 409 and "paused run" in r.json()["detail"]
+    assert r.status_code == 409 and "paused or interrupted run" in r.json()["detail"]
+    assert r.json()["code"] == "runs.has_stopped_run" and r.json()["params"]["state"] == "paused"
 
     resume_then_cancel(studio, run, paused, "selfplay")
     assert (studio.home / "models" / player / "checkpoints" / "selfplay" / run["id"]).is_dir()
@@ -786,11 +792,11 @@ def test_reason_needs_a_trained_model_with_a_long_window_and_sane_settings(studi
     new_model(studio, "rs_untrained", **REASON_SHAPE)
     r = studio.http.post("/api/runs", json={"model": "rs_untrained", **REASON, "max_iterations": 2})
     detail = r.json()["detail"]
-    assert r.status_code == 400 and "no trained checkpoint yet" in detail and "POST /api/reason/models" in detail
-    assert "azr reason rs_untrained" in detail
+    assert r.status_code == 400 and "no trained checkpoint yet" in detail and "on the Training page" in detail
+    assert r.json()["code"] == "runs.reason_untrained" and r.json()["params"] == {"name": "rs_untrained"}
     r = studio.http.post("/api/runs", json={"model": player, **REASON, "max_iterations": 2})  # max_seq_len 32
     assert r.status_code == 400 and "reads at most 32 tokens" in r.json()["detail"]
-    bad = [({"books": ["play"]}, 400, "leave books empty"),
+    bad = [({"books": ["play"]}, 400, "leave the list of books empty"),
            ({"mode": "dream"}, 400, "mode must be one of azr, frozen_proposer, solver_only, pretrain"),
            ({"n_samples": 1}, 400, "n_samples must be at least 2"),
            ({"temperature": 0}, 400, "temperature must be above 0"),

@@ -109,6 +109,27 @@ def test_imported_model_generates_and_exports_through_the_cli(source, tmp_path, 
     assert "already exists" in capsys.readouterr().err
 
 
+def test_a_shortened_context_is_noted_with_the_command_to_import_again(source, tmp_path, capsys, monkeypatch):
+    _, files, _ = source
+    dest = fresh_home(tmp_path)
+    monkeypatch.setenv("AZR_LANG", "en")
+    assert cli.main(["--home", str(dest), "models", "import", files["hf"], "--name", "short", "--max-seq-len",
+                     "32"]) == 0
+    out = capsys.readouterr().out
+    assert "The context length (max_seq_len) is set to 32; the model was trained with a context of 64." in out
+    assert f"import it again under another name: azr models import {files['hf']} --name NAME --max-seq-len 64" in out
+    monkeypatch.setenv("AZR_LANG", "ru")
+    assert cli.main(["--home", str(dest), "models", "import", files["hf"], "--name", "short2", "--max-seq-len",
+                     "32"]) == 0
+    assert "Длина контекста (max_seq_len) — 32, а модель обучалась с контекстом 64." in capsys.readouterr().out
+    result = import_model(dest, files["hf"], "short3", max_seq_len=32)
+    assert [(n["code"], n["params"]) for n in result["notes"]] == [
+        ("codes.import_context_cut", {"max_seq_len": 32, "context": 64})]
+    saved = json.loads((store.model_dir(dest, "short3") / "model.json").read_text(encoding="utf-8"))
+    assert saved["imported_from"]["note"] == result["note"]  # model.json keeps the English text
+    assert load(dest, "short3")[1].max_seq_len == 32  # the checkpoint keeps the note as plain text: it loads
+
+
 def test_the_studio_offers_an_imported_models_weights_for_generation(source, tmp_path):
     """Before it has trained here, an imported model's one checkpoint is the weights it came
     with: listed as what "latest" gives, and generating from the listed choice works."""
@@ -257,7 +278,8 @@ def test_unsupported_configs_are_refused_with_reasons(tmp_path):
     base = dict(model_type="llama", hidden_size=64, num_attention_heads=4, num_hidden_layers=2,
                 intermediate_size=128, vocab_size=300, max_position_embeddings=8192)
     cfg, facts = config_from_hf(base)
-    assert cfg.max_seq_len == 2048 and "8192" in facts["note"]
+    assert cfg.max_seq_len == 2048 and facts["note"].code == "codes.import_context_cut"
+    assert facts["note"].params == {"max_seq_len": 2048, "context": 8192} and "8,192" in facts["note"]
     for change, message in [
         (dict(model_type="gpt2", architectures=["GPT2LMHeadModel"]), "Only Llama"),
         (dict(attention_bias=True), "biases"),

@@ -198,8 +198,9 @@ def test_queue_runs_one_at_a_time_and_recover_interrupts(home, book):
     first = runner.create_run("a", [book], RUN_PARAMS)
     second = runner.create_run("b", [book], RUN_PARAMS)
     assert (first["state"], second["state"]) == ("running", "queued")
-    with pytest.raises(Conflict, match="already has a running run"):
+    with pytest.raises(Conflict, match="already has a run in progress") as refused:
         runner.create_run("a", [book], RUN_PARAMS)
+    assert refused.value.code == "runs.has_active_run" and refused.value.params["run"] == first["id"]
     with pytest.raises(UserError, match="batch_size"):
         runner.create_run("b", [book], {**RUN_PARAMS, "batch_size": 0})
     wait_state(runner, first["id"], ("completed",))
@@ -231,7 +232,7 @@ def test_run_kinds_are_checked_and_runs_from_before_kinds_are_training(home, boo
         runner.create_run("m", [], {"max_iterations": 2, "threads": 1}, kind="selfplay")
     reason_cases = [([book], {"max_iterations": 2}, "reasoning run needs no books"),
                     ([], {"group_size": 4}, "A reason run has no setting group_size"),
-                    ([], {"max_iterations": 2, "threads": 1}, r"no trained checkpoint yet.*`azr reason m`")]
+                    ([], {"max_iterations": 2, "threads": 1}, r"no trained checkpoint yet.*the Training page")]
     for books_, params, refusal in reason_cases:
         if not osdeps.reasoning_available():  # off Linux: refused before its settings are looked at
             refusal = "Reasoning mode is not available on"

@@ -123,7 +123,7 @@ def test_the_studio_says_before_a_start_whether_reasoning_runs_here(home, monkey
         made = client.post("/api/reason/models", json={"name": "m"}, headers={"Accept-Language": "ru"})
     if not portable:  # on to the next checks: an untrained model, a name taken
         assert said == {"available": True}
-        assert run.status_code == 400 and "no trained checkpoint yet" in run.json()["detail"]
+        assert run.status_code == 400 and run.json()["code"] == "runs.reason_untrained"
         assert made.status_code == 409 and made.json()["code"] == "model.exists"
         return
     assert said == {"available": False, "code": REFUSED, "params": {"system": osdeps.system_name()}}

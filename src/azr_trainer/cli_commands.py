@@ -179,6 +179,10 @@ def cmd_models_import(args, home):
               parameters=result["parameters"], shape=_shape(cfg), eos=repr(result["eos_token"])))
     if result["note"]:
         print(say("note", note=result["note"]))
+        if getattr(result["note"], "code", None) == "codes.import_context_cut":
+            again = (f"azr models import {shlex.quote(str(args.path))} --name NAME "
+                     f"--max-seq-len {result['note'].params['context']}")
+            print(catalogue.message("codes.import_context_again", language(), command=again))
     q = shlex.quote(result["name"])
     print(say("try_it", generate=f"azr generate {q} \"Once upon a time\"", train=f"azr train {q} --books BOOK"))
 

@@ -80,7 +80,7 @@ def detect_format(path: Path) -> str:
             with zipfile.ZipFile(path) as zf:
                 names = zf.namelist()
         except zipfile.BadZipFile:
-            raise UserError(f"{path} looks like a zip file but is damaged or truncated.") from None
+            raise UserError("import.zip_damaged", path=str(path)) from None
         if any(n.endswith("config.json") for n in names) and any(n.endswith(".safetensors") for n in names):
             return "hf-zip"
         return "pt"  # torch.save writes a zip too; safe_load checks it is ours
@@ -96,27 +96,26 @@ def config_from_hf(c: dict, tokenizer_kind: str = "hf", max_seq_len: int | None 
     try:
         return _config_from_hf(c, tokenizer_kind, max_seq_len)
     except (KeyError, TypeError, ValueError) as e:
-        raise UserError(f"The model's config is incomplete or malformed ({type(e).__name__}: {e}).") from None
+        raise UserError("codes.import_config", reason=f"{type(e).__name__}: {e}") from None
 
 
 def _config_from_hf(c: dict, tokenizer_kind: str, max_seq_len: int | None) -> tuple[ModelConfig, dict]:
     arch = (c.get("architectures") or [""])[0]
     mtype = c.get("model_type")
     if mtype not in ("llama", "mistral") and arch not in ("LlamaForCausalLM", "MistralForCausalLM"):
-        raise UserError(f"Only Llama-architecture models can be imported; this one is {mtype or arch or 'unknown'}.")
+        raise UserError("codes.import_arch", arch=mtype or arch or "?")
     if c.get("attention_bias") or c.get("mlp_bias"):
-        raise UserError("This model uses biases in attention or MLP layers, which this studio's Llama does not have.")
+        raise UserError("codes.import_bias")
     if c.get("hidden_act", "silu") != "silu":
-        raise UserError(f"This model's activation is {c.get('hidden_act')}; only SiLU (SwiGLU) is supported.")
+        raise UserError("codes.import_activation", activation=str(c.get("hidden_act")))
     rope = c.get("rope_parameters") or {}
     scaling = c.get("rope_scaling")
     rope_type = rope.get("rope_type") or rope.get("type") or (scaling or {}).get("rope_type") or "default"
     if rope_type != "default" or (scaling and scaling.get("rope_type", scaling.get("type")) not in (None, "default")):
-        raise UserError(f"This model uses '{rope_type}' rotary scaling, which is not supported (only the default).")
+        raise UserError("codes.import_rope", rope_type=str(rope_type))
     d, heads = int(c["hidden_size"]), int(c["num_attention_heads"])
     if c.get("head_dim") not in (None, d // heads):
-        raise UserError(f"head_dim {c['head_dim']} differs from hidden_size / num_attention_heads ({d // heads}); "
-                        "not supported.")
+        raise UserError("codes.import_head_dim", head_dim=str(c["head_dim"]), expected=d // heads)
     kv = int(c.get("num_key_value_heads") or heads)
     context = int(c.get("max_position_embeddings") or DEFAULT_MAX_SEQ_LEN)
     seq = max_seq_len or min(context, DEFAULT_MAX_SEQ_LEN)
@@ -133,8 +132,7 @@ def _config_from_hf(c: dict, tokenizer_kind: str, max_seq_len: int | None) -> tu
     )
     facts = {"context_length": context}
     if seq < context:
-        facts["note"] = (f"max_seq_len set to {seq} (the model was trained for {context}); "
-                         "import again with --max-seq-len to change it.")
+        facts["note"] = Notice("codes.import_context_cut", max_seq_len=seq, context=context)
     return cfg, facts
 
 
@@ -194,7 +192,7 @@ def read_hf_folder(folder: Path, max_seq_len: int | None = None) -> Loaded:
     if index.get("weight_map"):  # sharded: exactly the files the index names
         names = sorted(set(map(str, index["weight_map"].values())))
         if any(Path(n).name != n or n in (".", "..") for n in names):  # only files beside the index
-            raise UserError(f"{folder / 'model.safetensors.index.json'} names weight files outside its folder.")
+            raise UserError("codes.import_shards_outside", path=str(folder / "model.safetensors.index.json"))
         files = [folder / n for n in names]
     elif (folder / "model.safetensors").exists():
         files = [folder / "model.safetensors"]  # not adapters or other extras that may sit beside it
@@ -425,7 +423,7 @@ def _zip_plan(path: Path, zf: zipfile.ZipFile, max_seq_len: int | None) -> list[
     try:
         c = json.loads(_read_entry(zf, config, MAX_CONFIG_BYTES).decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
-        raise UserError(f"config.json in {path} is not valid JSON ({e}).") from None
+        raise UserError("codes.import_zip_config", path=str(path), reason=str(e)) from None
     ours = next((i for i in entries if Path(i.filename).name == "azr_trainer.json"), None)
     kind = "hf"
     if ours is not None and ours.file_size <= MAX_CONFIG_BYTES:
@@ -534,7 +532,8 @@ def import_model(home: Path, path: Path | str, name: str | None = None, *, max_s
     log(Notice("import.reading", path=str(path)))
     loaded = read_any(path, max_seq_len, fmt, work_dir=layout.tmp_dir(home))  # on the data's disk, cleaned at start
     cfg = loaded.config.validate()
-    source = {**loaded.source, "imported_at": store.now_iso()}
+    note = loaded.source.get("note")  # a Notice: the checkpoint and model.json keep its English text
+    source = {**loaded.source, "imported_at": store.now_iso(), **({"note": str(note)} if note else {})}
     obj = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": cfg.to_dict(),
            "state_dict": loaded.state_dict, "tokenizer": loaded.tokenizer.to_json(), "step": 0,
            "best_val_bpb": None, "meta": {"model": name, "kind": "imported", "saved_at": source["imported_at"],
@@ -562,4 +561,4 @@ def import_model(home: Path, path: Path | str, name: str | None = None, *, max_s
         raise
     return {**info.to_dict(), "imported_from": source, "checkpoint": str(init_checkpoint(target)),
             "tokenizer_vocab": loaded.tokenizer.vocab_size, "eos_token": loaded.tokenizer.eos_token,
-            "note": source.get("note")}
+            "note": note, "notes": [note.to_dict()] if isinstance(note, Notice) else []}

@@ -161,7 +161,7 @@ class _Worker:
 class JobRunner:
     def __init__(self, home: Path, registry: Registry, max_concurrent: int = 1, poll_interval: float = 0.25):
         if max_concurrent < 1:
-            raise UserError(f"The number of runs at once must be at least 1, got {max_concurrent}.")
+            raise UserError("runs.max_concurrent", value=max_concurrent)
         self.home = Path(home)
         self.registry = registry
         self.max_concurrent = max_concurrent
@@ -264,13 +264,11 @@ class JobRunner:
         with self._transaction() as s:
             held = next(self._holding(s, model, HOLDS_MODEL), None) if spec.holds_model else None
             if held is not None:
-                raise Conflict(f"Model '{model}' already has a {held.state} run ({held.id}). "
-                               f"{'Resume or cancel' if held.state in RESUMABLE else 'Pause or cancel'} it "
-                               "before starting a new one.")
+                raise Conflict("runs.has_stopped_run" if held.state in RESUMABLE else "runs.has_active_run",
+                               name=model, run=held.id, state=held.state)
             pid = lock_holder(self.home, model) if spec.holds_model else None
             if pid is not None:
-                raise Conflict(f"Model '{model}' is already being trained (process {pid}), perhaps with the "
-                               "command line. Wait for it, or stop it first.")
+                raise Conflict("run.busy", name=model, pid=str(pid))
             now = _now()
             run = Run(id=_new_run_id(), model=model, books=books, params=params, state="queued",
                       max_iterations=params.get("max_iterations") or 0, created_at=now,
@@ -289,7 +287,7 @@ class JobRunner:
             elif run.state == "queued":
                 self._set_state(s, run, "paused", "jobs.paused_before_start")
             else:
-                raise Conflict(f"Run {run_id} is {run.state}; only a running or queued run can be paused.")
+                raise Conflict("runs.cannot_pause", run=run_id, state=run.state)
             return self.run_dict(run)
 
     def cancel(self, run_id: str) -> dict:
@@ -300,28 +298,26 @@ class JobRunner:
             elif run.state in ("queued", "paused", "interrupted"):
                 self._set_state(s, run, "cancelled", "jobs.cancelled")
             else:
-                raise Conflict(f"Run {run_id} is already {run.state}; there is nothing to cancel.")
+                raise Conflict("runs.cannot_cancel", run=run_id, state=run.state)
             return self.run_dict(run)
 
     def resume(self, run_id: str) -> dict:
         with self._transaction() as s:
             run = self._get(s, run_id)
             if run.state not in RESUMABLE:
-                raise Conflict(f"Run {run_id} is {run.state}; only a paused, interrupted or failed run can be resumed.")
+                raise Conflict("runs.cannot_resume", run=run_id, state=run.state)
             store.get_model(self.home, run.model)
             holds = _holds(run)  # an export starts over, beside anything
             newer = next((r for r in self._holding(s, run.model) if r.created_at > run.created_at), None) \
                 if holds else None
             if newer is not None:
-                raise Conflict(f"Model '{run.model}' was trained by a newer run ({newer.id}) since; resuming this "
-                               "one would continue from that run's checkpoint. Start a new run instead.")
+                raise Conflict("runs.resume_newer", name=run.model, run=run.id, newer=newer.id)
             busy = next((r for r in self._holding(s, run.model, ACTIVE) if r.id != run.id), None) if holds else None
             if busy is not None:
-                raise Conflict(f"Model '{run.model}' is busy with run {busy.id} ({busy.state}).")
+                raise Conflict("runs.resume_busy", name=run.model, run=busy.id, state=busy.state)
             pid = lock_holder(self.home, run.model) if holds else None
             if pid is not None and run.id not in self._workers:
-                raise Conflict(f"Model '{run.model}' is still held by process {pid} (the previous worker may "
-                               "still be saving its checkpoint). Try again in a few seconds.")
+                raise Conflict("runs.resume_held", name=run.model, pid=str(pid))
             run.queued_at = _now()
             self._set_state(s, run, "queued", None)
             self._schedule(s)
@@ -332,10 +328,10 @@ class JobRunner:
         with self.registry.session() as s:
             busy = s.scalars(select(Run).where(Run.model == model, Run.state.in_(ACTIVE))).first()
         if busy is not None:
-            raise Conflict(f"Model '{model}' has a {busy.state} run ({busy.id}); cancel it first.")
+            raise Conflict("runs.model_busy", name=model, run=busy.id, state=busy.state)
         pid = lock_holder(self.home, model)
         if pid is not None:
-            raise Conflict(f"Model '{model}' is being trained (process {pid}); stop it first.")
+            raise Conflict("run.busy", name=model, pid=str(pid))
 
     def training_models(self) -> set[str]:
         with self.registry.session() as s:
@@ -433,7 +429,7 @@ class JobRunner:
     def _get(s, run_id: str) -> Run:
         run = s.get(Run, run_id)
         if run is None:
-            raise NotFound(f"No run with id {run_id!r}.")
+            raise NotFound("runs.not_found", run=run_id)
         return run
 
     def _run_dir(self, run: Run) -> Path:

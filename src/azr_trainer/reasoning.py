@@ -100,16 +100,17 @@ class ReasonConfig:
         for name in ("buffer_size", "seed_tasks", "lm_batch_size", "log_every"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise UserError(f"{name} must be a whole number of at least 1, got {v!r}.")
+                raise UserError("runs.whole_positive", name=name, value=repr(v))
         if self.induction_inputs < 2:
-            raise UserError(f"induction_inputs must be at least 2 (some shown, some held out), "
-                            f"got {self.induction_inputs}.")
+            raise UserError("runs.induction_inputs", value=repr(self.induction_inputs))
         for name in ("weight_decay", "grad_clip"):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-                raise UserError(f"{name} must be 0 or a positive number, got {v!r}.")
-        if not (0.05 <= self.cpu_seconds <= 60) or not (32 <= self.memory_mb <= 16384):
-            raise UserError("cpu_seconds must be within 0.05–60 and memory_mb within 32–16384.")
+                raise UserError("runs.not_negative", name=name, value=repr(v))
+        for name, low, high in (("cpu_seconds", 0.05, 60), ("memory_mb", 32, 16384)):
+            v = getattr(self, name)
+            if not (low <= v <= high):
+                raise UserError("runs.between", name=name, min=low, max=high, value=repr(v))
         return self
 
     def limits(self) -> executor.Limits:

@@ -22,11 +22,12 @@ from .train import TrainConfig
 
 def _check_train(home: Path, model: str, books: list[str], params: dict) -> list[str]:
     if not books:
-        raise UserError("Choose at least one book to train on.")
+        raise UserError("data.no_books")
     for name in books:
         books_mod.get_book(home, name)
-    if len(set(books)) != len(books):
-        raise UserError("Each book can be chosen only once.")
+    twice = next((name for i, name in enumerate(books) if name in books[:i]), None)
+    if twice is not None:
+        raise UserError("runs.book_twice", name=twice)
     nproc = params.get("nproc")
     if nproc and params["batch_size"] % nproc:
         raise UserError("settings.nproc_batch", batch_size=params["batch_size"], nproc=nproc)
@@ -38,7 +39,7 @@ def _check_train(home: Path, model: str, books: list[str], params: dict) -> list
 def _check_selfplay(home: Path, model: str, books: list[str], params: dict) -> list[str]:
     """Self-play starts from a trained checkpoint and reads the books that model learned."""
     if books:
-        raise UserError("A self-play run reads the books its model was trained on; leave books empty.")
+        raise UserError("runs.selfplay_books")
     if params.get("reward", SELFPLAY.default("reward")) not in PRESETS:  # never a file: that would run code
         raise UserError("settings.choice", name="reward", choices=list(PRESETS), value=repr(params["reward"]))
     SelfPlayConfig(**time_budget("selfplay", params)).validate()
@@ -46,13 +47,11 @@ def _check_selfplay(home: Path, model: str, books: list[str], params: dict) -> l
     try:
         resolve_checkpoint(mdir, "latest")
     except UserError:
-        raise UserError(f"Model '{model}' has no trained checkpoint yet: self-play starts from one. Train it on "
-                        "a book first.") from None
+        raise UserError("runs.selfplay_untrained", name=model) from None
     resolve_checkpoint(mdir, str(params.get("checkpoint", "best")))  # a wrong step number says which exist
     own_books = store.get_model(home, model).books or []
     if not own_books:  # imported and never trained here
-        raise UserError(f"Self-play needs the books model '{model}' was trained on (for its prompts, book loss and "
-                        "validation bpb); train it on a book first.")
+        raise UserError("run.selfplay.no_books", name=model)
     return list(own_books)
 
 
@@ -60,26 +59,22 @@ def _check_reason(home: Path, model: str, books: list[str], params: dict) -> lis
     """AZR reasoning starts from a trained checkpoint; its tasks come from the model itself and
     the sandbox, never from books."""
     if books:
-        raise UserError("A reasoning run needs no books (the model writes its own tasks); leave books empty.")
+        raise UserError("runs.reason_books")
     cfg = ReasonConfig(**time_budget("reason", params)).validate()
     mdir = store.model_dir(home, model)
     try:
         resolve_checkpoint(mdir, "latest")
     except UserError:
-        # The CLI would make the model from zero; the studio has a step for that (see routes/models.py).
-        raise UserError(f"Model '{model}' has no trained checkpoint yet: a reasoning run starts from one. Create a "
-                        "model for reasoning from zero (POST /api/reason/models, or the Training page's button), "
-                        "train it on its triplets book, then start the reasoning run; or run "
-                        f"`azr reason {model}` on the command line, which does all three.") from None
+        # The studio has a step that makes a model from zero and pretrains it (see routes/models.py).
+        raise UserError("runs.reason_untrained", name=model) from None
     resolve_checkpoint(mdir, cfg.checkpoint)  # a wrong step number or a missing selfplay/reason run says so
     # Checked by the worker too, but only once it has loaded the model: say it before queuing.
     mcfg = store.get_model(home, model).config
     fmt = FORMATS[resolve_format(cfg.prompt_format, mcfg)]
     program = default_lengths(cfg, fmt)[1]
     if mcfg.max_seq_len < program + 64:
-        raise UserError(f"Model '{model}' reads at most {mcfg.max_seq_len} tokens, too few for reasoning prompts "
-                        f"({fmt.name} format) with {program}-token programs: use a model with max_seq_len of "
-                        f"{program + 64} or more (a from-zero reasoning model has 512).")
+        raise UserError("runs.reason_window", name=model, max_seq_len=mcfg.max_seq_len, format=fmt.name,
+                        program=program, needed=program + 64)
     return []
 
 

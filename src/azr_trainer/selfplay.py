@@ -141,15 +141,16 @@ class SelfPlayConfig:
         for name in ("lm_batch_size", "self_pool", "sample_every", "log_every"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise UserError(f"{name} must be a whole number of at least 1, got {v!r}.")
+                raise UserError("runs.whole_positive", name=name, value=repr(v))
         if not (0 <= self.eval_temperature <= 10):
-            raise UserError(f"eval_temperature must be between 0 (greedy) and 10, got {self.eval_temperature}.")
+            raise UserError("runs.between", name="eval_temperature", min=0, max=10, value=repr(self.eval_temperature))
         for name in ("weight_decay", "grad_clip"):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-                raise UserError(f"{name} must be 0 or a positive number, got {v!r}.")
+                raise UserError("runs.not_negative", name=name, value=repr(v))
         if not (self.prompt_source in ("book", "self") or self.prompt_source.startswith("file:")):
-            raise UserError(f"prompt_source must be book, self or file:PATH, got {self.prompt_source!r}.")
+            raise UserError("settings.choice", name="prompt_source", choices=["book", "self", "file:PATH"],
+                            value=repr(self.prompt_source))
         return self
 
 
@@ -199,14 +200,14 @@ def read_prompt_file(path: str | Path) -> list[str]:
     """One prompt per line (UTF-8); blank lines are skipped; ``\\n`` inside a line is a newline."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"Prompt file {path} does not exist.")
+        raise UserError("codes.prompt_file_missing", path=str(path))
     try:
         lines = path.read_text(encoding="utf-8-sig").splitlines()
     except UnicodeDecodeError:
-        raise UserError(f"Prompt file {path} is not UTF-8 text; save it as UTF-8.") from None
+        raise UserError("codes.prompt_file_encoding", path=str(path)) from None
     prompts = [line.replace("\\n", "\n") for line in lines if line.strip()]
     if not prompts:
-        raise UserError(f"Prompt file {path} has no prompts: write one per line.")
+        raise UserError("codes.prompt_file_empty", path=str(path))
     return prompts
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from . import __version__, answers, decode
+from . import __version__, answers, catalogue, decode
 from .home import clean_leftovers, home_dir
 from .jobs import JobRunner
 from .registry import Registry
@@ -94,8 +94,8 @@ def serve(host: str = "127.0.0.1", port: int = 8000, home: str | Path | None = N
     app = create_app(home, token=token, max_upload_bytes=int(max_upload_mb * MiB), max_concurrent_runs=max_runs)
     shown_host = f"[{host}]" if ":" in host else host
     url = f"http://{shown_host}:{port}/" + (f"?token={token}" if token else "")
-    print(f"AZR Trainer studio: {url}\nData folder: {home}", flush=True)
+    lang = catalogue.language_from_environment()
+    print(catalogue.message("codes.serve_url", lang, url=url, home=str(home)), flush=True)
     if token:
-        print("Anyone who can reach this address needs the token in that link (or the header "
-              f"'Authorization: Bearer {token}').", flush=True)
+        print(catalogue.message("codes.serve_token", lang, token=token), flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=3)

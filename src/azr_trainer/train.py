@@ -71,7 +71,7 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         TRAIN.check(self)
         if self.schedule not in ("steps", "time") or (self.schedule == "time" and not self.max_time):
-            raise UserError("schedule must be 'steps', or 'time' together with max_time.")
+            raise UserError("runs.schedule", value=repr(self.schedule))
         return self
 
 

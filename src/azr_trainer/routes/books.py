@@ -60,8 +60,8 @@ def upload_book(studio: StudioDep, file: UploadFile = File(...), name: str | Non
     if name is None:
         try:
             name = validate_name(Path(filename).stem, "book name")
-        except UserError as e:
-            raise UserError(f"{e} Give the book a name.") from None
+        except UserError:
+            raise UserError("book.name_from_file", name=Path(filename).stem) from None
     studio.tmp_root.mkdir(exist_ok=True)
     tmp = studio.tmp_root / owned_tmp_name("upload-")  # the owner's pid: see home.clean_leftovers
     tmp.mkdir()

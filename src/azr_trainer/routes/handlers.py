@@ -54,8 +54,8 @@ async def on_http_error(request: Request, exc: HTTPException):
 async def on_bug(request: Request, exc: Exception):
     log.exception("Unexpected error in %s %s", request.method, request.url.path)
     first_line = (str(exc).splitlines() or [""])[0][:300]
-    return _error(500, f"Internal error ({type(exc).__name__}: {first_line}). This is a bug in AZR Trainer; "
-                       "the server's log has the details.")
+    error = UserError("codes.internal", error=f"{type(exc).__name__}: {first_line}")
+    return JSONResponse(error.to_dict(language(request)), status_code=500)
 
 
 def add_handlers(app: FastAPI) -> None:
