@@ -224,6 +224,7 @@ def test_constant_answers_are_flagged_as_trivial():
     assert constant_solvable(tasks, LIMITS) == [False, True, False, True, True, False]
 
 
+@pytest.mark.sandbox
 def test_a_cancel_in_the_middle_of_a_long_step_ends_the_run_within_seconds(home, monkeypatch):
     """A studio run whose step is minutes long (many rollouts of a slowish model) answers a cancel
     between rollout chunks: it ends cancelled at the last whole step, with its checkpoint saved,
