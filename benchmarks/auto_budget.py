@@ -46,7 +46,7 @@ def main() -> int:
         wall = time.time() - t0
     plan = created["plan"]
     result = {"book": os.path.basename(args.book), "minutes": args.minutes, "threads": args.threads,
-              "val_bpb": summary["val_bpb"], "steps": summary["step"], "tokens_per_s": summary["tokens_per_s"],
+              "val_bpb": summary["val_bpb"], "best_val_bpb": summary["best_val_bpb"], "steps": summary["step"], "tokens_per_s": summary["tokens_per_s"],
               "tokens_seen": summary.get("tokens_seen"), "train_seconds": summary["wall_seconds"],
               "create_seconds": round(create_s, 1), "wall_seconds_total": round(wall, 1),
               "budget_seconds": round(60 * args.minutes, 1),

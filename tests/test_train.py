@@ -334,3 +334,22 @@ def test_evals_carry_the_xz_line_and_samples_the_real_word_share(home, tmp_path)
     codes = [(e["code"], e["params"].get("percent")) for e in milestones]
     assert ("milestone.real_words", 50) in codes and len(codes) == len(set(codes))
     assert all(e["message"] and "{" not in e["message"] for e in milestones)
+
+
+def test_the_best_model_is_kept_when_an_evaluation_finds_it_not_only_at_a_save(home, tmp_path):
+    """A small book overfits long before a time-budget run's next save: the model an evaluation
+    found best is what best.pt holds (and what generation and export then use by default)."""
+    from azr_trainer import books
+    from conftest import make_text
+    path = tmp_path / "tiny.txt"
+    path.write_text(make_text(n_lines=40, seed=3), encoding="utf-8")
+    books.add_book(home, path, name="tiny")
+    make_model(home, d_model=64, d_ff=128)
+    summary = train(home, "m", cfg("tiny", max_iterations=240, batch_size=8, learning_rate=1e-2, eval_every=20,
+                                   save_every=1000, sample_prompts=[]), log=lambda m: None)
+    evals = [e for e in iter_events(summary["events"]) if e["type"] == "eval" and e["step"] > 0]
+    best = min(evals, key=lambda e: e["val_bpb"])
+    assert best["step"] < summary["step"] and summary["val_bpb"] > best["val_bpb"]  # it did overfit
+    kept = safe_load(home / "models" / "m" / "checkpoints" / "best.pt")
+    assert kept["step"] == best["step"] and kept["meta"]["val_bpb"] == best["val_bpb"]
+    assert summary["best_val_bpb"] == best["val_bpb"] == store.get_model(home, "m").best_val_bpb

@@ -269,7 +269,7 @@ class _Pretraining(Job):
         self.model = model = model.to(device)
         self.optimizer = make_optimizer(model, cfg.learning_rate, cfg.weight_decay, cfg.beta2, device)
         self.sampler = BatchSampler(data.train, seq_len, cfg.batch_size, cfg.seed)
-        self.tokens_seen, self.best_bpb = 0, None
+        self.tokens_seen, self.best_bpb, self.best_step = 0, None, None
         self.run_id = run_id or new_run_id("run", unique=False)
         if resume_obj is not None:
             model.load_state_dict(resume_obj["state_dict"])
@@ -361,7 +361,27 @@ class _Pretraining(Job):
             self.last_bpb = res.get("val_bpb")
         if res:
             self.events.emit("eval", step=self.step, **res)
+            self._keep_if_best(res.get("val_bpb"))
         return res
+
+    def _keep_if_best(self, bpb: float | None) -> None:
+        """The best model so far is kept the moment an evaluation finds it, not only at the save
+        cadence: a small book overfits within minutes, and a time-budget run saves rarely, so the
+        best model would otherwise be lost before anything wrote it."""
+        if bpb is None or self.step == 0 or (self.best_bpb is not None and bpb > self.best_bpb):
+            return
+        self.best_bpb, self.best_step = bpb, self.step
+        atomic_torch_save(self._checkpoint("best", bpb), layout.best_checkpoint(self.mdir))
+        store.update_model(self.home, self.name, trained_steps=self.step, best_val_bpb=bpb,
+                           last_trained=utc_now(), books=self.cfg.books)
+
+    def _checkpoint(self, kind: str, bpb: float | None) -> dict:
+        cfg = self.cfg
+        return checkpoint_obj(self, self.model, self.mcfg, self.tokenizer, self.optimizer, self.run_id,
+                              {"model": self.name, "books": cfg.books, "kind": kind, "val_bpb": bpb},
+                              tokens_seen=self.tokens_seen, train_config=asdict(cfg), best_val_bpb=self.best_bpb,
+                              rng={"torch": torch.get_rng_state(), "data": self.sampler.state()},
+                              milestones_passed=sorted(self.milestones.passed) if self.milestones else [])
 
     def samples(self) -> None:
         cfg, tokenizer = self.cfg, self.tokenizer
@@ -396,16 +416,11 @@ class _Pretraining(Job):
             return None
         cfg, folder = self.cfg, checkpoint_dir(self.mdir)
         bpb = (last_eval or {}).get("val_bpb")
-        obj = checkpoint_obj(self, self.model, self.mcfg, self.tokenizer, self.optimizer, self.run_id,
-                             {"model": self.name, "books": cfg.books, "kind": kind, "val_bpb": bpb},
-                             tokens_seen=self.tokens_seen, train_config=asdict(cfg), best_val_bpb=self.best_bpb,
-                             rng={"torch": torch.get_rng_state(), "data": self.sampler.state()},
-                             milestones_passed=sorted(self.milestones.passed) if self.milestones else [])
+        obj = self._checkpoint(kind, bpb)
         path = save_step(obj, folder, cfg.keep_last)
-        is_best = bpb is not None and (self.best_bpb is None or bpb <= self.best_bpb)
-        if is_best:
-            self.best_bpb = obj["best_val_bpb"] = bpb
-            atomic_torch_save(obj, layout.best_checkpoint(self.mdir))
+        # The evaluation that found the best model wrote best.pt already (_keep_if_best): a save
+        # is that model only when nothing was trained since that evaluation.
+        is_best = bpb is not None and self.best_step == self.step
         store.update_model(self.home, self.name, trained_steps=self.step, best_val_bpb=self.best_bpb,
                            last_trained=utc_now(), books=cfg.books)
         self.events.emit("checkpoint", step=self.step, path=str(path), best=is_best, kind=kind)
