@@ -5,7 +5,7 @@
 
 import { api } from "./api.js";
 import { t, fmtInt, fmtCompact, fmtNum, onLanguageChange, messageText } from "./i18n.js";
-import { $, h, toast, showError, setBusy, store, subscribe, refreshModels } from "./ui.js";
+import { $, h, toast, showError, setBusy, store, subscribe, refreshModels, bookChecks } from "./ui.js";
 
 const chosen = new Set();
 let touched = false;      // once the person picks books, the list stops following the uploads
@@ -33,17 +33,11 @@ function renderBooks({ force = false } = {}) {
   if (!books.length) {
     box.replaceChildren(h("p", { class: "empty small" }, h("a", { href: "#books", i18n: "create.auto.no_books" })));
   } else {
-    box.replaceChildren(...books.map((b) => h("label", { class: "check-row", dataset: { testid: "auto-book", name: b.name } },
-      h("input", {
-        type: "checkbox", value: b.name, checked: chosen.has(b.name),
-        onchange: (e) => {
-          touched = true;
-          e.target.checked ? chosen.add(b.name) : chosen.delete(b.name);
-          schedule();
-        },
-      }),
-      h("span", { class: "check-label", text: b.name }),
-      h("span", { class: "muted", text: t("books.chars_n", { n: fmtCompact(b.chars) }) }))));
+    box.replaceChildren(...bookChecks(books, chosen, "auto-book", (name, checked) => {
+      touched = true;
+      checked ? chosen.add(name) : chosen.delete(name);
+      schedule();
+    }));
   }
   schedule();
 }

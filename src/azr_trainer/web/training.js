@@ -12,7 +12,7 @@ import { initMonitor, showMonitor, selectRun } from "./runmonitor.js";
 import { checkRun } from "./trainwarn.js";
 import {
   $, h, toast, showError, fillSelect, setBusy, intValue, store, subscribe, refreshModels, refreshBooks,
-  upsertRun, sortedRuns,
+  upsertRun, sortedRuns, bookChecks,
 } from "./ui.js";
 
 const TRAIN_PREFS = "azr.trainForm";
@@ -154,18 +154,12 @@ function renderBooks() {
     box.replaceChildren(h("p", { class: "empty small" }, h("span", { i18n: "train.no_books" }), " ", h("a", { href: "#books", i18n: "train.upload_book" })));
     return;
   }
-  box.replaceChildren(...books.map((b) => h("label", { class: "check-row", dataset: { testid: "train-book", name: b.name } },
-    h("input", {
-      type: "checkbox", value: b.name, checked: selectedBooks.has(b.name),
-      onchange: (e) => {
-        booksTouched = true;
-        e.target.checked ? selectedBooks.add(b.name) : selectedBooks.delete(b.name);
-        $("t-books-msg").textContent = "";
-        renderEstimate();
-      },
-    }),
-    h("span", { class: "check-label", text: b.name }),
-    h("span", { class: "muted", text: t("books.chars_n", { n: fmtCompact(b.chars) }) }))));
+  box.replaceChildren(...bookChecks(books, selectedBooks, "train-book", (name, checked) => {
+    booksTouched = true;
+    checked ? selectedBooks.add(name) : selectedBooks.delete(name);
+    $("t-books-msg").textContent = "";
+    renderEstimate();
+  }));
 }
 
 /** How fast this computer should train model `m` (its measured speed, from the server). */

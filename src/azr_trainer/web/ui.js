@@ -2,7 +2,7 @@
 // models / books / runs that every tab reads and refreshes.
 
 import { api } from "./api.js";
-import { t, setText, hasText } from "./i18n.js";
+import { t, setText, hasText, fmtCompact } from "./i18n.js";
 
 export const $ = (id) => document.getElementById(id);
 
@@ -90,6 +90,18 @@ export function setBusy(btn, busy) {
   btn.disabled = !!busy;
   btn.classList.toggle("busy", !!busy);
   btn.setAttribute("aria-busy", busy ? "true" : "false");
+}
+
+/** One checkbox row per book (name and size), ticked when `chosen` has it; `onToggle(name, checked)`
+ * after the person changes one. The Create page's auto plan and the Training form both use it. */
+export function bookChecks(books, chosen, testid, onToggle) {
+  return books.map((b) => h("label", { class: "check-row", dataset: { testid, name: b.name } },
+    h("input", {
+      type: "checkbox", value: b.name, checked: chosen.has(b.name),
+      onchange: (e) => onToggle(b.name, e.target.checked),
+    }),
+    h("span", { class: "check-label", text: b.name }),
+    h("span", { class: "muted", text: t("books.chars_n", { n: fmtCompact(b.chars) }) })));
 }
 
 export function intValue(input) {
