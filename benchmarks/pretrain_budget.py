@@ -49,7 +49,13 @@ def main() -> int:
     for item in args.set:
         key, value = item.split("=", 1)
         target = recipe if key in recipe else tcfg
-        target[key] = type(target.get(key, 1.0))(value) if key in target else float(value)
+        if key in target:
+            target[key] = type(target[key])(value)
+        else:
+            try:
+                target[key] = float(value)
+            except ValueError:
+                target[key] = value  # a word: precision=bf16
 
     evals: list[dict] = []
 

@@ -66,3 +66,41 @@ def test_machine_speed_is_measured_once_and_cached(tmp_path, monkeypatch):
     (tmp_path / autosize.SPEED_FILE).write_text("not json", encoding="utf-8")
     assert autosize.machine_speed(tmp_path, 1).fp32_gflops > 0  # a damaged cache is measured again
     assert calls == [1, 2, 1]
+
+
+@pytest.mark.parametrize("book_bytes", [1_000, 30_000, 120_000, 225_000, 1_100_000, 5_000_000, 100_000_000])
+def test_the_plan_never_draws_the_tokenizers_own_warning(book_bytes):
+    # the auto plan and the trainer's vocabulary check use one rule: a person who takes the
+    # recommended model is never told in the log that its vocabulary is too large
+    from azr_trainer.tokenizer import vocab_size_warning
+    p = autosize.plan(book_bytes, 10, SLOW_CPU)
+    train_bytes = int(book_bytes * 0.9)
+    assert vocab_size_warning(p.model.tokenizer, p.model.vocab_size, train_bytes) is None
+
+
+def test_many_passes_over_a_small_book_get_dropout_and_large_books_none():
+    small = autosize.plan(225_000, 10, FAST_CPU)   # a short novel: read many times in ten minutes
+    large = autosize.plan(100_000_000, 10, SLOW_CPU)  # far more text than the time can read once
+    assert small.epochs > autosize.FREE_EPOCHS and small.dropout > 0
+    assert large.epochs < 1 and large.dropout == 0
+    assert small.train_settings()["dropout"] == small.dropout
+    rates = [autosize.dropout_for(e) for e in (0.5, 2, 4, 16, 40, 400)]
+    assert rates == sorted(rates) and rates[0] == 0 and rates[-1] <= 0.3
+
+
+def test_training_precision_follows_the_setting_then_the_probe(tmp_path, monkeypatch):
+    import torch
+    cpu = torch.device("cpu")
+    monkeypatch.delenv(autosize.PRECISION_ENV, raising=False)
+    assert autosize.training_precision("fp32", cpu, tmp_path, 1) == "fp32"
+    assert autosize.training_precision("bf16", cpu, tmp_path, 1) == "bf16"
+    for speed, expected in ((FAST_CPU, "bf16"), (SLOW_CPU, "fp32")):
+        monkeypatch.setattr(autosize, "machine_speed", lambda home, threads, s=speed: s)
+        assert autosize.training_precision("auto", cpu, tmp_path, 1) == expected
+    monkeypatch.setenv(autosize.PRECISION_ENV, "fp32")
+    assert autosize.training_precision("auto", cpu, tmp_path, 1) == "fp32"
+
+
+def test_the_probe_times_a_training_step_in_both_precisions():
+    speed = autosize.measure_speed(1, seconds=0.05)
+    assert speed.fp32_gflops > 0 and speed.bf16_gflops > 0 and speed.precision in ("fp32", "bf16")

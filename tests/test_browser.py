@@ -487,6 +487,8 @@ def test_five_steps(browser, studio, artifacts, tmp_path, lang):
         assert chart_points(page, "loss-chart") >= 10
         assert chart_points(page, "bpb-chart") >= 1
         expect(page.get_by_test_id("stat-bpb")).to_have_text(re.compile(r"\d"))
+        # the share of real words in the latest samples, live beside the loss
+        expect(page.get_by_test_id("stat-real-words")).to_have_text(re.compile(r"\d+\s?%"))
         expect(page.get_by_test_id("samples").locator("[data-testid=sample]").first).to_be_visible()
         expect(page.get_by_test_id("log")).to_contain_text("120")
         shot(page, artifacts, f"{lang}-3-training-done")

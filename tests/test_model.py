@@ -95,3 +95,16 @@ def test_memory_saving_rotary_and_swiglu_have_exact_gradients():
     assert torch.autograd.gradcheck(lambda t: _Rotary.apply(t, cos.double(), sin.double()), (x,))
     g, u = (torch.randn(4, 6, dtype=torch.double, requires_grad=True) for _ in range(2))
     assert torch.autograd.gradcheck(_SwiGLU.apply, (g, u))
+
+
+def test_dropout_acts_in_training_only_and_never_in_generation():
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=64, d_model=32, num_layers=2, num_heads=2, d_ff=64, max_seq_len=16))
+    x = torch.randint(0, 64, (2, 8))
+    model.train()
+    plain = model(x)[0]
+    model.dropout = 0.3
+    a, b = model(x)[0], model(x)[0]
+    assert not torch.equal(a, b) and not torch.equal(a, plain)  # random, and it changes the output
+    model.eval()
+    assert torch.allclose(model(x)[0], plain, atol=1e-6)  # evaluation and generation see the whole model

@@ -81,9 +81,10 @@ def test_the_optimiser_settings_are_command_line_options(tmp_path):
     assert "recipe" not in json.loads((home / "models" / "p" / "model.json").read_text(encoding="utf-8"))
     summary = json.loads(azr(home, "train", "p", "--books", "play", "--max-iterations", "2", "--learning-rate",
                              "3e-3", "--warmup-iters", "1", "--min-lr-ratio", "0.05", "--weight-decay", "0.2",
-                             "--beta2", "0.99", "--threads", "1", "--json").stdout)
+                             "--beta2", "0.99", "--dropout", "0.1", "--threads", "1", "--json").stdout)
     cfg = started(Path(summary["events"]))["train_config"]
     assert (cfg["min_lr_ratio"], cfg["weight_decay"], cfg["beta2"], cfg["schedule"]) == (0.05, 0.2, 0.99, "steps")
+    assert cfg["dropout"] == 0.1
     bad = azr(home, "train", "p", "--books", "play", "--beta2", "1.5", check=False)
     assert bad.returncode == 2 and "beta2" in bad.stderr
 

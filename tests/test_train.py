@@ -1,5 +1,6 @@
 """Training through the library: events, checkpoints, evals, exact resume, clean stops."""
 
+import contextlib
 import json
 import math
 import os
@@ -10,8 +11,9 @@ import time
 import pytest
 import torch
 
-from azr_trainer import osdeps, store
-from azr_trainer.checkpoint import list_step_checkpoints, safe_load
+from azr_trainer import layout, osdeps, store
+from azr_trainer.checkpoint import build_model, list_step_checkpoints, safe_load
+from azr_trainer.data import prepare_data
 from azr_trainer.events import iter_events
 from azr_trainer.home import Conflict, UserError
 from azr_trainer.model import ModelConfig
@@ -67,6 +69,23 @@ def test_training_lowers_loss_and_reports_everything(home, book):
     info = store.get_model(home, "m")
     assert info.trained_steps == 40 and info.best_val_bpb == summary["best_val_bpb"]
     assert (home / "models" / "m" / "checkpoints" / "best.pt").exists()
+
+
+def test_bf16_training_on_the_cpu_learns_and_evaluates_in_fp32(home, book):
+    # what "auto" picks on a CPU whose probe measured bf16 faster (some have native bf16 units)
+    make_model(home)
+    summary = train(home, "m", cfg(book, max_iterations=40, precision="bf16", eval_every=40), log=lambda m: None)
+    events = list(iter_events(summary["events"]))
+    assert next(e for e in events if e["type"] == "status" and e.get("precision"))["precision"] == "bf16"
+    losses = [e["loss"] for e in events if e["type"] == "step"]
+    assert losses[-1] < losses[0] - 0.5
+    # the evaluation is the fp32 yardstick: the saved model evaluated again in fp32 gives the same figure
+    final = [e for e in events if e["type"] == "eval"][-1]
+    model, mcfg, _ = build_model(safe_load(list_step_checkpoints(layout.model_dir(home, "m"))[-1][1]))
+    data = prepare_data(home, layout.model_dir(home, "m"), [book], mcfg.tokenizer, mcfg.vocab_size, log=lambda m: None)
+    again = evaluate(model, data.val, data.val_bytes, mcfg.max_seq_len, torch.device("cpu"), contextlib.nullcontext,
+                     None)
+    assert again["val_bpb"] == pytest.approx(final["val_bpb"], rel=1e-5)
 
 
 def test_val_bpb_is_total_bits_over_validation_bytes(home, book):

@@ -9,13 +9,16 @@ The rule (BENCHMARKS.md, "Auto-sizing") is anchored on the measured P1 recipe: 1
 CPU core buys ~1.2 M training tokens, and the shape that did best there has ~1.8 M weights
 outside the embeddings. Other budgets scale the model with the square root of the tokens the
 budget buys (compute-optimal scaling keeps weights and tokens in a fixed ratio, so each grows
-as √compute), capped so that a small book is not memorised by a model much larger than it,
-and so that training fits in memory.
+as √compute), capped so that a tiny book is not memorised by a model much larger than it, and
+so that training fits in memory. A run that will read its book many times gets dropout (a
+small book overfits after a few passes without it), and the vocabulary never outgrows what the
+book can teach.
 
-``measure_speed`` is a probe of a few seconds (matrix products of the shapes training uses, in
-fp32 and bf16); its result is cached per machine, thread count and PyTorch version, so only
-the first plan on a machine pays for it. bf16 is chosen on the CPU only where it measured
-clearly faster: some CPUs have native bf16, most run it many times slower.
+``measure_speed`` is a probe of a few seconds: a small model's whole training step, timed in
+fp32 and under bf16 autocast. Its result is cached per machine, thread count and PyTorch
+version, so only the first plan on a machine pays for it. Training uses bf16 on the CPU only
+where it measured clearly faster (``training_precision``): some CPUs have native bf16 units,
+most run it many times slower.
 """
 
 from __future__ import annotations
@@ -31,21 +34,29 @@ from dataclasses import asdict, dataclass
 import torch
 
 from . import layout, osdeps
-from .model import ModelConfig, count_parameters, estimate_training_memory, training_flops_per_token
+from .settings import TRAIN
+from .tokenizer import BYTES_PER_VOCAB_ENTRY
+from .model import ModelConfig, Transformer, count_parameters, estimate_training_memory, training_flops_per_token
 
 # The anchor: P1's best shape and the tokens 190 s bought on one quiet core.
 ANCHOR_TOKENS = 1.2e6
 ANCHOR_NONEMB_PARAMS = 1.77e6
-# What share of the probe's matmul rate a whole training step reaches (P1: ~0.6 to 0.8).
-STEP_EFFICIENCY = 0.6
+# What share of the probe's rate a training run reaches: the probe is a whole step already; the
+# run adds data, evaluations, samples and logging (the lean-loop target: within 10%).
+STEP_EFFICIENCY = 0.9
 # UTF-8 bytes per BPE token on ordinary prose (English ~2.5 at vocab 1024; Russian ~2.2,
 # its letters take two bytes each); used only to size things before the tokenizer exists.
 BYTES_PER_TOKEN = 2.3
 # Weights per token of the book at most: past this a small book gets memorised.
 MAX_PARAMS_PER_BOOK_TOKEN = 4.0
+# Up to this many passes over the book need no regularisation; past MANY_EPOCHS more of it.
+FREE_EPOCHS, MANY_EPOCHS = 2.0, 16.0
 HEAD_DIM = 32
 MIN_LAYERS, MAX_LAYERS = 2, 16
 SPEED_FILE = layout.SPEED_FILE
+# What the cached figures measure (a cache written by another probe is measured again).
+PROBE_KIND = "train-step"
+PRECISION_ENV = "AZR_TRAIN_PRECISION"
 # One probe at a time: the studio's pages ask for estimates at once, and probes that ran side by
 # side would each measure a share of the cores (and write the cache over each other).
 _PROBE_LOCK = threading.Lock()
@@ -78,6 +89,7 @@ class Plan:
     min_lr_ratio: float
     beta2: float
     weight_decay: float
+    dropout: float
     max_time: float
     precision: str
     expected_tokens_per_s: float
@@ -89,7 +101,8 @@ class Plan:
         """The training settings of this plan, as TrainConfig takes them."""
         return {"batch_size": self.batch_size, "seq_len": self.seq_len, "learning_rate": self.learning_rate,
                 "warmup_iters": self.warmup_iters, "min_lr_ratio": self.min_lr_ratio, "beta2": self.beta2,
-                "weight_decay": self.weight_decay, "max_time": self.max_time, "schedule": "time"}
+                "weight_decay": self.weight_decay, "dropout": self.dropout, "max_time": self.max_time,
+                "schedule": "time"}
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -97,16 +110,36 @@ class Plan:
         return d
 
 
+# The probe's model: a training step of this shape (the P1 shape, two layers) at batch 4.
+PROBE_SHAPE = dict(vocab_size=1024, d_model=192, num_layers=2, num_heads=6, d_ff=512, max_seq_len=128)
+PROBE_BATCH = 4
+
+
 def _probe_rate(dtype: torch.dtype, seconds: float) -> float:
-    """GFLOP/s of the matmuls a small model's training step is made of."""
-    a = torch.randn(2048, 256, dtype=dtype)
-    b = torch.randn(256, 768, dtype=dtype)
-    torch.mm(a, b)  # warm-up: first call pays for kernel selection
-    flops, t0, n = 2 * 2048 * 256 * 768, time.perf_counter(), 0
-    while time.perf_counter() - t0 < seconds:
-        torch.mm(a, b)
+    """GFLOP/s of a small model's whole training step (forward, backward, AdamW), the model's
+    arithmetic counted as the planner counts it; matmuls under autocast to ``dtype``."""
+    from .runloop import make_optimizer
+    cfg = ModelConfig(**PROBE_SHAPE)
+    generator = torch.Generator().manual_seed(0)
+    model = Transformer(cfg)
+    optimizer = make_optimizer(model, 1e-3, 0.1, 0.99, torch.device("cpu"))
+    x = torch.randint(0, cfg.vocab_size, (PROBE_BATCH, cfg.max_seq_len), generator=generator)
+    bf16 = dtype == torch.bfloat16
+
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            _, loss = model(x, x)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    step()  # warm-up: the first step pays for kernel selection and allocation
+    t0, n = time.perf_counter(), 0
+    while n < 2 or time.perf_counter() - t0 < seconds:
+        step()
         n += 1
-    return flops * n / (time.perf_counter() - t0) / 1e9
+    tokens = n * PROBE_BATCH * cfg.max_seq_len
+    return training_flops_per_token(cfg, cfg.max_seq_len) * tokens / (time.perf_counter() - t0) / 1e9
 
 
 def measure_speed(threads: int, seconds: float = 1.0) -> MachineSpeed:
@@ -119,9 +152,25 @@ def measure_speed(threads: int, seconds: float = 1.0) -> MachineSpeed:
         torch.set_num_threads(previous)
 
 
+def training_precision(setting: str, device: torch.device, home, threads: int | None) -> str:
+    """The precision a training run uses: the setting, or for "auto" bf16 on a GPU that has it,
+    on a CPU what the machine's probe measured faster (``AZR_TRAIN_PRECISION`` overrides the probe:
+    fp32 for exact comparisons), fp32 anywhere else."""
+    if setting != "auto":
+        return setting
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    if device.type != "cpu":
+        return "fp32"
+    forced = os.environ.get(PRECISION_ENV, "").strip().lower()
+    if forced in ("fp32", "bf16"):
+        return forced
+    return machine_speed(home, threads or torch.get_num_threads()).precision
+
+
 def _machine_key(threads: int) -> str:
     cpu = osdeps.cpu_name() or platform.processor() or platform.machine()
-    return f"{cpu}|{os.cpu_count()}|{threads}|torch {torch.__version__}"
+    return f"{cpu}|{os.cpu_count()}|{threads}|torch {torch.__version__}|{PROBE_KIND}"
 
 
 def machine_speed(home, threads: int) -> MachineSpeed:
@@ -164,15 +213,23 @@ def _nonembedding(cfg: ModelConfig) -> int:
 
 
 def vocabulary_for(book_bytes: int) -> tuple[str, int]:
-    """A char tokenizer for tiny books (too little text to learn merges from); BPE otherwise,
-    its vocabulary growing with the text so that rare merges still have examples."""
-    if book_bytes < 20_000:
-        return "char", 512
-    if book_bytes < 2_000_000:
-        return "bpe", 1024
-    if book_bytes < 20_000_000:
-        return "bpe", 2048
-    return "bpe", 4096
+    """BPE with a vocabulary that grows with the text, never larger than the training part can
+    teach (the tokenizer's own rule: about 200 bytes of text per entry); the character tokenizer
+    for books too small even for 512 entries."""
+    train_bytes = book_bytes * (1 - TRAIN.default("val_fraction"))
+    ceiling = 4096 if book_bytes >= 20_000_000 else 2048 if book_bytes >= 2_000_000 else 1024
+    for vocab in (4096, 2048, 1024, 512):
+        if vocab <= ceiling and train_bytes >= vocab * BYTES_PER_VOCAB_ENTRY:
+            return "bpe", vocab
+    return "char", 512
+
+
+def dropout_for(epochs: float) -> float:
+    """Residual dropout for a run that reads the book ``epochs`` times: none while the text is
+    mostly new to the model, more the more often it comes round (BENCHMARKS.md, "Small books")."""
+    if epochs <= FREE_EPOCHS:
+        return 0.0
+    return 0.1 if epochs <= MANY_EPOCHS else 0.2
 
 
 def plan(book_bytes: int, minutes: float, speed: MachineSpeed, memory_bytes: int | None = None) -> Plan:
@@ -219,6 +276,7 @@ def plan(book_bytes: int, minutes: float, speed: MachineSpeed, memory_bytes: int
     warmup = int(min(200, max(10, 0.03 * steps)))
     cfg.validate()
     return Plan(model=cfg, batch_size=batch, seq_len=seq_len, learning_rate=round(lr, 6), warmup_iters=warmup,
-                min_lr_ratio=0.05, beta2=0.99, weight_decay=0.1, max_time=seconds, precision=speed.precision,
+                min_lr_ratio=0.05, beta2=0.99, weight_decay=0.1, dropout=dropout_for(tokens / book_tokens),
+                max_time=seconds, precision=speed.precision,
                 expected_tokens_per_s=round(tokens / seconds, 1), expected_tokens=round(tokens),
                 epochs=round(tokens / book_tokens, 2), parameters=count_parameters(cfg))

@@ -286,11 +286,13 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cos, sin, cache=None, layer=0, attn_mask=None):
+    def forward(self, x, cos, sin, cache=None, layer=0, attn_mask=None, dropout=0.0):
         # .forward, not __call__: nn.Module's call machinery costs more than a small model's decode arithmetic
         if cache is None:
-            x = x + self.self_attn.forward(self.input_layernorm.forward(x), cos, sin, cache, layer, attn_mask)
-            return x + self.mlp.forward(self.post_attention_layernorm.forward(x), cache)
+            a = self.self_attn.forward(self.input_layernorm.forward(x), cos, sin, cache, layer, attn_mask)
+            x = x + (F.dropout(a, dropout) if dropout else a)
+            m = self.mlp.forward(self.post_attention_layernorm.forward(x), cache)
+            return x + (F.dropout(m, dropout) if dropout else m)
         w = cache.weights  # norms in the decode weights' type
         x = x + self.self_attn.forward(w.norm(self.input_layernorm, x), cos, sin, cache, layer, attn_mask)
         return x + self.mlp.forward(w.norm(self.post_attention_layernorm, x), cache)
@@ -312,6 +314,9 @@ class Transformer(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
+        # Residual dropout while training (a training setting, not part of the shape): what keeps a
+        # model that makes many passes over a small book from memorising it.
+        self.dropout = 0.0
         self.model = Backbone(cfg)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
@@ -358,8 +363,11 @@ class Transformer(nn.Module):
             attn_mask = torch.ones(T, start + T, dtype=torch.bool, device=idx.device).tril(diagonal=start)
         backbone = self.model
         x = F.embedding(idx, backbone.embed_tokens.weight if dw is None else dw.embed)
+        dropout = self.dropout if self.training and cache is None else 0.0
+        if dropout:
+            x = F.dropout(x, dropout)
         for i, layer in enumerate(backbone.layers):
-            x = layer.forward(x, cos, sin, cache, i, attn_mask)
+            x = layer.forward(x, cos, sin, cache, i, attn_mask, dropout)
         if cache is None:
             logits = F.linear(backbone.norm.forward(x), self.lm_head.weight)
         else:

@@ -15,7 +15,6 @@ measurements, as information.
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 from pathlib import Path
 
 from . import autosize, store
@@ -23,13 +22,12 @@ from . import books as books_mod
 from .errors import UserError
 from .model import ModelConfig, count_parameters, estimate_training_memory, training_flops_per_token
 from .settings import TRAIN
+from .tokenizer import BYTES_PER_VOCAB_ENTRY
 
 # The settings a recipe holds, as TrainConfig names them (the time budget travels as minutes).
-SETTINGS = ("batch_size", "seq_len", "learning_rate", "warmup_iters", "min_lr_ratio", "beta2", "weight_decay")
+SETTINGS = ("batch_size", "seq_len", "learning_rate", "warmup_iters", "min_lr_ratio", "beta2", "weight_decay", "dropout")
 # Past these a shape is the wrong size for the books and the time (see ``warnings``).
 FEW_EPOCHS, MANY_EPOCHS = 0.3, 200.0
-# A BPE vocabulary wants a few hundred bytes of text per token to learn its merges from.
-BYTES_PER_VOCAB_ENTRY = 200
 # Fewer steps than this in the time: the run ends before it has learned anything worth reading.
 FEW_STEPS = 20
 # The fields of a shape a fix may set.
@@ -68,20 +66,19 @@ def make_plan(home: Path, books: list[str], minutes: float, threads: int | None 
     TRAIN["minutes"].check(minutes)
     size = books_bytes(home, books)
     measured = autosize.machine_speed(home, _threads(threads))
-    # the speed training will get: fp32 (no bf16 on the CPU), whatever bf16 measured
-    speed = replace(measured, bf16_gflops=min(measured.bf16_gflops, measured.fp32_gflops))
-    return autosize.plan(size, minutes, speed, memory_bytes=_memory()), measured, size
+    # training runs at the precision the probe found faster here (autosize.training_precision)
+    return autosize.plan(size, minutes, measured, memory_bytes=_memory()), measured, size
 
 
 def training_speed(home: Path, cfg: ModelConfig, threads: int | None = None) -> dict:
     """How fast this machine should train ``cfg``, for times shown before a run has measured its
     own (POST /api/models/estimate: the Create page's times, the Training page's estimate). From
-    the cached probe (the first call on a machine measures it, a few seconds), at fp32 like
-    ``make_plan`` and at the share of it a whole step reaches; a step of ``n`` tokens takes
+    the cached probe (the first call on a machine measures it, a few seconds), at the precision
+    training will use here, like ``make_plan``, and at the share of it a whole run reaches; a step of ``n`` tokens takes
     ``n * seconds_per_token + step_overhead_s`` seconds."""
     measured = autosize.machine_speed(home, _threads(threads))
-    rate = measured.fp32_gflops * 1e9 * autosize.STEP_EFFICIENCY
-    return {"gflops": measured.fp32_gflops, "threads": measured.threads,
+    rate = measured.gflops * 1e9 * autosize.STEP_EFFICIENCY
+    return {"gflops": measured.gflops, "threads": measured.threads,
             "seconds_per_token": training_flops_per_token(cfg) / rate, "step_overhead_s": STEP_OVERHEAD_S}
 
 
@@ -190,7 +187,7 @@ def answer(home: Path, books: list[str], minutes: float, threads: int | None = N
         except UserError:
             pass  # the estimate endpoint says what is wrong with the shape itself
         else:
-            problems = warnings(shape, size, minutes, replace(measured, bf16_gflops=0.0), p, batch_size, _memory())
+            problems = warnings(shape, size, minutes, measured, p, batch_size, _memory())
     return {"model": p.model.to_dict(), "plan": p.to_dict(), "recipe": describe(p, minutes, size, threads, measured),
             "warnings": [e.render(lang) for e, _ in problems],
             "problems": [{**e.to_dict(lang), "fix": fix} for e, fix in problems]}

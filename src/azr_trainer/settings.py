@@ -183,10 +183,14 @@ TRAIN = Group(
     Setting("min_lr_ratio", float, 0.1, min=0, max=1, studio=True),
     Setting("beta2", float, 0.95, min=0, max=1, min_open=True, max_open=True, studio=True),
     Setting("weight_decay", float, 0.1, min=0, max=10, studio=True),
+    Setting("dropout", float, 0.0, min=0, max=0.9, studio=True),
     Setting("val_fraction", float, 0.1, min=0, max=0.5),
     _DEVICE,
     _s(_THREADS, studio=True),
     Setting("compile", str, "auto", choices=("auto", "on", "off")),
+    # The matmuls' type while training: auto is bf16 on a GPU that has it, and on a CPU only
+    # where the machine's probe measured it clearly faster (most CPUs run bf16 slower).
+    Setting("precision", str, "auto", choices=("auto", "fp32", "bf16")),
     _SEED,
     Setting("log_every", int, 10, min=1, unit="steps"),
     _RESUME,

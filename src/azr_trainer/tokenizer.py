@@ -138,9 +138,13 @@ def train_tokenizer(kind: str, texts: Iterable[str], vocab_size: int) -> Tokeniz
     raise UserError("tokenizer.unknown", value=kind, options=["bpe", "char"])
 
 
+# A BPE vocabulary entry wants about this many bytes of training text to learn its merge from.
+BYTES_PER_VOCAB_ENTRY = 200
+
+
 def vocab_size_warning(kind: str, vocab_size: int, train_bytes: int) -> Notice | None:
     """BPE with too many merges for too little text learns whole rare words and overfits."""
-    if kind == "bpe" and vocab_size > 256 and train_bytes < vocab_size * 200:
-        suggested = max(260, min(vocab_size, train_bytes // 400))
+    if kind == "bpe" and vocab_size > 256 and train_bytes < vocab_size * BYTES_PER_VOCAB_ENTRY:
+        suggested = max(260, min(vocab_size, train_bytes // (2 * BYTES_PER_VOCAB_ENTRY)))
         return Notice("tokenizer.vocab_large", vocab_size=vocab_size, bytes=train_bytes, suggested=suggested)
     return None

@@ -10,6 +10,7 @@ with self-play and reasoning; this module supplies the step, the eval and the ch
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -20,6 +21,7 @@ from pathlib import Path
 import torch
 
 from . import catalogue, decode, layout, store
+from .autosize import training_precision
 from .checkpoint import atomic_torch_save, checkpoint_dir, init_checkpoint, list_step_checkpoints, safe_load, \
     save_step
 from .data import BatchSampler, prepare_data, validation_windows
@@ -52,6 +54,7 @@ class TrainConfig:
     warmup_iters: int | None = TRAIN.default("warmup_iters")  # default: 5% of max_iterations, at most 200
     min_lr_ratio: float = TRAIN.default("min_lr_ratio")
     weight_decay: float = TRAIN.default("weight_decay")
+    dropout: float = TRAIN.default("dropout")
     beta2: float = TRAIN.default("beta2")
     grad_clip: float = 1.0
     grad_accum: int = TRAIN.default("grad_accum")
@@ -60,6 +63,7 @@ class TrainConfig:
     device: str = TRAIN.default("device")
     threads: int | None = TRAIN.default("threads")
     compile: str = TRAIN.default("compile")  # auto (CUDA only), on, off
+    precision: str = TRAIN.default("precision")  # auto: autosize.training_precision
     sample_every: int | None = None  # default: eval_every
     sample_prompts: list[str] | None = None  # default: a newline and the opening words of the first book
     sample_length: int = 48
@@ -267,6 +271,7 @@ class _Pretraining(Job):
         if resume_obj is None and init_checkpoint(mdir).exists():
             model.load_state_dict(safe_load(init_checkpoint(mdir))["state_dict"])  # imported: start from its weights
         self.model = model = model.to(device)
+        model.dropout = cfg.dropout
         self.optimizer = make_optimizer(model, cfg.learning_rate, cfg.weight_decay, cfg.beta2, device)
         self.sampler = BatchSampler(data.train, seq_len, cfg.batch_size, cfg.seed)
         self.tokens_seen, self.best_bpb, self.best_step = 0, None, None
@@ -291,8 +296,11 @@ class _Pretraining(Job):
         self.eval_every, self.save_every, self.log_every = cfg.eval_every, cfg.save_every, cfg.log_every
         self.sample_every = cfg.sample_every if cfg.sample_every and cfg.sample_every != cfg.eval_every else None
 
-        use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        self.precision = training_precision(cfg.precision, device, home, self.threads)
+        use_bf16 = self.precision == "bf16"
         self.autocast = lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16)
+        # On a CPU the evaluations stay fp32: one exact yardstick whatever the training precision.
+        self.eval_autocast = self.autocast if device.type == "cuda" else contextlib.nullcontext
         compiled = model
         if dist.world > 1:
             from torch.nn.parallel import DistributedDataParallel
@@ -311,6 +319,7 @@ class _Pretraining(Job):
     def start_fields(self) -> dict:
         cfg, data = self.cfg, self.data
         return dict(max_iterations=cfg.max_iterations, device=str(self.device), threads=self.threads,
+                    precision=self.precision,
                     processes=self.dist.world, parameters=self.model.num_parameters(),
                     train_tokens=int(len(data.train)), val_tokens=int(len(data.val)), val_bytes=data.val_bytes,
                     tokenizer_vocab=self.tokenizer.vocab_size, config=self.mcfg.to_dict(), train_config=asdict(cfg),
@@ -354,7 +363,7 @@ class _Pretraining(Job):
     def evaluate(self, full: bool) -> dict:
         if not self.dist.is_main:
             return {}
-        res = evaluate(self.model, self.data.val, self.data.val_bytes, self.seq_len, self.device, self.autocast,
+        res = evaluate(self.model, self.data.val, self.data.val_bytes, self.seq_len, self.device, self.eval_autocast,
                        None if full else self.cfg.eval_windows)
         if res and self.milestones is not None and self.milestones.xz_bpb is not None:
             res["xz_bpb"] = round(self.milestones.xz_bpb, 4)

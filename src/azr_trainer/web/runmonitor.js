@@ -223,6 +223,8 @@ function renderStats() {
   $("st-bpb").textContent = le && Number.isFinite(le.val_bpb) ? fmtFixed(le.val_bpb, 3) : t("common.none");
   const best = rs.bestBpb ?? (run && run.best_val_bpb);
   $("st-bpb-best").textContent = Number.isFinite(best) ? t("monitor.stat.best", { value: fmtFixed(best, 3) }) : "";
+  const words = rs.realWords ?? (run && run.real_words);
+  $("st-real-words").textContent = Number.isFinite(words) ? fmtPercent(words, 0) : t("common.none");
   $("st-lr").textContent = ls ? fmtSci(ls.lr) : t("common.none");
   $("st-tps").textContent = ls ? fmtInt(ls.tokens_per_s) : t("common.none");
   $("st-tokens").textContent = rs.tokensSeen != null ? fmtCompact(rs.tokensSeen) : t("common.none");
