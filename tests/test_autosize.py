@@ -81,7 +81,7 @@ def test_the_plan_never_draws_the_tokenizers_own_warning(book_bytes):
 def test_many_passes_over_a_small_book_get_dropout_and_large_books_none():
     small = autosize.plan(225_000, 10, FAST_CPU)   # a short novel: read many times in ten minutes
     large = autosize.plan(100_000_000, 10, SLOW_CPU)  # far more text than the time can read once
-    assert small.epochs > autosize.FREE_EPOCHS and small.dropout > 0
+    assert small.epochs > autosize.DROPOUT_BY_EPOCHS[0][0] and small.dropout > 0
     assert large.epochs < 1 and large.dropout == 0
     assert small.train_settings()["dropout"] == small.dropout
     rates = [autosize.dropout_for(e) for e in (0.5, 2, 4, 16, 40, 400)]
