@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from azr_trainer.books import split_train_val
 from azr_trainer import autosize, recipe, store
 from azr_trainer.server import create_app
 
@@ -59,8 +60,12 @@ def test_cli_creates_an_auto_sized_model_and_trains_it_with_its_recipe(tmp_path)
 
     # No settings given: the recipe's, and its minutes (the time schedule).
     summary = json.loads(azr(home, "train", "m", "--books", "play", "--json").stdout)
-    cfg = started(Path(summary["events"]))["train_config"]
+    start = started(Path(summary["events"]))
+    cfg = start["train_config"]
     assert {k: cfg[k] for k in recipe.SETTINGS} == {k: plan[k] for k in recipe.SETTINGS}
+    # the plan's tokenizer fits the book exactly: no warning about its vocabulary in the log
+    assert plan["model"]["tokenizer"] == "char" and start["warnings"] == [] and \
+        start["tokenizer_vocab"] == plan["model"]["vocab_size"]
     assert cfg["schedule"] == "time" and cfg["max_time"] == pytest.approx(3.0) and cfg["threads"] == 1
     # A setting given wins over the recipe; the rest still come from it.
     summary = json.loads(azr(home, "train", "m", "--books", "play", "--minutes", "0.03", "--learning-rate", "1e-3",
@@ -104,6 +109,10 @@ def test_the_plan_endpoint_and_a_model_made_from_it(client):
     assert r.status_code == 200, r.text
     answer = r.json()
     expected = autosize.plan(len(make_text().encode()), 10, SLOW_CPU)
+    # a book this small gets the character tokenizer, sized to exactly the characters it uses
+    train_part = split_train_val(make_text())[0]
+    assert expected.model.tokenizer == "char"
+    expected.model.vocab_size = 1 + 256 + len(set(train_part))
     assert answer["model"] == expected.model.to_dict() and answer["warnings"] == []
     assert answer["recipe"]["settings"]["learning_rate"] == expected.learning_rate
     assert answer["recipe"]["expected"]["epochs"] == expected.epochs

@@ -67,7 +67,21 @@ def make_plan(home: Path, books: list[str], minutes: float, threads: int | None 
     size = books_bytes(home, books)
     measured = autosize.machine_speed(home, _threads(threads))
     # training runs at the precision the probe found faster here (autosize.training_precision)
-    return autosize.plan(size, minutes, measured, memory_bytes=_memory()), measured, size
+    p = autosize.plan(size, minutes, measured, memory_bytes=_memory())
+    if p.model.tokenizer == "char":  # small books: exactly the characters they use, no row left unused
+        p.model.vocab_size = min(p.model.vocab_size, char_vocabulary(home, books))
+        p.parameters = count_parameters(p.model)
+    return p, measured, size
+
+
+def char_vocabulary(home: Path, books: list[str]) -> int:
+    """The size of the character tokenizer trained on these books' training parts: the end-of-text
+    token, each character they use, and the 256 byte tokens that spell any other."""
+    used: set[str] = set()
+    for name in books:
+        if name and name.strip():
+            used.update(books_mod.split_train_val(books_mod.read_book_text(home, name.strip()))[0])
+    return 1 + 256 + len(used)
 
 
 def training_speed(home: Path, cfg: ModelConfig, threads: int | None = None) -> dict:
