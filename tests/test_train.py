@@ -88,6 +88,42 @@ def test_bf16_training_on_the_cpu_learns_and_evaluates_in_fp32(home, book):
     assert again["val_bpb"] == pytest.approx(final["val_bpb"], rel=1e-5)
 
 
+def test_patience_ends_a_run_that_only_gets_worse_and_keeps_its_best_model(home, book, monkeypatch):
+    # The held-out figures a small book gives once it is being learned by heart: better, then
+    # worse and worse (scripted here on top of the real evaluation, so the test does not depend
+    # on how fast a tiny model overfits).
+    import azr_trainer.train as train_mod
+    real, script = train_mod.evaluate, iter([3.0, 2.5, 2.0, 2.05, 2.3, 2.4, 2.5, 2.6] + [2.7] * 100)
+
+    def scripted(*args, **kwargs):
+        res = real(*args, **kwargs)
+        return {**res, "val_bpb": next(script)} if res else res
+
+    monkeypatch.setattr(train_mod, "evaluate", scripted)
+    make_model(home, "p")
+    c = dict(max_iterations=400, eval_every=20, save_every=10**6)
+    patient = train(home, "p", cfg(book, patience=3, **c), log=lambda m: None)
+    events = list(iter_events(patient["events"]))
+    end = [e for e in events if e["type"] == "status"][-1]
+    evals = [e for e in events if e["type"] == "eval"]
+    # 3.0, 2.5, 2.0 (the best), then 2.05, 2.3, 2.4: three in a row clearly worse (> 1%) than the
+    # best; the run stops at the step after the third
+    periodic = evals[:-1]  # the last is the final evaluation after the stop
+    best = min(periodic, key=lambda e: e["val_bpb"])
+    after = [e for e in periodic if e["step"] > best["step"]]
+    assert patient["status"] == "stopped" and end["code"] == "run.learned_enough", end
+    assert best["val_bpb"] == 2.0 and [e["val_bpb"] for e in after] == [2.05, 2.3, 2.4]
+    assert patient["step"] == after[-1]["step"] + 1 < 400
+    assert end["params"]["best_step"] == best["step"] and end["params"]["best_bpb"] == 2.0
+    assert evals[-1]["full"]  # the whole split is evaluated at the end, as for any finished run
+    assert safe_load(layout.best_checkpoint(layout.model_dir(home, "p")))["step"] == best["step"]
+    # without patience the same figures do not stop the run
+    script = iter([3.0, 2.5, 2.0, 2.05, 2.3, 2.4, 2.5, 2.6] + [2.7] * 100)
+    make_model(home, "q")
+    straight = train(home, "q", cfg(book, **c), log=lambda m: None)
+    assert straight["status"] == "completed" and straight["step"] == 400
+
+
 def test_val_bpb_is_total_bits_over_validation_bytes(home, book):
     make_model(home)
     train(home, "m", cfg(book, max_iterations=5, sample_prompts=[]), log=lambda m: None)

@@ -56,6 +56,9 @@ MAX_PARAMS_PER_BOOK_TOKEN = 24.0
 # 0.2 → 1.51, 0.3 → 1.66; on Tiny Shakespeare at 2.5 passes 0.1 cost 0.04 bpb against none
 # (BENCHMARKS.md, "Small books").
 DROPOUT_BY_EPOCHS = ((4.0, 0.0), (8.0, 0.1), (math.inf, 0.2))
+# A planned run ends by itself after this many evaluations in a row clearly worse than its best
+# (about a third of the budget at one evaluation per tenth): what remains would only overfit.
+PATIENCE = 3
 HEAD_DIM = 32
 MIN_LAYERS, MAX_LAYERS = 2, 16
 SPEED_FILE = layout.SPEED_FILE
@@ -95,6 +98,7 @@ class Plan:
     beta2: float
     weight_decay: float
     dropout: float
+    patience: int
     max_time: float
     precision: str
     expected_tokens_per_s: float
@@ -106,7 +110,8 @@ class Plan:
         """The training settings of this plan, as TrainConfig takes them."""
         return {"batch_size": self.batch_size, "seq_len": self.seq_len, "learning_rate": self.learning_rate,
                 "warmup_iters": self.warmup_iters, "min_lr_ratio": self.min_lr_ratio, "beta2": self.beta2,
-                "weight_decay": self.weight_decay, "dropout": self.dropout, "max_time": self.max_time,
+                "weight_decay": self.weight_decay, "dropout": self.dropout, "patience": self.patience,
+                "max_time": self.max_time,
                 "schedule": "time"}
 
     def to_dict(self) -> dict:
@@ -280,6 +285,7 @@ def plan(book_bytes: int, minutes: float, speed: MachineSpeed, memory_bytes: int
     cfg.validate()
     return Plan(model=cfg, batch_size=batch, seq_len=seq_len, learning_rate=round(lr, 6), warmup_iters=warmup,
                 min_lr_ratio=0.05, beta2=0.99, weight_decay=0.1, dropout=dropout_for(tokens / book_tokens),
+                patience=PATIENCE,
                 max_time=seconds, precision=speed.precision,
                 expected_tokens_per_s=round(tokens / seconds, 1), expected_tokens=round(tokens),
                 epochs=round(tokens / book_tokens, 2), parameters=count_parameters(cfg))

@@ -25,7 +25,7 @@ from .settings import TRAIN
 from .tokenizer import BYTES_PER_VOCAB_ENTRY
 
 # The settings a recipe holds, as TrainConfig names them (the time budget travels as minutes).
-SETTINGS = ("batch_size", "seq_len", "learning_rate", "warmup_iters", "min_lr_ratio", "beta2", "weight_decay", "dropout")
+SETTINGS = ("batch_size", "seq_len", "learning_rate", "warmup_iters", "min_lr_ratio", "beta2", "weight_decay", "dropout", "patience")
 # Past these a shape is the wrong size for the books and the time (see ``warnings``).
 FEW_EPOCHS, MANY_EPOCHS = 0.3, 200.0
 # Fewer steps than this in the time: the run ends before it has learned anything worth reading.

@@ -68,7 +68,8 @@ class StepStopped(Exception):
     work and gave up the step: the run ends as the stop asks, at the last whole step."""
 
 
-def stop_status(reason: str | None, out_of_time: bool, max_time: float | None, step: int) -> tuple[str, str, str, dict]:
+def stop_status(reason: str | None, out_of_time: bool, max_time: float | None, step: int,
+                learned: dict | None = None) -> tuple[str, str, str, dict]:
     """(state, English message, code, params) of a run that stops early. The messages are the
     ones earlier readers of events.jsonl parse (the studio's run table reads "stopped by …")."""
     if reason == "cancel":
@@ -81,6 +82,8 @@ def stop_status(reason: str | None, out_of_time: bool, max_time: float | None, s
         return "interrupted", f"stopped by {reason}", "run.interrupted", {"step": step, "reason": reason}
     if out_of_time:
         return "stopped", f"max_time {max_time:g} s reached", "run.time_up", {"step": step, "seconds": max_time}
+    if learned:
+        return "stopped", "validation stopped improving", "run.learned_enough", {"step": step, **learned}
     return "interrupted", "another training process stopped", "run.other_process", {"step": step}
 
 
@@ -246,6 +249,10 @@ class Job:
     def train_step(self) -> None:
         raise NotImplementedError
 
+    # Set by an evaluation when the held-out loss has stopped improving (the patience setting):
+    # {"best_step", "best_bpb"}; the loop then ends the run as "stopped", its best model kept.
+    learned_enough: dict | None = None
+
     def sync(self, stop_now: bool) -> bool:
         """After each step: agree across processes (DDP) whether to stop, check the loss."""
         return stop_now
@@ -305,7 +312,7 @@ def run_loop(job: Job, stop: StopRequested, *, kind: str | None = None) -> dict:
             out_of_time = job.max_time is not None and now - t_start >= job.max_time
             why = stop.check()
             # every process must stop at the same step (DDP), or the others wait forever
-            stop_now = job.sync(out_of_time or bool(why))
+            stop_now = job.sync(out_of_time or bool(why) or bool(job.learned_enough))
             last = job.max_iterations is not None and job.step >= job.max_iterations
             if job.step % job.log_every == 0 or last or now - t_log >= 1.0:
                 elapsed = now - t_start
@@ -318,7 +325,8 @@ def run_loop(job: Job, stop: StopRequested, *, kind: str | None = None) -> dict:
                             elapsed=job.elapsed_before + elapsed, eta=eta, **job.step_fields(now))
                 t_log = now
             if stop_now:
-                status, message, code, params = stop_status(why, out_of_time, job.max_time, job.step)
+                status, message, code, params = stop_status(why, out_of_time, job.max_time, job.step,
+                                                            job.learned_enough)
                 break
             if last:
                 break

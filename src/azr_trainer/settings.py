@@ -184,6 +184,9 @@ TRAIN = Group(
     Setting("beta2", float, 0.95, min=0, max=1, min_open=True, max_open=True, studio=True),
     Setting("weight_decay", float, 0.1, min=0, max=10, studio=True),
     Setting("dropout", float, 0.0, min=0, max=0.9, studio=True),
+    # Evaluations in a row clearly worse than the best before the run ends by itself (0: never).
+    # Every auto-sized model's recipe sets 3: past that, a small book is being learned by heart.
+    Setting("patience", int, 0, min=0, max=1000, unit="evaluations", studio=True),
     Setting("val_fraction", float, 0.1, min=0, max=0.5),
     _DEVICE,
     _s(_THREADS, studio=True),

@@ -36,6 +36,10 @@ from .runloop import Job, StopRequested, TrainingLock, _pid_alive, check_finite,
 from .sample import generate
 from .settings import TRAIN
 
+# An evaluation counts against the patience only when clearly worse than the best (the periodic
+# evaluations use a fixed subset, which wobbles by about this much).
+PATIENCE_MARGIN = 0.01
+
 _REEXPORTED = (StopRequested, TrainingLock, _pid_alive)  # the CLI, jobs and export import them from here
 
 
@@ -55,6 +59,7 @@ class TrainConfig:
     min_lr_ratio: float = TRAIN.default("min_lr_ratio")
     weight_decay: float = TRAIN.default("weight_decay")
     dropout: float = TRAIN.default("dropout")
+    patience: int = TRAIN.default("patience")
     beta2: float = TRAIN.default("beta2")
     grad_clip: float = 1.0
     grad_accum: int = TRAIN.default("grad_accum")
@@ -274,7 +279,7 @@ class _Pretraining(Job):
         model.dropout = cfg.dropout
         self.optimizer = make_optimizer(model, cfg.learning_rate, cfg.weight_decay, cfg.beta2, device)
         self.sampler = BatchSampler(data.train, seq_len, cfg.batch_size, cfg.seed)
-        self.tokens_seen, self.best_bpb, self.best_step = 0, None, None
+        self.tokens_seen, self.best_bpb, self.best_step, self.worse_evals = 0, None, None, 0
         self.run_id = run_id or new_run_id("run", unique=False)
         if resume_obj is not None:
             model.load_state_dict(resume_obj["state_dict"])
@@ -371,7 +376,21 @@ class _Pretraining(Job):
         if res:
             self.events.emit("eval", step=self.step, **res)
             self._keep_if_best(res.get("val_bpb"))
+            self._check_patience(res.get("val_bpb"))
         return res
+
+    def _check_patience(self, bpb: float | None) -> None:
+        """End the run once ``patience`` evaluations in a row were clearly worse than the best: a
+        small book is learned by heart within minutes, and the rest of the budget would only make
+        the model worse (its best is kept in best.pt as it is found)."""
+        if not self.cfg.patience or bpb is None or self.best_bpb is None or self.step == 0:
+            return
+        if bpb <= self.best_bpb * (1 + PATIENCE_MARGIN):
+            self.worse_evals = 0
+            return
+        self.worse_evals += 1
+        if self.worse_evals >= self.cfg.patience:
+            self.learned_enough = {"best_step": self.best_step, "best_bpb": round(self.best_bpb, 4)}
 
     def _keep_if_best(self, bpb: float | None) -> None:
         """The best model so far is kept the moment an evaluation finds it, not only at the save

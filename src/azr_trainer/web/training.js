@@ -28,7 +28,7 @@ const MODES = ["train", "selfplay", "reason"];
 // Training: the time first (the studio starts from ten minutes), the steps optional.
 const TRAIN_FIELDS = ["minutes", "max_iterations", "batch_size", "learning_rate", "save_every", "eval_every"];
 // Under "Advanced": empty unless typed in, so the model's plan (or the default) applies.
-const ADVANCED_FIELDS = ["seq_len", "warmup_iters", "min_lr_ratio", "beta2", "weight_decay", "dropout"];
+const ADVANCED_FIELDS = ["seq_len", "warmup_iters", "min_lr_ratio", "beta2", "weight_decay", "dropout", "patience"];
 const SELFPLAY_FIELDS = ["reward", "max_iterations", "group_size", "temperature", "kl_weight", "lm_weight", "minutes"];
 const REASON_FIELDS = ["mode", "max_iterations", "batch_size", "n_samples", "temperature", "learning_rate", "minutes"];
 const MODE_PREFIX = { train: "train", selfplay: "train.sp", reason: "train.rs" };
