@@ -29,7 +29,7 @@ import os
 import platform
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 
@@ -160,6 +160,12 @@ def measure_speed(threads: int, seconds: float = 1.0) -> MachineSpeed:
                             bf16_gflops=round(_probe_rate(torch.bfloat16, seconds), 2))
     finally:
         torch.set_num_threads(previous)
+
+
+def as_trained(speed: MachineSpeed, precision: str) -> MachineSpeed:
+    """The machine's speed at the precision training will use: bf16's figure only counts when
+    training runs in bf16 (``AZR_TRAIN_PRECISION=fp32`` plans and estimates at fp32)."""
+    return speed if precision == "bf16" else replace(speed, bf16_gflops=0.0)
 
 
 def training_precision(setting: str, device: torch.device, home, threads: int | None) -> str:

@@ -65,13 +65,19 @@ def make_plan(home: Path, books: list[str], minutes: float, threads: int | None 
     """(plan, speed, book_bytes) for these books and minutes on this machine."""
     TRAIN["minutes"].check(minutes)
     size = books_bytes(home, books)
-    measured = autosize.machine_speed(home, _threads(threads))
-    # training runs at the precision the probe found faster here (autosize.training_precision)
+    measured = _as_trained(home, autosize.machine_speed(home, _threads(threads)))
     p = autosize.plan(size, minutes, measured, memory_bytes=_memory())
     if p.model.tokenizer == "char":  # small books: exactly the characters they use, no row left unused
         p.model.vocab_size = min(p.model.vocab_size, char_vocabulary(home, books))
         p.parameters = count_parameters(p.model)
     return p, measured, size
+
+
+def _as_trained(home: Path, measured: autosize.MachineSpeed) -> autosize.MachineSpeed:
+    """The probe's figures at the precision a CPU training run will use here."""
+    import torch
+    precision = autosize.training_precision("auto", torch.device("cpu"), home, measured.threads)
+    return autosize.as_trained(measured, precision)
 
 
 def char_vocabulary(home: Path, books: list[str]) -> int:
@@ -90,7 +96,7 @@ def training_speed(home: Path, cfg: ModelConfig, threads: int | None = None) -> 
     the cached probe (the first call on a machine measures it, a few seconds), at the precision
     training will use here, like ``make_plan``, and at the share of it a whole run reaches; a step of ``n`` tokens takes
     ``n * seconds_per_token + step_overhead_s`` seconds."""
-    measured = autosize.machine_speed(home, _threads(threads))
+    measured = _as_trained(home, autosize.machine_speed(home, _threads(threads)))
     rate = measured.gflops * 1e9 * autosize.STEP_EFFICIENCY
     return {"gflops": measured.gflops, "threads": measured.threads,
             "seconds_per_token": training_flops_per_token(cfg) / rate, "step_overhead_s": STEP_OVERHEAD_S}
