@@ -104,3 +104,11 @@ def test_training_precision_follows_the_setting_then_the_probe(tmp_path, monkeyp
 def test_the_probe_times_a_training_step_in_both_precisions():
     speed = autosize.measure_speed(1, seconds=0.05)
     assert speed.fp32_gflops > 0 and speed.bf16_gflops > 0 and speed.precision in ("fp32", "bf16")
+
+
+def test_plans_count_bf16_speed_only_when_training_runs_in_bf16():
+    assert autosize.as_trained(FAST_CPU, "bf16").gflops == FAST_CPU.bf16_gflops
+    assert autosize.as_trained(FAST_CPU, "fp32").gflops == FAST_CPU.fp32_gflops
+    # the same book and minutes buy a larger model where training runs faster
+    assert autosize.plan(50_000_000, 30, autosize.as_trained(FAST_CPU, "bf16")).parameters > \
+        autosize.plan(50_000_000, 30, autosize.as_trained(FAST_CPU, "fp32")).parameters
