@@ -124,6 +124,26 @@ def test_patience_ends_a_run_that_only_gets_worse_and_keeps_its_best_model(home,
     assert straight["status"] == "completed" and straight["step"] == 400
 
 
+def test_patience_counts_on_across_an_interruption(home, book, monkeypatch):
+    import azr_trainer.train as train_mod
+    real, script = train_mod.evaluate, iter([3.0, 2.5, 2.0, 2.05, 2.3, 2.4] + [2.7] * 100)
+
+    def scripted(*args, **kwargs):
+        res = real(*args, **kwargs)
+        return {**res, "val_bpb": next(script)} if res else res
+
+    monkeypatch.setattr(train_mod, "evaluate", scripted)
+    make_model(home, "p")
+    c = dict(max_iterations=400, eval_every=20, save_every=10**6, patience=3)
+    first = train(home, "p", cfg(book, **c), stop=StopAt(90), log=lambda m: None)  # after 2.0 (best), 2.05
+    assert first["status"] == "interrupted" and first["step"] == 90
+    resumed = train(home, "p", cfg(book, resume=True, **c), log=lambda m: None)
+    end = [e for e in iter_events(resumed["events"]) if e["type"] == "status"][-1]
+    # two more worse evaluations after the resume make three: the best step is the one before it
+    assert resumed["status"] == "stopped" and end["code"] == "run.learned_enough", end
+    assert end["params"]["best_step"] == 60 and resumed["step"] == 121
+
+
 def test_val_bpb_is_total_bits_over_validation_bytes(home, book):
     make_model(home)
     train(home, "m", cfg(book, max_iterations=5, sample_prompts=[]), log=lambda m: None)

@@ -289,6 +289,8 @@ class _Pretraining(Job):
             self.step = self.resumed_at = resume_obj["step"]
             self.tokens_seen = self.tokens_before = resume_obj["tokens_seen"]
             self.best_bpb, self.elapsed_before = resume_obj.get("best_val_bpb"), resume_obj.get("elapsed", 0.0)
+            # the patience goes on counting where it was (runs saved before it start again from 0)
+            self.best_step, self.worse_evals = resume_obj.get("best_step"), resume_obj.get("worse_evals", 0)
             self.run_id = run_id or resume_obj["run_id"]
             self.resuming = True
             if self.milestones is not None:  # each milestone is announced once per run, not once per worker
@@ -408,6 +410,7 @@ class _Pretraining(Job):
         return checkpoint_obj(self, self.model, self.mcfg, self.tokenizer, self.optimizer, self.run_id,
                               {"model": self.name, "books": cfg.books, "kind": kind, "val_bpb": bpb},
                               tokens_seen=self.tokens_seen, train_config=asdict(cfg), best_val_bpb=self.best_bpb,
+                              best_step=self.best_step, worse_evals=self.worse_evals,
                               rng={"torch": torch.get_rng_state(), "data": self.sampler.state()},
                               milestones_passed=sorted(self.milestones.passed) if self.milestones else [])
 
