@@ -86,7 +86,7 @@ def main() -> int:
               "final_real_words": final, "final_val_bpb": summary["val_bpb"], "steps": summary["step"],
               "plan": {"parameters": plan.parameters, "layers": plan.model.num_layers, "d_model": plan.model.d_model,
                        "vocab_size": plan.model.vocab_size, "tokenizer": plan.model.tokenizer,
-                       "epochs": plan.epochs, "dropout": getattr(plan, "dropout", None)},
+                       "epochs": plan.epochs, "dropout": plan.dropout},
               "evals": by_step, "last_samples": (samples.get(by_step[-1]["step"]) if by_step else [])[:3]}
     print(json.dumps(result, indent=2, ensure_ascii=False) if args.json else
           "  ".join(f"{m['minutes']:g} min: {100 * m['real_words']:.0f}% real words"

@@ -34,9 +34,9 @@ from dataclasses import asdict, dataclass, replace
 import torch
 
 from . import layout, osdeps
+from .model import ModelConfig, Transformer, count_parameters, estimate_training_memory, training_flops_per_token
 from .settings import TRAIN
 from .tokenizer import BYTES_PER_VOCAB_ENTRY
-from .model import ModelConfig, Transformer, count_parameters, estimate_training_memory, training_flops_per_token
 
 # The anchor: P1's best shape and the tokens 190 s bought on one quiet core.
 ANCHOR_TOKENS = 1.2e6
@@ -111,8 +111,7 @@ class Plan:
         return {"batch_size": self.batch_size, "seq_len": self.seq_len, "learning_rate": self.learning_rate,
                 "warmup_iters": self.warmup_iters, "min_lr_ratio": self.min_lr_ratio, "beta2": self.beta2,
                 "weight_decay": self.weight_decay, "dropout": self.dropout, "patience": self.patience,
-                "max_time": self.max_time,
-                "schedule": "time"}
+                "max_time": self.max_time, "schedule": "time"}
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -178,10 +177,18 @@ def training_precision(setting: str, device: torch.device, home, threads: int | 
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
     if device.type != "cpu":
         return "fp32"
+    forced = _forced_precision()
+    return forced or machine_speed(home, threads or torch.get_num_threads()).precision
+
+
+def cpu_precision(speed: MachineSpeed) -> str:
+    """What "auto" trains in on a CPU of this measured ``speed`` (``AZR_TRAIN_PRECISION`` first)."""
+    return _forced_precision() or speed.precision
+
+
+def _forced_precision() -> str | None:
     forced = os.environ.get(PRECISION_ENV, "").strip().lower()
-    if forced in ("fp32", "bf16"):
-        return forced
-    return machine_speed(home, threads or torch.get_num_threads()).precision
+    return forced if forced in ("fp32", "bf16") else None
 
 
 def _machine_key(threads: int) -> str:
@@ -291,7 +298,6 @@ def plan(book_bytes: int, minutes: float, speed: MachineSpeed, memory_bytes: int
     cfg.validate()
     return Plan(model=cfg, batch_size=batch, seq_len=seq_len, learning_rate=round(lr, 6), warmup_iters=warmup,
                 min_lr_ratio=0.05, beta2=0.99, weight_decay=0.1, dropout=dropout_for(tokens / book_tokens),
-                patience=PATIENCE,
-                max_time=seconds, precision=speed.precision,
+                patience=PATIENCE, max_time=seconds, precision=speed.precision,
                 expected_tokens_per_s=round(tokens / seconds, 1), expected_tokens=round(tokens),
                 epochs=round(tokens / book_tokens, 2), parameters=count_parameters(cfg))

@@ -22,10 +22,11 @@ from . import books as books_mod
 from .errors import UserError
 from .model import ModelConfig, count_parameters, estimate_training_memory, training_flops_per_token
 from .settings import TRAIN
-from .tokenizer import BYTES_PER_VOCAB_ENTRY
+from .tokenizer import BYTES_PER_VOCAB_ENTRY, train_char
 
 # The settings a recipe holds, as TrainConfig names them (the time budget travels as minutes).
-SETTINGS = ("batch_size", "seq_len", "learning_rate", "warmup_iters", "min_lr_ratio", "beta2", "weight_decay", "dropout", "patience")
+SETTINGS = ("batch_size", "seq_len", "learning_rate", "warmup_iters", "min_lr_ratio", "beta2", "weight_decay",
+            "dropout", "patience")
 # Past these a shape is the wrong size for the books and the time (see ``warnings``).
 FEW_EPOCHS, MANY_EPOCHS = 0.3, 200.0
 # Fewer steps than this in the time: the run ends before it has learned anything worth reading.
@@ -65,38 +66,34 @@ def make_plan(home: Path, books: list[str], minutes: float, threads: int | None 
     """(plan, speed, book_bytes) for these books and minutes on this machine."""
     TRAIN["minutes"].check(minutes)
     size = books_bytes(home, books)
-    measured = _as_trained(home, autosize.machine_speed(home, _threads(threads)))
+    measured = _as_trained(autosize.machine_speed(home, _threads(threads)))
     p = autosize.plan(size, minutes, measured, memory_bytes=_memory())
     if p.model.tokenizer == "char":  # small books: exactly the characters they use, no row left unused
-        p.model.vocab_size = min(p.model.vocab_size, char_vocabulary(home, books))
+        p.model.vocab_size = char_vocabulary(home, books, p.model.vocab_size)
         p.parameters = count_parameters(p.model)
     return p, measured, size
 
 
-def _as_trained(home: Path, measured: autosize.MachineSpeed) -> autosize.MachineSpeed:
+def _as_trained(measured: autosize.MachineSpeed) -> autosize.MachineSpeed:
     """The probe's figures at the precision a CPU training run will use here."""
-    import torch
-    precision = autosize.training_precision("auto", torch.device("cpu"), home, measured.threads)
-    return autosize.as_trained(measured, precision)
+    return autosize.as_trained(measured, autosize.cpu_precision(measured))
 
 
-def char_vocabulary(home: Path, books: list[str]) -> int:
-    """The size of the character tokenizer trained on these books' training parts: the end-of-text
-    token, each character they use, and the 256 byte tokens that spell any other."""
-    used: set[str] = set()
-    for name in books:
-        if name and name.strip():
-            used.update(books_mod.split_train_val(books_mod.read_book_text(home, name.strip()))[0])
-    return 1 + 256 + len(used)
+def char_vocabulary(home: Path, books: list[str], most: int) -> int:
+    """The size of the character tokenizer (at most ``most`` entries) that training will make from
+    these books' training parts."""
+    names = [n.strip() for n in books if n and n.strip()]
+    texts = (books_mod.split_train_val(books_mod.read_book_text(home, n))[0] for n in names)
+    return train_char(texts, most).vocab_size
 
 
 def training_speed(home: Path, cfg: ModelConfig, threads: int | None = None) -> dict:
     """How fast this machine should train ``cfg``, for times shown before a run has measured its
     own (POST /api/models/estimate: the Create page's times, the Training page's estimate). From
     the cached probe (the first call on a machine measures it, a few seconds), at the precision
-    training will use here, like ``make_plan``, and at the share of it a whole run reaches; a step of ``n`` tokens takes
-    ``n * seconds_per_token + step_overhead_s`` seconds."""
-    measured = _as_trained(home, autosize.machine_speed(home, _threads(threads)))
+    training will use here, like ``make_plan``, and at the share of it a whole run reaches; a step
+    of ``n`` tokens takes ``n * seconds_per_token + step_overhead_s`` seconds."""
+    measured = _as_trained(autosize.machine_speed(home, _threads(threads)))
     rate = measured.gflops * 1e9 * autosize.STEP_EFFICIENCY
     return {"gflops": measured.gflops, "threads": measured.threads,
             "seconds_per_token": training_flops_per_token(cfg) / rate, "step_overhead_s": STEP_OVERHEAD_S}
