@@ -18,8 +18,15 @@ def test_plan_is_valid_and_fits_memory(book_bytes, minutes, speed):
     p.model.validate()  # raises on an invalid shape
     assert p.model.max_seq_len == p.seq_len and p.batch_size >= 1
     assert estimate_training_memory(p.model, p.batch_size, p.seq_len) <= memory // 2
-    assert p.max_time == pytest.approx(minutes * 60)
+    assert p.asked_time == pytest.approx(minutes * 60)
+    # the whole time, or less where the books would be read more than the useful number of times
+    assert p.max_time == pytest.approx(minutes * 60) or (
+        autosize.SHORTEST_PLAN_S <= p.max_time < minutes * 60
+        and (p.epochs <= autosize.USEFUL_EPOCHS * 1.05 or p.max_time == autosize.SHORTEST_PLAN_S))
     assert 0 < p.learning_rate <= 3e-3 and p.warmup_iters >= 1
+    # a warm-up of at least the anchor's steps (a short one at this rate costs), within a quarter of the run
+    steps = p.expected_tokens / (p.batch_size * p.seq_len)
+    assert min(autosize.WARMUP_STEPS, steps / 4) - 1 <= p.warmup_iters <= max(10, steps / 4)
     # a book is never much smaller than the model learning it
     nonembedding = p.parameters - p.model.vocab_size * p.model.d_model
     assert nonembedding <= max(autosize.MAX_PARAMS_PER_BOOK_TOKEN * book_bytes, 400_000)
@@ -29,6 +36,29 @@ def test_more_time_or_a_faster_machine_never_means_a_smaller_model():
     sizes = [autosize.plan(50_000_000, m, SLOW_CPU).parameters for m in (1, 5, 30, 240, 1440)]
     assert sizes == sorted(sizes) and sizes[-1] > 3 * sizes[0]
     assert autosize.plan(50_000_000, 30, FAST_CPU).parameters > autosize.plan(50_000_000, 30, SLOW_CPU).parameters
+
+
+def test_a_small_book_gets_the_time_it_can_use_and_a_large_one_all_of_it():
+    novel = 330_000  # a novel: ten minutes on a 2-core laptop with bf16 units read it ~20 times
+    laptop = autosize.MachineSpeed(threads=2, fp32_gflops=77.0, bf16_gflops=129.0)
+    asked = autosize.plan(novel, 10, laptop)
+    assert autosize.SHORTEST_PLAN_S < asked.max_time < 10 * 60 and asked.asked_time == 10 * 60
+    assert autosize.USEFUL_EPOCHS * 0.8 <= asked.epochs <= autosize.USEFUL_EPOCHS * 1.05
+    # more time asked changes next to nothing once the book is read often enough
+    longer = autosize.plan(novel, 60, laptop)
+    assert longer.model == asked.model and abs(longer.max_time - asked.max_time) <= 6
+    # a fast machine and a tiny book: never less than a minute
+    assert autosize.plan(2_000, 10, FAST_CPU).max_time == autosize.SHORTEST_PLAN_S
+    # where the time cannot read the book too often, the plan takes all of it
+    for book, minutes in ((100_000_000, 10), (1_100_000, 3), (225_000, 1)):
+        p = autosize.plan(book, minutes, SLOW_CPU)
+        assert p.max_time == minutes * 60
+    # the character tokenizer counts characters, not bytes: Cyrillic text is two bytes a letter
+    by_bytes = autosize.plan(60_000, 10, FAST_CPU)
+    by_chars = autosize.plan(60_000, 10, FAST_CPU, book_chars=33_000)
+    assert by_bytes.model.tokenizer == by_chars.model.tokenizer == "char"
+    assert by_chars.epochs == pytest.approx(by_chars.expected_tokens / 33_000, rel=0.01)
+    assert by_bytes.epochs == pytest.approx(by_bytes.expected_tokens / 60_000, rel=0.01)
 
 
 def test_small_books_get_small_models_and_short_windows():

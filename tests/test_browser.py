@@ -1146,6 +1146,11 @@ def test_the_best_model_for_n_minutes_in_russian(browser, studio, tmp_path):
         page.get_by_test_id("auto-minutes").fill("2")
         expect(page.get_by_test_id("auto-summary")).to_contain_text("Проходов по книгам", timeout=60_000)
         plan = studio.request("POST", "/api/models/plan", {"books": ["avto"], "minutes": 2})
+        # A book this small is learned in less than the time asked: the plan takes less, and says why.
+        minutes = plan["recipe"]["minutes"]
+        assert minutes < 2 and plan["recipe"]["asked_minutes"] == 2
+        expect(page.get_by_test_id("plan-shorter")).to_contain_text("Книги небольшие")
+        expect(page.get_by_test_id("plan-shorter")).to_contain_text("а не на 2")
         # The manual fields still hold the defaults (a vocabulary of 8,000): too big for this book.
         warnings = page.get_by_test_id("auto-warnings")
         expect(warnings).to_contain_text("Размер словаря")
@@ -1158,12 +1163,12 @@ def test_the_best_model_for_n_minutes_in_russian(browser, studio, tmp_path):
         page.get_by_test_id("auto-create").click()
         expect(page.get_by_test_id("create-done")).to_be_visible()
         created = studio.get("/api/models/avto-model")
-        assert created["config"] == plan["model"] and created["recipe"]["minutes"] == 2
+        assert created["config"] == plan["model"] and created["recipe"]["minutes"] == minutes
         assert created["recipe"]["books"] == ["avto"]
         # The Training tab starts from the plan: its minutes, batch and learning rate.
         tab(page, "training")
         page.locator("#t-model").select_option("avto-model")
-        expect(page.locator("#t-minutes")).to_have_value("2")
+        expect(page.locator("#t-minutes")).to_have_value(f"{minutes:g}")
         expect(page.locator("#t-learning_rate")).to_have_value(str(plan["recipe"]["settings"]["learning_rate"]))
         # The advanced settings stay empty (the server fills them from the plan) and say so.
         expect(page.locator("#t-beta2")).to_have_value("")

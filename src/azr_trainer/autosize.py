@@ -12,7 +12,8 @@ budget buys (compute-optimal scaling keeps weights and tokens in a fixed ratio, 
 as √compute), capped so that a tiny book is not memorised by a model much larger than it, and
 so that training fits in memory. A run that will read its book many times gets dropout (a
 small book overfits after a few passes without it), and the vocabulary never outgrows what the
-book can teach.
+book can teach. A book small enough to be read more than ``USEFUL_EPOCHS`` times gets a shorter
+plan than the time it was given: more would only learn it by heart.
 
 ``measure_speed`` is a probe of a few seconds: a small model's whole training step, timed in
 fp32 and under bf16 autocast. Its result is cached per machine, thread count and PyTorch
@@ -59,6 +60,18 @@ DROPOUT_BY_EPOCHS = ((4.0, 0.0), (8.0, 0.1), (math.inf, 0.2))
 # A planned run ends by itself after this many evaluations in a row clearly worse than its best
 # (about a third of the budget at one evaluation per tenth): what remains would only overfit.
 PATIENCE = 3
+# A plan reads the books at most about this many times, and asks for less time where more would
+# read them more often: with dropout 0.2 and the rate decaying over the time, a 225 KB novel was
+# best at the end of ~13 passes (1.514 bits per byte) and worse at 20 (1.602); planned for ten
+# minutes (41 passes) its run was best after ~8, with the rate still high (1.543), and only got
+# worse after that (BENCHMARKS.md, "Small books"). Past this a small book is learned by heart.
+USEFUL_EPOCHS = 14.0
+# ... but never for less than about the anchor's time, where the rule was measured: a tiny book
+# still needs the steps that teach a model its letters and words (a 38 k-character story planned
+# for one minute, 330 steps, reached 1.98 bits per byte and 22% real words; its ten-minute run had
+# been best at 3 minutes: 1.70 and 60%), nor for more than the time it was given.
+SHORTEST_PLAN_S = 180.0
+WARMUP_STEPS = 50
 HEAD_DIM = 32
 MIN_LAYERS, MAX_LAYERS = 2, 16
 SPEED_FILE = layout.SPEED_FILE
@@ -100,6 +113,7 @@ class Plan:
     dropout: float
     patience: int
     max_time: float
+    asked_time: float
     precision: str
     expected_tokens_per_s: float
     expected_tokens: float
@@ -253,13 +267,33 @@ def dropout_for(epochs: float) -> float:
     return next(rate for most, rate in DROPOUT_BY_EPOCHS if epochs <= most)
 
 
-def plan(book_bytes: int, minutes: float, speed: MachineSpeed, memory_bytes: int | None = None) -> Plan:
-    """The shape and settings expected to give the lowest held-out loss after ``minutes`` of
-    training on ``book_bytes`` of text on a machine of ``speed``."""
-    seconds = max(1.0, float(minutes) * 60)
+def plan(book_bytes: int, minutes: float, speed: MachineSpeed, memory_bytes: int | None = None,
+         book_chars: int | None = None) -> Plan:
+    """The shape and settings expected to give the lowest held-out loss after at most ``minutes``
+    of training on ``book_bytes`` of text on a machine of ``speed``. Books small enough to be
+    read more than ``USEFUL_EPOCHS`` times in that time get a shorter plan (``max_time`` below
+    ``asked_time``): the time that reads them about that often, the schedule decaying over it.
+    ``book_chars`` (the books' characters, where known) counts the character tokenizer's tokens:
+    a Cyrillic letter is two bytes of UTF-8 but one token."""
+    asked = max(1.0, float(minutes) * 60)
+    p = _plan(book_bytes, book_chars, asked, asked, speed, memory_bytes)
+    # a shorter time can mean a smaller, faster model and so more passes again: a few rounds settle it
+    for _ in range(6):
+        if p.epochs <= USEFUL_EPOCHS * 1.05 or p.max_time <= SHORTEST_PLAN_S:
+            break
+        shorter = max(SHORTEST_PLAN_S, math.floor(p.max_time * USEFUL_EPOCHS / p.epochs / 6) * 6)  # whole tenths of a minute
+        p = _plan(book_bytes, book_chars, shorter, asked, speed, memory_bytes)
+    return p
+
+
+def _plan(book_bytes: int, book_chars: int | None, seconds: float, asked: float, speed: MachineSpeed,
+          memory_bytes: int | None) -> Plan:
     book_bytes = max(1, int(book_bytes))
     tokenizer, vocab = vocabulary_for(book_bytes)
-    book_tokens = book_bytes / (1.0 if tokenizer == "char" else BYTES_PER_TOKEN)
+    if tokenizer == "char":
+        book_tokens = float(max(1, min(book_chars or book_bytes, book_bytes)))
+    else:
+        book_tokens = book_bytes / BYTES_PER_TOKEN
     budget_flops = speed.gflops * 1e9 * STEP_EFFICIENCY * seconds
     if memory_bytes is None:
         memory_bytes = 8 * 2**30
@@ -294,10 +328,12 @@ def plan(book_bytes: int, minutes: float, speed: MachineSpeed, memory_bytes: int
     steps = tokens / (batch * seq_len)
     # learning rate: 3e-3 at P1's width, smaller for wider models (roughly 1/width)
     lr = min(3e-3, max(6e-4, 3e-3 * 192 / cfg.d_model))
-    warmup = int(min(200, max(10, 0.03 * steps)))
+    # warm-up: 3% of the steps, but at least the anchor's 50 (a shorter one at this rate costs:
+    # 20 steps → 1.550 vs 60 → 1.530 on a 225 KB novel in 190 s), and at most a quarter of the run
+    warmup = int(max(10, min(200, max(WARMUP_STEPS, 0.03 * steps), steps / 4)))
     cfg.validate()
     return Plan(model=cfg, batch_size=batch, seq_len=seq_len, learning_rate=round(lr, 6), warmup_iters=warmup,
                 min_lr_ratio=0.05, beta2=0.99, weight_decay=0.1, dropout=dropout_for(tokens / book_tokens),
-                patience=PATIENCE, max_time=seconds, precision=speed.precision,
+                patience=PATIENCE, max_time=seconds, asked_time=asked, precision=speed.precision,
                 expected_tokens_per_s=round(tokens / seconds, 1), expected_tokens=round(tokens),
                 epochs=round(tokens / book_tokens, 2), parameters=count_parameters(cfg))

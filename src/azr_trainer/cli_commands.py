@@ -87,13 +87,15 @@ def _create_auto(args, home, shape_given: list[str]):
     if args.json:
         return print_json({**_model_summary(info), "plan": plan.to_dict()})
     cfg, exp = info.config, rec["expected"]
-    print(say("model_created_auto", name=info.name, minutes=f"{args.minutes:g}", books=", ".join(books),
+    print(say("model_created_auto", name=info.name, minutes=f"{rec['minutes']:g}", books=", ".join(books),
               size=_fmt_bytes(rec["book_bytes"]), parameters=exp["parameters"], shape=_shape(cfg),
               seq_len=plan.seq_len))
+    if rec["minutes"] < args.minutes:
+        print(say("plan_shorter", minutes=f"{rec['minutes']:g}", asked=f"{args.minutes:g}", epochs=f"{exp['epochs']:.0f}"))
     print(say("plan_expected", tokens_s=round(exp["tokens_per_s"]), steps=exp["steps"], batch=plan.batch_size,
               tokens=exp["tokens"], epochs=f"{exp['epochs']:g}", lr=f"{plan.learning_rate:g}",
               warmup=plan.warmup_iters, precision=plan.precision))
-    print(say("next", command=f"azr train {info.name} --books {','.join(books)} --minutes {args.minutes:g}"))
+    print(say("next", command=f"azr train {info.name} --books {','.join(books)} --minutes {rec['minutes']:g}"))
 
 
 def cmd_models_create(args, home):

@@ -7,9 +7,10 @@ Every later train run of that model (the command line and the studio's worker al
 from the recipe: ``apply`` fills in each setting the run leaves out, so the plan's learning
 rate, batch and schedule are what a plain ``azr train NAME --books B`` gets.
 
-Training has no bf16 path on the CPU (it uses bf16 on CUDA by itself), so the plan is sized on
-the measured fp32 speed even where the probe found bf16 faster; the recipe keeps both
-measurements, as information.
+The plan is sized on the speed of the precision training will use here (bf16 on a CPU only
+where the probe measured it clearly faster); the recipe keeps both measurements. Its
+``minutes`` are the plan's own time, which for a small book is shorter than the time asked
+(``asked_minutes``): past about ``autosize.USEFUL_EPOCHS`` passes a book is learned by heart.
 """
 
 from __future__ import annotations
@@ -38,14 +39,15 @@ SHAPE_FIELDS = ("vocab_size", "d_model", "num_layers", "num_heads", "d_ff", "max
 STEP_OVERHEAD_S = 0.02
 
 
-def books_bytes(home: Path, books: list[str]) -> int:
-    """UTF-8 bytes of the chosen books' stored text."""
+def books_size(home: Path, books: list[str]) -> tuple[int, int]:
+    """(UTF-8 bytes, characters) of the chosen books' stored text."""
     names = [b.strip() for b in books if b and b.strip()]
     if not names:
         raise UserError("auto.no_books")
     if len(set(names)) != len(names):
         raise UserError("auto.book_twice")
-    return sum(books_mod.get_book(home, n).text_bytes for n in names)
+    found = [books_mod.get_book(home, n) for n in names]
+    return sum(b.text_bytes for b in found), sum(b.chars for b in found)
 
 
 def _memory() -> int | None:
@@ -65,9 +67,9 @@ def _threads(threads: int | None) -> int:
 def make_plan(home: Path, books: list[str], minutes: float, threads: int | None = None) -> tuple:
     """(plan, speed, book_bytes) for these books and minutes on this machine."""
     TRAIN["minutes"].check(minutes)
-    size = books_bytes(home, books)
+    size, chars = books_size(home, books)
     measured = _as_trained(autosize.machine_speed(home, _threads(threads)))
-    p = autosize.plan(size, minutes, measured, memory_bytes=_memory())
+    p = autosize.plan(size, minutes, measured, memory_bytes=_memory(), book_chars=chars)
     if p.model.tokenizer == "char":  # small books: exactly the characters they use, no row left unused
         p.model.vocab_size = char_vocabulary(home, books, p.model.vocab_size)
         p.parameters = count_parameters(p.model)
@@ -105,10 +107,13 @@ def describe(plan: autosize.Plan, minutes: float, book_bytes: int, threads: int 
     settings = {k: plan.train_settings()[k] for k in SETTINGS}
     if threads is not None:
         settings["threads"] = threads
-    out = {"minutes": minutes, "settings": settings, "precision": plan.precision, "book_bytes": book_bytes,
-            "expected": {"parameters": plan.parameters, "tokens_per_s": plan.expected_tokens_per_s,
-                         "tokens": plan.expected_tokens, "epochs": plan.epochs,
-                         "steps": int(plan.expected_tokens // (plan.batch_size * plan.seq_len))}}
+    # the plan's own time: shorter than the time asked where the books would only be learned by heart
+    planned = minutes if plan.max_time >= plan.asked_time else round(plan.max_time / 60, 4)
+    out = {"minutes": planned, "asked_minutes": minutes, "settings": settings, "precision": plan.precision,
+           "book_bytes": book_bytes,
+           "expected": {"parameters": plan.parameters, "tokens_per_s": plan.expected_tokens_per_s,
+                        "tokens": plan.expected_tokens, "epochs": plan.epochs,
+                        "steps": int(plan.expected_tokens // (plan.batch_size * plan.seq_len))}}
     if measured is not None:
         out["measured_gflops"] = {"fp32": measured.fp32_gflops, "bf16": measured.bf16_gflops,
                                   "threads": measured.threads}
@@ -177,14 +182,15 @@ def warnings(cfg: ModelConfig, book_bytes: int, minutes: float, speed: autosize.
     book_tokens = book_bytes / (1.0 if cfg.tokenizer == "char" else autosize.BYTES_PER_TOKEN)
     epochs = tokens / max(1.0, book_tokens)
     shown = float(f"{epochs:.2g}") if epochs < 10 else round(epochs)  # a number: each language writes it its way
-    # relative to the plan too: where even the best shape reads a tiny book many times, a shape
-    # close to it is not to blame
-    if epochs < min(FEW_EPOCHS, recommended.epochs / 3):
+    # relative to the plan too: where even the best shape reads a tiny book many times in the
+    # minutes asked (the plan itself takes fewer), a shape close to it is not to blame
+    planned = recommended.epochs * recommended.asked_time / recommended.max_time
+    if epochs < min(FEW_EPOCHS, planned / 3):
         # the made model's fix: the time for one pass over the books
         out.append((UserError("auto.epochs_few", epochs=shown, minutes=float(minutes),
                               parameters=count_parameters(cfg), recommended=recommended.parameters),
                     {"model": planned, "run": {"minutes": math.ceil(minutes / epochs)}}))
-    elif epochs > max(MANY_EPOCHS, recommended.epochs * 3):
+    elif epochs > max(MANY_EPOCHS, planned * 3):
         out.append((UserError("auto.epochs_many", epochs=shown, minutes=float(minutes),
                               parameters=count_parameters(cfg), recommended=recommended.parameters),
                     {"model": planned, "run": {"minutes": max(1, math.floor(minutes * MANY_EPOCHS / epochs))}}))

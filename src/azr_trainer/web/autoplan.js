@@ -92,9 +92,14 @@ function render(key, error) {
   summary.className = "note";
   summary.textContent = t("create.auto.summary", {
     params: fmtCompact(e.parameters), layers: t("models.layers", { count: model.num_layers, n: model.num_layers }),
-    d_model: model.d_model, tokenizer: tokenizerWords(model), minutes: fmtNum(answer.minutes, 2),
+    d_model: model.d_model, tokenizer: tokenizerWords(model), minutes: fmtNum(recipe.minutes, 2),
     steps: fmtInt(e.steps), tokens: fmtCompact(e.tokens), tps: fmtInt(e.tokens_per_s), epochs: fmtNum(e.epochs, 1),
   });
+  // small books: the plan takes less time than asked, and says why
+  if (recipe.minutes < answer.minutes) {
+    summary.append(h("span", { class: "plan-shorter", dataset: { testid: "plan-shorter" }, text: " " + t("create.auto.shorter", {
+      minutes: fmtNum(recipe.minutes, 2), asked: fmtNum(answer.minutes, 2), epochs: fmtInt(e.epochs) }) }));
+  }
   const problems = answer.problems || [];
   warn.hidden = !problems.length;
   warn.replaceChildren(...(problems.length ? [
@@ -125,9 +130,10 @@ async function create() {
   showError($("create-error"), "");
   try {
     const m = answer.minutes;
+    const planned = answer.recipe.minutes;
     hooks.fill(answer.model);
     const model = await api("/api/models", { method: "POST", json: { name, auto: { books: [...chosen], minutes: m } } });
-    toast(t("create.auto.created", { name: model.name, minutes: fmtNum(m, 2) }), "success");
+    toast(t("create.auto.created", { name: model.name, minutes: fmtNum(planned, 2) }), "success");
     await refreshModels().catch(() => {});
     hooks.done(model.name);
   } catch (err) {
