@@ -348,6 +348,24 @@ def test_a_run_with_a_time_budget_shows_its_quality_early_and_often(home, book):
     assert {e["step"] for e in evals} <= sampled  # a sample with every eval
 
 
+def test_with_a_budget_a_step_count_eval_never_lands_seconds_after_a_clock_one():
+    from azr_trainer.runloop import EvalClock
+    clock = EvalClock(eval_every=200, max_time=300.0)  # a clock eval every 30 s
+    assert not clock.due(1, now=0.0)
+    assert clock.due(100, now=30.0)           # the first: at most 30 s after the first step
+    clock.done(30.0, 1.0)
+    assert not clock.due(200, now=40.0)       # 200 steps, but only 10 s after the last eval
+    assert not clock.due(300, now=50.0)
+    assert clock.due(400, now=46.0)           # 16 s after: a step count's eval is worth its cost again
+    clock.done(46.0, 1.0)
+    assert not clock.due(401, now=70.0) and clock.due(402, now=76.0)  # the clock's, a period after the last
+    # without a budget the step count alone decides
+    steps_only = EvalClock(eval_every=200, max_time=None)
+    steps_only.due(1, now=0.0)
+    steps_only.done(0.5, 1.0)
+    assert steps_only.due(200, now=0.6) and not steps_only.due(201, now=10**6)
+
+
 def test_the_first_eval_comes_soon_after_the_first_step_without_a_budget(home, book, monkeypatch):
     from azr_trainer import runloop
     monkeypatch.setattr(runloop, "FIRST_EVAL_SECONDS", 0.0)  # "at most N seconds after the first step"

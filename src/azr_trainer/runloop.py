@@ -195,19 +195,25 @@ def check_finite(loss: float, step: int, learning_rate: float) -> None:
 class EvalClock:
     """When the next eval is due: every ``eval_every`` steps, and by the clock — the first at most
     FIRST_EVAL_SECONDS after the first step, then every tenth of ``max_time`` (none without a
-    budget). Evals by the clock never take more than about a fifth of the time."""
+    budget). Evals by the clock never take more than about a fifth of the time. With a budget, a
+    step count's eval that would come less than half a period after the last one is left out:
+    it would cost as much as any other and show next to nothing new (and the patience would
+    count two evaluations seconds apart as two)."""
 
     def __init__(self, eval_every: int, max_time: float | None):
         self.every = eval_every
         self.period = max_time / EVAL_SHARE if max_time else None
         self.next_at: float | None = None
+        self.last_at = -math.inf
 
     def due(self, step: int, now: float) -> bool:
         if self.next_at is None:  # the first call comes after the first step
             self.next_at = now + min(FIRST_EVAL_SECONDS, self.period or FIRST_EVAL_SECONDS)
-        return step % self.every == 0 or now >= self.next_at
+        by_steps = step % self.every == 0 and (self.period is None or now - self.last_at >= self.period / 2)
+        return by_steps or now >= self.next_at
 
     def done(self, now: float, seconds: float) -> None:
+        self.last_at = now
         if self.next_at is None:
             return  # the start eval: the clock starts with the first step
         self.next_at = now + max(self.period, 4 * seconds) if self.period else math.inf
