@@ -1128,7 +1128,7 @@ def test_coded_run_messages_follow_the_page_language(browser, studio, artifacts)
 # ---------------------------------------------------------------------------- the best model for N minutes
 
 
-def test_the_best_model_for_n_minutes_in_russian(browser, studio, tmp_path):
+def test_the_best_model_for_n_minutes_in_russian(browser, studio, tmp_path, artifacts):
     """Pick a book and minutes, read the plan in Russian, take its shape for the manual fields
     with one click, and create the model with its training recipe."""
     path = tmp_path / "avto.txt"
@@ -1151,6 +1151,7 @@ def test_the_best_model_for_n_minutes_in_russian(browser, studio, tmp_path):
         assert minutes < 10 and plan["recipe"]["asked_minutes"] == 10
         expect(page.get_by_test_id("plan-shorter")).to_contain_text("Книги небольшие")
         expect(page.get_by_test_id("plan-shorter")).to_contain_text("а не на 10")
+        page.get_by_test_id("auto-plan").screenshot(path=str(artifacts / "auto-plan-shorter-ru.png"))
         # The manual fields still hold the defaults (a vocabulary of 8,000): too big for this book.
         warnings = page.get_by_test_id("auto-warnings")
         expect(warnings).to_contain_text("Размер словаря")
