@@ -12,6 +12,7 @@ skipped when it or Playwright is missing. Run: ``pytest tests/test_browser.py -q
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import signal
@@ -1170,6 +1171,13 @@ def test_the_best_model_for_n_minutes_in_russian(browser, studio, tmp_path, arti
         tab(page, "training")
         page.locator("#t-model").select_option("avto-model")
         expect(page.locator("#t-minutes")).to_have_value(f"{minutes:g}")
+        # Ten minutes for it: more than the book can use, said before the start, fixed in one click.
+        page.locator("#t-minutes").fill("10")
+        learned = page.locator("[data-testid=train-problem][data-code='auto.epochs_learned']")
+        expect(learned).to_contain_text("заучивает их наизусть", timeout=30_000)
+        learned.get_by_test_id("train-fix").click()
+        expect(page.locator("#t-minutes")).to_have_value(str(math.ceil(minutes)))
+        expect(learned).to_be_hidden()
         expect(page.locator("#t-learning_rate")).to_have_value(str(plan["recipe"]["settings"]["learning_rate"]))
         # The advanced settings stay empty (the server fills them from the plan) and say so.
         expect(page.locator("#t-beta2")).to_have_value("")

@@ -4,6 +4,7 @@ used by its train runs (the command line and the studio), and the plan endpoint.
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -123,8 +124,15 @@ def test_the_plan_endpoint_and_a_model_made_from_it(client):
                     headers={"Accept-Language": "ru"})
     codes = [p["code"] for p in r.json()["problems"]]
     assert "auto.vocab_large" in codes and "Размер словаря (8\u00a0000)" in " ".join(r.json()["warnings"])
-    r = client.post("/api/models/plan", json={"books": ["play"], "minutes": 10, "shape": answer["model"]})
-    assert r.json()["problems"] == []  # the recommended shape has nothing to warn about
+    planned = answer["recipe"]["minutes"]
+    r = client.post("/api/models/plan", json={"books": ["play"], "minutes": planned, "shape": answer["model"]})
+    assert r.json()["problems"] == []  # the recommended shape for the plan's time has nothing to warn about
+    # ... but given the ten minutes asked, a run would only learn the book by heart: the fix is the plan's time
+    r = client.post("/api/models/plan", json={"books": ["play"], "minutes": 10, "shape": answer["model"]},
+                    headers={"Accept-Language": "ru"})
+    [problem] = r.json()["problems"]
+    assert problem["code"] == "auto.epochs_learned" and problem["fix"] == {"run": {"minutes": math.ceil(planned)}}
+    assert "заучивает" in r.json()["warnings"][0]
     assert client.post("/api/models/plan", json={"books": [], "minutes": 10}).json()["code"] == "auto.no_books"
     assert client.post("/api/models/plan", json={"books": ["nope"], "minutes": 10}).status_code == 404
 

@@ -194,6 +194,14 @@ def warnings(cfg: ModelConfig, book_bytes: int, minutes: float, speed: autosize.
         out.append((UserError("auto.epochs_many", epochs=shown, minutes=float(minutes),
                               parameters=count_parameters(cfg), recommended=recommended.parameters),
                     {"model": planned, "run": {"minutes": max(1, math.floor(minutes * MANY_EPOCHS / epochs))}}))
+    elif epochs > 2 * autosize.USEFUL_EPOCHS and 60 * minutes > 1.5 * max(recommended.max_time, autosize.SHORTEST_PLAN_S):
+        # a fitting shape, but more time than the books can use (a run given longer than its plan)
+        same = {k: v for k, v in cfg.to_dict().items() if k in SHAPE_FIELDS} == planned
+        enough = math.ceil(recommended.max_time / 60) if same else \
+            max(math.ceil(autosize.SHORTEST_PLAN_S / 60), math.ceil(minutes * autosize.USEFUL_EPOCHS / epochs))
+        out.append((UserError("auto.epochs_learned", epochs=shown, minutes=float(minutes),
+                              useful=round(autosize.USEFUL_EPOCHS), recommended=enough),
+                    {"run": {"minutes": enough}}))
     return out
 
 

@@ -100,7 +100,8 @@ function render(key, error) {
     summary.append(h("span", { class: "plan-shorter", dataset: { testid: "plan-shorter" }, text: " " + t("create.auto.shorter", {
       minutes: fmtNum(recipe.minutes, 2), asked: fmtNum(answer.minutes, 2), epochs: fmtInt(e.epochs) }) }));
   }
-  const problems = answer.problems || [];
+  // "more time than the books can use" is for a run's minutes: this plan already takes less
+  const problems = (answer.problems || []).filter((p) => p.code !== "auto.epochs_learned");
   warn.hidden = !problems.length;
   warn.replaceChildren(...(problems.length ? [
     h("p", { text: t("create.auto.manual") }),
