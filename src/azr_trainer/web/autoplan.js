@@ -97,7 +97,8 @@ function render(key, error) {
   });
   // small books: the plan takes less time than asked, and says why
   if (recipe.minutes < answer.minutes) {
-    summary.append(h("span", { class: "plan-shorter", dataset: { testid: "plan-shorter" }, text: " " + t("create.auto.shorter", {
+    const why = recipe.shorter_because === "floor" ? "create.auto.shorter_floor" : "create.auto.shorter";
+    summary.append(h("span", { class: "plan-shorter", dataset: { testid: "plan-shorter" }, text: " " + t(why, {
       minutes: fmtNum(recipe.minutes, 2), asked: fmtNum(answer.minutes, 2), epochs: fmtInt(e.epochs) }) }));
   }
   // "more time than the books can use" is for a run's minutes: this plan already takes less
