@@ -207,3 +207,11 @@ def test_the_recipe_says_why_its_plan_takes_less_time_than_asked():
     assert story["minutes"] == autosize.SHORTEST_PLAN_S / 60 and story["shorter_because"] == "floor"
     library = recipe.describe(autosize.plan(50_000_000, 10, laptop), 10, 50_000_000)
     assert library["minutes"] == 10 and "shorter_because" not in library
+
+
+def test_a_shape_wrong_for_the_books_is_fixed_by_the_plans_shape():
+    slow = autosize.MachineSpeed(threads=1, fp32_gflops=20.0, bf16_gflops=2.0)
+    library = autosize.plan(100_000_000, 10, slow)
+    huge = autosize.shape_for_layers(12, 1024, 512, "bpe")  # far too large to read much of it in ten minutes
+    [(error, fix)] = [w for w in recipe.warnings(huge, 100_000_000, 10, slow, library) if w[0].code == "auto.epochs_few"]
+    assert fix["model"] == {k: v for k, v in library.model.to_dict().items() if k in recipe.SHAPE_FIELDS}

@@ -187,13 +187,13 @@ def warnings(cfg: ModelConfig, book_bytes: int, minutes: float, speed: autosize.
     shown = float(f"{epochs:.2g}") if epochs < 10 else round(epochs)  # a number: each language writes it its way
     # relative to the plan too: where even the best shape reads a tiny book many times in the
     # minutes asked (the plan itself takes fewer), a shape close to it is not to blame
-    planned = recommended.epochs * recommended.asked_time / recommended.max_time
-    if epochs < min(FEW_EPOCHS, planned / 3):
+    plan_epochs = recommended.epochs * recommended.asked_time / recommended.max_time
+    if epochs < min(FEW_EPOCHS, plan_epochs / 3):
         # the made model's fix: the time for one pass over the books
         out.append((UserError("auto.epochs_few", epochs=shown, minutes=float(minutes),
                               parameters=count_parameters(cfg), recommended=recommended.parameters),
                     {"model": planned, "run": {"minutes": math.ceil(minutes / epochs)}}))
-    elif epochs > max(MANY_EPOCHS, planned * 3):
+    elif epochs > max(MANY_EPOCHS, plan_epochs * 3):
         out.append((UserError("auto.epochs_many", epochs=shown, minutes=float(minutes),
                               parameters=count_parameters(cfg), recommended=recommended.parameters),
                     {"model": planned, "run": {"minutes": max(1, math.floor(minutes * MANY_EPOCHS / epochs))}}))
