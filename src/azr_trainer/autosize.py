@@ -127,6 +127,15 @@ class Plan:
                 "weight_decay": self.weight_decay, "dropout": self.dropout, "patience": self.patience,
                 "max_time": self.max_time, "schedule": "time"}
 
+    @property
+    def shortened(self) -> str | None:
+        """Why the plan takes less time than asked: "passes" (about ``USEFUL_EPOCHS`` of them),
+        "floor" (the shortest plan, which still reads a tiny book far more often), or None."""
+        if self.max_time >= self.asked_time:
+            return None
+        floor = self.max_time <= SHORTEST_PLAN_S and self.epochs > 1.5 * USEFUL_EPOCHS
+        return "floor" if floor else "passes"
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["model"] = self.model.to_dict()

@@ -108,15 +108,14 @@ def describe(plan: autosize.Plan, minutes: float, book_bytes: int, threads: int 
     if threads is not None:
         settings["threads"] = threads
     # the plan's own time: shorter than the time asked where the books would only be learned by heart
-    planned = minutes if plan.max_time >= plan.asked_time else round(plan.max_time / 60, 4)
+    planned = round(plan.max_time / 60, 4) if plan.shortened else minutes
     out = {"minutes": planned, "asked_minutes": minutes, "settings": settings, "precision": plan.precision,
            "book_bytes": book_bytes,
            "expected": {"parameters": plan.parameters, "tokens_per_s": plan.expected_tokens_per_s,
                         "tokens": plan.expected_tokens, "epochs": plan.epochs,
                         "steps": int(plan.expected_tokens // (plan.batch_size * plan.seq_len))}}
-    if planned != minutes:  # why: ~USEFUL_EPOCHS passes, or the shortest plan, which reads a tiny book far more often
-        floor = plan.max_time <= autosize.SHORTEST_PLAN_S and plan.epochs > 1.5 * autosize.USEFUL_EPOCHS
-        out["shorter_because"] = "floor" if floor else "passes"
+    if plan.shortened:
+        out["shorter_because"] = plan.shortened
     if measured is not None:
         out["measured_gflops"] = {"fp32": measured.fp32_gflops, "bf16": measured.bf16_gflops,
                                   "threads": measured.threads}
