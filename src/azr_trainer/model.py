@@ -222,6 +222,20 @@ class KVCache:
         self.length = 0
 
 
+def _one_query_attention(q, k, v, attn_mask=None):
+    """Attention of one new token per row over the cached keys, as plain products: on a CPU,
+    scaled_dot_product_attention's flash kernel works in tiles of many queries and took half
+    of a batched decode step for one."""
+    B, H, _, hd = q.shape
+    L = k.shape[2]
+    # 3-d products over rows × heads: a 4-d matmul takes a slower path
+    scores = torch.bmm(q.reshape(B * H, 1, hd), k.reshape(B * H, L, hd).transpose(1, 2)).view(B, H, 1, L)
+    scores = scores * hd ** -0.5
+    if attn_mask is not None:
+        scores = scores.masked_fill(~attn_mask, float("-inf"))
+    return torch.bmm(scores.softmax(-1).view(B * H, 1, L), v.reshape(B * H, L, hd)).view(B, H, 1, hd)
+
+
 class Attention(nn.Module):
     QKV, O = ("q_proj", "k_proj", "v_proj"), ("o_proj",)
 
@@ -254,7 +268,10 @@ class Attention(nn.Module):
             q = q.to(k.dtype)  # attention in the cache's type (decode.DecodeWeights.cache_dtype)
         if H != KV:  # grouped-query attention: each k/v head serves H // KV q heads
             k, v = k.repeat_interleave(H // KV, dim=1), v.repeat_interleave(H // KV, dim=1)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=cache is None and attn_mask is None)
+        if cache is not None and T == 1:
+            y = _one_query_attention(q, k, v, attn_mask)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=cache is None and attn_mask is None)
         y = y.transpose(1, 2).reshape(B, T, C)
         if cache is None:
             return F.linear(y, self.o_proj.weight)
