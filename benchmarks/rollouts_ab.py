@@ -1,5 +1,7 @@
 """Decode precisions side by side: our generation from fp32, bf16, int8 and int8dyn weights
-(decode.py), what ``auto`` picks, and transformers' generate() on the same weights.
+(decode.py), each also with a compiled decode step where this machine can build one, what
+``auto`` picks (compiled steps allowed, as for a run's rollouts), and transformers' generate()
+on the same weights.
 
 One process, one model per shape (random weights: speed does not depend on what was learned;
 end-of-text is off, every row makes every token), --threads threads (default 1). The cases:
@@ -14,7 +16,8 @@ end-of-text is off, every row makes every token), --threads threads (default 1).
 The contenders run interleaved (a different one first each repeat) so that load from other
 processes hits all alike; reported are the medians of --repeats runs by wall time and by this
 process's CPU time (with one thread, the computation's own time: steadier on a busy machine),
-and ratios to fp32 and to transformers. Also: each precision's largest logit difference from
+and ratios to fp32 and to transformers. Building the compiled steps happens in the warm-up,
+not in the timed runs (``build_seconds`` reports it: a run pays it once). Also: each precision's largest logit difference from
 fp32 on the prompts, as a share of the largest |logit|.
 
     OMP_NUM_THREADS=1 python benchmarks/rollouts_ab.py --repeats 5 --json
@@ -67,6 +70,7 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--cases", default=",".join(CASES))
     ap.add_argument("--no-transformers", action="store_true")
+    ap.add_argument("--no-compiled", action="store_true", help="leave out compiled decode steps")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -81,6 +85,7 @@ def main() -> int:
         model, hf = models[case["shape"]]
         rows, new = case["rows"], case["new"]
         prompts = torch.randint(1, model.cfg.vocab_size, (rows, case["prompt"]), generator=torch.Generator().manual_seed(1))
+        choices = decode.candidates(model, compile=not args.no_compiled)
         precisions = decode.available(model)
 
         def ours(precision, seed):
@@ -96,7 +101,7 @@ def main() -> int:
                                        top_k=case["top_k"], top_p=1.0)
             return run
 
-        contenders = {p: (lambda s, p=p: ours(p, s)) for p in precisions}
+        contenders = {p: (lambda s, p=p: ours(p, s)) for p in choices}
         if not args.no_transformers:
             contenders["transformers"] = theirs
         with torch.no_grad():
@@ -104,11 +109,14 @@ def main() -> int:
             diffs = {p: round(float((Batch(model, prompts.tolist(), precision=p).logits - ref).abs().max()
                                     / ref.abs().max()), 4) for p in precisions}
         t = time.perf_counter()
-        auto = decode.choose(model, rows, "auto")
+        auto = decode.choose(model, rows, "auto", compile=not args.no_compiled)
         probe_s = time.perf_counter() - t
         names = list(contenders)
-        for n in names:  # warm-up
+        build = {}
+        for n in names:  # warm-up (builds the compiled steps, if the probe has not)
+            t = time.perf_counter()
             contenders[n](0)()
+            build[n] = round(time.perf_counter() - t, 2)
         wall = {n: [] for n in names}
         cpu = {n: [] for n in names}
         for r in range(args.repeats):
@@ -123,6 +131,7 @@ def main() -> int:
         work = rows if unit == "rollouts_per_s" else rows * new
         med = {n: (work / statistics.median(wall[n]), work / statistics.median(cpu[n])) for n in names}
         res = {"case": case, "unit": unit, "auto_choice": auto, "probe_seconds": round(probe_s, 2),
+               "warm_up_seconds": build, "compile_failed": decode._COMPILE_FAILED[:1],
                "max_rel_logit_diff_vs_fp32": diffs, "runs": {}}
         for n in names:
             res["runs"][n] = {
@@ -135,7 +144,7 @@ def main() -> int:
         result["cases"][name] = res
         print(f"{name} ({unit}, median wall / CPU-time; auto chose {auto}):", file=sys.stderr)
         for n, v in res["runs"].items():
-            print(f"  {n:13s} {v['wall']:9.1f} / {v['cpu']:9.1f}   ×{v['vs_fp32_cpu']} fp32"
+            print(f"  {n:16s} {v['wall']:9.1f} / {v['cpu']:9.1f}   ×{v['vs_fp32_cpu']} fp32"
                   + (f"   ×{v['vs_transformers_cpu']} transformers" if "vs_transformers_cpu" in v else ""),
                   file=sys.stderr)
     print(json.dumps(result, indent=2) if args.json else result)

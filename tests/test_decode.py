@@ -108,7 +108,7 @@ def test_auto_measures_once_keeps_the_fastest_and_reports_it(monkeypatch, tmp_pa
 
     calls = []
 
-    def measured(m, rows, seconds=0.6):
+    def measured(m, rows, seconds=0.6, compile=False):
         calls.append(rows)
         return {p: (0.001 if p == "bf16" else 0.002) for p in decode.available(m)}
     monkeypatch.setattr(decode, "measure", measured)
@@ -126,7 +126,7 @@ def test_auto_prefers_the_more_exact_precision_unless_a_less_exact_one_is_clearl
     monkeypatch.setattr(decode, "probe_path", None)
     model = _random_model()
     times = {"fp32": 1.0, "bf16": 0.95, "int8": 0.5, "int8dyn": 0.47}
-    monkeypatch.setattr(decode, "measure", lambda m, rows, seconds=0.6: {p: times[p] for p in decode.available(m)})
+    monkeypatch.setattr(decode, "measure", lambda m, rows, seconds=0.6, compile=False: {p: times[p] for p in decode.available(m)})
     assert decode.choose(model, 1, "auto") == ("int8" if "int8" in decode.available(model) else "int8dyn")
     times.update(int8dyn=0.3)
     if "int8dyn" in decode.available(model):
@@ -138,3 +138,79 @@ def test_int8_is_not_offered_for_widths_its_kernel_cannot_take():
     assert "int8" not in decode.available(model)
     assert generate(model, [[1, 2]], max_new_tokens=3, temperature=0, precision="int8") == \
         generate(model, [[1, 2]], max_new_tokens=3, temperature=0, precision="fp32")
+
+
+# ---- a compiled decode step (where this machine can build one)
+
+COMPILED = [c for c in ("fp32 compiled", "int8 compiled") if c in decode.CHOICES]
+
+
+@pytest.mark.parametrize("choice", COMPILED)
+def test_a_compiled_step_writes_the_same_greedy_text(trained, choice):
+    """A run's rollouts may decode with the model's own forward compiled: the same text, left-padded
+    rows and a sliding window included."""
+    model, data = trained
+    precision = decode.split(choice)[0]
+    if precision not in decode.available(model):
+        pytest.skip(f"{precision} is not available with this PyTorch")
+    prompts = [data[:10].tolist(), data[5:20].tolist(), data[3:4].tolist()]
+    ref = generate(model, prompts, max_new_tokens=70, temperature=0, precision=precision)
+    batch = Batch(model, prompts, precision=choice)
+    assert batch.precision == precision
+    assert generate(model, prompts, max_new_tokens=70, temperature=0, precision=choice) == ref
+    assert not decode._COMPILE_FAILED, decode._COMPILE_FAILED  # this machine has a C++ compiler: it was compiled
+    assert batch.step is not model
+
+
+NO_COMPILER = """
+import json, sys, torch
+from azr_trainer import decode
+from azr_trainer.model import ModelConfig, Transformer
+from azr_trainer.sample import generate
+torch.manual_seed(0)
+model = Transformer(ModelConfig(vocab_size=300, d_model=64, num_layers=2, num_heads=4, d_ff=128,
+                                max_seq_len=48).validate()).eval()
+prompts = [[5, 6, 7, 8], [9] * 11]
+plain = generate(model, prompts, max_new_tokens=20, temperature=0, precision="fp32")
+asked = generate(model, prompts, max_new_tokens=20, temperature=0, precision="fp32 compiled")
+auto = decode.choose(model, 2, "auto", compile=True)
+print(json.dumps({"same": plain == asked, "failed": bool(decode._COMPILE_FAILED), "auto": auto}))
+"""
+
+
+def test_without_a_c_compiler_decoding_goes_on_uncompiled(tmp_path):
+    """Most Windows laptops have no C++ compiler: the compiled step cannot be built, generation
+    still writes the same text, says why once, and the speed probe then offers no compiled step."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    src = Path(__file__).resolve().parent.parent / "src"
+    env = {**os.environ, "CXX": str(tmp_path / "no-such-compiler"), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "ind"),
+           "PYTHONPATH": os.pathsep.join([str(src), *sys.path]), "OMP_NUM_THREADS": "1",
+           "AZR_DECODE_PRECISION": ""}
+    p = subprocess.run([sys.executable, "-c", NO_COMPILER], capture_output=True, text=True, env=env, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    got = json.loads(p.stdout.strip().splitlines()[-1])
+    assert got == {"same": True, "failed": True, "auto": got["auto"]}
+    assert not got["auto"].endswith("compiled")
+    assert p.stderr.count("decoding without a compiled step") == 1
+
+
+def test_auto_may_choose_a_compiled_step_only_for_long_decodes(monkeypatch):
+    monkeypatch.setenv(decode.ENV, "auto")
+    monkeypatch.setattr(decode, "_CHOICES", {})
+    monkeypatch.setattr(decode, "probe_path", None)
+    monkeypatch.setattr(decode, "_COMPILE_FAILED", [])
+    model = _random_model()
+    asked = []
+
+    def measured(m, rows, seconds=0.5, compile=False):
+        asked.append(compile)
+        return {c: (0.5 if c.endswith("compiled") else 1.0) for c in decode.candidates(m, compile)}
+    monkeypatch.setattr(decode, "measure", measured)
+    assert decode.choose(model, 8, compile=False) == "fp32"  # a reply: never compiled
+    assert decode.choose(model, 8, compile=True) == "fp32 compiled"  # most exact of the fastest
+    assert asked == [False, True]
+    monkeypatch.setenv(decode.COMPILE_ENV, "0")
+    assert "fp32 compiled" not in decode.candidates(model, compile=True)

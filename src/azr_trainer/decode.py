@@ -11,14 +11,23 @@ arithmetic. Fewer bytes per weight read faster:
 - ``int8dyn``: the same int8 weights multiplied by activations quantized to int8 per step
   (fbgemm's dynamic linear; fastest for many rows on CPUs with VNNI, least exact).
 
-``auto`` times a few decode steps of the model itself in each available precision, at the
+Where a decode runs long (a run's rollouts, thousands of steps), the step may also be compiled:
+``torch.compile`` of the model's own forward (one graph for every cache length and batch size),
+which fuses the small operations between the matrix products. On a CPU it needs a C++ compiler
+(most Linux machines have one; most Windows laptops do not) and 5–20 s to build (seconds once
+PyTorch's compile cache holds it), so a reply in the studio never waits for it. ``"int8
+compiled"`` and the like name such a choice; int8dyn's quantized operator cannot be compiled.
+
+``auto`` times a few decode steps of the model itself in each available precision (compiled
+too, where the caller allows it and it builds), at the
 batch size asked (rounded up to a power of 2), and keeps the fastest (a less exact precision
 only when it is at least 10% faster than a more exact one); the choice is cached per
 machine, thread count, model shape and batch size (in memory, and in a file when one is
 given). Training never sees these weights: they are made from the model's parameters and
 remade when a parameter changes (each tensor's version counter), e.g. between self-play's
 rollout batches. Force a precision with the ``precision`` argument or the environment variable
-``AZR_DECODE_PRECISION`` (``fp32`` for exact comparisons).
+``AZR_DECODE_PRECISION`` (``fp32`` for exact comparisons); ``AZR_DECODE_COMPILE=0`` never
+compiles.
 """
 
 from __future__ import annotations
@@ -36,7 +45,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 PRECISIONS = ("fp32", "bf16", "int8", "int8dyn")
+COMPILABLE = ("fp32", "bf16", "int8")  # int8dyn's quantized operator breaks the graph
+COMPILED = " compiled"
+# every choice, most exact first; a compiled step is its precision's numbers in fused kernels
+CHOICES = tuple(c for p in PRECISIONS for c in ((p, p + COMPILED) if p in COMPILABLE else (p,)))
 ENV = "AZR_DECODE_PRECISION"
+COMPILE_ENV = "AZR_DECODE_COMPILE"
 MARGIN = 0.1  # how much faster a less exact precision must measure to be chosen
 _ACT = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.bfloat16, "int8dyn": torch.float32}
 
@@ -44,9 +58,14 @@ _ACT = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.bfloat16, "
 def requested(precision: str | None = None) -> str:
     """``precision`` if given, else the environment's, else ``auto``."""
     p = precision or os.environ.get(ENV) or "auto"
-    if p != "auto" and p not in PRECISIONS:
-        raise ValueError(f"decode precision {p!r}: one of auto, {', '.join(PRECISIONS)}")
+    if p != "auto" and p not in CHOICES:
+        raise ValueError(f"decode precision {p!r}: one of auto, {', '.join(CHOICES)}")
     return p
+
+
+def split(choice: str) -> tuple[str, bool]:
+    """A choice's precision, and whether its step is compiled."""
+    return choice.removesuffix(COMPILED), choice.endswith(COMPILED)
 
 
 def available(model: nn.Module) -> list[str]:
@@ -200,17 +219,57 @@ def _read_file() -> dict:
         return {}
 
 
-class _Probe:
-    """A filled cache of ``rows`` rows in one precision, to time decode steps from."""
+# ---- a compiled decode step
 
-    def __init__(self, model, precision: str, rows: int, steps: int):
+_COMPILE_FAILED: list[str] = []  # why compiling failed in this process: not tried again
+
+
+def compile_allowed(model: nn.Module) -> bool:
+    """Whether compiled steps may be tried for this model here: CPU (the GPU path is not
+    measured yet), not switched off, and not failed before in this process."""
+    return (next(model.parameters()).device.type == "cpu" and os.environ.get(COMPILE_ENV) != "0"
+            and not _COMPILE_FAILED)
+
+
+@functools.cache
+def _compiled_forward():
+    from .model import Transformer
+    # one graph for every batch size and cache length (dynamic); each precision's weights and a
+    # model of another shape add a graph, more than dynamo's default of 8 in a long process
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    return torch.compile(Transformer.forward, dynamic=True, fullgraph=True)
+
+
+def step_function(model: nn.Module, compiled: bool):
+    """What runs a cached decode step: the model itself, or its own forward compiled."""
+    if not compiled or not compile_allowed(model):
+        return model
+    return functools.partial(_compiled_forward(), model)
+
+
+def compile_failed(error: BaseException) -> None:
+    """Decode without compiling from now on in this process (no C++ compiler, a PyTorch that
+    cannot compile this model), saying why once."""
+    if not _COMPILE_FAILED:
+        warnings.warn(f"decoding without a compiled step: {type(error).__name__}: {str(error)[:300]}", stacklevel=2)
+    _COMPILE_FAILED.append(f"{type(error).__name__}: {error}")
+
+
+class _Probe:
+    """A filled cache of ``rows`` rows for one choice, to time decode steps from."""
+
+    def __init__(self, model, choice: str, rows: int, steps: int):
         from .model import KVCache
-        self.model, self.steps = model, steps
+        precision, compiled = split(choice)
+        self.steps, self.step = steps, step_function(model, compiled)
         w = weights_for(model, precision)
         self.cache = KVCache(model.cfg, rows, next(model.parameters()).device, weights=w)
         self.prompt = max(1, min(16, model.cfg.max_seq_len - steps - 1))
         model(torch.zeros(rows, self.prompt, dtype=torch.long), cache=self.cache)
         self.next = torch.zeros(rows, 1, dtype=torch.long)
+        self.positions = torch.full((rows, 1), self.prompt)
+        if compiled:
+            self.seconds()  # builds it (not timed); raises where it cannot be built
 
     def seconds(self) -> float:
         # one thread: this process's CPU time, steadier than wall time when other work shares the cores
@@ -218,48 +277,68 @@ class _Probe:
         self.cache.length = self.prompt
         t = clock()
         for _ in range(self.steps):
-            self.model(self.next, cache=self.cache)
+            self.step(self.next, cache=self.cache, positions=self.positions)
         return (clock() - t) / self.steps
 
 
+def candidates(model: nn.Module, compile: bool = False) -> list[str]:
+    """The choices to measure: the available precisions, and with ``compile`` their compiled
+    steps where that may work here."""
+    names = available(model)
+    if compile and compile_allowed(model):
+        names += [p + COMPILED for p in names if p in COMPILABLE]
+    return [c for c in CHOICES if c in names]
+
+
 @torch.no_grad()
-def measure(model: nn.Module, rows: int, seconds: float = 0.5) -> dict[str, float]:
+def measure(model: nn.Module, rows: int, seconds: float = 0.5, compile: bool = False) -> dict[str, float]:
     """Seconds per decode step of this model at ``rows`` rows (rounded up to a power of 2), per
-    available precision: the best of interleaved rounds (at least 2), within about ``seconds``."""
+    candidate: the best of interleaved rounds (at least 2), within about ``seconds`` (building
+    compiled steps not counted)."""
     rows = _bucket(rows)
     steps = max(1, min(4, model.cfg.max_seq_len // 4 - 1))
-    probes = {p: _Probe(model, p, rows, steps) for p in available(model)}
-    best = {p: float("inf") for p in probes}
+    probes = {}
+    for c in candidates(model, compile):
+        try:
+            probes[c] = _Probe(model, c, rows, steps)
+        except Exception as e:  # noqa: BLE001 - whatever stops a compiler, decoding goes on without it
+            if not split(c)[1]:
+                raise
+            compile_failed(e)
+    best = {c: float("inf") for c in probes}
     t0, rounds = time.perf_counter(), 0
     while rounds < 2 or (rounds < 8 and time.perf_counter() - t0 < seconds):
-        for p in (list(probes) if rounds % 2 == 0 else list(probes)[::-1]):
-            best[p] = min(best[p], probes[p].seconds())
+        for c in (list(probes) if rounds % 2 == 0 else list(probes)[::-1]):
+            best[c] = min(best[c], probes[c].seconds())
         rounds += 1
     return best
 
 
 def _fastest(times: dict[str, float]) -> str:
-    """The fastest precision, where a less exact one (PRECISIONS' order) must be at least
-    MARGIN faster than the more exact one it replaces: a tie goes to exactness (and the
-    choice does not flip with noise)."""
+    """The fastest choice, where a less exact one (CHOICES' order; a compiled step counts as
+    less exact than its precision's plain one) must be at least MARGIN faster than the one it
+    replaces: a tie goes to exactness and to not compiling (and the choice does not flip with
+    noise)."""
     got = "fp32"
-    for p in PRECISIONS:
-        if p in times and times[p] < times[got] * (1 - MARGIN):
-            got = p
+    for c in CHOICES:
+        if c in times and times[c] < times[got] * (1 - MARGIN):
+            got = c
     return got
 
 
-def choose(model: nn.Module, rows: int, precision: str | None = None) -> str:
-    """The precision to decode ``rows`` rows with: the one asked, or (``auto``) the fastest
-    measured on this machine, measured once per machine, threads, shape and batch size."""
+def choose(model: nn.Module, rows: int, precision: str | None = None, compile: bool = False) -> str:
+    """How to decode ``rows`` rows: the precision asked, or (``auto``) the fastest measured on
+    this machine, once per machine, threads, shape and batch size. ``compile``: the caller
+    decodes long enough (a run's rollouts) for a compiled step to pay for its building, so
+    compiled steps are candidates too. Returns a precision, or one followed by " compiled"
+    (``split``)."""
     p = requested(precision)
-    names = available(model)
     if p != "auto":
-        return p if p in names else "fp32"
-    key = _key(model, rows)
+        return p if split(p)[0] in available(model) else "fp32"
+    key = _key(model, rows) + ("|compiled too" if compile else "")
     got = _CHOICES.get(key) or _read_file().get(key)
-    if got not in names:
-        got = _fastest(measure(model, rows))
+    if got not in candidates(model, compile):
+        got = _fastest(measure(model, rows, compile=compile))
         if probe_path is not None:
             from .home import atomic_write_json
             d = _read_file()

@@ -242,7 +242,8 @@ def _continue(model, tokenizer, ids: list[list[int]], max_new_tokens: int, tempe
     count = torch.zeros(B, dtype=torch.long)  # a row's tokens so far (they are a prefix of its steps)
     done = torch.zeros(B, dtype=torch.bool)
     params = SamplingParams(max_new_tokens, temperature, None, None, 1.0, None)
-    for n, (nxt, going) in enumerate(steps(model, ids, params, eot_id=tokenizer.eot_id, generator=generator)):
+    going_on = steps(model, ids, params, eot_id=tokenizer.eot_id, generator=generator, compile=True)  # a run's rollouts
+    for n, (nxt, going) in enumerate(going_on):
         if interrupt is not None and n % STOP_EVERY_TOKENS == STOP_EVERY_TOKENS - 1:
             interrupt()
         nxt, going = nxt.cpu(), going.cpu()

@@ -78,10 +78,11 @@ class Batch:
     tensor operations whatever the batch size. With the cache, a step runs the model on the
     new tokens only, from decode weights in ``precision`` (decode.py: None or "auto" measures
     which is fastest here; "fp32" is exact); without it (the reference), on the whole window
-    again, in the model's own weights."""
+    again, in the model's own weights. ``compile``: the caller decodes for long (a run's
+    rollouts), so a compiled step is a candidate too (decode.choose); prefills stay uncompiled."""
 
     def __init__(self, model: Transformer, prompts: list[list[int]], *, use_cache: bool = True,
-                 empty_id: int = 0, precision: str | None = None):
+                 empty_id: int = 0, precision: str | None = None, compile: bool = False):
         self.model, self.max_len = model, model.cfg.max_seq_len
         p = next(model.parameters())
         rows = [list(r[-(self.max_len - 1):]) or [empty_id] for r in prompts]
@@ -92,7 +93,9 @@ class Batch:
             ids[i, T - len(r):T] = torch.tensor(r, dtype=torch.long)
             keys[i, T - len(r):T] = True
         self.ids, self.keys = ids.to(p.device), keys.to(p.device)
-        self.precision = decode.choose(model, B, precision) if use_cache else "fp32"
+        choice = decode.choose(model, B, precision, compile) if use_cache else "fp32"
+        self.precision, compiled = decode.split(choice)
+        self.step = decode.step_function(model, compiled)
         self.cache = KVCache(model.cfg, B, p.device, weights=decode.weights_for(model, self.precision)) \
             if use_cache else None
         self._prefill(T)
@@ -132,7 +135,14 @@ class Batch:
         self.ids[:, L], self.keys[:, L] = next_ids, True
         if self.cache is not None:
             mask = self.keys[:, None, None, :L + 1] if self.padded else None
-            logits, _ = self.model(next_ids[:, None], cache=self.cache, positions=self.next_pos, attn_mask=mask)
+            try:
+                logits, _ = self.step(next_ids[:, None], cache=self.cache, positions=self.next_pos, attn_mask=mask)
+            except Exception as e:  # noqa: BLE001 - a compiled step that cannot be built: decode without it
+                if self.step is self.model:
+                    raise
+                decode.compile_failed(e)
+                self.step = self.model
+                logits, _ = self.model(next_ids[:, None], cache=self.cache, positions=self.next_pos, attn_mask=mask)
         else:
             positions = (self.keys[:, :L + 1].long().cumsum(-1) - 1).clamp(min=0)
             logits, _ = self.model(self.ids[:, :L + 1], positions=positions, attn_mask=self._mask(L + 1))
@@ -142,9 +152,10 @@ class Batch:
 
 def steps(model: Transformer, prompts: list[list[int]], params: SamplingParams, eot_id: int | None = None,
           generator: torch.Generator | None = None, use_cache: bool = True,
-          precision: str | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+          precision: str | None = None, compile: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Per step, each row's new token and whether the row is still going (both (B,) tensors):
-    for callers that follow many rows without per-row Python work. Run under no_grad."""
+    for callers that follow many rows without per-row Python work. Run under no_grad.
+    precision and compile: see Batch."""
     params.validate()
     if not prompts:
         return
@@ -152,7 +163,7 @@ def steps(model: Transformer, prompts: list[list[int]], params: SamplingParams, 
     if generator is None and params.seed is not None:
         generator = torch.Generator(device="cpu").manual_seed(params.seed)
     batch = Batch(model, prompts, use_cache=use_cache, empty_id=eot_id if eot_id is not None else 0,
-                  precision=precision)
+                  precision=precision, compile=compile)
     going = torch.ones(len(prompts), dtype=torch.bool, device=batch.ids.device)
     for _ in range(params.max_length):
         logits = batch.logits.float()
@@ -186,11 +197,11 @@ def generate(model: Transformer, prompts: list[list[int]], *, max_new_tokens: in
              temperature: float = GENERATE.default("temperature"), top_k: int | None = GENERATE.default("top_k"),
              top_p: float | None = None, repetition_penalty: float = GENERATE.default("repetition_penalty"),
              seed: int | None = None, generator: torch.Generator | None = None, eot_id: int | None = None,
-             use_cache: bool = True, precision: str | None = None) -> list[list[int]]:
-    """The new tokens for each prompt (the prompt itself is not repeated). precision: the
-    decode weights' (see Batch)."""
+             use_cache: bool = True, precision: str | None = None, compile: bool = False) -> list[list[int]]:
+    """The new tokens for each prompt (the prompt itself is not repeated). precision and
+    compile: see Batch."""
     params = SamplingParams(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed)
-    done = list(steps(model, prompts, params, eot_id, generator, use_cache, precision))
+    done = list(steps(model, prompts, params, eot_id, generator, use_cache, precision, compile))
     if not done:
         return [[] for _ in prompts]
     tokens = torch.stack([t for t, _ in done], 1).tolist()

@@ -445,7 +445,7 @@ class _SelfPlay(Job):
         rows = [p for p in prompts for _ in range(cfg.group_size)]
         gen = torch.Generator(device="cpu").manual_seed(cfg.seed * 1_000_003 + 2 * step + 1)
         outs = generate(model, rows, max_new_tokens=cfg.rollout_tokens, temperature=cfg.temperature, top_k=None,
-                        generator=gen, eot_id=tokenizer.eot_id)
+                        generator=gen, eot_id=tokenizer.eot_id, compile=True)  # thousands of steps a run
         decode.release(model)  # the update below changes the weights
         gen_s = time.time() - t0
         n_new = sum(len(o) for o in outs)
