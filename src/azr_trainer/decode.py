@@ -240,6 +240,18 @@ def _compiled_forward():
     return torch.compile(Transformer.forward, dynamic=True, fullgraph=True)
 
 
+# Building a compiled step takes 10-20 s in a run (PyTorch's compile cache shortens later
+# builds), and it saved 0.4-0.8 ms a step at the shapes measured (BENCHMARKS.md, P4): it pays
+# for itself after some tens of thousands of decode steps, not in a short run.
+COMPILE_PAYS_AFTER_STEPS = 40_000
+
+
+def worth_compiling(decode_steps: float | None) -> bool:
+    """Whether a caller that will make about ``decode_steps`` decode steps in this process (None:
+    no end known) should let the probe try a compiled step."""
+    return decode_steps is None or decode_steps >= COMPILE_PAYS_AFTER_STEPS
+
+
 def step_function(model: nn.Module, compiled: bool):
     """What runs a cached decode step: the model itself, or its own forward compiled."""
     if not compiled or not compile_allowed(model):
@@ -264,7 +276,8 @@ class _Probe:
         self.steps, self.step = steps, step_function(model, compiled)
         w = weights_for(model, precision)
         self.cache = KVCache(model.cfg, rows, next(model.parameters()).device, weights=w)
-        self.prompt = max(1, min(16, model.cfg.max_seq_len - steps - 1))
+        # timed from the middle of the window: the cache length a long decode averages
+        self.prompt = max(1, min(model.cfg.max_seq_len // 2, model.cfg.max_seq_len - steps - 1))
         model(torch.zeros(rows, self.prompt, dtype=torch.long), cache=self.cache)
         self.next = torch.zeros(rows, 1, dtype=torch.long)
         self.positions = torch.full((rows, 1), self.prompt)
@@ -282,7 +295,7 @@ class _Probe:
 
 
 def candidates(model: nn.Module, compile: bool = False) -> list[str]:
-    """The choices to measure: the available precisions, and with ``compile`` their compiled
+    """The choices there are: the available precisions, and with ``compile`` their compiled
     steps where that may work here."""
     names = available(model)
     if compile and compile_allowed(model):
@@ -290,21 +303,8 @@ def candidates(model: nn.Module, compile: bool = False) -> list[str]:
     return [c for c in CHOICES if c in names]
 
 
-@torch.no_grad()
-def measure(model: nn.Module, rows: int, seconds: float = 0.5, compile: bool = False) -> dict[str, float]:
-    """Seconds per decode step of this model at ``rows`` rows (rounded up to a power of 2), per
-    candidate: the best of interleaved rounds (at least 2), within about ``seconds`` (building
-    compiled steps not counted)."""
-    rows = _bucket(rows)
-    steps = max(1, min(4, model.cfg.max_seq_len // 4 - 1))
-    probes = {}
-    for c in candidates(model, compile):
-        try:
-            probes[c] = _Probe(model, c, rows, steps)
-        except Exception as e:  # noqa: BLE001 - whatever stops a compiler, decoding goes on without it
-            if not split(c)[1]:
-                raise
-            compile_failed(e)
+def _timed(probes: dict, seconds: float) -> dict[str, float]:
+    """The best seconds per step of each probe over interleaved rounds (at least 2)."""
     best = {c: float("inf") for c in probes}
     t0, rounds = time.perf_counter(), 0
     while rounds < 2 or (rounds < 8 and time.perf_counter() - t0 < seconds):
@@ -312,6 +312,29 @@ def measure(model: nn.Module, rows: int, seconds: float = 0.5, compile: bool = F
             best[c] = min(best[c], probes[c].seconds())
         rounds += 1
     return best
+
+
+@torch.no_grad()
+def measure(model: nn.Module, rows: int, seconds: float = 0.5, compile: bool = False) -> dict[str, float]:
+    """Seconds per decode step of this model at ``rows`` rows (rounded up to a power of 2), per
+    available precision: the best of interleaved rounds, within about ``seconds``. With
+    ``compile``, then the compiled step of the precision measured fastest among those that
+    compile, timed against the plain choices again (building it, 5-20 s, not counted): one
+    build, not one per precision."""
+    rows = _bucket(rows)
+    steps = max(1, min(4, model.cfg.max_seq_len // 4 - 1))
+    plain = {p: _Probe(model, p, rows, steps) for p in available(model)}
+    best = _timed(plain, seconds)
+    compilable = [p for p in best if p in COMPILABLE]
+    if not (compile and compile_allowed(model) and compilable):
+        return best
+    choice = min(compilable, key=best.get) + COMPILED
+    try:
+        probes = {**plain, choice: _Probe(model, choice, rows, steps)}
+    except Exception as e:  # noqa: BLE001 - whatever stops a compiler, decoding goes on without it
+        compile_failed(e)
+        return best
+    return _timed(probes, seconds)
 
 
 def _fastest(times: dict[str, float]) -> str:

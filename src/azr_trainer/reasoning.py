@@ -236,6 +236,9 @@ class _Run(Job):
         self.events = EventLog(layout.events_file(layout.run_dir(home, name, run_id)), run_id, listeners)
         self.meta_books = store.get_model(home, name).books
         self.max_iterations, self.max_time = cfg.max_iterations, cfg.max_time
+        # a step decodes up to 4 programs' and 2 answers' lengths (three proposals, three solves)
+        per_step = 4 * cfg.max_program_tokens + 2 * cfg.max_answer_tokens
+        self.long_decode = decode.worth_compiling(cfg.max_iterations and cfg.max_iterations * per_step)
         self.eval_every, self.save_every, self.log_every = cfg.eval_every, cfg.save_every, cfg.log_every
         self.grad_norm, self.metrics = None, {}
         self.sample_gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.step)
@@ -268,7 +271,7 @@ class _Run(Job):
             prompts = [self._proposer_prompt(kind) for _ in range(n)]
         samples = sample_until_end(self.model, self.tokenizer, prompts, max_new_tokens=cfg.max_program_tokens,
                                    temperature=cfg.temperature, generator=gen, stop=self.fmt.proposal_stops,
-                                   interrupt=self.stop_requested)
+                                   interrupt=self.stop_requested, compile=self.long_decode)
         if kind == "induction":
             parsed = [self.fmt.parse_induction_proposal(t, cfg.induction_inputs) for _, _, t in samples]
             jobs = [(code, inp) for code, p in zip(codes, parsed) if p for inp in p[1]]
@@ -344,7 +347,7 @@ class _Run(Job):
             n_new = cfg.max_program_tokens if kind == "induction" else cfg.max_answer_tokens
             samples = sample_until_end(self.model, self.tokenizer, [t.solver_prompt(self.fmt) for t in solve_rows],
                                        max_new_tokens=n_new, temperature=cfg.temperature, generator=gen,
-                                       stop=self.fmt.stop, interrupt=self.stop_requested)
+                                       stop=self.fmt.stop, interrupt=self.stop_requested, compile=self.long_decode)
             graded = grade_answers(solve_rows, [s[2] for s in samples], self.limits, self.fmt, self.stop_requested)
             # Sandbox runs of this grading: one per well-formed abduction, one per held-out pair of a
             # well-formed induction program (deduction answers are compared as values).

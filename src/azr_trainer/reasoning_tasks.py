@@ -185,11 +185,12 @@ CPU_PROMPT_TOKENS = 4096
 @torch.no_grad()
 def sample_until_end(model, tokenizer, prompts: list[str], *, max_new_tokens: int, temperature: float,
                      generator: torch.Generator | None, stop: str | tuple[str, ...] = CompactFormat.stop,
-                     interrupt: Callable[[], None] | None = None) -> list[tuple[list[int], list[int], str]]:
+                     interrupt: Callable[[], None] | None = None,
+                     compile: bool = False) -> list[tuple[list[int], list[int], str]]:
     """Continue each prompt until it writes ``stop`` (or one of several) or ``max_new_tokens``;
     returns (prompt ids, new ids up to and including the stop, new text) per prompt.
     Temperature 0: greedy. ``interrupt``: a stop check that raises, called between pieces of the
-    work (see STOP_EVERY_TOKENS)."""
+    work (see STOP_EVERY_TOKENS). ``compile``: see sample.Batch."""
     max_prompt = model.cfg.max_seq_len - max_new_tokens
     ids = [tokenizer.encode(p)[-max_prompt:] for p in prompts]
     groups = [ids]
@@ -200,7 +201,7 @@ def sample_until_end(model, tokenizer, prompts: list[str], *, max_new_tokens: in
     for group in groups:
         if interrupt is not None:
             interrupt()
-        outs += _continue(model, tokenizer, group, max_new_tokens, temperature, generator, stop, interrupt)
+        outs += _continue(model, tokenizer, group, max_new_tokens, temperature, generator, stop, interrupt, compile)
     return [(p, o, tokenizer.decode(o)) for p, o in zip(ids, outs)]
 
 
@@ -230,7 +231,7 @@ def _stop_tokens(tokenizer, stops: tuple[str, ...], vocab_size: int) -> torch.Te
 
 def _continue(model, tokenizer, ids: list[list[int]], max_new_tokens: int, temperature: float,
               generator: torch.Generator | None, stop: str | tuple[str, ...],
-              interrupt: Callable[[], None] | None) -> list[list[int]]:
+              interrupt: Callable[[], None] | None, compile: bool = False) -> list[list[int]]:
     """The new ids of each row, up to and including its stop string. A step's bookkeeping is
     tensor operations over the batch; text is decoded only for the rows whose new token can
     complete a stop."""
@@ -242,8 +243,8 @@ def _continue(model, tokenizer, ids: list[list[int]], max_new_tokens: int, tempe
     count = torch.zeros(B, dtype=torch.long)  # a row's tokens so far (they are a prefix of its steps)
     done = torch.zeros(B, dtype=torch.bool)
     params = SamplingParams(max_new_tokens, temperature, None, None, 1.0, None)
-    going_on = steps(model, ids, params, eot_id=tokenizer.eot_id, generator=generator, compile=True)  # a run's rollouts
-    for n, (nxt, going) in enumerate(going_on):
+    for n, (nxt, going) in enumerate(steps(model, ids, params, eot_id=tokenizer.eot_id, generator=generator,
+                                           compile=compile)):
         if interrupt is not None and n % STOP_EVERY_TOKENS == STOP_EVERY_TOKENS - 1:
             interrupt()
         nxt, going = nxt.cpu(), going.cpu()

@@ -382,6 +382,8 @@ class _SelfPlay(Job):
         use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
         self.autocast = lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16)
         self.max_iterations, self.max_time = cfg.max_iterations, cfg.max_time
+        # rollouts are a fifth of a step at the default shape: a compiled decode step pays only in long runs
+        self.long_decode = decode.worth_compiling(cfg.max_iterations and cfg.max_iterations * cfg.rollout_tokens)
         self.eval_every, self.save_every, self.log_every = cfg.eval_every, cfg.save_every, cfg.log_every
         self.metrics: dict = {}
 
@@ -445,7 +447,7 @@ class _SelfPlay(Job):
         rows = [p for p in prompts for _ in range(cfg.group_size)]
         gen = torch.Generator(device="cpu").manual_seed(cfg.seed * 1_000_003 + 2 * step + 1)
         outs = generate(model, rows, max_new_tokens=cfg.rollout_tokens, temperature=cfg.temperature, top_k=None,
-                        generator=gen, eot_id=tokenizer.eot_id, compile=True)  # thousands of steps a run
+                        generator=gen, eot_id=tokenizer.eot_id, compile=self.long_decode)
         decode.release(model)  # the update below changes the weights
         gen_s = time.time() - t0
         n_new = sum(len(o) for o in outs)
