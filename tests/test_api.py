@@ -280,15 +280,18 @@ def test_the_estimates_times_are_at_this_machines_measured_speed(tmp_path):
         first = est["speed"]
         cache = json.loads((home / autosize.SPEED_FILE).read_text(encoding="utf-8"))
         (key, entry), = cache.items()
-        assert (first["gflops"], first["threads"]) == (entry["fp32_gflops"], entry["threads"])
+        at_width = autosize.as_trained(autosize.MachineSpeed(**entry), "fp32").gflops_at(TINY["d_model"])
+        assert first["gflops"] == pytest.approx(at_width) and first["threads"] == entry["threads"]
+        assert first["gflops"] > 0 and len(entry["fp32_by_width"]) == 2  # the rate for this width, measured
         assert first["seconds_per_token"] == pytest.approx(
             est["flops_per_token"] / (first["gflops"] * 1e9 * autosize.STEP_EFFICIENCY))
         assert first["step_overhead_s"] > 0
         # Later estimates read the cache: a machine measured twice as fast trains twice as fast.
-        cache[key] = {**entry, "fp32_gflops": 2 * entry["fp32_gflops"]}
+        cache[key] = {**entry, "fp32_gflops": 2 * entry["fp32_gflops"],
+                      "fp32_by_width": [2 * r for r in entry["fp32_by_width"]]}
         (home / autosize.SPEED_FILE).write_text(json.dumps(cache), encoding="utf-8")
         second = client.post("/api/models/estimate", json=TINY).json()["speed"]
-        assert second["gflops"] == 2 * first["gflops"]
+        assert second["gflops"] == pytest.approx(2 * first["gflops"], abs=0.02)
         assert second["seconds_per_token"] == pytest.approx(first["seconds_per_token"] / 2)
         assert client.post("/api/models/estimate", json={"num_layers": 0}).json()["speed"] is None
 

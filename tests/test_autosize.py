@@ -134,6 +134,29 @@ def test_training_precision_follows_the_setting_then_the_probe(tmp_path, monkeyp
 def test_the_probe_times_a_training_step_in_both_precisions():
     speed = autosize.measure_speed(1, seconds=0.05)
     assert speed.fp32_gflops > 0 and speed.bf16_gflops > 0 and speed.precision in ("fp32", "bf16")
+    # and a narrow and a wide model in fp32 (and in bf16 where it won)
+    assert len(speed.fp32_by_width) == 2 and min(speed.fp32_by_width) > 0
+    assert (speed.bf16_by_width is not None) == (speed.precision == "bf16")
+    narrow, wide = autosize.WIDTH_PROBES
+    rate = speed.bf16_by_width if speed.precision == "bf16" else speed.fp32_by_width
+    assert speed.gflops_at(narrow) == pytest.approx(rate[0]) and speed.gflops_at(wide) == pytest.approx(rate[1])
+
+
+def test_a_wide_model_is_planned_at_the_rate_measured_for_wide_matrices():
+    """Wide matrices run nearer the machine's peak: how much nearer is measured, not assumed."""
+    narrow, wide = autosize.WIDTH_PROBES
+    speed = autosize.MachineSpeed(threads=1, fp32_gflops=50.0, bf16_gflops=5.0, fp32_by_width=[40.0, 90.0])
+    assert speed.gflops_at(narrow) == 40.0 and speed.gflops_at(wide) == 90.0
+    middle = speed.gflops_at(int((narrow * wide) ** 0.5))
+    assert 40.0 < middle < 90.0 and middle == pytest.approx((40.0 * 90.0) ** 0.5, rel=0.02)
+    assert speed.gflops_at(narrow // 2) == 40.0 and speed.gflops_at(wide * 4) == 90.0  # no extrapolation
+    flat = autosize.MachineSpeed(threads=1, fp32_gflops=50.0, bf16_gflops=5.0)  # an older cached probe
+    assert flat.gflops_at(wide) == 50.0
+    # the plan reads more tokens in the same minutes where wide steps measured faster
+    big_book = 50_000_000
+    faster_wide = autosize.plan(big_book, 60, speed)
+    same_everywhere = autosize.plan(big_book, 60, autosize.MachineSpeed(1, 50.0, 5.0, fp32_by_width=[40.0, 40.0]))
+    assert faster_wide.model.d_model > narrow and faster_wide.expected_tokens > same_everywhere.expected_tokens
 
 
 def test_plans_count_bf16_speed_only_when_training_runs_in_bf16():

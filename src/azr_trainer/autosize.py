@@ -16,8 +16,11 @@ book can teach. A book small enough to be read more than ``USEFUL_EPOCHS`` times
 plan than the time it was given: more would only learn it by heart.
 
 ``measure_speed`` is a probe of a few seconds: a small model's whole training step, timed in
-fp32 and under bf16 autocast. Its result is cached per machine, thread count and PyTorch
-version, so only the first plan on a machine pays for it. Training uses bf16 on the CPU only
+fp32 and under bf16 autocast, then, in the precision that won (and fp32), at a run's batch in a
+narrow and a wide model: wide matrices run nearer the machine's peak, by how much depends on the
+machine, and a plan interpolates between the two (``MachineSpeed.gflops_at``). Its result is
+cached per machine, thread count and PyTorch version, so only the first plan on a machine pays
+for it. Training uses bf16 on the CPU only
 where it measured clearly faster (``training_precision``): some CPUs have native bf16 units,
 most run it many times slower.
 """
@@ -76,11 +79,16 @@ HEAD_DIM = 32
 MIN_LAYERS, MAX_LAYERS = 2, 16
 SPEED_FILE = layout.SPEED_FILE
 # What the cached figures measure (a cache written by another probe is measured again).
-PROBE_KIND = "train-step"
+PROBE_KIND = "train-step by width"
 PRECISION_ENV = "AZR_TRAIN_PRECISION"
 # One probe at a time: the studio's pages ask for estimates at once, and probes that ran side by
 # side would each measure a share of the cores (and write the cache over each other).
 _PROBE_LOCK = threading.Lock()
+
+
+# The widths of the width probes: a step of a narrow and of a wide model at a run's batch.
+WIDTH_PROBES = (96, 288)
+WIDTH_PROBE_BATCH = 16
 
 
 @dataclass
@@ -89,6 +97,9 @@ class MachineSpeed:
     fp32_gflops: float
     bf16_gflops: float
     device: str = "cpu"
+    # GFLOP/s at WIDTH_PROBES' widths (None: not measured; bf16's only where bf16 won)
+    fp32_by_width: list[float] | None = None
+    bf16_by_width: list[float] | None = None
 
     @property
     def precision(self) -> str:
@@ -98,6 +109,17 @@ class MachineSpeed:
     @property
     def gflops(self) -> float:
         return max(self.fp32_gflops, self.bf16_gflops) if self.precision == "bf16" else self.fp32_gflops
+
+    def gflops_at(self, d_model: int) -> float:
+        """The rate to expect for a model ``d_model`` wide, at this speed's precision: between the
+        width probes, log-linear in the width; outside them, the nearer one's (no extrapolation);
+        without them, the small probe's."""
+        by_width = self.bf16_by_width if self.precision == "bf16" else self.fp32_by_width
+        if not by_width or min(by_width) <= 0:
+            return self.gflops
+        (w0, w1), (r0, r1) = WIDTH_PROBES, by_width
+        x = min(1.0, max(0.0, math.log(d_model / w0) / math.log(w1 / w0)))
+        return r0 * (r1 / r0) ** x
 
 
 @dataclass
@@ -147,15 +169,15 @@ PROBE_SHAPE = dict(vocab_size=1024, d_model=192, num_layers=2, num_heads=6, d_ff
 PROBE_BATCH = 4
 
 
-def _probe_rate(dtype: torch.dtype, seconds: float) -> float:
+def _probe_rate(dtype: torch.dtype, seconds: float, cfg: ModelConfig | None = None, batch: int = PROBE_BATCH) -> float:
     """GFLOP/s of a small model's whole training step (forward, backward, AdamW), the model's
     arithmetic counted as the planner counts it; matmuls under autocast to ``dtype``."""
     from .runloop import make_optimizer
-    cfg = ModelConfig(**PROBE_SHAPE)
+    cfg = cfg or ModelConfig(**PROBE_SHAPE)
     generator = torch.Generator().manual_seed(0)
     model = Transformer(cfg)
     optimizer = make_optimizer(model, 1e-3, 0.1, 0.99, torch.device("cpu"))
-    x = torch.randint(0, cfg.vocab_size, (PROBE_BATCH, cfg.max_seq_len), generator=generator)
+    x = torch.randint(0, cfg.vocab_size, (batch, cfg.max_seq_len), generator=generator)
     bf16 = dtype == torch.bfloat16
 
     def step():
@@ -170,16 +192,32 @@ def _probe_rate(dtype: torch.dtype, seconds: float) -> float:
     while n < 2 or time.perf_counter() - t0 < seconds:
         step()
         n += 1
-    tokens = n * PROBE_BATCH * cfg.max_seq_len
+    tokens = n * batch * cfg.max_seq_len
     return training_flops_per_token(cfg, cfg.max_seq_len) * tokens / (time.perf_counter() - t0) / 1e9
+
+
+def _by_width(dtype: torch.dtype, seconds: float) -> list[float]:
+    """The rate of a 2-layer step at each of WIDTH_PROBES' widths, at a run's batch."""
+    out = []
+    for width in WIDTH_PROBES:
+        cfg = ModelConfig(**{**PROBE_SHAPE, "d_model": width, "num_heads": width // HEAD_DIM,
+                             "d_ff": int(round(width * 8 / 3 / 64)) * 64})
+        out.append(round(_probe_rate(dtype, seconds, cfg, WIDTH_PROBE_BATCH), 2))
+    return out
 
 
 def measure_speed(threads: int, seconds: float = 1.0) -> MachineSpeed:
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        return MachineSpeed(threads=threads, fp32_gflops=round(_probe_rate(torch.float32, seconds), 2),
-                            bf16_gflops=round(_probe_rate(torch.bfloat16, seconds), 2))
+        speed = MachineSpeed(threads=threads, fp32_gflops=round(_probe_rate(torch.float32, seconds), 2),
+                             bf16_gflops=round(_probe_rate(torch.bfloat16, seconds), 2))
+        # by width: fp32 always (what a forced fp32 run plans with), bf16 only where it won (where
+        # it is emulated, a wide bf16 step takes seconds and would never be used)
+        speed.fp32_by_width = _by_width(torch.float32, seconds / 2)
+        if speed.precision == "bf16":
+            speed.bf16_by_width = _by_width(torch.bfloat16, seconds / 2)
+        return speed
     finally:
         torch.set_num_threads(previous)
 
@@ -303,7 +341,6 @@ def _plan(book_bytes: int, book_chars: int | None, seconds: float, asked: float,
         book_tokens = float(max(1, min(book_chars or book_bytes, book_bytes)))
     else:
         book_tokens = book_bytes / BYTES_PER_TOKEN
-    budget_flops = speed.gflops * 1e9 * STEP_EFFICIENCY * seconds
     if memory_bytes is None:
         memory_bytes = 8 * 2**30
     memory_cap = memory_bytes // 2  # leave the rest to the system, the data and the evaluations
@@ -312,7 +349,7 @@ def _plan(book_bytes: int, book_chars: int | None, seconds: float, asked: float,
     for layers in range(MIN_LAYERS, MAX_LAYERS + 1):
         seq_len = 128 if layers <= 5 else 256 if layers <= 9 else 512
         cfg = shape_for_layers(layers, vocab, seq_len, tokenizer)
-        tokens = budget_flops / training_flops_per_token(cfg, seq_len)
+        tokens = speed.gflops_at(cfg.d_model) * 1e9 * STEP_EFFICIENCY * seconds / training_flops_per_token(cfg, seq_len)
         # the anchored √compute rule: the weights this many tokens support
         wanted = ANCHOR_NONEMB_PARAMS * math.sqrt(tokens / ANCHOR_TOKENS)
         wanted = min(wanted, MAX_PARAMS_PER_BOOK_TOKEN * book_tokens)
@@ -326,6 +363,7 @@ def _plan(book_bytes: int, book_chars: int | None, seconds: float, asked: float,
             best = (fit, cfg, batch, tokens)
     if best is None:  # not even the smallest shape fits: the smallest at batch 1
         cfg = shape_for_layers(MIN_LAYERS, vocab, 64, tokenizer)
+        budget_flops = speed.gflops_at(cfg.d_model) * 1e9 * STEP_EFFICIENCY * seconds
         best = (0.0, cfg, 1, budget_flops / training_flops_per_token(cfg, 64))
     _, cfg, batch, tokens = best
     seq_len = cfg.max_seq_len

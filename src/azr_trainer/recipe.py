@@ -96,8 +96,9 @@ def training_speed(home: Path, cfg: ModelConfig, threads: int | None = None) -> 
     training will use here, like ``make_plan``, and at the share of it a whole run reaches; a step
     of ``n`` tokens takes ``n * seconds_per_token + step_overhead_s`` seconds."""
     measured = _as_trained(autosize.machine_speed(home, _threads(threads)))
-    rate = measured.gflops * 1e9 * autosize.STEP_EFFICIENCY
-    return {"gflops": measured.gflops, "threads": measured.threads,
+    gflops = measured.gflops_at(cfg.d_model)  # wide matrices run nearer the machine's peak
+    rate = gflops * 1e9 * autosize.STEP_EFFICIENCY
+    return {"gflops": gflops, "threads": measured.threads,
             "seconds_per_token": training_flops_per_token(cfg) / rate, "step_overhead_s": STEP_OVERHEAD_S}
 
 
@@ -172,7 +173,7 @@ def warnings(cfg: ModelConfig, book_bytes: int, minutes: float, speed: autosize.
                                   have_gib=round(memory_bytes / 2**30, 1), batch_size=batch),
                         {"model": planned, "run": {"batch_size": max(fits)} if fits else {}}))
     seconds = 60.0 * minutes
-    flops_per_s = speed.gflops * 1e9 * autosize.STEP_EFFICIENCY
+    flops_per_s = speed.gflops_at(cfg.d_model) * 1e9 * autosize.STEP_EFFICIENCY
     step_s = batch * cfg.max_seq_len * training_flops_per_token(cfg) / flops_per_s + STEP_OVERHEAD_S
     if seconds / step_s < FEW_STEPS:
         smaller = [b for b in (2 ** i for i in range(16)) if b < batch and seconds / (
