@@ -11,11 +11,11 @@ arithmetic. Fewer bytes per weight read faster:
 - ``int8dyn``: the same int8 weights multiplied by activations quantized to int8 per step
   (fbgemm's dynamic linear; fastest for many rows on CPUs with VNNI, least exact).
 
-Where a decode runs long (a run's rollouts, thousands of steps), the step may also be compiled:
-``torch.compile`` of the model's own forward (one graph for every cache length and batch size),
-which fuses the small operations between the matrix products. On a CPU it needs a C++ compiler
-(most Linux machines have one; most Windows laptops do not) and 5–20 s to build (seconds once
-PyTorch's compile cache holds it), so a reply in the studio never waits for it. ``"int8
+Where a decode runs long (a run's rollouts, tens of thousands of steps: ``worth_compiling``),
+the step may also be compiled: ``torch.compile`` of the model's own forward (one graph for every
+cache length and batch size), which fuses the small operations between the matrix products. On
+a CPU it needs a C++ compiler (most Linux machines have one; most Windows laptops do not) and
+10–20 s to build, so a reply in the studio never waits for it. ``"int8
 compiled"`` and the like name such a choice; int8dyn's quantized operator cannot be compiled.
 
 ``auto`` times a few decode steps of the model itself in each available precision (compiled
@@ -319,7 +319,7 @@ def measure(model: nn.Module, rows: int, seconds: float = 0.5, compile: bool = F
     """Seconds per decode step of this model at ``rows`` rows (rounded up to a power of 2), per
     available precision: the best of interleaved rounds, within about ``seconds``. With
     ``compile``, then the compiled step of the precision measured fastest among those that
-    compile, timed against the plain choices again (building it, 5-20 s, not counted): one
+    compile, timed against the plain choices again (building it, 10-20 s, not counted): one
     build, not one per precision."""
     rows = _bucket(rows)
     steps = max(1, min(4, model.cfg.max_seq_len // 4 - 1))
