@@ -118,6 +118,15 @@ def test_many_passes_over_a_small_book_get_dropout_and_large_books_none():
     assert rates == sorted(rates) and rates[0] == 0 and rates[-1] <= 0.3
 
 
+def test_a_book_read_many_times_gets_more_weight_decay_than_one_read_once():
+    small = autosize.plan(225_000, 10, FAST_CPU)
+    large = autosize.plan(100_000_000, 10, SLOW_CPU)
+    assert large.weight_decay == 0.1  # text seen about once: the usual amount
+    assert small.weight_decay > 1 and small.train_settings()["weight_decay"] == small.weight_decay
+    decays = [autosize.weight_decay_for(e) for e in (0.5, 2, 4, 16, 40, 400)]
+    assert decays == sorted(decays) and decays[0] == 0.1
+
+
 def test_training_precision_follows_the_setting_then_the_probe(tmp_path, monkeypatch):
     import torch
     cpu = torch.device("cpu")

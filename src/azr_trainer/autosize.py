@@ -60,6 +60,13 @@ MAX_PARAMS_PER_BOOK_TOKEN = 24.0
 # 0.2 → 1.51, 0.3 → 1.66; on Tiny Shakespeare at 2.5 passes 0.1 cost 0.04 bpb against none
 # (BENCHMARKS.md, "Small books").
 DROPOUT_BY_EPOCHS = ((4.0, 0.0), (8.0, 0.1), (math.inf, 0.2))
+# AdamW's weight decay by the passes, the same way: a book read many times needs far more than
+# the usual 0.1. Swept at 190 s (BENCHMARKS.md, "Weight decay by passes"): Tiny Shakespeare at
+# ~4 passes 0.1 → 2.184, 1 → 2.158, 2 → 2.175, 4 → 2.233, and at ~7 passes (380 s) 1 → 2.091,
+# 2 → 2.115; a 225 KB novel at ~19 passes 0.1 → 1.568, 1 → 1.511, 2 → 1.460, 4 → 1.446, 8 → 1.558;
+# a 38 k-character story at ~100 passes 0.1 → 1.865 (best 1.649, then overfitting), 4 → 1.633
+# (best 1.609). Below one pass nothing was measured: the usual 0.1.
+WEIGHT_DECAY_BY_EPOCHS = ((1.0, 0.1), (8.0, 1.0), (math.inf, 4.0))
 # A planned run ends by itself after this many evaluations in a row clearly worse than its best
 # (about a third of the budget at one evaluation per tenth): what remains would only overfit.
 PATIENCE = 3
@@ -314,6 +321,13 @@ def dropout_for(epochs: float) -> float:
     return next(rate for most, rate in DROPOUT_BY_EPOCHS if epochs <= most)
 
 
+def weight_decay_for(epochs: float) -> float:
+    """AdamW's weight decay for a run that reads the book ``epochs`` times: the usual 0.1 for text
+    seen about once, much more for a book that comes round many times (BENCHMARKS.md, "Weight
+    decay by passes")."""
+    return next(rate for most, rate in WEIGHT_DECAY_BY_EPOCHS if epochs <= most)
+
+
 def plan(book_bytes: int, minutes: float, speed: MachineSpeed, memory_bytes: int | None = None,
          book_chars: int | None = None) -> Plan:
     """The shape and settings expected to give the lowest held-out loss after at most ``minutes``
@@ -380,7 +394,8 @@ def _plan(book_bytes: int, book_chars: int | None, seconds: float, asked: float,
     warmup = int(max(10, min(200, max(WARMUP_STEPS, 0.03 * steps), steps / 4)))
     cfg.validate()
     return Plan(model=cfg, batch_size=batch, seq_len=seq_len, learning_rate=round(lr, 6), warmup_iters=warmup,
-                min_lr_ratio=0.05, beta2=0.99, weight_decay=0.1, dropout=dropout_for(tokens / book_tokens),
+                min_lr_ratio=0.05, beta2=0.99, weight_decay=weight_decay_for(tokens / book_tokens),
+                dropout=dropout_for(tokens / book_tokens),
                 patience=PATIENCE, max_time=seconds, asked_time=asked, precision=speed.precision,
                 expected_tokens_per_s=round(tokens / seconds, 1), expected_tokens=round(tokens),
                 epochs=round(tokens / book_tokens, 2), parameters=count_parameters(cfg))
