@@ -318,14 +318,19 @@ def vocabulary_for(book_bytes: int) -> tuple[str, int]:
 def dropout_for(epochs: float) -> float:
     """Residual dropout for a run that reads the book ``epochs`` times: none while the text is
     mostly new to the model, more the more often it comes round (BENCHMARKS.md, "Small books")."""
-    return next(rate for most, rate in DROPOUT_BY_EPOCHS if epochs <= most)
+    return _by_passes(DROPOUT_BY_EPOCHS, epochs)
 
 
 def weight_decay_for(epochs: float) -> float:
     """AdamW's weight decay for a run that reads the book ``epochs`` times: the usual 0.1 for text
     seen about once, much more for a book that comes round many times (BENCHMARKS.md, "Weight
     decay by passes")."""
-    return next(rate for most, rate in WEIGHT_DECAY_BY_EPOCHS if epochs <= most)
+    return _by_passes(WEIGHT_DECAY_BY_EPOCHS, epochs)
+
+
+def _by_passes(table: tuple[tuple[float, float], ...], epochs: float) -> float:
+    """The value of the first (at most this many passes, value) row that ``epochs`` fits."""
+    return next(value for most, value in table if epochs <= most)
 
 
 def plan(book_bytes: int, minutes: float, speed: MachineSpeed, memory_bytes: int | None = None,
@@ -392,10 +397,10 @@ def _plan(book_bytes: int, book_chars: int | None, seconds: float, asked: float,
     # warm-up: 3% of the steps, but at least the anchor's 50 (a shorter one at this rate costs:
     # 20 steps → 1.550 vs 60 → 1.530 on a 225 KB novel in 190 s), and at most a quarter of the run
     warmup = int(max(10, min(200, max(WARMUP_STEPS, 0.03 * steps), steps / 4)))
+    epochs = tokens / book_tokens
     cfg.validate()
     return Plan(model=cfg, batch_size=batch, seq_len=seq_len, learning_rate=round(lr, 6), warmup_iters=warmup,
-                min_lr_ratio=0.05, beta2=0.99, weight_decay=weight_decay_for(tokens / book_tokens),
-                dropout=dropout_for(tokens / book_tokens),
+                min_lr_ratio=0.05, beta2=0.99, weight_decay=weight_decay_for(epochs), dropout=dropout_for(epochs),
                 patience=PATIENCE, max_time=seconds, asked_time=asked, precision=speed.precision,
                 expected_tokens_per_s=round(tokens / seconds, 1), expected_tokens=round(tokens),
-                epochs=round(tokens / book_tokens, 2), parameters=count_parameters(cfg))
+                epochs=round(epochs, 2), parameters=count_parameters(cfg))
