@@ -11,6 +11,10 @@ arithmetic. Fewer bytes per weight read faster:
 - ``int8dyn``: the same int8 weights multiplied by activations quantized to int8 per step
   (fbgemm's dynamic linear; fastest for many rows on CPUs with VNNI, least exact).
 
+On a CUDA GPU the int8 kernels do not apply: fp32 and bf16, each also compiled. A small model's
+step there is bound by launching its kernels, not by reading weights, so bf16 alone measured
+slower than fp32 on an H200 and the compiled step (fewer, fused kernels) faster (BENCHMARKS.md).
+
 Where a decode runs long (a run's rollouts, tens of thousands of steps: ``worth_compiling``),
 the step may also be compiled: ``torch.compile`` of the model's own forward (one graph for every
 cache length and batch size), which fuses the small operations between the matrix products. On
@@ -70,8 +74,13 @@ def split(choice: str) -> tuple[str, bool]:
 
 def available(model: nn.Module) -> list[str]:
     """The precisions this model can decode in on its device."""
-    if next(model.parameters()).device.type != "cpu":
-        return ["fp32"]  # the quantized kernels here are CPU ones
+    param = next(model.parameters())
+    if param.device.type == "cuda":
+        # the int8 kernels here are CPU ones; bf16 where the GPU has it and the model is not bf16 already
+        bf16 = param.dtype == torch.float32 and torch.cuda.is_bf16_supported()
+        return ["fp32", "bf16"] if bf16 else ["fp32"]
+    if param.device.type != "cpu":
+        return ["fp32"]
     out = ["fp32", "bf16"]
     widths = {model.cfg.d_model, model.cfg.d_ff}
     if all(w % 16 == 0 for w in widths):  # _weight_int8pack_mm crashes on other widths
@@ -225,9 +234,9 @@ _COMPILE_FAILED: list[str] = []  # why compiling failed in this process: not tri
 
 
 def compile_allowed(model: nn.Module) -> bool:
-    """Whether compiled steps may be tried for this model here: CPU (the GPU path is not
-    measured yet), not switched off, and not failed before in this process."""
-    return (next(model.parameters()).device.type == "cpu" and os.environ.get(COMPILE_ENV) != "0"
+    """Whether compiled steps may be tried for this model here: on a CPU or a CUDA GPU, not
+    switched off, and not failed before in this process."""
+    return (next(model.parameters()).device.type in ("cpu", "cuda") and os.environ.get(COMPILE_ENV) != "0"
             and not _COMPILE_FAILED)
 
 
@@ -275,22 +284,28 @@ class _Probe:
         precision, compiled = split(choice)
         self.steps, self.step = steps, step_function(model, compiled)
         w = weights_for(model, precision)
-        self.cache = KVCache(model.cfg, rows, next(model.parameters()).device, weights=w)
+        self.device = next(model.parameters()).device
+        self.cache = KVCache(model.cfg, rows, self.device, weights=w)
         # timed from the middle of the window: the cache length a long decode averages
         self.prompt = max(1, min(model.cfg.max_seq_len // 2, model.cfg.max_seq_len - steps - 1))
-        model(torch.zeros(rows, self.prompt, dtype=torch.long), cache=self.cache)
-        self.next = torch.zeros(rows, 1, dtype=torch.long)
-        self.positions = torch.full((rows, 1), self.prompt)
+        model(torch.zeros(rows, self.prompt, dtype=torch.long, device=self.device), cache=self.cache)
+        self.next = torch.zeros(rows, 1, dtype=torch.long, device=self.device)
+        self.positions = torch.full((rows, 1), self.prompt, device=self.device)
         if compiled:
             self.seconds()  # builds it (not timed); raises where it cannot be built
 
     def seconds(self) -> float:
         # one thread: this process's CPU time, steadier than wall time when other work shares the cores
-        clock = time.process_time if torch.get_num_threads() == 1 else time.perf_counter
+        gpu = self.device.type == "cuda"
+        clock = time.process_time if torch.get_num_threads() == 1 and not gpu else time.perf_counter
         self.cache.length = self.prompt
+        if gpu:
+            torch.cuda.synchronize(self.device)
         t = clock()
         for _ in range(self.steps):
             self.step(self.next, cache=self.cache, positions=self.positions)
+        if gpu:  # the GPU works asynchronously: wait for the steps queued
+            torch.cuda.synchronize(self.device)
         return (clock() - t) / self.steps
 
 
