@@ -50,3 +50,29 @@ def test_two_processes_match_one_and_resume_across_the_switch(tmp_path):
     ls, lo = losses(home, "switch"), losses(home, "one")
     for s in range(1, 9):
         assert ls[s] == pytest.approx(lo[s], abs=2e-4), s
+
+
+def test_more_processes_than_gpus_is_refused_before_the_launch(tmp_path, monkeypatch, capsys):
+    """On a machine with one CUDA GPU, two training processes (one GPU each under nccl) cannot
+    start: the command says so in words instead of failing inside torchrun."""
+    import torch
+
+    from azr_trainer import cli
+
+    home = tmp_path / "home"
+    (tmp_path / "play.txt").write_text(make_text(n_lines=200), encoding="utf-8")
+    azr(home, "books", "add", str(tmp_path / "play.txt"))
+    azr(home, "models", "create", "m", *TINY)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("AZR_LANG", "en")
+    rc = cli.main(["--home", str(home), "train", "m", "--books", "play", "--nproc", "2", "--max-iterations", "2"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "2 processes" in err and "has 1" in err, err
+    # on the CPU two processes are fine as far as GPUs go; what stops this one is its batch of 3,
+    # which two processes cannot share
+    rc = cli.main(["--home", str(home), "train", "m", "--books", "play", "--nproc", "2", "--device", "cpu",
+                   "--max-iterations", "2", "--batch-size", "3"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "divisible" in err and "GPU" not in err, err

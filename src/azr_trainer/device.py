@@ -28,6 +28,16 @@ def pick_device(name: str = "auto") -> torch.device:
     return dev
 
 
+def check_processes(nproc: int | None, choice: str = "auto") -> None:
+    """Processes of one machine that will train on CUDA take one GPU each (DDP with nccl): more
+    processes than GPUs would fail inside the launcher, so say it before the start."""
+    if not nproc or nproc <= 1 or choice not in (None, "", "auto", "cuda") or not torch.cuda.is_available():
+        return
+    gpus = torch.cuda.device_count()
+    if nproc > gpus:
+        raise UserError("device.too_few_gpus", nproc=nproc, gpus=gpus)
+
+
 def default_threads() -> int:
     # OMP_NUM_THREADS wins (torchrun sets it per process); otherwise every core.
     env = os.environ.get("OMP_NUM_THREADS", "")

@@ -12,6 +12,7 @@ from pathlib import Path
 from . import books as books_mod
 from . import store
 from .checkpoint import resolve_checkpoint
+from .device import check_processes
 from .formats import FORMATS
 from .home import Conflict, NotFound, UserError
 from .reasoning import ReasonConfig, default_lengths, resolve_format
@@ -31,6 +32,7 @@ def _check_train(home: Path, model: str, books: list[str], params: dict) -> list
     nproc = params.get("nproc")
     if nproc and params["batch_size"] % nproc:
         raise UserError("settings.nproc_batch", batch_size=params["batch_size"], nproc=nproc)
+    check_processes(nproc, params.get("device", "auto"))
     rest = {k: v for k, v in params.items() if k != "nproc"}
     TrainConfig(books=list(books), **time_budget("train", rest, processes=nproc or 1)).validate()
     return list(books)
