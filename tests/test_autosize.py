@@ -83,9 +83,9 @@ def test_machine_speed_is_measured_once_and_cached(tmp_path, monkeypatch):
     calls = []
     real = autosize.measure_speed
 
-    def counting(threads, seconds=1.0):
+    def counting(threads, seconds=1.0, device=None):
         calls.append(threads)
-        return real(threads, seconds=0.05)
+        return real(threads, seconds=0.05, device=device)
 
     monkeypatch.setattr(autosize, "measure_speed", counting)
     first = autosize.machine_speed(tmp_path, 1)
@@ -134,7 +134,7 @@ def test_training_precision_follows_the_setting_then_the_probe(tmp_path, monkeyp
     assert autosize.training_precision("fp32", cpu, tmp_path, 1) == "fp32"
     assert autosize.training_precision("bf16", cpu, tmp_path, 1) == "bf16"
     for speed, expected in ((FAST_CPU, "bf16"), (SLOW_CPU, "fp32")):
-        monkeypatch.setattr(autosize, "machine_speed", lambda home, threads, s=speed: s)
+        monkeypatch.setattr(autosize, "machine_speed", lambda home, threads, device=None, s=speed: s)
         assert autosize.training_precision("auto", cpu, tmp_path, 1) == expected
     monkeypatch.setenv(autosize.PRECISION_ENV, "fp32")
     assert autosize.training_precision("auto", cpu, tmp_path, 1) == "fp32"
@@ -174,3 +174,23 @@ def test_plans_count_bf16_speed_only_when_training_runs_in_bf16():
     # the same book and minutes buy a larger model where training runs faster
     assert autosize.plan(50_000_000, 30, autosize.as_trained(FAST_CPU, "bf16")).parameters > \
         autosize.plan(50_000_000, 30, autosize.as_trained(FAST_CPU, "fp32")).parameters
+
+
+def test_a_gpu_speed_is_read_between_its_probed_widths():
+    """A GPU's probe times several shapes of the depth dial (launch-bound when narrow, near the
+    chip's peak when wide); a plan reads the rate between the two nearest, never beyond them."""
+    gpu = autosize.MachineSpeed(threads=16, fp32_gflops=0.0, bf16_gflops=1200.0, device="cuda",
+                                widths=[96, 288, 576, 768], bf16_by_width=[1200.0, 11000.0, 69000.0, 129000.0])
+    assert gpu.precision == "bf16"
+    assert gpu.gflops_at(96) == 1200.0 and gpu.gflops_at(576) == 69000.0 and gpu.gflops_at(768) == 129000.0
+    assert gpu.gflops_at(48) == 1200.0 and gpu.gflops_at(2048) == 129000.0
+    between = gpu.gflops_at(int((288 * 576) ** 0.5))
+    assert between == pytest.approx((11000.0 * 69000.0) ** 0.5, rel=0.02)
+    assert autosize.as_trained(gpu, "fp32") == gpu  # measured in the precision it trains in
+    # the same book and minutes: a GPU buys a larger model than a laptop core, and a valid one
+    book = 5_000_000
+    on_gpu, on_cpu = autosize.plan(book, 10, gpu), autosize.plan(book, 10, SLOW_CPU)
+    assert on_gpu.parameters > 2 * on_cpu.parameters
+    assert on_gpu.expected_tokens > 10 * on_cpu.expected_tokens
+    on_gpu.model.validate()
+    assert on_gpu.precision == "bf16"

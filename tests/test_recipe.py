@@ -97,7 +97,7 @@ def test_the_optimiser_settings_are_command_line_options(tmp_path):
 
 @pytest.fixture
 def client(tmp_path, monkeypatch):
-    monkeypatch.setattr(autosize, "machine_speed", lambda home, threads: SLOW_CPU)  # no probe in the test
+    monkeypatch.setattr(autosize, "machine_speed", lambda home, threads, device=None: SLOW_CPU)  # no probe in the test
     with TestClient(create_app(tmp_path / "home"), base_url="http://127.0.0.1:8000") as c:
         r = c.post("/api/books", files={"file": ("play.txt", make_text().encode(), "text/plain")},
                    data={"name": "play"})

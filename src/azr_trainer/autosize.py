@@ -96,6 +96,11 @@ _PROBE_LOCK = threading.Lock()
 # The widths of the width probes: a step of a narrow and of a wide model at a run's batch.
 WIDTH_PROBES = (96, 288)
 WIDTH_PROBE_BATCH = 16
+# A GPU runs a small model's step at the speed it launches kernels, and a wide one near its
+# peak: on an H200, 1.2 TFLOP/s at 2 layers × 96 and 130 at 16 × 768, batch 16 (BENCHMARKS.md,
+# "On a GPU"). So there the probe times whole shapes of the depth dial, from narrowest to widest,
+# each at the window and batch a plan gives it.
+GPU_PROBE_LAYERS = (2, 6, 12, 16)
 
 
 @dataclass
@@ -107,6 +112,7 @@ class MachineSpeed:
     # GFLOP/s at WIDTH_PROBES' widths (None: not measured; bf16's only where bf16 won)
     fp32_by_width: list[float] | None = None
     bf16_by_width: list[float] | None = None
+    widths: list[int] | None = None  # the widths of the by-width rates, where not WIDTH_PROBES'
 
     @property
     def precision(self) -> str:
@@ -118,15 +124,19 @@ class MachineSpeed:
         return max(self.fp32_gflops, self.bf16_gflops) if self.precision == "bf16" else self.fp32_gflops
 
     def gflops_at(self, d_model: int) -> float:
-        """The rate to expect for a model ``d_model`` wide, at this speed's precision: between the
+        """The rate to expect for a model ``d_model`` wide, at this speed's precision: between two
         width probes, log-linear in the width; outside them, the nearer one's (no extrapolation);
         without them, the small probe's."""
         by_width = self.bf16_by_width if self.precision == "bf16" else self.fp32_by_width
-        if not by_width or min(by_width) <= 0:
+        widths = list(self.widths or WIDTH_PROBES)
+        if not by_width or min(by_width) <= 0 or len(by_width) != len(widths):
             return self.gflops
-        (w0, w1), (r0, r1) = WIDTH_PROBES, by_width
-        x = min(1.0, max(0.0, math.log(d_model / w0) / math.log(w1 / w0)))
-        return r0 * (r1 / r0) ** x
+        if d_model <= widths[0] or len(widths) == 1:
+            return by_width[0]
+        for (w0, w1), (r0, r1) in zip(zip(widths, widths[1:]), zip(by_width, by_width[1:])):
+            if d_model <= w1:
+                return r0 * (r1 / r0) ** (math.log(d_model / w0) / math.log(w1 / w0))
+        return by_width[-1]
 
 
 @dataclass
@@ -176,29 +186,39 @@ PROBE_SHAPE = dict(vocab_size=1024, d_model=192, num_layers=2, num_heads=6, d_ff
 PROBE_BATCH = 4
 
 
-def _probe_rate(dtype: torch.dtype, seconds: float, cfg: ModelConfig | None = None, batch: int = PROBE_BATCH) -> float:
+def _probe_rate(dtype: torch.dtype, seconds: float, cfg: ModelConfig | None = None, batch: int = PROBE_BATCH,
+                device: torch.device | None = None) -> float:
     """GFLOP/s of a small model's whole training step (forward, backward, AdamW), the model's
     arithmetic counted as the planner counts it; matmuls under autocast to ``dtype``."""
     from .runloop import make_optimizer
+    device = device or torch.device("cpu")
     cfg = cfg or ModelConfig(**PROBE_SHAPE)
     generator = torch.Generator().manual_seed(0)
-    model = Transformer(cfg)
-    optimizer = make_optimizer(model, 1e-3, 0.1, 0.99, torch.device("cpu"))
-    x = torch.randint(0, cfg.vocab_size, (batch, cfg.max_seq_len), generator=generator)
+    model = Transformer(cfg).to(device)
+    optimizer = make_optimizer(model, 1e-3, 0.1, 0.99, device)
+    x = torch.randint(0, cfg.vocab_size, (batch, cfg.max_seq_len), generator=generator).to(device)
     bf16 = dtype == torch.bfloat16
 
     def step():
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             _, loss = model(x, x)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
+    def wait():  # a GPU works asynchronously: the clock stops when its queue is done
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
     step()  # warm-up: the first step pays for kernel selection and allocation
+    wait()
     t0, n = time.perf_counter(), 0
     while n < 2 or time.perf_counter() - t0 < seconds:
         step()
         n += 1
+        if n % 8 == 0:
+            wait()
+    wait()
     tokens = n * batch * cfg.max_seq_len
     return training_flops_per_token(cfg, cfg.max_seq_len) * tokens / (time.perf_counter() - t0) / 1e9
 
@@ -213,7 +233,38 @@ def _by_width(dtype: torch.dtype, seconds: float) -> list[float]:
     return out
 
 
-def measure_speed(threads: int, seconds: float = 1.0) -> MachineSpeed:
+def _measure_gpu(device: torch.device, seconds: float) -> MachineSpeed:
+    """The depth dial's shapes (GPU_PROBE_LAYERS) at their windows and batches, in the precision
+    training will use there; a shape that does not fit the GPU's free memory ends the probe."""
+    from .device import available_memory_bytes, is_out_of_memory
+    bf16 = torch.cuda.is_bf16_supported()
+    widths, rates = [], []
+    for layers in GPU_PROBE_LAYERS:
+        cfg = shape_for_layers(layers, 4096, window_for_layers(layers), "bpe")
+        batch = batch_for_layers(layers)
+        if estimate_training_memory(cfg, batch, cfg.max_seq_len) > (available_memory_bytes(device) or 0) // 2:
+            break
+        try:
+            rates.append(round(_probe_rate(torch.bfloat16 if bf16 else torch.float32, seconds / len(GPU_PROBE_LAYERS),
+                                           cfg, batch, device), 2))
+        except RuntimeError as e:
+            if not is_out_of_memory(e):
+                raise
+            torch.cuda.empty_cache()
+            break
+        widths.append(cfg.d_model)
+    if not rates:  # not even the narrowest fits: plan as if it ran at the small probe's rate
+        rates, widths = [round(_probe_rate(torch.float32, seconds, device=device), 2)], [PROBE_SHAPE["d_model"]]
+        bf16 = False
+    torch.cuda.empty_cache()
+    return MachineSpeed(threads=torch.get_num_threads(), fp32_gflops=0.0 if bf16 else rates[0],
+                        bf16_gflops=rates[0] if bf16 else 0.0, device="cuda", widths=widths,
+                        fp32_by_width=None if bf16 else rates, bf16_by_width=rates if bf16 else None)
+
+
+def measure_speed(threads: int, seconds: float = 1.0, device: torch.device | None = None) -> MachineSpeed:
+    if device is not None and device.type == "cuda":
+        return _measure_gpu(device, seconds)
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -231,8 +282,9 @@ def measure_speed(threads: int, seconds: float = 1.0) -> MachineSpeed:
 
 def as_trained(speed: MachineSpeed, precision: str) -> MachineSpeed:
     """The machine's speed at the precision training will use: bf16's figure only counts when
-    training runs in bf16 (``AZR_TRAIN_PRECISION=fp32`` plans and estimates at fp32)."""
-    return speed if precision == "bf16" else replace(speed, bf16_gflops=0.0)
+    training runs in bf16 (``AZR_TRAIN_PRECISION=fp32`` plans and estimates at fp32). A GPU's
+    probe measured only the precision training uses there."""
+    return speed if precision == "bf16" or speed.device != "cpu" else replace(speed, bf16_gflops=0.0)
 
 
 def training_precision(setting: str, device: torch.device, home, threads: int | None) -> str:
@@ -259,21 +311,24 @@ def _forced_precision() -> str | None:
     return forced if forced in ("fp32", "bf16") else None
 
 
-def _machine_key(threads: int) -> str:
+def _machine_key(threads: int, device: torch.device | None = None) -> str:
+    if device is not None and device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)}|cuda|torch {torch.__version__}|{PROBE_KIND}"
     cpu = osdeps.cpu_name() or platform.processor() or platform.machine()
     return f"{cpu}|{os.cpu_count()}|{threads}|torch {torch.__version__}|{PROBE_KIND}"
 
 
-def machine_speed(home, threads: int) -> MachineSpeed:
-    """This machine's speed at ``threads``, measured once and cached in the data folder."""
+def machine_speed(home, threads: int, device: torch.device | None = None) -> MachineSpeed:
+    """This machine's speed at ``threads`` (or its GPU's, where training runs on one), measured
+    once and cached in the data folder."""
     with _PROBE_LOCK:
-        return _machine_speed(home, threads)
+        return _machine_speed(home, threads, device)
 
 
-def _machine_speed(home, threads: int) -> MachineSpeed:
+def _machine_speed(home, threads: int, device: torch.device | None = None) -> MachineSpeed:
     from .home import atomic_write_json
     path = layout.speed_file(home)
-    key = _machine_key(threads)
+    key = _machine_key(threads, device)
     try:
         cache = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(cache, dict):
@@ -285,10 +340,20 @@ def _machine_speed(home, threads: int) -> MachineSpeed:
             return MachineSpeed(**cache[key])
         except TypeError:
             pass
-    speed = measure_speed(threads)
+    speed = measure_speed(threads, device=device)
     cache[key] = asdict(speed)
     atomic_write_json(path, cache)
     return speed
+
+
+def window_for_layers(layers: int) -> int:
+    """A plan's sequence length for a depth: deeper models see longer windows."""
+    return 128 if layers <= 5 else 256 if layers <= 9 else 512
+
+
+def batch_for_layers(layers: int) -> int:
+    """A plan's batch for a depth (before memory halves it)."""
+    return 16 if layers <= 5 else 32
 
 
 def shape_for_layers(layers: int, vocab_size: int, seq_len: int, tokenizer: str) -> ModelConfig:
@@ -366,13 +431,13 @@ def _plan(book_bytes: int, book_chars: int | None, seconds: float, asked: float,
 
     best = None
     for layers in range(MIN_LAYERS, MAX_LAYERS + 1):
-        seq_len = 128 if layers <= 5 else 256 if layers <= 9 else 512
+        seq_len = window_for_layers(layers)
         cfg = shape_for_layers(layers, vocab, seq_len, tokenizer)
         tokens = speed.gflops_at(cfg.d_model) * 1e9 * STEP_EFFICIENCY * seconds / training_flops_per_token(cfg, seq_len)
         # the anchored √compute rule: the weights this many tokens support
         wanted = ANCHOR_NONEMB_PARAMS * math.sqrt(tokens / ANCHOR_TOKENS)
         wanted = min(wanted, MAX_PARAMS_PER_BOOK_TOKEN * book_tokens)
-        batch = 16 if layers <= 5 else 32
+        batch = batch_for_layers(layers)
         while batch > 1 and estimate_training_memory(cfg, batch, seq_len) > memory_cap:
             batch //= 2
         if estimate_training_memory(cfg, batch, seq_len) > memory_cap:

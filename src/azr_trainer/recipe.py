@@ -50,11 +50,17 @@ def books_size(home: Path, books: list[str]) -> tuple[int, int]:
     return sum(b.text_bytes for b in found), sum(b.chars for b in found)
 
 
+def _device():
+    """Where an auto-sized run will train: the GPU where there is one (``auto``), else the CPU."""
+    from .device import pick_device
+    return pick_device("auto")
+
+
 def _memory() -> int | None:
-    from .device import available_memory_bytes, pick_device
-    device = pick_device("auto")
-    # RAM on a CPU machine only: asking CUDA would keep a GPU context in a long-lived server
-    return available_memory_bytes(device) if device.type == "cpu" else None
+    from .device import available_memory_bytes
+    device = _device()
+    # the GPU's free memory where it trains there (its probe has made a CUDA context already)
+    return available_memory_bytes(device) if device.type in ("cpu", "cuda") else None
 
 
 def _threads(threads: int | None) -> int:
@@ -68,7 +74,7 @@ def make_plan(home: Path, books: list[str], minutes: float, threads: int | None 
     """(plan, speed, book_bytes) for these books and minutes on this machine."""
     TRAIN["minutes"].check(minutes)
     size, chars = books_size(home, books)
-    measured = _as_trained(autosize.machine_speed(home, _threads(threads)))
+    measured = _as_trained(autosize.machine_speed(home, _threads(threads), _device()))
     p = autosize.plan(size, minutes, measured, memory_bytes=_memory(), book_chars=chars)
     if p.model.tokenizer == "char":  # small books: exactly the characters they use, no row left unused
         p.model.vocab_size = char_vocabulary(home, books, p.model.vocab_size)
@@ -95,7 +101,7 @@ def training_speed(home: Path, cfg: ModelConfig, threads: int | None = None) -> 
     the cached probe (the first call on a machine measures it, a few seconds), at the precision
     training will use here, like ``make_plan``, and at the share of it a whole run reaches; a step
     of ``n`` tokens takes ``n * seconds_per_token + step_overhead_s`` seconds."""
-    measured = _as_trained(autosize.machine_speed(home, _threads(threads)))
+    measured = _as_trained(autosize.machine_speed(home, _threads(threads), _device()))
     gflops = measured.gflops_at(cfg.d_model)  # wide matrices run nearer the machine's peak
     rate = gflops * 1e9 * autosize.STEP_EFFICIENCY
     return {"gflops": gflops, "threads": measured.threads,
@@ -119,7 +125,7 @@ def describe(plan: autosize.Plan, minutes: float, book_bytes: int, threads: int 
         out["shorter_because"] = plan.shortened
     if measured is not None:
         out["measured_gflops"] = {"fp32": measured.fp32_gflops, "bf16": measured.bf16_gflops,
-                                  "threads": measured.threads}
+                                  "threads": measured.threads, "device": measured.device}
     return out
 
 

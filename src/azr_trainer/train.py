@@ -162,6 +162,11 @@ def train(home: Path, name: str, cfg: TrainConfig, listeners: list[Listener] | N
         dist.close()
 
 
+# "auto" compiles the training step on a GPU, but the build takes tens of seconds and a time
+# budget counts them: a run of a few minutes would spend much of its time building.
+COMPILE_BY_ITSELF_AFTER_S = 300.0
+
+
 class Distributed:
     """torchrun's environment (WORLD_SIZE, RANK, LOCAL_RANK) → a process group, or a single process.
 
@@ -312,7 +317,8 @@ class _Pretraining(Job):
         if dist.world > 1:
             from torch.nn.parallel import DistributedDataParallel
             compiled = DistributedDataParallel(model, device_ids=[dist.local_rank] if device.type == "cuda" else None)
-        if cfg.compile == "on" or (cfg.compile == "auto" and device.type == "cuda"):
+        if cfg.compile == "on" or (cfg.compile == "auto" and device.type == "cuda"
+                                   and (cfg.max_time is None or cfg.max_time >= COMPILE_BY_ITSELF_AFTER_S)):
             compiled = torch.compile(compiled)
         self.compiled = compiled
         self.rows = slice(dist.rank * cfg.batch_size // dist.world, (dist.rank + 1) * cfg.batch_size // dist.world)
