@@ -2,7 +2,8 @@
 against transformers' generate(), the training step's rate by shape, the public auto path
 (`azr models create --auto`, `azr train`, with a compiled step too if asked) on the benchmark
 books, generation, self-play and
-reasoning through the command line, and what `--nproc` beyond the GPUs there are says.
+reasoning through the command line, what `--nproc` beyond the GPUs there are says, the whole
+training loop's rate against its bare step, and (with two GPUs or more) DDP over nccl.
 
 Made for a lent GPU machine with little time on it: every part is timed, capped and
 independent (one that fails is recorded and the rest go on), and the results are written
@@ -37,7 +38,7 @@ from azr_trainer.sample import generate
 sys.path.insert(0, str(Path(__file__).parent))
 from rollouts_ab import load  # noqa: E402
 
-PARTS = ("decode", "cli", "nproc", "runs", "train_rates")
+PARTS = ("decode", "cli", "nproc", "runs", "train_rates", "loop", "ddp")
 
 
 def sync(device: torch.device) -> None:
@@ -237,6 +238,45 @@ def part_nproc(home: Path) -> list:
     return log
 
 
+LOOP_SHAPE = dict(layers=7, vocab=1024, window=256, batch=32)  # the GPU plan for Tiny Shakespeare in 1 minute
+
+
+def part_loop(home: Path, books: Path, device: torch.device, quick: bool) -> dict:
+    """The whole training loop (`azr train`: data, logging, evaluations, samples) against its bare
+    step at one shape: the share of the step's rate a run reaches (a plan assumes 0.9)."""
+    log: list = []
+    azr = Azr(home, log)
+    L, window, batch = LOOP_SHAPE["layers"], 64 if quick else LOOP_SHAPE["window"], 4 if quick else LOOP_SHAPE["batch"]
+    cfg = autosize.shape_for_layers(L, LOOP_SHAPE["vocab"], window, "bpe")
+    azr("books", "add", str(books / BOOKS["ts"]), "--name", "loop-book", "--json")
+    azr("models", "create", "loop", "--vocab-size", str(cfg.vocab_size), "--d-model", str(cfg.d_model),
+        "--num-layers", str(L), "--num-heads", str(cfg.num_heads), "--d-ff", str(cfg.d_ff),
+        "--max-seq-len", str(window), "--json")
+    precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    run = azr("train", "loop", "--books", "loop-book", "--batch-size", str(batch), "--compile", "off",
+              "--precision", precision, "--minutes", "0.1" if quick else "0.5", "--json", timeout=300)
+    bare = step_rate(cfg, batch, device, 0.3 if quick else 2.0, False)
+    loop_rate = (run.get("json") or {}).get("tokens_per_s")
+    return {"runs": log, "bare_step": bare, "loop_tokens_per_s": loop_rate,
+            "loop_share_of_bare": round(loop_rate / bare["tokens_per_s"], 3) if loop_rate else None}
+
+
+def part_ddp(home: Path, books: Path, quick: bool) -> list:
+    """With two GPUs or more: the same steps in one process and in two (DDP over nccl); their
+    losses should match (tests/test_distributed.py checks this on CPU processes over gloo)."""
+    log: list = []
+    if not torch.cuda.is_available() or torch.cuda.device_count() < 2:
+        return [{"skipped": f"{torch.cuda.device_count() if torch.cuda.is_available() else 0} GPU(s)"}]
+    azr = Azr(home, log)
+    azr("books", "add", str(books / BOOKS["ts"]), "--name", "ddp-book", "--json")
+    for name, extra in (("ddp-one", []), ("ddp-two", ["--nproc", "2"])):
+        azr("models", "create", name, "--vocab-size", "1024", "--d-model", "192", "--num-layers", "4",
+            "--num-heads", "6", "--d-ff", "512", "--max-seq-len", "128", "--json")
+        azr("train", name, "--books", "ddp-book", "--batch-size", "32", "--max-iterations", "5" if quick else "200",
+            "--log-every", "1", "--compile", "off", "--json", *extra, timeout=300)
+    return log
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--books", required=True, help="folder with the benchmark books")
@@ -269,6 +309,10 @@ def main() -> int:
                 result[part] = part_runs(home, args.quick)
             elif part == "nproc":
                 result[part] = part_nproc(home)
+            elif part == "loop":
+                result[part] = part_loop(home, Path(args.books), device, args.quick)
+            elif part == "ddp":
+                result[part] = part_ddp(home, Path(args.books), args.quick)
             else:
                 raise ValueError(f"no part {part!r}: {', '.join(PARTS)}")
         except Exception:  # noqa: BLE001 - record it and go on: the other parts still tell something
