@@ -18,9 +18,11 @@ plan than the time it was given: more would only learn it by heart.
 ``measure_speed`` is a probe of a few seconds: a small model's whole training step, timed in
 fp32 and under bf16 autocast, then, in the precision that won (and fp32), at a run's batch in a
 narrow and a wide model: wide matrices run nearer the machine's peak, by how much depends on the
-machine, and a plan interpolates between the two (``MachineSpeed.gflops_at``). Its result is
-cached per machine, thread count and PyTorch version, so only the first plan on a machine pays
-for it. Training uses bf16 on the CPU only
+machine, and a plan interpolates between the two (``MachineSpeed.gflops_at``). Where the run
+will train on a CUDA GPU the probe times the GPU instead: the depth dial's shapes from 2 to 16
+layers, since there a small step is bound by launching kernels and a wide one by arithmetic. Its
+result is cached per machine (or GPU), thread count and PyTorch version, so only the first plan on
+a machine pays for it. Training uses bf16 on the CPU only
 where it measured clearly faster (``training_precision``): some CPUs have native bf16 units,
 most run it many times slower.
 """
