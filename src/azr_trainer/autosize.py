@@ -252,7 +252,6 @@ def _measure_gpu(device: torch.device, seconds: float) -> MachineSpeed:
         except RuntimeError as e:
             if not is_out_of_memory(e):
                 raise
-            torch.cuda.empty_cache()
             break
         widths.append(cfg.d_model)
     if not rates:  # not even the narrowest fits: plan as if it ran at the small probe's rate

@@ -86,10 +86,8 @@ def cmd_train(args, home):
     params = settings_mod.time_budget("train", given, processes=processes)
     if args.nproc > 1 or args.nnodes > 1:
         from .device import check_processes
-        batch = params.get("batch_size", TRAIN.default("batch_size"))
-        if batch % processes:  # each process trains on its own share of a batch
-            raise UserError("settings.nproc_batch", batch_size=batch, nproc=processes)
-        check_processes(args.nproc, params.get("device", "auto"))
+        check_processes(args.nproc, params.get("batch_size", TRAIN.default("batch_size")), params.get("device", "auto"),
+                        machines=args.nnodes)
         return _run_torchrun(args, home)
     cfg = TrainConfig(books=[b.strip() for b in args.books.split(",") if b.strip()], **params)
     stop = stop_on_signals()

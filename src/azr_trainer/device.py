@@ -28,9 +28,14 @@ def pick_device(name: str = "auto") -> torch.device:
     return dev
 
 
-def check_processes(nproc: int | None, choice: str = "auto") -> None:
-    """Processes of one machine that will train on CUDA take one GPU each (DDP with nccl): more
-    processes than GPUs would fail inside the launcher, so say it before the start."""
+def check_processes(nproc: int | None, batch_size: int, choice: str = "auto", machines: int = 1) -> None:
+    """``nproc`` training processes on each of ``machines``: together they must share a batch
+    evenly (each trains on its own share), and those of one machine that will train on CUDA take
+    one GPU each (DDP with nccl): more processes than GPUs would fail inside the launcher, so say
+    it before the start."""
+    processes = (nproc or 1) * machines
+    if processes > 1 and batch_size % processes:
+        raise UserError("settings.nproc_batch", batch_size=batch_size, nproc=processes)
     if not nproc or nproc <= 1 or choice not in (None, "", "auto", "cuda") or not torch.cuda.is_available():
         return
     gpus = torch.cuda.device_count()

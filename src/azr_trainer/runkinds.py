@@ -30,9 +30,7 @@ def _check_train(home: Path, model: str, books: list[str], params: dict) -> list
     if twice is not None:
         raise UserError("runs.book_twice", name=twice)
     nproc = params.get("nproc")
-    if nproc and params["batch_size"] % nproc:
-        raise UserError("settings.nproc_batch", batch_size=params["batch_size"], nproc=nproc)
-    check_processes(nproc, params.get("device", "auto"))
+    check_processes(nproc, params["batch_size"], params.get("device", "auto"))
     rest = {k: v for k, v in params.items() if k != "nproc"}
     TrainConfig(books=list(books), **time_budget("train", rest, processes=nproc or 1)).validate()
     return list(books)
