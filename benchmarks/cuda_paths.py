@@ -256,9 +256,34 @@ def part_loop(home: Path, books: Path, device: torch.device, quick: bool) -> dic
     run = azr("train", "loop", "--books", "loop-book", "--batch-size", str(batch), "--compile", "off",
               "--precision", precision, "--minutes", "0.1" if quick else "0.5", "--json", timeout=300)
     bare = step_rate(cfg, batch, device, 0.3 if quick else 2.0, False)
-    loop_rate = (run.get("json") or {}).get("tokens_per_s")
-    return {"runs": log, "bare_step": bare, "loop_tokens_per_s": loop_rate,
-            "loop_share_of_bare": round(loop_rate / bare["tokens_per_s"], 3) if loop_rate else None}
+    summary = run.get("json") or {}
+    loop_rate = summary.get("tokens_per_s")
+    out = {"runs": log, "bare_step": bare, "loop_tokens_per_s": loop_rate,
+           "loop_share_of_bare": round(loop_rate / bare["tokens_per_s"], 3) if loop_rate else None}
+    if summary.get("events"):
+        out |= loop_parts(Path(summary["events"]), bare["tokens_per_s"])
+    return out
+
+
+def loop_parts(events: Path, bare_rate: float) -> dict:
+    """Where a run's wall time went: the step events' rates between evaluations (the loop's own
+    cost over the bare step) and the seconds of each evaluation with its samples."""
+    rows = [json.loads(line) for line in events.read_text(encoding="utf-8").splitlines() if line.strip()]
+    steps = [e for e in rows if e["type"] == "step"]
+    busy, last_time = [], None
+    for e in rows:  # an evaluation runs from the step event before it to the last sample after it
+        if e["type"] == "eval" and last_time is not None:
+            busy.append([last_time, e["time"]])
+        elif e["type"] in ("sample", "quality", "milestone") and busy:
+            busy[-1][1] = e["time"]
+        if e["type"] == "step":
+            last_time = e["time"]
+    quiet = [e["tokens_per_s"] for e, before in zip(steps[1:], steps) if not any(
+        before["time"] <= b[0] < e["time"] for b in busy)]
+    median = statistics.median(quiet) if quiet else None
+    return {"evals": len(busy), "eval_and_sample_s": round(sum(b - a for a, b in busy), 2),
+            "steps_between_evals_tokens_per_s": median and round(median),
+            "steps_share_of_bare": median and round(median / bare_rate, 3)}
 
 
 def part_ddp(home: Path, books: Path, quick: bool) -> list:

@@ -183,6 +183,24 @@ def test_stopped_and_resumed_run_matches_a_straight_run(home, book):
     assert a["val_bpb"] == pytest.approx(b["val_bpb"], abs=1e-5)
 
 
+def test_a_loss_that_is_no_number_fails_the_run_with_advice(home, book):
+    """The loss is read when a step event is written, not after every step: a loss that became
+    NaN still ends the run, at that step, with the message that says what to lower."""
+    make_model(home)
+    first = train(home, "m", cfg(book, max_iterations=4, save_every=4, sample_prompts=[]), log=lambda m: None)
+    path = list_step_checkpoints(home / "models" / "m")[-1][1]
+    obj = torch.load(path, weights_only=True)
+    for tensor in obj["state_dict"].values():
+        tensor.fill_(float("nan"))
+    torch.save(obj, path)
+    with pytest.raises(UserError) as err:
+        train(home, "m", cfg(book, max_iterations=8, log_every=2, resume=True, sample_prompts=[]),
+              log=lambda m: None)
+    assert err.value.code == "run.loss_not_finite" and err.value.params["step"] in (5, 6), err.value.params
+    end = [e for e in iter_events(first["events"]) if e["type"] == "status"][-1]
+    assert end["state"] == "failed" and end["code"] == "run.loss_not_finite" and "learning_rate" in end["message"]
+
+
 def test_checkpoints_are_pruned_and_loadable_without_pickle(home, book):
     make_model(home)
     train(home, "m", cfg(book, max_iterations=50, save_every=5, keep_last=3, sample_prompts=[]), log=lambda m: None)

@@ -206,14 +206,16 @@ class Distributed:
             import torch.distributed as td
             td.barrier()
 
-    def mean_and_any(self, value: float, flag: bool, device) -> tuple[float, bool]:
-        """Average a number and OR a flag across ranks in one collective (loss, and "stop now")."""
+    def mean_and_any(self, value: torch.Tensor, flag: bool, device) -> tuple[torch.Tensor, bool]:
+        """Average a number (a 0-d tensor, left on its device) and OR a flag across ranks in one
+        collective (loss, and "stop now")."""
         if self.world == 1:
             return value, flag
         import torch.distributed as td
-        t = torch.tensor([value, float(flag)], dtype=torch.float64, device=device)
+        t = torch.stack([value.to(device=device, dtype=torch.float64),
+                         torch.tensor(float(flag), dtype=torch.float64, device=device)])
         td.all_reduce(t)
-        return float(t[0]) / self.world, bool(t[1] > 0)
+        return t[0] / self.world, bool(t[1] > 0)
 
     def close(self) -> None:
         if self.world > 1:
@@ -344,14 +346,16 @@ class _Pretraining(Job):
         self.lr = lr = lr_at(self.step, cfg, elapsed / cfg.max_time if cfg.max_time else 0.0)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        step_loss = 0.0
+        # The loss stays a tensor until a step event reads it: reading it each step would make a
+        # GPU's host wait for every step to finish before it can queue the next one.
+        step_loss = torch.zeros((), device=self.device)
         for _ in range(cfg.grad_accum):
             x, y = self.sampler.next(self.device)
             x, y = x[self.rows], y[self.rows]
             with self.autocast():
                 loss = self.compiled(x, y)[1]  # drop the logits at once: B×T×vocab floats not kept through backward
             (loss / cfg.grad_accum).backward()
-            step_loss += float(loss.detach()) / cfg.grad_accum
+            step_loss += loss.detach().float() / cfg.grad_accum
         self.grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -362,12 +366,13 @@ class _Pretraining(Job):
         self.tokens_seen += self.tokens_per_step
         self.loss_acc, self.loss_n = self.loss_acc + step_loss, self.loss_n + 1
         self.tok_log += self.tokens_per_step
-        check_finite(step_loss, self.step, self.cfg.learning_rate)
         return stop_now
 
     def step_fields(self, now: float) -> dict:
         tps = self.tok_log / max(1e-9, now - self.t_log)
-        self.train_loss = self.loss_acc / self.loss_n
+        self.train_loss = float(self.loss_acc) / self.loss_n
+        # a loss that is no number is caught here, at most one log interval after it happened
+        check_finite(self.train_loss, self.step, self.cfg.learning_rate)
         fields = dict(loss=self.train_loss, lr=self.lr, grad_norm=float(self.grad_norm), tokens_per_s=tps,
                       tokens_seen=self.tokens_seen, flops_per_s=tps * self.flops_per_token)
         self.loss_acc, self.loss_n, self.t_log, self.tok_log = 0.0, 0, now, 0
