@@ -68,7 +68,11 @@ def test_training_lowers_loss_and_reports_everything(home, book):
     assert all(e["run"] == summary["run"] for e in events)
     info = store.get_model(home, "m")
     assert info.trained_steps == 40 and info.best_val_bpb == summary["best_val_bpb"]
-    assert (home / "models" / "m" / "checkpoints" / "best.pt").exists()
+    best = safe_load(home / "models" / "m" / "checkpoints" / "best.pt")
+    assert best["meta"]["kind"] == "best" and "optimizer" not in best  # for use, not for a resume
+    samples = [e for e in events if e["type"] == "sample"]
+    assert {e["step"] for e in samples} == {e["step"] for e in events if e["type"] == "eval"}
+    assert all(e["text"] and e["prompt"] for e in samples)
 
 
 def test_bf16_training_on_the_cpu_learns_and_evaluates_in_fp32(home, book):
