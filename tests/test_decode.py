@@ -81,7 +81,9 @@ def test_decode_weights_are_remade_when_the_model_changes():
     ref = _first_logits(model, prompts, "fp32")
     got = _first_logits(model, prompts, precision)
     assert (got - before).abs().max() > 0.1 * ref.abs().max()
-    assert (got - ref).abs().max() <= TOLERANCE[precision] * ref.abs().max()
+    assert (got - ref).abs().max() < 0.25 * (before - ref).abs().max()  # the changed model's, not the stale ones
+    # every weight three times as large makes sharper softmaxes that amplify rounding: twice the tolerance
+    assert (got - ref).abs().max() <= 2 * TOLERANCE[precision] * ref.abs().max()
 
 
 def test_fp32_is_forced_by_the_argument_and_by_the_environment(monkeypatch):
@@ -113,7 +115,7 @@ def test_auto_measures_once_keeps_the_fastest_and_reports_it(monkeypatch, tmp_pa
         return {p: (0.001 if p == "bf16" else 0.002) for p in decode.available(m)}
     monkeypatch.setattr(decode, "measure", measured)
     batch = Batch(model, [[1, 2, 3]] * 3)
-    assert batch.precision == "bf16" and batch.cache.weights.dtype == torch.bfloat16 and calls == [3]
+    assert batch.precision == "bf16" and batch.cache.weights.precision == "bf16" and calls == [3]
     assert list(json.loads((tmp_path / "decode-speed.json").read_text()).values()) == ["bf16"]
     assert Batch(model, [[1]] * 4).precision == "bf16" and calls == [3]  # same batch size class: not measured again
     monkeypatch.setattr(decode, "_CHOICES", {})  # a new process reads the file
