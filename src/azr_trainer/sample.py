@@ -61,6 +61,17 @@ def _draw(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tenso
     return torch.minimum(idx, cdf.argmax(-1, keepdim=True)).squeeze(1)
 
 
+def _sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> torch.Tensor:
+    """One token per row at the params' temperature, top-k and top-p."""
+    k = params.top_k
+    if k and k < logits.size(-1) and (params.top_p is None or params.top_p >= 1):
+        # top-k alone: draw among the k best only (a tie at the k-th is broken by topk's order)
+        # instead of filtering and summing the whole vocabulary: a third of the time at batch 8
+        vals, idx = torch.topk(logits / params.temperature, k, dim=-1)
+        return idx.gather(-1, _draw(torch.softmax(vals, -1), generator)[:, None]).squeeze(1)
+    return _draw(torch.softmax(_filter_logits(logits, params.temperature, params.top_k, params.top_p), -1), generator)
+
+
 def _apply_repetition_penalty(logits, ids, keys, penalty):
     """Penalise every token that is in a row's window (ids where keys is True)."""
     if penalty == 1.0:
@@ -172,8 +183,7 @@ def steps(model: Transformer, prompts: list[list[int]], params: SamplingParams, 
         if params.temperature == 0:
             nxt = logits.argmax(-1)
         else:
-            nxt = _draw(torch.softmax(_filter_logits(logits, params.temperature, params.top_k, params.top_p), -1),
-                        generator)
+            nxt = _sample(logits, params, generator)
         if eot_id is not None:
             going = going & (nxt != eot_id)
             if not bool(going.any()):
