@@ -93,7 +93,8 @@ def test_padded_batch_with_and_without_the_cache_agree_past_the_window(model):
         generate(model, prompts, max_new_tokens=50, temperature=0, use_cache=False)
 
 
-@pytest.mark.parametrize("kw", [dict(top_k=3), dict(top_k=None, top_p=0.6), dict(top_k=None)])
+@pytest.mark.parametrize("kw", [dict(top_k=3), dict(top_k=None, top_p=0.6), dict(top_k=None),
+                                dict(top_k=6, top_p=0.6)])
 def test_sampling_follows_the_filtered_distribution(model, kw):
     prompt, n, temperature = [1, 2], 6000, 0.2
     with torch.no_grad():
@@ -101,6 +102,7 @@ def test_sampling_follows_the_filtered_distribution(model, kw):
     probs = torch.softmax(logits / temperature, -1)
     if kw.get("top_k"):
         probs = torch.where(probs >= probs.topk(kw["top_k"]).values[-1], probs, 0)
+        probs = probs / probs.sum()  # top-p measures the mass of what top-k kept
     if kw.get("top_p"):
         ordered = probs.sort(descending=True)
         drop = ordered.values.cumsum(0) - ordered.values >= kw["top_p"]

@@ -64,11 +64,16 @@ def _draw(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tenso
 def _sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> torch.Tensor:
     """One token per row at the params' temperature, top-k and top-p."""
     k = params.top_k
-    if k and k < logits.size(-1) and (params.top_p is None or params.top_p >= 1):
-        # top-k alone: draw among the k best only (a tie at the k-th is broken by topk's order)
-        # instead of filtering and summing the whole vocabulary: a third of the time at batch 8
-        vals, idx = torch.topk(logits / params.temperature, k, dim=-1)
-        return idx.gather(-1, _draw(torch.softmax(vals, -1), generator)[:, None]).squeeze(1)
+    if k and k < logits.size(-1):
+        # With top-k: draw among the k best only (a tie at the k-th is broken by topk's order),
+        # top-p applied within them, instead of filtering and summing the whole vocabulary: a
+        # third of the time at batch 8.
+        vals, idx = torch.topk(logits / params.temperature, k, dim=-1)  # sorted, largest first
+        probs = torch.softmax(vals, -1)
+        if params.top_p is not None and params.top_p < 1:
+            # drop a token when the mass before it already reaches top_p (the top token always stays)
+            probs = probs.masked_fill(probs.cumsum(-1) - probs >= params.top_p, 0.0)
+        return idx.gather(-1, _draw(probs, generator)[:, None]).squeeze(1)
     return _draw(torch.softmax(_filter_logits(logits, params.temperature, params.top_k, params.top_p), -1), generator)
 
 
