@@ -29,13 +29,16 @@ def make_text(words=WORDS_EN, n_lines: int = 400, seed: int = 0) -> str:
     return "\n".join(lines) + "\n"
 
 
+# Generation decodes from the model's own fp32 weights and training runs in fp32 (no speed probe in
+# every fresh data folder), so that outputs are exact and the same in every process; tests of the
+# faster precisions ask for them (tests/test_decode.py, tests/test_autosize.py).
+EXACT = {"AZR_DECODE_PRECISION": "fp32", "AZR_TRAIN_PRECISION": "fp32"}
+
+
 @pytest.fixture(autouse=True)
 def exact_decoding(monkeypatch):
-    """Generation decodes from the model's own fp32 weights and training runs in fp32 (no speed
-    probe in every fresh data folder), so that outputs are exact and the same in every process;
-    tests of the faster precisions ask for them (tests/test_decode.py, tests/test_autosize.py)."""
-    monkeypatch.setenv("AZR_DECODE_PRECISION", "fp32")
-    monkeypatch.setenv("AZR_TRAIN_PRECISION", "fp32")
+    for name, value in EXACT.items():
+        monkeypatch.setenv(name, value)
 
 
 @pytest.fixture

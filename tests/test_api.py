@@ -25,7 +25,7 @@ from azr_trainer.registry import Registry, Run
 from azr_trainer.server import create_app
 from azr_trainer.train import run_dir
 
-from conftest import WORDS_RU, make_text
+from conftest import EXACT, WORDS_RU, make_text
 
 TINY = dict(vocab_size=300, d_model=32, num_layers=1, num_heads=2, d_ff=64, max_seq_len=32, tokenizer="char")
 FAST = dict(batch_size=4, learning_rate=3e-3, save_every=1000, eval_every=200, threads=1)
@@ -50,7 +50,7 @@ class Studio:
         self.log = (self.home.parent / f"serve-{self.port}.log").open("wb")
         self.proc = subprocess.Popen([sys.executable, "-m", "azr_trainer.cli", "serve", "--home", str(self.home),
                                       "--port", str(self.port), *self.extra], stdout=self.log,
-                                     stderr=subprocess.STDOUT)
+                                     stderr=subprocess.STDOUT, env={**os.environ, **EXACT})  # started before the fixture sets them
         self.http = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=60)
         deadline = time.time() + 60
         while time.time() < deadline:

@@ -24,6 +24,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from conftest import EXACT
 
 pytestmark = pytest.mark.browser
 
@@ -98,7 +99,7 @@ class Studio:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 60) -> "Studio":
-        env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONIOENCODING="utf-8")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONIOENCODING="utf-8", **EXACT)
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "azr_trainer.cli", "--home", str(self.home), "serve", "--port", str(self.port)],
