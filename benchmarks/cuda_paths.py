@@ -74,7 +74,7 @@ def part_decode(device: torch.device, quick: bool) -> dict:
         new = 8 if quick else case["new"]
         prompts = torch.randint(1, model.cfg.vocab_size, (case["rows"], case["prompt"]),
                                 generator=torch.Generator().manual_seed(1))
-        kw = dict(max_new_tokens=new, temperature=case["temperature"], top_k=case["top_k"] or None)
+        kw = dict(max_new_tokens=new, temperature=case["temperature"], top_k=case["top_k"] or None, top_p=None)
         # every plain precision, and one compiled step (each build takes a while): bf16's on a GPU
         choices = decode.candidates(model, compile=True)
         compiled = [c for c in choices if decode.split(c)[1]]

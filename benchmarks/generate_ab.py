@@ -35,7 +35,7 @@ for line in sys.stdin:
     batch, new, prompt, seed, top_k, temperature = line.split()
     prompts = [list(range(100 + i, 100 + i + int(prompt))) for i in range(int(batch))]
     t, c = time.perf_counter(), time.process_time()
-    out = generate(model, prompts, max_new_tokens=int(new), temperature=float(temperature), top_k=int(top_k) or None,
+    out = generate(model, prompts, max_new_tokens=int(new), temperature=float(temperature), top_k=int(top_k) or None, top_p=None,
                    seed=int(seed))
     n = sum(map(len, out))
     print(json.dumps([n / (time.perf_counter() - t), n / (time.process_time() - c)]), flush=True)

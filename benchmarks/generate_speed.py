@@ -40,7 +40,7 @@ def main() -> int:
             rates = []
             for r in range(args.repeats):
                 t = time.perf_counter()
-                out = generate(model, prompts, max_new_tokens=args.new, temperature=0.8, top_k=40, seed=r,
+                out = generate(model, prompts, max_new_tokens=args.new, temperature=0.8, top_k=40, top_p=None, seed=r,
                                use_cache=use_cache)
                 rates.append(sum(map(len, out)) / (time.perf_counter() - t))
             result[f"batch{batch}_{'kv_cache' if use_cache else 'no_cache'}_tokens_per_s"] = round(

@@ -105,7 +105,7 @@ def main() -> int:
 
     def run_ours(batch, mode, seed):
         prompts = prompts_all[:batch].tolist()
-        kw = dict(temperature=0.0) if mode == "greedy" else dict(temperature=0.8, top_k=40, seed=seed)
+        kw = dict(temperature=0.0) if mode == "greedy" else dict(temperature=0.8, top_k=40, top_p=None, seed=seed)
         t, c = time.perf_counter(), time.process_time()
         out = generate(model, prompts, max_new_tokens=args.new, eot_id=None, **kw)
         dt, dc = time.perf_counter() - t, time.process_time() - c

@@ -90,7 +90,7 @@ def main() -> int:
 
         def ours(precision, seed):
             return lambda: generate(model, prompts.tolist(), max_new_tokens=new, temperature=case["temperature"],
-                                    top_k=case["top_k"] or None, seed=seed, precision=precision)
+                                    top_k=case["top_k"] or None, top_p=None, seed=seed, precision=precision)
 
         def theirs(seed):
             def run():

@@ -1022,12 +1022,12 @@ def test_generation_request_and_memorisation_meter(browser, studio, artifacts):
         page.get_by_test_id("gen-top_k").fill("40")
         page.get_by_test_id("gen-seed").fill("123")
         page.get_by_test_id("gen-temperature").fill("1.2")
-        page.get_by_test_id("gen-top_p").fill("0.9")
+        page.get_by_test_id("gen-top_p").fill("0.8")
         page.get_by_test_id("gen-repetition_penalty").fill("1.1")
         page.get_by_test_id("gen-go").click()
         expect(page.get_by_test_id("gen-output")).to_have_attribute("data-done", "1")
         assert sent == [{"model": "storyteller", "prompt": "Tell me: ", "checkpoint": 50, "max_length": 100,
-                         "temperature": 1.2, "top_k": 40, "top_p": 0.9, "repetition_penalty": 1.1, "seed": 123}]
+                         "temperature": 1.2, "top_k": 40, "top_p": 0.8, "repetition_penalty": 1.1, "seed": 123}]
         expect(page.get_by_test_id("gen-text")).to_have_text(text)
         marks = page.locator("[data-testid=gen-text] mark.copied")
         expect(marks).to_have_count(1)

@@ -75,6 +75,8 @@ def test_hf_folder_loads_in_transformers_with_same_ids_logits_and_greedy(trained
     assert config["architectures"] == ["LlamaForCausalLM"] and config["tie_word_embeddings"] == cfg.tie_embeddings
     assert config["eos_token_id"] == config["bos_token_id"] == tok.eot_id == 0
     assert config["num_key_value_heads"] == cfg.num_heads and config["head_dim"] == cfg.head_dim
+    sampling = json.loads((folder / "generation_config.json").read_text(encoding="utf-8"))
+    assert {k: sampling[k] for k in ("temperature", "top_k", "top_p")} == {"temperature": 0.8, "top_k": 40, "top_p": 0.9}
 
     hf_model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     hf_tok = AutoTokenizer.from_pretrained(folder)
@@ -217,6 +219,7 @@ def test_gguf_reads_back_with_tensors_and_metadata(trained, tmp_path, dtype):
     assert modelfile.name == f"m-{dtype}.Modelfile"
     text = modelfile.read_text(encoding="utf-8")
     assert f"FROM ./m-{dtype}.gguf" in text and 'PARAMETER stop "<|endoftext|>"' in text
+    assert "PARAMETER top_k 40\n" in text and "PARAMETER top_p 0.9\n" in text  # the studio's sampling
 
 
 def test_gguf_loads_in_transformers_with_the_same_logits(trained, tmp_path):

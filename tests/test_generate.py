@@ -4,6 +4,7 @@ import torch
 from azr_trainer.home import UserError
 from azr_trainer.model import ModelConfig, Transformer
 from azr_trainer.sample import Batch, SamplingParams, generate, stream_generate
+from azr_trainer.settings import GENERATE
 
 
 @pytest.fixture(scope="module")
@@ -93,10 +94,11 @@ def test_padded_batch_with_and_without_the_cache_agree_past_the_window(model):
         generate(model, prompts, max_new_tokens=50, temperature=0, use_cache=False)
 
 
-@pytest.mark.parametrize("kw", [dict(top_k=3), dict(top_k=None, top_p=0.6), dict(top_k=None),
-                                dict(top_k=6, top_p=0.6)])
+@pytest.mark.parametrize("kw", [dict(top_k=3, top_p=None), dict(top_k=None, top_p=0.6), dict(top_k=None, top_p=None),
+                                dict(top_k=6, top_p=0.6), dict()])  # dict(): the defaults (top-k 40, top-p 0.9)
 def test_sampling_follows_the_filtered_distribution(model, kw):
     prompt, n, temperature = [1, 2], 6000, 0.2
+    kw = {"top_k": GENERATE.default("top_k"), "top_p": GENERATE.default("top_p"), **kw}
     with torch.no_grad():
         logits = model(torch.tensor([prompt]))[0][0, -1]
     probs = torch.softmax(logits / temperature, -1)
@@ -114,7 +116,7 @@ def test_sampling_follows_the_filtered_distribution(model, kw):
     assert (counts - probs).abs().max().item() < 0.035 and probs.max() < 0.9  # (a spread distribution)
 
 
-@pytest.mark.parametrize("kw", [dict(temperature=1.0, top_k=None), dict(temperature=0.7, top_k=None, top_p=0.8),
+@pytest.mark.parametrize("kw", [dict(temperature=1.0, top_k=None, top_p=None), dict(temperature=0.7, top_k=None, top_p=0.8),
                                 dict(temperature=1.2, top_k=5, repetition_penalty=1.3)])
 def test_every_sampling_path_is_reproducible_with_a_seed(model, kw):
     prompts = [[1, 2], [3, 4, 5, 6, 7]]

@@ -216,6 +216,7 @@ def _write_hf_folder(obj: dict, folder: Path, dtype: str, model_name: str | None
         "generation_config.json": json.dumps({
             "bos_token_id": tok.eot_id, "eos_token_id": tok.eot_id, "pad_token_id": tok.eot_id,
             "do_sample": True, "temperature": GENERATE.default("temperature"), "top_k": GENERATE.default("top_k"),
+            "top_p": GENERATE.default("top_p"),
         }, indent=2) + "\n",
         **hf_tokenizer_files(tok, cfg.max_seq_len, _imported_from(obj).get("chat_template")),
         HF_MARKER: json.dumps({
@@ -443,5 +444,6 @@ def ollama_modelfile(gguf_name: str, tok: Tokenizer, cfg: ModelConfig) -> str:
             f'PARAMETER stop "{eos}"\n'
             f"PARAMETER num_ctx {cfg.max_seq_len}\n"
             f"PARAMETER temperature {GENERATE.default('temperature')}\n"
-            f"PARAMETER top_k {GENERATE.default('top_k')}\n")
+            f"PARAMETER top_k {GENERATE.default('top_k')}\n"
+            f"PARAMETER top_p {GENERATE.default('top_p')}\n")
 

@@ -210,7 +210,7 @@ def stream_generate(model: Transformer, prompts: list[list[int]], params: Sampli
 @torch.no_grad()
 def generate(model: Transformer, prompts: list[list[int]], *, max_new_tokens: int = GENERATE.default("max_length"),
              temperature: float = GENERATE.default("temperature"), top_k: int | None = GENERATE.default("top_k"),
-             top_p: float | None = None, repetition_penalty: float = GENERATE.default("repetition_penalty"),
+             top_p: float | None = GENERATE.default("top_p"), repetition_penalty: float = GENERATE.default("repetition_penalty"),
              seed: int | None = None, generator: torch.Generator | None = None, eot_id: int | None = None,
              use_cache: bool = True, precision: str | None = None, compile: bool = False) -> list[list[int]]:
     """The new tokens for each prompt (the prompt itself is not repeated). precision and

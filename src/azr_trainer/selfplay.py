@@ -221,7 +221,7 @@ def evaluate_samples(model, tokenizer, prompts: list[list[int]], *, length: int,
     texts: list[str] = []
     for i in range(0, len(prompts), batch_size):
         outs = generate(model, prompts[i:i + batch_size], max_new_tokens=length, temperature=temperature, top_k=None,
-                        generator=gen, eot_id=tokenizer.eot_id)
+                        top_p=None, generator=gen, eot_id=tokenizer.eot_id)
         texts += [tokenizer.decode(o) for o in outs]
     prompt_texts = [tokenizer.decode(p) for p in prompts]
     res = {f"sample_{k}": v for k, v in sample_metrics(texts).items()}
@@ -447,7 +447,7 @@ class _SelfPlay(Job):
         rows = [p for p in prompts for _ in range(cfg.group_size)]
         gen = torch.Generator(device="cpu").manual_seed(cfg.seed * 1_000_003 + 2 * step + 1)
         outs = generate(model, rows, max_new_tokens=cfg.rollout_tokens, temperature=cfg.temperature, top_k=None,
-                        generator=gen, eot_id=tokenizer.eot_id, compile=self.long_decode)
+                        top_p=None, generator=gen, eot_id=tokenizer.eot_id, compile=self.long_decode)
         decode.release(model)  # the update below changes the weights
         gen_s = time.time() - t0
         n_new = sum(len(o) for o in outs)
