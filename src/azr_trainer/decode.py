@@ -12,9 +12,9 @@ arithmetic. Fewer bytes per weight read faster:
 - ``int8dyn``: the same int8 weights multiplied by activations quantized to int8 per step
   (fbgemm's dynamic linear; fastest for many rows on CPUs with VNNI, least exact).
 
-Between the products the residual stream, the norms and attention stay in the model's type. In
-every precision but fp32 a norm's gain is folded into the product that follows it, which leaves
-the norm three small calls instead of ``rms_norm``'s one that costs more at batch 1.
+Between the products the residual stream, the norms and attention stay in the model's type. On
+a CPU, in every precision but fp32, a norm's gain is folded into the product that follows it,
+which leaves the norm three small calls instead of ``rms_norm``'s one that costs more at batch 1.
 
 On a CUDA GPU the int8 kernels do not apply: fp32 and bf16, each also compiled. A small model's
 step there is bound by launching its kernels, not by reading weights, so bf16 alone measured
@@ -157,8 +157,8 @@ class DecodeWeights:
         # Outside fp32 (exact) a norm's gain and its √width go into that product's weights, and
         # the norm is x / √(|x|² + width·eps): rms_norm's numbers up to rounding, in 3 small
         # calls, where rms_norm's one costs as much as 4 of them at batch 1 on a CPU (a sixth of
-        # an int8 step of the default shape).
-        self.fold = precision != "fp32"
+        # an int8 step of the default shape). A GPU runs rms_norm as one kernel: nothing to gain there.
+        self.fold = precision != "fp32" and self.embed.device.type == "cpu"
         self._before: dict[int, nn.Module] = {id(model): model.model.norm}
         for layer in model.model.layers:
             self._before[id(layer.self_attn)] = layer.input_layernorm
