@@ -4,7 +4,8 @@ minutes of one run.
 Through the library calls the studio makes (books.add_book, recipe.create for the "best model for N
 minutes" plan, recipe.apply + settings.time_budget for the run's settings, train.train) in a fresh
 temporary data folder. The run's own evaluations come at most 30 s after the first step and then
-every tenth of the budget; each writes samples at the studio's generation temperature (0.8). This
+every tenth of the budget; each writes samples at the studio's generation settings (temperature
+0.8, top-k 40, top-p 0.9). This
 script gives each evaluation more samples than the studio does (--prompts openings of lines of the
 held-out text, --length tokens each) so that the share is a steady figure, and reports the share of
 written words that occur in the book's training text (milestones.real_word_share, the same measure
