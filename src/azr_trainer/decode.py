@@ -152,13 +152,14 @@ class DecodeWeights:
         dt = self.dtype
         self.embed = model.model.embed_tokens.weight.detach().to(dt)
         self.rope = (model.rope_cos.to(dt), model.rope_sin.to(dt))
-        self.norms = {id(m): m.weight.detach().to(dt) for m in model.modules() if type(m).__name__ == "RMSNorm"}
         # Every norm feeds one product: the attention's q/k/v, the MLP's gate/up, the output layer.
         # Outside fp32 (exact) a norm's gain and its √width go into that product's weights, and
         # the norm is x / √(|x|² + width·eps): rms_norm's numbers up to rounding, in 3 small
         # calls, where rms_norm's one costs as much as 4 of them at batch 1 on a CPU (a sixth of
         # an int8 step of the default shape). A GPU runs rms_norm as one kernel: nothing to gain there.
         self.fold = precision != "fp32" and self.embed.device.type == "cpu"
+        self.norms = {} if self.fold else {id(m): m.weight.detach().to(dt) for m in model.modules()
+                                           if type(m).__name__ == "RMSNorm"}
         self._before: dict[int, nn.Module] = {id(model): model.model.norm}
         for layer in model.model.layers:
             self._before[id(layer.self_attn)] = layer.input_layernorm

@@ -34,12 +34,10 @@ class SamplingParams:
         return self
 
 
-def _filter_logits(logits, temperature, top_k, top_p):
+def _filter_logits(logits, temperature, top_p):
+    """The whole vocabulary's logits at ``temperature``, the tail beyond ``top_p`` at -inf
+    (without top-k; with it, ``_sample`` works on the k best alone)."""
     logits = logits / temperature
-    if top_k:
-        k = min(top_k, logits.size(-1))
-        kth = torch.topk(logits, k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p is not None and top_p < 1:
         sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
         probs = torch.softmax(sorted_logits, dim=-1)
@@ -74,7 +72,7 @@ def _sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Gener
             # drop a token when the mass before it already reaches top_p (the top token always stays)
             probs = probs.masked_fill(probs.cumsum(-1) - probs >= params.top_p, 0.0)
         return idx.gather(-1, _draw(probs, generator)[:, None]).squeeze(1)
-    return _draw(torch.softmax(_filter_logits(logits, params.temperature, params.top_k, params.top_p), -1), generator)
+    return _draw(torch.softmax(_filter_logits(logits, params.temperature, params.top_p), -1), generator)
 
 
 def _apply_repetition_penalty(logits, ids, keys, penalty):
