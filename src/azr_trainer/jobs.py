@@ -204,7 +204,7 @@ class JobRunner:
                 if was == "running" and _holds(run) and lock_holder(self.home, run.model) is not None:
                     # Still alive (still saving, or on Windows, where workers cannot see their
                     # parent die): ask it to stop, and keep reading what it writes.
-                    self._control_file(run).write_text("pause", encoding="utf-8")
+                    self._write_control(run, "pause")
                     self._orphans.add(run.id)
                 self._set_state(s, run, "interrupted", f"jobs.studio_stopped_{was}", {"step": run.step})
 
@@ -435,13 +435,16 @@ class JobRunner:
     def _run_dir(self, run: Run) -> Path:
         return layout.run_dir(self.home, run.model, run.id)
 
-    def _control_file(self, run: Run) -> Path:
+    def _write_control(self, run: Run, what: str) -> None:
+        """Ask the run's worker to stop ("pause", "cancel"). Written whole or not at all: the worker
+        checks the file after every step, and an empty one, caught between its creation and its
+        text, would read as a stop without a reason (the run then ends "interrupted")."""
         path = layout.control_file(self._run_dir(run))
         path.parent.mkdir(parents=True, exist_ok=True)
-        return path
+        osdeps.atomic_write_bytes(path, what.encode("utf-8"))
 
     def _request_stop(self, run: Run, what: str) -> None:
-        self._control_file(run).write_text(what, encoding="utf-8")
+        self._write_control(run, what)
         run.stop_requested = what
 
     def _ingest(self, s, run: Run) -> None:
