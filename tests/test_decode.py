@@ -69,6 +69,30 @@ def test_greedy_text_of_a_trained_model_is_the_same_as_fp32(trained, precision):
     assert (logits - fp32).abs().max() <= TOLERANCE[precision] * fp32.abs().max()
 
 
+@pytest.mark.parametrize("kv_heads", [None, 2])
+@pytest.mark.parametrize("precision", decode.PRECISIONS)
+def test_the_one_token_step_gives_the_models_own_cached_logits(precision, kv_heads):
+    """The hand-arranged one-token step (scale and rotation folded into per-step tables, keys
+    and values written together, grouped heads attended without copies) against the model's
+    own forward on the same cache and decode weights, step after step of a left-padded batch."""
+    model = _random_model(num_kv_heads=kv_heads)
+    if precision not in decode.available(model):
+        pytest.skip(f"{precision} is not available with this PyTorch")
+    prompts = [[5, 6, 7, 8], [9] * 11, [1]]
+    with torch.no_grad():
+        batch = Batch(model, prompts, precision=precision)
+        assert isinstance(batch.step, decode.OneTokenStep)
+        for _ in range(20):
+            nxt = batch.logits.argmax(-1)
+            length, mask = batch.cache.length, batch.keys[:, None, None, :batch.length + 1].clone()
+            mask[..., -1] = True  # the new token sees itself
+            ref, _ = model(nxt[:, None], cache=batch.cache, positions=batch.next_pos, attn_mask=mask)
+            batch.cache.length = length
+            batch.push(nxt)
+            assert batch.cache.length == length + 1
+            assert (batch.logits - ref[:, -1]).abs().max() <= 1e-4 * ref.abs().max()
+
+
 def test_decode_weights_are_remade_when_the_model_changes():
     """Self-play updates the weights between rollout batches: the next batch must see them."""
     model = _random_model()

@@ -1,4 +1,5 @@
-"""Decode weights: a model's matrices for cached generation steps, in the fastest precision.
+"""Decode weights: a model's matrices for cached generation steps, in the fastest precision,
+and the one-token step that reads them (``OneTokenStep``).
 
 A cached decode step multiplies a few rows of activations by every weight matrix, so on a
 CPU it is bound by reading the weights (and, for small models, by per-call overhead), not by
@@ -111,29 +112,35 @@ def _quantize(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8), scale
 
 
-def _linear(w: torch.Tensor, precision: str):
-    """A function x → x·wᵀ for one (out, in) weight matrix in the given precision."""
+def _kernel(w: torch.Tensor, precision: str):
+    """A function x → x·wᵀ for one (out, in) weight matrix in the given precision, on 2-D x
+    (rows, in) that already has the type the kernel takes, and that type."""
     w = w.detach()
     if precision == "fp32":
-        return lambda x: F.linear(x, w)
+        return functools.partial(F.linear, weight=w), w.dtype
     # bf16 and int8 products take bf16 inputs (their int8 kernel is ~13× slower with fp32 ones)
     # and give bf16 outputs; the residual stream between them stays in the model's type.
     if precision == "bf16":
-        wb = w.to(torch.bfloat16)
-        return lambda x: F.linear(x.to(torch.bfloat16), wb)
+        return functools.partial(F.linear, weight=w.to(torch.bfloat16)), torch.bfloat16
     q, scale = _quantize(w.float())
     if precision == "int8":
-        s, n = scale.to(torch.bfloat16), q.shape[0]
-
-        def int8(x):
-            return torch._weight_int8pack_mm(x.reshape(-1, x.shape[-1]).to(torch.bfloat16), q, s).view(*x.shape[:-1], n)
-        return int8
+        return functools.partial(torch._weight_int8pack_mm, mat2=q, scales=scale.to(torch.bfloat16)), torch.bfloat16
     with warnings.catch_warnings():  # quantized tensors are deprecated; _dynamic_ok checks they still work
         warnings.simplefilter("ignore")
         qw = torch.quantize_per_channel(q.float() * scale[:, None], scale.double(),
                                         torch.zeros_like(scale, dtype=torch.long), 0, torch.qint8)
         packed = torch.ops.quantized.linear_prepack(qw, None)
-    return lambda x: torch.ops.quantized.linear_dynamic(x, packed, True)
+    return (lambda x: torch.ops.quantized.linear_dynamic(x, packed, True)), torch.float32
+
+
+def _linear(w: torch.Tensor, precision: str):
+    """A function x → x·wᵀ for x of any shape (..., in) and type."""
+    kernel, dtype = _kernel(w, precision)
+
+    def linear(x):
+        y = kernel(x.reshape(-1, x.shape[-1]).to(dtype))
+        return y.view(*x.shape[:-1], y.shape[-1])
+    return linear
 
 
 class DecodeWeights:
@@ -148,7 +155,7 @@ class DecodeWeights:
         # slower, and a bf16 residual stream adds a rounding at every layer.
         self.dtype = self.cache_dtype = next(model.parameters()).dtype
         self.versions = _versions(model)
-        self._linears: dict[tuple[int, tuple[str, ...]], object] = {}
+        self._kernels: dict[tuple[int, tuple[str, ...]], tuple] = {}
         dt = self.dtype
         self.embed = model.model.embed_tokens.weight.detach().to(dt)
         self.rope = (model.rope_cos.to(dt), model.rope_sin.to(dt))
@@ -167,21 +174,96 @@ class DecodeWeights:
         d, eps = model.cfg.d_model, model.cfg.norm_eps
         self._floor = torch.tensor((d * eps) ** 0.5, dtype=dt, device=self.embed.device)
 
-    def linear(self, owner: nn.Module, names: tuple[str, ...], x: torch.Tensor) -> torch.Tensor:
-        """x times owner's linear layers ``names`` stacked into one matrix (made on first use)."""
-        f = self._linears.get((id(owner), names))
-        if f is None:
+    def kernel(self, owner: nn.Module, names: tuple[str, ...]):
+        """owner's linear layers ``names`` stacked into one matrix (made on first use), as a
+        function on 2-D inputs of the type it takes, and that type (``_kernel``)."""
+        k = self._kernels.get((id(owner), names))
+        if k is None:
             w = torch.cat([getattr(owner, n).weight for n in names]) if len(names) > 1 else getattr(owner, names[0]).weight
             norm = self._before.get(id(owner)) if names[0] in _AFTER_NORM else None
             if self.fold and norm is not None:
                 w = w.detach().float() * (norm.weight.detach().float() * w.shape[1] ** 0.5)
-            f = self._linears[(id(owner), names)] = _linear(w, self.precision)
-        return f(x)
+            k = self._kernels[(id(owner), names)] = _kernel(w, self.precision)
+        return k
 
-    def norm(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    def linear(self, owner: nn.Module, names: tuple[str, ...], x: torch.Tensor) -> torch.Tensor:
+        """x (any shape, any type) times owner's linear layers ``names`` stacked into one matrix."""
+        kernel, dtype = self.kernel(owner, names)
+        y = kernel(x.reshape(-1, x.shape[-1]).to(dtype))
+        return y.view(*x.shape[:-1], y.shape[-1])
+
+    def norm(self, module: nn.Module, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The norm ``module`` of x; with ``out``, written there in out's type (one call less
+        than a cast after it), folded norms only."""
         if self.fold:
-            return x / torch.hypot(torch.linalg.vector_norm(x, dim=-1, keepdim=True), self._floor)
-        return F.rms_norm(x, (x.shape[-1],), self.norms[id(module)], module.eps)
+            return torch.div(x, torch.hypot(torch.linalg.vector_norm(x, dim=-1, keepdim=True), self._floor), out=out)
+        y = F.rms_norm(x, (x.shape[-1],), self.norms[id(module)], module.eps)
+        return y if out is None else out.copy_(y)
+
+
+class OneTokenStep:
+    """A cached decode step of one new token per row, in as few tensor calls as its arithmetic
+    allows: at batch 1 on a CPU a small model's step is mostly the cost of calling PyTorch
+    (a few µs a call, ~60 calls a layer through the model's own forward), not the arithmetic.
+
+    The same numbers as ``Transformer.forward`` with a cache (the tests compare them), arranged
+    for one token: 2-D activations (no reshapes around the products); each norm written
+    straight in the type its product takes; the attention scale and the rotation's cos/sin for
+    q, k and v (v: no rotation) made once per step, so one rotation covers all three; keys and
+    values written to the cache with one copy (``KVCache.kv``); grouped-query heads attended
+    without repeating the cache; the residual stream updated in place. A prefill (many tokens)
+    and a compiled step still run the model's forward."""
+
+    def __init__(self, model: nn.Module, cache):
+        cfg = model.cfg
+        self.cache, self.w = cache, cache.bind(model)
+        w, dt = self.w, self.w.dtype
+        H, KV, hd = cfg.num_heads, cfg.kv_heads, cfg.head_dim
+        self.shape = (H, KV, hd, cfg.d_ff, cfg.max_seq_len)
+        rows = cache.kv[0].shape[1]
+        device = w.embed.device
+        # per head: cos·a + b and sin·a, with (a, b) = (scale, 0) for q, (1, 0) for k, (0, 1) for v
+        a = torch.tensor([hd ** -0.5] * H + [1.0] * KV + [0.0] * KV, dtype=dt, device=device)[:, None]
+        self.cos_a, self.cos_b, self.sin_a = a, (a == 0).to(dt), a
+        self.layers = [(layer.input_layernorm, w.kernel(layer.self_attn, layer.self_attn.QKV),
+                        w.kernel(layer.self_attn, layer.self_attn.O), layer.post_attention_layernorm,
+                        w.kernel(layer.mlp, layer.mlp.GATE_UP), w.kernel(layer.mlp, layer.mlp.DOWN))
+                       for layer in model.model.layers]
+        self.final_norm, self.head = model.model.norm, w.kernel(model, model.HEAD)
+        # every product after a norm takes the same type: one buffer for the normed activations
+        self.normed = torch.empty(rows, cfg.d_model, dtype=self.head[1], device=device)
+
+    def __call__(self, ids: torch.Tensor, positions: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """ids (B,) the new token of each row, positions (B, 1) their rotary positions,
+        attn_mask (B, 1, 1, keys) which cached keys each row sees (None: all). Returns the
+        next-token logits (B, vocab) in fp32 and advances the cache by one."""
+        H, KV, hd, d_ff, max_len = self.shape
+        w, cache, normed, half = self.w, self.cache, self.normed, hd // 2
+        t = cache.length
+        if t >= max_len:
+            raise ValueError(f"the cache holds {max_len} tokens: the window must slide first")
+        B, G, L = ids.shape[0], H // KV, t + 1
+        x = F.embedding(ids, w.embed)
+        p = positions.view(-1)
+        cos = w.rope[0][p][:, None] * self.cos_a + self.cos_b  # (B, H + 2·KV, hd)
+        sin = w.rope[1][p][:, None] * self.sin_a
+        hidden = ~attn_mask if attn_mask is not None else None
+        for i, (norm1, (qkv, _), (out, out_type), norm2, (gate_up, _), (down, _)) in enumerate(self.layers):
+            h = qkv(w.norm(norm1, x, normed)).view(B, -1, hd)
+            r = h * cos
+            r.addcmul_(h.roll(half, -1), sin)
+            kv = cache.kv[i]
+            kv.select(3, t).copy_(r[:, H:].view(B, 2, KV, hd).transpose(0, 1))
+            k, v = kv[:, :, :, :L].reshape(2, B * KV, L, hd)
+            scores = torch.bmm(r[:, :H].reshape(B * KV, G, hd), k.transpose(1, 2))
+            if hidden is not None:
+                scores.view(B, KV, G, L).masked_fill_(hidden, float("-inf"))
+            y = torch.bmm(scores.softmax(-1), v).view(B, H * hd)
+            x.add_(out(y.to(out_type)))
+            gu = gate_up(w.norm(norm2, x, normed))
+            x.add_(down(F.silu(gu[:, :d_ff]).mul_(gu[:, d_ff:])))
+        cache.length = L
+        return self.head[0](w.norm(self.final_norm, x, normed)).float()
 
 
 def _versions(model: nn.Module) -> tuple:
@@ -285,11 +367,18 @@ def worth_compiling(decode_steps: float | None) -> bool:
     return decode_steps is None or decode_steps >= COMPILE_PAYS_AFTER_STEPS
 
 
-def step_function(model: nn.Module, compiled: bool):
-    """What runs a cached decode step: the model itself, or its own forward compiled."""
+def one_token_step(model: nn.Module, cache, compiled: bool = False):
+    """What runs a cached decode step of one token per row on ``cache``: ``OneTokenStep``, or
+    the model's own forward compiled. Either is called as step(ids (B,), positions (B, 1),
+    attn_mask) and returns the next-token logits (B, vocab)."""
     if not compiled or not compile_allowed(model):
-        return model
-    return functools.partial(_compiled_forward(), model)
+        return OneTokenStep(model, cache)
+    forward = functools.partial(_compiled_forward(), model)
+
+    def compiled_step(ids, positions, attn_mask=None):
+        return forward(ids[:, None], cache=cache, positions=positions, attn_mask=attn_mask)[0][:, -1]
+    compiled_step.compiled = True
+    return compiled_step
 
 
 def compile_failed(error: BaseException) -> None:
@@ -306,14 +395,14 @@ class _Probe:
     def __init__(self, model, choice: str, rows: int, steps: int):
         from .model import KVCache
         precision, compiled = split(choice)
-        self.steps, self.step = steps, step_function(model, compiled)
         w = weights_for(model, precision)
         self.device = next(model.parameters()).device
         self.cache = KVCache(model.cfg, rows, self.device, weights=w)
+        self.steps, self.step = steps, one_token_step(model, self.cache, compiled)
         # timed from the middle of the window: the cache length a long decode averages
         self.prompt = max(1, min(model.cfg.max_seq_len // 2, model.cfg.max_seq_len - steps - 1))
         model(torch.zeros(rows, self.prompt, dtype=torch.long, device=self.device), cache=self.cache)
-        self.next = torch.zeros(rows, 1, dtype=torch.long, device=self.device)
+        self.next = torch.zeros(rows, dtype=torch.long, device=self.device)
         self.positions = torch.full((rows, 1), self.prompt, device=self.device)
         if compiled:
             self.seconds()  # builds it (not timed); raises where it cannot be built
@@ -327,7 +416,7 @@ class _Probe:
             torch.cuda.synchronize(self.device)
         t = clock()
         for _ in range(self.steps):
-            self.step(self.next, cache=self.cache, positions=self.positions)
+            self.step(self.next, self.positions)
         if gpu:  # the GPU works asynchronously: wait for the steps queued
             torch.cuda.synchronize(self.device)
         return (clock() - t) / self.steps

@@ -198,16 +198,18 @@ class KVCache:
     (decode.DecodeWeights): each layer's q/k/v and gate/up weights packed into one matrix
     each, in the chosen precision (fp32, bf16 or int8), so a cached step makes 4 matrix
     products per layer instead of 7. At batch 1 on a CPU the per-call overhead and the bytes
-    of weights read, not arithmetic, are most of a decode step's time. Weights must not
+    of weights read, not arithmetic, are most of a decode step's time (decode.OneTokenStep
+    runs those steps; the forward below runs prefills and compiled steps). Weights must not
     change while a cache is in use (its keys and values would be stale anyway). ``dtype`` is
     the keys' and values' type; with weights given, theirs."""
 
     def __init__(self, cfg: ModelConfig, batch_size: int, device, dtype=None, weights=None):
         self.weights = weights
         dtype = weights.cache_dtype if weights is not None else dtype
-        shape = (batch_size, cfg.kv_heads, cfg.max_seq_len, cfg.head_dim)
-        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.num_layers)]
-        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.num_layers)]
+        # a layer's keys and values in one tensor, so that a decode step writes both with one copy
+        shape = (2, batch_size, cfg.kv_heads, cfg.max_seq_len, cfg.head_dim)
+        self.kv = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.num_layers)]
+        self.k, self.v = [kv[0] for kv in self.kv], [kv[1] for kv in self.kv]
         self.length = 0
 
     def bind(self, model: "Transformer"):

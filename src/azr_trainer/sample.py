@@ -109,9 +109,9 @@ class Batch:
         self.ids, self.keys = ids.to(p.device), keys.to(p.device)
         choice = decode.choose(model, B, precision, compile) if use_cache else "fp32"
         self.precision, compiled = decode.split(choice)
-        self.step = decode.step_function(model, compiled)
         self.cache = KVCache(model.cfg, B, p.device, weights=decode.weights_for(model, self.precision)) \
             if use_cache else None
+        self.step = decode.one_token_step(model, self.cache, compiled) if use_cache else None
         self._prefill(T)
 
     @property
@@ -150,17 +150,18 @@ class Batch:
         if self.cache is not None:
             mask = self.keys[:, None, None, :L + 1] if self.padded else None
             try:
-                logits, _ = self.step(next_ids[:, None], cache=self.cache, positions=self.next_pos, attn_mask=mask)
+                self.logits = self.step(next_ids, self.next_pos, mask)
             except Exception as e:  # noqa: BLE001 - a compiled step that cannot be built: decode without it
-                if self.step is self.model:
+                if not getattr(self.step, "compiled", False):
                     raise
                 decode.compile_failed(e)
-                self.step = self.model
-                logits, _ = self.model(next_ids[:, None], cache=self.cache, positions=self.next_pos, attn_mask=mask)
+                self.step = decode.one_token_step(self.model, self.cache)
+                self.cache.length = L
+                self.logits = self.step(next_ids, self.next_pos, mask)
         else:
             positions = (self.keys[:, :L + 1].long().cumsum(-1) - 1).clamp(min=0)
             logits, _ = self.model(self.ids[:, :L + 1], positions=positions, attn_mask=self._mask(L + 1))
-        self.logits = logits[:, -1]
+            self.logits = logits[:, -1]
         self.length, self.next_pos = L + 1, self.next_pos + 1
 
 
