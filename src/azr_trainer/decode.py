@@ -261,7 +261,8 @@ class OneTokenStep:
             y = torch.bmm(scores.softmax(-1), v).view(B, H * hd)
             x.add_(out(y.to(out_type)))
             gu = gate_up(w.norm(norm2, x, normed))
-            x.add_(down(F.silu(gu[:, :d_ff]).mul_(gu[:, d_ff:])))
+            gate = gu[:, :d_ff]
+            x.add_(down(F.silu(gate, inplace=True).mul_(gu[:, d_ff:])))
         cache.length = L
         return self.head[0](w.norm(self.final_norm, x, normed)).float()
 
