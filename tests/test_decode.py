@@ -93,6 +93,25 @@ def test_the_one_token_step_gives_the_models_own_cached_logits(precision, kv_hea
             assert (batch.logits - ref[:, -1]).abs().max() <= 1e-4 * ref.abs().max()
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("precision", decode.PRECISIONS)
+def test_a_model_held_in_half_precision_decodes_in_every_precision(dtype, precision):
+    """Products whose type differs from a half-precision model's (bf16 from an fp16 model, fp32
+    from int8dyn) must not reach attention over the model-typed cache unconverted."""
+    model = _random_model().to(dtype)
+    if precision not in decode.available(model):
+        pytest.skip(f"{precision} is not available with this PyTorch")
+    prompts = [[5, 6, 7, 8], [9] * 11]
+    with torch.no_grad():
+        batch = Batch(model, prompts, precision=precision)
+        nxt = batch.logits.argmax(-1)
+        batch.push(nxt)
+        full = Batch(model, prompts, use_cache=False)
+        full.push(nxt)
+    assert batch.logits.dtype == torch.float32
+    assert (batch.logits - full.logits.float()).abs().max() <= 0.05 * full.logits.float().abs().max()
+
+
 def test_decode_weights_are_remade_when_the_model_changes():
     """Self-play updates the weights between rollout batches: the next batch must see them."""
     model = _random_model()

@@ -253,6 +253,8 @@ class OneTokenStep:
             r = h * cos
             r.addcmul_(h.roll(half, -1), sin)
             kv = cache.kv[i]
+            if r.dtype != kv.dtype:  # a half-precision model whose products give another type
+                r = r.to(kv.dtype)
             kv.select(3, t).copy_(r[:, H:].view(B, 2, KV, hd).transpose(0, 1))
             k, v = kv[:, :, :, :L].reshape(2, B * KV, L, hd)
             scores = torch.bmm(r[:, :H].reshape(B * KV, G, hd), k.transpose(1, 2))
