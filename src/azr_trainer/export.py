@@ -19,8 +19,8 @@
   reads that one.
 
 A model that is still training exports its best checkpoint so far, and the result says so.
-Export never needs ``transformers``; ``gguf`` is needed for GGUF only
-(``pip install 'azr-trainer[export]'``). ``export_model`` is what the CLI and the studio call.
+Export never needs ``transformers``; GGUF needs ``gguf``, one of the project's own
+dependencies. ``export_model`` is what the CLI and the studio call.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ fine-tunes on books with its own tokenizer, self-plays and exports like any othe
 - a Hugging Face Llama-family folder (``config.json``, ``*.safetensors``, ``tokenizer.json``),
   or the .zip of one (what the studio's HF export downloads);
 - a llama-architecture GGUF file (what llama.cpp and Ollama keep on disk), in any quantization
-  the ``gguf`` package dequantizes (``pip install 'azr-trainer[export]'``); its q/k rows go back
+  the ``gguf`` package dequantizes; its q/k rows go back
   from llama.cpp's interleaved rotary layout to ours. Its tokenizer is the exact
   ``tokenizer.huggingface.json`` our exports embed, or else ``transformers`` rebuilds it from
   the vocabulary and merges in the file (as ``AutoTokenizer.from_pretrained(gguf_file=…)``);
