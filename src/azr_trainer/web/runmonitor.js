@@ -7,7 +7,7 @@ import { api, enc, runStreamUrl, allRunEvents } from "./api.js";
 import { t, fmtInt, fmtNum, fmtFixed, fmtSci, fmtCompact, fmtClock, fmtTime, fmtPercent, onLanguageChange, setText, messageText } from "./i18n.js";
 import { RunState, TASK_TYPES, runMessage } from "./runstate.js";
 import { makeCharts, renderCharts, TYPE_COLORS } from "./monitorcharts.js";
-import { $, h, toast, fillSelect, setBusy, store, subscribe, refreshModels, upsertRun, sortedRuns, runLabel, stateBadge, LIVE_STATES, showWhitespace } from "./ui.js";
+import { $, h, toast, fillSelect, setBusy, store, subscribe, refreshModels, upsertRun, sortedRuns, stepTarget, runLabel, stateBadge, LIVE_STATES, showWhitespace } from "./ui.js";
 
 const SESSION_RUN = "azr.monitorRun";
 
@@ -137,8 +137,11 @@ function queueRender() {
   setTimeout(() => { renderQueued = false; render(); }, 50);
 }
 
+// Export runs make a file, not a model (My models shows them): the monitor follows the others.
+const monitoredRuns = () => sortedRuns().filter((r) => r.kind !== "export");
+
 function renderRunPicker() {
-  const runs = sortedRuns();
+  const runs = monitoredRuns();
   const opts = runs.map((r) => ({ value: r.id, label: `${runLabel(r)} — ${t(`state.${r.state}`)}` }));
   const sel = $("mon-run");
   fillSelect(sel, opts, { keep: false, placeholder: runs.length ? null : t("monitor.no_runs") });
@@ -147,9 +150,8 @@ function renderRunPicker() {
 }
 
 function totalSteps() {
-  // A time budget without steps of its own: no step count (its trainer counts to a billion).
   if (budgetSeconds() && !(run && run.params && run.params.max_iterations)) return null;
-  return (run && run.max_iterations) || rs.maxIterations || (run && run.params && run.params.max_iterations) || null;
+  return stepTarget(run) || rs.maxIterations || null;
 }
 
 function currentStep() {
@@ -446,7 +448,7 @@ async function control(action) {
 function pickInitialRun() {
   let saved = null;
   try { saved = sessionStorage.getItem(SESSION_RUN); } catch { /* ignore */ }
-  const runs = sortedRuns();
+  const runs = monitoredRuns();
   if (saved && runs.some((r) => r.id === saved)) return saved;
   const live = runs.find((r) => r.state === "running") || runs.find((r) => r.state === "queued");
   if (live) return live.id;

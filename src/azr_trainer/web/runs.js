@@ -6,7 +6,7 @@ import { api, enc } from "./api.js";
 import { t, fmtInt, fmtFixed, fmtNum, fmtCompact, fmtDate, onLanguageChange, messageText } from "./i18n.js";
 import { LineChart, smooth, PALETTE } from "./charts.js";
 import { RunState, runMessage } from "./runstate.js";
-import { $, h, toast, fillSelect, store, subscribe, refreshRuns, sortedRuns, stateBadge, LIVE_STATES } from "./ui.js";
+import { $, h, toast, fillSelect, store, subscribe, refreshRuns, sortedRuns, stepTarget, stateBadge, LIVE_STATES } from "./ui.js";
 import { selectRun } from "./runmonitor.js";
 
 const COMPARE_KEY = "azr.compare";
@@ -47,7 +47,7 @@ function renderTable() {
       onchange: (e) => { e.target.checked ? compare.add(r.id) : compare.delete(r.id); saveCompare(); renderTable(); updateChart(); },
     });
     const swatch = checked ? h("span", { class: "legend-swatch", style: `--swatch:${colorOf.get(r.id)}` }) : null;
-    const total = r.max_iterations || (r.params && r.params.max_iterations);
+    const total = stepTarget(r);
     return h("tr", { dataset: { testid: "run-row", id: r.id, state: r.state } },
       h("td", { class: "cell-check" }, box, swatch),
       h("td", {}, h("code", { text: `#${shortId(r.id)}`, title: r.id })),

@@ -175,6 +175,14 @@ export function sortedRuns(runs = store.runs) {
   return [...runs].sort((a, b) => when(b) - when(a) || String(b.id).localeCompare(String(a.id)));
 }
 
+/** The number of steps a run counts to, or null: a run with only a time budget has none of its
+ * own (its trainer counts to a billion). */
+export function stepTarget(run) {
+  const params = (run && run.params) || {};
+  if (params.minutes > 0 && !params.max_iterations) return null;
+  return (run && run.max_iterations) || params.max_iterations || null;
+}
+
 export function runLabel(run) {
   const shortId = String(run.id).length > 10 ? String(run.id).slice(-8) : String(run.id);
   if (run.kind === "selfplay") return `${run.model} · ${t("kind.selfplay")} · #${shortId}`;
