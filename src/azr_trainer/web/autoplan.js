@@ -4,6 +4,7 @@
 // recipe (POST /api/models with `auto`) in one click.
 
 import { api } from "./api.js";
+import { setting, settingProblem } from "./settings.js";
 import { t, fmtInt, fmtCompact, fmtNum, onLanguageChange, messageText } from "./i18n.js";
 import { $, h, toast, showError, setBusy, store, subscribe, refreshModels, bookChecks } from "./ui.js";
 
@@ -14,10 +15,15 @@ let timer = 0;
 let seq = 0;
 let hooks = null;         // from create.js: the manual fields
 
+/** The minutes asked, or null when the field is empty; a value out of the run's bounds is
+ * refused with the same message as the Training page's time field (``problem``). */
 function minutes() {
-  const raw = String($("auto-minutes").value).trim().replace(",", ".");
-  const m = raw === "" ? NaN : Number(raw);
-  return Number.isFinite(m) && m > 0 ? m : null;
+  const input = $("auto-minutes");
+  const raw = String(input.value).trim().replace(",", ".");
+  if (raw === "") { input.setAttribute("aria-invalid", "false"); return { m: null, problem: null }; }
+  const m = Number(raw);
+  const problem = settingProblem(setting("train", "minutes"), m, input);
+  return { m: problem ? null : m, problem };
 }
 
 let shownBooks = null;
@@ -49,11 +55,11 @@ export function schedule() {
 }
 
 async function refresh() {
-  const m = minutes();
+  const { m, problem } = minutes();
   const mine = ++seq;
   if (!chosen.size || m == null) {
     answer = null;
-    render(chosen.size ? "create.auto.need_minutes" : "create.auto.pick");
+    render(chosen.size ? "create.auto.need_minutes" : "create.auto.pick", chosen.size ? problem : null);
     return;
   }
   if (!answer) render("create.auto.planning");

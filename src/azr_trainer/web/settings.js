@@ -45,9 +45,23 @@ export function applySetting(input, s, { keepValue = false } = {}) {
 }
 
 /** Why `value` (a number from the form, or null when empty) is not a valid `s`, else null.
- * The same messages, from the same catalogue, as the server's. */
-export function settingProblem(s, value) {
-  const p = { name: s.name, value };
+ * The same messages, from the same catalogue, as the server's; with the form's `input`, they
+ * name the field by the label the person sees (not the setting's own name), and the field is
+ * marked while its value is wrong. */
+export function settingProblem(s, value, input = null) {
+  const problem = describeProblem(s, value, fieldName(s, input));
+  if (input) input.setAttribute("aria-invalid", problem ? "true" : "false");
+  return problem;
+}
+
+function fieldName(s, input) {
+  const label = input && input.id && document.querySelector(`label[for="${input.id}"] [data-i18n], label[for="${input.id}"][data-i18n]`);
+  const text = label && label.textContent.trim();
+  return text ? t("common.quoted", { text }) : s.name;
+}
+
+function describeProblem(s, value, name) {
+  const p = { name, value };
   if (value == null) return s.default == null ? null : t("msg.settings.required", p);
   if (s.type === "int" && !Number.isInteger(value)) return t("msg.settings.whole", p);
   if ((s.type === "int" || s.type === "float") && !Number.isFinite(value)) return t("msg.settings.number", p);

@@ -344,9 +344,10 @@ function readSettings(kind, prefix, names, errors) {
   if (kind === "train" && !ends.length) errors.push(t("train.err.no_end"));
   for (const k of names) {
     const s = setting(kind, k);
-    const value = fieldValue($(`${prefix}-${k}`), s);
+    const input = $(`${prefix}-${k}`);
+    const value = fieldValue(input, s);
     const either = ENDS.includes(k) && (ends.length || kind === "train");
-    const problem = value == null && either ? null : settingProblem(s, value);
+    const problem = value == null && either ? null : settingProblem(s, value, input);
     if (problem) errors.push(problem);
     if (value != null) v[k] = value;
   }
@@ -363,7 +364,7 @@ function trainRequest() {
     const s = setting("train", k);
     const value = fieldValue($(`t-${k}`), s);
     if (value == null) continue;
-    const problem = settingProblem(s, value);
+    const problem = settingProblem(s, value, $(`t-${k}`));
     if (problem) errors.push(problem); else v[k] = value;
   }
   return { body: v, errors };
