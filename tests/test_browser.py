@@ -322,12 +322,13 @@ def test_train_and_create_forms_show_the_declared_defaults_and_bounds(browser, s
                 _number(slider.get_attribute("max"))) == (gen["temperature"]["default"], *gen["temperature"]["typical"])
         assert page.locator("#sp-reward").input_value() == declared["selfplay"]["reward"]["default"]
         assert page.locator("#rs-mode").input_value() == declared["reason"]["mode"]["default"]
-        # A value out of bounds is refused with the server's own message.
+        # A value out of bounds is refused with the server's own message, naming the field by its label.
         tab(page, "training")
         page.get_by_test_id("train-mode-selfplay").click()
         page.locator("#sp-group_size").fill("1")
         page.get_by_test_id("train-start").click()
-        expect(page.get_by_test_id("train-error")).to_contain_text("group_size must be at least 2, got 1.")
+        expect(page.get_by_test_id("train-error")).to_contain_text("“Group size” must be at least 2, got 1.")
+        expect(page.locator("#sp-group_size")).to_have_attribute("aria-invalid", "true")
         # Training needs an end: the time, the steps or both.
         page.get_by_test_id("train-mode-train").click()
         page.locator("#t-minutes").fill("")
@@ -336,7 +337,8 @@ def test_train_and_create_forms_show_the_declared_defaults_and_bounds(browser, s
         page.locator("#t-max_iterations").fill("50")
         page.locator("#t-batch_size").fill("0")  # so that nothing is started
         page.get_by_test_id("train-start").click()
-        expect(page.get_by_test_id("train-error")).to_contain_text("batch_size must be at least 1, got 0.")
+        expect(page.get_by_test_id("train-error")).to_contain_text("“Batch size” must be at least 1, got 0.")
+        expect(page.locator("#t-batch_size")).to_have_attribute("aria-invalid", "true")
         expect(page.get_by_test_id("train-error")).not_to_contain_text("training time")
         assert not errors, errors
     finally:
@@ -359,7 +361,8 @@ LANGS = {
         "completed": "Завершён",
         "download": "Скачать .pt",
         "prompt": "Старый ",
-        "ten_minutes": "около 10 минут — бюджет времени",
+        "ten_minutes": "≈ 10 минут — бюджет времени",
+        "samples_at": "примеры на шаге", "finished_at": "Завершено на шаге 120",
         "measured": "по процессору этого компьютера: измерено",
     },
     "en": {
@@ -376,6 +379,7 @@ LANGS = {
         "download": "Download .pt",
         "prompt": "The old ",
         "ten_minutes": "about 10 minutes: the time budget",
+        "samples_at": "samples at step", "finished_at": "Finished at step 120",
         "measured": "this computer's processor, measured at",
     },
 }
@@ -493,6 +497,10 @@ def test_five_steps(browser, studio, artifacts, tmp_path, lang):
         expect(page.get_by_test_id("stat-real-words")).to_have_text(re.compile(r"\d+\s?%"))
         expect(page.get_by_test_id("samples").locator("[data-testid=sample]").first).to_be_visible()
         expect(page.get_by_test_id("log")).to_contain_text("120")
+        # one log line per evaluation's samples (each writes two), and the end said once
+        log = page.get_by_test_id("log").inner_text()
+        assert log.count(L["samples_at"] + " 40\n") == 1, log
+        assert log.count("] " + L["finished_at"]) == 1, log  # the status's own sentence, no prefix before it
         shot(page, artifacts, f"{lang}-3-training-done")
 
         # The book's tokenization with the model's new tokenizer.
@@ -598,6 +606,12 @@ def test_the_hf_download_button_makes_an_export_and_downloads_it(browser, studio
         expect(button).to_be_enabled()
         runs = studio.get("/api/runs?model=exportable")
         assert [r["kind"] for r in runs][0] == "export" and runs[0]["state"] == "completed"
+        # The training monitor follows the runs that train: a newer export does not take it over.
+        page.reload()
+        page.wait_for_selector("body[data-ready='1']")
+        tab(page, "training")
+        expect(page.locator("#mon-run")).to_have_value(run["id"])
+        assert runs[0]["id"] not in page.locator("#mon-run option").evaluate_all("os => os.map((o) => o.value)")
         assert not errors, errors
     finally:
         ctx.close()
@@ -1277,6 +1291,13 @@ def test_create_and_training_pages_warn_before_the_start_each_with_a_fix(browser
         expect(page.locator("#m-vocab_size")).to_have_value(str(plan["model"]["vocab_size"]))
         expect(page.locator("#m-d_model")).to_have_value("256")  # only the vocabulary changes
         expect(vocab).to_have_count(0)
+        # Minutes out of bounds: the run's own message, naming the field by its label on the page.
+        page.get_by_test_id("auto-minutes").fill("-5")
+        expect(page.get_by_test_id("auto-summary")).to_contain_text("Значение «Минут обучения» должно быть больше 0, а получено -5.")
+        expect(page.get_by_test_id("auto-minutes")).to_have_attribute("aria-invalid", "true")
+        expect(page.locator("#auto-create")).to_be_disabled()
+        page.get_by_test_id("auto-minutes").fill("2")
+        expect(page.get_by_test_id("auto-minutes")).to_have_attribute("aria-invalid", "false")
 
         tab(page, "training")
         page.get_by_test_id("train-mode-train").click()

@@ -5,7 +5,7 @@ import { api, upload, enc, ApiError } from "./api.js";
 import { t, fmtInt, fmtBytes, fmtDate, fmtPercent, fmtNum, onLanguageChange, setText } from "./i18n.js";
 import { $, h, toast, showError, confirmDialog, fillSelect, setBusy, store, subscribe, refreshBooks } from "./ui.js";
 
-export const ENCODINGS = ["utf-8", "cp1251", "koi8-r", "cp866", "mac-cyrillic", "iso-8859-5", "utf-16", "cp1252", "latin-1"];
+export const ENCODINGS = ["utf-8", "cp1251", "koi8-r", "cp866", "mac-cyrillic", "iso-8859-5", "utf-16", "utf-16-le", "cp1252", "latin-1"];
 
 const CHARS = "\u0000chars"; // the "no model: characters" choice of the tokenizer preview
 let selected = null;   // name of the book shown on the right

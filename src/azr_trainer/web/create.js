@@ -252,10 +252,11 @@ function renderDone(name) {
     box = h("div", { id: "create-done", class: "next-step", role: "status", dataset: { testid: "create-done" } });
     $("create-form").append(box);
   }
+  // with books already uploaded, training is the next step; without, uploading one is
+  const train = h("a", { href: "#training", class: `btn small${store.books.length ? "" : " ghost"}`, i18n: "create.next_train" });
   box.replaceChildren(
     h("span", { i18n: ["create.done", { name }] }),
-    h("a", { href: "#books", class: "btn small", i18n: "create.next_books" }),
-    h("a", { href: "#training", class: "btn small ghost", i18n: "create.next_train" }),
+    ...(store.books.length ? [train] : [h("a", { href: "#books", class: "btn small", i18n: "create.next_books" }), train]),
   );
   box.hidden = false;
 }

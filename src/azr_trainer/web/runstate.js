@@ -144,9 +144,10 @@ export class RunState {
         else this.addLog(e, "log.eval", { step: e.step, loss: e.val_loss, ppl: e.val_ppl, bpb: e.val_bpb });
         break;
       case "sample":
+        // one log line per step's samples, however many prompts it wrote
+        if (!this.samples.length || this.samples[this.samples.length - 1].step !== e.step) this.addLog(e, "log.sample", { step: e.step });
         this.samples.push({ step: e.step, prompt: e.prompt ?? "", text: e.text ?? "", time: e.time, reward: e.reward, rank: e.rank });
         if (this.samples.length > 500) this.samples.shift();
-        this.addLog(e, "log.sample", { step: e.step });
         break;
       case "checkpoint":
         this.checkpoints++;
@@ -184,8 +185,10 @@ export class RunState {
         } else if (e.state === "resumed") {
           this.addLog(e, "log.resumed", { step: e.step ?? 0, device: e.device ?? "?" });
         } else {
+          // a coded status is a whole sentence with the state and the step ("Stopped at step 397: …")
           const msg = coded(e);
-          this.addLog(e, e.message || msg ? "log.status_msg" : "log.status", { state: e.state, step: e.step ?? this.step, message: e.message ?? "" }, { state: e.state, msg });
+          const key = msg ? "log.message" : e.message ? "log.status_msg" : "log.status";
+          this.addLog(e, key, { state: e.state, step: e.step ?? this.step, message: e.message ?? "" }, { state: e.state, msg });
         }
         for (const w of e.warnings || []) this.addLog(e, "log.warning", { message: typeof w === "string" ? w : w && w.message || "" }, { msg: coded(w) });
         break;
