@@ -93,6 +93,10 @@ function setMsg(id, text, kind) {
 }
 
 let touched = new Set();
+// The shape a plan put in the fields (the auto plan, or a plan's fix): it was sized for these
+// books and this computer, so the general advice for a shape picked by hand (recommended
+// ranges, d_ff = 4 × d_model) is not shown against it until a field is changed.
+let planShape = null;
 let estimateTimer = 0;
 let estimateAbort = null;
 let lastEstimate = null;
@@ -100,12 +104,13 @@ let lastEstimate = null;
 function validateAll({ showAll = false } = {}) {
   const v = readForm();
   const { errors, warnings } = validateShape(v);
+  const planned = planShape && PARAMS.every((p) => planShape[p] === v[p]);
   let nameErr = nameProblem(v.name);
   if (!nameErr && store.models.some((m) => m.name === v.name)) nameErr = t("msg.model.exists", { name: v.name });
   for (const p of PARAMS) {
     const show = showAll || touched.has(p) || v[p] != null;
     if (errors[p] && show) setMsg(`m-${p}-msg`, errors[p], "error");
-    else if (warnings[p]) setMsg(`m-${p}-msg`, warnings[p], "warning");
+    else if (warnings[p] && !planned) setMsg(`m-${p}-msg`, warnings[p], "warning");
     else setMsg(`m-${p}-msg`, "", "");
   }
   if (nameErr && (showAll || touched.has("name"))) setMsg("m-name-msg", nameErr, "error");
@@ -316,6 +321,7 @@ export function initCreate() {
     fill: (model) => {
       setForm(model);
       if (model.tokenizer) $("m-tokenizer").value = model.tokenizer;
+      planShape = Object.fromEntries(PARAMS.map((p) => [p, intValue($(`m-${p}`))]));
       validateAll();
       scheduleEstimate();
     },
