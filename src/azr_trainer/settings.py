@@ -88,7 +88,7 @@ class Setting:
         upper = self.upper
         if upper is not None and (value >= upper if self.max_open else value > upper):
             if self.name == "threads":
-                raise UserError("settings.threads_cores", value=value, cores=upper)
+                raise UserError("settings.threads_cores", name=self.name, value=value, cores=upper)
             raise UserError("settings.below" if self.max_open else "settings.at_most", name=self.name,
                             max=upper, value=value)
 

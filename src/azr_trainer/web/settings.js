@@ -70,7 +70,7 @@ function describeProblem(s, value, name) {
     return t(s.min_open ? "msg.settings.above" : "msg.settings.at_least", { ...p, min: s.min });
   }
   if (s.max != null && (s.max_open ? value >= s.max : value > s.max)) {
-    if (s.name === "threads") return t("msg.settings.threads_cores", { value, cores: s.max });
+    if (s.name === "threads") return t("msg.settings.threads_cores", { ...p, cores: s.max });
     return t(s.max_open ? "msg.settings.below" : "msg.settings.at_most", { ...p, max: s.max });
   }
   return null;
