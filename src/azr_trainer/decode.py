@@ -100,8 +100,8 @@ def available(model: nn.Module) -> list[str]:
 def _dynamic_ok() -> bool:
     """Whether this PyTorch has fbgemm's dynamic int8 linear (deprecated; may go away)."""
     try:
-        f = _linear(torch.ones(16, 16), "int8dyn")
-        return bool(torch.allclose(f(torch.ones(1, 16)), torch.full((1, 16), 16.0), rtol=0.05))
+        kernel, _ = _kernel(torch.ones(16, 16), "int8dyn")
+        return bool(torch.allclose(kernel(torch.ones(1, 16)), torch.full((1, 16), 16.0), rtol=0.05))
     except (RuntimeError, AttributeError, NotImplementedError):
         return False
 
@@ -131,16 +131,6 @@ def _kernel(w: torch.Tensor, precision: str):
                                         torch.zeros_like(scale, dtype=torch.long), 0, torch.qint8)
         packed = torch.ops.quantized.linear_prepack(qw, None)
     return (lambda x: torch.ops.quantized.linear_dynamic(x, packed, True)), torch.float32
-
-
-def _linear(w: torch.Tensor, precision: str):
-    """A function x → x·wᵀ for x of any shape (..., in) and type."""
-    kernel, dtype = _kernel(w, precision)
-
-    def linear(x):
-        y = kernel(x.reshape(-1, x.shape[-1]).to(dtype))
-        return y.view(*x.shape[:-1], y.shape[-1])
-    return linear
 
 
 class DecodeWeights:

@@ -1,8 +1,9 @@
 """Generation: temperature, top-k, top-p, repetition penalty, batched, streamed, with a KV cache.
 
 A prompt is read by the model's own forward (``Transformer.forward``) with its KV cache, and
-each new token by a one-token step on the same cache (``decode.OneTokenStep``). Prompts of different lengths are left-padded; each row gets its own rotary
-positions and an attention mask, so a batch gives the same tokens as each prompt alone.
+each new token by a one-token step on the same cache (``decode.OneTokenStep``). Prompts of
+different lengths are left-padded; each row gets its own rotary positions and an attention
+mask, so a batch gives the same tokens as each prompt alone.
 Past max_seq_len the window slides: the cache is refilled from the last 3/4 of the window
 (rotary positions are relative, so the model sees an ordinary context).
 """
