@@ -197,66 +197,93 @@ class OneTokenStep:
     (a few µs a call, ~60 calls a layer through the model's own forward), not the arithmetic.
 
     The same numbers as ``Transformer.forward`` with a cache (the tests compare them), arranged
-    for one token: 2-D activations (no reshapes around the products); each norm written
-    straight in the type its product takes; the attention scale and the rotation's cos/sin for
-    q, k and v (v: no rotation) made once per step, so one rotation covers all three; keys and
-    values written to the cache with one copy (``KVCache.kv``); grouped-query heads attended
-    without repeating the cache; the residual stream updated in place. A prefill (many tokens)
-    and a compiled step still run the model's forward."""
+    for one token and a fixed number of rows (the cache's): 2-D activations (no reshapes around
+    the products); buffers made once, with their views, so that a layer makes no view of its
+    own but the cache's current length; each norm written straight in the type its product
+    takes, its epsilon read from an extra column of the residual stream (one call less); the
+    attention scale and the rotation's cos/sin for q, k and v (v: no rotation) made once per
+    step, so one rotation covers all three; keys and values written to the cache with one copy
+    (``KVCache.kv``); grouped-query heads attended without repeating the cache; the residual
+    stream updated in place. A prefill (many tokens) and a compiled step still run the model's
+    forward."""
 
     def __init__(self, model: nn.Module, cache):
         cfg = model.cfg
         self.cache, self.w = cache, cache.bind(model)
         w, dt = self.w, self.w.dtype
-        H, KV, hd = cfg.num_heads, cfg.kv_heads, cfg.head_dim
-        self.shape = (H, KV, hd, cfg.d_ff, cfg.max_seq_len)
-        rows = cache.kv[0].shape[1]
+        H, KV, hd, d = cfg.num_heads, cfg.kv_heads, cfg.head_dim, cfg.d_model
+        self.shape = (H, hd, cfg.d_ff, cfg.max_seq_len)
+        B = self.rows = cache.kv[0].shape[1]
         device = w.embed.device
         # per head: cos·a + b and sin·a, with (a, b) = (scale, 0) for q, (1, 0) for k, (0, 1) for v
         a = torch.tensor([hd ** -0.5] * H + [1.0] * KV + [0.0] * KV, dtype=dt, device=device)[:, None]
         self.cos_a, self.cos_b, self.sin_a = a, (a == 0).to(dt), a
-        self.layers = [(layer.input_layernorm, w.kernel(layer.self_attn, layer.self_attn.QKV),
-                        w.kernel(layer.self_attn, layer.self_attn.O), layer.post_attention_layernorm,
-                        w.kernel(layer.mlp, layer.mlp.GATE_UP), w.kernel(layer.mlp, layer.mlp.DOWN))
-                       for layer in model.model.layers]
-        self.final_norm, self.head = model.model.norm, w.kernel(model, model.HEAD)
+        # the residual stream; where norms are folded (DecodeWeights.fold), one more column holds
+        # √(width·eps), so that the norm of a row is √(|x|² + width·eps) in one call
+        self.stream = torch.zeros(B, d + w.fold, dtype=dt, device=device)
+        if w.fold:
+            self.stream[:, d] = w._floor
+        self.x = self.stream[:, :d]
         # every product after a norm takes the same type: one buffer for the normed activations
-        self.normed = torch.empty(rows, cfg.d_model, dtype=self.head[1], device=device)
+        head = w.kernel(model, model.HEAD)
+        self.normed = torch.empty(B, d, dtype=head[1], device=device)
+        # q, k and v of the new token, rotated, in the cache's type; its views for the cache and attention
+        self.rotated = torch.empty(B, H + 2 * KV, hd, dtype=cache.kv[0].dtype, device=device)
+        self.new_kv = self.rotated[:, H:].view(B, 2, KV, hd).transpose(0, 1)
+        q = self.rotated[:, :H]
+        self.q = q.view(B * KV, H // KV, hd) if B == 1 else None  # rows > 1: q is not one stride apart
+        self.layers = []
+        for i, layer in enumerate(model.model.layers):
+            attn, mlp = layer.self_attn, layer.mlp
+            (o, o_type) = w.kernel(attn, attn.O)
+            attended = torch.empty(B, H * hd, dtype=o_type, device=device)  # o's input
+            kv = cache.kv[i]
+            self.layers.append((layer.input_layernorm, w.kernel(attn, attn.QKV)[0], kv,
+                                kv[0].view(B * KV, -1, hd).transpose(1, 2), kv[1].view(B * KV, -1, hd),
+                                attended, attended.view(B * KV, H // KV, hd), o, layer.post_attention_layernorm,
+                                w.kernel(mlp, mlp.GATE_UP)[0], w.kernel(mlp, mlp.DOWN)[0]))
+        self.final_norm, self.head = model.model.norm, head[0]
+
+    def _norm(self, module: nn.Module) -> torch.Tensor:
+        """The norm ``module`` of the residual stream, written into the products' input buffer."""
+        if self.w.fold:
+            return torch.div(self.x, torch.linalg.vector_norm(self.stream, dim=-1, keepdim=True), out=self.normed)
+        return self.w.norm(module, self.x, self.normed)
 
     def __call__(self, ids: torch.Tensor, positions: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """ids (B,) the new token of each row, positions (B, 1) their rotary positions,
-        attn_mask (B, 1, 1, keys) which cached keys each row sees (None: all). Returns the
-        next-token logits (B, vocab) in fp32 and advances the cache by one."""
-        H, KV, hd, d_ff, max_len = self.shape
-        w, cache, normed, half = self.w, self.cache, self.normed, hd // 2
+        """ids (B,) the new token of each row (B: the cache's rows), positions (B, 1) their rotary
+        positions, attn_mask (B, 1, 1, keys) which cached keys each row sees (None: all). Returns
+        the next-token logits (B, vocab) in fp32 and advances the cache by one."""
+        H, hd, d_ff, max_len = self.shape
+        w, cache, x, r = self.w, self.cache, self.x, self.rotated
         t = cache.length
         if t >= max_len:
             raise ValueError(f"the cache holds {max_len} tokens: the window must slide first")
-        B, G, L = ids.shape[0], H // KV, t + 1
-        x = F.embedding(ids, w.embed)
+        B, L = self.rows, t + 1
+        x.copy_(F.embedding(ids, w.embed))
         p = positions.view(-1)
         cos = w.rope[0][p][:, None] * self.cos_a + self.cos_b  # (B, H + 2·KV, hd)
         sin = w.rope[1][p][:, None] * self.sin_a
         hidden = ~attn_mask if attn_mask is not None else None
-        for i, (norm1, (qkv, _), (out, out_type), norm2, (gate_up, _), (down, _)) in enumerate(self.layers):
-            h = qkv(w.norm(norm1, x, normed)).view(B, -1, hd)
-            r = h * cos
-            r.addcmul_(h.roll(half, -1), sin)
-            kv = cache.kv[i]
-            if r.dtype != kv.dtype:  # a half-precision model whose products give another type
-                r = r.to(kv.dtype)
-            kv.select(3, t).copy_(r[:, H:].view(B, 2, KV, hd).transpose(0, 1))
-            k, v = kv[:, :, :, :L].reshape(2, B * KV, L, hd)
-            scores = torch.bmm(r[:, :H].reshape(B * KV, G, hd), k.transpose(1, 2))
+        q = self.q
+        for norm1, qkv, kv, keys_t, values, attended, attended3, out, norm2, gate_up, down in self.layers:
+            h = qkv(self._norm(norm1)).view(B, -1, hd)
+            torch.mul(h, cos, out=r)
+            r.addcmul_(h.roll(hd // 2, -1), sin)
+            kv.select(3, t).copy_(self.new_kv)
+            scores = torch.bmm(q if q is not None else r[:, :H].reshape(attended3.shape), keys_t.narrow(2, 0, L))
             if hidden is not None:
-                scores.view(B, KV, G, L).masked_fill_(hidden, float("-inf"))
-            y = torch.bmm(scores.softmax(-1), v).view(B, H * hd)
-            x.add_(out(y.to(out_type)))
-            gu = gate_up(w.norm(norm2, x, normed))
+                scores.view(B, -1, scores.shape[1], L).masked_fill_(hidden, float("-inf"))
+            if attended.dtype == scores.dtype:
+                torch.bmm(scores.softmax(-1), values.narrow(1, 0, L), out=attended3)
+            else:
+                attended3.copy_(torch.bmm(scores.softmax(-1), values.narrow(1, 0, L)))
+            x.add_(out(attended))
+            gu = gate_up(self._norm(norm2))
             gate = gu[:, :d_ff]
             x.add_(down(F.silu(gate, inplace=True).mul_(gu[:, d_ff:])))
         cache.length = L
-        return self.head[0](w.norm(self.final_norm, x, normed)).float()
+        return self.head(self._norm(self.final_norm)).float()
 
 
 def _versions(model: nn.Module) -> tuple:
