@@ -69,16 +69,17 @@ def test_greedy_text_of_a_trained_model_is_the_same_as_fp32(trained, precision):
     assert (logits - fp32).abs().max() <= TOLERANCE[precision] * fp32.abs().max()
 
 
+@pytest.mark.parametrize("prompts", [[[5, 6, 7, 8], [9] * 11, [1]], [[5, 6, 7, 8]]], ids=["padded batch", "one row"])
 @pytest.mark.parametrize("kv_heads", [None, 2])
 @pytest.mark.parametrize("precision", decode.PRECISIONS)
-def test_the_one_token_step_gives_the_models_own_cached_logits(precision, kv_heads):
+def test_the_one_token_step_gives_the_models_own_cached_logits(precision, kv_heads, prompts):
     """The hand-arranged one-token step (scale and rotation folded into per-step tables, keys
-    and values written together, grouped heads attended without copies) against the model's
-    own forward on the same cache and decode weights, step after step of a left-padded batch."""
+    and values written together, grouped heads attended without copies; one row reads its
+    queries through a view made once, several rows through a copy) against the model's own
+    forward on the same cache and decode weights, step after step."""
     model = _random_model(num_kv_heads=kv_heads)
     if precision not in decode.available(model):
         pytest.skip(f"{precision} is not available with this PyTorch")
-    prompts = [[5, 6, 7, 8], [9] * 11, [1]]
     with torch.no_grad():
         batch = Batch(model, prompts, precision=precision)
         assert isinstance(batch.step, decode.OneTokenStep)
