@@ -79,6 +79,17 @@ def test_precision_follows_the_measurement():
     assert SLOW_CPU.precision == "fp32" and FAST_CPU.precision == "bf16"
 
 
+def test_bf16_is_not_chosen_where_the_wider_probes_found_it_slower():
+    """Seen on a busy 2-core machine: the small probe put bf16 1.36× ahead, the width probes
+    after it found bf16 15× and 1.8× slower; every plan was then sized for a speed 7× too low."""
+    noisy = autosize.MachineSpeed(threads=2, fp32_gflops=83.43, bf16_gflops=113.79,
+                                  fp32_by_width=[91.21, 127.71], bf16_by_width=[6.15, 72.22])
+    assert noisy.precision == "fp32" and noisy.gflops_at(autosize.WIDTH_PROBES[0]) == 91.21
+    consistent = autosize.MachineSpeed(threads=2, fp32_gflops=83.43, bf16_gflops=113.79,
+                                       fp32_by_width=[91.21, 127.71], bf16_by_width=[120.0, 300.0])
+    assert consistent.precision == "bf16"
+
+
 def test_machine_speed_is_measured_once_and_cached(tmp_path, monkeypatch):
     calls = []
     real = autosize.measure_speed
@@ -145,7 +156,7 @@ def test_the_probe_times_a_training_step_in_both_precisions():
     assert speed.fp32_gflops > 0 and speed.bf16_gflops > 0 and speed.precision in ("fp32", "bf16")
     # and a narrow and a wide model in fp32 (and in bf16 where it won)
     assert len(speed.fp32_by_width) == 2 and min(speed.fp32_by_width) > 0
-    assert (speed.bf16_by_width is not None) == (speed.precision == "bf16")
+    assert (speed.bf16_by_width is not None) == (speed.bf16_gflops > 1.3 * speed.fp32_gflops)
     narrow, wide = autosize.WIDTH_PROBES
     rate = speed.bf16_by_width if speed.precision == "bf16" else speed.fp32_by_width
     assert speed.gflops_at(narrow) == pytest.approx(rate[0]) and speed.gflops_at(wide) == pytest.approx(rate[1])

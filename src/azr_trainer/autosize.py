@@ -118,8 +118,12 @@ class MachineSpeed:
 
     @property
     def precision(self) -> str:
-        # bf16 only where it is clearly faster (native bf16 units); otherwise fp32.
-        return "bf16" if self.bf16_gflops > 1.3 * self.fp32_gflops else "fp32"
+        # bf16 only where it is clearly faster (native bf16 units), and not slower at any of the
+        # widths measured after (one noisy probe must not make every plan bf16 where it is slow)
+        if self.bf16_gflops <= 1.3 * self.fp32_gflops:
+            return "fp32"
+        widths = zip(self.bf16_by_width or [], self.fp32_by_width or [])
+        return "fp32" if any(b < f for b, f in widths) else "bf16"
 
     @property
     def gflops(self) -> float:
