@@ -177,3 +177,19 @@ def test_a_training_run_reports_its_progress_in_russian(tmp_path):
     summary = next(line for line in lines if line.startswith("завершено: шаг 6/6"))
     assert float(summary.split("бит на байт ")[1].split(",")[0]) > 0
     assert any(line.startswith("Контрольная точка: ") for line in lines), lines
+
+
+def test_a_run_that_stops_early_says_why_in_the_locale_language(monkeypatch):
+    """The summary of a run that stopped before its end is followed by the reason, the same
+    sentence the page's run log shows; a run that completed needs none."""
+    from azr_trainer.cli_progress import RunEnd
+    monkeypatch.setenv("AZR_LANG", "ru")
+    end = RunEnd()
+    end({"type": "status", "state": "started", "step": 0})
+    assert end.sentence() is None
+    end({"type": "status", "state": "stopped", "step": 897, "code": "run.learned_enough",
+         "params": {"step": 897, "best_step": 700, "best_bpb": 1.25}})
+    assert end.sentence().startswith("Остановлено на шаге 897: модель выучила всё"), end.sentence()
+    assert "шаг 700" in end.sentence()
+    end({"type": "status", "state": "completed", "step": 900, "code": "run.completed", "params": {"step": 900}})
+    assert end.sentence() is None

@@ -56,6 +56,25 @@ def accuracy_label(name: str) -> str:
     return label + " " + say("kind.nontrivial") if base != name else label
 
 
+class RunEnd:
+    """Listens for the run's last status event and says why the run ended, as the page's run
+    log does: the catalogue's sentence for the event's code ("Stopped at step 897: …")."""
+
+    def __init__(self):
+        self.event: dict | None = None
+
+    def __call__(self, e: dict) -> None:
+        if e["type"] == "status" and isinstance(e.get("code"), str):
+            self.event = e
+
+    def sentence(self) -> str | None:
+        """Why the run stopped, in the locale's language; None when it simply completed."""
+        e = self.event
+        if e is None or e.get("state") == "completed" or not catalogue.has(f"msg.{e['code']}"):
+            return None
+        return catalogue.message(e["code"], language(), **(e.get("params") or {}))
+
+
 def percent(v: float | None) -> str:
     return "-" if v is None else f"{v:.1%}"
 

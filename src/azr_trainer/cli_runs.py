@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 from . import settings as settings_mod
-from .cli_progress import ProgressBar, ReasonProgress, SelfPlayProgress, kind_word, make_log, percent, print_json, \
-    say, state_word
+from .cli_progress import ProgressBar, ReasonProgress, RunEnd, SelfPlayProgress, kind_word, make_log, percent, \
+    print_json, say, state_word
 from . import osdeps, store
 from .home import UserError
 from .settings import FROM_ZERO, REASON, SELFPLAY, TRAIN
@@ -77,6 +77,13 @@ def exit_torchrun_worker() -> None:
         os._exit(0)
 
 
+def _say_why(end: RunEnd) -> None:
+    """A run that did not simply complete: why it stopped, the sentence the page's run log shows."""
+    why = end.sentence()
+    if why:
+        print(why)
+
+
 def cmd_train(args, home):
     from .train import TrainConfig, train
     args.nproc = args.nproc or TRAIN.default("nproc")
@@ -94,7 +101,8 @@ def cmd_train(args, home):
     quiet = args.json or args.quiet
     log = make_log(quiet)
     rank = int(os.environ.get("RANK", "0"))  # under torchrun only rank 0 reports
-    summary = train(home, args.name, cfg, listeners=[ProgressBar(not quiet and rank == 0)], stop=stop,
+    end = RunEnd()
+    summary = train(home, args.name, cfg, listeners=[ProgressBar(not quiet and rank == 0), end], stop=stop,
                     log=log if rank == 0 else (lambda m: None), run_id=args.run_id)
     if rank != 0:
         exit_torchrun_worker()
@@ -106,6 +114,7 @@ def cmd_train(args, home):
     loss = "-" if summary["train_loss"] is None else f"{round(summary['train_loss'], 4)}"
     print(say("train_done", state=state_word(summary["status"]), step=f"{summary['step']}{total}", loss=loss, bpb=bpb,
               tokens_s=f"{summary['tokens_per_s']:.0f}", seconds=f"{summary['wall_seconds']:.1f}"))
+    _say_why(end)
     print(say("checkpoint", path=summary["checkpoints"][-1]))
     exit_torchrun_worker()
 
@@ -123,7 +132,8 @@ def cmd_selfplay(args, home):
     stop = stop_on_signals()
     quiet = args.json or args.quiet
     log = make_log(quiet)
-    summary = selfplay(home, args.name, cfg, listeners=[SelfPlayProgress(not quiet)], stop=stop, log=log,
+    end = RunEnd()
+    summary = selfplay(home, args.name, cfg, listeners=[SelfPlayProgress(not quiet), end], stop=stop, log=log,
                        run_id=args.run_id)
     if args.json:
         return print_json(summary)
@@ -136,6 +146,7 @@ def cmd_selfplay(args, home):
         return f"{fmt(start.get(key), f)} → {fmt(summary[key], f)}"
     print(say("selfplay_done", state=state_word(summary["status"]), step=str(summary["step"]), run=summary["run"],
               seconds=f"{summary['wall_seconds']:.1f}"))
+    _say_why(end)
     print(say("selfplay_change", reward=change("sample_reward", ".3f"), rep4=change("sample_rep4", ".2%"),
               distinct2=change("sample_distinct2", ".3f"), greedy_rep4=change("greedy_rep4", ".2%"),
               bpb=change("val_bpb", ".4f")))
@@ -167,7 +178,8 @@ def cmd_reason(args, home):
                                           max_memory=available_memory_bytes(pick_device(args.device or "auto")),
                                           log=log)
         log(say("pretraining", name=args.name, seconds=f"{args.pretrain_time:g}"))
-        pre = train(home, args.name, TrainConfig(books=[book], max_iterations=10**7, schedule="time",
+        # the time ends the pretraining; the largest step count is "no limit" (the bar then counts without one)
+        pre = train(home, args.name, TrainConfig(books=[book], max_iterations=TRAIN["max_iterations"].upper, schedule="time",
                                                  max_time=args.pretrain_time, batch_size=FROM_ZERO.default("batch_size"),
                                                  learning_rate=FROM_ZERO.default("learning_rate"),
                                                  eval_every=FROM_ZERO.default("eval_every"), save_every=10**7,
@@ -180,13 +192,15 @@ def cmd_reason(args, home):
         return
     if args.eval_only:
         return print_json(_reason_eval(home, args, cfg))
-    summary = reasoning.reason(home, args.name, cfg, listeners=[ReasonProgress(not quiet)], stop=stop, log=log,
+    end = RunEnd()
+    summary = reasoning.reason(home, args.name, cfg, listeners=[ReasonProgress(not quiet), end], stop=stop, log=log,
                                run_id=args.run_id)
     if args.json:
         return print_json(summary)
     before, after = summary["start_eval"] or {}, summary["eval"] or {}
     print(say("reason_done", state=state_word(summary["status"]), mode=summary["mode"], step=str(summary["step"]),
               run=summary["run"], seconds=f"{summary['wall_seconds']:.1f}", programs=summary["programs_checked"]))
+    _say_why(end)
     width = max(len(kind_word(k)) for k in reasoning.TASK_TYPES)
     for kind in reasoning.TASK_TYPES:
         print(say("reason_kind", kind=kind_word(kind).ljust(width), before=percent(before.get(kind + "_acc")),
