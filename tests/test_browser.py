@@ -502,6 +502,9 @@ def test_five_steps(browser, studio, artifacts, tmp_path, lang):
         assert log.count(L["samples_at"] + " 40\n") == 1, log
         assert log.count("] " + L["finished_at"]) == 1, log  # the status's own sentence, no prefix before it
         shot(page, artifacts, f"{lang}-3-training-done")
+        # training it again would start over: said before the start, with what is kept
+        again = {"ru": "Модель уже обучена (120 шагов)", "en": "This model has been trained (120 steps)"}[lang]
+        expect(page.get_by_test_id("train-starts-over")).to_contain_text(again)
 
         # The book's tokenization with the model's new tokenizer.
         tab(page, "books")

@@ -468,3 +468,36 @@ def test_the_best_model_is_kept_when_an_evaluation_finds_it_not_only_at_a_save(h
     kept = safe_load(home / "models" / "m" / "checkpoints" / "best.pt")
     assert kept["step"] == best["step"] and kept["meta"]["val_bpb"] == best["val_bpb"]
     assert summary["best_val_bpb"] == best["val_bpb"] == store.get_model(home, "m").best_val_bpb
+
+
+def test_training_a_trained_model_again_loses_nothing(home, book, tmp_path):
+    """A new run of a model trained before starts over, but its best model stays best.pt until
+    the new run beats it, and its step checkpoints are set aside (not pruned as 'older' than
+    the new run's, not picked by a resume)."""
+    from azr_trainer import books
+    make_model(home)
+    mdir = store.model_dir(home, "m")
+    first = train(home, "m", cfg(book, max_iterations=40), log=lambda m: None)
+    best_before = safe_load(layout.best_checkpoint(mdir))
+    earlier_steps = [s for s, _ in list_step_checkpoints(mdir)]
+    assert earlier_steps[-1] == 40
+
+    notices = []
+    weak = train(home, "m", cfg(book, max_iterations=10, learning_rate=1e-6), log=notices.append)
+    assert weak["best_val_bpb"] > first["best_val_bpb"]  # the new run is worse than the first
+    kept = safe_load(layout.best_checkpoint(mdir))
+    assert (kept["step"], kept["meta"]["val_bpb"]) == (best_before["step"], best_before["meta"]["val_bpb"])
+    assert store.get_model(home, "m").best_val_bpb == first["best_val_bpb"]
+    assert [s for s, _ in list_step_checkpoints(mdir)] == [10]  # only the new run's steps
+    aside = [p for p in (mdir / "checkpoints" / "earlier").glob("*/step_*.pt")]
+    assert sorted(int(p.stem.split("_")[1]) for p in aside) == earlier_steps
+    assert any(getattr(n, "code", None) == "run.train.earlier_set_aside" for n in notices)
+
+    # on other books the held-out text differs: the earlier best is copied aside, then replaced
+    other = tmp_path / "other.txt"
+    other.write_text("Другая книга. " * 400, encoding="utf-8")
+    books.add_book(home, other, name="other")
+    train(home, "m", cfg("other", max_iterations=10), log=lambda m: None)
+    assert safe_load(layout.best_checkpoint(mdir))["train_config"]["books"] == ["other"]
+    copies = [safe_load(p) for p in (mdir / "checkpoints" / "earlier").glob("*/best.pt")]
+    assert [(c["step"], c["meta"]["val_bpb"]) for c in copies] == [(best_before["step"], best_before["meta"]["val_bpb"])]

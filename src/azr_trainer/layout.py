@@ -152,6 +152,11 @@ def best_checkpoint(mdir: Path) -> Path:
     return checkpoints_dir(mdir) / BEST_FILE
 
 
+def earlier_checkpoints_dir(mdir: Path, when: str) -> Path:
+    """Where a new training run sets aside the step checkpoints of the run before it."""
+    return checkpoints_dir(mdir) / "earlier" / when
+
+
 def init_checkpoint(mdir: Path) -> Path:
     return checkpoints_dir(mdir) / "init.pt"
 

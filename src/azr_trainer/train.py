@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -287,6 +288,7 @@ class _Pretraining(Job):
         self.optimizer = make_optimizer(model, cfg.learning_rate, cfg.weight_decay, cfg.beta2, device)
         self.sampler = BatchSampler(data.train, seq_len, cfg.batch_size, cfg.seed)
         self.tokens_seen, self.best_bpb, self.best_step, self.worse_evals = 0, None, None, 0
+        self.kept_bpb = self.kept_step = None  # an earlier run's best, while this run has not beaten it
         self.run_id = run_id or new_run_id("run", unique=False)
         if resume_obj is not None:
             model.load_state_dict(resume_obj["state_dict"])
@@ -298,6 +300,7 @@ class _Pretraining(Job):
             self.best_bpb, self.elapsed_before = resume_obj.get("best_val_bpb"), resume_obj.get("elapsed", 0.0)
             # the patience goes on counting where it was (runs saved before it start again from 0)
             self.best_step, self.worse_evals = resume_obj.get("best_step"), resume_obj.get("worse_evals", 0)
+            self.kept_bpb, self.kept_step = resume_obj.get("kept_bpb"), resume_obj.get("kept_step")
             self.run_id = run_id or resume_obj["run_id"]
             self.resuming = True
             if self.milestones is not None:  # each milestone is announced once per run, not once per worker
@@ -330,6 +333,10 @@ class _Pretraining(Job):
         self.loss_acc, self.loss_n, self.tok_log, self.t_log = 0.0, 0, 0, time.time()
         self.train_loss = None
         model.train()
+        # Last, once every check has passed (a refused start changes nothing): a model trained
+        # before keeps its best until this run beats it (_keep_if_best), its steps set aside.
+        if resume_obj is None:
+            self.kept_bpb, self.kept_step = set_aside_earlier_run(mdir, cfg, log) if dist.is_main else (None, None)
 
     def start_fields(self) -> dict:
         cfg, data = self.cfg, self.data
@@ -403,7 +410,8 @@ class _Pretraining(Job):
             return
         self.worse_evals += 1
         if self.worse_evals >= self.cfg.patience:
-            self.learned_enough = {"best_step": self.best_step, "best_bpb": round(self.best_bpb, 4)}
+            best = (self.best_step, self.best_bpb) if self.kept_bpb is None else (self.kept_step, self.kept_bpb)
+            self.learned_enough = {"best_step": best[0], "best_bpb": round(best[1], 4)}
 
     def _keep_if_best(self, bpb: float | None) -> None:
         """The best model so far is kept the moment an evaluation finds it, not only at the save
@@ -412,6 +420,9 @@ class _Pretraining(Job):
         if bpb is None or self.step == 0 or (self.best_bpb is not None and bpb > self.best_bpb):
             return
         self.best_bpb, self.best_step = bpb, self.step
+        if self.kept_bpb is not None and bpb > self.kept_bpb:
+            return  # the model's best from an earlier run is still better: it stays best.pt
+        self.kept_bpb = None
         # best.pt is for using the model (generation, export, self-play's start), never for a
         # resume, which continues from the newest step checkpoint: without the optimizer's
         # state it is a third of the size, and it is written at most evaluations of a short run.
@@ -426,7 +437,8 @@ class _Pretraining(Job):
         return checkpoint_obj(self, self.model, self.mcfg, self.tokenizer, self.optimizer, self.run_id,
                               {"model": self.name, "books": cfg.books, "kind": kind, "val_bpb": bpb},
                               tokens_seen=self.tokens_seen, train_config=asdict(cfg), best_val_bpb=self.best_bpb,
-                              best_step=self.best_step, worse_evals=self.worse_evals,
+                              best_step=self.best_step, worse_evals=self.worse_evals, kept_bpb=self.kept_bpb,
+                              kept_step=self.kept_step,
                               rng={"torch": torch.get_rng_state(), "data": self.sampler.state()},
                               milestones_passed=sorted(self.milestones.passed) if self.milestones else [])
 
@@ -467,9 +479,10 @@ class _Pretraining(Job):
         path = save_step(obj, folder, cfg.keep_last)
         # The evaluation that found the best model wrote best.pt already (_keep_if_best): a save
         # is that model only when nothing was trained since that evaluation.
-        is_best = bpb is not None and self.best_step == self.step
-        store.update_model(self.home, self.name, trained_steps=self.step, best_val_bpb=self.best_bpb,
-                           last_trained=utc_now(), books=cfg.books)
+        is_best = bpb is not None and self.best_step == self.step and self.kept_bpb is None
+        fields = {} if self.kept_bpb is not None else {"best_val_bpb": self.best_bpb}  # the kept best's stays
+        store.update_model(self.home, self.name, trained_steps=self.step, last_trained=utc_now(), books=cfg.books,
+                           **fields)
         self.events.emit("checkpoint", step=self.step, path=str(path), best=is_best, kind=kind)
         return path
 
@@ -493,3 +506,39 @@ class _Pretraining(Job):
 
 
 run_dir = layout.run_dir  # where a run's events (and a studio run's files) are
+
+
+def set_aside_earlier_run(mdir: Path, cfg: TrainConfig, log: Callable) -> tuple[float | None, int | None]:
+    """Before a new (not resumed) run of a model trained before: its step checkpoints move to
+    checkpoints/earlier/<time>/ (left where they were, they would count as newer than the new
+    run's, which pruning would then delete, and a resume would pick them), and its best model
+    stays best.pt until this run beats it. Returns the bits per byte to beat and the step of
+    the kept best, when it was measured on the same books' held-out text; otherwise (None,
+    None), after copying best.pt into the same folder, since this run's first evaluation will
+    replace it."""
+    steps = list_step_checkpoints(mdir)
+    best = layout.best_checkpoint(mdir)
+    if not steps and not best.exists():
+        return None, None
+    when = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    aside, n = layout.earlier_checkpoints_dir(mdir, when), 1
+    while aside.exists():  # two runs set aside within a second
+        n += 1
+        aside = layout.earlier_checkpoints_dir(mdir, f"{when}-{n}")
+    aside.mkdir(parents=True)
+    for _, path in steps:
+        os.replace(path, aside / path.name)
+    kept = step = None
+    if best.exists():
+        try:
+            obj = safe_load(best)
+            trained = obj.get("train_config") or {}
+            if trained.get("books") == cfg.books and trained.get("val_fraction") == cfg.val_fraction:
+                kept, step = (obj.get("meta") or {}).get("val_bpb"), obj.get("step")
+        except UserError:  # damaged: replaced by this run's first best, a copy set aside
+            kept = None
+        if kept is None:
+            shutil.copy2(best, aside / best.name)
+    log(Notice("run.train.earlier_set_aside", folder=str(aside), steps=len(steps),
+               best=f"{kept:.4f}" if kept is not None else "—"))
+    return (kept, step) if kept is not None else (None, None)

@@ -176,6 +176,18 @@ async function shapeSpeed(key, shape) {
   return est.speed;
 }
 
+/** Before training a model trained before: what happens to what it has (the run starts over;
+ * its best model stays until the new run beats it, its checkpoints are set aside). */
+function renderStartsOver(m) {
+  const el = $("t-starts-over");
+  el.hidden = !(mode === "train" && m && m.trained_steps > 0);
+  if (el.hidden) return;
+  const steps = t("models.steps", { count: m.trained_steps, n: fmtInt(m.trained_steps) });
+  el.textContent = m.best_val_bpb != null
+    ? t("train.starts_over", { steps, bpb: fmtFixed(m.best_val_bpb, 3) })
+    : t("train.starts_over_no_best", { steps });
+}
+
 let estimateSeq = 0;
 /** What the run will cost: its time (the budget, or its steps at the model's speed), steps and tokens. */
 async function renderEstimate() {
@@ -187,6 +199,7 @@ async function renderEstimate() {
   const batch = intValue($("t-batch_size"));
   const books = [...selectedBooks];
   checkRun(mode === "train" && m && books.length && budget ? { model: m, books, minutes, batch_size: batch } : null, applyFix);
+  renderStartsOver(m);
   if (mode === "selfplay" && m) { renderSelfPlayEstimate(el, m); return; }
   if (mode === "reason") { renderReasonEstimate(el, m); return; }
   if (mode !== "train" || !m || !(iters > 0 || budget) || !(batch > 0)) { el.textContent = ""; estimateSeq++; return; }
