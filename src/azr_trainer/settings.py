@@ -246,11 +246,12 @@ REASON = Group(
     Setting("prompt_format", str, "auto", choices=("auto", "compact", "paper")),
     # Unlike the CLI, always with an end that a 2-core machine reaches within 15 minutes: a default step
     # of a from-zero model took 2.5 s on one idle core (BENCHMARKS R1) and 1.7–3.1 s of CPU here with
-    # the buffers filling, each eval of the 3 × 32 held-out tasks 3.5 s; 150 steps and their ~8 evals
-    # are 7–9 min on one idle core, with room for a loaded machine.
+    # the buffers filling, each eval of the 3 × 32 held-out tasks 3.5 s.
+    # 150 steps and their ~8 evals are 7–9 min on one idle core, with room for a loaded machine; and
+    # a time cap of 8 minutes, so that a slower machine ends too (from zero: ~6 min of pretraining first).
     _s(_ITERS, studio=True, studio_default=150, label="train.rs.max_iterations", help="settings.help.until_stopped"),
     _s(_TIME, studio=True),
-    _MINUTES,
+    _s(_MINUTES, studio_default=8),
     Setting("batch_size", int, 4, min=1, max=65536, studio=True, label="train.rs.batch_size",
             help="settings.help.reason_batch_size"),
     Setting("n_samples", int, 4, min=2, max=1024, studio=True, label="train.rs.n_samples"),
