@@ -1347,3 +1347,24 @@ def test_reasoning_shows_the_from_zero_path_first_and_every_mode_an_estimate(bro
         assert not errors, errors
     finally:
         ctx.close()
+
+
+def test_a_trained_model_that_cannot_reason_is_said_before_the_start(browser, studio):
+    """A trained model whose window is too short for reasoning prompts: the reasoning form says
+    so in place of an estimate, before anything is clicked (the model list is stubbed)."""
+    model = {"name": "short-window", "config": {**TINY, "tokenizer": "bpe"}, "parameters": 30240, "trained_steps": 100,
+             "best_val_bpb": 1.5, "last_trained": "2026-01-02T03:04:05+00:00", "books": ["tales"],
+             "file_bytes": 400000, "checkpoints": [100], "training": False, "created_at": "2026-01-01T00:00:00+00:00"}
+    ctx = browser.new_context(locale="ru-RU", viewport={"width": 1360, "height": 900})
+    try:
+        ctx.route("**/api/models", lambda r: r.fulfill(json=[model]) if r.request.method == "GET" else r.continue_())
+        page = ctx.new_page()
+        page.goto(studio.url + "/#training")
+        page.wait_for_selector("body[data-ready='1']")
+        page.locator("#t-model").select_option("short-window")
+        page.get_by_test_id("train-mode-reason").click()
+        expect(page.get_by_test_id("train-estimate")).to_contain_text(f"{TINY['max_seq_len']}")
+        expect(page.get_by_test_id("train-estimate")).to_contain_text("576")
+        expect(page.get_by_test_id("train-estimate")).not_to_contain_text("шагов —")  # no time for a run that cannot start
+    finally:
+        ctx.close()

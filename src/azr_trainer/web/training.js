@@ -314,11 +314,15 @@ async function renderReasonEstimate(el, m) {
   } catch { /* the estimate endpoint is busy: the next change asks again */ }
   if (seqNo !== estimateSeq) return;
   const parts = [];
-  if (m && perStep && iters > 0) {
+  // a trained model whose window is too short cannot reason at all: said before the start, not after the click
+  const short = m && m.config && (m.trained_steps > 0 || (m.checkpoints || []).length) && m.config.max_seq_len < reasonMinSeq(m);
+  if (short) {
+    parts.push(t("train.rs.err.seq", { model: m.name, seq: m.config.max_seq_len, min: reasonMinSeq(m) }));
+  } else if (m && perStep && iters > 0) {
     const key = measured ? "train.rs.estimate_measured" : "train.rs.estimate_rough";
     parts.push(t(key, { time: fmtApproxDuration(Math.min(iters * perStep, budget)), steps: fmtInt(iters), seconds: fmtFixed(perStep, 1) }));
   }
-  if (m && budget < Infinity) parts.push(t("train.sp.estimate_budget", { minutes: fmtNum(minutes) }));
+  if (m && !short && budget < Infinity) parts.push(t("train.sp.estimate_budget", { minutes: fmtNum(minutes) }));
   el.textContent = parts.join(" · ");
   $("rs-zero-estimate").textContent = zeroStep ? t("train.rs.zero.estimate", {
     time: fmtApproxDuration(zeroSteps * zeroStep), steps: fmtInt(zeroSteps), seconds: fmtFixed(zeroStep, 1) }) : "";
