@@ -750,6 +750,9 @@ def test_selfplay_mode(browser, studio, artifacts, tmp_path):
         expect(page.get_by_test_id("stat-bpb")).to_have_text(re.compile(r"\d"))
         expect(page.get_by_test_id("samples").get_by_test_id("sample-reward").first).to_contain_text("reward")
         expect(page.get_by_test_id("log")).to_contain_text("self-play started")
+        expect(page.get_by_test_id("log")).to_contain_text("reward: varied words + length")  # its parts named, not coded
+        # before its first step a run is "Queued", then "Started" (not "Running at step 0")
+        expect(page.get_by_test_id("log")).to_contain_text(re.compile(r"\] Queued\n.*\] Started\n", re.S))
         shot(page, artifacts, "selfplay-2-done")
 
         tab(page, "runs")
@@ -843,6 +846,7 @@ def test_reasoning_mode(browser, studio, artifacts):
         expect(page.locator("#chart-rs-acc-legend")).to_contain_text("abduction")
         expect(page.get_by_test_id("stat-rs-acc")).to_have_text(re.compile(r"\d+(\.\d)?\s?%"))
         expect(page.get_by_test_id("log")).to_contain_text("held-out accuracy at step 3")
+        expect(page.get_by_test_id("log")).to_contain_text("Task buffers seeded: deduction ")
 
         # The buffers panel: three buffers, newest task first, as the API has them.
         buffers = studio.get(f"/api/runs/{run_id}/buffers")
@@ -1051,6 +1055,7 @@ def test_generation_request_and_memorisation_meter(browser, studio, artifacts):
         expect(marks.first).to_have_text("Once upon a time")
         expect(page.get_by_test_id("memo-share")).to_contain_text("40%")
         expect(page.locator("#gen-memo-spans li")).to_contain_text("tales")
+        expect(page.locator("#gen-memo-spans li").first).to_contain_text(re.compile(r"\d+ characters? from “tales”"))
         shot(page, artifacts, "generation-memorisation")
     finally:
         ctx.close()
@@ -1164,6 +1169,7 @@ def test_the_best_model_for_n_minutes_in_russian(browser, studio, tmp_path, arti
             choice.check()
         page.get_by_test_id("auto-minutes").fill("10")
         expect(page.get_by_test_id("auto-summary")).to_contain_text("Проходов по книгам", timeout=60_000)
+        expect(page.get_by_test_id("auto-summary")).to_contain_text("шагов обучения ≈ ")  # no "около 141 шагов"
         plan = studio.request("POST", "/api/models/plan", {"books": ["avto"], "minutes": 10})
         # A book this small is learned in less than the time asked: the plan takes less, and says why.
         minutes = plan["recipe"]["minutes"]

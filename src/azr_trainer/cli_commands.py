@@ -38,7 +38,7 @@ def cmd_books_add(args, home):
         return print_json(info.to_dict())
     how = say("encoding_detected" if info.detected else "encoding_given")
     print(say("book_added", name=info.name, encoding=info.encoding, how=how, size=_fmt_bytes(info.source_bytes),
-              chars=info.chars, lines=info.lines))
+              text_size=_fmt_bytes(info.text_bytes), chars=info.chars, lines=info.lines))
     print(say("preview", text=info.preview[:200].replace("\n", " ⏎ ")))
 
 

@@ -35,6 +35,7 @@ from . import decode, executor, layout, osdeps, programs, store
 from .checkpoint import build_model, export_pt, latest_run_checkpoint, resolve_checkpoint, safe_load, \
     save_step
 from .device import pick_device, set_threads
+from .errors import Notice
 from .events import EventLog, Listener, new_run_id
 from .formats import FORMATS
 from .home import UserError, atomic_write_json, read_json
@@ -313,8 +314,8 @@ class _Run(Job):
                 for t in tasks:
                     if t is not None:
                         self._add_to_buffer(t)
-        self.events.emit("log", step=self.step, message="seeded buffers: " + ", ".join(
-            f"{k} {len(self.buffers[k])}" for k in TASK_TYPES))
+        seeded = Notice("reason.seeded", **{k: len(self.buffers[k]) for k in TASK_TYPES})
+        self.events.emit("log", step=self.step, message=str(seeded), code=seeded.code, params=seeded.params)
 
     # -- one step
 

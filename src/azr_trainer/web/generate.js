@@ -186,9 +186,10 @@ function renderMemo() {
   const spans = [...(m.spans || [])].sort((a, b) => (b.length ?? b.end - b.start) - (a.length ?? a.end - a.start)).slice(0, 5);
   $("gen-memo-spans").replaceChildren(...spans.map((s) => {
     const text = last.text.slice(s.start, s.end);
+    const n = s.length ?? s.end - s.start;
     return h("li", {},
       h("q", { text: text.length > 160 ? `${text.slice(0, 160)}…` : text }),
-      h("span", { class: "muted", text: ` — ${t("gen.memo.span", { n: fmtInt(s.length ?? s.end - s.start), book: s.book ?? "?" })}` }));
+      h("span", { class: "muted", text: ` — ${t("gen.memo.span", { count: n, n: fmtInt(n), book: s.book ?? "?" })}` }));
   }));
   if (!spans.length) $("gen-memo-spans").append(h("li", { class: "muted", i18n: "gen.memo.none" }));
 }

@@ -4,7 +4,7 @@
 // shows the same state; the run's kind picks which stats and charts it shows.
 
 import { api, enc, runStreamUrl, allRunEvents } from "./api.js";
-import { t, fmtInt, fmtNum, fmtFixed, fmtSci, fmtCompact, fmtClock, fmtTime, fmtPercent, onLanguageChange, setText, messageText } from "./i18n.js";
+import { t, fmtInt, fmtNum, fmtFixed, fmtSci, fmtCompact, fmtClock, fmtTime, fmtPercent, onLanguageChange, setText, messageText, hasText } from "./i18n.js";
 import { RunState, TASK_TYPES, runMessage } from "./runstate.js";
 import { makeCharts, renderCharts, TYPE_COLORS } from "./monitorcharts.js";
 import { $, h, toast, fillSelect, setBusy, store, subscribe, refreshModels, upsertRun, sortedRuns, stepTarget, runLabel, stateBadge, LIVE_STATES, showWhitespace } from "./ui.js";
@@ -305,6 +305,8 @@ function logLine(entry) {
     p.params = fmtInt(p.params); p.step = fmtInt(p.step); p.mode = t(`train.rs.mode_${p.mode}`);
   } else if (entry.key === "log.sp_started") {
     p.params = fmtInt(p.params); p.step = fmtInt(p.step);
+    // the reward's parts by their names in the page's language (a reward file's part: "custom")
+    p.reward = [].concat(p.reward ?? []).map((k) => (hasText(`log.reward_part.${k}`) ? t(`log.reward_part.${k}`) : k)).join(" + ");
   } else if (entry.key === "log.started") {
     p.params = fmtInt(p.params); p.tokens = fmtInt(p.tokens);
   } else if (p.state) {

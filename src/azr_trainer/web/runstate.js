@@ -176,7 +176,7 @@ export class RunState {
         }
         if (e.state === "started" && e.kind === "selfplay") {
           const start = e.start || {};
-          this.addLog(e, "log.sp_started", { device: e.device ?? "?", params: e.parameters ?? 0, step: start.step ?? 0, reward: Object.keys(e.reward_weights || {}).join(" + ") });
+          this.addLog(e, "log.sp_started", { device: e.device ?? "?", params: e.parameters ?? 0, step: start.step ?? 0, reward: Object.keys(e.reward_weights || {}) });
         } else if (e.state === "started" && e.kind === "reason") {
           const rc = e.reason_config || {};
           this.addLog(e, "log.rs_started", { device: e.device ?? "?", params: e.parameters ?? 0, step: (e.start || {}).step ?? 0, mode: rc.mode ?? "?", format: e.prompt_format ?? "?" });
@@ -187,8 +187,11 @@ export class RunState {
         } else {
           // a coded status is a whole sentence with the state and the step ("Stopped at step 397: …")
           const msg = coded(e);
-          const key = msg ? "log.message" : e.message ? "log.status_msg" : "log.status";
-          this.addLog(e, key, { state: e.state, step: e.step ?? this.step, message: e.message ?? "" }, { state: e.state, msg });
+          const step = e.step ?? this.step;
+          // before the first step the step says nothing: "Queued", "Started" (not "Running at step 0")
+          const key = msg ? "log.message" : `log.${e.message ? "status_msg" : "status"}${step ? "" : "_start"}`;
+          const state = !step && e.state === "running" ? "started" : e.state;
+          this.addLog(e, key, { state, step, message: e.message ?? "" }, { state: e.state, msg });
         }
         for (const w of e.warnings || []) this.addLog(e, "log.warning", { message: typeof w === "string" ? w : w && w.message || "" }, { msg: coded(w) });
         break;
