@@ -253,6 +253,17 @@ def test_the_studios_default_self_play_run_ends_within_a_sitting():
     assert SelfPlayConfig().max_time is None  # the command line runs until stopped, as before
 
 
+def test_the_studios_default_reasoning_run_ends_within_a_sitting():
+    # after the from-zero pretraining (about 6 minutes), reasoning's own end leaves the whole
+    # path near a quarter of an hour even where its steps run slower than measured
+    from azr_trainer.reasoning import ReasonConfig
+    defaults = settings.REASON.studio_defaults()
+    assert defaults["max_iterations"] == 150
+    config = ReasonConfig(**settings.time_budget("reason", defaults)).validate()
+    assert config.max_iterations == 150 and 0 < config.max_time <= 8 * 60
+    assert ReasonConfig().max_time is None  # the command line runs until stopped
+
+
 def test_the_cli_trains_for_a_number_of_minutes(home, book):
     store.create_model(home, "m", ModelConfig(vocab_size=300, d_model=32, num_layers=1, num_heads=2, d_ff=64,
                                               max_seq_len=32, tokenizer="char"))

@@ -472,32 +472,49 @@ def test_the_best_model_is_kept_when_an_evaluation_finds_it_not_only_at_a_save(h
 
 def test_training_a_trained_model_again_loses_nothing(home, book, tmp_path):
     """A new run of a model trained before starts over, but its best model stays best.pt until
-    the new run beats it, and its step checkpoints are set aside (not pruned as 'older' than
-    the new run's, not picked by a resume)."""
+    the new run beats it (then a copy goes aside), and its step checkpoints go aside at the new
+    run's first save (not pruned as 'older' than the new run's, not picked by a resume)."""
     from azr_trainer import books
     make_model(home)
     mdir = store.model_dir(home, "m")
+    aside = lambda pattern: sorted((mdir / "checkpoints" / "earlier").glob(pattern))  # noqa: E731
     first = train(home, "m", cfg(book, max_iterations=40), log=lambda m: None)
     best_before = safe_load(layout.best_checkpoint(mdir))
     earlier_steps = [s for s, _ in list_step_checkpoints(mdir)]
     assert earlier_steps[-1] == 40
 
+    # a refused start changes nothing
+    with pytest.raises(UserError):
+        train(home, "m", cfg("no-such-book", max_iterations=10), log=lambda m: None)
+    assert [s for s, _ in list_step_checkpoints(mdir)] == earlier_steps and not aside("*")
+
+    # a worse run, stopped before its end (it saves there) and resumed: the first best stays
     notices = []
-    weak = train(home, "m", cfg(book, max_iterations=10, learning_rate=1e-6), log=notices.append)
-    assert weak["best_val_bpb"] > first["best_val_bpb"]  # the new run is worse than the first
+    stopped = train(home, "m", cfg(book, max_iterations=20, learning_rate=1e-6), log=notices.append, stop=StopAt(12))
+    assert stopped["status"] == "interrupted" and stopped["step"] == 12
+    assert [n.code for n in notices if getattr(n, "code", "").startswith("run.train.earlier")] == ["run.train.earlier_kept"]
+    assert [s for s, _ in list_step_checkpoints(mdir)] == [10, 12]  # only the new run's steps
+    assert [int(p.stem.split("_")[1]) for p in aside("*/step_*.pt")] == earlier_steps
+    weak = train(home, "m", cfg(book, max_iterations=20, learning_rate=1e-6, resume=True), log=lambda m: None)
+    assert weak["step"] == 20
     kept = safe_load(layout.best_checkpoint(mdir))
     assert (kept["step"], kept["meta"]["val_bpb"]) == (best_before["step"], best_before["meta"]["val_bpb"])
-    assert store.get_model(home, "m").best_val_bpb == first["best_val_bpb"]
-    assert [s for s, _ in list_step_checkpoints(mdir)] == [10]  # only the new run's steps
-    aside = [p for p in (mdir / "checkpoints" / "earlier").glob("*/step_*.pt")]
-    assert sorted(int(p.stem.split("_")[1]) for p in aside) == earlier_steps
-    assert any(getattr(n, "code", None) == "run.train.earlier_set_aside" for n in notices)
+    assert weak["best_val_bpb"] == first["best_val_bpb"] == store.get_model(home, "m").best_val_bpb
+    assert not aside("*/best.pt")  # not replaced: nothing to copy
 
-    # on other books the held-out text differs: the earlier best is copied aside, then replaced
+    # a better run replaces it, after copying it aside
+    better = train(home, "m", cfg(book, max_iterations=80), log=lambda m: None)
+    assert better["best_val_bpb"] < first["best_val_bpb"]
+    assert safe_load(layout.best_checkpoint(mdir))["meta"]["val_bpb"] == better["best_val_bpb"]
+    copies = [safe_load(p) for p in aside("*/best.pt")]
+    assert [(c["step"], c["meta"]["val_bpb"]) for c in copies] == [(best_before["step"], best_before["meta"]["val_bpb"])]
+
+    # on other books the held-out text differs: the new run's best replaces it (a copy aside)
     other = tmp_path / "other.txt"
     other.write_text("Другая книга. " * 400, encoding="utf-8")
     books.add_book(home, other, name="other")
-    train(home, "m", cfg("other", max_iterations=10), log=lambda m: None)
+    notices = []
+    train(home, "m", cfg("other", max_iterations=10), log=notices.append)
+    assert "run.train.earlier_replaced" in [getattr(n, "code", None) for n in notices]
     assert safe_load(layout.best_checkpoint(mdir))["train_config"]["books"] == ["other"]
-    copies = [safe_load(p) for p in (mdir / "checkpoints" / "earlier").glob("*/best.pt")]
-    assert [(c["step"], c["meta"]["val_bpb"]) for c in copies] == [(best_before["step"], best_before["meta"]["val_bpb"])]
+    assert len(aside("*/best.pt")) == 2

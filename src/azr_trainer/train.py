@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from . import catalogue, decode, layout, store
+from . import catalogue, decode, layout, osdeps, store
 from .autosize import training_precision
 from .checkpoint import atomic_torch_save, checkpoint_dir, init_checkpoint, list_step_checkpoints, safe_load, \
     save_step
@@ -333,10 +333,16 @@ class _Pretraining(Job):
         self.loss_acc, self.loss_n, self.tok_log, self.t_log = 0.0, 0, 0, time.time()
         self.train_loss = None
         model.train()
-        # Last, once every check has passed (a refused start changes nothing): a model trained
-        # before keeps its best until this run beats it (_keep_if_best), its steps set aside.
-        if resume_obj is None:
-            self.kept_bpb, self.kept_step = set_aside_earlier_run(mdir, cfg, log) if dist.is_main else (None, None)
+        # Last, once every check has passed: a model trained before keeps what it has (EarlierRun).
+        self.earlier = None
+        if dist.is_main and resume_obj is None:
+            self.earlier = EarlierRun(mdir, cfg)
+            if self.earlier.found:
+                self.kept_bpb, self.kept_step = self.earlier.bpb, self.earlier.step
+                log(self.earlier.notice())
+        elif dist.is_main and self.kept_bpb is not None:  # resumed, the earlier best not beaten yet
+            self.earlier = EarlierRun(mdir, cfg)
+            self.earlier.steps_left = False  # moved at this run's first save, before the checkpoint resumed
 
     def start_fields(self) -> dict:
         cfg, data = self.cfg, self.data
@@ -423,6 +429,8 @@ class _Pretraining(Job):
         if self.kept_bpb is not None and bpb > self.kept_bpb:
             return  # the model's best from an earlier run is still better: it stays best.pt
         self.kept_bpb = None
+        if self.earlier is not None:
+            self.earlier.before_best()
         # best.pt is for using the model (generation, export, self-play's start), never for a
         # resume, which continues from the newest step checkpoint: without the optimizer's
         # state it is a third of the size, and it is written at most evaluations of a short run.
@@ -476,6 +484,8 @@ class _Pretraining(Job):
         cfg, folder = self.cfg, checkpoint_dir(self.mdir)
         bpb = (last_eval or {}).get("val_bpb")
         obj = self._checkpoint(kind, bpb)
+        if self.earlier is not None:
+            self.earlier.before_save()
         path = save_step(obj, folder, cfg.keep_last)
         # The evaluation that found the best model wrote best.pt already (_keep_if_best): a save
         # is that model only when nothing was trained since that evaluation.
@@ -497,7 +507,9 @@ class _Pretraining(Job):
             "model": self.name, "run": self.run_id, "status": status, "message": message, "step": self.step,
             "max_iterations": self.cfg.max_iterations, "train_loss": self.train_loss,
             "val_loss": final.get("val_loss"), "val_ppl": final.get("val_ppl"), "val_bpb": final.get("val_bpb"),
-            "best_val_bpb": self.best_bpb, "tokens_seen": self.tokens_seen,
+            # best.pt's: an earlier run's while this run has not beaten it
+            "best_val_bpb": self.kept_bpb if self.kept_bpb is not None else self.best_bpb,
+            "tokens_seen": self.tokens_seen,
             "tokens_per_s": (self.tokens_seen - self.tokens_before) / max(1e-9, wall),
             "wall_seconds": wall, "device": str(self.device), "threads": self.threads,
             "checkpoints": checkpoints, "best_checkpoint": str(best) if best.exists() else None,
@@ -508,37 +520,63 @@ class _Pretraining(Job):
 run_dir = layout.run_dir  # where a run's events (and a studio run's files) are
 
 
-def set_aside_earlier_run(mdir: Path, cfg: TrainConfig, log: Callable) -> tuple[float | None, int | None]:
-    """Before a new (not resumed) run of a model trained before: its step checkpoints move to
-    checkpoints/earlier/<time>/ (left where they were, they would count as newer than the new
-    run's, which pruning would then delete, and a resume would pick them), and its best model
-    stays best.pt until this run beats it. Returns the bits per byte to beat and the step of
-    the kept best, when it was measured on the same books' held-out text; otherwise (None,
-    None), after copying best.pt into the same folder, since this run's first evaluation will
-    replace it."""
-    steps = list_step_checkpoints(mdir)
-    best = layout.best_checkpoint(mdir)
-    if not steps and not best.exists():
-        return None, None
-    when = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    aside, n = layout.earlier_checkpoints_dir(mdir, when), 1
-    while aside.exists():  # two runs set aside within a second
-        n += 1
-        aside = layout.earlier_checkpoints_dir(mdir, f"{when}-{n}")
-    aside.mkdir(parents=True)
-    for _, path in steps:
-        os.replace(path, aside / path.name)
-    kept = step = None
-    if best.exists():
+class EarlierRun:
+    """What a new (not resumed) training run of a model trained before keeps of the earlier run.
+    Its best model stays best.pt until this run beats it on the same held-out text (same books,
+    validation share and window); before this run first replaces best.pt, for whatever reason, a
+    copy goes aside. Its step checkpoints move aside at this run's first save: left where they
+    were they would count as newer than this run's (pruning would delete those, a resume would
+    pick them); moved sooner, a run that fails before its first save would leave the model with
+    no latest checkpoint. Both go to checkpoints/earlier/<time>/, made only when needed: a
+    refused start changes nothing."""
+
+    def __init__(self, mdir: Path, cfg: TrainConfig):
+        self.mdir, self.best = mdir, layout.best_checkpoint(mdir)
+        self.steps_left = bool(list_step_checkpoints(mdir))
+        self.best_left = self.best.exists()
+        self.bpb = self.step = None  # the kept best's, where this run is measured on the same text
+        if self.best_left:
+            try:
+                obj = safe_load(self.best)
+                trained = obj.get("train_config") or {}
+                if all(trained.get(k) == getattr(cfg, k) for k in ("books", "val_fraction", "seq_len")):
+                    self.bpb, self.step = (obj.get("meta") or {}).get("val_bpb"), obj.get("step")
+            except UserError:  # damaged: replaced by this run's first best (a copy goes aside first)
+                pass
+        when = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+        self.folder, n = layout.earlier_checkpoints_dir(mdir, when), 1
+        while self.folder.exists():  # two runs within a second
+            n += 1
+            self.folder = layout.earlier_checkpoints_dir(mdir, f"{when}-{n}")
+
+    @property
+    def found(self) -> bool:
+        return self.steps_left or self.best_left
+
+    def notice(self) -> Notice:
+        if self.bpb is not None:
+            return Notice("run.train.earlier_kept", best=f"{self.bpb:.4f}", folder=str(self.folder))
+        return Notice("run.train.earlier_replaced", folder=str(self.folder))
+
+    def _move(self, path: Path, copy: bool = False) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
         try:
-            obj = safe_load(best)
-            trained = obj.get("train_config") or {}
-            if trained.get("books") == cfg.books and trained.get("val_fraction") == cfg.val_fraction:
-                kept, step = (obj.get("meta") or {}).get("val_bpb"), obj.get("step")
-        except UserError:  # damaged: replaced by this run's first best, a copy set aside
-            kept = None
-        if kept is None:
-            shutil.copy2(best, aside / best.name)
-    log(Notice("run.train.earlier_set_aside", folder=str(aside), steps=len(steps),
-               best=f"{kept:.4f}" if kept is not None else "—"))
-    return (kept, step) if kept is not None else (None, None)
+            if copy:
+                shutil.copy2(path, self.folder / path.name)
+            else:
+                osdeps.replace(path, self.folder / path.name)
+        except PermissionError:  # another program holds it open (Windows)
+            raise osdeps.in_use(path) from None
+
+    def before_best(self) -> None:
+        """This run is about to write best.pt: the earlier one goes aside first (once)."""
+        if self.best_left and self.best.exists():
+            self._move(self.best, copy=True)
+        self.best_left = False
+
+    def before_save(self) -> None:
+        """This run is about to save its first step checkpoint: the earlier run's go aside."""
+        if self.steps_left:
+            for _, path in list_step_checkpoints(self.mdir):
+                self._move(path)
+        self.steps_left = False

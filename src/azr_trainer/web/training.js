@@ -183,9 +183,11 @@ function renderStartsOver(m) {
   el.hidden = !(mode === "train" && m && m.trained_steps > 0);
   if (el.hidden) return;
   const steps = t("models.steps", { count: m.trained_steps, n: fmtInt(m.trained_steps) });
-  el.textContent = m.best_val_bpb != null
-    ? t("train.starts_over", { steps, bpb: fmtFixed(m.best_val_bpb, 3) })
-    : t("train.starts_over_no_best", { steps });
+  // its best stays only where the new run is measured on the same books' held-out text
+  const same = JSON.stringify([...selectedBooks].sort()) === JSON.stringify([...(m.books || [])].sort());
+  el.textContent = m.best_val_bpb == null ? t("train.starts_over_no_best", { steps })
+    : same ? t("train.starts_over", { steps, bpb: fmtFixed(m.best_val_bpb, 3) })
+    : t("train.starts_over_other", { steps });
 }
 
 let estimateSeq = 0;
