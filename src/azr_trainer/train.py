@@ -336,12 +336,12 @@ class _Pretraining(Job):
         # Last, once every check has passed: a model trained before keeps what it has (EarlierRun).
         self.earlier = None
         if dist.is_main and resume_obj is None:
-            self.earlier = EarlierRun(mdir, cfg)
+            self.earlier = EarlierRun(mdir)
             if self.earlier.found:
-                self.kept_bpb, self.kept_step = self.earlier.bpb, self.earlier.step
-                log(self.earlier.notice())
+                self.kept_bpb, self.kept_step = self.earlier.kept_best(cfg)
+                log(self.earlier.notice(self.kept_bpb))
         elif dist.is_main and self.kept_bpb is not None:  # resumed, the earlier best not beaten yet
-            self.earlier = EarlierRun(mdir, cfg)
+            self.earlier = EarlierRun(mdir)
             self.earlier.steps_left = False  # moved at this run's first save, before the checkpoint resumed
 
     def start_fields(self) -> dict:
@@ -530,19 +530,10 @@ class EarlierRun:
     no latest checkpoint. Both go to checkpoints/earlier/<time>/, made only when needed: a
     refused start changes nothing."""
 
-    def __init__(self, mdir: Path, cfg: TrainConfig):
+    def __init__(self, mdir: Path):
         self.mdir, self.best = mdir, layout.best_checkpoint(mdir)
         self.steps_left = bool(list_step_checkpoints(mdir))
         self.best_left = self.best.exists()
-        self.bpb = self.step = None  # the kept best's, where this run is measured on the same text
-        if self.best_left:
-            try:
-                obj = safe_load(self.best)
-                trained = obj.get("train_config") or {}
-                if all(trained.get(k) == getattr(cfg, k) for k in ("books", "val_fraction", "seq_len")):
-                    self.bpb, self.step = (obj.get("meta") or {}).get("val_bpb"), obj.get("step")
-            except UserError:  # damaged: replaced by this run's first best (a copy goes aside first)
-                pass
         when = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
         self.folder, n = layout.earlier_checkpoints_dir(mdir, when), 1
         while self.folder.exists():  # two runs within a second
@@ -553,9 +544,23 @@ class EarlierRun:
     def found(self) -> bool:
         return self.steps_left or self.best_left
 
-    def notice(self) -> Notice:
-        if self.bpb is not None:
-            return Notice("run.train.earlier_kept", best=f"{self.bpb:.4f}", folder=str(self.folder))
+    def kept_best(self, cfg: TrainConfig) -> tuple[float | None, int | None]:
+        """The bits per byte and step of the best model to keep until this run beats it: the
+        earlier best's where this run is measured on the same text; else (None, None)."""
+        if not self.best_left:
+            return None, None
+        try:
+            obj = safe_load(self.best)
+        except UserError:  # damaged: replaced by this run's first best (a copy goes aside first)
+            return None, None
+        trained = obj.get("train_config") or {}
+        if not all(trained.get(k) == getattr(cfg, k) for k in ("books", "val_fraction", "seq_len")):
+            return None, None
+        return (obj.get("meta") or {}).get("val_bpb"), obj.get("step")
+
+    def notice(self, kept_bpb: float | None) -> Notice:
+        if kept_bpb is not None:
+            return Notice("run.train.earlier_kept", best=f"{kept_bpb:.4f}", folder=str(self.folder))
         return Notice("run.train.earlier_replaced", folder=str(self.folder))
 
     def _move(self, path: Path, copy: bool = False) -> None:

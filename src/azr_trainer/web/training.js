@@ -279,9 +279,15 @@ const FROM_ZERO_SHAPE = { vocab_size: 384, d_model: 128, num_layers: 4, num_head
 // Seconds the sandbox takes to run one program a step proposes or solves (a fresh process each).
 const SANDBOX_RUN_S = 0.05;
 
+/** Whether model ``m`` has weights to start self-play or reasoning from (trained, or imported). */
+const hasCheckpoint = (m) => !!m && (m.trained_steps > 0 || (m.checkpoints || []).length > 0);
+
+/** Whether a trained model ``m``'s window is too short for reasoning prompts. */
+const tooShortToReason = (m) => hasCheckpoint(m) && !!m.config && m.config.max_seq_len < reasonMinSeq(m);
+
 /** Whether model ``m`` can start a reasoning run (trained, with a long enough context). */
 function canReason(m) {
-  return !!m && (m.trained_steps > 0 || (m.checkpoints || []).length > 0) && !!m.config && m.config.max_seq_len >= reasonMinSeq(m);
+  return hasCheckpoint(m) && !!m.config && !tooShortToReason(m);
 }
 
 /** How long a reasoning run takes: its steps at the seconds per step of this model's last
@@ -317,7 +323,7 @@ async function renderReasonEstimate(el, m) {
   if (seqNo !== estimateSeq) return;
   const parts = [];
   // a trained model whose window is too short cannot reason at all: said before the start, not after the click
-  const short = m && m.config && (m.trained_steps > 0 || (m.checkpoints || []).length) && m.config.max_seq_len < reasonMinSeq(m);
+  const short = tooShortToReason(m);
   if (short) {
     parts.push(t("train.rs.err.seq", { model: m.name, seq: m.config.max_seq_len, min: reasonMinSeq(m) }));
   } else if (m && perStep && iters > 0) {
@@ -393,7 +399,7 @@ function trainRequest() {
 // Returns false when an error was reported.
 function checkStartModel(v, m, untrainedKey, errors) {
   if (!v.model) errors.push(t("train.err.model"));
-  else if (m && !(m.trained_steps > 0 || (m.checkpoints || []).length)) errors.push(t(untrainedKey, { model: v.model }));
+  else if (m && !hasCheckpoint(m)) errors.push(t(untrainedKey, { model: v.model }));
   else return true;
   return false;
 }
@@ -410,7 +416,7 @@ function reasonRequest() {
   const errors = [];
   const v = { model: $("t-model").value, kind: "reason" };
   const m = currentModel();
-  if (checkStartModel(v, m, "train.rs.err.untrained", errors) && m && m.config && m.config.max_seq_len < reasonMinSeq(m)) errors.push(t("train.rs.err.seq", { model: v.model, seq: m.config.max_seq_len, min: reasonMinSeq(m) }));
+  if (checkStartModel(v, m, "train.rs.err.untrained", errors) && tooShortToReason(m)) errors.push(t("train.rs.err.seq", { model: v.model, seq: m.config.max_seq_len, min: reasonMinSeq(m) }));
   Object.assign(v, readSettings("reason", "rs", REASON_FIELDS, errors));
   return { body: v, errors };
 }
