@@ -518,3 +518,11 @@ def test_training_a_trained_model_again_loses_nothing(home, book, tmp_path):
     assert "run.train.earlier_replaced" in [getattr(n, "code", None) for n in notices]
     assert safe_load(layout.best_checkpoint(mdir))["train_config"]["books"] == ["other"]
     assert len(aside("*/best.pt")) == 2
+
+    # a book replaced under the same name is other held-out text too, even for a run that learns nothing
+    other.write_text("Совсем иной текст, про другое. " * 300, encoding="utf-8")
+    books.add_book(home, other, name="other", overwrite=True)
+    notices = []
+    train(home, "m", cfg("other", max_iterations=10, learning_rate=1e-6), log=notices.append)
+    assert "run.train.earlier_replaced" in [getattr(n, "code", None) for n in notices]
+    assert len(aside("*/best.pt")) == 3

@@ -11,6 +11,7 @@ with self-play and reasoning; this module supplies the step, the eval and the ch
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 import os
 import shutil
@@ -19,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from . import catalogue, decode, layout, osdeps, store
@@ -272,6 +274,8 @@ class _Pretraining(Job):
             for w in data.warnings:
                 log(Notice("cli.warning", warning=w))
         self.tokenizer = data.tokenizer
+        # which held-out text a best model was measured on: a book replaced under its old name is other text
+        self.held_out = hashlib.sha256(np.ascontiguousarray(data.val).tobytes()).hexdigest()[:16]
         # the milestones' yardsticks: xz on the held-out text, and the words of the books
         self.milestones = self.last_bpb = None
         if dist.is_main and data.val_bytes:
@@ -338,7 +342,7 @@ class _Pretraining(Job):
         if dist.is_main and resume_obj is None:
             self.earlier = EarlierRun(mdir)
             if self.earlier.found:
-                self.kept_bpb, self.kept_step = self.earlier.kept_best(cfg)
+                self.kept_bpb, self.kept_step = self.earlier.kept_best(cfg, self.held_out)
                 log(self.earlier.notice(self.kept_bpb))
         elif dist.is_main and self.kept_bpb is not None:  # resumed, the earlier best not beaten yet
             self.earlier = EarlierRun(mdir)
@@ -446,7 +450,7 @@ class _Pretraining(Job):
                               {"model": self.name, "books": cfg.books, "kind": kind, "val_bpb": bpb},
                               tokens_seen=self.tokens_seen, train_config=asdict(cfg), best_val_bpb=self.best_bpb,
                               best_step=self.best_step, worse_evals=self.worse_evals, kept_bpb=self.kept_bpb,
-                              kept_step=self.kept_step,
+                              kept_step=self.kept_step, held_out=self.held_out,
                               rng={"torch": torch.get_rng_state(), "data": self.sampler.state()},
                               milestones_passed=sorted(self.milestones.passed) if self.milestones else [])
 
@@ -544,9 +548,10 @@ class EarlierRun:
     def found(self) -> bool:
         return self.steps_left or self.best_left
 
-    def kept_best(self, cfg: TrainConfig) -> tuple[float | None, int | None]:
+    def kept_best(self, cfg: TrainConfig, held_out: str) -> tuple[float | None, int | None]:
         """The bits per byte and step of the best model to keep until this run beats it: the
-        earlier best's where this run is measured on the same text; else (None, None)."""
+        earlier best's where this run is measured on the same text (same books, share and window,
+        and the same held-out tokens where the earlier best recorded them); else (None, None)."""
         if not self.best_left:
             return None, None
         try:
@@ -555,6 +560,8 @@ class EarlierRun:
             return None, None
         trained = obj.get("train_config") or {}
         if not all(trained.get(k) == getattr(cfg, k) for k in ("books", "val_fraction", "seq_len")):
+            return None, None
+        if obj.get("held_out", held_out) != held_out:  # a book replaced under the same name
             return None, None
         return (obj.get("meta") or {}).get("val_bpb"), obj.get("step")
 
