@@ -10,6 +10,8 @@ script gives each evaluation more samples than the studio does (--prompts openin
 held-out text, --length tokens each) so that the share is a steady figure, and reports the share of
 written words that occur in the book's training text (milestones.real_word_share, the same measure
 as the run's "N% of the words it writes are real words" line) at the evaluation nearest each mark.
+Then the run's best model (best.pt: what generation and export use) is sampled again, --best-prompts
+openings × --seeds, for a steady figure, with the share of its text copied verbatim from the book.
 
     python benchmarks/readable.py --book ../shared/data/ru_chekhov_kashtanka_cp1251.txt --minutes 10 --json
 """
@@ -24,9 +26,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from azr_trainer import books, recipe, settings
+import statistics
+
+from azr_trainer import books, layout, recipe, settings, store
 from azr_trainer.books import read_book_text, split_train_val
+from azr_trainer.checkpoint import build_model, safe_load
+from azr_trainer.memorisation import BookIndex, find_copies
 from azr_trainer.milestones import book_vocabulary, real_word_share
+from azr_trainer.sample import generate
 from azr_trainer.train import TrainConfig, train
 
 
@@ -39,6 +46,29 @@ def prompts_from(text: str, n: int) -> list[str]:
     return [" ".join(ln.split()[:2]) + " " for ln in pick]
 
 
+def best_model_figures(home: Path, prompts: list[str], length: int, seeds: list[int], train_text: str,
+                       vocabulary) -> dict:
+    """What the person gets: the run's best model (best.pt) sampled at the studio's generation
+    settings, each prompt once per seed; the share of real words (mean and sd over the seeds) and
+    the share of the written text copied verbatim from the book (20+ characters, the studio's
+    memorisation meter), so that more real words from learning the book by heart show as such."""
+    obj = safe_load(layout.best_checkpoint(store.model_dir(home, "m")))
+    model, _, tokenizer = build_model(obj)
+    model.eval()
+    index = BookIndex.build({"book": train_text})
+    shares, copied = [], []
+    for seed in seeds:
+        outs = generate(model, [tokenizer.encode(p) for p in prompts], max_new_tokens=length, seed=seed,
+                        eot_id=tokenizer.eot_id)
+        texts = [tokenizer.decode(o) for o in outs]
+        shares.append(real_word_share("\n".join(texts), vocabulary))
+        copied.append(statistics.mean(find_copies(t, index)["copied_fraction"] for t in texts))
+    return {"step": obj.get("step"), "val_bpb": (obj.get("meta") or {}).get("val_bpb"),
+            "real_words": round(statistics.mean(shares), 4),
+            "real_words_sd": round(statistics.stdev(shares), 4) if len(shares) > 1 else 0.0,
+            "copied": round(statistics.mean(copied), 4), "seeds": seeds, "prompts": len(prompts)}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--book", required=True)
@@ -47,6 +77,8 @@ def main() -> int:
     ap.add_argument("--marks", default="1,3,10", help="minutes at which to report the share")
     ap.add_argument("--prompts", type=int, default=12)
     ap.add_argument("--length", type=int, default=64, help="new tokens per sample")
+    ap.add_argument("--best-prompts", type=int, default=48, help="prompts for the best model's figure (each seed)")
+    ap.add_argument("--seeds", default="1,2,3", help="sampling seeds for the best model's figure")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
@@ -73,6 +105,8 @@ def main() -> int:
         cfg = TrainConfig(books=["book"], threads=args.threads, sample_prompts=prompts_from(val_text, args.prompts),
                           sample_length=args.length, save_every=10**9, **params)
         summary = train(home, "m", cfg, listeners=[on_event], log=lambda m: print(m, file=sys.stderr))
+        best = best_model_figures(home, prompts_from(val_text, args.best_prompts), args.length,
+                                  [int(x) for x in args.seeds.split(",")], train_text, vocabulary)
     by_step = []
     for e in evals:
         texts = samples.get(e["step"], [])
@@ -86,14 +120,15 @@ def main() -> int:
     result = {"book": os.path.basename(args.book), "book_chars": info.chars,
               "minutes": args.minutes, "planned_minutes": made["minutes"],
               "threads": args.threads or "studio default", "marks": marks,
-              "final_real_words": final, "final_val_bpb": summary["val_bpb"], "steps": summary["step"],
+              "final_real_words": final, "best_model": best, "final_val_bpb": summary["val_bpb"], "steps": summary["step"],
               "plan": {"parameters": plan.parameters, "layers": plan.model.num_layers, "d_model": plan.model.d_model,
                        "vocab_size": plan.model.vocab_size, "tokenizer": plan.model.tokenizer,
                        "epochs": plan.epochs, "dropout": plan.dropout},
               "evals": by_step, "last_samples": (samples.get(by_step[-1]["step"]) if by_step else [])[:3]}
     print(json.dumps(result, indent=2, ensure_ascii=False) if args.json else
           "  ".join(f"{m['minutes']:g} min: {100 * m['real_words']:.0f}% real words"
-                    for m in marks if m.get("real_words") is not None))
+                    for m in marks if m.get("real_words") is not None)
+          + f"  best model: {100 * best['real_words']:.1f}% real words, {100 * best['copied']:.1f}% copied")
     return 0
 
 
