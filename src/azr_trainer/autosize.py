@@ -73,11 +73,13 @@ WEIGHT_DECAY_BY_EPOCHS = ((1.0, 0.1), (8.0, 1.0), (math.inf, 4.0))
 # (about a third of the budget at one evaluation per tenth): what remains would only overfit.
 PATIENCE = 3
 # A plan reads the books at most about this many times, and asks for less time where more would
-# read them more often: with dropout 0.2 and the rate decaying over the time, a 225 KB novel was
-# best at the end of ~13 passes (1.514 bits per byte) and worse at 20 (1.602); planned for ten
-# minutes (41 passes) its run was best after ~8, with the rate still high (1.543), and only got
-# worse after that (BENCHMARKS.md, "Small books"). Past this a small book is learned by heart.
-USEFUL_EPOCHS = 14.0
+# read them more often. Measured with the plan's dropout 0.2 and weight decay 4, the rate decaying
+# over the time (BENCHMARKS.md, "Readable in ten minutes"): a 225 KB novel planned for 28 passes
+# (ten minutes) beat the same plan cut to 14 (4.6 minutes) twice, 1.432 against 1.458 bits per byte
+# and 83% against 78% real words; a 38 k-character story planned for 182 passes stopped itself
+# worse (1.623, 68%) than its three-minute plan of 53 (1.590, 73%). Past this a book is learned
+# by heart. (Before the strong weight decay, 14 was the measured limit.)
+USEFUL_EPOCHS = 30.0
 # ... but never for less than about the anchor's time, where the rule was measured: a tiny book
 # still needs the steps that teach a model its letters and words (a 38 k-character story planned
 # for one minute, 330 steps, reached 1.98 bits per byte and 22% real words; its ten-minute run had
