@@ -526,3 +526,34 @@ def test_training_a_trained_model_again_loses_nothing(home, book, tmp_path):
     train(home, "m", cfg("other", max_iterations=10, learning_rate=1e-6), log=notices.append)
     assert "run.train.earlier_replaced" in [getattr(n, "code", None) for n in notices]
     assert len(aside("*/best.pt")) == 3
+
+
+def test_a_run_far_from_the_machines_probe_has_the_probe_measured_again(home, book, monkeypatch):
+    """A probe taken while something else ran makes every plan and time estimate wrong by as
+    much: a run that trains far faster or slower than it predicted has it measured again before
+    the next plan, and says so; a probe that fits the machine stays."""
+    from azr_trainer import autosize
+    from azr_trainer.model import training_flops_per_token
+    monkeypatch.setattr(autosize, "RUN_CHECKED_AFTER_S", 0.0)  # these runs take a second
+    make_model(home, d_model=96, num_heads=3, d_ff=256)
+    speed_file = home / autosize.SPEED_FILE
+
+    def probe_says(gflops: float) -> None:
+        monkeypatch.setattr(autosize, "measure_speed", lambda threads, seconds=1.0, device=None: autosize.MachineSpeed(
+            threads=threads, fp32_gflops=gflops, bf16_gflops=0.0, fp32_by_width=[gflops, gflops]))
+        autosize.machine_speed(home, 1)  # measured and cached, as a plan would
+
+    def run() -> tuple[dict, list]:
+        notices = []
+        summary = train(home, "m", cfg(book, max_iterations=40, eval_every=20, save_every=40), log=notices.append)
+        return summary, [getattr(n, "code", None) for n in notices if getattr(n, "code", "").startswith("run.train.speed")]
+
+    probe_says(1e6)  # a machine a great many times faster than it is
+    summary, said = run()
+    assert said == ["run.train.speed_slower"] and json.loads(speed_file.read_text()) == {}
+    probe_says(1e-3)  # ... and a great many times slower
+    assert run()[1] == ["run.train.speed_faster"] and json.loads(speed_file.read_text()) == {}
+    # the rate this machine trains at: the probe stays
+    fits = summary["tokens_per_s"] * training_flops_per_token(store.get_model(home, "m").config, 32) / 1e9
+    probe_says(fits / autosize.STEP_EFFICIENCY)
+    assert run()[1] == [] and len(json.loads(speed_file.read_text())) == 1

@@ -86,6 +86,11 @@ USEFUL_EPOCHS = 30.0
 # been best at 3 minutes: 1.70 and 60%), nor for more than the time it was given.
 SHORTEST_PLAN_S = 180.0
 WARMUP_STEPS = 50
+# A run that trained this many times faster or slower than the probe predicted had a probe that
+# did not measure the machine as it runs (check_against_run); runs shorter than this are mostly
+# start-up and say little.
+RUN_DISAGREES = 2.0
+RUN_CHECKED_AFTER_S = 30.0
 HEAD_DIM = 32
 MIN_LAYERS, MAX_LAYERS = 2, 16
 SPEED_FILE = layout.SPEED_FILE
@@ -332,25 +337,57 @@ def machine_speed(home, threads: int, device: torch.device | None = None) -> Mac
         return _machine_speed(home, threads, device)
 
 
+def _read_cache(home) -> dict:
+    try:
+        cache = json.loads(layout.speed_file(home).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return cache if isinstance(cache, dict) else {}
+
+
+def _cached(cache: dict, key: str) -> MachineSpeed | None:
+    try:
+        return MachineSpeed(**cache[key]) if isinstance(cache.get(key), dict) else None
+    except TypeError:
+        return None
+
+
 def _machine_speed(home, threads: int, device: torch.device | None = None) -> MachineSpeed:
     from .home import atomic_write_json
-    path = layout.speed_file(home)
-    key = _machine_key(threads, device)
-    try:
-        cache = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(cache, dict):
-            cache = {}
-    except (OSError, ValueError):
-        cache = {}
-    if isinstance(cache.get(key), dict):
-        try:
-            return MachineSpeed(**cache[key])
-        except TypeError:
-            pass
-    speed = measure_speed(threads, device=device)
-    cache[key] = asdict(speed)
-    atomic_write_json(path, cache)
+    cache, key = _read_cache(home), _machine_key(threads, device)
+    speed = _cached(cache, key)
+    if speed is None:
+        speed = measure_speed(threads, device=device)
+        cache[key] = asdict(speed)
+        atomic_write_json(layout.speed_file(home), cache)
     return speed
+
+
+def check_against_run(home, threads: int, cfg: ModelConfig, seq_len: int, precision: str, tokens_per_s: float,
+                      seconds: float) -> float | None:
+    """A CPU training run's tokens per second over what this machine's cached probe predicts for
+    its shape (as a plan counts them, evaluations included). Where the two differ by more than
+    ``RUN_DISAGREES`` either way, the probe did not measure the machine as it runs (taken while
+    something else was running, say), and every estimate and plan built on it is off by as much:
+    it is forgotten, and the next plan measures again. None where nothing was compared: a short
+    run (mostly start-up), a shape narrower than the probes (bound by calls, not arithmetic), a
+    precision the probe did not choose, or no probe cached."""
+    if seconds < RUN_CHECKED_AFTER_S or tokens_per_s <= 0 or cfg.d_model < WIDTH_PROBES[0]:
+        return None
+    with _PROBE_LOCK:
+        from .home import atomic_write_json
+        cache, key = _read_cache(home), _machine_key(threads)
+        speed = _cached(cache, key)
+        if speed is None or cpu_precision(speed) != precision:
+            return None
+        speed = as_trained(speed, precision)
+        expected = speed.gflops_at(cfg.d_model) * 1e9 * STEP_EFFICIENCY / training_flops_per_token(cfg, seq_len)
+        ratio = tokens_per_s / expected
+        if 1 / RUN_DISAGREES <= ratio <= RUN_DISAGREES:
+            return ratio
+        del cache[key]
+        atomic_write_json(layout.speed_file(home), cache)
+        return ratio
 
 
 def window_for_layers(layers: int) -> int:

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from . import catalogue, decode, layout, osdeps, store
-from .autosize import training_precision
+from .autosize import RUN_DISAGREES, check_against_run, training_precision
 from .checkpoint import atomic_torch_save, checkpoint_dir, init_checkpoint, list_step_checkpoints, safe_load, \
     save_step
 from .data import BatchSampler, prepare_data, validation_windows
@@ -160,7 +160,10 @@ def train(home: Path, name: str, cfg: TrainConfig, listeners: list[Listener] | N
         if not dist.is_main:
             return run_loop(_Pretraining(home, name, cfg, [], log, run_id, dist), stop or StopRequested())
         with locked(store.model_dir(home, name), log):
-            return run_loop(_Pretraining(home, name, cfg, listeners, log, run_id, dist), stop or StopRequested())
+            job = _Pretraining(home, name, cfg, listeners, log, run_id, dist)
+            summary = run_loop(job, stop or StopRequested())
+            job.check_speed(summary, log)
+            return summary
     finally:
         dist.close()
 
@@ -499,6 +502,17 @@ class _Pretraining(Job):
                            **fields)
         self.events.emit("checkpoint", step=self.step, path=str(path), best=is_best, kind=kind)
         return path
+
+    def check_speed(self, summary: dict, log: Callable) -> None:
+        """A CPU run far faster or slower than this machine's probe predicted: the probe is
+        measured again before the next plan (autosize.check_against_run), and the log says why."""
+        if self.device.type != "cpu" or self.dist.world > 1:
+            return
+        ratio = check_against_run(self.home, self.threads, self.mcfg, self.seq_len, self.precision,
+                                  summary["tokens_per_s"], summary["wall_seconds"])
+        if ratio is not None and not 1 / RUN_DISAGREES <= ratio <= RUN_DISAGREES:
+            log(Notice("run.train.speed_faster" if ratio > 1 else "run.train.speed_slower",
+                       times=f"{max(ratio, 1 / ratio):.1f}"))
 
     def oom_error(self) -> UserError:
         cfg = self.cfg
