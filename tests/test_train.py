@@ -545,7 +545,8 @@ def test_a_run_far_from_the_machines_probe_has_the_probe_measured_again(home, bo
 
     def run() -> tuple[dict, list]:
         notices = []
-        summary = train(home, "m", cfg(book, max_iterations=40, eval_every=20, save_every=40), log=notices.append)
+        summary = train(home, "m", cfg(book, max_iterations=40, batch_size=8, eval_every=20, save_every=40),
+                        log=notices.append)
         return summary, [getattr(n, "code", None) for n in notices if getattr(n, "code", "").startswith("run.train.speed")]
 
     probe_says(1e6)  # a machine a great many times faster than it is

@@ -363,16 +363,17 @@ def _machine_speed(home, threads: int, device: torch.device | None = None) -> Ma
     return speed
 
 
-def check_against_run(home, threads: int, cfg: ModelConfig, seq_len: int, precision: str, tokens_per_s: float,
-                      seconds: float) -> float | None:
+def check_against_run(home, threads: int, cfg: ModelConfig, seq_len: int, batch_size: int, precision: str,
+                      tokens_per_s: float, seconds: float) -> float | None:
     """A CPU training run's tokens per second over what this machine's cached probe predicts for
     its shape (as a plan counts them, evaluations included). Where the two differ by more than
     ``RUN_DISAGREES`` either way, the probe did not measure the machine as it runs (taken while
     something else was running, say), and every estimate and plan built on it is off by as much:
     it is forgotten, and the next plan measures again. None where nothing was compared: a short
-    run (mostly start-up), a shape narrower than the probes (bound by calls, not arithmetic), a
-    precision the probe did not choose, or no probe cached."""
-    if seconds < RUN_CHECKED_AFTER_S or tokens_per_s <= 0 or cfg.d_model < WIDTH_PROBES[0]:
+    run (mostly start-up), a shape narrower than the probes or a batch much smaller than theirs
+    (bound by calls, not arithmetic), a precision the probe did not choose, or no probe cached."""
+    if seconds < RUN_CHECKED_AFTER_S or tokens_per_s <= 0 or cfg.d_model < WIDTH_PROBES[0] \
+            or batch_size < WIDTH_PROBE_BATCH // 2:
         return None
     with _PROBE_LOCK:
         from .home import atomic_write_json

@@ -508,8 +508,8 @@ class _Pretraining(Job):
         measured again before the next plan (autosize.check_against_run), and the log says why."""
         if self.device.type != "cpu" or self.dist.world > 1:
             return
-        ratio = check_against_run(self.home, self.threads, self.mcfg, self.seq_len, self.precision,
-                                  summary["tokens_per_s"], summary["wall_seconds"])
+        ratio = check_against_run(self.home, self.threads, self.mcfg, self.seq_len, self.cfg.batch_size,
+                                  self.precision, summary["tokens_per_s"], summary["wall_seconds"])
         if ratio is not None and not 1 / RUN_DISAGREES <= ratio <= RUN_DISAGREES:
             log(Notice("run.train.speed_faster" if ratio > 1 else "run.train.speed_slower",
                        times=f"{max(ratio, 1 / ratio):.1f}"))
