@@ -21,12 +21,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
-
-import statistics
 
 from azr_trainer import books, layout, recipe, settings, store
 from azr_trainer.books import read_book_text, split_train_val
@@ -120,7 +119,8 @@ def main() -> int:
     result = {"book": os.path.basename(args.book), "book_chars": info.chars,
               "minutes": args.minutes, "planned_minutes": made["minutes"],
               "threads": args.threads or "studio default", "marks": marks,
-              "final_real_words": final, "best_model": best, "final_val_bpb": summary["val_bpb"], "steps": summary["step"],
+              "final_real_words": final,
+              "best_model": best, "final_val_bpb": summary["val_bpb"], "steps": summary["step"],
               "plan": {"parameters": plan.parameters, "layers": plan.model.num_layers, "d_model": plan.model.d_model,
                        "vocab_size": plan.model.vocab_size, "tokenizer": plan.model.tokenizer,
                        "epochs": plan.epochs, "dropout": plan.dropout},

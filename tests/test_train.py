@@ -526,35 +526,44 @@ def test_training_a_trained_model_again_loses_nothing(home, book, tmp_path):
     train(home, "m", cfg("other", max_iterations=10, learning_rate=1e-6), log=notices.append)
     assert "run.train.earlier_replaced" in [getattr(n, "code", None) for n in notices]
     assert len(aside("*/best.pt")) == 3
+    # ... and a paused run whose book was replaced since cannot go on where it stopped
+    train(home, "m", cfg("other", max_iterations=20), log=lambda m: None, stop=StopAt(12))
+    other.write_text("Третий текст, снова другой. " * 300, encoding="utf-8")
+    books.add_book(home, other, name="other", overwrite=True)
+    with pytest.raises(UserError, match="changed since it was saved"):
+        train(home, "m", cfg("other", max_iterations=20, resume=True), log=lambda m: None)
 
 
 def test_a_run_far_from_the_machines_probe_has_the_probe_measured_again(home, book, monkeypatch):
     """A probe taken while something else ran makes every plan and time estimate wrong by as
-    much: a run that trains far faster or slower than it predicted has it measured again before
-    the next plan, and says so; a probe that fits the machine stays."""
+    much: a time-budgeted run that trains far faster or slower than it predicted has it measured
+    again before the next plan, and says so; within twice either way the probe stays."""
     from azr_trainer import autosize
     from azr_trainer.model import training_flops_per_token
     monkeypatch.setattr(autosize, "RUN_CHECKED_AFTER_S", 0.0)  # these runs take a second
     make_model(home, d_model=96, num_heads=3, d_ff=256)
     speed_file = home / autosize.SPEED_FILE
 
-    def probe_says(gflops: float) -> None:
+    def probe_says(gflops: float) -> autosize.MachineSpeed:
         monkeypatch.setattr(autosize, "measure_speed", lambda threads, seconds=1.0, device=None: autosize.MachineSpeed(
             threads=threads, fp32_gflops=gflops, bf16_gflops=0.0, fp32_by_width=[gflops, gflops]))
-        autosize.machine_speed(home, 1)  # measured and cached, as a plan would
+        return autosize.machine_speed(home, 1)  # measured and cached, as a plan would
 
-    def run() -> tuple[dict, list]:
+    def run() -> list:
         notices = []
-        summary = train(home, "m", cfg(book, max_iterations=40, batch_size=8, eval_every=20, save_every=40),
-                        log=notices.append)
-        return summary, [getattr(n, "code", None) for n in notices if getattr(n, "code", "").startswith("run.train.speed")]
+        train(home, "m", cfg(book, max_iterations=10**6, max_time=1.0, batch_size=8, eval_every=20, save_every=40),
+              log=notices.append)
+        return [n.code for n in notices if getattr(n, "code", "").startswith("run.train.speed")]
 
     probe_says(1e6)  # a machine a great many times faster than it is
-    summary, said = run()
-    assert said == ["run.train.speed_slower"] and json.loads(speed_file.read_text()) == {}
+    assert run() == ["run.train.speed_slower"] and json.loads(speed_file.read_text()) == {}
     probe_says(1e-3)  # ... and a great many times slower
-    assert run()[1] == ["run.train.speed_faster"] and json.loads(speed_file.read_text()) == {}
-    # the rate this machine trains at: the probe stays
-    fits = summary["tokens_per_s"] * training_flops_per_token(store.get_model(home, "m").config, 32) / 1e9
-    probe_says(fits / autosize.STEP_EFFICIENCY)
-    assert run()[1] == [] and len(json.loads(speed_file.read_text())) == 1
+    assert run() == ["run.train.speed_faster"] and json.loads(speed_file.read_text()) == {}
+    # the threshold, on the prediction itself: 1.5× off stays, 2.5× off is measured again
+    model_cfg = store.get_model(home, "m").config
+    expected = probe_says(50.0).gflops_at(96) * 1e9 * autosize.STEP_EFFICIENCY / training_flops_per_token(model_cfg, 32)
+    for off in (1.5, 1 / 1.5):
+        assert autosize.check_against_run(home, 1, model_cfg, 32, 8, "fp32", expected * off, 60.0) is None
+    assert len(json.loads(speed_file.read_text())) == 1
+    assert autosize.check_against_run(home, 1, model_cfg, 32, 8, "fp32", expected / 2.5, 60.0) == pytest.approx(0.4)
+    assert json.loads(speed_file.read_text()) == {}

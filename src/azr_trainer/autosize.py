@@ -74,9 +74,10 @@ WEIGHT_DECAY_BY_EPOCHS = ((1.0, 0.1), (8.0, 1.0), (math.inf, 4.0))
 PATIENCE = 3
 # A plan reads the books at most about this many times, and asks for less time where more would
 # read them more often. Measured with the plan's dropout 0.2 and weight decay 4, the rate decaying
-# over the time (BENCHMARKS.md, "Readable in ten minutes"): a 225 KB novel planned for 28 passes
-# (ten minutes) beat the same plan cut to 14 (4.6 minutes) twice, 1.432 against 1.458 bits per byte
-# and 83% against 78% real words; a 38 k-character story planned for 182 passes stopped itself
+# over the time (BENCHMARKS.md, "Readable in ten minutes"): a 225 KB novel planned for ~28 passes
+# (ten minutes) did better than the same plan cut to 14 (4.6–4.8 minutes): 1.432 against 1.458
+# bits per byte and 83% against 78% real words in one pair, the same bits per byte and more real
+# words in its samples in the other; a 38 k-character story planned for 182 passes stopped itself
 # worse (1.623, 68%) than its three-minute plan of 53 (1.590, 73%). Past this a book is learned
 # by heart. (Before the strong weight decay, 14 was the measured limit.)
 USEFUL_EPOCHS = 30.0
@@ -365,13 +366,15 @@ def _machine_speed(home, threads: int, device: torch.device | None = None) -> Ma
 
 def check_against_run(home, threads: int, cfg: ModelConfig, seq_len: int, batch_size: int, precision: str,
                       tokens_per_s: float, seconds: float) -> float | None:
-    """A CPU training run's tokens per second over what this machine's cached probe predicts for
-    its shape (as a plan counts them, evaluations included). Where the two differ by more than
-    ``RUN_DISAGREES`` either way, the probe did not measure the machine as it runs (taken while
-    something else was running, say), and every estimate and plan built on it is off by as much:
-    it is forgotten, and the next plan measures again. None where nothing was compared: a short
-    run (mostly start-up), a shape narrower than the probes or a batch much smaller than theirs
-    (bound by calls, not arithmetic), a precision the probe did not choose, or no probe cached."""
+    """Compares a CPU training run's tokens per second (its loop's, evaluations during it
+    included, as a plan counts them) with what this machine's cached probe predicts for its shape.
+    Where the two differ by more than ``RUN_DISAGREES`` either way, the probe did not measure the
+    machine as it runs (taken while something else was running, say), and every estimate and
+    plan built on it is off by as much: it is forgotten, so that the next plan measures again,
+    and the ratio (run / prediction) is returned. None otherwise, and where nothing is compared:
+    a short run (mostly start-up), a shape narrower than the probes or a batch much smaller than
+    theirs (bound by calls, not arithmetic), a precision the probe did not measure by width, or
+    no probe cached."""
     if seconds < RUN_CHECKED_AFTER_S or tokens_per_s <= 0 or cfg.d_model < WIDTH_PROBES[0] \
             or batch_size < WIDTH_PROBE_BATCH // 2:
         return None
@@ -379,13 +382,17 @@ def check_against_run(home, threads: int, cfg: ModelConfig, seq_len: int, batch_
         from .home import atomic_write_json
         cache, key = _read_cache(home), _machine_key(threads)
         speed = _cached(cache, key)
-        if speed is None or cpu_precision(speed) != precision:
+        # bf16 is measured by width only where the probe chose it (a forced bf16 run elsewhere
+        # would be compared with fp32's rates, and have the probe measured again after every run)
+        if speed is None or (precision == "bf16") != (speed.precision == "bf16"):
             return None
         speed = as_trained(speed, precision)
         expected = speed.gflops_at(cfg.d_model) * 1e9 * STEP_EFFICIENCY / training_flops_per_token(cfg, seq_len)
+        if not expected > 0:
+            return None
         ratio = tokens_per_s / expected
         if 1 / RUN_DISAGREES <= ratio <= RUN_DISAGREES:
-            return ratio
+            return None
         del cache[key]
         atomic_write_json(layout.speed_file(home), cache)
         return ratio

@@ -236,6 +236,7 @@ class Job:
     log_every: int = 1
     sample_every: int | None = None  # extra sample cadence (None: samples come with evals only)
     t_start: float = 0.0
+    loop_seconds: float = 0.0  # the loop's own time, without the final evaluation and save
     stop: StopRequested | None = None  # set by run_loop
 
     def stop_requested(self) -> None:
@@ -351,6 +352,7 @@ def run_loop(job: Job, stop: StopRequested, *, kind: str | None = None) -> dict:
             _fail(job, e)
         status, message, code, params = "interrupted", "Ctrl-C", "run.interrupted", {"step": job.step,
                                                                                       "reason": "Ctrl-C"}
+    job.loop_seconds = time.time() - t_start
     # The final eval: the whole validation split when the run ended as planned, the quick subset
     # on pause/cancel (the person sees where it stopped); none on a signal, which must be quick.
     if status in ("completed", "stopped") or (status in ("paused", "cancelled") and job.step > job.resumed_at):

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from . import catalogue, decode, layout, osdeps, store
-from .autosize import RUN_DISAGREES, check_against_run, training_precision
+from .autosize import check_against_run, training_precision
 from .checkpoint import atomic_torch_save, checkpoint_dir, init_checkpoint, list_step_checkpoints, safe_load, \
     save_step
 from .data import BatchSampler, prepare_data, validation_windows
@@ -162,7 +162,7 @@ def train(home: Path, name: str, cfg: TrainConfig, listeners: list[Listener] | N
         with locked(store.model_dir(home, name), log):
             job = _Pretraining(home, name, cfg, listeners, log, run_id, dist)
             summary = run_loop(job, stop or StopRequested())
-            job.check_speed(summary, log)
+            job.check_speed(log)
             return summary
     finally:
         dist.close()
@@ -278,7 +278,9 @@ class _Pretraining(Job):
                 log(Notice("cli.warning", warning=w))
         self.tokenizer = data.tokenizer
         # which held-out text a best model was measured on: a book replaced under its old name is other text
-        self.held_out = hashlib.sha256(np.ascontiguousarray(data.val).tobytes()).hexdigest()[:16]
+        self.held_out = hashlib.sha256(memoryview(np.ascontiguousarray(data.val))).hexdigest()[:16]
+        if resume_obj is not None and resume_obj.get("held_out", self.held_out) != self.held_out:
+            raise UserError("run.train.other_text", name=name)  # its best and patience were measured on other text
         # the milestones' yardsticks: xz on the held-out text, and the words of the books
         self.milestones = self.last_bpb = None
         if dist.is_main and data.val_bytes:
@@ -503,14 +505,21 @@ class _Pretraining(Job):
         self.events.emit("checkpoint", step=self.step, path=str(path), best=is_best, kind=kind)
         return path
 
-    def check_speed(self, summary: dict, log: Callable) -> None:
-        """A CPU run far faster or slower than this machine's probe predicted: the probe is
-        measured again before the next plan (autosize.check_against_run), and the log says why."""
-        if self.device.type != "cpu" or self.dist.world > 1:
+    def check_speed(self, log: Callable) -> None:
+        """A time-budgeted CPU run far faster or slower than this machine's probe predicted: the
+        probe is measured again before the next plan (autosize.check_against_run), and the log
+        says why. A compiled run's build time and a run counted in steps (evaluations at any
+        cadence) are not what a plan predicts."""
+        if self.device.type != "cpu" or self.dist.world > 1 or self.cfg.max_time is None \
+                or self.compiled is not self.model or not self.loop_seconds:
             return
-        ratio = check_against_run(self.home, self.threads, self.mcfg, self.seq_len, self.cfg.batch_size,
-                                  self.precision, summary["tokens_per_s"], summary["wall_seconds"])
-        if ratio is not None and not 1 / RUN_DISAGREES <= ratio <= RUN_DISAGREES:
+        tokens_per_s = (self.tokens_seen - self.tokens_before) / self.loop_seconds
+        try:
+            ratio = check_against_run(self.home, self.threads, self.mcfg, self.seq_len, self.cfg.batch_size,
+                                      self.precision, tokens_per_s, self.loop_seconds)
+        except (OSError, ValueError, TypeError):  # a damaged or unwritable cache: the run itself is done
+            return
+        if ratio is not None:
             log(Notice("run.train.speed_faster" if ratio > 1 else "run.train.speed_slower",
                        times=f"{max(ratio, 1 / ratio):.1f}"))
 
