@@ -551,9 +551,13 @@ def test_a_run_far_from_the_machines_probe_has_the_probe_measured_again(home, bo
 
     def run() -> list:
         notices = []
-        train(home, "m", cfg(book, max_iterations=10**6, max_time=1.0, batch_size=8, eval_every=20, save_every=40),
-              log=notices.append)
-        return [n.code for n in notices if getattr(n, "code", "").startswith("run.train.speed")]
+        summary = train(home, "m", cfg(book, max_iterations=10**6, max_time=1.0, batch_size=8, eval_every=20,
+                                       save_every=40), log=notices.append)
+        said = [n.code for n in notices if getattr(n, "code", "").startswith("run.train.speed")]
+        # the run's own log on the page says it too, in the page's language
+        logged = [e for e in iter_events(summary["events"]) if e["type"] == "log" and e["code"] in said]
+        assert [e["code"] for e in logged] == said and all(e["params"]["times"] for e in logged)
+        return said
 
     probe_says(1e6)  # a machine a great many times faster than it is
     assert run() == ["run.train.speed_slower"] and json.loads(speed_file.read_text()) == {}

@@ -256,6 +256,9 @@ class Job:
     def train_step(self) -> None:
         raise NotImplementedError
 
+    def after_loop(self) -> None:
+        """Work once the steps are over, before the final evaluation and save (``loop_seconds`` is set)."""
+
     # Set by an evaluation when the held-out loss has stopped improving (the patience setting):
     # {"best_step", "best_bpb"}; the loop then ends the run as "stopped", its best model kept.
     learned_enough: dict | None = None
@@ -353,6 +356,7 @@ def run_loop(job: Job, stop: StopRequested, *, kind: str | None = None) -> dict:
         status, message, code, params = "interrupted", "Ctrl-C", "run.interrupted", {"step": job.step,
                                                                                       "reason": "Ctrl-C"}
     job.loop_seconds = time.time() - t_start
+    job.after_loop()
     # The final eval: the whole validation split when the run ended as planned, the quick subset
     # on pause/cancel (the person sees where it stopped); none on a signal, which must be quick.
     if status in ("completed", "stopped") or (status in ("paused", "cancelled") and job.step > job.resumed_at):

@@ -160,10 +160,7 @@ def train(home: Path, name: str, cfg: TrainConfig, listeners: list[Listener] | N
         if not dist.is_main:
             return run_loop(_Pretraining(home, name, cfg, [], log, run_id, dist), stop or StopRequested())
         with locked(store.model_dir(home, name), log):
-            job = _Pretraining(home, name, cfg, listeners, log, run_id, dist)
-            summary = run_loop(job, stop or StopRequested())
-            job.check_speed(log)
-            return summary
+            return run_loop(_Pretraining(home, name, cfg, listeners, log, run_id, dist), stop or StopRequested())
     finally:
         dist.close()
 
@@ -238,7 +235,7 @@ class _Pretraining(Job):
 
     def __init__(self, home, name, cfg: TrainConfig, listeners, log, run_id, dist: Distributed):  # noqa: C901 - the checks before training (shape, processes, memory, resume, books), in the order a person fixes them
         info = store.get_model(home, name)
-        self.home, self.name, self.cfg, self.dist = home, name, cfg, dist
+        self.home, self.name, self.cfg, self.dist, self.log = home, name, cfg, dist, log
         self.mcfg = mcfg = info.config
         self.mdir = mdir = store.model_dir(home, name)
         self.seq_len = seq_len = cfg.seq_len or mcfg.max_seq_len
@@ -348,7 +345,7 @@ class _Pretraining(Job):
             self.earlier = EarlierRun(mdir)
             if self.earlier.found:
                 self.kept_bpb, self.kept_step = self.earlier.kept_best(cfg, self.held_out)
-                log(self.earlier.notice(self.kept_bpb))
+                self.say(self.earlier.notice(self.kept_bpb))
         elif dist.is_main and self.kept_bpb is not None:  # resumed, the earlier best not beaten yet
             self.earlier = EarlierRun(mdir)
             self.earlier.steps_left = False  # moved at this run's first save, before the checkpoint resumed
@@ -505,7 +502,15 @@ class _Pretraining(Job):
         self.events.emit("checkpoint", step=self.step, path=str(path), best=is_best, kind=kind)
         return path
 
-    def check_speed(self, log: Callable) -> None:
+    def say(self, notice: Notice) -> None:
+        """A notice for the log (the CLI, the worker's log) and the run's own log on the page."""
+        self.log(notice)
+        self.events.emit("log", step=self.step, message=str(notice), code=notice.code, params=notice.params)
+
+    def after_loop(self) -> None:
+        self.check_speed()
+
+    def check_speed(self) -> None:
         """A time-budgeted CPU run far faster or slower than this machine's probe predicted: the
         probe is measured again before the next plan (autosize.check_against_run), and the log
         says why. A compiled run's build time and a run counted in steps (evaluations at any
@@ -520,7 +525,7 @@ class _Pretraining(Job):
         except (OSError, ValueError, TypeError):  # a damaged or unwritable cache: the run itself is done
             return
         if ratio is not None:
-            log(Notice("run.train.speed_faster" if ratio > 1 else "run.train.speed_slower",
+            self.say(Notice("run.train.speed_faster" if ratio > 1 else "run.train.speed_slower",
                        times=f"{max(ratio, 1 / ratio):.1f}"))
 
     def oom_error(self) -> UserError:
