@@ -126,6 +126,8 @@ def test_many_passes_over_a_small_book_get_dropout_and_large_books_none():
     assert small.epochs > autosize.DROPOUT_BY_EPOCHS[0][0] and small.dropout > 0
     assert large.epochs < 1 and large.dropout == 0
     assert small.train_settings()["dropout"] == small.dropout
+    # ... and a rate that decays to zero, where the large book's stops at the usual 5%
+    assert small.train_settings()["min_lr_ratio"] == 0.0 and large.min_lr_ratio == 0.05
     rates = [autosize.dropout_for(e) for e in (0.5, 2, 4, 16, 40, 400)]
     assert rates == sorted(rates) and rates[0] == 0 and rates[-1] <= 0.3
 
