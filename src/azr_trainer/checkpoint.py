@@ -190,7 +190,7 @@ def choices(model_dir: Path, rows) -> list[dict]:
                 out.append(choice("init", "latest", r.step, r.bytes, r.val_bpb))
             continue
         # the same step and evaluation: best.pt may be an earlier run's, kept while a new run saves
-        # steps of the same numbers (train.EarlierRun)
+        # steps of the same numbers (earlier.EarlierRun)
         is_best = best_step is not None and best_step == r.step and \
             (best.val_bpb is None or r.val_bpb is None or best.val_bpb == r.val_bpb)
         out.append(choice("best" if is_best else "step", "best" if is_best else str(r.step), r.step, r.bytes,

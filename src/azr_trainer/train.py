@@ -14,7 +14,6 @@ import contextlib
 import hashlib
 import math
 import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -23,12 +22,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import catalogue, decode, layout, osdeps, store
+from . import catalogue, decode, layout, store
 from .autosize import check_against_run, training_precision
 from .checkpoint import atomic_torch_save, checkpoint_dir, init_checkpoint, list_step_checkpoints, safe_load, \
     save_step
 from .data import BatchSampler, prepare_data, validation_windows
 from .device import available_memory_bytes, pick_device, set_threads
+from .earlier import EarlierRun
 from .events import EventLog, Listener, new_run_id, utc_now
 from .errors import Notice
 from .home import UserError
@@ -550,73 +550,3 @@ class _Pretraining(Job):
 
 
 run_dir = layout.run_dir  # where a run's events (and a studio run's files) are
-
-
-class EarlierRun:
-    """What a new (not resumed) training run of a model trained before keeps of the earlier run.
-    Its best model stays best.pt until this run beats it on the same held-out text (same books,
-    validation share and window); before this run first replaces best.pt, for whatever reason, a
-    copy goes aside. Its step checkpoints move aside at this run's first save: left where they
-    were they would count as newer than this run's (pruning would delete those, a resume would
-    pick them); moved sooner, a run that fails before its first save would leave the model with
-    no latest checkpoint. Both go to checkpoints/earlier/<time>/, made only when needed: a
-    refused start changes nothing."""
-
-    def __init__(self, mdir: Path):
-        self.mdir, self.best = mdir, layout.best_checkpoint(mdir)
-        self.steps_left = bool(list_step_checkpoints(mdir))
-        self.best_left = self.best.exists()
-        when = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-        self.folder, n = layout.earlier_checkpoints_dir(mdir, when), 1
-        while self.folder.exists():  # two runs within a second
-            n += 1
-            self.folder = layout.earlier_checkpoints_dir(mdir, f"{when}-{n}")
-
-    @property
-    def found(self) -> bool:
-        return self.steps_left or self.best_left
-
-    def kept_best(self, cfg: TrainConfig, held_out: str) -> tuple[float | None, int | None]:
-        """The bits per byte and step of the best model to keep until this run beats it: the
-        earlier best's where this run is measured on the same text (same books, share and window,
-        and the same held-out tokens where the earlier best recorded them); else (None, None)."""
-        if not self.best_left:
-            return None, None
-        try:
-            obj = safe_load(self.best)
-        except UserError:  # damaged: replaced by this run's first best (a copy goes aside first)
-            return None, None
-        trained = obj.get("train_config") or {}
-        if not all(trained.get(k) == getattr(cfg, k) for k in ("books", "val_fraction", "seq_len")):
-            return None, None
-        if obj.get("held_out", held_out) != held_out:  # a book replaced under the same name
-            return None, None
-        return (obj.get("meta") or {}).get("val_bpb"), obj.get("step")
-
-    def notice(self, kept_bpb: float | None) -> Notice:
-        if kept_bpb is not None:
-            return Notice("run.train.earlier_kept", best=f"{kept_bpb:.4f}", folder=str(self.folder))
-        return Notice("run.train.earlier_replaced", folder=str(self.folder))
-
-    def _move(self, path: Path, copy: bool = False) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        try:
-            if copy:
-                shutil.copy2(path, self.folder / path.name)
-            else:
-                osdeps.replace(path, self.folder / path.name)
-        except PermissionError:  # another program holds it open (Windows)
-            raise osdeps.in_use(path) from None
-
-    def before_best(self) -> None:
-        """This run is about to write best.pt: the earlier one goes aside first (once)."""
-        if self.best_left and self.best.exists():
-            self._move(self.best, copy=True)
-        self.best_left = False
-
-    def before_save(self) -> None:
-        """This run is about to save its first step checkpoint: the earlier run's go aside."""
-        if self.steps_left:
-            for _, path in list_step_checkpoints(self.mdir):
-                self._move(path)
-        self.steps_left = False
