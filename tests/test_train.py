@@ -194,7 +194,7 @@ def test_a_loss_that_is_no_number_fails_the_run_with_advice(home, book):
     first = train(home, "m", cfg(book, max_iterations=4, save_every=4, sample_prompts=[]), log=lambda m: None)
     path = list_step_checkpoints(home / "models" / "m")[-1][1]
     obj = torch.load(path, weights_only=True)
-    for tensor in obj["state_dict"].values():
+    for tensor in obj["trained_state_dict"].values():  # the last step's weights, which a resume trains on
         tensor.fill_(float("nan"))
     torch.save(obj, path)
     with pytest.raises(UserError) as err:

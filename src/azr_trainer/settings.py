@@ -194,6 +194,9 @@ TRAIN = Group(
     # The matmuls' type while training: auto is bf16 on a GPU that has it, and on a CPU only
     # where the machine's probe measured it clearly faster (most CPUs run bf16 slower).
     Setting("precision", str, "auto", choices=("auto", "fp32", "bf16")),
+    # What a run evaluates, samples and saves: the average of its recent weights (averaging.py)
+    # or the last step's.
+    Setting("weight_averaging", str, "on", choices=("on", "off")),
     _SEED,
     Setting("log_every", int, 10, min=1, unit="steps"),
     _RESUME,

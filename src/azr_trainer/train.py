@@ -24,6 +24,7 @@ import torch
 
 from . import catalogue, decode, layout, store
 from .autosize import check_against_run, training_precision
+from .averaging import WeightAverage
 from .checkpoint import atomic_torch_save, checkpoint_dir, init_checkpoint, list_step_checkpoints, safe_load, \
     save_step
 from .data import BatchSampler, prepare_data, validation_windows
@@ -72,6 +73,7 @@ class TrainConfig:
     threads: int | None = TRAIN.default("threads")
     compile: str = TRAIN.default("compile")  # auto (CUDA only), on, off
     precision: str = TRAIN.default("precision")  # auto: autosize.training_precision
+    weight_averaging: str = TRAIN.default("weight_averaging")  # on: the run's model is averaging.WeightAverage's
     sample_every: int | None = None  # default: eval_every
     sample_prompts: list[str] | None = None  # default: a newline and the opening words of the first book
     sample_length: int = 48
@@ -113,6 +115,7 @@ def evaluate(model: Transformer, val, val_bytes: int, seq_len: int, device, auto
              batch_size: int = 16) -> dict:
     """Total NLL over validation windows → loss per token, perplexity, and bits per UTF-8 byte.
     With ``limit`` the bpb is extrapolated from the subset (tokens-per-byte of the whole split)."""
+    was_training = model.training
     model.eval()
     total_nll, total_tokens = 0.0, 0
     xs, ys = [], []
@@ -137,7 +140,7 @@ def evaluate(model: Transformer, val, val_bytes: int, seq_len: int, device, auto
             flush()
     if xs:
         flush()
-    model.train()
+    model.train(was_training)
     if total_tokens == 0:
         return {}
     loss = total_nll / total_tokens
@@ -297,7 +300,8 @@ class _Pretraining(Job):
         self.kept_bpb = self.kept_step = None  # an earlier run's best, while this run has not beaten it
         self.run_id = run_id or new_run_id("run", unique=False)
         if resume_obj is not None:
-            model.load_state_dict(resume_obj["state_dict"])
+            # a checkpoint of an averaging run holds the average as its weights and the last step's apart
+            model.load_state_dict(resume_obj.get("trained_state_dict", resume_obj["state_dict"]))
             self.optimizer.load_state_dict(resume_obj["optimizer"])
             self.sampler.load_state(resume_obj["rng"]["data"])
             torch.set_rng_state(resume_obj["rng"]["torch"])
@@ -313,6 +317,11 @@ class _Pretraining(Job):
                 self.milestones.passed.update(resume_obj.get("milestones_passed") or [])
             # The schedule is defined by max_iterations; a resumed run may extend it.
         self.tokens_before = self.tokens_seen
+        # What the run evaluates, samples and saves: the average of its recent weights, or the model itself.
+        self.average = WeightAverage(model) if cfg.weight_averaging == "on" else None
+        if self.average is not None and resume_obj is not None and "trained_state_dict" in resume_obj:
+            self.average.load_state_dict(resume_obj["state_dict"])
+        self.served = self.average.module if self.average is not None else model
         self.events = EventLog(layout.events_file(run_dir(home, name, self.run_id)) if dist.is_main else None,
                                self.run_id, listeners)
         self.max_iterations, self.max_time = cfg.max_iterations, cfg.max_time
@@ -378,6 +387,8 @@ class _Pretraining(Job):
         self.grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.average is not None:
+            self.average.update(self.step + 1)
         self.step_loss = step_loss
 
     def sync(self, stop_now: bool) -> bool:
@@ -400,7 +411,7 @@ class _Pretraining(Job):
     def evaluate(self, full: bool) -> dict:
         if not self.dist.is_main:
             return {}
-        res = evaluate(self.model, self.data.val, self.data.val_bytes, self.seq_len, self.device, self.eval_autocast,
+        res = evaluate(self.served, self.data.val, self.data.val_bytes, self.seq_len, self.device, self.eval_autocast,
                        None if full else self.cfg.eval_windows)
         if res and self.milestones is not None and self.milestones.xz_bpb is not None:
             res["xz_bpb"] = round(self.milestones.xz_bpb, 4)
@@ -441,36 +452,39 @@ class _Pretraining(Job):
         # resume, which continues from the newest step checkpoint: without the optimizer's
         # state it is a third of the size, and it is written at most evaluations of a short run.
         best = self._checkpoint("best", bpb)
-        del best["optimizer"], best["rng"]
+        for key in ("optimizer", "rng", "trained_state_dict"):
+            best.pop(key, None)
         atomic_torch_save(best, layout.best_checkpoint(self.mdir))
         store.update_model(self.home, self.name, trained_steps=self.step, best_val_bpb=bpb,
                            last_trained=utc_now(), books=self.cfg.books)
 
     def _checkpoint(self, kind: str, bpb: float | None) -> dict:
         cfg = self.cfg
-        return checkpoint_obj(self, self.model, self.mcfg, self.tokenizer, self.optimizer, self.run_id,
+        trained = {} if self.average is None else {"trained_state_dict": self.model.state_dict()}  # to resume from
+        return checkpoint_obj(self, self.served, self.mcfg, self.tokenizer, self.optimizer, self.run_id,
                               {"model": self.name, "books": cfg.books, "kind": kind, "val_bpb": bpb},
                               tokens_seen=self.tokens_seen, train_config=asdict(cfg), best_val_bpb=self.best_bpb,
                               best_step=self.best_step, worse_evals=self.worse_evals, kept_bpb=self.kept_bpb,
                               kept_step=self.kept_step, held_out=self.held_out,
                               rng={"torch": torch.get_rng_state(), "data": self.sampler.state()},
-                              milestones_passed=sorted(self.milestones.passed) if self.milestones else [])
+                              milestones_passed=sorted(self.milestones.passed) if self.milestones else [], **trained)
 
     def samples(self) -> None:
         cfg, tokenizer = self.cfg, self.tokenizer
         if not self.dist.is_main or not cfg.sample_prompts:
             return
         gen = torch.Generator(device="cpu").manual_seed(cfg.seed + self.step)
-        self.model.eval()
+        was_training = self.served.training
+        self.served.eval()
         # all prompts in one batch: a decode step costs about the same for a few rows as for one
         prompts = [tokenizer.encode(prompt) or [tokenizer.eot_id] for prompt in cfg.sample_prompts]
-        outs = generate(self.model, prompts, max_new_tokens=cfg.sample_length, generator=gen,
+        outs = generate(self.served, prompts, max_new_tokens=cfg.sample_length, generator=gen,
                         eot_id=tokenizer.eot_id)
         texts = [tokenizer.decode(out) for out in outs]
         for prompt, text in zip(cfg.sample_prompts, texts):
             self.events.emit("sample", step=self.step, prompt=prompt, text=text)
-        decode.release(self.model)
-        self.model.train()
+        decode.release(self.served)
+        self.served.train(was_training)
         self._report_milestones(texts)
 
     def _report_milestones(self, texts: list[str]) -> None:
