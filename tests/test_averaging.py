@@ -12,7 +12,7 @@ from azr_trainer.checkpoint import build_model, list_step_checkpoints, safe_load
 from azr_trainer.data import prepare_data
 from azr_trainer.events import iter_events
 from azr_trainer.model import ModelConfig
-from azr_trainer.train import TrainConfig, evaluate, train
+from azr_trainer.train import StopRequested, TrainConfig, evaluate, train
 
 SHAPE = dict(vocab_size=300, d_model=32, num_layers=2, num_heads=4, d_ff=64, max_seq_len=32)
 
@@ -95,3 +95,35 @@ def test_the_same_seed_trains_the_same_whether_or_not_it_averages(home, book):
     lb = {e["step"]: e["loss"] for e in iter_events(b["events"]) if e["type"] == "step"}
     assert la == pytest.approx(lb, abs=1e-6)
     assert a["val_bpb"] != b["val_bpb"]
+
+
+class _StopAfter(StopRequested):
+    """Stops after ``steps`` steps, as Ctrl-C would."""
+
+    def __init__(self, steps):
+        super().__init__()
+        self.left = steps
+
+    def check(self):
+        self.left -= 1
+        if self.left <= 0:
+            self.request("SIGINT")
+        return self.reason
+
+
+@pytest.mark.parametrize("first, then", [("on", "off"), ("off", "on")])
+def test_a_resume_trains_on_from_the_trained_weights_whatever_the_setting(home, book, first, then):
+    """Switching averaging between a stop and its resume changes nothing of the training: the
+    resumed run's losses are a straight run's, step by step."""
+    straight = _run(home, book, "straight", "off", max_iterations=24, save_every=100, eval_every=8)
+    store.create_model(home, "m", ModelConfig(**SHAPE))
+    c = dict(books=[book], max_iterations=24, batch_size=4, learning_rate=3e-3, save_every=100, eval_every=8,
+             threads=1, log_every=1, sample_length=8)
+    train(home, "m", TrainConfig(**c, weight_averaging=first), stop=_StopAfter(12), log=lambda m: None)
+    resumed = train(home, "m", TrainConfig(**c, weight_averaging=then, resume=True), log=lambda m: None)
+    la = {e["step"]: e["loss"] for e in iter_events(straight["events"]) if e["type"] == "step"}
+    lb = {e["step"]: e["loss"] for e in iter_events(resumed["events"]) if e["type"] == "step"}
+    assert sorted(la) == sorted(lb) == list(range(1, 25))
+    assert la == pytest.approx(lb, abs=1e-5)
+    last = safe_load(list_step_checkpoints(store.model_dir(home, "m"))[-1][1])
+    assert ("trained_state_dict" in last) == (then == "on")

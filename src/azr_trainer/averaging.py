@@ -38,7 +38,7 @@ class WeightAverage:
     def update(self, step: int) -> None:
         """Fold in the weights after ``step`` (1 for a run's first step)."""
         weight = 1.0 - (1.0 - 1.0 / max(1, step)) ** (self.power + 1)
-        torch._foreach_lerp_(self._avg, [p.detach() for p in self._own], weight)
+        torch._foreach_lerp_(self._avg, self._own, weight)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return self.module.state_dict()

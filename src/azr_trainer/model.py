@@ -108,12 +108,12 @@ def training_flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> fl
 
 
 def estimate_training_memory(cfg: ModelConfig, batch_size: int = 16, seq_len: int | None = None,
-                             bytes_per_float: int = 4) -> int:
-    """Rough bytes for training: weights, their average, grads, 2 AdamW moments, and activations
-    kept for backward."""
+                             bytes_per_float: int = 4, averaged: bool = True) -> int:
+    """Rough bytes for training: weights, their average (``averaged``: pretraining's default),
+    grads, 2 AdamW moments, and activations kept for backward."""
     T = seq_len or cfg.max_seq_len
     n = count_parameters(cfg)
-    states = n * bytes_per_float * 5
+    states = n * bytes_per_float * (5 if averaged else 4)
     B, d, f, L, V = batch_size, cfg.d_model, cfg.d_ff, cfg.num_layers, cfg.vocab_size
     # per layer: norms, q/k/v/out, attention output, 3 feed-forward tensors of width d_ff, residuals
     act_per_layer = B * T * (10 * d + 4 * f)

@@ -252,7 +252,8 @@ class _Pretraining(Job):
         self.threads = set_threads(cfg.threads) if device.type == "cpu" else None
         torch.manual_seed(cfg.seed)
 
-        mem_need = estimate_training_memory(mcfg, cfg.batch_size // dist.world, seq_len)
+        averaging = cfg.weight_averaging == "on" and dist.is_main  # only the process that evaluates and saves
+        mem_need = estimate_training_memory(mcfg, cfg.batch_size // dist.world, seq_len, averaged=averaging)
         mem_have = available_memory_bytes(device)
         if mem_have is not None and mem_need > 0.9 * mem_have:
             raise UserError("run.train.memory", batch_size=cfg.batch_size, seq_len=seq_len,
@@ -318,7 +319,7 @@ class _Pretraining(Job):
             # The schedule is defined by max_iterations; a resumed run may extend it.
         self.tokens_before = self.tokens_seen
         # What the run evaluates, samples and saves: the average of its recent weights, or the model itself.
-        self.average = WeightAverage(model) if cfg.weight_averaging == "on" else None
+        self.average = WeightAverage(model) if averaging else None
         if self.average is not None and resume_obj is not None and "trained_state_dict" in resume_obj:
             self.average.load_state_dict(resume_obj["state_dict"])
         self.served = self.average.module if self.average is not None else model
@@ -450,7 +451,8 @@ class _Pretraining(Job):
             self.earlier.before_best()
         # best.pt is for using the model (generation, export, self-play's start), never for a
         # resume, which continues from the newest step checkpoint: without the optimizer's
-        # state it is a third of the size, and it is written at most evaluations of a short run.
+        # state (nor the trained weights kept beside the average) it is about a quarter of the size, and
+        # it is written at most evaluations of a short run.
         best = self._checkpoint("best", bpb)
         for key in ("optimizer", "rng", "trained_state_dict"):
             best.pop(key, None)
