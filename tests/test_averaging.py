@@ -50,7 +50,7 @@ def test_tied_weights_stay_tied_in_the_average():
         model[0].weight.add_(1.0)
     average.update(2)
     assert average.module[1].weight is average.module[0].weight
-    state = average.state_dict()
+    state = average.module.state_dict()
     assert torch.equal(state["0.weight"], state["1.weight"])
 
 

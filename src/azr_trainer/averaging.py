@@ -40,9 +40,3 @@ class WeightAverage:
         """Fold in the weights after ``step`` (1 for a run's first step)."""
         weight = 1.0 - (1.0 - 1.0 / max(1, step)) ** (self.power + 1)
         torch._foreach_lerp_(self._avg, self._own, weight)
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return self.module.state_dict()
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.module.load_state_dict(state)

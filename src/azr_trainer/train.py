@@ -321,7 +321,7 @@ class _Pretraining(Job):
         # What the run evaluates, samples and saves: the average of its recent weights, or the model itself.
         self.average = WeightAverage(model) if averaging else None
         if self.average is not None and resume_obj is not None and "trained_state_dict" in resume_obj:
-            self.average.load_state_dict(resume_obj["state_dict"])
+            self.average.module.load_state_dict(resume_obj["state_dict"])
         self.served = self.average.module if self.average is not None else model
         self.events = EventLog(layout.events_file(run_dir(home, name, self.run_id)) if dist.is_main else None,
                                self.run_id, listeners)
