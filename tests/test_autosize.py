@@ -62,6 +62,25 @@ def test_a_small_book_gets_the_time_it_can_use_and_a_large_one_all_of_it():
     assert by_bytes.epochs == pytest.approx(by_bytes.expected_tokens / 60_000, rel=0.01)
 
 
+def test_a_book_too_small_for_the_time_gets_a_larger_model_for_all_of_it():
+    """Where the shape the arithmetic asks for would read the books far more than the useful
+    number of times, a larger one (within the books' cap) that fills the time is planned; only
+    where even that one reads them too often does the plan take less time."""
+    novel = 225_000
+    fp32_laptop = autosize.MachineSpeed(threads=1, fp32_gflops=64.0, bf16_gflops=70.0, fp32_by_width=[55.0, 73.0])
+    five = autosize.plan(novel, 5, fp32_laptop)
+    assert five.max_time == 5 * 60 and five.epochs <= autosize.USEFUL_EPOCHS * 1.05
+    # the shape the arithmetic alone asks for (a book read only a few times) is smaller, and
+    # would have read the novel far more often in those five minutes
+    alone = autosize.plan(1_500_000, 5, fp32_laptop)
+    assert autosize._nonembedding(alone.model) < autosize._nonembedding(five.model)
+    assert alone.expected_tokens_per_s * 5 * 60 / (novel / autosize.BYTES_PER_TOKEN) > 1.05 * autosize.USEFUL_EPOCHS
+    # more time never means a smaller model or a shorter plan, for a small book as for a large one
+    plans = [autosize.plan(novel, m, fp32_laptop) for m in (1, 3, 5, 10, 20, 60, 240)]
+    assert [p.parameters for p in plans] == sorted(p.parameters for p in plans)
+    assert [p.max_time for p in plans] == sorted(p.max_time for p in plans)
+
+
 def test_small_books_get_small_models_and_short_windows():
     tiny = autosize.plan(2_000, 60, FAST_CPU)
     assert tiny.model.tokenizer == "char" and tiny.seq_len * 10 <= 2_000 * 2

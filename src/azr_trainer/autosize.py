@@ -5,15 +5,17 @@ vocabulary, the shape (one depth dial: width, heads and feed-forward follow the 
 layers), the sequence length, the batch, the learning rate, warm-up and a schedule that decays
 over the time budget.
 
-The rule (BENCHMARKS.md, "Auto-sizing") is anchored on the measured P1 recipe: 190 s on one
-CPU core buys ~1.2 M training tokens, and the shape that did best there has ~1.8 M weights
-outside the embeddings. Other budgets scale the model with the square root of the tokens the
-budget buys (compute-optimal scaling keeps weights and tokens in a fixed ratio, so each grows
-as √compute), capped so that a tiny book is not memorised by a model much larger than it, and
-so that training fits in memory. A run that will read its book many times gets dropout (a
-small book overfits after a few passes without it), and the vocabulary never outgrows what the
-book can teach. A book small enough to be read more than ``USEFUL_EPOCHS`` times gets a shorter
-plan than the time it was given: more would only learn it by heart.
+The rule (BENCHMARKS.md, "The rule re-anchored") is anchored on the depth dial's best shape for
+P1: 190 s on one CPU core, where 3 layers × 128 (~0.57 M weights outside the embeddings) read
+~2.2 M tokens and beat the shapes either side of it. Other budgets scale the weights with the square root of the
+arithmetic the budget buys (compute-optimal scaling keeps weights and tokens in a fixed ratio, so
+each grows as √compute), capped so that a tiny book is not memorised by a model much larger than
+it, and so that training fits in memory. A run that will read its book many times gets dropout
+and strong weight decay, and the vocabulary never outgrows what the book can teach. Where the
+shape the arithmetic asks for would read the books more than ``USEFUL_EPOCHS`` times, a larger
+one (within the cap) that the time reads about that often is planned instead; only where even
+that one would read them too often does the plan take less time than it was given: more would
+only learn the books by heart.
 
 ``measure_speed`` is a probe of a few seconds: a small model's whole training step, timed in
 fp32 and under bf16 autocast, then, in the precision that won (and fp32), at a run's batch in a
@@ -44,9 +46,15 @@ from .model import ModelConfig, Transformer, count_parameters, estimate_training
 from .settings import TRAIN
 from .tokenizer import BYTES_PER_VOCAB_ENTRY
 
-# The anchor: P1's best shape and the tokens 190 s bought on one quiet core.
-ANCHOR_TOKENS = 1.2e6
-ANCHOR_NONEMB_PARAMS = 1.77e6
+# The anchor: the depth dial's best shape for P1 (190 s on one core) and the arithmetic it did
+# there: 3 × 128 (0.57 M weights outside the embeddings) read ~2.2 M tokens at 4.8 MFLOP each and
+# ended Tiny Shakespeare at 2.14–2.15 bits per byte, against 2.40–2.41 for 2 × 96 and 2.28–2.29
+# for 4 × 192 beside it (BENCHMARKS.md, "The rule re-anchored").
+ANCHOR_FLOPS = 2.2e6 * 4.77e6
+ANCHOR_NONEMB_PARAMS = 0.57e6
+# How the best weights grow with the arithmetic a budget buys: ½ keeps weights and tokens in a
+# fixed ratio (compute-optimal scaling), so each grows as √compute.
+SCALING_EXPONENT = 0.5
 # What share of the probe's rate a training run reaches: the probe is a whole step already; the
 # run adds data, evaluations, samples and logging (the lean-loop target: within 10%).
 STEP_EFFICIENCY = 0.9
@@ -59,9 +67,11 @@ BYTES_PER_TOKEN = 2.3
 MAX_PARAMS_PER_BOOK_TOKEN = 24.0
 # Dropout by the passes a plan makes over the book: (at most this many passes, dropout). Swept on
 # a 225 KB novel at 13 passes: 0 → val bpb 1.89 (best 1.55, then overfitting), 0.1 → 1.60,
-# 0.2 → 1.51, 0.3 → 1.66; on Tiny Shakespeare at 2.5 passes 0.1 cost 0.04 bpb against none
-# (BENCHMARKS.md, "Small books").
-DROPOUT_BY_EPOCHS = ((4.0, 0.0), (8.0, 0.1), (math.inf, 0.2))
+# 0.2 → 1.51, 0.3 → 1.66 (BENCHMARKS.md, "Small books"). Below 8 passes the weight decay that grows
+# with the passes is enough: on Tiny Shakespeare at ~4.4 passes (3 × 128, weight decay 1) dropout
+# 0.1 ended at 2.205 and 2.221 bits per byte, none at 2.142 and 2.150 (BENCHMARKS.md, "The rule
+# re-anchored").
+DROPOUT_BY_EPOCHS = ((8.0, 0.0), (math.inf, 0.2))
 # AdamW's weight decay by the passes, the same way: a book read many times needs far more than
 # the usual 0.1. Swept at 190 s (BENCHMARKS.md, "Weight decay by passes"): Tiny Shakespeare at
 # ~4 passes 0.1 → 2.184, 1 → 2.158, 2 → 2.175, 4 → 2.233, and at ~7 passes (380 s) 1 → 2.091,
@@ -486,26 +496,39 @@ def _plan(book_bytes: int, book_chars: int | None, seconds: float, asked: float,
         memory_bytes = 8 * 2**30
     memory_cap = memory_bytes // 2  # leave the rest to the system, the data and the evaluations
 
-    best = None
+    shapes = []  # (how far from the rule's weights, shape, batch, tokens) for each depth that fits memory
     for layers in range(MIN_LAYERS, MAX_LAYERS + 1):
         seq_len = window_for_layers(layers)
         cfg = shape_for_layers(layers, vocab, seq_len, tokenizer)
-        tokens = speed.gflops_at(cfg.d_model) * 1e9 * STEP_EFFICIENCY * seconds / training_flops_per_token(cfg, seq_len)
-        # the anchored √compute rule: the weights this many tokens support
-        wanted = ANCHOR_NONEMB_PARAMS * math.sqrt(tokens / ANCHOR_TOKENS)
-        wanted = min(wanted, MAX_PARAMS_PER_BOOK_TOKEN * book_tokens)
+        flops = speed.gflops_at(cfg.d_model) * 1e9 * STEP_EFFICIENCY * seconds  # what the budget buys at this width
+        tokens = flops / training_flops_per_token(cfg, seq_len)
         batch = batch_for_layers(layers)
         while batch > 1 and estimate_training_memory(cfg, batch, seq_len) > memory_cap:
             batch //= 2
         if estimate_training_memory(cfg, batch, seq_len) > memory_cap:
             break  # deeper shapes only need more
-        fit = abs(math.log(_nonembedding(cfg) / wanted))
-        if best is None or fit < best[0]:
-            best = (fit, cfg, batch, tokens)
-    if best is None:  # not even the smallest shape fits: the smallest at batch 1
+        # the anchored rule: the weights this much arithmetic trains best, as far as the books can teach them
+        wanted = min(ANCHOR_NONEMB_PARAMS * (flops / ANCHOR_FLOPS) ** SCALING_EXPONENT,
+                     MAX_PARAMS_PER_BOOK_TOKEN * book_tokens)
+        shapes.append((abs(math.log(_nonembedding(cfg) / wanted)), cfg, batch, tokens))
+    if not shapes:  # not even the smallest shape fits: the smallest at batch 1
         cfg = shape_for_layers(MIN_LAYERS, vocab, 64, tokenizer)
         budget_flops = speed.gflops_at(cfg.d_model) * 1e9 * STEP_EFFICIENCY * seconds
-        best = (0.0, cfg, 1, budget_flops / training_flops_per_token(cfg, 64))
+        shapes.append((0.0, cfg, 1, budget_flops / training_flops_per_token(cfg, 64)))
+    best = min(shapes, key=lambda s: s[0])
+    if best[3] > USEFUL_EPOCHS * book_tokens:
+        # the books are too small for this much arithmetic: the smallest shape that the time reads
+        # them at most about that often, no larger than the shape nearest the books' cap (a larger
+        # model trained the whole time did better than the best shape stopped early); where even
+        # that one reads them too often, it, for less time (``plan`` shortens it)
+        cap = MAX_PARAMS_PER_BOOK_TOKEN * book_tokens
+        largest = _nonembedding(min(shapes, key=lambda s: abs(math.log(_nonembedding(s[1]) / cap)))[1])
+        allowed = [s for s in shapes if _nonembedding(s[1]) <= largest]
+        filling = [s for s in allowed if s[3] <= USEFUL_EPOCHS * 1.05 * book_tokens]
+        if filling:
+            best = min(filling, key=lambda s: _nonembedding(s[1]))
+        else:
+            best = max(allowed, key=lambda s: _nonembedding(s[1]))
     _, cfg, batch, tokens = best
     seq_len = cfg.max_seq_len
     # tiny books: a window no longer than a tenth of the text, so validation has windows too
