@@ -79,6 +79,12 @@ def test_a_book_too_small_for_the_time_gets_a_larger_model_for_all_of_it():
     plans = [autosize.plan(novel, m, fp32_laptop) for m in (1, 3, 5, 10, 20, 60, 240)]
     assert [p.parameters for p in plans] == sorted(p.parameters for p in plans)
     assert [p.max_time for p in plans] == sorted(p.max_time for p in plans)
+    # ... also on a GPU, where a narrow step is bound by launching kernels and reads fewer tokens
+    # than a middling one: what fills the time is larger than the best shape, never smaller
+    gpu = autosize.MachineSpeed(threads=16, fp32_gflops=0.0, bf16_gflops=1280.0, device="cuda",
+                                widths=[96, 288, 576, 768], bf16_by_width=[1280.0, 31300.0, 145600.0, 184600.0])
+    sizes = [autosize.plan(20_000_000, m, gpu, memory_bytes=80 * 2**30).parameters for m in (10, 11.8, 12, 13, 14, 15, 20)]
+    assert sizes == sorted(sizes)
 
 
 def test_small_books_get_small_models_and_short_windows():

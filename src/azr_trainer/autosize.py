@@ -523,7 +523,10 @@ def _plan(book_bytes: int, book_chars: int | None, seconds: float, asked: float,
         # that one reads them too often, it, for less time (``plan`` shortens it)
         cap = MAX_PARAMS_PER_BOOK_TOKEN * book_tokens
         largest = _nonembedding(min(shapes, key=lambda s: abs(math.log(_nonembedding(s[1]) / cap)))[1])
-        allowed = [s for s in shapes if _nonembedding(s[1]) <= largest]
+        # only larger shapes: on a GPU a narrow step is bound by launching kernels, so a smaller
+        # shape can read fewer tokens than the best one, not more
+        smallest = _nonembedding(best[1])
+        allowed = [s for s in shapes if smallest <= _nonembedding(s[1]) <= max(largest, smallest)]
         filling = [s for s in allowed if s[3] <= USEFUL_EPOCHS * 1.05 * book_tokens]
         if filling:
             best = min(filling, key=lambda s: _nonembedding(s[1]))
