@@ -38,6 +38,7 @@ import platform
 import threading
 import time
 from dataclasses import asdict, dataclass, replace
+from typing import NamedTuple
 
 import torch
 
@@ -484,6 +485,15 @@ def plan(book_bytes: int, minutes: float, speed: MachineSpeed, memory_bytes: int
     return p
 
 
+class _Candidate(NamedTuple):
+    """A depth of the dial as a plan weighs it."""
+    fit: float  # how far its weights are from the rule's (log ratio)
+    cfg: ModelConfig
+    batch: int
+    tokens: float  # what the time buys at its rate
+    weights: int  # outside the embeddings
+
+
 def _plan(book_bytes: int, book_chars: int | None, seconds: float, asked: float, speed: MachineSpeed,
           memory_bytes: int | None) -> Plan:
     book_bytes = max(1, int(book_bytes))
@@ -496,12 +506,11 @@ def _plan(book_bytes: int, book_chars: int | None, seconds: float, asked: float,
         memory_bytes = 8 * 2**30
     memory_cap = memory_bytes // 2  # leave the rest to the system, the data and the evaluations
 
-    shapes = []  # (how far from the rule's weights, shape, batch, tokens) for each depth that fits memory
+    shapes: list[_Candidate] = []  # each depth that fits memory, from the smallest
     for layers in range(MIN_LAYERS, MAX_LAYERS + 1):
         seq_len = window_for_layers(layers)
         cfg = shape_for_layers(layers, vocab, seq_len, tokenizer)
         flops = speed.gflops_at(cfg.d_model) * 1e9 * STEP_EFFICIENCY * seconds  # what the budget buys at this width
-        tokens = flops / training_flops_per_token(cfg, seq_len)
         batch = batch_for_layers(layers)
         while batch > 1 and estimate_training_memory(cfg, batch, seq_len) > memory_cap:
             batch //= 2
@@ -510,29 +519,30 @@ def _plan(book_bytes: int, book_chars: int | None, seconds: float, asked: float,
         # the anchored rule: the weights this much arithmetic trains best, as far as the books can teach them
         wanted = min(ANCHOR_NONEMB_PARAMS * (flops / ANCHOR_FLOPS) ** SCALING_EXPONENT,
                      MAX_PARAMS_PER_BOOK_TOKEN * book_tokens)
-        shapes.append((abs(math.log(_nonembedding(cfg) / wanted)), cfg, batch, tokens))
+        weights = _nonembedding(cfg)
+        shapes.append(_Candidate(abs(math.log(weights / wanted)), cfg, batch,
+                                 flops / training_flops_per_token(cfg, seq_len), weights))
     if not shapes:  # not even the smallest shape fits: the smallest at batch 1
         cfg = shape_for_layers(MIN_LAYERS, vocab, 64, tokenizer)
         budget_flops = speed.gflops_at(cfg.d_model) * 1e9 * STEP_EFFICIENCY * seconds
-        shapes.append((0.0, cfg, 1, budget_flops / training_flops_per_token(cfg, 64)))
-    best = min(shapes, key=lambda s: s[0])
-    if best[3] > USEFUL_EPOCHS * book_tokens:
+        shapes.append(_Candidate(0.0, cfg, 1, budget_flops / training_flops_per_token(cfg, 64), _nonembedding(cfg)))
+    best = min(shapes, key=lambda s: s.fit)
+    if best.tokens > USEFUL_EPOCHS * book_tokens:
         # the books are too small for this much arithmetic: the smallest shape that the time reads
         # them at most about that often, no larger than the shape nearest the books' cap (a larger
         # model trained the whole time did better than the best shape stopped early); where even
-        # that one reads them too often, it, for less time (``plan`` shortens it)
+        # that one reads them too often, it, for less time (``plan`` shortens it). Only larger
+        # shapes than the best: on a GPU a narrow step is bound by launching kernels, so a smaller
+        # shape can read fewer tokens than the best one, not more.
         cap = MAX_PARAMS_PER_BOOK_TOKEN * book_tokens
-        largest = _nonembedding(min(shapes, key=lambda s: abs(math.log(_nonembedding(s[1]) / cap)))[1])
-        # only larger shapes: on a GPU a narrow step is bound by launching kernels, so a smaller
-        # shape can read fewer tokens than the best one, not more
-        smallest = _nonembedding(best[1])
-        allowed = [s for s in shapes if smallest <= _nonembedding(s[1]) <= max(largest, smallest)]
-        filling = [s for s in allowed if s[3] <= USEFUL_EPOCHS * 1.05 * book_tokens]
+        largest = min(shapes, key=lambda s: abs(math.log(s.weights / cap))).weights
+        allowed = [s for s in shapes if best.weights <= s.weights <= largest]
+        filling = [s for s in allowed if s.tokens <= USEFUL_EPOCHS * 1.05 * book_tokens]
         if filling:
-            best = min(filling, key=lambda s: _nonembedding(s[1]))
+            best = min(filling, key=lambda s: s.weights)
         else:
-            best = max(allowed, key=lambda s: _nonembedding(s[1]))
-    _, cfg, batch, tokens = best
+            best = max(allowed, key=lambda s: s.weights)
+    cfg, batch, tokens = best.cfg, best.batch, best.tokens
     seq_len = cfg.max_seq_len
     # tiny books: a window no longer than a tenth of the text, so validation has windows too
     while seq_len > 32 and seq_len * 10 > book_tokens:
