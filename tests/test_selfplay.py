@@ -13,8 +13,8 @@ from azr_trainer.home import UserError
 from azr_trainer.model import ModelConfig, Transformer
 from azr_trainer.rewards import Coherence, pack_rows
 from azr_trainer.sample import generate
-from azr_trainer.selfplay import SelfPlayConfig, exact_kl, group_advantages, latest_selfplay_checkpoint, \
-    prime_coherence, read_prompt_file, selfplay
+from azr_trainer.selfplay import SelfPlayConfig, evaluate_samples, exact_kl, group_advantages, \
+    latest_selfplay_checkpoint, prime_coherence, read_prompt_file, selfplay
 from azr_trainer.train import StopRequested, TrainConfig, train
 
 from test_train import StopAt  # stops at an exact step, as Ctrl-C would
@@ -54,6 +54,33 @@ def test_exact_kl_is_zero_for_identical_models_and_matches_a_hand_computed_case(
     pol = logits.clone().requires_grad_(True)
     exact_kl(pol, logits).sum().backward()
     assert pol.grad.abs().max() < 1e-5
+
+
+def test_evaluation_samples_decode_exactly_whatever_precision_a_decode_would_pick(monkeypatch):
+    """Two evaluations of one model must agree: the evaluation decodes with the model's fp32
+    weights even where the environment (or a speed probe) picks int8 for other decodes."""
+    torch.manual_seed(0)
+    m = Transformer(ModelConfig(vocab_size=512, d_model=64, num_layers=2, num_heads=4, d_ff=128,
+                                max_seq_len=128)).eval()
+    with torch.no_grad():  # sharper logits than a fresh model's, so that rounding changes greedy text
+        for p in m.parameters():
+            if p.dim() == 2:
+                p.mul_(4)
+    prompts = [torch.randint(512, (8,)).tolist() for _ in range(16)]
+
+    class Ids:  # a tokenizer that shows the ids themselves
+        eot_id = None
+
+        @staticmethod
+        def decode(ids):
+            return " ".join(map(str, ids))
+
+    exact = [Ids.decode(o) for o in generate(m, prompts, max_new_tokens=100, temperature=0.0, precision="fp32")]
+    int8 = [Ids.decode(o) for o in generate(m, prompts, max_new_tokens=100, temperature=0.0, precision="int8")]
+    assert int8 != exact  # int8 weights do change this model's greedy text
+    monkeypatch.setenv("AZR_DECODE_PRECISION", "int8")
+    got = evaluate_samples(m, Ids, prompts, length=100, temperature=0.0, seed=0)
+    assert got["texts"] == exact
 
 
 def test_prompt_file(tmp_path):

@@ -216,12 +216,14 @@ def evaluate_samples(model, tokenizer, prompts: list[list[int]], *, length: int,
                      reward: Composite | None = None, batch_size: int = 64) -> dict:
     """Continue each prompt once (fixed seed, no top-k; temperature 0 is greedy) and measure the
     samples: repeated-4-gram rate, distinct-2 (words; see rewards.py), and the reward with each
-    component."""
+    component. The model's own fp32 weights decode them: the faster precision a decode would
+    measure and pick varies with the machine's load, and its rounding changes greedy text, so two
+    evaluations would differ where the models do not."""
     gen = torch.Generator(device="cpu").manual_seed(seed)
     texts: list[str] = []
     for i in range(0, len(prompts), batch_size):
         outs = generate(model, prompts[i:i + batch_size], max_new_tokens=length, temperature=temperature, top_k=None,
-                        top_p=None, generator=gen, eot_id=tokenizer.eot_id)
+                        top_p=None, generator=gen, eot_id=tokenizer.eot_id, precision="fp32")
         texts += [tokenizer.decode(o) for o in outs]
     prompt_texts = [tokenizer.decode(p) for p in prompts]
     res = {f"sample_{k}": v for k, v in sample_metrics(texts).items()}
