@@ -1,6 +1,7 @@
 """Self-play: advantages, the KL term, and a tiny end-to-end run that checkpoints, stops,
 resumes exactly and reports its events."""
 
+import json
 import math
 
 import pytest
@@ -238,6 +239,42 @@ def test_self_prompts_reward_file_control_file_and_refusals(home, trained, tmp_p
     store.create_model(home, "untrained", ModelConfig(**SHAPE))
     with pytest.raises(UserError, match="no checkpoint yet"):
         selfplay(home, "untrained", sp(), log=lambda m: None)
+
+
+def test_each_group_holds_the_greedy_continuation_and_the_rest_are_sampled(home, trained, tmp_path, monkeypatch):
+    monkeypatch.setenv("AZR_DECODE_PRECISION", "fp32")  # the test's own greedy decode must match the run's
+    seen = tmp_path / "rollouts.jsonl"
+    f = tmp_path / "reward.py"  # a reward that also writes down every batch of rollouts it scores
+    f.write_text("import json\n"
+                 "def compute_reward(texts, prompts):\n"
+                 f"    with open({str(seen)!r}, 'a', encoding='utf-8') as out:\n"
+                 "        out.write(json.dumps([texts, prompts]) + '\\n')\n"
+                 "    return [float(len(set(t))) for t in texts]\n", encoding="utf-8")
+    p = tmp_path / "prompts.txt"
+    p.write_text("KING:\n\nThe queen\n", encoding="utf-8")
+    model, _, tok = build_model(safe_load(resolve_checkpoint(home / "models" / "m", "best")))
+    model.eval()
+
+    def first_of_each_group(greedy_rollouts):
+        seen.unlink(missing_ok=True)
+        selfplay(home, "m", sp(max_iterations=1, prompt_source=f"file:{p}", reward="file", reward_file=str(f),
+                               reward_weights=None, kl_weight=0.0, lm_weight=0.0, temperature=1.0,
+                               greedy_rollouts=greedy_rollouts, eval_every=10**6), log=lambda m: None)
+        scored = [json.loads(line) for line in seen.read_text(encoding="utf-8").splitlines()]
+        texts, prompts = next(b for b in scored if len(b[0]) == 2 * 4)  # the step's rollouts (not an eval's)
+        assert all(len(set(prompts[g * 4:g * 4 + 4])) == 1 for g in range(2))
+        firsts = [(prompts[g * 4], texts[g * 4]) for g in range(2)]
+        greedy = [tok.decode(generate(model, [tok.encode(prompt)], max_new_tokens=8, temperature=0.0,
+                                      eot_id=tok.eot_id)[0]) for prompt, _ in firsts]
+        return [text for _, text in firsts], greedy, texts
+
+    firsts, greedy, texts = first_of_each_group(1)
+    assert firsts == greedy  # what greedy decoding writes is in every group, where the reward sees it
+    assert all(t not in greedy for g in range(2) for t in texts[g * 4 + 1:g * 4 + 4])  # the others are samples
+    firsts, greedy, _ = first_of_each_group(0)
+    assert firsts != greedy  # without it, a group at temperature 1 holds only samples
+    with pytest.raises(UserError, match="greedy_rollouts"):
+        SelfPlayConfig(group_size=4, greedy_rollouts=4).validate()
 
 
 def test_file_prompts_and_max_time(home, trained, tmp_path):

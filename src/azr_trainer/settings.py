@@ -220,6 +220,8 @@ SELFPLAY = Group(
     Setting("prompt_tokens", int, None, min=1, unit="tokens"),
     # Low: where a small model's loops show (see BENCHMARKS.md).
     _s(_TEMP, 0.3, studio=True, label="train.sp.temperature"),
+    # One continuation of each group decoded greedily: where a small model's loops are (BENCHMARKS.md, S1).
+    Setting("greedy_rollouts", int, 1, min=0),
     _s(_LR, 1e-4, studio=True),
     _s(_WEIGHT, 0.1, studio=True, label="train.sp.kl_weight"),
     Setting("lm_weight", float, 0.5, min=0, studio=True, label="train.sp.lm_weight"),
@@ -227,8 +229,8 @@ SELFPLAY = Group(
     Setting("reward", str, "default", studio=True, label="train.sp.reward"),
     Setting("reward_file", str, None),
     # The default reward's real-word term: without it, self-play cut loops but wrote more made-up
-    # words (BENCHMARKS.md, S1).
-    Setting("real_words_weight", float, 1.0, min=0, max=100),
+    # words; with the greedy continuation in each group it takes weight 2 to hold them (BENCHMARKS.md, S1).
+    Setting("real_words_weight", float, 2.0, min=0, max=100),
     Setting("length_target", float, None, min=0, min_open=True, unit="words"),
     Setting("prompt_source", str, "book"),
     _s(_EVERY, 50, studio=True),
