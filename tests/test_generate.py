@@ -45,6 +45,16 @@ def test_top_k_one_is_greedy(model):
         generate(model, [[1, 2]], max_new_tokens=15, temperature=0)
 
 
+def test_greedy_rows_take_the_likeliest_token_beside_sampled_ones(model):
+    prompts = [[5, 6, 7], [5, 6, 7], [9] * 11, [9] * 11]
+    got = generate(model, prompts, max_new_tokens=20, temperature=1.5, seed=3, greedy_rows=[True, False, True, False])
+    greedy = [generate(model, [p], max_new_tokens=20, temperature=0)[0] for p in prompts]
+    assert got[0] == greedy[0] and got[2] == greedy[2]
+    assert got[1] != greedy[1] and got[3] != greedy[3]  # the others are drawn at the temperature
+    # rows marked greedy or not, the sampled rows draw the same numbers: marking costs nothing else
+    assert got[1::2] == generate(model, prompts, max_new_tokens=20, temperature=1.5, seed=3)[1::2]
+
+
 def test_repetition_penalty_reduces_repeats(model):
     greedy = generate(model, [[1, 2]], max_new_tokens=60, temperature=0)[0]
     penalised = generate(model, [[1, 2]], max_new_tokens=60, temperature=0, repetition_penalty=3.0)[0]

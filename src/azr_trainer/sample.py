@@ -168,10 +168,12 @@ class Batch:
 
 def steps(model: Transformer, prompts: list[list[int]], params: SamplingParams, eot_id: int | None = None,
           generator: torch.Generator | None = None, use_cache: bool = True,
-          precision: str | None = None, compile: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+          precision: str | None = None, compile: bool = False,
+          greedy_rows: list[bool] | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Per step, each row's new token and whether the row is still going (both (B,) tensors):
     for callers that follow many rows without per-row Python work. Run under no_grad.
-    precision and compile: see Batch."""
+    precision and compile: see Batch. greedy_rows: rows that take their likeliest token whatever
+    the temperature (self-play's greedy group members, decoded in the same batch as the samples)."""
     params.validate()
     if not prompts:
         return
@@ -181,6 +183,8 @@ def steps(model: Transformer, prompts: list[list[int]], params: SamplingParams, 
     batch = Batch(model, prompts, use_cache=use_cache, empty_id=eot_id if eot_id is not None else 0,
                   precision=precision, compile=compile)
     going = torch.ones(len(prompts), dtype=torch.bool, device=batch.ids.device)
+    greedy = (torch.tensor(greedy_rows, dtype=torch.bool, device=batch.ids.device)
+              if greedy_rows is not None and any(greedy_rows) and params.temperature != 0 else None)
     for _ in range(params.max_length):
         logits = batch.logits.float()
         if params.repetition_penalty != 1.0:
@@ -189,6 +193,8 @@ def steps(model: Transformer, prompts: list[list[int]], params: SamplingParams, 
             nxt = logits.argmax(-1)
         else:
             nxt = _sample(logits, params, generator)
+            if greedy is not None:
+                nxt = torch.where(greedy, logits.argmax(-1), nxt)
         if eot_id is not None:
             going = going & (nxt != eot_id)
             if not bool(going.any()):
@@ -212,11 +218,12 @@ def generate(model: Transformer, prompts: list[list[int]], *, max_new_tokens: in
              temperature: float = GENERATE.default("temperature"), top_k: int | None = GENERATE.default("top_k"),
              top_p: float | None = GENERATE.default("top_p"), repetition_penalty: float = GENERATE.default("repetition_penalty"),
              seed: int | None = None, generator: torch.Generator | None = None, eot_id: int | None = None,
-             use_cache: bool = True, precision: str | None = None, compile: bool = False) -> list[list[int]]:
-    """The new tokens for each prompt (the prompt itself is not repeated). precision and
-    compile: see Batch."""
+             use_cache: bool = True, precision: str | None = None, compile: bool = False,
+             greedy_rows: list[bool] | None = None) -> list[list[int]]:
+    """The new tokens for each prompt (the prompt itself is not repeated). precision, compile
+    and greedy_rows: see Batch and steps."""
     params = SamplingParams(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed)
-    done = list(steps(model, prompts, params, eot_id, generator, use_cache, precision, compile))
+    done = list(steps(model, prompts, params, eot_id, generator, use_cache, precision, compile, greedy_rows))
     if not done:
         return [[] for _ in prompts]
     tokens = torch.stack([t for t, _ in done], 1).tolist()

@@ -10,8 +10,8 @@ Each step:
    one prompt per line (``\\n`` in a line stands for a newline).
 2. **Rollouts.** ``group_size`` continuations of ``rollout_tokens`` tokens per prompt: the first
    ``greedy_rollouts`` (1) of each group decoded greedily, the others sampled at ``temperature``
-   (no top-k/top-p, so the policy being trained is exactly the one that sampled), each kind in
-   one left-padded batch through the KV-cache generator in ``sample.py``. The greedy member is
+   (no top-k/top-p, so the policy being trained is exactly the one that sampled), all in one
+   left-padded batch through the KV-cache generator in ``sample.py``. The greedy member is
    the one exception to sampling: a small model's loops live in its most likely continuation,
    which a sampled group seldom holds, so without it the reward never sees them; in its group
    it is pushed down where it scores below the samples and up where above.
@@ -461,15 +461,9 @@ class _SelfPlay(Job):
         prompts = self.draw_prompts(step)
         rows = [p for p in prompts for _ in range(cfg.group_size)]
         gen = torch.Generator(device="cpu").manual_seed(cfg.seed * 1_000_003 + 2 * step + 1)
-        greedy, sampled = cfg.greedy_rollouts, cfg.group_size - cfg.greedy_rollouts
-        outs = generate(model, [p for p in prompts for _ in range(sampled)], max_new_tokens=cfg.rollout_tokens,
-                        temperature=cfg.temperature, top_k=None, top_p=None, generator=gen,
-                        eot_id=tokenizer.eot_id, compile=self.long_decode)
-        if greedy:  # each group: its greedy continuation(s) first, then the sampled ones
-            modes = generate(model, prompts, max_new_tokens=cfg.rollout_tokens, temperature=0.0,
-                             eot_id=tokenizer.eot_id, compile=self.long_decode)
-            outs = [o for i, mode in enumerate(modes)
-                    for o in [mode] * greedy + outs[i * sampled:(i + 1) * sampled]]
+        outs = generate(model, rows, max_new_tokens=cfg.rollout_tokens, temperature=cfg.temperature, top_k=None,
+                        top_p=None, generator=gen, eot_id=tokenizer.eot_id, compile=self.long_decode,
+                        greedy_rows=[i % cfg.group_size < cfg.greedy_rollouts for i in range(len(rows))])
         decode.release(model)  # the update below changes the weights
         gen_s = time.time() - t0
         n_new = sum(len(o) for o in outs)
