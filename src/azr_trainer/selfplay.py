@@ -37,7 +37,7 @@ loss 0.5; learning rate 1e-4. At the usual sampling temperature (0.8) a small bo
 never repeats a 4-gram within a continuation, so rollouts there carry no repetition signal; at
 0.3 its loops show up and the reward can push against them. The greedy member shows the reward
 the loops a person meets when decoding greedily: measured on two start models × two seeds, greedy
-word loops changed by −42% to +45% without it, by −66% to −91% with it; with it, real words at
+word loops changed by −42% to +45% without it, by −63% to −91% with it; with it, real words at
 weight 1 let made-up words rise (by up to 1.8 points), at 2 they held on average (−1.0 to +0.6
 points). A likelihood ("coherence") term made loops worse in every
 setting tried (it pays for likely text, and a loop is likely) and is off by default; the KL leash
