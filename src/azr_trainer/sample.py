@@ -183,8 +183,7 @@ def steps(model: Transformer, prompts: list[list[int]], params: SamplingParams, 
     batch = Batch(model, prompts, use_cache=use_cache, empty_id=eot_id if eot_id is not None else 0,
                   precision=precision, compile=compile)
     going = torch.ones(len(prompts), dtype=torch.bool, device=batch.ids.device)
-    greedy = (torch.tensor(greedy_rows, dtype=torch.bool, device=batch.ids.device)
-              if greedy_rows is not None and any(greedy_rows) and params.temperature != 0 else None)
+    greedy = torch.tensor(greedy_rows, dtype=torch.bool, device=batch.ids.device) if any(greedy_rows or ()) else None
     for _ in range(params.max_length):
         logits = batch.logits.float()
         if params.repetition_penalty != 1.0:
