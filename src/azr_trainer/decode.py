@@ -462,7 +462,7 @@ def _timed(probes: dict, seconds: float) -> dict[str, float]:
     return best
 
 
-@torch.no_grad()
+@torch.inference_mode()  # as decoding runs (sample.steps)
 def measure(model: nn.Module, rows: int, seconds: float = 0.5, compile: bool = False) -> dict[str, float]:
     """Seconds per decode step of this model at ``rows`` rows (rounded up to a power of 2), per
     available precision: the best of interleaved rounds, within about ``seconds``. With

@@ -166,12 +166,18 @@ class Batch:
         self.length, self.next_pos = L + 1, self.next_pos + 1
 
 
+# Decoding runs in inference mode, not just without gradients: tensors made there carry no
+# version counters and calls skip autograd's bookkeeping, which made a cached one-token step
+# of the default shape ~12% faster on a CPU (BENCHMARKS.md, P4). What a caller gets back are
+# token ids to read; the decode weights and the KV cache never meet autograd.
+@torch.inference_mode()
 def steps(model: Transformer, prompts: list[list[int]], params: SamplingParams, eot_id: int | None = None,
           generator: torch.Generator | None = None, use_cache: bool = True,
           precision: str | None = None, compile: bool = False,
           greedy_rows: list[bool] | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Per step, each row's new token and whether the row is still going (both (B,) tensors):
-    for callers that follow many rows without per-row Python work. Run under no_grad.
+    for callers that follow many rows without per-row Python work (the yielded tensors are
+    inference tensors: read them, copy them, do not train on them).
     precision and compile: see Batch. greedy_rows: rows that take their likeliest token whatever
     the temperature (self-play's greedy group members, decoded in the same batch as the samples)."""
     params.validate()
@@ -202,7 +208,7 @@ def steps(model: Transformer, prompts: list[list[int]], params: SamplingParams, 
         batch.push(nxt)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def stream_generate(model: Transformer, prompts: list[list[int]], params: SamplingParams, *,
                     eot_id: int | None = None, generator: torch.Generator | None = None,
                     use_cache: bool = True, precision: str | None = None) -> Iterator[list[int | None]]:
@@ -212,7 +218,7 @@ def stream_generate(model: Transformer, prompts: list[list[int]], params: Sampli
         yield [t if g else None for t, g in zip(nxt.tolist(), going.tolist())]
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def generate(model: Transformer, prompts: list[list[int]], *, max_new_tokens: int = GENERATE.default("max_length"),
              temperature: float = GENERATE.default("temperature"), top_k: int | None = GENERATE.default("top_k"),
              top_p: float | None = GENERATE.default("top_p"), repetition_penalty: float = GENERATE.default("repetition_penalty"),
