@@ -208,7 +208,6 @@ def steps(model: Transformer, prompts: list[list[int]], params: SamplingParams, 
         batch.push(nxt)
 
 
-@torch.inference_mode()
 def stream_generate(model: Transformer, prompts: list[list[int]], params: SamplingParams, *,
                     eot_id: int | None = None, generator: torch.Generator | None = None,
                     use_cache: bool = True, precision: str | None = None) -> Iterator[list[int | None]]:
@@ -218,7 +217,6 @@ def stream_generate(model: Transformer, prompts: list[list[int]], params: Sampli
         yield [t if g else None for t, g in zip(nxt.tolist(), going.tolist())]
 
 
-@torch.inference_mode()
 def generate(model: Transformer, prompts: list[list[int]], *, max_new_tokens: int = GENERATE.default("max_length"),
              temperature: float = GENERATE.default("temperature"), top_k: int | None = GENERATE.default("top_k"),
              top_p: float | None = GENERATE.default("top_p"), repetition_penalty: float = GENERATE.default("repetition_penalty"),
