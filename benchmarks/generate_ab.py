@@ -9,7 +9,12 @@ that is the computation's own time, steadier on a busy machine).
 
     OMP_NUM_THREADS=1 python benchmarks/generate_ab.py --src /tmp/base/src --src src --batch 1 8
     OMP_NUM_THREADS=1 python benchmarks/generate_ab.py --src /tmp/base/src --src src --batch 32 \\
-        --new 64 --top-k 0 --temperature 1.0     # batched rollouts, as self-play makes them
+        --new 64 --top-k 0 --temperature 1.0     # batched rollouts
+    OMP_NUM_THREADS=1 python benchmarks/generate_ab.py --src /tmp/base/src --src src --shape p1 \\
+        --batch 32 --group 8 --prompt 32 --new 96 --top-k 0 --temperature 0.3   # as self-play makes them
+
+``--shape p1`` is the P1 shape (d_model 192, 4 layers, 6 heads, d_ff 512, vocab 1024,
+max_seq_len 128); ``--group N`` gives each prompt to N consecutive rows, as self-play's groups.
 
 Precisions of one version side by side (and transformers): benchmarks/rollouts_ab.py.
 """
@@ -28,18 +33,22 @@ from azr_trainer.model import ModelConfig, Transformer
 from azr_trainer.sample import generate
 torch.set_num_threads(int(sys.argv[1]))
 torch.manual_seed(0)
-model = Transformer(ModelConfig(vocab_size=8000, d_model=256, num_layers=6, num_heads=8, d_ff=1024,
-                                max_seq_len=256).validate()).eval()
+model = Transformer(ModelConfig(**json.loads(sys.argv[2])).validate()).eval()
+group = int(sys.argv[3])
 print("ready", flush=True)
 for line in sys.stdin:
     batch, new, prompt, seed, top_k, temperature = line.split()
-    prompts = [list(range(100 + i, 100 + i + int(prompt))) for i in range(int(batch))]
+    prompts = [list(range(100 + i // group, 100 + i // group + int(prompt))) for i in range(int(batch))]
     t, c = time.perf_counter(), time.process_time()
     out = generate(model, prompts, max_new_tokens=int(new), temperature=float(temperature), top_k=int(top_k) or None, top_p=None,
                    seed=int(seed))
     n = sum(map(len, out))
     print(json.dumps([n / (time.perf_counter() - t), n / (time.process_time() - c)]), flush=True)
 """
+
+
+SHAPES = {"default": dict(vocab_size=8000, d_model=256, num_layers=6, num_heads=8, d_ff=1024, max_seq_len=256),
+          "p1": dict(vocab_size=1024, d_model=192, num_layers=4, num_heads=6, d_ff=512, max_seq_len=128)}
 
 
 def main() -> int:
@@ -52,6 +61,8 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--top-k", type=int, default=40, help="0: off (as self-play's rollouts)")
     ap.add_argument("--temperature", type=float, default=0.8)
+    ap.add_argument("--shape", choices=SHAPES, default="default")
+    ap.add_argument("--group", type=int, default=1, help="consecutive rows per prompt (self-play: 8)")
     ap.add_argument("--precision", help="decode precision for the versions that have a choice (fp32, bf16, int8, "
                                         "int8dyn; default: each measures its own): fp32 compares code at equal precision")
     args = ap.parse_args()
@@ -59,11 +70,13 @@ def main() -> int:
     for src in args.src:
         env = {"PYTHONPATH": src, "OMP_NUM_THREADS": str(args.threads), "PATH": "/usr/bin:/bin",
                **({"AZR_DECODE_PRECISION": args.precision} if args.precision else {})}
-        p = subprocess.Popen([sys.executable, "-c", WORKER, str(args.threads)], stdin=subprocess.PIPE,
+        p = subprocess.Popen([sys.executable, "-c", WORKER, str(args.threads), json.dumps(SHAPES[args.shape]),
+                              str(args.group)], stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, text=True, env=env)
         assert p.stdout.readline().strip() == "ready"
         workers.append(p)
-    result = {"threads": args.threads, "new_tokens": args.new, "prompt_tokens": args.prompt, "top_k": args.top_k,
+    result = {"shape": args.shape, "group": args.group, "threads": args.threads, "new_tokens": args.new,
+              "prompt_tokens": args.prompt, "top_k": args.top_k,
               "temperature": args.temperature, "runs": {}}
     for batch in args.batch:
         for w in workers:  # warm-up

@@ -10,7 +10,8 @@ end-of-text is off, every row makes every token), --threads threads (default 1).
   d_ff 1024, vocab 8000, max_seq_len 256), 16-token prompts, 200 new tokens, temperature 0.8,
   top-k 40: tokens/s.
 - ``p1_rollouts``: the P1 shape (d_model 192, 4 layers, vocab 1024, max_seq_len 128) as
-  self-play makes rollouts: 4 prompts × group of 8 = 32 rows, 32-token prompts, 96 new tokens,
+  self-play makes rollouts: 4 prompts × group of 8 = 32 rows (each prompt on 8 consecutive
+  rows, so the uncompiled step reads each prompt's keys once), 32-token prompts, 96 new tokens,
   temperature 0.3, no top-k: rollouts/s.
 
 The contenders run interleaved (a different one first each repeat) so that load from other
@@ -47,7 +48,7 @@ from generate_vs_transformers import cpu_name, default_model  # noqa: E402
 CASES = {
     "default_b1": dict(shape="default", rows=1, prompt=16, new=200, temperature=0.8, top_k=40),
     "default_b8": dict(shape="default", rows=8, prompt=16, new=200, temperature=0.8, top_k=40),
-    "p1_rollouts": dict(shape="p1", rows=32, prompt=32, new=96, temperature=0.3, top_k=0),
+    "p1_rollouts": dict(shape="p1", rows=32, prompt=32, new=96, temperature=0.3, top_k=0, group=8),
 }
 
 
@@ -84,7 +85,9 @@ def main() -> int:
             models[case["shape"]] = load(case["shape"])
         model, hf = models[case["shape"]]
         rows, new = case["rows"], case["new"]
-        prompts = torch.randint(1, model.cfg.vocab_size, (rows, case["prompt"]), generator=torch.Generator().manual_seed(1))
+        group = case.get("group", 1)  # rows that continue one prompt
+        prompts = torch.randint(1, model.cfg.vocab_size, (rows // group, case["prompt"]),
+                                generator=torch.Generator().manual_seed(1)).repeat_interleave(group, 0)
         choices = decode.candidates(model, compile=not args.no_compiled)
         precisions = decode.available(model)
 
@@ -109,7 +112,7 @@ def main() -> int:
             diffs = {p: round(float((Batch(model, prompts.tolist(), precision=p).logits - ref).abs().max()
                                     / ref.abs().max()), 4) for p in precisions}
         t = time.perf_counter()
-        auto = decode.choose(model, rows, "auto", compile=not args.no_compiled)
+        auto = decode.choose(model, rows, "auto", compile=not args.no_compiled, group=group)
         probe_s = time.perf_counter() - t
         names = list(contenders)
         build = {}

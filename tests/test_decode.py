@@ -94,6 +94,35 @@ def test_the_one_token_step_gives_the_models_own_cached_logits(precision, kv_hea
             assert (batch.logits - ref[:, -1]).abs().max() <= 1e-4 * ref.abs().max()
 
 
+@pytest.mark.parametrize("kv_heads", [None, 2])
+@pytest.mark.parametrize("precision", decode.PRECISIONS)
+def test_rows_that_share_a_prompt_read_it_once_and_decode_as_if_they_did_not(precision, kv_heads):
+    """Self-play decodes groups of rows from one prompt: consecutive equal prompts share their
+    keys and values. Against the same rows interleaved (no run to share), fed the same distinct
+    token per row, the logits agree step after step, through the window's slide, which ends the
+    sharing; prompts of different lengths are left-padded."""
+    model = _random_model(num_kv_heads=kv_heads)
+    if precision not in decode.available(model):
+        pytest.skip(f"{precision} is not available with this PyTorch")
+    g = torch.Generator().manual_seed(2)
+    prompts = [torch.randint(1, 300, (n,), generator=g).tolist() for n in (16, 21, 30)]
+    grouped = [p for p in prompts for _ in range(3)]
+    interleaved = [p for _ in range(3) for p in prompts]
+    order = torch.tensor([3 * (i % 3) + i // 3 for i in range(9)])  # interleaved row i is grouped row order[i]
+    # the same weights on both sides: only the order of a sum differs (bf16 inputs round it)
+    tolerance = 1e-5 if precision == "fp32" else 5e-3
+    with torch.no_grad():
+        shared, plain = Batch(model, grouped, precision=precision), Batch(model, interleaved, precision=precision)
+        assert shared.cache.prefix is not None and plain.cache.prefix is None
+        for step in range(30):  # 30 + 18 slots: the window of 48 slides
+            ref = plain.logits
+            assert (shared.logits[order] - ref).abs().max() <= tolerance * ref.abs().max(), step
+            nxt = torch.randint(1, 300, (9,), generator=g)
+            shared.push(nxt)
+            plain.push(nxt[order])
+        assert shared.cache.prefix is None  # rebuilt whole when the window slid
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("precision", decode.PRECISIONS)
 def test_a_model_held_in_half_precision_decodes_in_every_precision(dtype, precision):
@@ -151,10 +180,12 @@ def test_auto_measures_once_keeps_the_fastest_and_reports_it(monkeypatch, tmp_pa
     model = _random_model()
     times = decode.measure(model, 3)
     assert set(times) == set(decode.available(model)) and all(t > 0 for t in times.values())
+    shared = decode.measure(model, 8, group=4)  # groups of rows that share a prompt: timed as Batch decodes them
+    assert set(shared) == set(times) and all(t > 0 for t in shared.values())
 
     calls = []
 
-    def measured(m, rows, seconds=0.6, compile=False):
+    def measured(m, rows, seconds=0.6, compile=False, group=1):
         calls.append(rows)
         return {p: (0.001 if p == "bf16" else 0.002) for p in decode.available(m)}
     monkeypatch.setattr(decode, "measure", measured)
@@ -172,7 +203,7 @@ def test_auto_prefers_the_more_exact_precision_unless_a_less_exact_one_is_clearl
     monkeypatch.setattr(decode, "probe_path", None)
     model = _random_model()
     times = {"fp32": 1.0, "bf16": 0.95, "int8": 0.5, "int8dyn": 0.47}
-    monkeypatch.setattr(decode, "measure", lambda m, rows, seconds=0.6, compile=False: {p: times[p] for p in decode.available(m)})
+    monkeypatch.setattr(decode, "measure", lambda m, rows, seconds=0.6, compile=False, group=1: {p: times[p] for p in decode.available(m)})
     assert decode.choose(model, 1, "auto") == ("int8" if "int8" in decode.available(model) else "int8dyn")
     times.update(int8dyn=0.3)
     if "int8dyn" in decode.available(model):
@@ -251,7 +282,7 @@ def test_auto_may_choose_a_compiled_step_only_for_long_decodes(monkeypatch):
     model = _random_model()
     asked = []
 
-    def measured(m, rows, seconds=0.5, compile=False):
+    def measured(m, rows, seconds=0.5, compile=False, group=1):
         asked.append(compile)
         return {c: (0.5 if c.endswith("compiled") else 1.0) for c in decode.candidates(m, compile) if c != "int8 compiled"}
     monkeypatch.setattr(decode, "measure", measured)

@@ -232,7 +232,7 @@ class OneTokenStep:
         self.new_kv = self.rotated[:, H:].view(B, 2, KV, hd).transpose(0, 1)
         q = self.rotated[:, :H]
         self.q = q.view(B * KV, H // KV, hd) if B == 1 else None  # rows > 1: q is not one stride apart
-        self.layers = []
+        self.layers, self.prefixes = [], []
         for i, layer in enumerate(model.model.layers):
             attn, mlp = layer.self_attn, layer.mlp
             (o, o_type) = w.kernel(attn, attn.O)
@@ -242,7 +242,33 @@ class OneTokenStep:
                                 kv[0].view(B * KV, -1, hd).transpose(1, 2), kv[1].view(B * KV, -1, hd),
                                 attended, attended.view(B * KV, H // KV, hd), o, layer.post_attention_layernorm,
                                 w.kernel(mlp, mlp.GATE_UP)[0], w.kernel(mlp, mlp.DOWN)[0]))
+            if cache.prefix is not None:  # the shared prompts' keys (transposed) and values
+                shared, T = cache.prefix.kv[i][:, :, :, :cache.offset], cache.offset
+                self.prefixes.append((shared[0].view(-1, T, hd).transpose(1, 2), shared[1].view(-1, T, hd)))
+        if cache.prefix is not None:
+            G = cache.prefix.kv[0].shape[1]
+            self.groups = (G, B // G, KV, H // KV)
+            self.scores = torch.empty(B * KV, H // KV, cfg.max_seq_len, dtype=cache.kv[0].dtype, device=device)
         self.final_norm, self.head = model.model.norm, head[0]
+
+    def _shared_attention(self, q, prefix_keys_t, prefix_values, keys_t, values, hidden):
+        """Attention of q (B·KV, g, hd) over the shared prompts' keys and each row's own ones:
+        the prompt part as one product per prompt and head, with the group's R rows as R·g
+        queries (its keys read once, not R times), then one softmax over both parts."""
+        G, R, KV, g = self.groups
+        T, own = prefix_keys_t.shape[2], keys_t.shape[2]
+        rows_of = (G, R, KV, g)  # q's rows, in B·KV·g order
+        scores = self.scores.narrow(2, 0, T + own)
+        grouped = q.view(*rows_of, -1).transpose(1, 2).reshape(G * KV, R * g, -1)
+        scores[..., :T].view(*rows_of, T).copy_(torch.bmm(grouped, prefix_keys_t).view(G, KV, R, g, T).transpose(1, 2))
+        scores[..., T:] = torch.bmm(q, keys_t)
+        if hidden is not None:
+            scores.view(G * R, KV, g, -1).masked_fill_(hidden, float("-inf"))
+        p = scores.softmax(-1)
+        shared = p[..., :T].view(*rows_of, T).transpose(1, 2).reshape(G * KV, R * g, T)
+        y = torch.bmm(p[..., T:], values)
+        y.view(*rows_of, -1).add_(torch.bmm(shared, prefix_values).view(G, KV, R, g, -1).transpose(1, 2))
+        return y
 
     def _norm(self, module: nn.Module) -> torch.Tensor:
         """The norm ``module`` of the residual stream, written into the products' input buffer."""
@@ -259,25 +285,30 @@ class OneTokenStep:
         t = cache.length
         if t >= max_len:
             raise ValueError(f"the cache holds {max_len} tokens: the window must slide first")
-        B, L = self.rows, t + 1
+        B, L, own = self.rows, t + 1, t + 1 - cache.offset
         x.copy_(F.embedding(ids, w.embed))
         p = positions.view(-1)
         cos = w.rope[0][p][:, None] * self.cos_a + self.cos_b  # (B, H + 2·KV, hd)
         sin = w.rope[1][p][:, None] * self.sin_a
         hidden = ~attn_mask if attn_mask is not None else None
         q = self.q
-        for norm1, qkv, kv, keys_t, values, attended, attended3, out, norm2, gate_up, down in self.layers:
+        for i, (norm1, qkv, kv, keys_t, values, attended, attended3, out, norm2, gate_up, down) in enumerate(self.layers):
             h = qkv(self._norm(norm1)).view(B, -1, hd)
             torch.mul(h, cos, out=r)
             r.addcmul_(h.roll(hd // 2, -1), sin)
-            kv.select(3, t).copy_(self.new_kv)
-            scores = torch.bmm(q if q is not None else r[:, :H].reshape(attended3.shape), keys_t.narrow(2, 0, L))
-            if hidden is not None:
-                scores.view(B, -1, scores.shape[1], L).masked_fill_(hidden, float("-inf"))
-            if attended.dtype == scores.dtype:
-                torch.bmm(scores.softmax(-1), values.narrow(1, 0, L), out=attended3)
+            kv.select(3, own - 1).copy_(self.new_kv)
+            query = q if q is not None else r[:, :H].reshape(attended3.shape)
+            if self.prefixes:
+                attended3.copy_(self._shared_attention(query, *self.prefixes[i], keys_t.narrow(2, 0, own),
+                                                       values.narrow(1, 0, own), hidden))
             else:
-                attended3.copy_(torch.bmm(scores.softmax(-1), values.narrow(1, 0, L)))
+                scores = torch.bmm(query, keys_t.narrow(2, 0, L))
+                if hidden is not None:
+                    scores.view(B, -1, scores.shape[1], L).masked_fill_(hidden, float("-inf"))
+                if attended.dtype == scores.dtype:
+                    torch.bmm(scores.softmax(-1), values.narrow(1, 0, L), out=attended3)
+                else:
+                    attended3.copy_(torch.bmm(scores.softmax(-1), values.narrow(1, 0, L)))
             x.add_(out(attended))
             gu = gate_up(self._norm(norm2))
             gate = gu[:, :d_ff]
@@ -410,18 +441,26 @@ def compile_failed(error: BaseException) -> None:
 
 
 class _Probe:
-    """A filled cache of ``rows`` rows for one choice, to time decode steps from."""
+    """A filled cache of ``rows`` rows for one choice, to time decode steps from. ``group``:
+    the rows come in groups that continue one prompt (sample.Batch shares it, uncompiled):
+    the first quarter of the window is then a shared prompt, as self-play's rollouts have."""
 
-    def __init__(self, model, choice: str, rows: int, steps: int):
+    def __init__(self, model, choice: str, rows: int, steps: int, group: int = 1):
         from .model import KVCache
         precision, compiled = split(choice)
         w = weights_for(model, precision)
         self.device = next(model.parameters()).device
-        self.cache = KVCache(model.cfg, rows, self.device, weights=w)
-        self.steps, self.step = steps, one_token_step(model, self.cache, compiled)
+        M = model.cfg.max_seq_len
         # timed from the middle of the window: the cache length a long decode averages
-        self.prompt = max(1, min(model.cfg.max_seq_len // 2, model.cfg.max_seq_len - steps - 1))
-        model(torch.zeros(rows, self.prompt, dtype=torch.long, device=self.device), cache=self.cache)
+        self.prompt = max(1, min(M // 2, M - steps - 1))
+        if group > 1 and not compiled and rows % group == 0 and M // 4 < self.prompt:
+            prefix = KVCache(model.cfg, rows // group, self.device, weights=w)
+            prefix.length = M // 4  # what the keys hold does not change a step's time
+            self.cache = KVCache(model.cfg, rows, self.device, weights=w, prefix=prefix)
+        else:
+            self.cache = KVCache(model.cfg, rows, self.device, weights=w)
+            model(torch.zeros(rows, self.prompt, dtype=torch.long, device=self.device), cache=self.cache)
+        self.steps, self.step = steps, one_token_step(model, self.cache, compiled)
         self.next = torch.zeros(rows, dtype=torch.long, device=self.device)
         self.positions = torch.full((rows, 1), self.prompt, device=self.device)
         if compiled:
@@ -463,15 +502,16 @@ def _timed(probes: dict, seconds: float) -> dict[str, float]:
 
 
 @torch.inference_mode()  # as decoding runs (sample.steps)
-def measure(model: nn.Module, rows: int, seconds: float = 0.5, compile: bool = False) -> dict[str, float]:
+def measure(model: nn.Module, rows: int, seconds: float = 0.5, compile: bool = False,
+            group: int = 1) -> dict[str, float]:
     """Seconds per decode step of this model at ``rows`` rows (rounded up to a power of 2), per
     available precision: the best of interleaved rounds, within about ``seconds``. With
     ``compile``, then the compiled step of the precision measured fastest among those that
     compile, timed against the plain choices again (building it, 10-20 s, not counted): one
-    build, not one per precision."""
+    build, not one per precision. ``group``: see _Probe."""
     rows = _bucket(rows)
     steps = max(1, min(4, model.cfg.max_seq_len // 4 - 1))
-    plain = {p: _Probe(model, p, rows, steps) for p in available(model)}
+    plain = {p: _Probe(model, p, rows, steps, group) for p in available(model)}
     best = _timed(plain, seconds)
     compilable = [p for p in best if p in COMPILABLE]
     if not (compile and compile_allowed(model) and compilable):
@@ -497,19 +537,22 @@ def _fastest(times: dict[str, float]) -> str:
     return got
 
 
-def choose(model: nn.Module, rows: int, precision: str | None = None, compile: bool = False) -> str:
+def choose(model: nn.Module, rows: int, precision: str | None = None, compile: bool = False,
+           group: int = 1) -> str:
     """How to decode ``rows`` rows: the precision asked, or (``auto``) the fastest measured on
     this machine, once per machine, threads, shape and batch size. ``compile``: the caller
     decodes long enough (a run's rollouts) for a compiled step to pay for its building, so
-    compiled steps are candidates too. Returns a precision, or one followed by " compiled"
-    (``split``)."""
+    compiled steps are candidates too. ``group``: the rows come in groups of this many that
+    share a prompt (the uncompiled step reads it once per group; a compiled one once per row).
+    Returns a precision, or one followed by " compiled" (``split``)."""
     p = requested(precision)
     if p != "auto":
         return p if split(p)[0] in available(model) else "fp32"
-    key = _key(model, rows) + ("|compiled too" if compile else "")
+    group = group if rows % group == 0 and _bucket(rows) == rows else 1
+    key = _key(model, rows) + ("|compiled too" if compile else "") + (f"|groups of {group}" if group > 1 else "")
     got = _CHOICES.get(key) or _read_file().get(key)
     if got not in candidates(model, compile):
-        got = _fastest(measure(model, rows, compile=compile))
+        got = _fastest(measure(model, rows, compile=compile, group=group))
         if probe_path is not None:
             from .home import atomic_write_json
             d = _read_file()

@@ -202,16 +202,24 @@ class KVCache:
     of weights read, not arithmetic, are most of a decode step's time (decode.OneTokenStep
     runs those steps; the forward below runs prefills and compiled steps). Weights must not
     change while a cache is in use (its keys and values would be stale anyway). ``dtype`` is
-    the keys' and values' type; with weights given, theirs."""
+    the keys' and values' type; with weights given, theirs.
 
-    def __init__(self, cfg: ModelConfig, batch_size: int, device, dtype=None, weights=None):
+    ``prefix``: a filled cache of prompts that runs of consecutive rows share (self-play decodes
+    a group of rows from each prompt). Its keys and values stay once per prompt, this cache holds
+    each row's own tokens after them (``offset`` = the prefix's length), and ``length`` counts
+    both. Only ``decode.OneTokenStep`` reads such a cache: it attends to the shared part once
+    per prompt, which reads that part's bytes once per group instead of once per row."""
+
+    def __init__(self, cfg: ModelConfig, batch_size: int, device, dtype=None, weights=None,
+                 prefix: "KVCache | None" = None):
         self.weights = weights
         dtype = weights.cache_dtype if weights is not None else dtype
+        self.prefix, self.offset = prefix, prefix.length if prefix is not None else 0
         # a layer's keys and values in one tensor, so that a decode step writes both with one copy
-        shape = (2, batch_size, cfg.kv_heads, cfg.max_seq_len, cfg.head_dim)
+        shape = (2, batch_size, cfg.kv_heads, cfg.max_seq_len - self.offset, cfg.head_dim)
         self.kv = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.num_layers)]
         self.k, self.v = [kv[0] for kv in self.kv], [kv[1] for kv in self.kv]
-        self.length = 0
+        self.length = self.offset
 
     def bind(self, model: "Transformer"):
         """The decode weights (fp32 unless chosen before), made on the first step."""
@@ -222,7 +230,7 @@ class KVCache:
 
     def reset(self):
         """Empty the cache for a new context (the buffers and decode weights are kept)."""
-        self.length = 0
+        self.length = self.offset
 
 
 def _one_query_attention(q, k, v, attn_mask=None):
@@ -261,6 +269,8 @@ class Attention(nn.Module):
             k = apply_rotary(self.k_proj(x).view(B, T, KV, hd).transpose(1, 2), cos, sin)
             v = self.v_proj(x).view(B, T, KV, hd).transpose(1, 2)
         else:  # one product for q, k and v, one rotation for q and k together
+            if cache.prefix is not None:
+                raise ValueError("a cache with a shared prefix is read by decode.OneTokenStep only")
             qkv = cache.weights.linear(self, self.QKV, x).view(B, T, H + 2 * KV, hd)
             qk = apply_rotary(qkv[:, :, :H + KV].transpose(1, 2), cos, sin)
             q, k, v = qk[:, :H], qk[:, H:], qkv[:, :, H + KV:].transpose(1, 2)

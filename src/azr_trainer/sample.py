@@ -85,6 +85,22 @@ def _apply_repetition_penalty(logits, ids, keys, penalty):
     return torch.where(seen, penalised, logits)
 
 
+# A prompt shorter than this is attended to by each row of its group: sharing it saves less
+# than the extra products cost (BENCHMARKS.md, P4).
+SHARED_PROMPT_MIN = 16
+
+
+def _group_size(rows: list[list[int]]) -> int:
+    """How many consecutive rows share each prompt, where all prompts come in runs of one
+    length (self-play's groups of rollouts); 1 where they do not."""
+    n = 1
+    while n < len(rows) and rows[n] == rows[0]:
+        n += 1
+    if n == 1 or len(rows) % n or any(rows[i] != rows[i - i % n] for i in range(len(rows))):
+        return 1
+    return n
+
+
 class Batch:
     """Left-padded rows being continued, one token per row per step.
 
@@ -108,12 +124,21 @@ class Batch:
             ids[i, T - len(r):T] = torch.tensor(r, dtype=torch.long)
             keys[i, T - len(r):T] = True
         self.ids, self.keys = ids.to(p.device), keys.to(p.device)
-        choice = decode.choose(model, B, precision, compile) if use_cache else "fp32"
+        group = _group_size(rows) if use_cache and T >= SHARED_PROMPT_MIN else 1
+        choice = decode.choose(model, B, precision, compile, group) if use_cache else "fp32"
         self.precision, compiled = decode.split(choice)
-        self.cache = KVCache(model.cfg, B, p.device, weights=decode.weights_for(model, self.precision)) \
-            if use_cache else None
-        self.step = decode.one_token_step(model, self.cache, compiled) if use_cache else None
-        self._prefill(T)
+        self.cache = self.step = None
+        if use_cache:
+            w = decode.weights_for(model, self.precision)
+            if group > 1 and not compiled:  # each prompt read once, its keys and values shared by its group's rows
+                self.cache = KVCache(model.cfg, B // group, p.device, weights=w)
+                self._prefill(T, every=group)
+                self.cache = KVCache(model.cfg, B, p.device, weights=w, prefix=self.cache)
+            else:
+                self.cache = KVCache(model.cfg, B, p.device, weights=w)
+            self.step = decode.one_token_step(model, self.cache, compiled)
+        if self.cache is None or self.cache.prefix is None:
+            self._prefill(T)
 
     @property
     def window(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -126,15 +151,17 @@ class Batch:
         eye = torch.eye(T, dtype=torch.bool, device=self.ids.device)
         return ((causal[None] & self.keys[:, None, :T]) | eye).unsqueeze(1)
 
-    def _prefill(self, T: int):
+    def _prefill(self, T: int, every: int = 1):
+        """Read the first T slots of every ``every``-th row (the others repeat it) into the cache."""
         ids, keys = self.ids[:, :T], self.keys[:, :T]
         positions = (keys.long().cumsum(-1) - 1).clamp(min=0)
         self.padded = not bool(keys.all())
         if self.cache is not None:
             self.cache.reset()
-        logits, _ = self.model(ids, cache=self.cache, positions=positions if self.padded else None,
-                               attn_mask=self._mask(T) if self.padded else None)
-        self.logits = logits[:, -1]
+        run = slice(None, None, every)
+        logits, _ = self.model(ids[run], cache=self.cache, positions=positions[run] if self.padded else None,
+                               attn_mask=self._mask(T)[run] if self.padded else None)
+        self.logits = logits[:, -1].repeat_interleave(every, 0) if every > 1 else logits[:, -1]
         self.length, self.next_pos = T, positions[:, -1:] + 1
 
     def push(self, next_ids: torch.Tensor):
@@ -142,6 +169,9 @@ class Batch:
         L = self.length
         if L == self.max_len:  # the window slides: the last 3/4 of it, the new token included
             keep = max(1, (self.max_len * 3) // 4) - 1
+            if self.cache is not None and self.cache.prefix is not None:  # the rows share no prompt now
+                self.cache = KVCache(self.model.cfg, len(self.ids), self.ids.device, weights=self.cache.weights)
+                self.step = decode.one_token_step(self.model, self.cache)
             self.ids[:, :keep] = self.ids[:, L - keep:].clone()
             self.keys[:, :keep] = self.keys[:, L - keep:].clone()
             self.ids[:, keep], self.keys[:, keep] = next_ids, True
