@@ -64,12 +64,15 @@ def main() -> int:
     ap.add_argument("--shape", choices=SHAPES, default="default")
     ap.add_argument("--group", type=int, default=1, help="consecutive rows per prompt (self-play: 8)")
     ap.add_argument("--precision", help="decode precision for the versions that have a choice (fp32, bf16, int8, "
-                                        "int8dyn; default: each measures its own): fp32 compares code at equal precision")
+                                        "int8dyn; default: each measures its own): fp32 compares code at equal precision; "
+                                        "a comma-separated list gives each --src its own (e.g. fp32,auto)")
     args = ap.parse_args()
     workers = []
-    for src in args.src:
+    precisions = (args.precision or "auto").split(",")
+    precisions += precisions[-1:] * (len(args.src) - len(precisions))
+    for src, precision in zip(args.src, precisions):
         env = {"PYTHONPATH": src, "OMP_NUM_THREADS": str(args.threads), "PATH": "/usr/bin:/bin",
-               **({"AZR_DECODE_PRECISION": args.precision} if args.precision else {})}
+               **({"AZR_DECODE_PRECISION": precision} if precision != "auto" else {})}
         p = subprocess.Popen([sys.executable, "-c", WORKER, str(args.threads), json.dumps(SHAPES[args.shape]),
                               str(args.group)], stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, text=True, env=env)
@@ -93,7 +96,7 @@ def main() -> int:
                 rates[i][0].append(wall)
                 rates[i][1].append(cpu)
         for src, (wall, cpu) in zip(args.src, rates):
-            result["runs"].setdefault(src, {})[f"batch{batch}"] = {
+            result["runs"].setdefault(src, {"precision": precisions[args.src.index(src)]})[f"batch{batch}"] = {
                 "wall_tokens_per_s": round(statistics.median(wall), 1),
                 "cpu_tokens_per_s": round(statistics.median(cpu), 1)}
     for w in workers:
