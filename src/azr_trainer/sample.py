@@ -91,8 +91,8 @@ SHARED_PROMPT_MIN = 16
 
 
 def _group_size(rows: list[list[int]]) -> int:
-    """How many consecutive rows share each prompt, where all prompts come in runs of one
-    length (self-play's groups of rollouts); 1 where they do not."""
+    """How many consecutive rows share each prompt, where every prompt comes in a run of the
+    same size (self-play's groups of rollouts); 1 where they do not."""
     n = 1
     while n < len(rows) and rows[n] == rows[0]:
         n += 1
@@ -110,7 +110,9 @@ class Batch:
     new tokens only, from decode weights in ``precision`` (decode.py: None or "auto" measures
     which is fastest here; "fp32" is exact); without it (the reference), on the whole window
     again, in the model's own weights. ``compile``: the caller decodes for long (a run's
-    rollouts), so a compiled step is a candidate too (decode.choose); prefills stay uncompiled."""
+    rollouts), so a compiled step is a candidate too (decode.choose); prefills stay uncompiled.
+    Runs of equal prompts (self-play's groups) are read once, and the uncompiled step attends to
+    each prompt once for its run (model.KVCache's ``prefix``) until the window slides."""
 
     def __init__(self, model: Transformer, prompts: list[list[int]], *, use_cache: bool = True,
                  empty_id: int = 0, precision: str | None = None, compile: bool = False):
