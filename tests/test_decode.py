@@ -210,6 +210,20 @@ def test_auto_prefers_the_more_exact_precision_unless_a_less_exact_one_is_clearl
         assert decode.choose(model, 300, "auto") == "int8dyn"
 
 
+def test_bf16_decodes_alike_with_and_without_prepacked_weights(monkeypatch):
+    """On a CPU bf16 products read weights prepacked for oneDNN where this PyTorch has its
+    (private) operators, else F.linear's: the same numbers either way."""
+    if not decode._packed_bf16_ok():
+        pytest.skip("this PyTorch has no prepacked bf16 products")
+    model = _random_model()
+    prompts = [[5, 6, 7, 8], [9] * 11, [1]]
+    packed = _first_logits(model, prompts, "bf16")
+    decode.release(model)
+    monkeypatch.setattr(decode, "_packed_bf16_ok", lambda: False)
+    plain = _first_logits(model, prompts, "bf16")
+    assert (packed - plain).abs().max() <= 1e-2 * plain.abs().max()
+
+
 def test_int8_is_not_offered_for_widths_its_kernel_cannot_take():
     model = _random_model(d_model=40, num_heads=4, d_ff=72)
     assert "int8" not in decode.available(model)

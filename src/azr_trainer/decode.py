@@ -7,7 +7,8 @@ arithmetic. Fewer bytes per weight read faster:
 
 - ``fp32``: the model's own weights (q/k/v and gate/up packed into one matrix each).
 - ``bf16``: bf16 weights, the products' inputs cast to bf16 (fast where the CPU multiplies
-  bf16 natively).
+  bf16 natively); on a CPU the weights are laid out once in oneDNN's blocked format, as
+  ``torch.compile`` lays them out.
 - ``int8``: int8 weights with one scale per output channel, the products' inputs cast to bf16
   (``torch._weight_int8pack_mm``; it needs input widths that are multiples of 16).
 - ``int8dyn``: the same int8 weights multiplied by activations quantized to int8 per step
@@ -106,6 +107,24 @@ def _dynamic_ok() -> bool:
         return False
 
 
+def _packed_bf16(w: torch.Tensor):
+    """x → x·wᵀ from bf16 weights laid out once in oneDNN's blocked format (as torch.compile
+    does on a CPU): on a few rows 1.2–2.7× faster than F.linear's bf16 path, same numbers."""
+    packed = torch.ops.mkldnn._reorder_linear_weight(w.to(torch.bfloat16), 1)
+    return lambda x: torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
+
+
+@functools.cache
+def _packed_bf16_ok() -> bool:
+    """Whether this PyTorch has oneDNN's prepacked bf16 products (private operators: checked)."""
+    try:
+        w, x = torch.randn(24, 32), torch.randn(3, 64)[:, ::2].bfloat16()  # a strided input too
+        ref = F.linear(x, w.bfloat16()).float()
+        return bool(torch.allclose(_packed_bf16(w)(x).float(), ref, rtol=0.02, atol=0.02))
+    except (RuntimeError, AttributeError, NotImplementedError):
+        return False
+
+
 def _quantize(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """int8 weights and per-output-channel scales (symmetric: the largest |w| of a row maps to 127)."""
     scale = w.abs().amax(1).clamp(min=1e-12) / 127
@@ -121,6 +140,8 @@ def _kernel(w: torch.Tensor, precision: str):
     # bf16 and int8 products take bf16 inputs (their int8 kernel is ~13× slower with fp32 ones)
     # and give bf16 outputs; the residual stream between them stays in the model's type.
     if precision == "bf16":
+        if w.device.type == "cpu" and _packed_bf16_ok():
+            return _packed_bf16(w), torch.bfloat16
         return functools.partial(F.linear, weight=w.to(torch.bfloat16)), torch.bfloat16
     q, scale = _quantize(w.float())
     if precision == "int8":
