@@ -47,6 +47,8 @@ for line in sys.stdin:
 """
 
 
+# generate_vs_transformers.SHAPES, repeated: this process imports no version of the package
+# (each worker imports its own --src)
 SHAPES = {"default": dict(vocab_size=8000, d_model=256, num_layers=6, num_heads=8, d_ff=1024, max_seq_len=256),
           "p1": dict(vocab_size=1024, d_model=192, num_layers=4, num_heads=6, d_ff=512, max_seq_len=128)}
 
@@ -95,8 +97,8 @@ def main() -> int:
                 wall, cpu = json.loads(workers[i].stdout.readline())
                 rates[i][0].append(wall)
                 rates[i][1].append(cpu)
-        for src, (wall, cpu) in zip(args.src, rates):
-            result["runs"].setdefault(src, {"precision": precisions[args.src.index(src)]})[f"batch{batch}"] = {
+        for src, precision, (wall, cpu) in zip(args.src, precisions, rates):
+            result["runs"].setdefault(src, {"precision": precision})[f"batch{batch}"] = {
                 "wall_tokens_per_s": round(statistics.median(wall), 1),
                 "cpu_tokens_per_s": round(statistics.median(cpu), 1)}
     for w in workers:

@@ -129,18 +129,14 @@ class Batch:
         group = _group_size(rows) if use_cache and T >= SHARED_PROMPT_MIN else 1
         choice = decode.choose(model, B, precision, compile, group) if use_cache else "fp32"
         self.precision, compiled = decode.split(choice)
-        self.cache = self.step = None
-        if use_cache:
-            w = decode.weights_for(model, self.precision)
-            if group > 1 and not compiled:  # each prompt read once, its keys and values shared by its group's rows
-                self.cache = KVCache(model.cfg, B // group, p.device, weights=w)
-                self._prefill(T, every=group)
-                self.cache = KVCache(model.cfg, B, p.device, weights=w, prefix=self.cache)
-            else:
-                self.cache = KVCache(model.cfg, B, p.device, weights=w)
-            self.step = decode.one_token_step(model, self.cache, compiled)
-        if self.cache is None or self.cache.prefix is None:
-            self._prefill(T)
+        # each prompt of a group read once (uncompiled steps: their keys and values shared by its rows)
+        every = 1 if compiled else group
+        w = decode.weights_for(model, self.precision) if use_cache else None
+        self.cache = KVCache(model.cfg, B // every, p.device, weights=w) if use_cache else None
+        self._prefill(T, every)
+        if every > 1:
+            self.cache = KVCache(model.cfg, B, p.device, weights=w, prefix=self.cache)
+        self.step = decode.one_token_step(model, self.cache, compiled) if use_cache else None
 
     @property
     def window(self) -> tuple[torch.Tensor, torch.Tensor]:
