@@ -522,10 +522,14 @@ def test_training_a_trained_model_again_loses_nothing(home, book, tmp_path):
     # a book replaced under the same name is other held-out text too, even for a run that learns nothing
     other.write_text("Совсем иной текст, про другое. " * 300, encoding="utf-8")
     books.add_book(home, other, name="other", overwrite=True)
-    notices = []
+    notices, before_last = [], aside("*")
+    assert len(before_last) == 3
     train(home, "m", cfg("other", max_iterations=10, learning_rate=1e-6), log=notices.append)
     assert "run.train.earlier_replaced" in [getattr(n, "code", None) for n in notices]
     assert len(aside("*/best.pt")) == 3
+    # four runs set aside by now: only the newest three stay (the first run's steps are gone)
+    assert len(aside("*")) == 3 and len(set(before_last) - set(aside("*"))) == 1
+    assert not any(p.parent == before_last[0] for p in aside("*/*.pt"))
     # ... and a paused run whose book was replaced since cannot go on where it stopped
     train(home, "m", cfg("other", max_iterations=20), log=lambda m: None, stop=StopAt(12))
     other.write_text("Третий текст, снова другой. " * 300, encoding="utf-8")

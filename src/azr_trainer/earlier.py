@@ -25,7 +25,11 @@ class EarlierRun:
     were they would count as newer than this run's (pruning would delete those, a resume would
     pick them); moved sooner, a run that fails before its first save would leave the model with
     no latest checkpoint. Both go to checkpoints/earlier/<time>/, made only when needed: a
-    refused start changes nothing."""
+    refused start changes nothing. Only the newest ``KEEP`` such folders stay: a model trained
+    again and again would otherwise fill the disk with runs nobody can resume (a few hundred MB
+    each for the original default shape)."""
+
+    KEEP = 3
 
     def __init__(self, mdir: Path):
         self.mdir, self.best = mdir, layout.best_checkpoint(mdir)
@@ -60,11 +64,13 @@ class EarlierRun:
 
     def notice(self, kept_bpb: float | None) -> Notice:
         if kept_bpb is not None:
-            return Notice("run.train.earlier_kept", best=f"{kept_bpb:.4f}", folder=str(self.folder))
-        return Notice("run.train.earlier_replaced", folder=str(self.folder))
+            return Notice("run.train.earlier_kept", best=f"{kept_bpb:.4f}", folder=str(self.folder), keep=self.KEEP)
+        return Notice("run.train.earlier_replaced", folder=str(self.folder), keep=self.KEEP)
 
     def _move(self, path: Path, copy: bool = False) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
+        if not self.folder.exists():
+            self.folder.mkdir(parents=True)
+            _prune(self.folder.parent, self.KEEP)
         try:
             if copy:
                 shutil.copy2(path, self.folder / path.name)
@@ -85,3 +91,13 @@ class EarlierRun:
             for _, path in list_step_checkpoints(self.mdir):
                 self._move(path)
         self.steps_left = False
+
+
+def _prune(parent: Path, keep: int) -> None:
+    """Delete all but the newest ``keep`` folders set aside in ``parent`` (named <time>[-n])."""
+    def when(folder: Path) -> tuple[str, int]:  # "20261206-101500-2": the second within that second
+        n = folder.name[16:]
+        return folder.name[:15], int(n) if n.isdigit() else 1
+    folders = sorted((f for f in parent.iterdir() if f.is_dir()), key=when)
+    for old in folders[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)  # a file held open elsewhere (Windows) stays till next time
