@@ -505,6 +505,14 @@ def test_five_steps(browser, studio, artifacts, tmp_path, lang):
         # training it again would start over: said before the start, with what is kept
         again = {"ru": "Модель уже обучена (120 шагов)", "en": "This model has been trained (120 steps)"}[lang]
         expect(page.get_by_test_id("train-starts-over")).to_contain_text(again)
+        # ... its best stays until beaten where the new run measures on the same held-out text; another window is other text
+        stays, other = {"ru": ("останется лучшей", "на другом тексте"), "en": ("stays the best model", "on other text")}[lang]
+        expect(page.get_by_test_id("train-starts-over")).to_contain_text(stays)
+        page.get_by_test_id("train-advanced").locator("summary").click()
+        page.get_by_test_id("train-seq_len").fill("32")
+        expect(page.get_by_test_id("train-starts-over")).to_contain_text(other)
+        page.get_by_test_id("train-seq_len").fill("")
+        expect(page.get_by_test_id("train-starts-over")).to_contain_text(stays)
 
         # The book's tokenization with the model's new tokenizer.
         tab(page, "books")

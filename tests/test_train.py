@@ -518,6 +518,10 @@ def test_training_a_trained_model_again_loses_nothing(home, book, tmp_path):
     assert "run.train.earlier_replaced" in [getattr(n, "code", None) for n in notices]
     assert safe_load(layout.best_checkpoint(mdir))["train_config"]["books"] == ["other"]
     assert len(aside("*/best.pt")) == 2
+    # what the Training page checks before the next start: the best's books, their versions, window and share
+    measured = store.get_model(home, "m").best_measured_on
+    assert measured["books"] == ["other"] and measured["val_fraction"] == 0.1 and measured["seq_len"] is None
+    assert measured["versions"] == {"other": books.version(books.get_book(home, "other"))}
 
     # a book replaced under the same name is other held-out text too, even for a run that learns nothing
     other.write_text("Совсем иной текст, про другое. " * 300, encoding="utf-8")
@@ -527,6 +531,7 @@ def test_training_a_trained_model_again_loses_nothing(home, book, tmp_path):
     train(home, "m", cfg("other", max_iterations=10, learning_rate=1e-6), log=notices.append)
     assert "run.train.earlier_replaced" in [getattr(n, "code", None) for n in notices]
     assert len(aside("*/best.pt")) == 3
+    assert store.get_model(home, "m").best_measured_on["versions"] != measured["versions"]  # the new upload
     # four runs set aside by now: only the newest three stay (the first run's steps are gone)
     assert len(aside("*")) == 3 and len(set(before_last) - set(aside("*"))) == 1
     assert not any(p.parent == before_last[0] for p in aside("*/*.pt"))

@@ -494,6 +494,11 @@ def get_book(home: Path, name: str) -> BookInfo:
         raise UserError("book.damaged", name=name) from None
 
 
+def version(info: BookInfo) -> str:
+    """Which upload of a book this is (a book replaced under its name is another version)."""
+    return f"{info.created_at}|{info.text_bytes}"
+
+
 def book_text_path(home: Path, name: str) -> Path:
     return book_text(_existing_book_dir(home, name))
 

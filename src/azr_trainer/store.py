@@ -33,13 +33,17 @@ class ModelInfo:
     last_trained: str | None = None
     books: list[str] | None = None
     recipe: dict | None = None  # the auto-sizing plan's training settings (recipe.py)
+    # what best.pt was measured on (books and their versions, window, held-out share): a new run
+    # keeps it only where it measures on the same, and the Training page says which before the start
+    best_measured_on: dict | None = None
 
     def to_dict(self) -> dict:
         d = {"name": self.name, "config": self.config.to_dict(), "created_at": self.created_at,
              "parameters": self.parameters, "trained_steps": self.trained_steps,
              "best_val_bpb": self.best_val_bpb, "last_trained": self.last_trained, "books": self.books}
-        if self.recipe is not None:
-            d["recipe"] = self.recipe
+        for key in ("recipe", "best_measured_on"):
+            if getattr(self, key) is not None:
+                d[key] = getattr(self, key)
         return d
 
 
@@ -48,7 +52,8 @@ def _info_from_json(d: dict) -> ModelInfo:
     return ModelInfo(name=d["name"], config=cfg, created_at=d["created_at"], parameters=count_parameters(cfg),
                      trained_steps=d.get("trained_steps", 0), best_val_bpb=d.get("best_val_bpb"),
                      last_trained=d.get("last_trained"), books=d.get("books"),
-                     recipe=d.get("recipe") if isinstance(d.get("recipe"), dict) else None)
+                     recipe=d.get("recipe") if isinstance(d.get("recipe"), dict) else None,
+                     best_measured_on=d.get("best_measured_on") if isinstance(d.get("best_measured_on"), dict) else None)
 
 
 def create_model(home: Path, name: str, cfg: ModelConfig, *, max_memory: int | None = None,

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import catalogue, decode, layout, store
+from . import books, catalogue, decode, layout, store
 from .autosize import check_against_run, training_precision
 from .averaging import WeightAverage
 from .checkpoint import atomic_torch_save, checkpoint_dir, init_checkpoint, list_step_checkpoints, safe_load, \
@@ -282,6 +282,9 @@ class _Pretraining(Job):
         self.held_out = hashlib.sha256(memoryview(np.ascontiguousarray(data.val))).hexdigest()[:16]
         if resume_obj is not None and resume_obj.get("held_out", self.held_out) != self.held_out:
             raise UserError("run.train.other_text", name=name)  # its best and patience were measured on other text
+        # the same, as the Training page can check it before a new run (store.ModelInfo.best_measured_on)
+        self.measured_on = {"books": list(cfg.books), "seq_len": cfg.seq_len, "val_fraction": cfg.val_fraction,
+                            "versions": {b: books.version(books.get_book(home, b)) for b in cfg.books}}
         # the milestones' yardsticks: xz on the held-out text, and the words of the books
         self.milestones = self.last_bpb = None
         if dist.is_main and data.val_bytes:
@@ -458,7 +461,7 @@ class _Pretraining(Job):
             best.pop(key, None)
         atomic_torch_save(best, layout.best_checkpoint(self.mdir))
         store.update_model(self.home, self.name, trained_steps=self.step, best_val_bpb=bpb,
-                           last_trained=utc_now(), books=self.cfg.books)
+                           last_trained=utc_now(), books=self.cfg.books, best_measured_on=self.measured_on)
 
     def _checkpoint(self, kind: str, bpb: float | None) -> dict:
         cfg = self.cfg

@@ -183,11 +183,22 @@ function renderStartsOver(m) {
   el.hidden = !(mode === "train" && m && m.trained_steps > 0);
   if (el.hidden) return;
   const steps = t("models.steps", { count: m.trained_steps, n: fmtInt(m.trained_steps) });
-  // its best stays only where the new run is measured on the same books' held-out text
-  const same = JSON.stringify([...selectedBooks].sort()) === JSON.stringify([...(m.books || [])].sort());
   el.textContent = m.best_val_bpb == null ? t("train.starts_over_no_best", { steps })
-    : same ? t("train.starts_over", { steps, bpb: fmtFixed(m.best_val_bpb, 3) })
+    : measuredOnTheSame(m) ? t("train.starts_over", { steps, bpb: fmtFixed(m.best_val_bpb, 3) })
     : t("train.starts_over_other", { steps });
+}
+
+/** Whether a new run would measure on the held-out text the model's best was measured on (its
+ * best then stays until beaten): the same books, in the same versions, window and held-out share. */
+function measuredOnTheSame(m) {
+  const chosen = [...selectedBooks];  // in the order the run reads them, as the server compares them
+  const on = m.best_measured_on;
+  if (!on) return JSON.stringify(chosen.sort()) === JSON.stringify([...(m.books || [])].sort());  // saved before it was recorded
+  const version = (name) => { const b = store.books.find((x) => x.name === name); return b && `${b.created_at}|${b.text_bytes}`; };
+  return JSON.stringify(chosen) === JSON.stringify(on.books)
+    && chosen.every((name) => version(name) === on.versions[name])
+    && (intValue($("t-seq_len")) ?? (m.recipe && m.recipe.settings || {}).seq_len ?? null) === (on.seq_len ?? null)  // an empty field: the plan's
+    && on.val_fraction === setting("train", "val_fraction").default;
 }
 
 let estimateSeq = 0;
