@@ -59,6 +59,8 @@ CONFIGS = {
     "default": {},
     "norealwords": {"real_words_weight": 0.0},  # the default before its real-word term
     "nokl": {"kl_weight": 0.0, "lm_weight": 0.0},
+    "lm05": {"lm_weight": 0.5},  # the book loss's weight, named whatever the default is
+    "lm10": {"lm_weight": 1.0},
     "original": {"reward": "original"},
     "original_nokl": {"reward": "original", "kl_weight": 0.0, "lm_weight": 0.0},
 }
