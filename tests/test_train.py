@@ -536,7 +536,10 @@ def test_training_a_trained_model_again_loses_nothing(home, book, tmp_path):
     assert len(aside("*")) == 3 and len(set(before_last) - set(aside("*"))) == 1
     assert not any(p.parent == before_last[0] for p in aside("*/*.pt"))
     # ... and a paused run whose book was replaced since cannot go on where it stopped
+    mine = mdir / "checkpoints" / "earlier" / "mine"  # a folder of the person's own there is not the trainer's to prune
+    mine.mkdir()
     train(home, "m", cfg("other", max_iterations=20), log=lambda m: None, stop=StopAt(12))
+    assert mine.is_dir() and len(aside("2*")) == 3
     other.write_text("Третий текст, снова другой. " * 300, encoding="utf-8")
     books.add_book(home, other, name="other", overwrite=True)
     with pytest.raises(UserError, match="changed since it was saved"):

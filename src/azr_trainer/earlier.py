@@ -3,6 +3,7 @@ beaten on the same held-out text, its checkpoints set aside)."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import time
 from pathlib import Path
@@ -93,11 +94,12 @@ class EarlierRun:
         self.steps_left = False
 
 
+_SET_ASIDE = re.compile(r"(\d{8}-\d{6})(?:-(\d+))?")  # 20261206-101500, 20261206-101500-2 (same second)
+
+
 def _prune(parent: Path, keep: int) -> None:
-    """Delete all but the newest ``keep`` folders set aside in ``parent`` (named <time>[-n])."""
-    def when(folder: Path) -> tuple[str, int]:  # "20261206-101500-2": the second within that second
-        n = folder.name[16:]
-        return folder.name[:15], int(n) if n.isdigit() else 1
-    folders = sorted((f for f in parent.iterdir() if f.is_dir()), key=when)
+    """Delete all but the newest ``keep`` folders set aside in ``parent``; nothing else there."""
+    named = [(m, f) for f in parent.iterdir() if f.is_dir() and (m := _SET_ASIDE.fullmatch(f.name))]
+    folders = [f for m, f in sorted(named, key=lambda mf: (mf[0][1], int(mf[0][2] or 1)))]
     for old in folders[:-keep]:
         shutil.rmtree(old, ignore_errors=True)  # a file held open elsewhere (Windows) stays till next time
