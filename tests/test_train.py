@@ -546,6 +546,19 @@ def test_training_a_trained_model_again_loses_nothing(home, book, tmp_path):
         train(home, "m", cfg("other", max_iterations=20, resume=True), log=lambda m: None)
 
 
+def test_runs_set_aside_within_one_second_are_pruned_oldest_first(home, book, monkeypatch):
+    """Runs set aside within one second (the clock stands still here) are named in the order they
+    came, so the pruning keeps the newest three, never the folder a run has just made."""
+    from azr_trainer import earlier
+    monkeypatch.setattr(earlier, "_stamp", lambda: "20261206-120000")
+    make_model(home)
+    root = layout.earlier_checkpoints_root(store.model_dir(home, "m"))
+    for _ in range(6):  # the first has nothing to set aside; each of the other five sets one run aside
+        train(home, "m", cfg(book, max_iterations=10), log=lambda m: None)
+    assert sorted(f.name for f in root.iterdir()) == [f"20261206-120000-{n}" for n in (3, 4, 5)]
+    assert all(list(f.glob("step_*.pt")) for f in root.iterdir())  # each holds its run's checkpoints
+
+
 def test_a_run_far_from_the_machines_probe_has_the_probe_measured_again(home, book, monkeypatch):
     """A probe taken while something else ran makes every plan and time estimate wrong by as
     much: a time-budgeted run that trains far faster or slower than it predicted has it measured

@@ -36,11 +36,12 @@ class EarlierRun:
         self.mdir, self.best = mdir, layout.best_checkpoint(mdir)
         self.steps_left = bool(list_step_checkpoints(mdir))
         self.best_left = self.best.exists()
-        when = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-        self.folder, n = layout.earlier_checkpoints_dir(mdir, when), 1
-        while self.folder.exists():  # two runs within a second
-            n += 1
-            self.folder = layout.earlier_checkpoints_dir(mdir, f"{when}-{n}")
+        when = _stamp()
+        # runs within one second count on after the last of that second (the first may be pruned
+        # already), so that the names sort in the order the runs came
+        n = max((_order(f)[1] for f in _set_aside(layout.earlier_checkpoints_root(mdir)) if _order(f)[0] == when),
+                default=0)
+        self.folder = layout.earlier_checkpoints_dir(mdir, when if n == 0 else f"{when}-{n + 1}")
 
     @property
     def found(self) -> bool:
@@ -71,7 +72,8 @@ class EarlierRun:
     def _move(self, path: Path, copy: bool = False) -> None:
         if not self.folder.exists():
             self.folder.mkdir(parents=True)
-            _prune(self.folder.parent, self.KEEP)
+            for old in _set_aside(self.folder.parent)[:-self.KEEP]:
+                shutil.rmtree(old, ignore_errors=True)  # a file held open elsewhere (Windows) stays till next time
         try:
             if copy:
                 shutil.copy2(path, self.folder / path.name)
@@ -94,12 +96,20 @@ class EarlierRun:
         self.steps_left = False
 
 
+def _stamp() -> str:
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+
+
 _SET_ASIDE = re.compile(r"(\d{8}-\d{6})(?:-(\d+))?")  # 20261206-101500, 20261206-101500-2 (same second)
 
 
-def _prune(parent: Path, keep: int) -> None:
-    """Delete all but the newest ``keep`` folders set aside in ``parent``; nothing else there."""
-    named = [(m, f) for f in parent.iterdir() if f.is_dir() and (m := _SET_ASIDE.fullmatch(f.name))]
-    folders = [f for m, f in sorted(named, key=lambda mf: (mf[0][1], int(mf[0][2] or 1)))]
-    for old in folders[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)  # a file held open elsewhere (Windows) stays till next time
+def _order(folder: Path) -> tuple[str, int]:
+    m = _SET_ASIDE.fullmatch(folder.name)
+    return m[1], int(m[2] or 1)
+
+
+def _set_aside(parent: Path) -> list[Path]:
+    """The folders runs were set aside in, oldest first (nothing else that may be there)."""
+    if not parent.is_dir():
+        return []
+    return sorted((f for f in parent.iterdir() if f.is_dir() and _SET_ASIDE.fullmatch(f.name)), key=_order)

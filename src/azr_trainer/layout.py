@@ -152,9 +152,14 @@ def best_checkpoint(mdir: Path) -> Path:
     return checkpoints_dir(mdir) / BEST_FILE
 
 
+def earlier_checkpoints_root(mdir: Path) -> Path:
+    """Where new training runs set aside what the runs before them left, a folder each."""
+    return checkpoints_dir(mdir) / "earlier"
+
+
 def earlier_checkpoints_dir(mdir: Path, when: str) -> Path:
     """Where a new training run sets aside the step checkpoints of the run before it."""
-    return checkpoints_dir(mdir) / "earlier" / when
+    return earlier_checkpoints_root(mdir) / when
 
 
 def init_checkpoint(mdir: Path) -> Path:
