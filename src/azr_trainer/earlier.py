@@ -39,7 +39,7 @@ class EarlierRun:
         when = _stamp()
         # runs within one second count on after the last of that second (the first may be pruned
         # already), so that the names sort in the order the runs came
-        n = max((_order(f)[1] for f in _set_aside(layout.earlier_checkpoints_root(mdir)) if _order(f)[0] == when),
+        n = max((n for stamp, n in map(_order, _set_aside(layout.earlier_checkpoints_root(mdir))) if stamp == when),
                 default=0)
         self.folder = layout.earlier_checkpoints_dir(mdir, when if n == 0 else f"{when}-{n + 1}")
 

@@ -46,9 +46,14 @@ def _read_start(path: Path, chars: int) -> str:
         return f.read(chars)
 
 
+def _book_dict(info: books_mod.BookInfo) -> dict:
+    # with the upload's version, which the Training page compares with what a best model was measured on
+    return {**info.to_dict(), "version": books_mod.version(info)}
+
+
 @router.get("/api/books", tags=["books"])
 def list_books(studio: StudioDep):
-    return [b.to_dict() for b in books_mod.list_books(studio.home)]
+    return [_book_dict(b) for b in books_mod.list_books(studio.home)]
 
 
 @router.post("/api/books", status_code=201, tags=["books"], responses=answers.route(409))
@@ -72,13 +77,13 @@ def upload_book(studio: StudioDep, file: UploadFile = File(...), name: str | Non
         info = books_mod.add_book(studio.home, source, name=name, encoding=(encoding or "").strip() or None)
     finally:
         osdeps.remove_tree(tmp)
-    return info.to_dict()
+    return _book_dict(info)
 
 
 @router.get("/api/books/{name}", tags=["books"], responses=answers.route(404))
 def get_book(studio: StudioDep, name: NamePath):
     info = books_mod.get_book(studio.home, name)
-    return {**info.to_dict(),
+    return {**_book_dict(info),
             "preview": _read_start(books_mod.book_text_path(studio.home, name), BOOK_PREVIEW_CHARS)}
 
 

@@ -194,9 +194,8 @@ function measuredOnTheSame(m) {
   const chosen = [...selectedBooks];  // in the order the run reads them, as the server compares them
   const on = m.best_measured_on;
   if (!on) return JSON.stringify(chosen.sort()) === JSON.stringify([...(m.books || [])].sort());  // saved before it was recorded
-  const version = (name) => { const b = store.books.find((x) => x.name === name); return b && `${b.created_at}|${b.text_bytes}`; };
   return JSON.stringify(chosen) === JSON.stringify(on.books)
-    && chosen.every((name) => version(name) === on.versions[name])
+    && chosen.every((name) => (store.books.find((b) => b.name === name) || {}).version === on.versions[name])
     && (intValue($("t-seq_len")) ?? (m.recipe && m.recipe.settings || {}).seq_len ?? null) === (on.seq_len ?? null)  // an empty field: the plan's
     && on.val_fraction === setting("train", "val_fraction").default;
 }
