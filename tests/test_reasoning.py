@@ -169,6 +169,22 @@ def test_ablation_modes_run(tmp_path, mode, capsys):
         assert 0 <= step["induction_solve_acc"] <= 1
 
 
+@pytest.mark.sandbox
+def test_the_learning_rate_decays_over_the_steps_when_asked(tmp_path, capsys):
+    home = tmp_path / "home"
+    assert _run(home, "m", *TINY, "--pretrain-time", "2", "--corpus-docs", "300", "--pretrain-only", "--quiet") == 0
+    capsys.readouterr()
+    assert _run(home, "m", "--mode", "pretrain", "--max-iterations", "9", "--learning-rate", "1e-3",
+                "--min-lr-ratio", "0.1", "--eval-tasks", "1", "--eval-every", "100", "--threads", "1", "--json",
+                "--quiet") == 0
+    summary = json.loads(capsys.readouterr().out)
+    events, _ = read_events(home / "models" / "m" / "runs" / summary["run"] / "events.jsonl")
+    rates = [e["lr"] for e in events if e["type"] == "step"]
+    # five steps of warm-up, then a cosine from 1e-3 towards 1e-4 over the four left
+    assert rates[:6] == pytest.approx([2e-4, 4e-4, 6e-4, 8e-4, 1e-3, 1e-3])
+    assert all(a > b for a, b in zip(rates[5:], rates[6:])) and 1e-4 < rates[-1] < 3e-4
+
+
 def _weights(home, path=None):
     from azr_trainer.checkpoint import resolve_checkpoint, safe_load
     return safe_load(path or resolve_checkpoint(home / "models" / "m", "best"))["state_dict"]

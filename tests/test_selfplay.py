@@ -212,6 +212,18 @@ def test_stopped_and_resumed_selfplay_matches_a_straight_run(home, trained):
     assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
 
 
+def test_the_learning_rate_decays_over_the_steps_or_stays_constant(home, trained):
+    rates = {}
+    for ratio in (0.1, 1.0):
+        s = selfplay(home, "m", sp(min_lr_ratio=ratio), log=lambda m: None, run_id=f"lr-{ratio}")
+        rates[ratio] = [e["lr"] for e in iter_events(s["events"]) if e["type"] == "step"]
+    # warm-up over two steps, then a cosine from 1e-3 towards 1e-4 over the four steps left
+    decayed = rates[0.1]
+    assert decayed[:3] == pytest.approx([5e-4, 1e-3, 1e-3])
+    assert all(a > b for a, b in zip(decayed[2:], decayed[3:])) and 1e-4 < decayed[-1] < 3e-4
+    assert rates[1.0] == pytest.approx([5e-4] + [1e-3] * 5)
+
+
 def test_self_prompts_reward_file_control_file_and_refusals(home, trained, tmp_path):
     f = tmp_path / "reward.py"
     f.write_text("def compute_reward(texts, prompts):\n    return [len(set(t)) for t in texts]\n", encoding="utf-8")

@@ -62,6 +62,10 @@ def test_training_lowers_loss_and_reports_everything(home, book):
     assert {"status", "step", "eval", "sample", "checkpoint"} <= kinds
     losses = [e["loss"] for e in events if e["type"] == "step"]
     assert losses[-1] < losses[0] - 0.5
+    # warm-up (a twentieth of the steps: 2), then a cosine from 3e-3 down towards a tenth of it
+    rates = [e["lr"] for e in events if e["type"] == "step"]
+    assert rates[:3] == pytest.approx([1.5e-3, 3e-3, 3e-3])
+    assert all(a > b for a, b in zip(rates[2:], rates[3:])) and 3e-4 < rates[-1] < 3.1e-4
     final_eval = [e for e in events if e["type"] == "eval"][-1]
     assert final_eval["full"] and math.isclose(final_eval["val_ppl"], math.exp(final_eval["val_loss"]), rel_tol=1e-6)
     assert summary["val_bpb"] == final_eval["val_bpb"] > 0
@@ -83,6 +87,10 @@ def test_bf16_training_on_the_cpu_learns_and_evaluates_in_fp32(home, book):
     assert next(e for e in events if e["type"] == "status" and e.get("precision"))["precision"] == "bf16"
     losses = [e["loss"] for e in events if e["type"] == "step"]
     assert losses[-1] < losses[0] - 0.5
+    # warm-up (a twentieth of the steps: 2), then a cosine from 3e-3 down towards a tenth of it
+    rates = [e["lr"] for e in events if e["type"] == "step"]
+    assert rates[:3] == pytest.approx([1.5e-3, 3e-3, 3e-3])
+    assert all(a > b for a, b in zip(rates[2:], rates[3:])) and 3e-4 < rates[-1] < 3.1e-4
     # the evaluation is the fp32 yardstick: the saved model evaluated again in fp32 gives the same figure
     final = [e for e in events if e["type"] == "eval"][-1]
     model, mcfg, _ = build_model(safe_load(list_step_checkpoints(layout.model_dir(home, "m"))[-1][1]))

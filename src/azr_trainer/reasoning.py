@@ -41,7 +41,8 @@ from .formats import FORMATS
 from .home import UserError, atomic_write_json, read_json
 from .settings import REASON
 from .rewards import pack_rows
-from .runloop import Job, StepStopped, StopRequested, check_finite, checkpoint_obj, locked, make_optimizer, run_loop
+from .runloop import Job, StepStopped, StopRequested, check_finite, checkpoint_obj, locked, make_optimizer, run_loop, \
+    warmup_cosine
 from .selfplay import exact_kl
 from .reasoning_tasks import (TASK_TYPES, Task, evaluate_tasks, grade_answers, heldout_tasks, learnability,
                               program_complexity, program_task, sample_until_end, seed_buffers, task_text,
@@ -71,6 +72,7 @@ class ReasonConfig:
     induction_inputs: int = 6      # inputs an induction proposal must give; half are held out
     temperature: float = REASON.default("temperature")  # the paper's: r̄ is estimated at temperature 1
     learning_rate: float = REASON.default("learning_rate")
+    min_lr_ratio: float = REASON.default("min_lr_ratio")  # where the rate ends when the run has an end
     warmup_iters: int = 5
     weight_decay: float = 0.0
     beta2: float = 0.99
@@ -431,7 +433,9 @@ class _Run(Job):
             raise
 
     def _optimizer_step(self) -> None:
-        lr = self.cfg.learning_rate * min(1.0, (self.step + 1) / max(1, self.cfg.warmup_iters))
+        cfg = self.cfg
+        lr = warmup_cosine(cfg.learning_rate, self.step, cfg.warmup_iters, self.budget_used(cfg.warmup_iters),
+                          cfg.min_lr_ratio)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip))

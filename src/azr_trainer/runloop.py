@@ -39,6 +39,16 @@ FIRST_EVAL_SECONDS = 30.0  # quality is visible within the first minute of any r
 EVAL_SHARE = 10            # with a time budget: about one eval per tenth of it
 
 
+def warmup_cosine(base: float, step: int, warmup: int, progress: float, floor_ratio: float) -> float:
+    """The learning rate of every kind of run: linear warm-up over ``warmup`` steps, then a cosine
+    from ``base`` down to ``floor_ratio`` × ``base`` as ``progress`` (0 → 1) goes by; a floor
+    ratio of 1 keeps the rate constant after the warm-up."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    floor = base * floor_ratio
+    return floor + 0.5 * (1 + math.cos(math.pi * min(1.0, max(0.0, progress)))) * (base - floor)
+
+
 # ---- stopping ---------------------------------------------------------------------------------
 
 class StopRequested:
@@ -238,6 +248,15 @@ class Job:
     t_start: float = 0.0
     loop_seconds: float = 0.0  # the loop's own time, without the final evaluation and save
     stop: StopRequested | None = None  # set by run_loop
+
+    def budget_used(self, warmup: int = 0) -> float:
+        """How far the run is through its budget, for a schedule that decays over it: the steps after
+        ``warmup`` of ``max_iterations``, or this invocation's share of ``max_time``, whichever is
+        further along; 0 for a run without either (it runs until stopped: nothing to decay over)."""
+        used = (self.step - warmup) / max(1, self.max_iterations - warmup) if self.max_iterations else 0.0
+        if self.max_time and self.t_start:
+            used = max(used, (time.time() - self.t_start) / self.max_time)
+        return min(1.0, max(0.0, used))
 
     def stop_requested(self) -> None:
         """Between pieces of a long step: raise StepStopped when a stop has been asked for (the

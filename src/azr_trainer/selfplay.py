@@ -89,7 +89,8 @@ from .home import NotFound, UserError, read_json
 from .milestones import book_vocabulary, real_word_share, split_text
 from .rewards import Coherence, Composite, build_reward, load_reward_file, pack_rows, parse_weights, preset_weights, \
     sample_metrics, words
-from .runloop import Job, StopRequested, check_finite, checkpoint_obj, locked, make_optimizer, run_loop
+from .runloop import Job, StopRequested, check_finite, checkpoint_obj, locked, make_optimizer, run_loop, \
+    warmup_cosine
 from .sample import generate
 from .settings import GENERATE, SELFPLAY
 from .train import evaluate
@@ -109,6 +110,7 @@ class SelfPlayConfig:
     prompt_tokens: int | None = SELFPLAY.default("prompt_tokens")
     temperature: float = SELFPLAY.default("temperature")  # low: where a small model's loops show (see BENCHMARKS.md)
     learning_rate: float = SELFPLAY.default("learning_rate")
+    min_lr_ratio: float = SELFPLAY.default("min_lr_ratio")  # where the rate ends when the run has an end
     # continuations per group decoded greedily instead of sampled (see the module doc)
     greedy_rollouts: int = SELFPLAY.default("greedy_rollouts")
     warmup_iters: int = 10
@@ -458,7 +460,8 @@ class _SelfPlay(Job):
         cfg, tokenizer, device, step = self.cfg, self.tokenizer, self.device, self.step
         model, optimizer, reward = self.model, self.optimizer, self.reward
         t0 = time.time()
-        lr = cfg.learning_rate * min(1.0, (step + 1) / max(1, cfg.warmup_iters))
+        lr = warmup_cosine(cfg.learning_rate, step, cfg.warmup_iters, self.budget_used(cfg.warmup_iters),
+                          cfg.min_lr_ratio)
         for group in optimizer.param_groups:
             group["lr"] = lr
         prompts = self.draw_prompts(step)

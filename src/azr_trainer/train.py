@@ -36,7 +36,7 @@ from .home import UserError
 from .milestones import Baselines, real_word_share, split_text
 from .model import Transformer, estimate_training_memory, training_flops_per_token
 from .runloop import Job, StopRequested, TrainingLock, _pid_alive, check_finite, checkpoint_obj, locked, \
-    make_optimizer, run_loop
+    make_optimizer, run_loop, warmup_cosine
 from .sample import generate
 from .settings import TRAIN
 
@@ -94,13 +94,10 @@ def lr_at(step: int, cfg: TrainConfig, time_fraction: float = 0.0) -> float:
     With schedule "time", progress is the share of max_time used (so a budget run ends its
     decay exactly when the budget does; such runs are not bit-exact on resume)."""
     warmup = cfg.warmup_iters if cfg.warmup_iters is not None else min(200, max(1, cfg.max_iterations // 20))
-    if step < warmup:
-        return cfg.learning_rate * (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, cfg.max_iterations - warmup))
     if cfg.schedule == "time":
         progress = max(progress, min(1.0, time_fraction))
-    floor = cfg.learning_rate * cfg.min_lr_ratio
-    return floor + 0.5 * (1 + math.cos(math.pi * progress)) * (cfg.learning_rate - floor)
+    return warmup_cosine(cfg.learning_rate, step, warmup, progress, cfg.min_lr_ratio)
 
 
 def default_sample_prompts(opening: str) -> list[str]:
