@@ -26,8 +26,9 @@ Each step:
    **exactly** over the whole next-token distribution (temperature 1) at every continuation
    position and averaged over tokens — cheap at these vocabulary sizes and without the
    variance of the k1/k3 sample estimators. Plus ``lm_weight`` × the book's next-token loss on
-   a random training batch ("continuous learning"). AdamW, gradient clipping, linear warmup
-   then a constant learning rate (self-play runs until stopped).
+   a random training batch ("continuous learning"). AdamW, gradient clipping, linear warmup,
+   then a cosine down to ``min_lr_ratio`` of the rate over the run's end (its steps or its
+   minutes, whichever comes first); a run without an end keeps the rate constant.
 
 Defaults, and why (numbers in BENCHMARKS.md, "S1"): the reward is ``rewards.PRESETS["default"]``
 — diversity ×1, repetition ×1 (word 4-grams and character 20-grams), real words ×2 (words found in
@@ -36,7 +37,10 @@ temperature 0.3, 4 prompts × 8 continuations of 96 tokens, one of each 8 greedy
 loss 1.0 (at 0.5 an 8.3 M model trained ten minutes lost two points of real words over 120 steps in
 each of three seeds; at 1.0 it held them with the same cut of loops; a P1 model wrote fewer made-up
 words at 1.0 too);
-learning rate 1e-4. At the usual sampling temperature (0.8) a small book model almost
+learning rate 1e-4, decayed to a tenth over the run (at a constant rate the end of a run landed
+on whichever step's swing the clock stopped at: made-up words and loops moved by as much from step
+to step as the whole run gained; decayed, three seeds ended with fewer loops and the held-out loss
+nearer the start). At the usual sampling temperature (0.8) a small book model almost
 never repeats a 4-gram within a continuation, so rollouts there carry no repetition signal; at
 0.3 its loops show up and the reward can push against them. The greedy member shows the reward
 the loops a person meets when decoding greedily: measured on two start models × two seeds, greedy
