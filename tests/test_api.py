@@ -664,7 +664,7 @@ def test_selfplay_needs_a_trained_model_and_sane_settings(studio):
 
 def test_selfplay_run_completes_with_rewards_and_a_checkpoint(studio, play, player):
     body = {"model": player, **SELFPLAY, "max_iterations": 3, "reward": "original", "kl_weight": 0.2,
-            "lm_weight": 0.3, "temperature": 0.5, "learning_rate": 2e-4, "checkpoint": "latest"}
+            "lm_weight": 0.3, "temperature": 0.5, "learning_rate": 2e-4, "min_lr_ratio": 1.0, "checkpoint": "latest"}
     r = studio.http.post("/api/runs", json=body)
     assert r.status_code == 201, r.text
     run = r.json()
@@ -679,8 +679,8 @@ def test_selfplay_run_completes_with_rewards_and_a_checkpoint(studio, play, play
     started = next(e for e in events if e["type"] == "status" and e["state"] == "started")
     assert started["kind"] == "selfplay" and started["start"]["step"] == 20
     settings = started["selfplay_config"]  # what the worker really ran with: every setting got through
-    for key in ("reward", "kl_weight", "lm_weight", "temperature", "learning_rate", "group_size", "prompts_per_step",
-                "eval_every", "seed", "max_iterations"):
+    for key in ("reward", "kl_weight", "lm_weight", "temperature", "learning_rate", "min_lr_ratio", "group_size",
+                "prompts_per_step", "eval_every", "seed", "max_iterations"):
         assert settings[key] == body[key], key
     assert set(started["reward_weights"]) == {"diversity", "length"}  # the "original" preset
     steps = [e for e in events if e["type"] == "step"]

@@ -226,7 +226,7 @@ SELFPLAY = Group(
     # With an end (steps or time) the rate decays over it to this share, so the run ends on settled
     # weights rather than on one step's swing; 1 keeps it constant (BENCHMARKS.md, S1, "The rate
     # decayed over the run").
-    Setting("min_lr_ratio", float, 0.1, min=0, max=1),
+    Setting("min_lr_ratio", float, 0.1, min=0, max=1, studio=True),
     _s(_WEIGHT, 0.1, studio=True, label="train.sp.kl_weight"),
     # The book's own next-token loss beside the reward: after 120 steps from a ten-minute 8.3 M model,
     # 0.5 lost two points of real words and 1.0 held them, the same cut of loops, in three seeds; at
@@ -273,7 +273,7 @@ REASON = Group(
     _s(_LR, 1e-4, studio=True, label="train.rs.learning_rate"),
     # With an end, the rate can decay over it to this share; constant by default: R1 measured its arms
     # at a constant rate, and no reasoning benchmark has measured a decay yet.
-    Setting("min_lr_ratio", float, 1.0, min=0, max=1),
+    Setting("min_lr_ratio", float, 1.0, min=0, max=1, studio=True),
     _s(_WEIGHT, 0.0, studio=True),
     Setting("seed_rounds", int, 5, min=1),
     Setting("max_answer_tokens", int, None, min=1, unit="tokens"),
