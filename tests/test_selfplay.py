@@ -218,10 +218,17 @@ def test_the_learning_rate_decays_over_the_steps_or_stays_constant(home, trained
         s = selfplay(home, "m", sp(min_lr_ratio=ratio), log=lambda m: None, run_id=f"lr-{ratio}")
         rates[ratio] = [e["lr"] for e in iter_events(s["events"]) if e["type"] == "step"]
     # warm-up over two steps, then a cosine from 1e-3 towards 1e-4 over the four steps left
-    decayed = rates[0.1]
-    assert decayed[:3] == pytest.approx([5e-4, 1e-3, 1e-3])
-    assert all(a > b for a, b in zip(decayed[2:], decayed[3:])) and 1e-4 < decayed[-1] < 3e-4
+    cosine = [1e-4 + 0.5 * (1 + math.cos(math.pi * i / 4)) * 9e-4 for i in range(4)]
+    assert rates[0.1] == pytest.approx([5e-4, 1e-3] + cosine, rel=1e-6)
     assert rates[1.0] == pytest.approx([5e-4] + [1e-3] * 5)
+    # without an end there is nothing to decay over; with minutes alone the rate decays over them
+    s = selfplay(home, "m", sp(max_iterations=None, min_lr_ratio=0.1), stop=StopAt(5), log=lambda m: None,
+                 run_id="lr-open")
+    assert [e["lr"] for e in iter_events(s["events"]) if e["type"] == "step"] == pytest.approx([5e-4] + [1e-3] * 4)
+    s = selfplay(home, "m", sp(max_iterations=None, max_time=4.0, eval_every=10**6, min_lr_ratio=0.1),
+                 log=lambda m: None, run_id="lr-time")
+    timed = [e["lr"] for e in iter_events(s["events"]) if e["type"] == "step"]
+    assert len(timed) > 4 and all(a >= b for a, b in zip(timed[1:], timed[2:])) and timed[-1] < 5e-4
 
 
 def test_self_prompts_reward_file_control_file_and_refusals(home, trained, tmp_path):

@@ -57,7 +57,8 @@ Evals (``eval_every``) sample ``eval_prompts`` fixed validation prompts at ``eva
 Checkpoints use the training format (``checkpoint.FORMAT``: weights, tokenizer, config, so
 ``azr generate NAME --checkpoint selfplay`` and export work unchanged) plus optimizer, step,
 data-sampler RNG and the self-prompt pool, so a resumed run repeats a straight run's numbers
-exactly. They live apart from pretraining, one folder per run::
+exactly (where its rate decays over minutes rather than steps, a resumed invocation starts its
+minutes afresh, as training's does). They live apart from pretraining, one folder per run::
 
     models/<m>/checkpoints/selfplay/<run>/reference.pt      the frozen starting model
     models/<m>/checkpoints/selfplay/<run>/step_0000050.pt   self-play checkpoints (meta kind "selfplay")
@@ -331,8 +332,9 @@ class _SelfPlay(Job):
                 raise (UserError("run.nothing_to_resume_run", run=run_id) if run_id else
                        UserError("run.nothing_to_resume_selfplay", name=name))
             resume_obj = safe_load(path)
-            # a run saved before the real-word term or the greedy rollouts resumes as it ran
-            saved = {"real_words_weight": 0.0, "greedy_rollouts": 0, **resume_obj["selfplay_config"]}
+            # a run saved before the real-word term, the greedy rollouts or the decayed rate resumes as it ran
+            saved = {"real_words_weight": 0.0, "greedy_rollouts": 0, "min_lr_ratio": 1.0,
+                     **resume_obj["selfplay_config"]}
             known = {f.name for f in fields(SelfPlayConfig)}
             cfg = SelfPlayConfig(**{**{k: v for k, v in saved.items() if k in known},
                                     **{k: getattr(cfg, k) for k in SelfPlayConfig.RUN_CONTROL}}).validate()
