@@ -231,6 +231,19 @@ def test_the_learning_rate_decays_over_the_steps_or_stays_constant(home, trained
     assert len(timed) > 4 and all(a >= b for a, b in zip(timed[1:], timed[2:])) and timed[-1] < 5e-4
 
 
+def test_a_run_saved_before_the_rate_decayed_resumes_at_its_constant_rate(home, trained):
+    first = selfplay(home, "m", sp(), stop=StopAt(3), log=lambda m: None, run_id="older")
+    assert first["step"] == 3
+    path = home / "models" / "m" / "checkpoints" / "selfplay" / "older" / "step_0000003.pt"
+    obj = torch.load(path, weights_only=True)
+    del obj["selfplay_config"]["min_lr_ratio"]  # what a file written before the setting holds
+    torch.save(obj, path)
+    resumed = selfplay(home, "m", sp(resume=True), log=lambda m: None, run_id="older")
+    assert resumed["step"] == 6
+    rates = [e["lr"] for e in iter_events(resumed["events"]) if e["type"] == "step"]
+    assert rates[-3:] == pytest.approx([1e-3] * 3)
+
+
 def test_self_prompts_reward_file_control_file_and_refusals(home, trained, tmp_path):
     f = tmp_path / "reward.py"
     f.write_text("def compute_reward(texts, prompts):\n    return [len(set(t)) for t in texts]\n", encoding="utf-8")
