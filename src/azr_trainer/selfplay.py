@@ -39,8 +39,8 @@ each of three seeds; at 1.0 it held them with the same cut of loops; a P1 model 
 words at 1.0 too);
 learning rate 1e-4, decayed to a tenth over the run (at a constant rate the end of a run landed
 on whichever step's swing the clock stopped at: made-up words and loops moved by as much from step
-to step as the whole run gained; decayed, three seeds ended with fewer loops and the held-out loss
-nearer the start). At the usual sampling temperature (0.8) a small book model almost
+to step as the whole run gained; decayed, four seeds ended with about half the loops and a third of
+the held-out loss's drift, for most of a point of real words). At the usual sampling temperature (0.8) a small book model almost
 never repeats a 4-gram within a continuation, so rollouts there carry no repetition signal; at
 0.3 its loops show up and the reward can push against them. The greedy member shows the reward
 the loops a person meets when decoding greedily: measured on two start models × two seeds, greedy
