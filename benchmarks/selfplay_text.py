@@ -46,8 +46,8 @@ from azr_trainer.data import prepare_data
 from azr_trainer.milestones import book_vocabulary, split_text
 from azr_trainer.model import ModelConfig
 from azr_trainer.rewards import Coherence, build_reward, preset_weights, repeated_ngram_rate, words
-from azr_trainer.selfplay import SelfPlayConfig, default_length_target, evaluate_samples, selfplay, \
-    validation_prompts
+from azr_trainer.sample_eval import default_length_target, evaluate_samples, validation_prompts
+from azr_trainer.selfplay import SelfPlayConfig, selfplay
 from azr_trainer.train import TrainConfig, evaluate, train
 
 HERE = Path(__file__).resolve().parent

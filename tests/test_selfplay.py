@@ -14,8 +14,9 @@ from azr_trainer.home import UserError
 from azr_trainer.model import ModelConfig, Transformer
 from azr_trainer.rewards import Coherence, pack_rows
 from azr_trainer.sample import generate
-from azr_trainer.selfplay import SelfPlayConfig, evaluate_samples, exact_kl, group_advantages, \
-    latest_selfplay_checkpoint, prime_coherence, read_prompt_file, selfplay
+from azr_trainer.sample_eval import evaluate_samples, read_prompt_file
+from azr_trainer.selfplay import SelfPlayConfig, exact_kl, group_advantages, latest_selfplay_checkpoint, \
+    prime_coherence, selfplay
 from azr_trainer.train import StopRequested, TrainConfig, train
 
 from test_train import StopAt  # stops at an exact step, as Ctrl-C would

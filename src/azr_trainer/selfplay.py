@@ -92,11 +92,13 @@ from .events import EventLog, Listener, new_run_id
 from .errors import Notice
 from .home import NotFound, UserError, read_json
 from .milestones import book_vocabulary, real_word_share, split_text
-from .rewards import Coherence, Composite, build_reward, load_reward_file, pack_rows, parse_weights, preset_weights, \
-    sample_metrics, words
+from .rewards import Coherence, build_reward, load_reward_file, pack_rows, parse_weights, preset_weights, \
+    sample_metrics
 from .runloop import Job, StopRequested, check_finite, checkpoint_obj, locked, make_optimizer, run_loop, \
     warmup_cosine
 from .sample import generate
+from .sample_eval import default_length_target, evaluate_samples, line_prompt, read_prompt_file, \
+    validation_prompts
 from .settings import GENERATE, SELFPLAY
 from .train import evaluate
 
@@ -198,67 +200,6 @@ def exact_kl(logits: torch.Tensor, ref_logits: torch.Tensor) -> torch.Tensor:
     return (logp.exp() * (logp - logq)).sum(-1)
 
 
-def validation_prompts(data: PreparedData, tokenizer, n: int, prompt_tokens: int) -> list[list[int]]:
-    """``n`` fixed prompts from the validation split: evenly spaced, each starting at a line."""
-    val = data.val
-    span = 3 * prompt_tokens
-    if len(val) <= span + 1:
-        return [[tokenizer.eot_id]] * n
-    starts = np.linspace(1, len(val) - span - 1, n).astype(int).tolist()
-    return [_line_prompt(tokenizer, val[s:s + span], prompt_tokens) for s in starts]
-
-
-def _line_prompt(tokenizer, chunk, prompt_tokens: int) -> list[int]:
-    """Decode a stretch of tokens, start after its first newline, re-encode, keep ``prompt_tokens``."""
-    text = tokenizer.decode(np.asarray(chunk, dtype=np.int64).tolist())
-    cut = text.find("\n")
-    if 0 <= cut < len(text) - 1:
-        text = text[cut + 1:]
-    text = text.lstrip("\ufffd")
-    ids = tokenizer.encode(text)[:prompt_tokens]
-    return ids or [tokenizer.eot_id]
-
-
-def read_prompt_file(path: str | Path) -> list[str]:
-    """One prompt per line (UTF-8); blank lines are skipped; ``\\n`` inside a line is a newline."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError("codes.prompt_file_missing", path=str(path))
-    try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
-    except UnicodeDecodeError:
-        raise UserError("codes.prompt_file_encoding", path=str(path)) from None
-    prompts = [line.replace("\\n", "\n") for line in lines if line.strip()]
-    if not prompts:
-        raise UserError("codes.prompt_file_empty", path=str(path))
-    return prompts
-
-
-@torch.no_grad()
-def evaluate_samples(model, tokenizer, prompts: list[list[int]], *, length: int, temperature: float, seed: int,
-                     reward: Composite | None = None, batch_size: int = 64) -> dict:
-    """Continue each prompt once (fixed seed, no top-k; temperature 0 is greedy) and measure the
-    samples: repeated-4-gram rate, distinct-2 (words; see rewards.py), and the reward with each
-    component. The model's own fp32 weights decode them: the faster precision a decode would
-    measure and pick varies with the machine's load, and its rounding changes greedy text, so two
-    evaluations would differ where the models do not."""
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    texts: list[str] = []
-    for i in range(0, len(prompts), batch_size):
-        outs = generate(model, prompts[i:i + batch_size], max_new_tokens=length, temperature=temperature, top_k=None,
-                        top_p=None, generator=gen, eot_id=tokenizer.eot_id, precision="fp32")
-        texts += [tokenizer.decode(o) for o in outs]
-    prompt_texts = [tokenizer.decode(p) for p in prompts]
-    res = {f"sample_{k}": v for k, v in sample_metrics(texts).items()}
-    if reward is not None:
-        comps = reward.components(texts, prompt_texts)
-        res["sample_reward"] = float(np.mean(reward.combine(comps)))
-        for k, v in comps.items():
-            res[f"sample_reward_{k}"] = float(np.mean(v))
-    res["texts"], res["prompts"] = texts, prompt_texts
-    return res
-
-
 def prime_coherence(coherence: Coherence, rows, outs, texts, prompt_texts, ref_logits, y, mask) -> int:
     """Give ``coherence`` its scores of the rollouts from the frozen model's logits, which the KL
     term computes anyway, so that scoring costs no second forward pass. Only rows whose text
@@ -294,13 +235,6 @@ def _load_data(home: Path, mdir: Path, book_names: list[str], mcfg, tokenizer, l
         meta = read_json(meta_path)
         log(Notice("cli.warning", warning=Notice("cli.book_gone_tokens_kept")))
         return PreparedData(*open_data(mdir, meta), meta["val_bytes"], meta["train_bytes"], tokenizer, [])
-
-
-def default_length_target(data: PreparedData, tokenizer, rollout_tokens: int) -> float:
-    """90% of the words that ``rollout_tokens`` tokens of the book usually hold."""
-    sample = np.asarray(data.train[:min(len(data.train), 20000)], dtype=np.int64).tolist()
-    per_token = len(words(tokenizer.decode(sample))) / max(1, len(sample))
-    return max(1.0, round(0.9 * per_token * rollout_tokens, 1))
 
 
 # ---- the run --------------------------------------------------------------------------------
@@ -460,7 +394,7 @@ class _SelfPlay(Job):
         span = 3 * cfg.prompt_tokens
         train = self.data.train
         starts = torch.randint(max(1, len(train) - span), (n,), generator=g).tolist()
-        return [_line_prompt(tokenizer, train[s:s + span], cfg.prompt_tokens) for s in starts]
+        return [line_prompt(tokenizer, train[s:s + span], cfg.prompt_tokens) for s in starts]
 
     def train_step(self) -> None:
         cfg, tokenizer, device, step = self.cfg, self.tokenizer, self.device, self.step
