@@ -11,13 +11,14 @@ import time
 import pytest
 import torch
 
-from azr_trainer import layout, osdeps, store
+from azr_trainer import books, layout, osdeps, store
 from azr_trainer.checkpoint import build_model, list_step_checkpoints, safe_load
 from azr_trainer.data import prepare_data
 from azr_trainer.events import iter_events
 from azr_trainer.home import Conflict, UserError
 from azr_trainer.model import ModelConfig
 from azr_trainer.train import StopRequested, TrainConfig, evaluate, train
+from conftest import make_text
 
 SHAPE = dict(vocab_size=300, d_model=32, num_layers=2, num_heads=4, d_ff=64, max_seq_len=32)
 
@@ -243,7 +244,6 @@ def test_resume_without_checkpoint_or_with_other_books_is_refused(home, book, tm
     with pytest.raises(UserError, match="Nothing to resume"):
         train(home, "m", cfg(book, resume=True), log=lambda m: None)
     train(home, "m", cfg(book, max_iterations=3), log=lambda m: None)
-    from azr_trainer import books
     src = tmp_path / "other.txt"
     src.write_text("another book\n" * 200, encoding="utf-8")
     books.add_book(home, src, name="other")
@@ -463,7 +463,6 @@ def test_the_best_model_is_kept_when_an_evaluation_finds_it_not_only_at_a_save(h
     """A small book overfits long before a time-budget run's next save: the model an evaluation
     found best is what best.pt holds (and what generation and export then use by default)."""
     from azr_trainer import books
-    from conftest import make_text
     path = tmp_path / "tiny.txt"
     path.write_text(make_text(n_lines=40, seed=3), encoding="utf-8")
     books.add_book(home, path, name="tiny")
@@ -604,3 +603,22 @@ def test_a_run_far_from_the_machines_probe_has_the_probe_measured_again(home, bo
     assert len(json.loads(speed_file.read_text())) == 1
     assert autosize.check_against_run(home, 1, model_cfg, 32, 8, "fp32", expected / 2.5, 60.0) == pytest.approx(0.4)
     assert json.loads(speed_file.read_text()) == {}
+
+
+def test_a_time_budget_ends_within_five_percent_of_its_length_even_where_the_whole_held_out_split_is_large(
+        home, tmp_path):
+    # A book whose held-out tenth takes the tiny model much more than its share of the budget to
+    # read: the final evaluation fits inside the budget (as many evenly spaced windows as its share
+    # allows, more than a periodic one reads), not on after it.
+    src = tmp_path / "long.txt"
+    src.write_text("".join(make_text(n_lines=400, seed=s) for s in range(150)), encoding="utf-8")
+    name = books.add_book(home, src, name="long").name
+    make_model(home)
+    budget = 6.0
+    s = train(home, "m", cfg(name, max_iterations=10**6, eval_every=10**6, save_every=10**6, max_time=budget,
+                             sample_prompts=[]), log=lambda m: None)
+    assert s["status"] == "stopped"
+    assert abs(s["wall_seconds"] - budget) <= 0.05 * budget, s["wall_seconds"]
+    final = [e for e in iter_events(s["events"]) if e["type"] == "eval"][-1]
+    periodic = [e for e in iter_events(s["events"]) if e["type"] == "eval" and e["step"] < s["step"]]
+    assert final["step"] == s["step"] and final["val_tokens"] > periodic[-1]["val_tokens"]

@@ -15,6 +15,8 @@ same for every kind:
   going away, out of memory; a job whose step is long checks the stop between its pieces
   (:meth:`Job.stop_requested`) and gives the step up; then a final eval (the whole validation split on a normal end, the
   quick subset on pause/cancel), the final checkpoint, and the ``status`` event with the summary.
+  With ``max_time`` the steps stop ``Job.final_reserve`` seconds early, what the kind expects its
+  final eval to take, so that the run ends within its time.
 
 Status events keep their English ``message`` (what earlier readers parse) and carry ``code``
 and ``params`` from the message catalogue (``msg.run.*``).
@@ -37,6 +39,7 @@ from .home import Conflict, UserError
 
 FIRST_EVAL_SECONDS = 30.0  # quality is visible within the first minute of any run
 EVAL_SHARE = 10            # with a time budget: about one eval per tenth of it
+FINAL_EVAL_SHARE = 0.02    # with a time budget: the most of it the final evaluation may take
 
 
 def warmup_cosine(base: float, step: int, warmup: int, progress: float, floor_ratio: float) -> float:
@@ -241,6 +244,7 @@ class Job:
     elapsed_before: float = 0.0  # wall seconds of earlier invocations of the run
     max_iterations: int | None = None
     max_time: float | None = None
+    final_reserve: float = 0.0   # with max_time: seconds left at its end for the final evaluation
     eval_every: int = 1
     save_every: int = 1
     log_every: int = 1
@@ -338,7 +342,8 @@ def run_loop(job: Job, stop: StopRequested, *, kind: str | None = None) -> dict:
             if trimmer is not None:
                 trimmer.after_step()
             now = time.time()
-            out_of_time = job.max_time is not None and now - t_start >= job.max_time
+            # the final evaluation comes out of the budget, not after it
+            out_of_time = job.max_time is not None and now - t_start + job.final_reserve >= job.max_time
             why = stop.check()
             # every process must stop at the same step (DDP), or the others wait forever
             stop_now = job.sync(out_of_time or bool(why) or bool(job.learned_enough))

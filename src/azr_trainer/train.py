@@ -35,7 +35,7 @@ from .errors import Notice
 from .home import UserError
 from .milestones import Baselines, real_word_share, split_text
 from .model import Transformer, estimate_training_memory, training_flops_per_token
-from .runloop import Job, StopRequested, TrainingLock, _pid_alive, check_finite, checkpoint_obj, locked, \
+from .runloop import FINAL_EVAL_SHARE, Job, StopRequested, TrainingLock, _pid_alive, check_finite, checkpoint_obj, locked, \
     make_optimizer, run_loop, warmup_cosine
 from .sample import generate
 from .settings import TRAIN
@@ -326,6 +326,8 @@ class _Pretraining(Job):
         self.events = EventLog(layout.events_file(run_dir(home, name, self.run_id)) if dist.is_main else None,
                                self.run_id, listeners)
         self.max_iterations, self.max_time = cfg.max_iterations, cfg.max_time
+        self.final_windows: int | None = None  # the final evaluation's windows (None: the whole split)
+        self.sample_seconds = 0.0  # the last round of samples
         self.eval_every, self.save_every, self.log_every = cfg.eval_every, cfg.save_every, cfg.log_every
         self.sample_every = cfg.sample_every if cfg.sample_every and cfg.sample_every != cfg.eval_every else None
 
@@ -412,8 +414,11 @@ class _Pretraining(Job):
     def evaluate(self, full: bool) -> dict:
         if not self.dist.is_main:
             return {}
+        t0 = time.time()
         res = evaluate(self.served, self.data.val, self.data.val_bytes, self.seq_len, self.device, self.eval_autocast,
-                       None if full else self.cfg.eval_windows)
+                       self.final_windows if full else self.cfg.eval_windows)
+        if res and not full and self.max_time:
+            self._plan_final_eval(time.time() - t0, res["val_tokens"])
         if res and self.milestones is not None and self.milestones.xz_bpb is not None:
             res["xz_bpb"] = round(self.milestones.xz_bpb, 4)
             self.last_bpb = res.get("val_bpb")
@@ -471,10 +476,26 @@ class _Pretraining(Job):
                               rng={"torch": torch.get_rng_state(), "data": self.sampler.state()},
                               milestones_passed=sorted(self.milestones.passed) if self.milestones else [], **trained)
 
+    def _plan_final_eval(self, seconds: float, tokens: int) -> None:
+        """With a time budget the final evaluation ends inside it: the whole held-out split where
+        reading it takes at most FINAL_EVAL_SHARE of the budget (timed by this periodic one), else
+        as many evenly spaced windows as fit (the eval event says ``full`` false); the loop stops
+        that much, and a round of samples, before the budget's end."""
+        per_token = seconds / max(1, tokens)
+        all_tokens = len(self.data.val) - 1
+        fits = int(FINAL_EVAL_SHARE * self.max_time / per_token)
+        if fits >= all_tokens or self.cfg.eval_windows is None:
+            self.final_windows, final_tokens = None, all_tokens
+        else:
+            self.final_windows = max(self.cfg.eval_windows, fits // self.seq_len)
+            final_tokens = self.final_windows * self.seq_len
+        self.final_reserve = final_tokens * per_token + self.sample_seconds
+
     def samples(self) -> None:
         cfg, tokenizer = self.cfg, self.tokenizer
         if not self.dist.is_main or not cfg.sample_prompts:
             return
+        t0 = time.time()
         gen = torch.Generator(device="cpu").manual_seed(cfg.seed + self.step)
         was_training = self.served.training
         self.served.eval()
@@ -488,6 +509,7 @@ class _Pretraining(Job):
         decode.release(self.served)
         self.served.train(was_training)
         self._report_milestones(texts)
+        self.sample_seconds = time.time() - t0
 
     def _report_milestones(self, texts: list[str]) -> None:
         """The share of real words in this round of samples, and any milestone passed for the first time."""
