@@ -575,6 +575,28 @@ def test_pause_resume_cancel(studio, play):
     assert studio.wait(again.json()["id"])["state"] == "cancelled"
 
 
+def test_a_studio_run_shows_its_first_evaluation_within_30_s_whatever_its_steps(studio, play):
+    # The page's ten minutes, and a step cadence that would bring no evaluation for hours (a large
+    # model on a slow machine): the clock brings the first one, so a person sees within half a
+    # minute whether the model learns.
+    new_model(studio, "clock")
+    run = studio.http.post("/api/runs", json={"model": "clock", "books": [play], "threads": 1,
+                                              "eval_every": 10**6}).json()
+    deadline, evals = time.time() + 90, []
+    while time.time() < deadline and not evals:
+        events = studio.http.get(f"/api/runs/{run['id']}/events").json()["events"]
+        evals = [e for e in events if e["type"] == "eval"]
+        time.sleep(0.5)
+    studio.http.post(f"/api/runs/{run['id']}/cancel")
+    assert evals, "no evaluation within 90 s"
+    started = next(e for e in events if e["type"] == "status" and e["state"] == "started")
+    first_step = min(e["time"] for e in events if e["type"] == "step")
+    assert evals[0]["step"] > 0 and evals[0]["val_bpb"] > 0
+    assert evals[0]["time"] - started["time"] <= 30.0, (evals[0]["time"] - started["time"], first_step)
+    assert evals[0]["time"] - first_step >= 10.0  # by the clock: the steps asked for none
+    assert studio.wait(run["id"])["state"] == "cancelled"
+
+
 @pytest.mark.skipif(os.name != "posix", reason="kills the worker with SIGKILL")
 def test_a_killed_worker_becomes_failed_and_the_server_keeps_answering(studio, play):
     new_model(studio, "doomed")
