@@ -249,9 +249,15 @@ def test_self_prompts_reward_file_control_file_and_refusals(home, trained, tmp_p
     f = tmp_path / "reward.py"
     f.write_text("def compute_reward(texts, prompts):\n    return [len(set(t)) for t in texts]\n", encoding="utf-8")
     control = tmp_path / "control"
-    control.write_text("pause", encoding="utf-8")
+
+    def pause_after_the_first_step(event):  # as the studio's pause button would
+        if event["type"] == "step":
+            control.write_text("pause", encoding="utf-8")
+
     s = selfplay(home, "m", sp(prompt_source="self", reward="file", reward_file=str(f), kl_weight=0.0,
-                               lm_weight=0.0, reward_weights=None), stop=StopRequested(control), log=lambda m: None)
+                               lm_weight=0.0, reward_weights=None), listeners=[pause_after_the_first_step],
+                 stop=StopRequested(control), log=lambda m: None)
+    # seen inside step 2: that step is given up, the run pauses at step 1
     assert s["status"] == "paused" and s["step"] == 1
     first = next(e for e in iter_events(s["events"]) if e["type"] == "status")
     assert first["reward_weights"] == {"custom": 1.0}
@@ -345,3 +351,41 @@ def test_cli_selfplay_runs_and_resumes(home, trained, capsys, tmp_path):
     assert "raised RuntimeError: boom" in capsys.readouterr().err
     assert main(["selfplay", "m", "--reward", "nice", "--max-iterations", "1", "--threads", "1"]) == 2
     assert "Unknown reward “nice”" in capsys.readouterr().err
+
+
+class StopInsideStep(StopRequested):
+    """Asks for a cancel from inside step ``at``, at its ``piece``-th check (the loop's own check
+    comes once a step, after it)."""
+
+    def __init__(self, at: int, piece: int):
+        super().__init__()
+        self.whole_steps, self.at, self.piece, self.inside = 0, at, piece, 0
+
+    def check(self):
+        self.whole_steps += 1
+        return self.reason
+
+    def asked(self):
+        if self.whole_steps + 1 == self.at:
+            self.inside += 1
+            if self.inside == self.piece:
+                self.request("cancel")
+        return self.reason
+
+
+@pytest.mark.parametrize("piece", [1, 2], ids=["after the rollouts", "between the two backward passes"])
+def test_a_cancel_inside_a_step_gives_the_step_up_and_the_resumed_run_matches_a_straight_one(home, trained, piece):
+    a = selfplay(home, "m", sp(), log=lambda m: None, run_id="whole")
+    stop = StopInsideStep(at=3, piece=piece)
+    first = selfplay(home, "m", sp(), stop=stop, log=lambda m: None, run_id="cut")
+    # cancelled within step 3, before its update: the run is saved at step 2, with an evaluation
+    assert first["status"] == "cancelled" and first["step"] == 2 and stop.inside == piece
+    events = list(iter_events(first["events"]))
+    assert [e["step"] for e in events if e["type"] == "step"] == [1, 2]
+    assert [e for e in events if e["type"] == "eval"][-1]["step"] == 2
+    b = selfplay(home, "m", sp(resume=True), log=lambda m: None, run_id="cut")
+    assert b["step"] == 6
+    na, nb = step_numbers(a["events"]), step_numbers(b["events"])
+    for s in na:
+        assert na[s] == pytest.approx(nb[s], abs=1e-5), s
+    assert a["val_bpb"] == pytest.approx(b["val_bpb"], abs=1e-5)

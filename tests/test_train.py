@@ -49,6 +49,9 @@ class StopAt(StopRequested):
             self.request(self.why)
         return self.reason
 
+    def asked(self):  # from inside a step: not a step of its own
+        return self.reason
+
 
 def step_losses(events_path):
     return {e["step"]: e["loss"] for e in iter_events(events_path) if e["type"] == "step"}

@@ -41,7 +41,7 @@ from .formats import FORMATS
 from .home import UserError, atomic_write_json, read_json
 from .settings import REASON
 from .rewards import pack_rows
-from .runloop import Job, StepStopped, StopRequested, check_finite, checkpoint_obj, locked, make_optimizer, run_loop, \
+from .runloop import Job, StopRequested, check_finite, checkpoint_obj, locked, make_optimizer, run_loop, \
     warmup_cosine
 from .selfplay import exact_kl
 from .reasoning_tasks import (TASK_TYPES, Task, evaluate_tasks, grade_answers, heldout_tasks, learnability,
@@ -404,7 +404,7 @@ class _Run(Job):
         order = list(range(len(rows)))
         for i in range(0, len(order), 16):  # micro-batches keep memory flat
             if i:
-                self._stop_between_micro_batches()
+                self.stop_requested(self.optimizer)
             idx = order[i:i + 16]
             x, y, mask = pack_rows([rows[j] for j in idx], self.mcfg.max_seq_len)
             x, y, mask = x.to(self.device), y.to(self.device), mask.to(self.device)
@@ -424,13 +424,6 @@ class _Run(Job):
         self._optimizer_step()
         check_finite(loss_sum, self.step + 1, cfg.learning_rate)
         return loss_sum, (kl_sum if self.ref is not None else None)
-
-    def _stop_between_micro_batches(self) -> None:
-        try:
-            self.stop_requested()
-        except StepStopped:
-            self.optimizer.zero_grad(set_to_none=True)  # the step is given up: so is its gradient
-            raise
 
     def _optimizer_step(self) -> None:
         cfg = self.cfg

@@ -77,6 +77,11 @@ class StopRequested:
             self.reason = "parent-exited"
         return self.reason
 
+    def asked(self) -> str | None:
+        """The same question asked from inside a step (:meth:`Job.stop_requested`); :meth:`check`
+        is the loop's own, once a step."""
+        return self.check()
+
 
 class StepStopped(Exception):
     """A job's step (or its work before the loop) saw a stop request between two pieces of its
@@ -264,10 +269,13 @@ class Job:
             used = max(used, (time.time() - self.t_start) / self.max_time)
         return min(1.0, max(0.0, used))
 
-    def stop_requested(self) -> None:
+    def stop_requested(self, optimizer: torch.optim.Optimizer | None = None) -> None:
         """Between pieces of a long step: raise StepStopped when a stop has been asked for (the
-        step is given up; the run ends at the last whole step, saved)."""
-        if self.stop is not None and self.stop.check():
+        step is given up, with the gradient it has put in ``optimizer``'s parameters so far; the
+        run ends at the last whole step, saved)."""
+        if self.stop is not None and self.stop.asked():
+            if optimizer is not None:
+                optimizer.zero_grad(set_to_none=True)
             raise StepStopped
 
     def start_fields(self) -> dict:

@@ -412,6 +412,7 @@ class _SelfPlay(Job):
                         greedy_rows=[i % cfg.group_size < cfg.greedy_rollouts for i in range(len(rows))])
         decode.release(model)  # the update below changes the weights
         gen_s = time.time() - t0
+        self.stop_requested()  # a stop asked for during the rollouts: the step is given up here
         n_new = sum(len(o) for o in outs)
         texts = [tokenizer.decode(o) for o in outs]
         prompt_texts = [tokenizer.decode(p) for p in rows]
@@ -440,18 +441,23 @@ class _SelfPlay(Job):
             logp1 = torch.log_softmax(logits, -1)
             entropy = float((-(logp1.exp() * logp1).sum(-1) * mask).sum() / n_tok)
         loss = policy_loss + cfg.kl_weight * kl
+        # Two backward passes, the rollouts' and then the book batch's, so that a stop asked for
+        # between them answers within half a step (the gradient so far is dropped, no sampler
+        # draw is spent), and the rollouts' graph is freed before the book batch's is built.
+        loss.backward()
         lm_loss = None
         if self.sampler is not None:
+            self.stop_requested(optimizer)
             xb, yb = self.sampler.next(device)
             with self.autocast():
                 _, lm = model(xb, yb)
-            loss = loss + cfg.lm_weight * lm
+            (cfg.lm_weight * lm).backward()
             lm_loss = float(lm.detach())
-        loss.backward()
+        total_loss = float(loss.detach()) + (cfg.lm_weight * lm_loss if lm_loss is not None else 0.0)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        check_finite(float(loss.detach()), step + 1, cfg.learning_rate)
+        check_finite(total_loss, step + 1, cfg.learning_rate)
 
         # The best continuation of each group feeds the "self" prompt pool.
         rv = r.view(-1, cfg.group_size)
@@ -463,7 +469,7 @@ class _SelfPlay(Job):
         self.tokens_seen += n_new
         sm = sample_metrics(texts)
         self.metrics = {
-            "loss": float(loss.detach()), "policy_loss": float(policy_loss.detach()), "kl": float(kl.detach()),
+            "loss": total_loss, "policy_loss": float(policy_loss.detach()), "kl": float(kl.detach()),
             "entropy": entropy, "lm_loss": lm_loss, "reward_mean": float(r.mean()),
             "reward_std": float(r.std(unbiased=False)),
             **{f"reward_{k}": float(np.mean(v)) for k, v in comps.items()},
