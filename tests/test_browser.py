@@ -892,7 +892,8 @@ def test_reasoning_mode(browser, studio, artifacts):
         page.get_by_test_id("rs-create").click()
         expect(page.get_by_test_id("rs-create-msg")).to_contain_text("Give the new model a name")
         page.get_by_test_id("rs-new-name").fill("fresh")
-        page.get_by_test_id("rs-pretrain-steps").fill("50")
+        expect(page.get_by_test_id("rs-pretrain-minutes")).to_have_value("5")  # a time, like every run's
+        page.get_by_test_id("rs-pretrain-minutes").fill("0.5")
         page.get_by_test_id("rs-create").click()
         expect(page.get_by_test_id("rs-create-msg")).to_contain_text("started pretraining it on “fresh-triplets”",
                                                                       timeout=60_000)
@@ -900,7 +901,7 @@ def test_reasoning_mode(browser, studio, artifacts):
         book_run = next(r for r in studio.get("/api/runs") if r["model"] == "fresh" and r["kind"] == "corpus")
         assert book_run["state"] == "completed" and book_run["step"] == 40_000
         fresh = next(r for r in studio.get("/api/runs") if r["model"] == "fresh" and r["kind"] == "train")
-        assert fresh["kind"] == "train" and fresh["books"] == ["fresh-triplets"] and fresh["max_iterations"] == 50
+        assert fresh["kind"] == "train" and fresh["books"] == ["fresh-triplets"] and fresh["params"]["minutes"] == 0.5
         model = next(m for m in studio.get("/api/models") if m["name"] == "fresh")
         assert model["config"]["tokenizer"] == "char" and model["config"]["max_seq_len"] == 512
         studio.request("POST", f"/api/runs/{fresh['id']}/cancel")  # its pretraining is not what this test is about
@@ -1357,7 +1358,7 @@ def test_reasoning_shows_the_from_zero_path_first_and_every_mode_an_estimate(bro
         page.evaluate("window.scrollTo(0, 0)")
         page.screenshot(path=str(ARTIFACTS / "reason-from-zero-first.png"))
         expect(page.get_by_test_id("rs-new-name")).to_be_in_viewport()  # the first thing to fill in
-        expect(page.get_by_test_id("rs-zero-estimate")).to_contain_text(re.compile(r"Pretraining: (about .+|under a minute) \(600 steps at about"))
+        expect(page.get_by_test_id("rs-zero-estimate")).to_contain_text(re.compile(r"Pretraining: about 5 minutes \(about [\d,]+ steps at about [\d.]+ s each"))
         expect(page.get_by_test_id("train-estimate")).to_contain_text(re.compile(r"150 steps at about [\d.]+ s each on this computer"))
         page.get_by_test_id("train-mode-selfplay").click()
         expect(page.get_by_test_id("train-estimate")).to_contain_text(re.compile(r"steps at about [\d.]+ s each"))

@@ -136,7 +136,7 @@ def test_no_default_or_bound_is_written_in_the_page():
     html = (WEB / "index.html").read_text(encoding="utf-8")
     for prefix, names in (("t", "max_iterations|batch_size|learning_rate|save_every|eval_every"),
                           ("sp", "max_iterations|group_size|temperature|kl_weight|lm_weight"),
-                          ("rs", "max_iterations|batch_size|n_samples|temperature|learning_rate|pretrain_steps"),
+                          ("rs", "max_iterations|batch_size|n_samples|temperature|learning_rate|pretrain_minutes"),
                           ("m", "vocab_size|d_model|num_layers|num_heads|d_ff|max_seq_len"),
                           ("g", "max_length|seed|temperature|top_k|top_p|rep")):
         tags = re.findall(rf'<input id="{prefix}-(?:{names})"[^>]*>', html)
@@ -254,7 +254,7 @@ def test_the_studios_default_self_play_run_ends_within_a_sitting():
 
 
 def test_the_studios_default_reasoning_run_ends_within_a_sitting():
-    # after the from-zero pretraining (about 6 minutes), reasoning's own end leaves the whole
+    # after the from-zero pretraining (five minutes), reasoning's own end leaves the whole
     # path near a quarter of an hour even where its steps run slower than measured
     from azr_trainer.reasoning import ReasonConfig
     defaults = settings.REASON.studio_defaults()

@@ -313,7 +313,7 @@ async function renderReasonEstimate(el, m) {
   const measured = m && sortedRuns().find((r) => r.model === m.name && r.kind === "reason" && r.last_step && r.last_step.step_seconds > 0);
   let perStep = measured ? measured.last_step.step_seconds : null;
   let zeroStep = null;
-  const zeroSteps = intValue($("rs-pretrain_steps"));
+  const zeroMinutes = floatValue($("rs-pretrain_minutes"));
   try {
     if (!perStep && m && m.config && iters > 0) {
       const speed = await modelSpeed(m);
@@ -325,7 +325,7 @@ async function renderReasonEstimate(el, m) {
       const prompt = reasonMinSeq(m);
       perStep = roughSeconds(speed, (rollouts * prompt * 10) / 6, 1) + 2 * 64 * GEN_POSITION_S + rollouts * SANDBOX_RUN_S;
     }
-    if (zeroSteps > 0) {
+    if (zeroMinutes > 0) {
       const speed = await shapeSpeed(" from zero", FROM_ZERO_SHAPE);
       zeroStep = roughSeconds(speed, setting("from_zero", "batch_size").default * FROM_ZERO_SHAPE.max_seq_len, 1);
     }
@@ -343,7 +343,8 @@ async function renderReasonEstimate(el, m) {
   if (m && !short && budget < Infinity) parts.push(t("train.sp.estimate_budget", { minutes: fmtNum(minutes) }));
   el.textContent = parts.join(" · ");
   $("rs-zero-estimate").textContent = zeroStep ? t("train.rs.zero.estimate", {
-    time: fmtApproxDuration(zeroSteps * zeroStep), steps: fmtInt(zeroSteps), seconds: fmtFixed(zeroStep, 1) }) : "";
+    time: fmtApproxDuration(zeroMinutes * 60), steps: fmtInt(Math.max(1, Math.round(zeroMinutes * 60 / zeroStep))),
+    seconds: fmtFixed(zeroStep, 1) }) : "";
 }
 
 /** A fix from the check before the start: the field takes the value, and the page rechecks. */
@@ -447,10 +448,10 @@ async function runEnded(id, onUpdate) {
 async function createFromZero() {
   const msg = $("rs-create-msg");
   const name = $("rs-new-name").value.trim();
-  const steps = intValue($("rs-pretrain_steps"));
+  const minutes = floatValue($("rs-pretrain_minutes"));
   const fail = (text) => { msg.textContent = text; msg.className = "msg error"; };
   if (!name) return fail(t("train.rs.zero.err_name"));
-  const problem = settingProblem(setting("from_zero", "pretrain_steps"), steps);
+  const problem = settingProblem(setting("from_zero", "pretrain_minutes"), minutes);
   if (problem) return fail(problem);
   const btn = $("rs-create");
   setBusy(btn, true);
@@ -465,15 +466,15 @@ async function createFromZero() {
     });
     await Promise.all([refreshModels(), refreshBooks()]).catch(() => {});
     if (written.state !== "completed") return fail(messageText(runMessage(written)) || t("train.rs.zero.failed"));
-    // The CLI's from-zero pretraining: batch 16 at a high learning rate, evaluated now and then.
+    // The CLI's from-zero pretraining: a time budget, batch 16 at a high learning rate.
     const r = await api("/api/runs", { method: "POST", json: {
-      model: name, books: [made.book], max_iterations: steps, save_every: steps,
+      model: name, books: [made.book], minutes,
       batch_size: setting("from_zero", "batch_size").default, learning_rate: setting("from_zero", "learning_rate").default,
     } });
     upsertRun(r);
     $("t-model").value = name;
     renderModelInfo();
-    msg.textContent = t("train.rs.zero.done", { model: name, book: made.book, steps: fmtInt(steps) });
+    msg.textContent = t("train.rs.zero.done", { model: name, book: made.book, minutes: fmtNum(minutes) });
     msg.className = "msg ok";
     toast(t("train.rs.zero.toast", { model: name }), "success");
     await selectRun(r.id);
@@ -525,10 +526,9 @@ function applySettings() {
   showAdvancedDefaults(null);
   for (const k of SELFPLAY_FIELDS) apply("selfplay", "sp", k);
   for (const k of REASON_FIELDS) apply("reason", "rs", k);
-  applySetting($("rs-pretrain_steps"), setting("from_zero", "pretrain_steps"));
-  setText($("rs-pretrain_steps-help"), "train.rs.zero.steps_help", {
+  applySetting($("rs-pretrain_minutes"), setting("from_zero", "pretrain_minutes"));
+  setText($("rs-pretrain_minutes-help"), "train.rs.zero.minutes_help", {
     batch_size: setting("from_zero", "batch_size").default,
-    pretrain_minutes: setting("from_zero", "pretrain_time").default / 60,
   });
 }
 
