@@ -61,6 +61,7 @@ CONFIGS = {
     "nokl": {"kl_weight": 0.0, "lm_weight": 0.0},
     "lm05": {"lm_weight": 0.5},  # the book loss's weight, named whatever the default is
     "lm10": {"lm_weight": 1.0},
+    "lm20": {"lm_weight": 2.0},
     "constant": {"min_lr_ratio": 1.0},  # the rate held after warm-up, or decayed over the run's steps
     "decay": {"min_lr_ratio": 0.1},
     "original": {"reward": "original"},
