@@ -617,11 +617,18 @@ def test_a_time_budget_ends_within_five_percent_of_its_length_even_where_the_who
     src.write_text("".join(make_text(n_lines=400, seed=s) for s in range(150)), encoding="utf-8")
     name = books.add_book(home, src, name="long").name
     make_model(home)
-    budget = 6.0
+    budget = 10.0
     s = train(home, "m", cfg(name, max_iterations=10**6, eval_every=10**6, save_every=10**6, max_time=budget,
                              sample_prompts=[]), log=lambda m: None)
     assert s["status"] == "stopped"
     assert abs(s["wall_seconds"] - budget) <= 0.05 * budget, s["wall_seconds"]
     final = [e for e in iter_events(s["events"]) if e["type"] == "eval"][-1]
     periodic = [e for e in iter_events(s["events"]) if e["type"] == "eval" and e["step"] < s["step"]]
-    assert final["step"] == s["step"] and final["val_tokens"] > periodic[-1]["val_tokens"]
+    assert final["step"] == s["step"] and final["full"] is False and final["val_tokens"] > periodic[-1]["val_tokens"]
+    # a run that ends by its steps, well before the same budget, reads the whole split
+    make_model(home, "early")
+    s = train(home, "early", cfg(name, max_iterations=60, eval_every=20, save_every=10**6, max_time=budget,
+                                 sample_prompts=[]), log=lambda m: None)
+    assert s["status"] == "completed" and s["wall_seconds"] < budget / 2
+    evals = [e for e in iter_events(s["events"]) if e["type"] == "eval"]
+    assert evals[0]["full"] is False and evals[-1]["step"] == 60 and evals[-1]["full"] is True

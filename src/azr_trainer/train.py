@@ -3,7 +3,7 @@
 AdamW with linear warmup and cosine decay to a floor, gradient clipping and
 accumulation, bf16 autocast and torch.compile on CUDA. Every ``eval_every`` steps it
 reports val loss, perplexity and bits per byte; the final eval covers the whole
-validation split. Checkpoints are atomic and hold everything for an exact resume.
+validation split (with a time budget, as much of it as fits inside the budget). Checkpoints are atomic and hold everything for an exact resume.
 The loop itself (cadence, stops, final eval and save, summary) is runloop.py's, shared
 with self-play and reasoning; this module supplies the step, the eval and the checkpoint.
 """
@@ -56,7 +56,7 @@ class TrainConfig:
     learning_rate: float = TRAIN.default("learning_rate")
     save_every: int = TRAIN.default("save_every")
     eval_every: int = TRAIN.default("eval_every")
-    eval_windows: int | None = 32   # windows per periodic eval (None: all); the final eval uses all
+    eval_windows: int | None = 32   # windows per periodic eval (None: all); the final eval: all that fit
     schedule: str = "steps"         # cosine over max_iterations, or "time": over max_time (budget runs)
     max_time: float | None = TRAIN.default("max_time")  # seconds of wall clock for this invocation
     warmup_iters: int | None = TRAIN.default("warmup_iters")  # default: 5% of max_iterations, at most 200
@@ -92,7 +92,8 @@ class TrainConfig:
 def lr_at(step: int, cfg: TrainConfig, time_fraction: float = 0.0) -> float:
     """Linear warmup, then cosine decay from learning_rate to min_lr_ratio × learning_rate.
     With schedule "time", progress is the share of max_time used (so a budget run ends its
-    decay exactly when the budget does; such runs are not bit-exact on resume)."""
+    decay with the budget, but for the final evaluation's share; such runs are not bit-exact on
+    resume)."""
     warmup = cfg.warmup_iters if cfg.warmup_iters is not None else min(200, max(1, cfg.max_iterations // 20))
     progress = min(1.0, (step - warmup) / max(1, cfg.max_iterations - warmup))
     if cfg.schedule == "time":
@@ -328,6 +329,7 @@ class _Pretraining(Job):
         self.max_iterations, self.max_time = cfg.max_iterations, cfg.max_time
         self.final_windows: int | None = None  # the final evaluation's windows (None: the whole split)
         self.sample_seconds = 0.0  # the last round of samples
+        self.seconds_per_token = 0.0  # of the last periodic evaluation
         self.eval_every, self.save_every, self.log_every = cfg.eval_every, cfg.save_every, cfg.log_every
         self.sample_every = cfg.sample_every if cfg.sample_every and cfg.sample_every != cfg.eval_every else None
 
@@ -414,11 +416,11 @@ class _Pretraining(Job):
     def evaluate(self, full: bool) -> dict:
         if not self.dist.is_main:
             return {}
-        t0 = time.time()
+        t0 = time.perf_counter()
         res = evaluate(self.served, self.data.val, self.data.val_bytes, self.seq_len, self.device, self.eval_autocast,
-                       self.final_windows if full else self.cfg.eval_windows)
+                       self._final_windows() if full else self.cfg.eval_windows)
         if res and not full and self.max_time:
-            self._plan_final_eval(time.time() - t0, res["val_tokens"])
+            self._plan_final_eval(time.perf_counter() - t0, res["val_tokens"])
         if res and self.milestones is not None and self.milestones.xz_bpb is not None:
             res["xz_bpb"] = round(self.milestones.xz_bpb, 4)
             self.last_bpb = res.get("val_bpb")
@@ -481,7 +483,7 @@ class _Pretraining(Job):
         reading it takes at most FINAL_EVAL_SHARE of the budget (timed by this periodic one), else
         as many evenly spaced windows as fit (the eval event says ``full`` false); the loop stops
         that much, and a round of samples, before the budget's end."""
-        per_token = seconds / max(1, tokens)
+        self.seconds_per_token = per_token = max(seconds, 1e-6) / max(1, tokens)  # a coarse clock can say 0
         all_tokens = len(self.data.val) - 1
         fits = int(FINAL_EVAL_SHARE * self.max_time / per_token)
         if fits >= all_tokens or self.cfg.eval_windows is None:
@@ -491,11 +493,19 @@ class _Pretraining(Job):
             final_tokens = self.final_windows * self.seq_len
         self.final_reserve = final_tokens * per_token + self.sample_seconds
 
+    def _final_windows(self) -> int | None:
+        """The planned windows where the budget's end is near; the whole split where it fits in
+        the time left (a run that ended by its steps or its patience, minutes before the budget)."""
+        if self.final_windows is None or not self.max_time:
+            return None
+        left = self.max_time - (time.time() - self.t_start)
+        return None if (len(self.data.val) - 1) * self.seconds_per_token <= left else self.final_windows
+
     def samples(self) -> None:
         cfg, tokenizer = self.cfg, self.tokenizer
         if not self.dist.is_main or not cfg.sample_prompts:
             return
-        t0 = time.time()
+        t0 = time.perf_counter()
         gen = torch.Generator(device="cpu").manual_seed(cfg.seed + self.step)
         was_training = self.served.training
         self.served.eval()
@@ -509,7 +519,7 @@ class _Pretraining(Job):
         decode.release(self.served)
         self.served.train(was_training)
         self._report_milestones(texts)
-        self.sample_seconds = time.time() - t0
+        self.sample_seconds = time.perf_counter() - t0
 
     def _report_milestones(self, texts: list[str]) -> None:
         """The share of real words in this round of samples, and any milestone passed for the first time."""
