@@ -41,9 +41,10 @@ the held-out loss's drift, for most of a point of real words); book loss 2.0 (at
 trained ten minutes lost two points of real words over 120 steps, at 1.0 and the decayed rate 0.7
 points; at 2.0 it gained half a point over four seeds, every seed above its run at 1.0, loops still
 cut by three quarters and the held-out loss as at 1.0; a P1 model wrote 0.2–0.3 points more made-up
-words at 2.0 than at 1.0, still 0.6 below its start, with its held-out loss unchanged). At the usual sampling temperature (0.8) a small book model almost
-never repeats a 4-gram within a continuation, so rollouts there carry no repetition signal; at
-0.3 its loops show up and the reward can push against them. The greedy member shows the reward
+words at 2.0 than at 1.0, still 0.6 below its start, with its held-out loss unchanged). At the
+usual sampling temperature (0.8) a small book model almost never repeats a 4-gram within a
+continuation, so rollouts there carry no repetition signal; at 0.3 its loops show up and the
+reward can push against them. The greedy member shows the reward
 the loops a person meets when decoding greedily: measured on two start models × two seeds, greedy
 word loops changed by −42% to +45% without it, by −63% to −91% with it; with it, real words at
 weight 1 let made-up words rise (by up to 1.8 points), at 2 they held on average (−1.0 to +0.6

@@ -3,7 +3,8 @@
 AdamW with linear warmup and cosine decay to a floor, gradient clipping and
 accumulation, bf16 autocast and torch.compile on CUDA. Every ``eval_every`` steps it
 reports val loss, perplexity and bits per byte; the final eval covers the whole
-validation split (with a time budget, as much of it as fits inside the budget). Checkpoints are atomic and hold everything for an exact resume.
+validation split (with a time budget, as much of it as fits inside the budget). Checkpoints
+are atomic and hold everything for an exact resume.
 The loop itself (cadence, stops, final eval and save, summary) is runloop.py's, shared
 with self-play and reasoning; this module supplies the step, the eval and the checkpoint.
 """
@@ -35,8 +36,8 @@ from .errors import Notice
 from .home import UserError
 from .milestones import Baselines, real_word_share, split_text
 from .model import Transformer, estimate_training_memory, training_flops_per_token
-from .runloop import FINAL_EVAL_SHARE, Job, StopRequested, TrainingLock, _pid_alive, check_finite, checkpoint_obj, locked, \
-    make_optimizer, run_loop, warmup_cosine
+from .runloop import FINAL_EVAL_SHARE, Job, StopRequested, TrainingLock, _pid_alive, check_finite, checkpoint_obj, \
+    locked, make_optimizer, run_loop, warmup_cosine
 from .sample import generate
 from .settings import TRAIN
 
