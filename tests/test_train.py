@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from azr_trainer import books, layout, osdeps, store
+from azr_trainer import books, eval_budget, layout, osdeps, store
 from azr_trainer.checkpoint import build_model, list_step_checkpoints, safe_load
 from azr_trainer.data import prepare_data
 from azr_trainer.events import iter_events
@@ -606,6 +606,44 @@ def test_a_run_far_from_the_machines_probe_has_the_probe_measured_again(home, bo
     assert len(json.loads(speed_file.read_text())) == 1
     assert autosize.check_against_run(home, 1, model_cfg, 32, 8, "fp32", expected / 2.5, 60.0) == pytest.approx(0.4)
     assert json.loads(speed_file.read_text()) == {}
+
+
+def test_under_a_budget_each_periodic_evaluation_with_its_samples_is_planned_to_at_most_five_percent_of_it():
+    plan = eval_budget.EvalBudget(max_time=60.0, seq_len=64, split_tokens=64 * 1000, windows=32)
+    plan.timed(seconds=1.0, tokens=32 * 64, sample_seconds=1.0)  # 2 s of the 3 s allowed: as it was
+    assert plan.windows == 32
+    plan.timed(seconds=4.0, tokens=32 * 64, sample_seconds=1.0)  # 1/8 s a window: 16 fit in the 2 s left
+    assert plan.windows == 16
+    # the final evaluation: 2% of the budget reads fewer windows than a periodic one, so it reads those
+    assert plan.final_windows == 16 and plan.reserve == pytest.approx(16 * 0.125 + 1.0)
+    assert plan.final(seconds_left=10.0) == 16 and plan.final(seconds_left=1000 * 0.125) is None
+    plan.timed(seconds=0.1, tokens=16 * 64, sample_seconds=0.1)  # faster again: the subset never grows back
+    assert plan.windows == 16
+    plan.timed(seconds=2.0, tokens=16 * 64, sample_seconds=5.0)  # the samples alone take more than the share
+    assert plan.windows == eval_budget.MIN_EVAL_WINDOWS
+
+
+def test_a_budget_run_reads_fewer_windows_once_a_timed_evaluation_shows_the_subset_costs_too_much(
+        home, tmp_path, monkeypatch):
+    src = tmp_path / "long.txt"
+    src.write_text("".join(make_text(n_lines=400, seed=s) for s in range(150)), encoding="utf-8")
+    name = books.add_book(home, src, name="long").name
+    make_model(home)
+    # evaluations by the clock, every tenth of the budget
+    settings = dict(max_iterations=10**6, eval_every=10**6, save_every=10**6, max_time=5.0, sample_prompts=[])
+    s = train(home, "m", cfg(name, **settings), log=lambda m: None)
+    periodic = [e["val_tokens"] for e in iter_events(s["events"]) if e["type"] == "eval" and e["step"] < s["step"]]
+    assert len(periodic) >= 3 and len(set(periodic)) == 1
+    subset = periodic[0]  # 32 windows, evenly spaced (the split's last, shorter one among them)
+    # the same run where five percent of the budget is too short for the subset: from the second
+    # evaluation on it reads the fewest windows, the same ones each time
+    monkeypatch.setattr(eval_budget, "EVAL_COST_SHARE", 1e-9)
+    make_model(home, "short")
+    s = train(home, "short", cfg(name, **settings), log=lambda m: None)
+    periodic = [e["val_tokens"] for e in iter_events(s["events"]) if e["type"] == "eval" and e["step"] < s["step"]]
+    assert len(periodic) >= 3 and periodic[0] == subset
+    assert len(set(periodic[1:])) == 1 and (eval_budget.MIN_EVAL_WINDOWS - 1) * 32 < periodic[1] <= \
+        eval_budget.MIN_EVAL_WINDOWS * 32
 
 
 def test_a_time_budget_ends_within_five_percent_of_its_length_even_where_the_whole_held_out_split_is_large(

@@ -41,7 +41,6 @@ from .home import Conflict, UserError
 # evaluation itself are done by then
 FIRST_EVAL_SECONDS = 25.0
 EVAL_SHARE = 10            # with a time budget: about one eval per tenth of it
-FINAL_EVAL_SHARE = 0.02    # with a time budget: the share of it training plans its final evaluation to take
 
 
 def warmup_cosine(base: float, step: int, warmup: int, progress: float, floor_ratio: float) -> float:

@@ -33,10 +33,11 @@ from .device import available_memory_bytes, pick_device, set_threads
 from .earlier import EarlierRun
 from .events import EventLog, Listener, new_run_id, utc_now
 from .errors import Notice
+from .eval_budget import EvalBudget
 from .home import UserError
 from .milestones import Baselines, real_word_share, split_text
 from .model import Transformer, estimate_training_memory, training_flops_per_token
-from .runloop import FINAL_EVAL_SHARE, Job, StopRequested, TrainingLock, _pid_alive, check_finite, checkpoint_obj, \
+from .runloop import Job, StopRequested, TrainingLock, _pid_alive, check_finite, checkpoint_obj, \
     locked, make_optimizer, run_loop, warmup_cosine
 from .sample import generate
 from .settings import TRAIN
@@ -328,9 +329,10 @@ class _Pretraining(Job):
         self.events = EventLog(layout.events_file(run_dir(home, name, self.run_id)) if dist.is_main else None,
                                self.run_id, listeners)
         self.max_iterations, self.max_time = cfg.max_iterations, cfg.max_time
-        self.final_windows: int | None = None  # the final evaluation's windows (None: the whole split)
+        # what a budget lets the evaluations cost (none without one)
+        self.eval_budget = EvalBudget(cfg.max_time, self.seq_len, len(self.data.val) - 1, cfg.eval_windows) \
+            if cfg.max_time else None
         self.sample_seconds = 0.0  # the last round of samples
-        self.seconds_per_token = 0.0  # of the last periodic evaluation
         self.eval_every, self.save_every, self.log_every = cfg.eval_every, cfg.save_every, cfg.log_every
         self.sample_every = cfg.sample_every if cfg.sample_every and cfg.sample_every != cfg.eval_every else None
 
@@ -418,10 +420,16 @@ class _Pretraining(Job):
         if not self.dist.is_main:
             return {}
         t0 = time.perf_counter()
+        plan = self.eval_budget
+        if plan is None:
+            windows = None if full else self.cfg.eval_windows
+        else:
+            windows = plan.final(self.max_time - (time.time() - self.t_start)) if full else plan.windows
         res = evaluate(self.served, self.data.val, self.data.val_bytes, self.seq_len, self.device, self.eval_autocast,
-                       self._final_windows() if full else self.cfg.eval_windows)
-        if res and not full and self.max_time:
-            self._plan_final_eval(time.perf_counter() - t0, res["val_tokens"])
+                       windows)
+        if res and not full and plan is not None:
+            plan.timed(time.perf_counter() - t0, res["val_tokens"], self.sample_seconds)
+            self.final_reserve = plan.reserve
         if res and self.milestones is not None and self.milestones.xz_bpb is not None:
             res["xz_bpb"] = round(self.milestones.xz_bpb, 4)
             self.last_bpb = res.get("val_bpb")
@@ -478,29 +486,6 @@ class _Pretraining(Job):
                               kept_step=self.kept_step, held_out=self.held_out,
                               rng={"torch": torch.get_rng_state(), "data": self.sampler.state()},
                               milestones_passed=sorted(self.milestones.passed) if self.milestones else [], **trained)
-
-    def _plan_final_eval(self, seconds: float, tokens: int) -> None:
-        """With a time budget the final evaluation ends inside it: the whole held-out split where
-        reading it takes at most FINAL_EVAL_SHARE of the budget (timed by this periodic one), else
-        as many evenly spaced windows as fit (the eval event says ``full`` false); the loop stops
-        that much, and a round of samples, before the budget's end."""
-        self.seconds_per_token = per_token = max(seconds, 1e-6) / max(1, tokens)  # a coarse clock can say 0
-        all_tokens = len(self.data.val) - 1
-        fits = int(FINAL_EVAL_SHARE * self.max_time / per_token)
-        if fits >= all_tokens or self.cfg.eval_windows is None:
-            self.final_windows, final_tokens = None, all_tokens
-        else:
-            self.final_windows = max(self.cfg.eval_windows, fits // self.seq_len)
-            final_tokens = self.final_windows * self.seq_len
-        self.final_reserve = final_tokens * per_token + self.sample_seconds
-
-    def _final_windows(self) -> int | None:
-        """The planned windows where the budget's end is near; the whole split where it fits in
-        the time left (a run that ended by its steps or its patience, minutes before the budget)."""
-        if self.final_windows is None or not self.max_time:
-            return None
-        left = self.max_time - (time.time() - self.t_start)
-        return None if (len(self.data.val) - 1) * self.seconds_per_token <= left else self.final_windows
 
     def samples(self) -> None:
         cfg, tokenizer = self.cfg, self.tokenizer
