@@ -8,7 +8,8 @@
    (3) ``solver_only``: solver RL on generator tasks,
    (4) ``frozen_proposer``: AZR, the proposer not trained,
    (5) ``azr``: full AZR.
-   Arm (1) is the starting checkpoint itself.
+   Arm (1) is the starting checkpoint itself. ``azr_decayed`` is (5) with the rate decayed over
+   the arm's time to a tenth, as training and self-play do.
 3. Evaluates every result with ``azr reason NAME --eval-only``: the held-out test set (shifted
    distribution: 3–5 steps, primitive pairs never seen back to back in pretraining), greedy
    exact-match accuracy per task type and pass@k at temperature 1; the in-distribution (train
@@ -36,6 +37,8 @@ from pathlib import Path
 import numpy as np
 
 ARMS = ("start", "pretrain", "solver_only", "frozen_proposer", "azr")
+# Arms that are another arm with other settings: name -> (mode, extra options of `azr reason`).
+VARIANTS = {"azr_decayed": ("azr", ("--min-lr-ratio", "0.1"))}
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 KINDS = ("deduction", "abduction", "induction")
 
@@ -65,7 +68,8 @@ def run_arm(args, arm: str, seed: int) -> dict:
     checkpoint = "best"
     if arm != "start":
         t0 = time.time()
-        summary = azr(home, "base", "--mode", arm, "--max-time", str(args.arm_time), "--seed", str(seed),
+        mode, extra = VARIANTS.get(arm, (arm, ()))
+        summary = azr(home, "base", "--mode", mode, *extra, "--max-time", str(args.arm_time), "--seed", str(seed),
                       "--eval-tasks", "1", "--eval-every", "1000000", threads=args.threads)
         res.update(wall=time.time() - t0, steps=summary["step"], programs_checked=summary["programs_checked"],
                    run=summary["run"])
@@ -144,7 +148,7 @@ def main() -> None:
     ap.add_argument("--work", default="bench_out/azr-runs")
     ap.add_argument("--pretrain-time", type=float, default=480)
     ap.add_argument("--arm-time", type=float, default=150)
-    ap.add_argument("--arms", default=",".join(ARMS))
+    ap.add_argument("--arms", default=",".join(ARMS), help=f"of {', '.join(ARMS + tuple(VARIANTS))}")
     ap.add_argument("--seeds", default="1,2,3")
     ap.add_argument("--eval-tasks", type=int, default=64)
     ap.add_argument("--pass-k", type=int, default=5)
