@@ -17,7 +17,7 @@ from azr_trainer.data import prepare_data
 from azr_trainer.events import iter_events
 from azr_trainer.home import Conflict, UserError
 from azr_trainer.model import ModelConfig
-from azr_trainer.train import StopRequested, TrainConfig, evaluate, train
+from azr_trainer.train import StopRequested, TrainConfig, evaluate, lr_at, train
 from conftest import make_text
 
 SHAPE = dict(vocab_size=300, d_model=32, num_layers=2, num_heads=4, d_ff=64, max_seq_len=32)
@@ -606,6 +606,20 @@ def test_a_run_far_from_the_machines_probe_has_the_probe_measured_again(home, bo
     assert len(json.loads(speed_file.read_text())) == 1
     assert autosize.check_against_run(home, 1, model_cfg, 32, 8, "fp32", expected / 2.5, 60.0) == pytest.approx(0.4)
     assert json.loads(speed_file.read_text()) == {}
+
+
+def test_a_budgets_default_warm_up_ends_early_enough_that_a_slow_machines_few_steps_reach_the_peak_and_decay():
+    budget = dict(books=["b"], max_iterations=10**9, schedule="time", max_time=300.0, learning_rate=1e-3,
+                  min_lr_ratio=0.1)
+    cfg = TrainConfig(**budget)
+    slow = [lr_at(s, cfg, (s + 1) / 190) for s in range(190)]  # 190 steps in the whole budget
+    peak = max(slow)
+    assert peak == pytest.approx(1e-3, rel=0.01) and slow.index(peak) <= 10  # by the budget's first twentieth
+    assert slow[-1] == pytest.approx(1e-4, rel=0.01)  # then decayed over the rest
+    # a fast machine: its 200 steps end the warm-up first
+    assert lr_at(99, cfg, 0.001) == pytest.approx(0.5e-3) and lr_at(199, cfg, 0.002) == pytest.approx(1e-3, rel=1e-3)
+    # a warm-up the person (or the plan) set stays in steps
+    assert lr_at(49, TrainConfig(**budget, warmup_iters=100), 0.5) == pytest.approx(0.5e-3)
 
 
 def test_under_a_budget_each_periodic_evaluation_with_its_samples_is_planned_to_at_most_five_percent_of_it():

@@ -45,6 +45,7 @@ from .settings import TRAIN
 # An evaluation counts against the patience only when clearly worse than the best (the periodic
 # evaluations use a fixed subset, which wobbles by about this much).
 PATIENCE_MARGIN = 0.01
+BUDGET_WARMUP_SHARE = 0.05  # of a time budget: the longest the default warm-up takes
 
 _REEXPORTED = (StopRequested, TrainingLock, _pid_alive)  # the CLI, jobs and export import them from here
 
@@ -100,6 +101,14 @@ def lr_at(step: int, cfg: TrainConfig, time_fraction: float = 0.0) -> float:
     progress = min(1.0, (step - warmup) / max(1, cfg.max_iterations - warmup))
     if cfg.schedule == "time":
         progress = max(progress, min(1.0, time_fraction))
+        if cfg.warmup_iters is None and step < warmup:
+            # The default warm-up under a budget ends after its 200 steps or its first
+            # BUDGET_WARMUP_SHARE, whichever comes first: a slow machine's few hundred steps
+            # would otherwise all be warm-up, the rate never at its peak nor decayed.
+            ramp = max((step + 1) / warmup, time_fraction / BUDGET_WARMUP_SHARE)
+            if ramp < 1:
+                return cfg.learning_rate * ramp
+            warmup = 0
     return warmup_cosine(cfg.learning_rate, step, warmup, progress, cfg.min_lr_ratio)
 
 
