@@ -466,7 +466,7 @@ async function createFromZero() {
     });
     await Promise.all([refreshModels(), refreshBooks()]).catch(() => {});
     if (written.state !== "completed") return fail(messageText(runMessage(written)) || t("train.rs.zero.failed"));
-    // The CLI's from-zero pretraining: a time budget, batch 16 at a high learning rate.
+    // The CLI's from-zero pretraining: a time budget, its batch and learning rate (settings: from_zero).
     const r = await api("/api/runs", { method: "POST", json: {
       model: name, books: [made.book], minutes,
       batch_size: setting("from_zero", "batch_size").default, learning_rate: setting("from_zero", "learning_rate").default,
