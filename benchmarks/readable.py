@@ -10,8 +10,9 @@ script gives each evaluation more samples than the studio does (--prompts openin
 held-out text, --length tokens each) so that the share is a steady figure, and reports the share of
 written words that occur in the book's training text (milestones.real_word_share, the same measure
 as the run's "N% of the words it writes are real words" line) at the evaluation nearest each mark.
-Then the run's best model (best.pt: what generation and export use) is sampled again, --best-prompts
-openings × --seeds, for a steady figure, with the share of its text copied verbatim from the book.
+Then the run's best model (best.pt: what generation and export use) and its last one (the final
+step checkpoint, "latest" on the Generation page) are sampled again, --best-prompts openings ×
+--seeds each, for a steady figure, with the share of their text copied verbatim from the book.
 
     python benchmarks/readable.py --book ../shared/data/ru_chekhov_kashtanka_cp1251.txt --minutes 10 --json
 """
@@ -27,9 +28,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from azr_trainer import books, layout, recipe, settings, store
+from azr_trainer import books, recipe, settings, store
 from azr_trainer.books import read_book_text, split_train_val
-from azr_trainer.checkpoint import build_model, safe_load
+from azr_trainer.checkpoint import build_model, resolve_checkpoint, safe_load
 from azr_trainer.memorisation import BookIndex, find_copies
 from azr_trainer.milestones import book_vocabulary, real_word_share
 from azr_trainer.sample import generate
@@ -45,13 +46,14 @@ def prompts_from(text: str, n: int) -> list[str]:
     return [" ".join(ln.split()[:2]) + " " for ln in pick]
 
 
-def best_model_figures(home: Path, prompts: list[str], length: int, seeds: list[int], train_text: str,
-                       vocabulary) -> dict:
-    """What the person gets: the run's best model (best.pt) sampled at the studio's generation
+def model_figures(home: Path, which: str, prompts: list[str], length: int, seeds: list[int], train_text: str,
+                  vocabulary) -> dict:
+    """What the person gets: the run's checkpoint ``which`` ("best": best.pt, what generation and
+    export use by default; "latest": the run's last model) sampled at the studio's generation
     settings, each prompt once per seed; the share of real words (mean and sd over the seeds) and
     the share of the written text copied verbatim from the book (20+ characters, the studio's
     memorisation meter), so that more real words from learning the book by heart show as such."""
-    obj = safe_load(layout.best_checkpoint(store.model_dir(home, "m")))
+    obj = safe_load(resolve_checkpoint(store.model_dir(home, "m"), which))
     model, _, tokenizer = build_model(obj)
     model.eval()
     index = BookIndex.build({"book": train_text})
@@ -104,8 +106,10 @@ def main() -> int:
         cfg = TrainConfig(books=["book"], threads=args.threads, sample_prompts=prompts_from(val_text, args.prompts),
                           sample_length=args.length, save_every=10**9, **params)
         summary = train(home, "m", cfg, listeners=[on_event], log=lambda m: print(m, file=sys.stderr))
-        best = best_model_figures(home, prompts_from(val_text, args.best_prompts), args.length,
-                                  [int(x) for x in args.seeds.split(",")], train_text, vocabulary)
+        again = {which: model_figures(home, which, prompts_from(val_text, args.best_prompts), args.length,
+                                      [int(x) for x in args.seeds.split(",")], train_text, vocabulary)
+                 for which in ("best", "latest")}
+    best = again["best"]
     by_step = []
     for e in evals:
         texts = samples.get(e["step"], [])
@@ -120,7 +124,8 @@ def main() -> int:
               "minutes": args.minutes, "planned_minutes": made["minutes"],
               "threads": args.threads or "studio default", "marks": marks,
               "final_real_words": final,
-              "best_model": best, "final_val_bpb": summary["val_bpb"], "steps": summary["step"],
+              "best_model": best, "last_model": again["latest"],
+              "final_val_bpb": summary["val_bpb"], "steps": summary["step"],
               "plan": {"parameters": plan.parameters, "layers": plan.model.num_layers, "d_model": plan.model.d_model,
                        "vocab_size": plan.model.vocab_size, "tokenizer": plan.model.tokenizer,
                        "epochs": plan.epochs, "dropout": plan.dropout},
@@ -128,7 +133,8 @@ def main() -> int:
     print(json.dumps(result, indent=2, ensure_ascii=False) if args.json else
           "  ".join(f"{m['minutes']:g} min: {100 * m['real_words']:.0f}% real words"
                     for m in marks if m.get("real_words") is not None)
-          + f"  best model: {100 * best['real_words']:.1f}% real words, {100 * best['copied']:.1f}% copied")
+          + "".join(f"  {which} model: {100 * f['real_words']:.1f}% real words, {100 * f['copied']:.1f}% copied"
+                    for which, f in again.items()))
     return 0
 
 
