@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from azr_trainer import books, eval_budget, layout, osdeps, store
+from azr_trainer import books, catalogue, eval_budget, layout, osdeps, store
 from azr_trainer.checkpoint import build_model, list_step_checkpoints, safe_load
 from azr_trainer.data import prepare_data
 from azr_trainer.events import iter_events
@@ -608,7 +608,7 @@ def test_a_run_far_from_the_machines_probe_has_the_probe_measured_again(home, bo
     assert json.loads(speed_file.read_text()) == {}
 
 
-def test_a_budgets_default_warm_up_ends_early_enough_that_a_slow_machines_few_steps_reach_the_peak_and_decay():
+def test_a_budgets_warm_up_ends_early_enough_that_a_slow_machines_few_steps_reach_the_peak_and_decay():
     budget = dict(books=["b"], max_iterations=10**9, schedule="time", max_time=300.0, learning_rate=1e-3,
                   min_lr_ratio=0.1)
     cfg = TrainConfig(**budget)
@@ -618,8 +618,14 @@ def test_a_budgets_default_warm_up_ends_early_enough_that_a_slow_machines_few_st
     assert slow[-1] == pytest.approx(1e-4, rel=0.01)  # then decayed over the rest
     # a fast machine: its 200 steps end the warm-up first
     assert lr_at(99, cfg, 0.001) == pytest.approx(0.5e-3) and lr_at(199, cfg, 0.002) == pytest.approx(1e-3, rel=1e-3)
-    # a warm-up the person (or the plan) set stays in steps
-    assert lr_at(49, TrainConfig(**budget, warmup_iters=100), 0.5) == pytest.approx(0.5e-3)
+    # a warm-up the person (or the plan) set stays in steps while it takes at most a tenth of the time
+    given = TrainConfig(**budget, warmup_iters=100)
+    assert lr_at(49, given, 0.04) == pytest.approx(0.5e-3)
+    # a plan's 50 warm-up steps on a machine eight times slower than planned (44 steps in all):
+    # the rate peaks by the budget's first tenth and decays over the rest, not warming up to the end
+    slower = [lr_at(s, TrainConfig(**budget, warmup_iters=50), (s + 1) / 44) for s in range(44)]
+    assert slower.index(max(slower)) <= 5 and max(slower) == pytest.approx(1e-3, rel=0.05)
+    assert slower[-1] == pytest.approx(1e-4, rel=0.01)
 
 
 def test_under_a_budget_each_periodic_evaluation_with_its_samples_is_planned_to_at_most_five_percent_of_it():
@@ -684,3 +690,14 @@ def test_a_time_budget_ends_within_five_percent_of_its_length_even_where_the_who
     assert s["status"] == "completed" and s["wall_seconds"] < budget / 2
     evals = [e for e in iter_events(s["events"]) if e["type"] == "eval"]
     assert evals[0]["full"] is False and evals[-1]["step"] == 60 and evals[-1]["full"] is True
+
+
+def test_a_runs_warnings_reach_the_page_with_their_code_so_they_are_said_in_its_language(home, book):
+    # a char vocabulary far larger than the book's characters: "the books only filled N tokens"
+    make_model(home, tokenizer="char", vocab_size=700)
+    s = train(home, "m", cfg(book, max_iterations=1), log=lambda m: None)
+    started = next(e for e in iter_events(s["events"]) if e["type"] == "status" and e.get("warnings"))
+    (warning,) = [w for w in started["warnings"] if w["code"] == "data.vocab_unused"]
+    assert warning["params"]["vocab_size"] == 700
+    russian = catalogue.message(warning["code"], "ru", **warning["params"])
+    assert "Книги заполнили словарь" in russian and "700" in russian

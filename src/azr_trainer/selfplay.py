@@ -378,7 +378,8 @@ class _SelfPlay(Job):
         return dict(max_iterations=cfg.max_iterations, device=str(self.device), threads=self.threads,
                     parameters=self.model.num_parameters(), start=self.start_info,
                     reward_weights=self.reward.weights, length_target=self.length_target,
-                    config=self.mcfg.to_dict(), selfplay_config=asdict(cfg), warnings=self.data.warnings)
+                    config=self.mcfg.to_dict(), selfplay_config=asdict(cfg),
+                    warnings=[w.to_dict() for w in self.data.warnings])
 
     def before_loop(self) -> dict | None:
         return None if self.resuming else self.evaluate(full=False)

@@ -46,6 +46,8 @@ from .settings import TRAIN
 # evaluations use a fixed subset, which wobbles by about this much).
 PATIENCE_MARGIN = 0.01
 BUDGET_WARMUP_SHARE = 0.05  # of a time budget: the longest the default warm-up takes
+# ... and the longest a given one takes (a plan's, set for the steps it expected: 3-10% of them).
+MAX_WARMUP_SHARE = 0.10
 
 _REEXPORTED = (StopRequested, TrainingLock, _pid_alive)  # the CLI, jobs and export import them from here
 
@@ -101,11 +103,13 @@ def lr_at(step: int, cfg: TrainConfig, time_fraction: float = 0.0) -> float:
     progress = min(1.0, (step - warmup) / max(1, cfg.max_iterations - warmup))
     if cfg.schedule == "time":
         progress = max(progress, min(1.0, time_fraction))
-        if cfg.warmup_iters is None and step < warmup:
-            # The default warm-up under a budget ends after its 200 steps or its first
-            # BUDGET_WARMUP_SHARE, whichever comes first: a slow machine's few hundred steps
-            # would otherwise all be warm-up, the rate never at its peak nor decayed.
-            ramp = max((step + 1) / warmup, time_fraction / BUDGET_WARMUP_SHARE)
+        if step < warmup:
+            # A warm-up under a budget ends after its steps or a share of the time, whichever
+            # comes first: the default one's 200 steps, or a plan's steps on a machine much
+            # slower than the plan measured (another program busy), would otherwise take the
+            # whole run, the rate never at its peak nor decayed.
+            share = BUDGET_WARMUP_SHARE if cfg.warmup_iters is None else MAX_WARMUP_SHARE
+            ramp = max((step + 1) / warmup, time_fraction / share)
             if ramp < 1:
                 return cfg.learning_rate * ramp
             warmup = 0
@@ -383,7 +387,7 @@ class _Pretraining(Job):
                     processes=self.dist.world, parameters=self.model.num_parameters(),
                     train_tokens=int(len(data.train)), val_tokens=int(len(data.val)), val_bytes=data.val_bytes,
                     tokenizer_vocab=self.tokenizer.vocab_size, config=self.mcfg.to_dict(), train_config=asdict(cfg),
-                    warnings=data.warnings)
+                    warnings=[w.to_dict() for w in data.warnings])  # coded: the page says them in its language
 
     def train_step(self) -> None:
         cfg = self.cfg
@@ -569,7 +573,7 @@ class _Pretraining(Job):
             return
         if ratio is not None:
             self.say(Notice("run.train.speed_faster" if ratio > 1 else "run.train.speed_slower",
-                       times=f"{max(ratio, 1 / ratio):.1f}"))
+                       times=round(max(ratio, 1 / ratio), 1)))  # a number: "8,3" in Russian
 
     def oom_error(self) -> UserError:
         cfg = self.cfg
