@@ -25,9 +25,10 @@ function niceStep(range, count) {
   return step * mag;
 }
 
-export function niceTicks(lo, hi, count) {
+/** Round values from lo to hi, about `count` of them, `minStep` apart at least (1: steps). */
+export function niceTicks(lo, hi, count, minStep = 0) {
   if (!(hi > lo)) return [lo];
-  const step = niceStep(hi - lo, count);
+  const step = Math.max(minStep, niceStep(hi - lo, count));
   const ticks = [];
   for (let v = Math.ceil(lo / step) * step; v <= hi + step * 1e-9; v += step) {
     ticks.push(Math.abs(v) < step * 1e-9 ? 0 : v);
@@ -180,7 +181,10 @@ export class LineChart {
     if (xMin === xMax) { xMin -= 1; xMax += 1; }
     const fy = logY ? Math.log10 : (v) => v;
     let lo = fy(yMin), hi = fy(yMax);
-    if (lo === hi) { const d = Math.abs(lo) * 0.1 || 1; lo -= d; hi += d; }
+    // A series that barely changes gets a span of a few percent of its value, not one
+    // magnified into a slope, with labels the axis' digits tell apart.
+    const span = Math.max(Math.abs(lo + hi) * 0.01, Math.abs(lo) * 1e-6, hi - lo) || 1;
+    if (hi - lo < span) { const mid = (lo + hi) / 2; lo = mid - span / 2; hi = mid + span / 2; }
     const padY = (hi - lo) * 0.06;
     lo -= padY; hi += padY;
     if (!logY && yMin >= 0 && lo < 0) lo = 0;
@@ -193,7 +197,8 @@ export class LineChart {
     const plotTop = 10;
     const plotBottom = h - 24;
     const tickCount = Math.max(2, Math.floor((plotBottom - plotTop) / 36));
-    const yTicks = logY ? logTicks(Math.pow(10, lo), Math.pow(10, hi), tickCount) : niceTicks(lo, hi, tickCount);
+    const yTicks = (logY ? logTicks(Math.pow(10, lo), Math.pow(10, hi), tickCount) : niceTicks(lo, hi, tickCount))
+      .filter((v, i, all) => i === 0 || opts.formatY(v) !== opts.formatY(all[i - 1]));  // no label twice
     let labelW = 0;
     for (const v of yTicks) labelW = Math.max(labelW, ctx.measureText(opts.formatY(v)).width);
     const plotLeft = Math.ceil(labelW) + 12;
@@ -216,7 +221,7 @@ export class LineChart {
       ctx.beginPath(); ctx.moveTo(plotLeft, y); ctx.lineTo(plotRight, y); ctx.stroke();
       ctx.fillText(opts.formatY(v), plotLeft - 6, y);
     }
-    const xTicks = niceTicks(xMin, xMax, Math.max(2, Math.floor(pw / 90))).filter((v) => Number.isInteger(v) || xMax - xMin < 10);
+    const xTicks = niceTicks(xMin, xMax, Math.max(2, Math.floor(pw / 90)), 1);  // steps: whole numbers
     ctx.textAlign = "center";
     ctx.textBaseline = "top";
     for (const v of xTicks) {
