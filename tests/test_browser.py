@@ -1257,7 +1257,7 @@ def test_a_runs_message_and_milestones_follow_the_page_language(browser, studio,
         expect(row.get_by_test_id("run-note")).to_have_text("Отменено на шаге 40.")
         expect(row.get_by_test_id("run-milestone")).to_contain_text("73% слов, которые она пишет")
         # how the text reads and the bar it should beat, in the row itself
-        expect(row.get_by_test_id("run-quality")).to_have_text("настоящих слов: 73% · bpb 2,20, лучше xz (2,50)")
+        expect(row.get_by_test_id("run-quality")).to_have_text("настоящих слов: 73% · 2,20 бит/байт, лучше xz (2,50)")
         shot(page, artifacts, "runs-milestone-ru")
 
         tab(page, "training")
@@ -1386,5 +1386,85 @@ def test_a_trained_model_that_cannot_reason_is_said_before_the_start(browser, st
         expect(page.get_by_test_id("train-estimate")).to_contain_text(f"{TINY['max_seq_len']}")
         expect(page.get_by_test_id("train-estimate")).to_contain_text("576")
         expect(page.get_by_test_id("train-estimate")).not_to_contain_text("шагов —")  # no time for a run that cannot start
+    finally:
+        ctx.close()
+
+
+def test_the_reasoning_estimate_uses_its_own_form_and_reasoning_runs(browser, studio):
+    """The reasoning form's time: its own steps and minutes (whichever ends the run first), at the
+    seconds per step of the model's last reasoning run; a self-play run's step time is not one."""
+    if studio.get("/api/health").get("reasoning", {}).get("available") is False:
+        pytest.skip("reasoning needs the Linux sandbox")
+    shape = {**TINY, "max_seq_len": 512, "tokenizer": "char"}
+    model = {"name": "thinker", "config": shape, "parameters": 30240, "trained_steps": 100, "best_val_bpb": 1.5,
+             "last_trained": "2026-01-02T03:04:05+00:00", "books": ["tales"], "file_bytes": 400000,
+             "checkpoints": [100], "training": False, "created_at": "2026-01-01T00:00:00+00:00"}
+
+    def run(rid, kind, seconds):
+        return {"id": rid, "model": "thinker", "kind": kind, "state": "completed", "step": 10, "params": {},
+                "created_at": "2026-01-02T03:04:05+00:00", "started_at": "2026-01-02T03:04:06+00:00",
+                "last_step": {"step": 10, "step_seconds": seconds}}
+
+    runs = [run("r-sp", "selfplay", 30.0)]
+    ctx = browser.new_context(locale="ru-RU", viewport={"width": 1360, "height": 900})
+    try:
+        ctx.route("**/api/models", lambda r: r.fulfill(json=[model]) if r.request.method == "GET" else r.continue_())
+        ctx.route(re.compile(r".*/api/runs(\?.*)?$"), lambda r: r.fulfill(json=runs))
+        ctx.route(re.compile(r".*/api/runs/r-[a-z]+(/.*)?$"), lambda r: r.fulfill(status=404, json={"detail": "stub"}))
+        page = ctx.new_page()
+        page.goto(studio.url + "/#training")
+        page.wait_for_selector("body[data-ready='1']")
+        page.locator("#t-model").select_option("thinker")
+        page.get_by_test_id("train-mode-reason").click()
+        page.get_by_test_id("rs-max_iterations").fill("20")
+        page.get_by_test_id("rs-minutes").fill("3")
+        estimate = page.get_by_test_id("train-estimate")
+        # only a self-play run: the rough figure, not the self-play run's 30 s a step
+        expect(estimate).to_contain_text("(грубо)")
+        expect(estimate).not_to_contain_text("самоигр")
+        expect(estimate).not_to_contain_text("30,0 с")
+
+        runs.append(run("r-rs", "reason", 19.5))
+        page.reload()
+        page.wait_for_selector("body[data-ready='1']")
+        page.get_by_test_id("train-mode-reason").click()
+        page.get_by_test_id("rs-max_iterations").fill("20")
+        page.get_by_test_id("rs-minutes").fill("3")
+        # 20 steps of 19.5 s are 6.5 minutes: 3 minutes end the run first, after 9 steps
+        expect(estimate).to_contain_text("бюджет времени: шагов — около 9 из 20, по 19,5 с каждый, как в её последнем запуске рассуждений")
+        page.get_by_test_id("rs-minutes").fill("8")  # now the steps end it
+        expect(estimate).to_contain_text("шагов — 20, по 19,5 с каждый, как в её последнем запуске рассуждений")
+        expect(estimate).to_contain_text("не позже чем через 8 мин")
+    finally:
+        ctx.close()
+
+
+def test_a_run_asked_to_stop_says_it_is_stopping(browser, studio, artifacts):
+    """After "Cancel" a run still saves and evaluates for a while: its state reads "stopping" in
+    the monitor, its picker and the runs list, and the button keeps a readable label."""
+    run = {"id": "r-stopping", "model": "m", "kind": "selfplay", "state": "running", "step": 3, "params": {"max_iterations": 10},
+           "max_iterations": 10, "stop_requested": "cancel",
+           "created_at": "2026-01-02T03:04:05+00:00", "started_at": "2026-01-02T03:04:06+00:00"}
+    events = [{"seq": 0, "type": "status", "run": "r-stopping", "time": 1767323046, "state": "started", "step": 0,
+               "kind": "selfplay", "device": "cpu", "parameters": 100}]
+    ctx = stubbed_run(browser, run, events)
+    ctx.route(re.compile(r".*/api/runs/r-stopping/stream.*"),
+              lambda r: r.fulfill(status=200, content_type="text/event-stream", body="".join(
+                  f"data: {json.dumps(e)}\n\n" for e in events)))
+    try:
+        page = ctx.new_page()
+        page.goto(studio.url + "/#training")
+        page.wait_for_selector("body[data-ready='1']")
+        state = page.get_by_test_id("run-state")
+        expect(state).to_have_text("Останавливается: сохраняю модель…")
+        expect(state).to_have_attribute("data-state", "running")
+        cancel = page.get_by_test_id("run-cancel")
+        expect(cancel).to_have_text("Останавливается: сохраняю модель…")
+        expect(cancel).to_be_disabled()
+        expect(page.get_by_test_id("run-pause")).to_be_hidden()
+        expect(page.locator("#mon-run option:checked")).to_contain_text("Останавливается")
+        shot(page, artifacts, "run-stopping")
+        tab(page, "runs")
+        expect(page.locator("[data-testid=run-row][data-id='r-stopping']")).to_contain_text("Останавливается: сохраняю модель…")
     finally:
         ctx.close()

@@ -3,7 +3,7 @@
 
 import { api } from "./api.js";
 import { t, initialLanguage, setLanguage, currentLanguage, onLanguageChange } from "./i18n.js";
-import { $, toast, store, refreshModels, refreshBooks, refreshRuns, LIVE_STATES } from "./ui.js";
+import { $, toast, store, refreshModels, refreshBooks, refreshRuns, LIVE_STATES, showChoice } from "./ui.js";
 import { initCreate, showCreate } from "./create.js";
 import { loadSettings } from "./settings.js";
 import { initBooks, showBooks } from "./books.js";
@@ -123,6 +123,10 @@ async function main() {
   initGeneration();
   initModels();
   onLanguageChange(renderHealth);
+  // every select's chosen text as its tooltip, where a narrow field cuts it off
+  const showChoices = () => { for (const sel of document.querySelectorAll("select")) showChoice(sel); };
+  document.addEventListener("change", (e) => { if (e.target.tagName === "SELECT") showChoice(e.target); });
+  onLanguageChange(showChoices);
   renderHealth();
   checkHealth();
   const results = await refreshAll();
@@ -131,6 +135,7 @@ async function main() {
   let first = tabFromHash();
   if (!first) first = store.models.length ? "training" : "create";
   showTab(first);
+  showChoices();
   document.body.classList.remove("loading");
   document.body.dataset.ready = "1";
 

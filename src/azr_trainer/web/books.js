@@ -85,6 +85,12 @@ function renderDetail() {
 }
 
 let tokenChoiceMade = false;
+/** "1,9 символа на токен": the plural form follows the number as shown (two decimals). */
+function perToken(ratio) {
+  const shown = Math.round(ratio * 100) / 100;
+  return t("books.tokens.per_token", { count: shown, ratio: fmtNum(shown, 2) });
+}
+
 function renderTokenModels() {
   // Trained models (they have a tokenizer) first, then the others, then plain characters.
   const models = [...store.models].sort((a, b) => (b.trained_steps > 0) - (a.trained_steps > 0) || a.name.localeCompare(b.name));
@@ -112,7 +118,7 @@ async function showTokens() {
       text: String(tok.text ?? "").replace(/ /g, "·").replace(/\n/g, "⏎\n").replace(/\t/g, "⇥"),
     }));
     box.replaceChildren(
-      h("p", { class: "muted", text: t("books.tokens.summary", { count: tokens.length, n: fmtInt(tokens.length), chars: fmtInt(chars), ratio: fmtNum(chars / Math.max(1, tokens.length), 2) }) }),
+      h("p", { class: "muted", text: t("books.tokens.summary", { count: tokens.length, n: fmtInt(tokens.length), chars: fmtInt(chars), per_token: perToken(chars / Math.max(1, tokens.length)) }) }),
       h("div", { class: "tok-wrap" }, chips));
   } catch (e) {
     const p = h("p", { class: "msg error" });

@@ -49,7 +49,7 @@ export function validateShape(v) {
   const warnings = {};
   // Bounds and the recommended ranges: settings.MODEL on the server (GET /api/settings).
   for (const p of PARAMS) {
-    const problem = settingProblem(setting("model", p), v[p]);
+    const problem = settingProblem(setting("model", p), v[p], $(`m-${p}`));  // named by its label
     if (v[p] == null) errors[p] = t("validate.required");
     else if (problem) errors[p] = problem;
   }

@@ -10,7 +10,7 @@ import { runMessage } from "./runstate.js";
 export function shapeText(c = {}) {
   return t("models.shape", {
     layers: t("models.layers", { count: c.num_layers, n: c.num_layers }), d_model: c.d_model, heads: c.num_heads, d_ff: c.d_ff,
-    vocab: fmtInt(c.vocab_size), seq: c.max_seq_len, tokenizer: c.tokenizer || "bpe",
+    vocab: fmtInt(c.vocab_size), seq: c.max_seq_len, tokenizer: t(`models.tokenizer.${c.tokenizer === "char" ? "char" : "bpe"}`),
   });
 }
 

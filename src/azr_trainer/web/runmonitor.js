@@ -7,7 +7,7 @@ import { api, enc, runStreamUrl, allRunEvents } from "./api.js";
 import { t, fmtInt, fmtNum, fmtFixed, fmtSci, fmtCompact, fmtClock, fmtTime, fmtPercent, onLanguageChange, setText, messageText, hasText } from "./i18n.js";
 import { RunState, TASK_TYPES, runMessage } from "./runstate.js";
 import { makeCharts, renderCharts, TYPE_COLORS } from "./monitorcharts.js";
-import { $, h, toast, fillSelect, setBusy, store, subscribe, refreshModels, upsertRun, sortedRuns, stepTarget, runLabel, stateBadge, LIVE_STATES, showWhitespace } from "./ui.js";
+import { $, h, toast, fillSelect, setBusy, store, subscribe, refreshModels, upsertRun, sortedRuns, stepTarget, runLabel, stateBadge, stateText, stoppingKey, LIVE_STATES, showWhitespace } from "./ui.js";
 
 const SESSION_RUN = "azr.monitorRun";
 
@@ -142,7 +142,7 @@ const monitoredRuns = () => sortedRuns().filter((r) => r.kind !== "export");
 
 function renderRunPicker() {
   const runs = monitoredRuns();
-  const opts = runs.map((r) => ({ value: r.id, label: `${runLabel(r)} — ${t(`state.${r.state}`)}` }));
+  const opts = runs.map((r) => ({ value: r.id, label: `${runLabel(r)} — ${stateText(r)}` }));
   const sel = $("mon-run");
   fillSelect(sel, opts, { keep: false, placeholder: runs.length ? null : t("monitor.no_runs") });
   if (runId) sel.value = runId;
@@ -328,13 +328,26 @@ function renderLog() {
 
 function renderControls() {
   const state = run && run.state;
-  stateBadge($("mon-state"), state);
+  stateBadge($("mon-state"), state, run);
   $("mon-state").hidden = !state;
   const pause = $("mon-pause"), resume = $("mon-resume"), cancel = $("mon-cancel");
   pause.hidden = state !== "running";
   resume.hidden = !["paused", "interrupted", "failed"].includes(state);
   cancel.hidden = !["running", "queued", "paused", "interrupted"].includes(state);
-  for (const b of [pause, resume, cancel]) setBusy(b, pendingAction != null);
+  setText(pause, "monitor.pause");
+  setText(cancel, "monitor.cancel");
+  // asked to stop (here, or in another tab): the button clicked says what is happening, disabled
+  const stop = LIVE_STATES.has(state) && (run.stop_requested || (["pause", "cancel"].includes(pendingAction) ? pendingAction : null));
+  if (stop) {
+    const btn = stop === "pause" ? pause : cancel;
+    pause.hidden = btn !== pause;
+    cancel.hidden = btn !== cancel;
+    for (const b of [pause, resume, cancel]) setBusy(b, false);
+    btn.disabled = true;
+    setText(btn, stoppingKey({ state, stop_requested: stop }));
+  } else {
+    for (const b of [pause, resume, cancel]) setBusy(b, pendingAction != null);
+  }
   const msg = $("mon-message");
   const text = run && (run.message || run.message_code || run.code) && !["running", "completed"].includes(state)
     ? messageText(runMessage(run)) : "";

@@ -40,7 +40,7 @@ function renderTable() {
   const colorOf = colorMap();
   $("runs-body").replaceChildren(...runs.map((r) => {
     const badge = h("span", {});
-    stateBadge(badge, r.state);
+    stateBadge(badge, r.state, r);
     const checked = compare.has(r.id);
     const box = h("input", {
       type: "checkbox", checked, "aria-label": t("runs.compare_run", { id: shortId(r.id) }), dataset: { testid: "run-compare" },

@@ -53,6 +53,7 @@ function setMode(value) {
   for (const el of $("train-form").querySelectorAll("[data-for-mode]")) el.hidden = el.dataset.forMode !== mode;
   setText($("train-start"), `${MODE_PREFIX[mode]}.start`);
   showError($("train-error"), "");
+  renderModelInfo();  // the plan's settings are training's only
   renderEstimate();
 }
 
@@ -135,7 +136,7 @@ function renderModelInfo() {
   info.textContent = t("train.model_info", {
     params: fmtCompact(m.parameters), layers: t("models.layers", { count: c.num_layers, n: c.num_layers }),
     d_model: c.d_model, seq: c.max_seq_len, steps: t("models.steps", { count: m.trained_steps || 0, n: fmtInt(m.trained_steps || 0) }),
-  }) + (m.recipe ? " " + t("train.recipe", { batch: m.recipe.settings.batch_size, lr: m.recipe.settings.learning_rate, minutes: m.recipe.minutes }) : "");
+  }) + (m.recipe && mode === "train" ? " " + t("train.recipe", { batch: m.recipe.settings.batch_size, lr: m.recipe.settings.learning_rate, minutes: m.recipe.minutes }) : "");
 }
 
 function renderBooks() {
@@ -212,6 +213,7 @@ async function renderEstimate() {
   const books = [...selectedBooks];
   checkRun(mode === "train" && m && books.length && budget ? { model: m, books, minutes, batch_size: batch } : null, applyFix);
   renderStartsOver(m);
+  el.classList.remove("error");
   if (mode === "selfplay" && m) { renderSelfPlayEstimate(el, m); return; }
   if (mode === "reason") { renderReasonEstimate(el, m); return; }
   if (mode !== "train" || !m || !(iters > 0 || budget) || !(batch > 0)) { el.textContent = ""; estimateSeq++; return; }
@@ -221,9 +223,10 @@ async function renderEstimate() {
   try { speed = await modelSpeed(m); } catch { speed = null; }
   if (seqNo !== estimateSeq) return;
   const chars = store.books.filter((b) => selectedBooks.has(b.name)).reduce((n, b) => n + (b.chars || 0), 0);
-  // The speed this model really reached in its latest run beats any formula.
+  // The speed this model really reached in its latest run beats any formula: its average over
+  // the run (evaluations included), not its last step's.
   const measured = sortedRuns().find((r) => r.model === m.name && (r.kind || "train") === "train" && r.last_step && r.last_step.tokens_per_s > 0);
-  const tps = measured ? measured.last_step.tokens_per_s : null;
+  const tps = measured ? averageSpeed(measured.last_step) : null;
   const stepSeconds = tps ? (batch * seq) / tps : speed ? roughSeconds(speed, batch * seq, 1) : null;
   const parts = [];
   if (iters > 0 && (!budget || (stepSeconds && iters * stepSeconds < budget))) {
@@ -246,9 +249,34 @@ async function renderEstimate() {
   el.textContent = parts.join(" · ");
 }
 
+/** Tokens a second over a run, from its last step event; that step's own speed if it lacks them. */
+function averageSpeed(step) {
+  return step.tokens_seen > 0 && step.elapsed > 0 ? step.tokens_seen / step.elapsed : step.tokens_per_s;
+}
+
 // Seconds per decoded position of a self-play rollout on a CPU, beyond its arithmetic (the
 // KV-cache generator's small kernels and Python, one position at a time).
 const GEN_POSITION_S = 0.008;
+
+/** The time line of a self-play or reasoning run (`prefix` train.sp or train.rs): its steps at
+ * `perStep` seconds, or its time budget where that comes first (the run ends at either). */
+function stepsEstimate(prefix, perStep, measured, iters, minutes) {
+  const budget = minutes > 0 ? minutes * 60 : Infinity;
+  const parts = [];
+  if (perStep && iters > 0) {
+    const how = measured ? "measured" : "rough";
+    const seconds = fmtFixed(perStep, 1);
+    if (iters * perStep <= budget) {
+      parts.push(t(`${prefix}.estimate_${how}`, { time: fmtApproxDuration(iters * perStep), steps: fmtInt(iters), seconds }));
+    } else {
+      const fit = Math.max(1, Math.floor(budget / perStep));
+      parts.push(t(`${prefix}.estimate_budget_${how}`, { time: fmtApproxDuration(budget), steps: fmtInt(fit), max: fmtInt(iters), seconds }));
+      return parts.join(" · ");
+    }
+  }
+  if (budget < Infinity) parts.push(t("train.sp.estimate_budget", { minutes: fmtNum(minutes) }));
+  return parts.join(" · ");
+}
 
 /** How long a self-play run takes: its steps at the seconds per step this model's last
  * self-play run took, else a rough figure from its size; a time budget ends it sooner. */
@@ -258,6 +286,8 @@ async function renderSelfPlayEstimate(el, m) {
   const minutes = floatValue($("sp-minutes"));
   const measured = sortedRuns().find((r) => r.model === m.name && r.kind === "selfplay" && r.last_step && r.last_step.step_seconds > 0);
   let perStep = measured ? measured.last_step.step_seconds : null;
+  // what is known now; a rough step time may wait for the server (the line of another mode must not linger)
+  el.textContent = stepsEstimate("train.sp", perStep, !!measured, iters, minutes);
   if (!perStep && iters > 0) {
     let speed = null;
     try { speed = await modelSpeed(m); } catch { speed = null; }
@@ -274,14 +304,7 @@ async function renderSelfPlayEstimate(el, m) {
     }
   }
   if (seqNo !== estimateSeq) return;
-  const budget = minutes > 0 ? minutes * 60 : Infinity;
-  const parts = [];
-  if (perStep && iters > 0) {
-    const key = measured ? "train.sp.estimate_measured" : "train.sp.estimate_rough";
-    parts.push(t(key, { time: fmtApproxDuration(Math.min(iters * perStep, budget)), steps: fmtInt(iters), seconds: fmtFixed(perStep, 1) }));
-  }
-  if (budget < Infinity) parts.push(t("train.sp.estimate_budget", { minutes: fmtNum(minutes) }));
-  el.textContent = parts.join(" · ");
+  el.textContent = stepsEstimate("train.sp", perStep, !!measured, iters, minutes);
 }
 
 // The from-zero model's shape (from_zero.FROM_ZERO_SHAPE): its speed gives the pretraining's time.
@@ -301,48 +324,52 @@ function canReason(m) {
 }
 
 /** How long a reasoning run takes: its steps at the seconds per step of this model's last
- * reasoning run, else a rough figure from its size; and how long the from-zero pretraining
- * takes. The from-zero box is open while the chosen model cannot reason. */
+ * reasoning run, else a rough figure from its size (as self-play's); and how long the from-zero
+ * pretraining takes. The from-zero box is open while the chosen model cannot reason. */
 async function renderReasonEstimate(el, m) {
   const seqNo = ++estimateSeq;
   const box = $("rs-from-zero");
   if (!box.dataset.touched) box.open = !canReason(m); // until the person opens or closes it
   const iters = intValue($("rs-max_iterations"));
   const minutes = floatValue($("rs-minutes"));
-  const budget = minutes > 0 ? minutes * 60 : Infinity;
-  const measured = m && sortedRuns().find((r) => r.model === m.name && r.kind === "reason" && r.last_step && r.last_step.step_seconds > 0);
+  // a trained model whose window is too short cannot reason at all: said here, before the start
+  // (as an error, and only here), in place of a time
+  const short = tooShortToReason(m);
+  el.classList.toggle("error", short);
+  const measured = m && !short && sortedRuns().find((r) => r.model === m.name && r.kind === "reason" && r.last_step && r.last_step.step_seconds > 0);
   let perStep = measured ? measured.last_step.step_seconds : null;
-  let zeroStep = null;
-  const zeroMinutes = floatValue($("rs-pretrain_minutes"));
+  const line = () => (short ? t("train.rs.err.seq", { model: m.name, seq: m.config.max_seq_len, min: reasonMinSeq(m) })
+    : m ? stepsEstimate("train.rs", perStep, !!measured, iters, minutes) : "");
+  el.textContent = line();  // what is known now; a rough step time may wait for the server
+  renderZeroEstimate(seqNo);
+  if (perStep || short || !m || !m.config || !(iters > 0)) return;
   try {
-    if (!perStep && m && m.config && iters > 0) {
-      const speed = await modelSpeed(m);
-      // One step: tasks of three types, each proposed once and tried n_samples times; every
-      // rollout reads its prompt and writes up to 64 tokens, then is trained on; each program
-      // runs in the sandbox.
-      const tasks = 3 * (intValue($("rs-batch_size")) || setting("reason", "batch_size").default);
-      const rollouts = tasks * (1 + (intValue($("rs-n_samples")) || setting("reason", "n_samples").default));
-      const prompt = reasonMinSeq(m);
-      perStep = roughSeconds(speed, (rollouts * prompt * 10) / 6, 1) + 2 * 64 * GEN_POSITION_S + rollouts * SANDBOX_RUN_S;
-    }
-    if (zeroMinutes > 0) {
+    const speed = await modelSpeed(m);
+    // One step: tasks of three types, each proposed once and tried n_samples times; every
+    // rollout reads its prompt and writes up to 64 tokens, then is trained on; each program
+    // runs in the sandbox.
+    const tasks = 3 * (intValue($("rs-batch_size")) || setting("reason", "batch_size").default);
+    const rollouts = tasks * (1 + (intValue($("rs-n_samples")) || setting("reason", "n_samples").default));
+    const prompt = reasonMinSeq(m);
+    perStep = roughSeconds(speed, (rollouts * prompt * 10) / 6, 1) + 2 * 64 * GEN_POSITION_S + rollouts * SANDBOX_RUN_S;
+  } catch { return; } // the estimate endpoint is busy: the next change asks again
+  if (seqNo !== estimateSeq) return;
+  el.textContent = line();
+}
+
+/** The from-zero box's pretraining time, at the from-zero shape's speed on this computer. */
+async function renderZeroEstimate(seqNo) {
+  const el = $("rs-zero-estimate");
+  const zeroMinutes = floatValue($("rs-pretrain_minutes"));
+  let zeroStep = null;
+  if (zeroMinutes > 0) {
+    try {
       const speed = await shapeSpeed(" from zero", FROM_ZERO_SHAPE);
       zeroStep = roughSeconds(speed, setting("from_zero", "batch_size").default * FROM_ZERO_SHAPE.max_seq_len, 1);
-    }
-  } catch { /* the estimate endpoint is busy: the next change asks again */ }
-  if (seqNo !== estimateSeq) return;
-  const parts = [];
-  // a trained model whose window is too short cannot reason at all: said before the start, not after the click
-  const short = tooShortToReason(m);
-  if (short) {
-    parts.push(t("train.rs.err.seq", { model: m.name, seq: m.config.max_seq_len, min: reasonMinSeq(m) }));
-  } else if (m && perStep && iters > 0) {
-    const key = measured ? "train.rs.estimate_measured" : "train.rs.estimate_rough";
-    parts.push(t(key, { time: fmtApproxDuration(Math.min(iters * perStep, budget)), steps: fmtInt(iters), seconds: fmtFixed(perStep, 1) }));
+    } catch { /* the estimate endpoint is busy: the next change asks again */ }
   }
-  if (m && !short && budget < Infinity) parts.push(t("train.sp.estimate_budget", { minutes: fmtNum(minutes) }));
-  el.textContent = parts.join(" · ");
-  $("rs-zero-estimate").textContent = zeroStep ? t("train.rs.zero.estimate", {
+  if (seqNo !== estimateSeq) return;
+  el.textContent = zeroStep ? t("train.rs.zero.estimate", {
     time: fmtApproxDuration(zeroMinutes * 60), steps: fmtInt(Math.max(1, Math.round(zeroMinutes * 60 / zeroStep))),
     seconds: fmtFixed(zeroStep, 1) }) : "";
 }
@@ -427,9 +454,10 @@ function reasonRequest() {
   const errors = [];
   const v = { model: $("t-model").value, kind: "reason" };
   const m = currentModel();
-  if (checkStartModel(v, m, "train.rs.err.untrained", errors) && tooShortToReason(m)) errors.push(t("train.rs.err.seq", { model: v.model, seq: m.config.max_seq_len, min: reasonMinSeq(m) }));
+  checkStartModel(v, m, "train.rs.err.untrained", errors);
   Object.assign(v, readSettings("reason", "rs", REASON_FIELDS, errors));
-  return { body: v, errors };
+  // a window too short is already said in red where the estimate goes: not said twice
+  return { body: v, errors, blocked: tooShortToReason(m) };
 }
 
 /** The run ``id`` once it has ended, asking every half second; ``onUpdate`` sees each answer. */
@@ -487,9 +515,9 @@ async function createFromZero() {
 
 async function startTraining(e) {
   e.preventDefault();
-  const { body, errors } = mode === "selfplay" ? selfPlayRequest() : mode === "reason" ? reasonRequest() : trainRequest();
+  const { body, errors, blocked } = mode === "selfplay" ? selfPlayRequest() : mode === "reason" ? reasonRequest() : trainRequest();
   showError($("train-error"), errors.join(" "));
-  if (errors.length) return;
+  if (errors.length || blocked) return;
   const btn = $("train-start");
   setBusy(btn, true);
   try {

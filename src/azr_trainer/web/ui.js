@@ -83,7 +83,14 @@ export function fillSelect(select, options, { keep = true, placeholder } = {}) {
     select.append(opt);
   }
   if (prev != null && options.some((o) => String(o.value) === prev)) select.value = prev;
+  showChoice(select);
   return select.value;
+}
+
+/** A select's chosen text as its tooltip: a long choice cut off by a narrow field stays readable. */
+export function showChoice(select) {
+  const opt = select.selectedOptions && select.selectedOptions[0];
+  select.title = opt ? opt.textContent : "";
 }
 
 export function setBusy(btn, busy) {
@@ -100,7 +107,7 @@ export function bookChecks(books, chosen, testid, onToggle) {
       type: "checkbox", value: b.name, checked: chosen.has(b.name),
       onchange: (e) => onToggle(b.name, e.target.checked),
     }),
-    h("span", { class: "check-label", text: b.name }),
+    h("span", { class: "check-label", text: b.name, title: b.name }),
     h("span", { class: "muted", text: t("books.chars_n", { n: fmtCompact(b.chars) }) })));
 }
 
@@ -114,11 +121,26 @@ export function intValue(input) {
 export const STATES = ["queued", "running", "paused", "completed", "failed", "cancelled", "interrupted"];
 export const LIVE_STATES = new Set(["queued", "running"]);
 
-export function stateBadge(el, state) {
-  el.className = `badge state-${state || "none"}`;
+/** The sentence for a live run asked to pause or cancel: it saves and evaluates before it ends
+ * (seconds, more on a busy machine), and "Running" would read as if the click did nothing. */
+export function stoppingKey(run) {
+  const stop = run && LIVE_STATES.has(run.state) && run.stop_requested;
+  return stop ? `monitor.stopping.${stop === "pause" ? "pause" : "cancel"}` : null;
+}
+
+/** A run's state in words: its state, or that it is stopping. */
+export function stateText(run) {
+  return t(stoppingKey(run) || `state.${STATES.includes(run.state) ? run.state : "other"}`);
+}
+
+/** `run`: the run record, to say that a live run is stopping (data-state stays its state). */
+export function stateBadge(el, state, run = null) {
+  const stopping = stoppingKey(run);
+  el.className = `badge state-${stopping ? "stopping" : state || "none"}`;
   el.dataset.state = state || "";
-  setText(el, state ? `state.${STATES.includes(state) ? state : "other"}` : "common.none");
-  if (state && !STATES.includes(state)) el.textContent = state;
+  el.dataset.stopping = stopping ? run.stop_requested : "";
+  setText(el, stopping || (state ? `state.${STATES.includes(state) ? state : "other"}` : "common.none"));
+  if (state && !stopping && !STATES.includes(state)) el.textContent = state;
 }
 
 export function downloadUrl(name, checkpoint) {
