@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 import zipfile
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -1466,5 +1467,33 @@ def test_a_run_asked_to_stop_says_it_is_stopping(browser, studio, artifacts):
         shot(page, artifacts, "run-stopping")
         tab(page, "runs")
         expect(page.locator("[data-testid=run-row][data-id='r-stopping']")).to_contain_text("Останавливается: сохраняю модель…")
+    finally:
+        ctx.close()
+
+
+def test_a_run_before_its_first_step_shows_its_clock_running(browser, studio, artifacts):
+    """Before the first step (books read, the start model measured) a run's clock runs from its
+    start, so "0:00" does not sit there looking stuck."""
+    started = datetime.now(timezone.utc) - timedelta(seconds=42)
+    run = {"id": "r-ready", "model": "m", "kind": "selfplay", "state": "running", "step": 0,
+           "params": {"max_iterations": 150, "minutes": 12}, "max_iterations": 150,
+           "created_at": started.isoformat(timespec="milliseconds"), "started_at": started.isoformat(timespec="milliseconds")}
+    events = [{"seq": 0, "type": "status", "run": "r-ready", "time": started.timestamp(), "state": "started", "step": 0,
+               "kind": "selfplay", "device": "cpu", "parameters": 100}]
+    ctx = stubbed_run(browser, run, events)
+    ctx.route(re.compile(r".*/api/runs/r-ready/stream.*"),
+              lambda r: r.fulfill(status=200, content_type="text/event-stream", body="".join(
+                  f"data: {json.dumps(e)}\n\n" for e in events)))
+    try:
+        page = ctx.new_page()
+        page.goto(studio.url + "/#training")
+        page.wait_for_selector("body[data-ready='1']")
+        clock = page.get_by_test_id("progress-time")
+        expect(clock).to_contain_text("готовится первый шаг · прошло 0:4")
+        expect(page.get_by_test_id("progress-text")).to_contain_text("0:4")  # of 12:00, the same clock
+        first = clock.text_content()
+        page.wait_for_timeout(2100)
+        assert clock.text_content() != first  # it ticks
+        shot(page, artifacts, "run-preparing")
     finally:
         ctx.close()

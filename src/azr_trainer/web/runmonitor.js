@@ -169,7 +169,7 @@ function renderProgress() {
   const total = totalSteps();
   const step = currentStep();
   const budget = budgetSeconds();
-  const elapsed = rs.lastStep && Number.isFinite(rs.lastStep.elapsed) ? rs.lastStep.elapsed : 0;
+  const elapsed = rs.lastStep && Number.isFinite(rs.lastStep.elapsed) ? rs.lastStep.elapsed : (sinceStart() ?? 0);
   let frac = total ? Math.min(1, step / total) : 0;
   if (budget) frac = Math.max(frac, Math.min(1, elapsed / budget));
   $("mon-progress-fill").style.width = `${(frac * 100).toFixed(2)}%`;
@@ -185,10 +185,21 @@ function renderProgress() {
   renderTime();
 }
 
+/** Seconds since a running run started, before its first step (the books read, the start model
+ * measured: up to a minute on a busy laptop), so that its clock runs rather than sit at 0:00. */
+function sinceStart() {
+  const since = run && run.state === "running" && !(rs && rs.lastStep) ? Date.parse(run.started_at || "") : NaN;
+  return Number.isFinite(since) ? Math.max(0, (Date.now() - since) / 1000) : null;
+}
+
 function renderTime() {
   const el = $("mon-time");
   const ev = rs && rs.lastStep;
-  if (!ev) { el.textContent = ""; return; }
+  if (!ev) {
+    const elapsed = sinceStart();
+    el.textContent = elapsed === null ? "" : t("monitor.preparing", { elapsed: fmtClock(elapsed) });
+    return;
+  }
   let elapsed = ev.elapsed;
   let remaining = budgetSeconds() ? Math.max(0, Math.min(ev.eta ?? Infinity, budgetSeconds() - elapsed)) : ev.eta;
   if (run && run.state === "running" && ev.time) {
@@ -497,7 +508,7 @@ export function initMonitor() {
     queueRender();
   });
   // Tick the elapsed < remaining clock between events.
-  setInterval(() => { if (run && run.state === "running") renderTime(); }, 1000);
+  setInterval(() => { if (run && rs && run.state === "running") (rs.lastStep ? renderTime() : renderProgress()); }, 1000);
   // The run record (state, message) is polled while the run is live or changing.
   setInterval(() => { if (runId && run && (LIVE_STATES.has(run.state) || pendingAction)) refreshRun(); }, 2500);
 }
