@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -185,6 +186,9 @@ def test_the_plan_says_what_a_shape_and_batch_cost_here_each_with_its_fix(client
     for code in ("plan.memory", "plan.step_slow"):
         assert problems[code]["fix"]["model"] == shape, code  # the recommended shape
     assert "ГиБ" in problems["plan.memory"]["detail"]
+    # a step's time in seconds, as the time asked is in minutes: "около 9,6 с", not "0,16 мин"
+    assert problems["plan.step_slow"]["params"]["step_seconds"] > 0
+    assert re.search(r"около [\d\u00a0,]+ с: за 1 мин", problems["plan.step_slow"]["detail"])
     # the fixes for a model already made: a batch that fits, and time for the steps and a pass
     batch = problems["plan.memory"]["fix"]["run"]["batch_size"]
     assert 1 <= batch < 16

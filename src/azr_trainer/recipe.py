@@ -185,7 +185,8 @@ def warnings(cfg: ModelConfig, book_bytes: int, minutes: float, speed: autosize.
         smaller = [b for b in (2 ** i for i in range(16)) if b < batch and seconds / (
             b * cfg.max_seq_len * training_flops_per_token(cfg) / flops_per_s + STEP_OVERHEAD_S) >= FEW_STEPS]
         run = {"batch_size": max(smaller)} if smaller else {"minutes": math.ceil(FEW_STEPS * step_s / 60)}
-        out.append((UserError("plan.step_slow", step_minutes=float(f"{step_s / 60:.2g}"), steps=int(seconds // step_s),
+        out.append((UserError("plan.step_slow", step_seconds=round(step_s, 1) if step_s < 10 else round(step_s),
+                              steps=int(seconds // step_s),
                               minutes=float(minutes), batch_size=batch), {"model": planned, "run": run}))
     tokens = flops_per_s * seconds / training_flops_per_token(cfg)
     book_tokens = book_bytes / (1.0 if cfg.tokenizer == "char" else autosize.BYTES_PER_TOKEN)
