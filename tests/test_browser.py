@@ -1322,6 +1322,14 @@ def test_create_and_training_pages_warn_before_the_start_each_with_a_fix(browser
         expect(page.locator("#auto-create")).to_be_disabled()
         page.get_by_test_id("auto-minutes").fill("2")
         expect(page.get_by_test_id("auto-minutes")).to_have_attribute("aria-invalid", "false")
+        # a preset is checked as typing is; "Create the best model" fills the fields with the
+        # plan's shape, and their warnings go with it
+        page.get_by_test_id("preset-medium").click()  # a vocabulary of 10,000
+        expect(vocab).to_contain_text("Размер словаря (10", timeout=60_000)
+        page.get_by_test_id("model-name").fill("warn-planned")
+        page.get_by_test_id("auto-create").click()
+        expect(page.get_by_test_id("create-done")).to_be_visible()
+        expect(vocab).to_have_count(0, timeout=60_000)
 
         tab(page, "training")
         page.get_by_test_id("train-mode-train").click()

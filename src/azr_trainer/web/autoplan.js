@@ -140,6 +140,7 @@ async function create() {
     const m = answer.minutes;
     const planned = answer.recipe.minutes;
     hooks.fill(answer.model);
+    schedule();  // the fields now hold the plan's shape: their warnings are checked again
     const model = await api("/api/models", { method: "POST", json: { name, auto: { books: [...chosen], minutes: m } } });
     toast(t("create.auto.created", { name: model.name, minutes: fmtNum(planned, 2) }), "success");
     await refreshModels().catch(() => {});

@@ -287,6 +287,7 @@ export function initCreate() {
       setForm(PRESETS[btn.dataset.preset]);
       $("m-tokenizer").value = "bpe";
       scheduleEstimate();
+      schedulePlan();  // the plan's warnings about these fields
     });
   }
   const form = $("create-form");
