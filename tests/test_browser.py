@@ -546,6 +546,12 @@ def test_five_steps(browser, studio, artifacts, tmp_path, lang):
         assert generated.strip(), "no text was generated"
         expect(page.get_by_test_id("memorisation")).to_be_visible()
         expect(page.get_by_test_id("memo-share")).to_contain_text("%")
+        # a briefly trained model writes bytes that make no letter: the page says what the � are
+        note = page.get_by_test_id("gen-bytes-note")
+        if "\ufffd" in generated:
+            expect(note).to_contain_text("�")
+        else:
+            expect(note).to_be_hidden()
         shot(page, artifacts, f"{lang}-4-generate")
         if lang == "en":
             # A long generation, stopped with the Stop button while it streams.

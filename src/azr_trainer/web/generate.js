@@ -150,6 +150,8 @@ function renderOutput() {
   if (last.seconds > 0) parts.push(t("gen.stats_speed", { s: fmtNum(last.seconds, last.seconds < 10 ? 2 : 1), tps: fmtNum(last.tokens / last.seconds, 1) }));
   if (last.stopped) parts.push(t("gen.stopped"));
   $("gen-stats").textContent = parts.join(" · ");
+  // An early model writes bytes that make no letter (shown as �): say so, or it reads as a wrong encoding.
+  $("gen-bytes-note").hidden = !last.text.includes("\ufffd");
   $("gen-copy").disabled = !last.text;
   renderMemo();
 }
