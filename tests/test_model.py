@@ -30,7 +30,7 @@ def test_parameter_names_follow_llama_for_causal_lm():
 
 @pytest.mark.parametrize("kw, fragment", [
     (dict(d_model=250, num_heads=8), "must be divisible by the number of attention heads"),
-    (dict(d_model=36, num_heads=4), "must be even for rotary"),
+    (dict(d_model=36, num_heads=4), r"must be even \(the way positions are encoded"),
     (dict(num_layers=0), "num_layers must be greater than 0"),
     (dict(vocab_size=-5), "vocab_size must be greater than 0"),
     (dict(d_ff=2.5), "d_ff must be a whole number"),
