@@ -1126,6 +1126,19 @@ def stubbed_run(browser, run, events):
     return ctx
 
 
+def live_run_page(browser, studio, run, events):
+    """The Training tab following ``run``, still running, whose live stream replays ``events``
+    (stubbed answers): (context, page)."""
+    ctx = stubbed_run(browser, run, events)
+    ctx.route(re.compile(rf".*/api/runs/{re.escape(run['id'])}/stream.*"),
+              lambda r: r.fulfill(status=200, content_type="text/event-stream", body="".join(
+                  f"data: {json.dumps(e)}\n\n" for e in events)))
+    page = ctx.new_page()
+    page.goto(studio.url + "/#training")
+    page.wait_for_selector("body[data-ready='1']")
+    return ctx, page
+
+
 def test_coded_run_messages_follow_the_page_language(browser, studio, artifacts):
     """A run's status, warnings and log lines that carry a code are shown from the catalogue
     (stubbed answers): in Russian, and in English after the switch; plain texts stay as sent."""
@@ -1462,14 +1475,8 @@ def test_a_run_asked_to_stop_says_it_is_stopping(browser, studio, artifacts):
            "created_at": "2026-01-02T03:04:05+00:00", "started_at": "2026-01-02T03:04:06+00:00"}
     events = [{"seq": 0, "type": "status", "run": "r-stopping", "time": 1767323046, "state": "started", "step": 0,
                "kind": "selfplay", "device": "cpu", "parameters": 100}]
-    ctx = stubbed_run(browser, run, events)
-    ctx.route(re.compile(r".*/api/runs/r-stopping/stream.*"),
-              lambda r: r.fulfill(status=200, content_type="text/event-stream", body="".join(
-                  f"data: {json.dumps(e)}\n\n" for e in events)))
+    ctx, page = live_run_page(browser, studio, run, events)
     try:
-        page = ctx.new_page()
-        page.goto(studio.url + "/#training")
-        page.wait_for_selector("body[data-ready='1']")
         state = page.get_by_test_id("run-state")
         expect(state).to_have_text("Останавливается: сохраняю модель…")
         expect(state).to_have_attribute("data-state", "running")
@@ -1494,14 +1501,8 @@ def test_a_run_before_its_first_step_shows_its_clock_running(browser, studio, ar
            "created_at": started.isoformat(timespec="milliseconds"), "started_at": started.isoformat(timespec="milliseconds")}
     events = [{"seq": 0, "type": "status", "run": "r-ready", "time": started.timestamp(), "state": "started", "step": 0,
                "kind": "selfplay", "device": "cpu", "parameters": 100}]
-    ctx = stubbed_run(browser, run, events)
-    ctx.route(re.compile(r".*/api/runs/r-ready/stream.*"),
-              lambda r: r.fulfill(status=200, content_type="text/event-stream", body="".join(
-                  f"data: {json.dumps(e)}\n\n" for e in events)))
+    ctx, page = live_run_page(browser, studio, run, events)
     try:
-        page = ctx.new_page()
-        page.goto(studio.url + "/#training")
-        page.wait_for_selector("body[data-ready='1']")
         clock = page.get_by_test_id("progress-time")
         expect(clock).to_contain_text("готовится первый шаг · прошло 0:4")
         expect(page.get_by_test_id("progress-text")).to_contain_text("0:4")  # of 12:00, the same clock
