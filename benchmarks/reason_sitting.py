@@ -17,21 +17,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import httpx
 
 from azr_trainer.settings import FROM_ZERO, RUN_GROUPS
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+sys.path.insert(0, str(Path(__file__).parent))
+from studio_latency import serving  # noqa: E402
 
 
 def wait_for(c: httpx.Client, run_id: str, every: float = 1.0) -> dict:
@@ -49,47 +45,32 @@ def main() -> int:
     args = ap.parse_args()
 
     parts: dict[str, dict] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        port = free_port()
-        base = f"http://127.0.0.1:{port}"
-        server = subprocess.Popen([sys.executable, "-m", "azr_trainer.cli", "--home", tmp, "serve",
-                                   "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            c = httpx.Client(base_url=base, timeout=120)
-            for _ in range(150):
-                try:
-                    if c.get("/api/health").status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    time.sleep(0.2)
-            t0 = time.time()
-            made = c.post("/api/reason/models", json={"name": args.name})
-            made.raise_for_status()
-            made = made.json()
-            corpus = wait_for(c, made["run"]["id"], 0.5)
-            t1 = time.time()
-            parts["corpus"] = {"seconds": round(t1 - t0, 1), "state": corpus["state"]}
-            pre = c.post("/api/runs", json={"model": args.name, "books": [made["book"]],
-                                            "minutes": FROM_ZERO.default("pretrain_minutes"),
-                                            "batch_size": FROM_ZERO.default("batch_size"),
-                                            "learning_rate": FROM_ZERO.default("learning_rate")})
-            pre.raise_for_status()
-            pre = wait_for(c, pre.json()["id"])
-            t2 = time.time()
-            parts["pretraining"] = {"seconds": round(t2 - t1, 1), "state": pre["state"], "step": pre.get("step"),
-                                    "best_val_bpb": pre.get("best_val_bpb"), "last_eval": pre.get("last_eval")}
-            body = {"model": args.name, "kind": "reason", **RUN_GROUPS["reason"].studio_defaults()}
-            rs = c.post("/api/runs", json=body)
-            rs.raise_for_status()
-            rs = wait_for(c, rs.json()["id"])
-            t3 = time.time()
-            evals = [e for e in c.get(f"/api/runs/{rs['id']}/events").json()["events"] if e.get("type") == "eval"]
-            parts["reasoning"] = {"seconds": round(t3 - t2, 1), "state": rs["state"], "step": rs.get("step"),
-                                  "settings": body, "first_eval": evals[0] if evals else None,
-                                  "last_eval": evals[-1] if evals else None}
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
+    with tempfile.TemporaryDirectory() as tmp, serving(tmp, timeout=120) as (c, _):
+        t0 = time.time()
+        made = c.post("/api/reason/models", json={"name": args.name})
+        made.raise_for_status()
+        made = made.json()
+        corpus = wait_for(c, made["run"]["id"], 0.5)
+        t1 = time.time()
+        parts["corpus"] = {"seconds": round(t1 - t0, 1), "state": corpus["state"]}
+        pre = c.post("/api/runs", json={"model": args.name, "books": [made["book"]],
+                                        "minutes": FROM_ZERO.default("pretrain_minutes"),
+                                        "batch_size": FROM_ZERO.default("batch_size"),
+                                        "learning_rate": FROM_ZERO.default("learning_rate")})
+        pre.raise_for_status()
+        pre = wait_for(c, pre.json()["id"])
+        t2 = time.time()
+        parts["pretraining"] = {"seconds": round(t2 - t1, 1), "state": pre["state"], "step": pre.get("step"),
+                                "best_val_bpb": pre.get("best_val_bpb"), "last_eval": pre.get("last_eval")}
+        body = {"model": args.name, "kind": "reason", **RUN_GROUPS["reason"].studio_defaults()}
+        rs = c.post("/api/runs", json=body)
+        rs.raise_for_status()
+        rs = wait_for(c, rs.json()["id"])
+        t3 = time.time()
+        evals = [e for e in c.get(f"/api/runs/{rs['id']}/events").json()["events"] if e.get("type") == "eval"]
+        parts["reasoning"] = {"seconds": round(t3 - t2, 1), "state": rs["state"], "step": rs.get("step"),
+                              "settings": body, "first_eval": evals[0] if evals else None,
+                              "last_eval": evals[-1] if evals else None}
     result = {"total_seconds": round(sum(p["seconds"] for p in parts.values()), 1), "cpu_count": os.cpu_count(),
               "parts": parts}
     print(json.dumps(result, indent=2, ensure_ascii=False) if args.json else

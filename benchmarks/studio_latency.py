@@ -13,6 +13,7 @@ Starts a real `azr serve` on a free loopback port with a fresh data folder, star
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -31,6 +32,28 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serving(home: str, timeout: float = 60):
+    """A real `azr serve` on a free loopback port over data folder ``home``, answering its health
+    check: yields an httpx client on it (and its base URL); stopped on the way out."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen([sys.executable, "-m", "azr_trainer.cli", "--home", home, "serve", "--port", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        c = httpx.Client(base_url=base, timeout=timeout)
+        for _ in range(150):
+            try:
+                if c.get("/api/health").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        yield c, base
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 def load(base: str, run_id: str, seconds: float, concurrency: int, out: "mp.Queue") -> None:
@@ -67,57 +90,42 @@ def main() -> int:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
-    with tempfile.TemporaryDirectory() as tmp:
-        port = free_port()
-        base = f"http://127.0.0.1:{port}"
-        server = subprocess.Popen([sys.executable, "-m", "azr_trainer.cli", "--home", tmp, "serve", "--port", str(port)],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            c = httpx.Client(base_url=base, timeout=60)
-            for _ in range(100):
-                try:
-                    if c.get("/api/health").status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    time.sleep(0.2)
-            with open(args.book, "rb") as f:
-                c.post("/api/books", files={"file": ("book.txt", f, "text/plain")}, data={"name": "book"}).raise_for_status()
-            c.post("/api/models", json=dict(name="m", vocab_size=8000, d_model=256, num_layers=6, num_heads=8,
-                                            d_ff=1024, max_seq_len=256)).raise_for_status()
-            run = c.post("/api/runs", json=dict(model="m", books=["book"], max_iterations=100000, batch_size=16,
-                                                learning_rate=3e-4, save_every=100000, eval_every=100000,
-                                                threads=2)).json()
-            run_id = run["id"]
-            # wait until the worker is really training (tokenizer done, first step written)
-            while c.get(f"/api/runs/{run_id}").json().get("step", 0) < 1:
-                time.sleep(0.5)
+    with tempfile.TemporaryDirectory() as tmp, serving(tmp) as (c, base):
+        with open(args.book, "rb") as f:
+            c.post("/api/books", files={"file": ("book.txt", f, "text/plain")}, data={"name": "book"}).raise_for_status()
+        c.post("/api/models", json=dict(name="m", vocab_size=8000, d_model=256, num_layers=6, num_heads=8,
+                                        d_ff=1024, max_seq_len=256)).raise_for_status()
+        run = c.post("/api/runs", json=dict(model="m", books=["book"], max_iterations=100000, batch_size=16,
+                                            learning_rate=3e-4, save_every=100000, eval_every=100000,
+                                            threads=2)).json()
+        run_id = run["id"]
+        # wait until the worker is really training (tokenizer done, first step written)
+        while c.get(f"/api/runs/{run_id}").json().get("step", 0) < 1:
+            time.sleep(0.5)
 
-            delays: list[float] = []
+        delays: list[float] = []
 
-            def watch() -> None:
-                with httpx.Client(base_url=base, timeout=None) as sc:
-                    with sc.stream("GET", f"/api/runs/{run_id}/stream") as r:
-                        started = time.time()
-                        for line in r.iter_lines():
-                            if line.startswith("data:"):
-                                e = json.loads(line[5:])
-                                if e.get("type") == "step" and e["time"] > started:  # live ones, not the replay
-                                    delays.append((time.time() - e["time"]) * 1000)
-                            if time.time() - started > args.seconds + 5:
-                                return
+        def watch() -> None:
+            with httpx.Client(base_url=base, timeout=None) as sc:
+                with sc.stream("GET", f"/api/runs/{run_id}/stream") as r:
+                    started = time.time()
+                    for line in r.iter_lines():
+                        if line.startswith("data:"):
+                            e = json.loads(line[5:])
+                            if e.get("type") == "step" and e["time"] > started:  # live ones, not the replay
+                                delays.append((time.time() - e["time"]) * 1000)
+                        if time.time() - started > args.seconds + 5:
+                            return
 
-            sse = threading.Thread(target=watch, daemon=True)
-            sse.start()
-            q: mp.Queue = mp.get_context("spawn").Queue()
-            p = mp.get_context("spawn").Process(target=load, args=(base, run_id, args.seconds, args.concurrency, q))
-            p.start()
-            lat = q.get()
-            p.join()
-            sse.join(timeout=args.seconds + 10)
-            c.post(f"/api/runs/{run_id}/cancel")
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
+        sse = threading.Thread(target=watch, daemon=True)
+        sse.start()
+        q: mp.Queue = mp.get_context("spawn").Queue()
+        p = mp.get_context("spawn").Process(target=load, args=(base, run_id, args.seconds, args.concurrency, q))
+        p.start()
+        lat = q.get()
+        p.join()
+        sse.join(timeout=args.seconds + 10)
+        c.post(f"/api/runs/{run_id}/cancel")
     lat.sort()
     result = {
         "requests": len(lat), "concurrency": args.concurrency, "seconds": args.seconds,
