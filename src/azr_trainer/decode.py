@@ -479,6 +479,8 @@ class _Probe:
             prefix = KVCache(model.cfg, rows // group, self.device, weights=w)
             prefix.length = M // 4  # what the keys hold does not change a step's time
             self.cache = KVCache(model.cfg, rows, self.device, weights=w, prefix=prefix)
+            for kv in prefix.kv + self.cache.kv:  # keys the steps read but no step wrote (a cache starts unfilled)
+                kv.zero_()
         else:
             self.cache = KVCache(model.cfg, rows, self.device, weights=w)
             model(torch.zeros(rows, self.prompt, dtype=torch.long, device=self.device), cache=self.cache)
