@@ -5,13 +5,16 @@ COMMIT``). One worker process per version builds the same model (the default sha
 same random weights, as benchmarks/generate_speed.py) and the runs alternate between them,
 so that load from other processes on a shared machine hits both alike. Reported: the median
 of --repeats runs per version, by wall time and by the worker's CPU time (with one thread
-that is the computation's own time, steadier on a busy machine).
+that is the computation's own time, steadier on a busy machine). Where a step is bound by
+memory, one process can run 10–15% faster or slower than another of the same code for the
+whole of its life (where its memory landed); ``--processes N`` gives each version N workers,
+all alternating, and reports the median over them and each worker's own median.
 
     OMP_NUM_THREADS=1 python benchmarks/generate_ab.py --src /tmp/base/src --src src --batch 1 8
     OMP_NUM_THREADS=1 python benchmarks/generate_ab.py --src /tmp/base/src --src src --batch 32 \\
         --new 64 --top-k 0 --temperature 1.0     # batched rollouts
     OMP_NUM_THREADS=1 python benchmarks/generate_ab.py --src /tmp/base/src --src src --shape p1 \\
-        --batch 32 --group 8 --prompt 32 --new 96 --top-k 0 --temperature 0.3   # as self-play makes them
+        --batch 32 --group 8 --prompt 32 --new 96 --top-k 0 --temperature 0.3 --processes 3   # as self-play makes them
 
 ``--shape p1`` is the P1 shape (d_model 192, 4 layers, 6 heads, d_ff 512, vocab 1024,
 max_seq_len 128); ``--group N`` gives each prompt to N consecutive rows, as self-play's groups.
@@ -65,24 +68,27 @@ def main() -> int:
     ap.add_argument("--temperature", type=float, default=0.8)
     ap.add_argument("--shape", choices=SHAPES, default="default")
     ap.add_argument("--group", type=int, default=1, help="consecutive rows per prompt (self-play: 8)")
+    ap.add_argument("--processes", type=int, default=1, help="worker processes per version")
     ap.add_argument("--precision", help="decode precision for the versions that have a choice (fp32, bf16, int8, "
                                         "int8dyn; default: each measures its own): fp32 compares code at equal precision; "
                                         "a comma-separated list gives each --src its own (e.g. fp32,auto)")
     args = ap.parse_args()
-    workers = []
+    workers, owners = [], []  # a worker process, and the index of its version
     precisions = (args.precision or "auto").split(",")
     precisions += precisions[-1:] * (len(args.src) - len(precisions))
-    for src, precision in zip(args.src, precisions):
-        env = {"PYTHONPATH": src, "OMP_NUM_THREADS": str(args.threads), "PATH": "/usr/bin:/bin",
-               **({"AZR_DECODE_PRECISION": precision} if precision != "auto" else {})}
-        p = subprocess.Popen([sys.executable, "-c", WORKER, str(args.threads), json.dumps(SHAPES[args.shape]),
-                              str(args.group)], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, text=True, env=env)
-        assert p.stdout.readline().strip() == "ready"
-        workers.append(p)
+    for _ in range(args.processes):
+        for v, (src, precision) in enumerate(zip(args.src, precisions)):
+            env = {"PYTHONPATH": src, "OMP_NUM_THREADS": str(args.threads), "PATH": "/usr/bin:/bin",
+                   **({"AZR_DECODE_PRECISION": precision} if precision != "auto" else {})}
+            p = subprocess.Popen([sys.executable, "-c", WORKER, str(args.threads), json.dumps(SHAPES[args.shape]),
+                                  str(args.group)], stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, text=True, env=env)
+            assert p.stdout.readline().strip() == "ready"
+            workers.append(p)
+            owners.append(v)
     result = {"shape": args.shape, "group": args.group, "threads": args.threads, "new_tokens": args.new,
-              "prompt_tokens": args.prompt, "top_k": args.top_k,
-              "temperature": args.temperature, "runs": {}}
+              "prompt_tokens": args.prompt, "top_k": args.top_k, "temperature": args.temperature,
+              "processes": args.processes, "runs": {}}
     for batch in args.batch:
         for w in workers:  # warm-up
             w.stdin.write(f"{batch} 20 {args.prompt} 0 {args.top_k} {args.temperature}\n")
@@ -97,10 +103,13 @@ def main() -> int:
                 wall, cpu = json.loads(workers[i].stdout.readline())
                 rates[i][0].append(wall)
                 rates[i][1].append(cpu)
-        for src, precision, (wall, cpu) in zip(args.src, precisions, rates):
+        for v, (src, precision) in enumerate(zip(args.src, precisions)):
+            mine = [rates[i] for i in range(len(workers)) if owners[i] == v]
             result["runs"].setdefault(src, {"precision": precision})[f"batch{batch}"] = {
-                "wall_tokens_per_s": round(statistics.median(wall), 1),
-                "cpu_tokens_per_s": round(statistics.median(cpu), 1)}
+                "wall_tokens_per_s": round(statistics.median([x for w, _ in mine for x in w]), 1),
+                "cpu_tokens_per_s": round(statistics.median([x for _, c in mine for x in c]), 1),
+                **({"cpu_tokens_per_s_per_process": [round(statistics.median(c), 1) for _, c in mine]}
+                   if args.processes > 1 else {})}
     for w in workers:
         w.stdin.close()
         w.wait()

