@@ -40,6 +40,18 @@ def test_seed_makes_sampling_reproducible(model):
     assert generate(model, [[1, 2]], seed=7, **kw) != generate(model, [[1, 2]], seed=8, **kw)
 
 
+@pytest.mark.parametrize("top_k", [None, 5])
+def test_a_model_gone_to_nan_still_gives_tokens_of_its_vocabulary(model, top_k):
+    broken = Transformer(model.cfg).eval()
+    broken.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        broken.lm_head.weight.fill_(float("nan"))  # as after a diverged update: every logit NaN
+    out = generate(broken, [[1, 2], [3]], max_new_tokens=4, temperature=1.0, top_k=top_k, top_p=None, seed=1,
+                   precision="fp32")
+    assert [len(o) for o in out] == [4, 4]
+    assert all(0 <= t < model.cfg.vocab_size for o in out for t in o)
+
+
 def test_top_k_one_is_greedy(model):
     assert generate(model, [[1, 2]], max_new_tokens=15, temperature=1.3, top_k=1, seed=3) == \
         generate(model, [[1, 2]], max_new_tokens=15, temperature=0)

@@ -59,7 +59,8 @@ def _draw(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tenso
     # u in (0, 1]: the first token whose cumulative sum reaches u·total has a probability > 0,
     # and u·total never passes the last sum, so no index falls off the end
     u = 1.0 - torch.rand(probs.size(0), 1, generator=generator, dtype=torch.float64)
-    return torch.searchsorted(cdf, u.to(cdf.device) * cdf[:, -1:]).squeeze(1)
+    idx = torch.searchsorted(cdf, u.to(cdf.device) * cdf[:, -1:])
+    return idx.clamp_(max=probs.size(-1) - 1).squeeze(1)  # a row of NaN (a diverged model) finds no sum: a token all the same
 
 
 def _sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> torch.Tensor:
