@@ -52,9 +52,8 @@ def _filter_logits(logits, temperature, top_p):
 def _draw(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """One token per row of probs (B, V) by inverting the cumulative distribution with one
     uniform number per row (torch.multinomial draws one per vocabulary entry: ~0.2 ms a row
-    at vocab 8000 on a CPU, more than a decode step of a small model). The sums are float64,
-    made by the cumulative sum itself (no float64 copy of the probabilities: at 32 rows of
-    8,000 that copy and its page faults cost as much as the sum)."""
+    at vocab 8000 on a CPU, more than a decode step of a small model). The sums are float64:
+    in float32 a large vocabulary's rare tokens would be drawn at the sums' rounding error."""
     cdf = torch.cumsum(probs, -1, dtype=torch.float64)
     # u in (0, 1]: the first token whose cumulative sum reaches u·total has a probability > 0,
     # and u·total never passes the last sum, so no index falls off the end
