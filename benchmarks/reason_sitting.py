@@ -24,6 +24,7 @@ from pathlib import Path
 
 import httpx
 
+from azr_trainer.jobs import ACTIVE
 from azr_trainer.settings import FROM_ZERO, RUN_GROUPS
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -33,7 +34,7 @@ from studio_latency import serving  # noqa: E402
 def wait_for(c: httpx.Client, run_id: str, every: float = 1.0) -> dict:
     while True:
         run = c.get(f"/api/runs/{run_id}").json()
-        if run["state"] not in ("queued", "running"):
+        if run["state"] not in ACTIVE:
             return run
         time.sleep(every)
 
